@@ -1,0 +1,127 @@
+/*
+ * config — the one JSON file, loaded, checked strictly and compiled.
+ *
+ * Owns: struct rmx_config and everything it points to (one heap block tree,
+ * freed by config_free()).  Called only by the main thread, at start and on
+ * reload; shards read a loaded config and never change it.
+ *
+ * Contract:
+ *  - config_load() parses FILE with json-c, rejects unknown keys and wrong
+ *    types, fills every default, and compiles derived data (CIDR tables,
+ *    sockaddrs).  On error it returns NULL and writes one line into err:
+ *    "<json path>: <what was expected>", e.g.
+ *    `listeners[0].address: expected "host:port"`.
+ *  - config_default() returns the embedded default config (listens on
+ *    127.0.0.1:2525, spools under ./spool) or NULL with err.
+ *  - Never exits the process; never logs.
+ */
+#ifndef RMX_CONFIG_H
+#define RMX_CONFIG_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define CONFIG_ERR_MAX 512
+#define CONFIG_LISTENERS_MAX 16
+#define CONFIG_HOSTNAME_MAX 255
+#define CONFIG_BANNER_MAX 400
+#define CONFIG_NAME_MAX 64
+
+enum config_durability {
+	CONFIG_DURABILITY_FSYNC = 0,
+	CONFIG_DURABILITY_NONE = 1, /* explicitly unsafe: benchmarks only */
+};
+
+struct config_listener {
+	char name[CONFIG_NAME_MAX];
+	struct sockaddr_storage addr; /* parsed from "host:port" / "[v6]:port" */
+	socklen_t addr_len;
+	char banner[CONFIG_BANNER_MAX]; /* empty: "<hostname> ESMTP ringmx" */
+	uint32_t greet_pause_ms;	/* 0: no pre-greet wait (default) */
+};
+
+/* One network of relay.networks, already parsed: family AF_INET/AF_INET6. */
+struct config_cidr {
+	int family;
+	uint8_t addr[16]; /* network byte order, host bits cleared */
+	uint8_t prefix_len;
+};
+
+/* One entry of relay.domains: exact ("a.example") or suffix ("*.a.example",
+ * matching any strict subdomain).  Stored lower-case, no trailing dot. */
+struct config_domain {
+	char *name;    /* without the "*." for suffix entries */
+	bool wildcard; /* true: "*.name" */
+};
+
+struct config_limits {
+	uint64_t message_size;	     /* bytes; default 10485760 */
+	uint32_t recipients;	     /* per transaction; default 100 */
+	uint32_t errors;	     /* per session; default 10 */
+	uint32_t idle_s;	     /* default 300 */
+	uint32_t session_s;	     /* default 3600 */
+	uint32_t connections;	     /* total, all shards; default 10000 */
+	uint32_t connections_per_ip; /* default 50 */
+	uint32_t commands;	     /* per session; default 10000 */
+	uint32_t received_headers;   /* mail loop bound; default 50 */
+	uint32_t transactions;	     /* messages per session; default 1000 */
+};
+
+struct config_spool {
+	char *path; /* default "/var/spool/ringmx" (embedded default: "./spool") */
+	enum config_durability durability;
+	uint64_t segment_size; /* bytes before rotating a segment; default 64 MiB */
+};
+
+/* Tuning of the io layer, sized once at start (invariant 4). */
+struct config_io {
+	uint32_t ring_entries;	    /* SQ entries per shard; default 4096 */
+	uint32_t recv_buffers;	    /* provided buffers per shard, power of 2; default 1024 */
+	uint32_t recv_buffer_size;  /* bytes; default 16384 */
+	uint32_t max_connections;   /* connection slots per shard; default limits.connections/shards rounded up */
+};
+
+struct config_control {
+	char *socket; /* default "/run/ringmx/control.sock"; embedded: "./ringmx.sock" */
+};
+
+struct config_log {
+	bool json; /* false: key=value lines (default) */
+	int level; /* 0 error, 1 warn, 2 info (default), 3 debug */
+};
+
+struct rmx_config {
+	char hostname[CONFIG_HOSTNAME_MAX + 1]; /* default gethostname() */
+	uint32_t shards;			/* resolved: 0 in JSON -> online CPUs */
+	int *cpu_affinity;			/* NULL or shards entries */
+	uint32_t cpu_affinity_count;
+	struct config_listener listeners[CONFIG_LISTENERS_MAX];
+	uint32_t listener_count;
+	struct config_domain *relay_domains;
+	uint32_t relay_domain_count;
+	struct config_cidr *relay_networks;
+	uint32_t relay_network_count;
+	struct config_limits limits;
+	struct config_spool spool;
+	struct config_io io;
+	struct config_control control;
+	struct config_log log;
+};
+
+struct rmx_config *config_load(const char *path, char *err, size_t err_len);
+struct rmx_config *config_load_string(const char *json, char *err, size_t err_len);
+struct rmx_config *config_default(char *err, size_t err_len);
+void config_free(struct rmx_config *cfg);
+
+/* Relay policy helpers (pure, any thread). Domain match is case-insensitive,
+ * ignores one trailing dot; "*.x" matches "a.x" and "a.b.x" but not "x". */
+bool config_domain_is_relay(const struct rmx_config *cfg, const char *domain, size_t len);
+bool config_addr_is_relay(const struct rmx_config *cfg, const struct sockaddr *sa);
+
+/* "host:port" / "[v6]:port" -> sockaddr; returns 0 or -EINVAL. */
+int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+#endif

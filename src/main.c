@@ -1,0 +1,180 @@
+/*
+ * main — parse and check the config, recover the spool, start the shards,
+ * then serve signals (signalfd), the control socket and the log drain until
+ * SIGTERM/SIGINT, and stop in order: shards drain (421 to sessions, pending
+ * commits finish), then the process exits 0.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "control.h"
+#include "log.h"
+#include "queue/spool.h"
+#include "ring/ring.h"
+#include "shard.h"
+
+#define MAIN_POLL_MS 50 /* log drain period */
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: ringmx [-c FILE]         run in the foreground (default: embedded config)\n"
+		   "       ringmx --check-config FILE  validate FILE and exit 0 (ok) or 1\n");
+}
+
+/* Recover every shard directory present, including those of a previous
+ * run with more shards, and return the largest id per shard in max_ids. */
+static void recover_spool(const struct rmx_config *cfg, uint64_t *max_ids)
+{
+	char why[512];
+	uint64_t total = 0;
+	DIR *d = opendir(cfg->spool.path);
+	struct dirent *de;
+
+	while (d && (de = readdir(d)) != NULL) {
+		uint64_t msgs, max_id;
+		char *end;
+		unsigned long shard = strtoul(de->d_name, &end, 10);
+
+		if (de->d_name[0] < '0' || de->d_name[0] > '9' || *end || shard > 255)
+			continue;
+		if (spool_recover(cfg->spool.path, (uint32_t)shard, &msgs, &max_id, why,
+				  sizeof(why)) != 0)
+			fatal("spool recovery failed: %s", why);
+		if (shard < cfg->shards)
+			max_ids[shard] = max_id;
+		total += msgs;
+	}
+	if (d)
+		closedir(d);
+	log_msg(LOG_INFO, "event=spool_recovered path=%s messages=%llu", cfg->spool.path,
+		(unsigned long long)total);
+}
+
+static int signals_block(void)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	/* Blocked before any thread starts, so every thread inherits the mask
+	 * and only the signalfd sees them. */
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+static void main_loop(const struct rmx_config *cfg, int sfd, int cfd)
+{
+	for (;;) {
+		struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = cfd, .events = POLLIN}};
+		struct signalfd_siginfo si;
+
+		poll(p, 2, MAIN_POLL_MS);
+		log_drain();
+		if (p[1].revents & POLLIN)
+			control_serve(cfd, cfg);
+		if (!(p[0].revents & POLLIN) || read(sfd, &si, sizeof(si)) != sizeof(si))
+			continue;
+		if (si.ssi_signo == SIGHUP) {
+			log_msg(LOG_WARN, "event=reload status=unsupported "
+					  "reason=\"reload is not built yet; restart to apply\"");
+			continue;
+		}
+		log_msg(LOG_INFO, "event=stopping signal=%s",
+			si.ssi_signo == SIGTERM ? "TERM" : "INT");
+		return;
+	}
+}
+
+static struct rmx_config *load(int argc, char **argv, bool *check_only)
+{
+	char err[CONFIG_ERR_MAX];
+	const char *file = NULL;
+	struct rmx_config *cfg;
+
+	*check_only = false;
+	for (int i = 1; i < argc; i++) {
+		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
+			file = argv[++i];
+		} else if (strcmp(argv[i], "--check-config") == 0 && i + 1 < argc) {
+			file = argv[++i];
+			*check_only = true;
+		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			usage(stdout);
+			exit(0);
+		} else {
+			usage(stderr);
+			exit(2);
+		}
+	}
+	cfg = file ? config_load(file, err, sizeof(err)) : config_default(err, sizeof(err));
+	if (!cfg) {
+		fprintf(stderr, "%s\n", err);
+		exit(1);
+	}
+	return cfg;
+}
+
+int main(int argc, char **argv)
+{
+	char why[512];
+	bool check_only;
+	struct rmx_config *cfg = load(argc, argv, &check_only);
+	struct shard *shards;
+	uint64_t *max_ids;
+	int sfd, cfd;
+
+	if (check_only) {
+		printf("config ok\n");
+		config_free(cfg);
+		return 0;
+	}
+	log_setup(cfg->log.level, cfg->log.json);
+	if (ring_probe(why, sizeof(why)) != 0)
+		fatal("%s", why);
+	if (cfg->spool.durability == CONFIG_DURABILITY_NONE)
+		log_msg(LOG_WARN, "event=durability_none message=\"UNSAFE: spool.durability is "
+				  "none; accepted mail is NOT synced before 250 and a crash "
+				  "loses it; use only for benchmarks\"");
+	sfd = signals_block();
+	if (sfd < 0 || shard_globals_init(cfg) != 0)
+		fatal("start-up: %s", strerror(errno));
+	shards = calloc(cfg->shards, sizeof(*shards));
+	max_ids = calloc(cfg->shards, sizeof(*max_ids));
+	if (!shards || !max_ids)
+		fatal("out of memory");
+	recover_spool(cfg, max_ids);
+	cfd = control_open(cfg, why, sizeof(why));
+	if (cfd < 0)
+		fatal("%s", why);
+	for (uint32_t i = 0; i < cfg->shards; i++)
+		if (shard_start(&shards[i], i, cfg, max_ids[i]) != 0)
+			fatal("shard %u: %s", i, shards[i].why);
+	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
+		cfg->listener_count, cfg->hostname);
+	main_loop(cfg, sfd, cfd);
+	control_close(cfd, cfg);
+	for (uint32_t i = 0; i < cfg->shards; i++)
+		shard_stop(&shards[i]);
+	for (uint32_t i = 0; i < cfg->shards; i++) {
+		shard_join(&shards[i]);
+		log_drain();
+	}
+	log_msg(LOG_INFO, "event=stopped");
+	log_drain();
+	free(shards);
+	free(max_ids);
+	config_free(cfg);
+	close(sfd);
+	return 0;
+}

@@ -1,0 +1,917 @@
+/*
+ * shard — the per-core loop.  See shard.h.
+ *
+ * One switch over the completion's op (handle_cqe); every op names its slot
+ * and generation, so completions of a recycled slot are dropped.  Slots are
+ * recycled only in conn_reap(), at the end of a completion's handling, once
+ * nothing of the connection is in flight.
+ */
+#include "shard.h"
+
+#include <arpa/inet.h>
+#include <ck_spinlock.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define SHARD_TICK_MS 1000
+#define SHARD_STOP_GRACE_MS 10000
+
+/* ---- process-wide connection accounting ---------------------------------
+ * The total and the per-client-IP counts are shared by all shards: the
+ * kernel spreads one client's connections over every shard's socket.  The
+ * per-IP table is a fixed open-addressing table sized at start; the spinlock
+ * is held for a handful of instructions, never across a call. */
+
+struct ip_slot {
+	uint8_t addr[16];
+	uint32_t count;
+};
+
+static struct {
+	_Atomic uint32_t total;
+	uint32_t total_max;
+	uint32_t per_ip_max;
+	struct ip_slot *table;
+	uint32_t mask;
+	ck_spinlock_fas_t lock;
+} g_conns = {.lock = CK_SPINLOCK_FAS_INITIALIZER};
+
+int shard_globals_init(const struct rmx_config *cfg)
+{
+	uint32_t n = 1024;
+
+	while (n < cfg->limits.connections * 2u && n < (1u << 24))
+		n <<= 1;
+	g_conns.table = calloc(n, sizeof(g_conns.table[0]));
+	if (!g_conns.table)
+		return -ENOMEM;
+	g_conns.mask = n - 1;
+	g_conns.total_max = cfg->limits.connections;
+	g_conns.per_ip_max = cfg->limits.connections_per_ip;
+	return 0;
+}
+
+static void ip_key(const struct sockaddr_storage *ss, uint8_t key[16])
+{
+	memset(key, 0, 16);
+	if (ss->ss_family == AF_INET) {
+		key[10] = key[11] = 0xff; /* v4-mapped, so both families share keys */
+		memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+	} else if (ss->ss_family == AF_INET6) {
+		memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+	}
+}
+
+static uint32_t ip_hash(const uint8_t key[16])
+{
+	uint64_t a, b;
+
+	memcpy(&a, key, 8);
+	memcpy(&b, key + 8, 8);
+	return (uint32_t)(((a * 0x9e3779b97f4a7c15ull) ^ (b * 0xc2b2ae3d27d4eb4full)) >> 32);
+}
+
+/* Count one more connection of this client.  Returns 0, or the reason it is
+ * refused ("connections" / "connections_per_ip"). */
+static const char *conn_admit(const struct sockaddr_storage *ss)
+{
+	uint8_t key[16];
+	uint32_t i;
+	const char *why = NULL;
+
+	if (atomic_fetch_add(&g_conns.total, 1) >= g_conns.total_max) {
+		atomic_fetch_sub(&g_conns.total, 1);
+		return "connections";
+	}
+	ip_key(ss, key);
+	ck_spinlock_fas_lock(&g_conns.lock);
+	for (i = ip_hash(key) & g_conns.mask;; i = (i + 1) & g_conns.mask) {
+		struct ip_slot *s = &g_conns.table[i];
+
+		if (s->count == 0 || memcmp(s->addr, key, 16) == 0) {
+			if (s->count >= g_conns.per_ip_max) {
+				why = "connections_per_ip";
+			} else {
+				memcpy(s->addr, key, 16);
+				s->count++;
+			}
+			break;
+		}
+	}
+	ck_spinlock_fas_unlock(&g_conns.lock);
+	if (why)
+		atomic_fetch_sub(&g_conns.total, 1);
+	return why;
+}
+
+/* Backward-shift deletion keeps probe chains intact without tombstones. */
+static void ip_table_remove(uint32_t i)
+{
+	uint32_t j = i;
+
+	for (;;) {
+		j = (j + 1) & g_conns.mask;
+		if (g_conns.table[j].count == 0)
+			break;
+		uint32_t home = ip_hash(g_conns.table[j].addr) & g_conns.mask;
+		/* Move j back into the hole at i unless its home lies in (i, j]. */
+		if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+			g_conns.table[i] = g_conns.table[j];
+			i = j;
+		}
+	}
+	memset(&g_conns.table[i], 0, sizeof(g_conns.table[i]));
+}
+
+static void conn_release_ip(const struct sockaddr_storage *ss)
+{
+	uint8_t key[16];
+
+	ip_key(ss, key);
+	ck_spinlock_fas_lock(&g_conns.lock);
+	for (uint32_t i = ip_hash(key) & g_conns.mask;; i = (i + 1) & g_conns.mask) {
+		struct ip_slot *s = &g_conns.table[i];
+
+		assert(s->count > 0);
+		if (memcmp(s->addr, key, 16) == 0) {
+			if (--s->count == 0)
+				ip_table_remove(i);
+			break;
+		}
+	}
+	ck_spinlock_fas_unlock(&g_conns.lock);
+	atomic_fetch_sub(&g_conns.total, 1);
+}
+
+/* ---- helpers -------------------------------------------------------------- */
+
+uint64_t shard_now_ms(const struct shard *sh)
+{
+	return sh->now_ms;
+}
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t conn_ud(const struct conn *c, uint8_t op)
+{
+	return ring_ud(op, 0, c->gen, c->slot);
+}
+
+static void conn_arm_recv(struct conn *c)
+{
+	struct io_uring_sqe *sqe = ring_sqe(&c->shard->ring);
+
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = RING_BGID;
+	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_RECV));
+	c->recv_armed = true;
+	c->recv_stopped = false;
+	c->inflight++;
+}
+
+static void conn_send(struct conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	if (c->send_inflight || c->out_len == 0 || c->io != CONN_ACTIVE)
+		return;
+	sqe = ring_sqe(&c->shard->ring);
+	io_uring_prep_send(sqe, c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_SEND));
+	c->out_sent = c->out_len;
+	c->send_inflight = true;
+	c->inflight++;
+}
+
+void conn_reply(struct conn *c, const char *line)
+{
+	size_t n = strlen(line);
+
+	/* The session checks conn_out_free() >= SMTP_REPLY_MAX before each
+	 * command, so a reply that does not fit is a broken invariant. */
+	assert(n + 2 <= conn_out_free(c));
+	memcpy(c->out + c->out_len, line, n);
+	c->out[c->out_len + n] = '\r';
+	c->out[c->out_len + n + 1] = '\n';
+	c->out_len += (uint32_t)n + 2;
+}
+
+void conn_replyf(struct conn *c, const char *fmt, ...)
+{
+	char line[SMTP_REPLY_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	va_end(ap);
+	conn_reply(c, line);
+}
+
+size_t conn_out_free(const struct conn *c)
+{
+	return CONN_OUT_MAX - c->out_len;
+}
+
+/* ---- closing -------------------------------------------------------------- */
+
+static void conn_shutdown_io(struct conn *c)
+{
+	struct shard *sh = c->shard;
+	struct io_uring_sqe *sqe;
+
+	assert(c->io == CONN_ACTIVE);
+	c->io = CONN_CLOSING;
+	if (c->recv_armed) {
+		ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
+		c->inflight++;
+	}
+	if (c->s.state == SMTP_S_NEW) {
+		ring_prep_cancel(&sh->ring, conn_ud(c, OP_GREET), conn_ud(c, OP_CANCEL));
+		c->inflight++;
+	}
+	sqe = ring_sqe(&sh->ring);
+	io_uring_prep_close(sqe, c->fd);
+	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_CLOSE));
+	c->inflight++;
+}
+
+void conn_close(struct conn *c)
+{
+	if (c->io != CONN_ACTIVE)
+		return;
+	c->close_wanted = true;
+	if (c->send_inflight)
+		return;
+	if (c->out_len) {
+		conn_send(c);
+		return;
+	}
+	conn_shutdown_io(c);
+}
+
+/* The safe point: nothing of the connection is in flight, so its slot can
+ * be given to the next client.  Held receive buffers go back here. */
+static void conn_reap(struct conn *c)
+{
+	struct shard *sh = c->shard;
+
+	if (c->io != CONN_CLOSING || c->inflight || smtp_session_busy(c))
+		return;
+	smtp_session_release(c);
+	while (c->inq_count) {
+		ring_buf_put(&sh->ring, c->inq[c->inq_head].bid);
+		c->inq_head = (c->inq_head + 1) % CONN_INQ_MAX;
+		c->inq_count--;
+	}
+	conn_release_ip(&c->peer);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		sh->active = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	sh->active_count--;
+	c->io = CONN_FREE;
+	c->gen++;
+	sh->free_slots[sh->free_count++] = c->slot;
+	log_msg(LOG_DEBUG, "event=disconnect shard=%u client=%s", sh->id, c->peer_ip);
+}
+
+/* ---- input ---------------------------------------------------------------- */
+
+/* Feed held receive buffers to the session until it pauses or they run out. */
+static void conn_process_input(struct conn *c)
+{
+	struct shard *sh = c->shard;
+
+	if (c->in_feed)
+		return;
+	c->in_feed = true;
+	while (c->inq_count && c->io == CONN_ACTIVE && !c->close_wanted) {
+		struct conn_inbuf *e = &c->inq[c->inq_head];
+		char *p = ring_buf_ptr(&sh->ring, e->bid) + e->off;
+		size_t used = smtp_session_feed(c, p, e->len - e->off, e->bid);
+
+		assert(used <= e->len - e->off);
+		e->off += (uint32_t)used;
+		if (e->off < e->len)
+			break; /* paused: resumed by conn_resume() */
+		ring_buf_put(&sh->ring, e->bid);
+		c->inq_head = (c->inq_head + 1) % CONN_INQ_MAX;
+		c->inq_count--;
+	}
+	c->in_feed = false;
+	if (c->io == CONN_ACTIVE && c->recv_stopped && !c->recv_armed &&
+	    c->inq_count < CONN_INQ_MAX / 2 && !c->close_wanted)
+		conn_arm_recv(c);
+	conn_send(c);
+}
+
+void conn_resume(struct conn *c)
+{
+	conn_process_input(c);
+}
+
+static void conn_on_recv(struct conn *c, struct io_uring_cqe *cqe)
+{
+	struct shard *sh = c->shard;
+	int res = cqe->res;
+
+	if (!(cqe->flags & IORING_CQE_F_MORE)) {
+		c->recv_armed = false;
+		c->inflight--;
+	}
+	if (res > 0) {
+		uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+
+		assert(cqe->flags & IORING_CQE_F_BUFFER);
+		ring_buf_taken(&sh->ring, bid);
+		if (c->io != CONN_ACTIVE || c->inq_count == CONN_INQ_MAX) {
+			if (c->io == CONN_ACTIVE) {
+				log_msg(LOG_WARN, "event=input_overrun shard=%u client=%s", sh->id,
+					c->peer_ip);
+				conn_close(c);
+			}
+			ring_buf_put(&sh->ring, bid);
+			return;
+		}
+		c->inq[(c->inq_head + c->inq_count) % CONN_INQ_MAX] =
+		    (struct conn_inbuf){.bid = bid, .off = 0, .len = (uint32_t)res};
+		c->inq_count++;
+		c->idle_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.idle_s * 1000u;
+		/* Paused with buffers piling up: stop receiving (backpressure)
+		 * rather than hold more of the shared buffer ring. */
+		if (c->inq_count >= CONN_INQ_MAX / 2 && c->recv_armed && !c->recv_stopped) {
+			ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
+			c->inflight++;
+			c->recv_stopped = true;
+		}
+		conn_process_input(c);
+		return;
+	}
+	if (c->io != CONN_ACTIVE)
+		return;
+	if (res == -ENOBUFS) {
+		/* Out of receive buffers: backpressure, not an error.  Re-armed
+		 * at the end of the loop turn once buffers came back. */
+		c->recv_stopped = true;
+		sh->ring.buf_exhausted = true;
+		return;
+	}
+	if (res == -ECANCELED && c->recv_stopped) {
+		conn_process_input(c); /* re-arms once the held input drains */
+		return;
+	}
+	/* EOF or error: the client is gone; pending output is moot. */
+	c->out_len = 0;
+	c->close_wanted = true;
+	if (!c->send_inflight)
+		conn_shutdown_io(c);
+}
+
+static void conn_on_send(struct conn *c, int res)
+{
+	c->send_inflight = false;
+	c->inflight--;
+	if (c->io != CONN_ACTIVE)
+		return;
+	if (res <= 0) {
+		c->out_len = 0;
+		c->close_wanted = true;
+		conn_shutdown_io(c);
+		return;
+	}
+	memmove(c->out, c->out + res, c->out_len - (uint32_t)res);
+	c->out_len -= (uint32_t)res;
+	if (c->out_len) {
+		conn_send(c);
+		return;
+	}
+	if (c->close_wanted) {
+		conn_shutdown_io(c);
+		return;
+	}
+	conn_process_input(c); /* output space freed: a paused parse may go on */
+}
+
+/* ---- accept ----------------------------------------------------------------- */
+
+static void listener_arm(struct shard *sh, uint32_t i)
+{
+	struct io_uring_sqe *sqe = ring_sqe(&sh->ring);
+
+	/* No address buffer: with multishot accept one buffer would be
+	 * overwritten by each connection; getpeername() is exact. */
+	io_uring_prep_multishot_accept(sqe, sh->listeners[i].fd, NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, ring_ud(OP_ACCEPT, 0, 0, i));
+}
+
+static void peer_format(struct conn *c)
+{
+	void *a = c->peer.ss_family == AF_INET6
+		      ? (void *)&((struct sockaddr_in6 *)&c->peer)->sin6_addr
+		      : (void *)&((struct sockaddr_in *)&c->peer)->sin_addr;
+
+	if (!inet_ntop(c->peer.ss_family, a, c->peer_ip, sizeof(c->peer_ip)))
+		strcpy(c->peer_ip, "unknown");
+	c->peer_port = ntohs(((struct sockaddr_in *)&c->peer)->sin_port);
+}
+
+/* A refused client gets its 421 from static memory and a linked close:
+ * no slot, nothing to reap. */
+static void conn_refuse(struct shard *sh, int fd, const char *reply)
+{
+	struct io_uring_sqe *sqe = ring_sqe(&sh->ring);
+
+	io_uring_prep_send(sqe, fd, reply, strlen(reply), MSG_NOSIGNAL | MSG_DONTWAIT);
+	sqe->flags |= IOSQE_IO_LINK;
+	io_uring_sqe_set_data64(sqe, ring_ud(OP_REFUSE_SEND, 0, 0, (uint32_t)fd));
+	sqe = ring_sqe(&sh->ring);
+	io_uring_prep_close(sqe, fd);
+	io_uring_sqe_set_data64(sqe, ring_ud(OP_REFUSE_CLOSE, 0, 0, (uint32_t)fd));
+}
+
+static struct conn *conn_new(struct shard *sh, int fd, uint32_t listener)
+{
+	struct conn *c;
+	int one = 1;
+
+	c = &sh->conns[sh->free_slots[--sh->free_count]];
+	assert(c->io == CONN_FREE && c->inflight == 0);
+	uint16_t gen = c->gen;
+	uint32_t slot = c->slot;
+	memset(c, 0, offsetof(struct conn, s));
+	c->shard = sh;
+	c->slot = slot;
+	c->gen = gen;
+	c->fd = fd;
+	c->io = CONN_ACTIVE;
+	c->listener = (uint8_t)listener;
+	c->idle_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.idle_s * 1000u;
+	c->session_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.session_s * 1000u;
+	/* Replies are already batched per loop turn; Nagle would only add
+	 * latency to the last reply of a pipelined group. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c->next = sh->active;
+	if (sh->active)
+		sh->active->prev = c;
+	sh->active = c;
+	sh->active_count++;
+	return c;
+}
+
+static void shard_on_accept(struct shard *sh, uint32_t li, struct io_uring_cqe *cqe)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	const char *why;
+	struct conn *c;
+	char ip[CONN_PEER_MAX] = "unknown";
+	int fd = cqe->res;
+
+	if (!(cqe->flags & IORING_CQE_F_MORE) && !sh->stopping)
+		listener_arm(sh, li); /* multishot ended (e.g. EMFILE): re-arm */
+	if (fd < 0) {
+		if (fd != -ECANCELED)
+			log_msg(LOG_WARN, "event=accept_error shard=%u error=\"%s\"", sh->id,
+				strerror(-fd));
+		return;
+	}
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+		memset(&ss, 0, sizeof(ss));
+	why = sh->stopping ? "shutdown" : sh->free_count == 0 ? "connections" : conn_admit(&ss);
+	if (why) {
+		struct conn tmp = {.peer = ss};
+
+		peer_format(&tmp);
+		memcpy(ip, tmp.peer_ip, sizeof(ip));
+		log_msg(LOG_INFO, "event=refused shard=%u client=%s reason=%s", sh->id, ip, why);
+		conn_refuse(sh, fd,
+			    strcmp(why, "connections_per_ip") == 0
+				? "421 4.7.0 Too many connections from your address\r\n"
+				: "421 4.3.2 Too many connections, try again later\r\n");
+		return;
+	}
+	c = conn_new(sh, fd, li);
+	c->peer = ss;
+	peer_format(c);
+	smtp_session_init(c);
+	log_msg(LOG_DEBUG, "event=connect shard=%u client=%s port=%u listener=%s", sh->id,
+		c->peer_ip, c->peer_port, sh->listeners[li].cfg->name);
+	if (sh->listeners[li].cfg->greet_pause_ms) {
+		/* Pre-greet pause: anything the client sends before the banner
+		 * marks it as a spam-bot early talker. */
+		uint32_t ms = sh->listeners[li].cfg->greet_pause_ms;
+
+		c->greet_ts.tv_sec = ms / 1000;
+		c->greet_ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+		ring_prep_timeout(&sh->ring, &c->greet_ts, conn_ud(c, OP_GREET));
+		c->inflight++;
+		conn_arm_recv(c);
+		return;
+	}
+	/* No pause: still refuse bytes that arrived before we could greet
+	 * (a client that talks without reading). */
+	struct io_uring_sqe *sqe = ring_sqe(&sh->ring);
+
+	io_uring_prep_recv(sqe, fd, sh->peek_byte, 1, MSG_PEEK | MSG_DONTWAIT);
+	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_PEEK));
+	c->inflight++;
+}
+
+static void conn_on_peek(struct conn *c, int res)
+{
+	c->inflight--;
+	if (c->io != CONN_ACTIVE)
+		return;
+	if (res > 0) {
+		smtp_session_early(c);
+		return;
+	}
+	smtp_session_greet(c);
+	conn_arm_recv(c);
+	conn_send(c);
+}
+
+static void conn_on_greet(struct conn *c, int res)
+{
+	c->inflight--;
+	if (c->io != CONN_ACTIVE || res == -ECANCELED)
+		return;
+	if (c->s.state == SMTP_S_NEW) {
+		smtp_session_greet(c);
+		conn_process_input(c);
+	}
+}
+
+/* ---- timers and stop -------------------------------------------------------- */
+
+static void shard_arm_tick(struct shard *sh)
+{
+	sh->tick_ts.tv_sec = SHARD_TICK_MS / 1000;
+	sh->tick_ts.tv_nsec = 0;
+	ring_prep_timeout(&sh->ring, &sh->tick_ts, ring_ud(OP_TICK, 0, 0, 0));
+}
+
+static void shard_arm_wake(struct shard *sh)
+{
+	struct io_uring_sqe *sqe = ring_sqe(&sh->ring);
+
+	io_uring_prep_read(sqe, sh->wake_fd, &sh->wake_buf, sizeof(sh->wake_buf), 0);
+	io_uring_sqe_set_data64(sqe, ring_ud(OP_WAKE, 0, 0, 0));
+}
+
+/* Idle and session timers: a 1 s sweep over the active list.  Cheaper
+ * than a timeout SQE per connection and precise enough for limits that
+ * are counted in seconds. */
+static void shard_on_tick(struct shard *sh)
+{
+	char reply[SMTP_REPLY_MAX];
+
+	for (struct conn *c = sh->active, *next; c; c = next) {
+		next = c->next;
+		if (c->io != CONN_ACTIVE || c->s.state == SMTP_S_COMMIT)
+			continue;
+		if (sh->now_ms >= c->session_deadline_ms) {
+			snprintf(reply, sizeof(reply), "421 4.4.2 %s Session time limit exceeded",
+				 sh->cfg->hostname);
+			smtp_session_timeout(c, reply);
+		} else if (sh->now_ms >= c->idle_deadline_ms) {
+			snprintf(reply, sizeof(reply), "421 4.4.2 %s Idle timeout, closing connection",
+				 sh->cfg->hostname);
+			smtp_session_timeout(c, reply);
+		}
+	}
+	if (!sh->stopping || sh->now_ms < sh->stop_deadline_ms)
+		shard_arm_tick(sh);
+}
+
+static void shard_begin_stop(struct shard *sh)
+{
+	char reply[SMTP_REPLY_MAX];
+
+	sh->stopping = true;
+	sh->stop_deadline_ms = sh->now_ms + SHARD_STOP_GRACE_MS;
+	for (uint32_t i = 0; i < sh->cfg->listener_count; i++) {
+		ring_prep_cancel(&sh->ring, ring_ud(OP_ACCEPT, 0, 0, i),
+				 ring_ud(OP_LISTEN_CANCEL, 0, 0, i));
+	}
+	snprintf(reply, sizeof(reply), "421 4.3.2 %s Service shutting down", sh->cfg->hostname);
+	for (struct conn *c = sh->active, *next; c; c = next) {
+		next = c->next;
+		/* A message being made durable finishes first: its 250 goes
+		 * out, then the 421 (smtp_session_durable checks stopping). */
+		if (c->io == CONN_ACTIVE && c->s.state != SMTP_S_COMMIT)
+			smtp_session_timeout(c, reply);
+	}
+}
+
+/* ---- the loop --------------------------------------------------------------- */
+
+static struct conn *conn_of(struct shard *sh, uint64_t ud)
+{
+	uint32_t slot = ring_ud_slot(ud);
+
+	if (slot >= sh->conn_max || sh->conns[slot].gen != ring_ud_gen(ud) ||
+	    sh->conns[slot].io == CONN_FREE)
+		return NULL;
+	return &sh->conns[slot];
+}
+
+static void handle_conn_cqe(struct shard *sh, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	uint8_t op = ring_ud_op(ud);
+	struct conn *c = conn_of(sh, ud);
+
+	/* Every op that names a slot is counted in c->inflight until its last
+	 * completion, so the slot cannot have been recycled: a NULL here is a
+	 * broken invariant. */
+	assert(c);
+	switch (op) {
+	case OP_RECV:
+		conn_on_recv(c, cqe);
+		break;
+	case OP_SEND:
+		conn_on_send(c, cqe->res);
+		break;
+	case OP_PEEK:
+		conn_on_peek(c, cqe->res);
+		break;
+	case OP_GREET:
+		conn_on_greet(c, cqe->res);
+		break;
+	case OP_CANCEL:
+	case OP_CLOSE:
+		c->inflight--;
+		break;
+	case SPOOL_OP_WRITE:
+	case SPOOL_OP_COMMIT:
+		smtp_session_spool_done(c, ud, cqe->res);
+		break;
+	default:
+		abort();
+	}
+	conn_reap(c);
+}
+
+static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	uint8_t op = ring_ud_op(ud);
+
+	switch (op) {
+	case OP_ACCEPT:
+		shard_on_accept(sh, ring_ud_slot(ud), cqe);
+		break;
+	case OP_TICK:
+		shard_on_tick(sh);
+		break;
+	case OP_WAKE:
+		if (atomic_load(&sh->stop) && !sh->stopping)
+			shard_begin_stop(sh);
+		else if (!sh->stopping)
+			shard_arm_wake(sh);
+		break;
+	case OP_REFUSE_SEND:
+	case OP_REFUSE_CLOSE:
+		break;
+	case OP_LISTEN_CANCEL:
+		break;
+	case SPOOL_OP_SYNC:
+	case SPOOL_OP_OPEN:
+	case SPOOL_OP_SEGHDR:
+	case SPOOL_OP_DIRSYNC:
+	case SPOOL_OP_CLOSE:
+		spool_complete(sh->spool, ud, cqe->res);
+		break;
+	default:
+		handle_conn_cqe(sh, cqe);
+		break;
+	}
+}
+
+/* ENOBUFS ended some multishot recvs; buffers came back since. */
+static void shard_rearm_starved(struct shard *sh)
+{
+	if (!sh->ring.buf_exhausted || sh->ring.buf_free == 0)
+		return;
+	sh->ring.buf_exhausted = false;
+	for (struct conn *c = sh->active; c; c = c->next)
+		if (c->io == CONN_ACTIVE && c->recv_stopped && !c->recv_armed &&
+		    c->inq_count < CONN_INQ_MAX / 2 && !c->close_wanted)
+			conn_arm_recv(c);
+}
+
+static bool shard_done(struct shard *sh)
+{
+	if (!sh->stopping)
+		return false;
+	if (sh->now_ms >= sh->stop_deadline_ms)
+		return true;
+	return sh->active_count == 0 && !spool_busy(sh->spool);
+}
+
+static void shard_loop(struct shard *sh)
+{
+	while (!shard_done(sh)) {
+		struct io_uring_cqe *cqe;
+		unsigned head, n = 0;
+		int rc = ring_submit_wait(&sh->ring);
+
+		if (rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EAGAIN && rc != -EBUSY) {
+			log_msg(LOG_ERROR, "event=ring_error shard=%u error=\"%s\"", sh->id,
+				strerror(-rc));
+			break;
+		}
+		sh->now_ms = mono_ms();
+		io_uring_for_each_cqe(&sh->ring.uring, head, cqe)
+		{
+			handle_cqe(sh, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&sh->ring.uring, n);
+		/* Group commit: everything committed in this turn shares one
+		 * fdatasync per segment. */
+		spool_flush(sh->spool);
+		shard_rearm_starved(sh);
+	}
+}
+
+/* ---- start and stop ----------------------------------------------------------- */
+
+static int listener_open(const struct config_listener *l, char *why, size_t why_len)
+{
+	int one = 1;
+	int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		goto fail;
+	/* One socket per shard on the same address: the kernel spreads new
+	 * connections over the shards (SO_REUSEPORT). */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+		goto fail;
+	if (l->addr.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) != 0 || listen(fd, 4096) != 0)
+		goto fail;
+	return fd;
+fail:
+	snprintf(why, why_len, "listener %s: %s", l->name, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+static const struct spool_ops shard_spool_ops;
+
+static void shard_on_durable(void *ctx, struct spool_msg *m, int res)
+{
+	struct shard *sh = ctx;
+	struct conn *c = &sh->conns[m->owner];
+
+	assert(m->owner < sh->conn_max && c->gen == m->owner_gen && c->io != CONN_FREE);
+	smtp_session_durable(c, res);
+	conn_reap(c);
+}
+
+static const struct spool_ops shard_spool_ops = {.on_durable = shard_on_durable};
+
+static int shard_setup(struct shard *sh)
+{
+	const struct rmx_config *cfg = sh->cfg;
+	int rc;
+
+	if (cfg->cpu_affinity) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(cfg->cpu_affinity[sh->id], &set);
+		if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
+			log_msg(LOG_WARN, "event=affinity shard=%u cpu=%d error=failed", sh->id,
+				cfg->cpu_affinity[sh->id]);
+	}
+	rc = ring_init(&sh->ring, cfg->io.ring_entries, cfg->io.recv_buffers,
+		       cfg->io.recv_buffer_size, sh->why, sizeof(sh->why));
+	if (rc < 0)
+		return rc;
+	rc = spool_open(&sh->spool, cfg->spool.path, sh->id, cfg->spool.segment_size,
+			cfg->spool.durability == CONFIG_DURABILITY_FSYNC, sh->first_id, &sh->ring,
+			&shard_spool_ops, sh, sh->why, sizeof(sh->why));
+	if (rc < 0)
+		return rc;
+	sh->conn_max = cfg->io.max_connections;
+	sh->conns = calloc(sh->conn_max, sizeof(sh->conns[0]));
+	sh->free_slots = calloc(sh->conn_max, sizeof(sh->free_slots[0]));
+	sh->txpool = smtp_tx_pool_new(sh->conn_max < 1024 ? sh->conn_max : 1024,
+				      cfg->limits.recipients);
+	if (!sh->conns || !sh->free_slots || !sh->txpool) {
+		snprintf(sh->why, sizeof(sh->why), "out of memory sizing %u connections",
+			 sh->conn_max);
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < sh->conn_max; i++) {
+		sh->conns[i].slot = i;
+		sh->free_slots[sh->free_count++] = sh->conn_max - 1 - i;
+	}
+	for (uint32_t i = 0; i < cfg->listener_count; i++) {
+		sh->listeners[i].cfg = &cfg->listeners[i];
+		sh->listeners[i].fd = listener_open(&cfg->listeners[i], sh->why, sizeof(sh->why));
+		if (sh->listeners[i].fd < 0)
+			return -EADDRINUSE;
+	}
+	sh->wake_fd = eventfd(0, EFD_CLOEXEC);
+	return sh->wake_fd < 0 ? -errno : 0;
+}
+
+static void shard_teardown(struct shard *sh)
+{
+	for (uint32_t i = 0; i < sh->cfg->listener_count; i++)
+		if (sh->listeners[i].fd > 0)
+			close(sh->listeners[i].fd);
+	spool_close(sh->spool);
+	sh->spool = NULL;
+	smtp_tx_pool_free(sh->txpool);
+	free(sh->conns);
+	free(sh->free_slots);
+	if (sh->ring.buf_count)
+		ring_exit(&sh->ring);
+}
+
+static void *shard_main(void *arg)
+{
+	struct shard *sh = arg;
+	int rc;
+
+	log_thread_ring(sh->id);
+	sh->now_ms = mono_ms();
+	rc = shard_setup(sh);
+	if (rc < 0) {
+		atomic_store(&sh->start_rc, rc);
+		return NULL;
+	}
+	for (uint32_t i = 0; i < sh->cfg->listener_count; i++)
+		listener_arm(sh, i);
+	shard_arm_tick(sh);
+	shard_arm_wake(sh);
+	atomic_store(&sh->start_rc, 0);
+	shard_loop(sh);
+	log_msg(LOG_INFO, "event=shard_stop shard=%u messages=%llu syncs=%llu", sh->id,
+		(unsigned long long)spool_stats(sh->spool)->messages,
+		(unsigned long long)spool_stats(sh->spool)->syncs);
+	shard_teardown(sh);
+	return NULL;
+}
+
+int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id)
+{
+	memset(sh, 0, offsetof(struct shard, stop));
+	sh->id = id;
+	sh->cfg = cfg;
+	sh->first_id = first_id;
+	sh->wake_fd = -1;
+	atomic_store(&sh->stop, false);
+	atomic_store(&sh->start_rc, 1);
+	if (pthread_create(&sh->thread, NULL, shard_main, sh) != 0)
+		return -errno;
+	/* Start-up only: wait until the shard is listening or failed. */
+	while (atomic_load(&sh->start_rc) > 0)
+		usleep(1000);
+	return atomic_load(&sh->start_rc);
+}
+
+void shard_stop(struct shard *sh)
+{
+	uint64_t one = 1;
+
+	atomic_store(&sh->stop, true);
+	if (sh->wake_fd >= 0 && write(sh->wake_fd, &one, sizeof(one)) < 0)
+		log_msg(LOG_WARN, "event=shard_wake shard=%u error=\"%s\"", sh->id,
+			strerror(errno));
+}
+
+void shard_join(struct shard *sh)
+{
+	pthread_join(sh->thread, NULL);
+	if (sh->wake_fd >= 0)
+		close(sh->wake_fd);
+}

@@ -1,0 +1,141 @@
+/*
+ * shard — one thread per core: its io_uring, listening sockets
+ * (SO_REUSEPORT), fixed connection table, spool, and the loop.
+ *
+ * Owns: struct shard and its conns.  Thread: shard_start()/shard_stop()/
+ * shard_join() from main; everything else on the shard's own thread.
+ *
+ * Connection I/O contract used by the session (smtp/session.c):
+ *  - conn_reply() appends one reply line to the output buffer; output goes
+ *    out in one send per loop turn (a pipelined group gets one send).
+ *  - The session consumes input through smtp_session_feed(); consuming less
+ *    than offered pauses input; conn_resume() restarts it (never re-entered
+ *    from inside feed).
+ *  - conn_close() closes after the output is flushed; the slot is reaped
+ *    only when no operation of it is in flight (never freed inside a
+ *    completion handler).
+ */
+#ifndef RMX_SHARD_H
+#define RMX_SHARD_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "config.h"
+#include "queue/spool.h"
+#include "ring/ring.h"
+#include "smtp/session.h"
+
+#define CONN_OUT_MAX 4096 /* reply bytes buffered per connection */
+#define CONN_INQ_MAX 8	  /* receive buffers held per paused connection */
+#define CONN_PEER_MAX 64
+
+/* Ring op codes (user_data op byte).  Spool ops live in spool.h (0x40+). */
+enum shard_op {
+	OP_ACCEPT = 1,
+	OP_RECV,
+	OP_SEND,
+	OP_CLOSE,
+	OP_TICK,
+	OP_WAKE,
+	OP_GREET,	/* greet pause timer of a connection */
+	OP_PEEK,	/* early-talker check right after accept */
+	OP_REFUSE_SEND, /* reply to a refused connection (no slot) */
+	OP_REFUSE_CLOSE,
+	OP_CANCEL,
+	OP_LISTEN_CANCEL,
+};
+
+enum conn_io {
+	CONN_FREE = 0,
+	CONN_ACTIVE,
+	CONN_CLOSING, /* closing: wait for in-flight ops, then reap */
+};
+
+struct shard;
+
+struct conn {
+	struct shard *shard;
+	uint32_t slot;
+	uint16_t gen;
+	enum conn_io io;
+	int fd;
+	uint32_t inflight; /* ring ops that name this slot */
+	bool recv_armed;
+	bool recv_stopped; /* cancelled for backpressure; re-arm on drain */
+	bool send_inflight;
+	bool close_wanted; /* close once output is flushed */
+	bool in_feed;
+	bool closed_fd;
+	uint8_t listener;
+	uint32_t inq_head, inq_count;
+	struct conn_inbuf {
+		uint16_t bid;
+		uint32_t off, len;
+	} inq[CONN_INQ_MAX];
+	char out[CONN_OUT_MAX];
+	uint32_t out_len;  /* bytes buffered */
+	uint32_t out_sent; /* bytes of out[] in the send in flight */
+	struct sockaddr_storage peer;
+	char peer_ip[CONN_PEER_MAX];
+	uint16_t peer_port;
+	uint64_t idle_deadline_ms;
+	uint64_t session_deadline_ms;
+	struct __kernel_timespec greet_ts;
+	struct conn *next, *prev; /* active list */
+	struct smtp_session s;
+};
+
+struct shard_listener {
+	int fd;
+	const struct config_listener *cfg;
+	struct sockaddr_storage accept_addr;
+	socklen_t accept_len;
+};
+
+struct shard {
+	uint32_t id;
+	pthread_t thread;
+	const struct rmx_config *cfg;
+	struct ring ring;
+	struct spool *spool;
+	struct shard_listener listeners[CONFIG_LISTENERS_MAX];
+	struct conn *conns;
+	uint32_t conn_max;
+	uint32_t *free_slots;
+	uint32_t free_count;
+	struct conn *active;
+	uint32_t active_count;
+	struct smtp_tx_pool *txpool;
+	int wake_fd;
+	uint64_t wake_buf;
+	struct __kernel_timespec tick_ts;
+	uint64_t now_ms;
+	uint64_t first_id;
+	_Atomic bool stop;
+	bool stopping;
+	uint64_t stop_deadline_ms;
+	_Atomic int start_rc; /* 0 running, >0 starting, <0 failed */
+	char why[256];
+	char peek_byte[16];
+};
+
+/* Process-wide connection accounting, shared by all shards. */
+int shard_globals_init(const struct rmx_config *cfg);
+
+int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id);
+void shard_stop(struct shard *sh); /* any thread: ask it to drain and exit */
+void shard_join(struct shard *sh);
+
+/* Connection I/O, for the session. */
+void conn_reply(struct conn *c, const char *line);
+void conn_replyf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+size_t conn_out_free(const struct conn *c);
+void conn_close(struct conn *c);
+void conn_resume(struct conn *c);
+uint64_t shard_now_ms(const struct shard *sh);
+
+#endif

@@ -1,0 +1,796 @@
+/*
+ * smtp/session — the SMTP server state machine.  See session.h.
+ *
+ * Input arrives through smtp_session_feed() in the buffers it was received
+ * in.  Command lines are parsed in place (copied into s->line only when a
+ * line straddles two buffers); DATA/BDAT bytes go to the spool from the same
+ * buffers.  Consuming less than offered pauses the connection until the
+ * thing waited for (output space, a spool write slot, the commit) arrives.
+ */
+#include "smtp/session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "filters/flt.h"
+#include "log.h"
+#include "shard.h"
+
+#define SMTP_TX_ARENA 65536  /* addresses and parameters of one transaction */
+#define SMTP_RECEIVED_MAX 1024
+
+struct smtp_tx {
+	struct spool_msg msg;
+	struct smtp_tx *next_free;
+	char qid[SPOOL_QID_LEN + 1];
+	bool begun; /* spool_msg_begin done */
+	bool smtputf8;
+	uint8_t body_type;
+	uint8_t ret;
+	uint64_t size_declared;
+	struct spool_str mail_from, envid, auth;
+	uint32_t rcpt_count;
+	uint32_t env_size; /* running estimate of the encoded envelope */
+	const char *fail_reply; /* refuse at end of data with this */
+	char fail_buf[SMTP_REPLY_MAX];
+	uint32_t arena_len;
+	char arena[SMTP_TX_ARENA];
+	uint8_t enc[SPOOL_ENV_MAX];
+	char received[SMTP_RECEIVED_MAX];
+	struct spool_rcpt rcpts[]; /* rcpt_max */
+};
+
+struct smtp_tx_pool {
+	struct smtp_tx *free;
+	uint32_t rcpt_max;
+	uint32_t count;
+	struct smtp_tx **all;
+};
+
+struct smtp_tx_pool *smtp_tx_pool_new(uint32_t count, uint32_t rcpt_max)
+{
+	struct smtp_tx_pool *p = calloc(1, sizeof(*p));
+
+	if (!p)
+		return NULL;
+	p->rcpt_max = rcpt_max;
+	p->all = calloc(count, sizeof(p->all[0]));
+	if (!p->all) {
+		free(p);
+		return NULL;
+	}
+	for (uint32_t i = 0; i < count; i++) {
+		/* Large calloc is mmap-backed: untouched pages cost nothing. */
+		struct smtp_tx *tx = calloc(1, sizeof(*tx) + rcpt_max * sizeof(tx->rcpts[0]));
+
+		if (!tx) {
+			smtp_tx_pool_free(p);
+			return NULL;
+		}
+		p->all[p->count++] = tx;
+		tx->next_free = p->free;
+		p->free = tx;
+	}
+	return p;
+}
+
+void smtp_tx_pool_free(struct smtp_tx_pool *p)
+{
+	if (!p)
+		return;
+	for (uint32_t i = 0; i < p->count; i++)
+		free(p->all[i]);
+	free(p->all);
+	free(p);
+}
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+static const char *const state_names[] = {"new",  "greeted", "ready",  "mail", "rcpt",
+					  "data", "bdat",    "commit", "quit"};
+
+/* The one place a state changes: legal transitions only. */
+static void smtp_enter_state(struct conn *c, enum smtp_state next)
+{
+	static const uint16_t legal[] = {
+	    [SMTP_S_NEW] = 1u << SMTP_S_GREETED | 1u << SMTP_S_QUIT,
+	    [SMTP_S_GREETED] = 1u << SMTP_S_READY | 1u << SMTP_S_BDAT | 1u << SMTP_S_QUIT,
+	    [SMTP_S_READY] = 1u << SMTP_S_READY | 1u << SMTP_S_MAIL | 1u << SMTP_S_BDAT |
+			     1u << SMTP_S_QUIT,
+	    [SMTP_S_MAIL] = 1u << SMTP_S_READY | 1u << SMTP_S_RCPT | 1u << SMTP_S_BDAT |
+			    1u << SMTP_S_QUIT | 1u << SMTP_S_MAIL,
+	    [SMTP_S_RCPT] = 1u << SMTP_S_READY | 1u << SMTP_S_RCPT | 1u << SMTP_S_DATA |
+			    1u << SMTP_S_BDAT | 1u << SMTP_S_QUIT,
+	    [SMTP_S_DATA] = 1u << SMTP_S_COMMIT | 1u << SMTP_S_QUIT,
+	    [SMTP_S_BDAT] = 1u << SMTP_S_RCPT | 1u << SMTP_S_MAIL | 1u << SMTP_S_READY |
+			    1u << SMTP_S_COMMIT | 1u << SMTP_S_QUIT | 1u << SMTP_S_GREETED,
+	    [SMTP_S_COMMIT] = 1u << SMTP_S_READY | 1u << SMTP_S_QUIT,
+	    [SMTP_S_QUIT] = 1u << SMTP_S_QUIT,
+	};
+
+	assert(legal[c->s.state] & (1u << next));
+	if (log_enabled(LOG_DEBUG))
+		log_msg(LOG_DEBUG, "event=state client=%s from=%s to=%s", c->peer_ip,
+			state_names[c->s.state], state_names[next]);
+	c->s.state = next;
+}
+
+static const struct rmx_config *cfg_of(const struct conn *c)
+{
+	return c->shard->cfg;
+}
+
+/* Resume input unless we are inside the feed loop (which goes on by itself). */
+static void session_unpause(struct conn *c)
+{
+	c->s.wait = SMTP_WAIT_NONE;
+	if (!c->in_feed && c->io == CONN_ACTIVE)
+		conn_resume(c);
+}
+
+static void session_close(struct conn *c)
+{
+	if (c->s.state != SMTP_S_QUIT)
+		smtp_enter_state(c, SMTP_S_QUIT);
+	conn_close(c);
+}
+
+/* A 4xx/5xx answer to a command: counts toward limits.errors. */
+static void session_error(struct conn *c, const char *reply)
+{
+	conn_reply(c, reply);
+	if (++c->s.errors >= cfg_of(c)->limits.errors) {
+		conn_replyf(c, "421 4.7.0 %s Error: too many errors", cfg_of(c)->hostname);
+		log_msg(LOG_INFO, "event=too_many_errors client=%s errors=%u", c->peer_ip,
+			c->s.errors);
+		session_close(c);
+	}
+}
+
+static bool arena_copy(struct smtp_tx *tx, const char *p, size_t n, struct spool_str *out)
+{
+	if (n > SMTP_TX_ARENA - tx->arena_len)
+		return false;
+	memcpy(tx->arena + tx->arena_len, p, n);
+	out->ptr = tx->arena + tx->arena_len;
+	out->len = (uint32_t)n;
+	tx->arena_len += (uint32_t)n;
+	return true;
+}
+
+/* "local@domain" as written (source route already dropped by the parser). */
+static bool arena_path(struct smtp_tx *tx, const struct smtp_path *path, struct spool_str *out)
+{
+	uint32_t start = tx->arena_len;
+
+	if (path->null || (!path->local.len && !path->domain.len)) {
+		out->ptr = tx->arena + start;
+		out->len = 0;
+		return true;
+	}
+	if (!arena_copy(tx, path->local.ptr, path->local.len, out))
+		return false;
+	if (path->domain.len) {
+		struct spool_str at, dom;
+
+		if (!arena_copy(tx, "@", 1, &at) ||
+		    !arena_copy(tx, path->domain.ptr, path->domain.len, &dom))
+			return false;
+	}
+	out->ptr = tx->arena + start;
+	out->len = tx->arena_len - start;
+	return true;
+}
+
+static struct smtp_tx *tx_take(struct conn *c)
+{
+	struct smtp_tx_pool *p = c->shard->txpool;
+	struct smtp_tx *tx = p->free;
+
+	if (!tx)
+		return NULL;
+	p->free = tx->next_free;
+	memset(tx, 0, offsetof(struct smtp_tx, arena));
+	return tx;
+}
+
+/* Give the transaction back.  A begun message with no commit is dropped
+ * (its chunks become garbage the recovery scan ignores). */
+static void tx_release(struct conn *c)
+{
+	struct smtp_tx *tx = c->s.tx;
+	struct smtp_tx_pool *p = c->shard->txpool;
+
+	if (!tx)
+		return;
+	assert(tx->msg.writes_inflight == 0);
+	if (tx->begun && tx->msg.active && !tx->msg.committing)
+		spool_msg_abort(c->shard->spool, &tx->msg);
+	tx->next_free = p->free;
+	p->free = tx;
+	c->s.tx = NULL;
+	c->s.bdat_used = false;
+	c->s.sink = false;
+}
+
+/* RSET, EHLO, HELO: forget the transaction (RFC 5321 4.1.1.5). */
+static void session_reset_tx(struct conn *c)
+{
+	tx_release(c);
+	if (c->s.state == SMTP_S_MAIL || c->s.state == SMTP_S_RCPT)
+		smtp_enter_state(c, SMTP_S_READY);
+}
+
+/* ---- greeting ------------------------------------------------------------------ */
+
+void smtp_session_init(struct conn *c)
+{
+	memset(&c->s, 0, sizeof(c->s));
+	c->s.state = SMTP_S_NEW;
+	smtp_line_reset(&c->s.ls);
+}
+
+void smtp_session_greet(struct conn *c)
+{
+	const struct config_listener *l = c->shard->listeners[c->listener].cfg;
+	struct flt_input in = {.cfg = cfg_of(c), .client = (struct sockaddr *)&c->peer};
+	struct flt_verdict v;
+
+	smtp_enter_state(c, SMTP_S_GREETED);
+	if (flt_decide(FLT_STAGE_CONNECT, &in, &v) == FLT_DONE && v.action != FLT_ACCEPT) {
+		conn_reply(c, v.reply);
+		session_close(c);
+		return;
+	}
+	conn_replyf(c, "220 %s ESMTP %s", cfg_of(c)->hostname, l->banner[0] ? l->banner : "ringmx");
+}
+
+void smtp_session_early(struct conn *c)
+{
+	log_msg(LOG_INFO, "event=refused client=%s reason=early_talker", c->peer_ip);
+	conn_replyf(c, "554 5.5.0 %s Protocol error: talked before the greeting",
+		    cfg_of(c)->hostname);
+	session_close(c);
+}
+
+void smtp_session_timeout(struct conn *c, const char *reply)
+{
+	log_msg(LOG_INFO, "event=timeout client=%s state=%s reply=\"%.40s\"", c->peer_ip,
+		state_names[c->s.state], reply);
+	c->out_len = 0; /* nothing pending matters more than the 421 */
+	if (!c->send_inflight)
+		conn_reply(c, reply);
+	session_close(c);
+}
+
+/* ---- commands ------------------------------------------------------------------- */
+
+static void cmd_ehlo(struct conn *c, const struct smtp_cmd *cmd, bool esmtp)
+{
+	const struct rmx_config *cfg = cfg_of(c);
+	struct flt_input in = {.cfg = cfg, .client = (struct sockaddr *)&c->peer};
+	struct flt_verdict v;
+	size_t n = cmd->arg.len < SMTP_HELO_MAX - 1 ? cmd->arg.len : SMTP_HELO_MAX - 1;
+
+	session_reset_tx(c);
+	memcpy(c->s.helo, cmd->arg.ptr, n);
+	c->s.helo[n] = '\0';
+	in.helo = c->s.helo;
+	if (flt_decide(FLT_STAGE_HELO, &in, &v) == FLT_DONE && v.action != FLT_ACCEPT) {
+		session_error(c, v.reply);
+		return;
+	}
+	c->s.esmtp = esmtp;
+	if (c->s.state == SMTP_S_GREETED)
+		smtp_enter_state(c, SMTP_S_READY);
+	if (!esmtp) {
+		conn_replyf(c, "250 %s", cfg->hostname);
+		return;
+	}
+	conn_replyf(c, "250-%s", cfg->hostname);
+	conn_reply(c, "250-PIPELINING");
+	conn_replyf(c, "250-SIZE %llu", (unsigned long long)cfg->limits.message_size);
+	conn_reply(c, "250-8BITMIME");
+	conn_reply(c, "250-ENHANCEDSTATUSCODES");
+	conn_reply(c, "250-CHUNKING");
+	conn_reply(c, "250-DSN");
+	conn_reply(c, "250 SMTPUTF8");
+}
+
+static void cmd_mail(struct conn *c, const struct smtp_cmd *cmd)
+{
+	const struct rmx_config *cfg = cfg_of(c);
+	struct smtp_tx *tx;
+
+	if (c->s.state == SMTP_S_GREETED)
+		return session_error(c, "503 5.5.1 Error: send HELO/EHLO first");
+	if (c->s.state != SMTP_S_READY)
+		return session_error(c, "503 5.5.1 Error: nested MAIL command");
+	if (cmd->path.utf8 && !cmd->mail.smtputf8)
+		return session_error(c, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+	if (cmd->mail.has_size && cmd->mail.size > cfg->limits.message_size)
+		return session_error(c, "552 5.3.4 Message size exceeds fixed limit");
+	if (c->s.transactions >= cfg->limits.transactions) {
+		conn_replyf(c, "421 4.7.0 %s Too many messages in one session", cfg->hostname);
+		return session_close(c);
+	}
+	tx = tx_take(c);
+	if (!tx)
+		return session_error(c, "452 4.3.1 Insufficient system resources, try again");
+	c->s.tx = tx;
+	if (!arena_path(tx, &cmd->path, &tx->mail_from) ||
+	    !arena_copy(tx, cmd->mail.envid.ptr, cmd->mail.envid.len, &tx->envid) ||
+	    !arena_copy(tx, cmd->mail.auth.ptr, cmd->mail.auth.len, &tx->auth)) {
+		tx_release(c);
+		return session_error(c, "452 4.3.1 Insufficient system resources");
+	}
+	tx->smtputf8 = cmd->mail.smtputf8;
+	tx->body_type = (uint8_t)cmd->mail.body;
+	tx->ret = (uint8_t)cmd->mail.ret;
+	tx->size_declared = cmd->mail.has_size ? cmd->mail.size : 0;
+	tx->env_size = 1024 + tx->mail_from.len + tx->envid.len + tx->auth.len;
+	smtp_enter_state(c, SMTP_S_MAIL);
+	conn_reply(c, "250 2.1.0 Ok");
+}
+
+static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
+{
+	const struct rmx_config *cfg = cfg_of(c);
+	struct flt_input in = {.cfg = cfg, .client = (struct sockaddr *)&c->peer};
+	struct smtp_tx *tx = c->s.tx;
+	struct spool_rcpt *r;
+	struct flt_verdict v;
+	uint32_t need;
+
+	if (c->s.state != SMTP_S_MAIL && c->s.state != SMTP_S_RCPT)
+		return session_error(c, "503 5.5.1 Error: need MAIL command");
+	if (c->s.bdat_used)
+		return session_error(c, "503 5.5.1 Error: RCPT after BDAT");
+	if (cmd->path.utf8 && !tx->smtputf8)
+		return session_error(c, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+	need = 16 + cmd->path.local.len + cmd->path.domain.len + cmd->rcpt.orcpt.len;
+	if (tx->rcpt_count >= cfg->limits.recipients || tx->env_size + need > SPOOL_ENV_MAX)
+		return conn_reply(c, "452 4.5.3 Error: too many recipients");
+	in.domain = cmd->path.domain.ptr;
+	in.domain_len = cmd->path.domain.len;
+	in.addr = cmd->path.local.ptr; /* local@domain is contiguous in the line */
+	in.addr_len = cmd->path.domain.len
+			  ? (size_t)(cmd->path.domain.ptr + cmd->path.domain.len - in.addr)
+			  : cmd->path.local.len;
+	in.helo = c->s.helo;
+	if (flt_decide(FLT_STAGE_RCPT, &in, &v) == FLT_DONE && v.action != FLT_ACCEPT) {
+		log_msg(LOG_INFO, "event=rcpt_rejected client=%s rcpt=<%.*s> reply=\"%.3s\"",
+			c->peer_ip, (int)in.addr_len, in.addr, v.reply);
+		return session_error(c, v.reply);
+	}
+	r = &tx->rcpts[tx->rcpt_count];
+	memset(r, 0, sizeof(*r));
+	if (!arena_path(tx, &cmd->path, &r->addr) ||
+	    !arena_copy(tx, cmd->rcpt.orcpt.ptr, cmd->rcpt.orcpt.len, &r->orcpt))
+		return conn_reply(c, "452 4.5.3 Error: too many recipients");
+	r->notify = cmd->rcpt.notify;
+	tx->rcpt_count++;
+	tx->env_size += need;
+	if (c->s.state == SMTP_S_MAIL)
+		smtp_enter_state(c, SMTP_S_RCPT);
+	conn_reply(c, "250 2.1.5 Ok");
+}
+
+/* RFC 5321 4.4: trace header, prepended as the message's first chunk. */
+static void tx_begin_message(struct conn *c, bool dot)
+{
+	struct smtp_tx *tx = c->s.tx;
+	struct spool *sp = c->shard->spool;
+	char date[64];
+	struct tm tm;
+	time_t now = time(NULL);
+	int n;
+
+	spool_msg_begin(sp, &tx->msg, spool_next_id(sp), c->slot, c->gen);
+	tx->begun = true;
+	spool_qid_format(tx->msg.id, tx->qid);
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	n = snprintf(tx->received, sizeof(tx->received),
+		     "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s%s id %s%s%.*s%s;\r\n"
+		     "\t%s\r\n",
+		     c->s.helo, c->peer_ip, cfg_of(c)->hostname, tx->smtputf8 ? "UTF8" : "",
+		     c->s.esmtp ? "ESMTP" : "SMTP", tx->qid,
+		     tx->rcpt_count == 1 ? "\r\n\tfor <" : "",
+		     tx->rcpt_count == 1 ? (int)(tx->rcpts[0].addr.len > 300 ? 300 : tx->rcpts[0].addr.len) : 0,
+		     tx->rcpt_count == 1 ? tx->rcpts[0].addr.ptr : "",
+		     tx->rcpt_count == 1 ? ">" : "", date);
+	if (n >= (int)sizeof(tx->received))
+		n = (int)sizeof(tx->received) - 1;
+	smtp_data_begin(&c->s.ds, dot);
+	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)n, SPOOL_NO_BUF);
+	c->s.ds.wire_len = 0; /* limits count the client's bytes only */
+}
+
+static void cmd_data(struct conn *c)
+{
+	if (c->s.bdat_used)
+		return session_error(c, "503 5.5.1 Error: DATA after BDAT");
+	if (c->s.state == SMTP_S_MAIL)
+		return session_error(c, "554 5.5.1 Error: no valid recipients");
+	if (c->s.state != SMTP_S_RCPT)
+		return session_error(c, "503 5.5.1 Error: need RCPT command");
+	tx_begin_message(c, true);
+	smtp_enter_state(c, SMTP_S_DATA);
+	conn_reply(c, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void session_bdat_chunk_end(struct conn *c);
+
+static void cmd_bdat(struct conn *c, const struct smtp_cmd *cmd)
+{
+	c->s.bdat_left = cmd->bdat_size;
+	c->s.bdat_last = cmd->bdat_last;
+	c->s.bdat_reply = NULL;
+	/* A refused chunk's bytes are still read (sink) so the session stays
+	 * in step with the client; the error goes out after them. */
+	if (c->s.state != SMTP_S_RCPT)
+		c->s.bdat_reply = c->s.state == SMTP_S_MAIL ? "554 5.5.1 Error: no valid recipients"
+							    : "503 5.5.1 Error: need RCPT command";
+	else if (!c->s.bdat_used)
+		tx_begin_message(c, false);
+	if (c->s.bdat_reply)
+		c->s.sink = true;
+	else
+		c->s.bdat_used = true;
+	c->s.bdat_prev_state = (uint8_t)c->s.state;
+	c->s.bdat_size = cmd->bdat_size;
+	smtp_enter_state(c, SMTP_S_BDAT);
+	if (c->s.bdat_left == 0)
+		session_bdat_chunk_end(c);
+}
+
+static void cmd_dispatch(struct conn *c, const struct smtp_cmd *cmd)
+{
+	switch (cmd->verb) {
+	case SMTP_VERB_EHLO:
+	case SMTP_VERB_HELO:
+		return cmd_ehlo(c, cmd, cmd->verb == SMTP_VERB_EHLO);
+	case SMTP_VERB_MAIL:
+		return cmd_mail(c, cmd);
+	case SMTP_VERB_RCPT:
+		return cmd_rcpt(c, cmd);
+	case SMTP_VERB_DATA:
+		return cmd_data(c);
+	case SMTP_VERB_BDAT:
+		return cmd_bdat(c, cmd);
+	case SMTP_VERB_RSET:
+		session_reset_tx(c);
+		return conn_reply(c, "250 2.0.0 Ok");
+	case SMTP_VERB_NOOP:
+		return conn_reply(c, "250 2.0.0 Ok");
+	case SMTP_VERB_QUIT:
+		conn_reply(c, "221 2.0.0 Bye");
+		return session_close(c);
+	case SMTP_VERB_VRFY:
+		return conn_reply(
+		    c, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+	case SMTP_VERB_EXPN:
+		return session_error(c, "502 5.5.1 Error: EXPN not available");
+	case SMTP_VERB_HELP:
+		return conn_reply(c, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP "
+				     "QUIT VRFY HELP; see RFC 5321");
+	case SMTP_VERB_STARTTLS:
+	case SMTP_VERB_AUTH:
+		return session_error(c, "502 5.5.1 Error: command not implemented");
+	case SMTP_VERB_UNKNOWN:
+		break;
+	}
+	session_error(c, "500 5.5.2 Error: command not recognized");
+}
+
+static void session_command(struct conn *c, const char *line, size_t len)
+{
+	struct smtp_cmd cmd;
+
+	if (++c->s.commands > cfg_of(c)->limits.commands) {
+		conn_replyf(c, "421 4.7.0 %s Error: too many commands", cfg_of(c)->hostname);
+		return session_close(c);
+	}
+	if (smtp_cmd_parse(line, len, &cmd) != SMTP_PARSE_OK)
+		return session_error(c, cmd.reply ? cmd.reply : "500 5.5.2 Error: bad syntax");
+	cmd_dispatch(c, &cmd);
+}
+
+static const char *line_error_reply(uint8_t error)
+{
+	switch (error) {
+	case SMTP_LINE_TOO_LONG:
+		return "500 5.5.2 Error: line too long";
+	case SMTP_LINE_NUL:
+		return "500 5.5.2 Error: NUL character in command";
+	default:
+		/* CVE-2023-51764: a command ended by anything but CRLF is
+		 * never executed. */
+		return "500 5.5.2 Error: bare CR or LF in command";
+	}
+}
+
+/* One command line's worth of bytes: in place when the line lies in this
+ * buffer, else gathered into s->line (bounded; the scanner flags the rest). */
+static size_t session_line(struct conn *c, const char *p, size_t n)
+{
+	struct smtp_session *s = &c->s;
+	size_t used, room;
+	int rc = smtp_line_scan(&s->ls, p, n, &used);
+	const char *line = p;
+
+	if (rc == SMTP_PARSE_OK && s->line_have == 0) {
+		line = p; /* whole line in this buffer */
+	} else {
+		room = sizeof(s->line) - s->line_have;
+		memcpy(s->line + s->line_have, p, used < room ? used : room);
+		s->line_have += (uint32_t)(used < room ? used : room);
+		line = s->line;
+		if (rc == SMTP_PARSE_AGAIN)
+			return used;
+	}
+	if (rc == SMTP_PARSE_INVALID)
+		session_error(c, line_error_reply(s->ls.error));
+	else
+		session_command(c, line, s->ls.line_len);
+	s->line_have = 0;
+	smtp_line_reset(&s->ls);
+	return used;
+}
+
+/* ---- message body ------------------------------------------------------------- */
+
+/* Why the message is refused at its end, or NULL.  Checked after the real
+ * end so a smuggled "end" never splits it (CVE-2023-51764). */
+static const char *tx_verdict(struct conn *c)
+{
+	const struct smtp_data_state *ds = &c->s.ds;
+	struct smtp_tx *tx = c->s.tx;
+
+	if (tx->fail_reply)
+		return tx->fail_reply;
+	if (ds->flags & (SMTP_DATA_BARE_CR | SMTP_DATA_BARE_LF))
+		return "554 5.6.0 Error: bare CR or LF in message (RFC 5321 2.3.8)";
+	if (ds->flags & SMTP_DATA_NUL)
+		return "554 5.6.0 Error: NUL character in message";
+	if (ds->flags & SMTP_DATA_LONG_LINE)
+		return "554 5.6.0 Error: message line longer than 1000 octets (RFC 5321 4.5.3.1.6)";
+	if (ds->received_count > cfg_of(c)->limits.received_headers)
+		return "554 5.4.6 Error: too many Received: headers (mail loop)";
+	return NULL;
+}
+
+static void tx_commit(struct conn *c)
+{
+	struct smtp_tx *tx = c->s.tx;
+	struct spool_env env = {0};
+	const char *l = c->shard->listeners[c->listener].cfg->name;
+	bool dot = c->s.ds.dot;
+	uint64_t wire = tx->msg.wire_len;
+
+	env.arrival_s = time(NULL);
+	env.msg_len = dot ? wire - 3 : wire;
+	env.flags = (dot ? SPOOL_ENV_STUFFED : 0) |
+		    (c->s.ds.flags & SMTP_DATA_8BIT ? SPOOL_ENV_8BIT : 0) |
+		    (tx->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0);
+	env.body_type = tx->body_type;
+	env.ret = tx->ret;
+	env.size_declared = tx->size_declared;
+	env.listener = (struct spool_str){l, (uint32_t)strlen(l)};
+	env.client_addr = (struct spool_str){c->peer_ip, (uint32_t)strlen(c->peer_ip)};
+	env.helo = (struct spool_str){c->s.helo, (uint32_t)strlen(c->s.helo)};
+	env.mail_from = tx->mail_from;
+	env.envid = tx->envid;
+	env.auth_user = (struct spool_str){"", 0};
+	env.rcpt_count = tx->rcpt_count;
+	env.rcpts = tx->rcpts;
+	if (spool_msg_commit(c->shard->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
+		tx->fail_reply = "452 4.3.1 Error: envelope too large";
+		spool_msg_abort(c->shard->spool, &tx->msg);
+		conn_reply(c, tx->fail_reply);
+		tx_release(c);
+		smtp_enter_state(c, SMTP_S_READY);
+		session_unpause(c);
+	}
+}
+
+/* After the end of data: once every chunk write completed, refuse or
+ * commit.  Called again from each write completion until then. */
+static void tx_try_finish(struct conn *c)
+{
+	struct smtp_tx *tx = c->s.tx;
+	const char *refuse;
+
+	assert(c->s.state == SMTP_S_COMMIT && tx);
+	if (!spool_msg_idle(&tx->msg) || tx->msg.committing)
+		return;
+	refuse = tx->msg.io_error == -ENOSPC ? "452 4.3.1 Error: insufficient system storage"
+		 : tx->msg.io_error	     ? "451 4.3.0 Error: queue file write error"
+					     : tx_verdict(c);
+	if (!refuse) {
+		tx_commit(c);
+		return;
+	}
+	log_msg(LOG_INFO, "event=rejected id=%s client=%s reply=\"%s\"", tx->qid, c->peer_ip,
+		refuse);
+	if (c->io == CONN_ACTIVE)
+		session_error(c, refuse);
+	tx_release(c);
+	if (c->s.state == SMTP_S_COMMIT)
+		smtp_enter_state(c, SMTP_S_READY);
+	if (c->s.wait == SMTP_WAIT_COMMIT)
+		session_unpause(c);
+}
+
+static void session_end_of_data(struct conn *c)
+{
+	smtp_enter_state(c, SMTP_S_COMMIT);
+	c->s.wait = SMTP_WAIT_COMMIT;
+	tx_try_finish(c);
+}
+
+/* The last byte of a BDAT chunk arrived (RFC 3030 2). */
+static void session_bdat_chunk_end(struct conn *c)
+{
+	struct smtp_session *s = &c->s;
+
+	if (s->bdat_reply) {
+		const char *r = s->bdat_reply;
+
+		s->bdat_reply = NULL;
+		s->sink = false;
+		smtp_enter_state(c, (enum smtp_state)s->bdat_prev_state);
+		session_error(c, r);
+		return;
+	}
+	if (s->bdat_last) {
+		session_end_of_data(c);
+		return;
+	}
+	conn_replyf(c, "250 2.0.0 %llu octets received", (unsigned long long)s->bdat_size);
+	smtp_enter_state(c, SMTP_S_RCPT);
+}
+
+/* Body bytes: scanned, and written to the spool from the buffer they are in.
+ * Returns bytes consumed; 0 with s->wait set when a write slot is needed. */
+static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid)
+{
+	struct smtp_session *s = &c->s;
+	struct smtp_tx *tx = s->tx;
+	uint64_t limit = cfg_of(c)->limits.message_size;
+	size_t want = n, used;
+	int rc;
+
+	if (s->state == SMTP_S_BDAT && want > s->bdat_left)
+		want = (size_t)s->bdat_left;
+	if (!s->sink && !spool_msg_can_write(&tx->msg)) {
+		s->wait = SMTP_WAIT_SPOOL;
+		return 0;
+	}
+	rc = smtp_data_scan(&s->ds, p, want, &used);
+	if (!s->sink && s->ds.wire_len - (rc == SMTP_PARSE_OK && s->ds.dot ? 3 : 0) > limit) {
+		/* Over the size limit: keep reading to the real end, write
+		 * nothing more, refuse then (RFC 1870 6.1). */
+		tx->fail_reply = "552 5.3.4 Error: message size exceeds fixed limit";
+		s->sink = true;
+	}
+	if (!s->sink && used)
+		spool_msg_append(c->shard->spool, &tx->msg, p, (uint32_t)used, bid);
+	if (s->state == SMTP_S_DATA) {
+		if (rc == SMTP_PARSE_OK)
+			session_end_of_data(c);
+		return used;
+	}
+	s->bdat_left -= used;
+	if (s->bdat_left == 0)
+		session_bdat_chunk_end(c);
+	return used;
+}
+
+/* ---- the entry points from the shard ------------------------------------------------ */
+
+size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
+{
+	struct smtp_session *s = &c->s;
+	size_t off = 0;
+
+	while (off < n && c->io == CONN_ACTIVE && !c->close_wanted && s->wait == SMTP_WAIT_NONE) {
+		switch (s->state) {
+		case SMTP_S_NEW:
+			smtp_session_early(c);
+			return n;
+		case SMTP_S_DATA:
+		case SMTP_S_BDAT:
+			off += session_body(c, p + off, n - off, bid);
+			break;
+		case SMTP_S_COMMIT:
+			s->wait = SMTP_WAIT_COMMIT;
+			break;
+		case SMTP_S_QUIT:
+			return n;
+		default:
+			/* Pipelined commands wait for earlier writes of this
+			 * transaction, and for room for their reply. */
+			if (s->tx && !spool_msg_idle(&s->tx->msg)) {
+				s->wait = SMTP_WAIT_SPOOL;
+				break;
+			}
+			if (conn_out_free(c) < SMTP_REPLY_MAX)
+				return off;
+			off += session_line(c, p + off, n - off);
+			break;
+		}
+	}
+	if (c->io != CONN_ACTIVE || s->state == SMTP_S_QUIT)
+		return n; /* closing: the rest of the input is moot */
+	return off;
+}
+
+void smtp_session_spool_done(struct conn *c, uint64_t ud, int res)
+{
+	struct smtp_tx *tx = c->s.tx;
+
+	assert(tx && tx->begun);
+	spool_msg_complete(c->shard->spool, &tx->msg, ud, res);
+	if (ring_ud_op(ud) == SPOOL_OP_COMMIT)
+		return; /* the rest comes through smtp_session_durable */
+	if (c->s.state == SMTP_S_COMMIT) {
+		tx_try_finish(c);
+		return;
+	}
+	if (c->s.wait == SMTP_WAIT_SPOOL && spool_msg_idle(&tx->msg))
+		session_unpause(c);
+	else if (c->s.wait == SMTP_WAIT_SPOOL && spool_msg_can_write(&tx->msg) &&
+		 (c->s.state == SMTP_S_DATA || c->s.state == SMTP_S_BDAT))
+		session_unpause(c);
+}
+
+/* "Persist before reply": the only place a message's 250 is sent. */
+void smtp_session_durable(struct conn *c, int res)
+{
+	struct smtp_tx *tx = c->s.tx;
+
+	assert(tx && c->s.state == SMTP_S_COMMIT);
+	if (res == 0) {
+		log_msg(LOG_INFO,
+			"event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu", tx->qid,
+			c->peer_ip, (int)tx->mail_from.len, tx->mail_from.ptr, tx->rcpt_count,
+			(unsigned long long)tx->msg.wire_len);
+		if (c->io == CONN_ACTIVE)
+			conn_replyf(c, "250 2.0.0 Ok: queued as %s", tx->qid);
+	} else {
+		log_msg(LOG_ERROR, "event=commit_failed id=%s client=%s error=\"%s\"", tx->qid,
+			c->peer_ip, strerror(-res));
+		if (c->io == CONN_ACTIVE)
+			conn_reply(c, res == -ENOSPC ? "452 4.3.1 Error: insufficient system storage"
+						     : "451 4.3.0 Error: queue file write error");
+	}
+	tx->msg.committing = false;
+	tx_release(c);
+	c->s.transactions++;
+	smtp_enter_state(c, SMTP_S_READY);
+	if (c->io != CONN_ACTIVE)
+		return;
+	if (c->shard->stopping) {
+		conn_replyf(c, "421 4.3.2 %s Service shutting down", cfg_of(c)->hostname);
+		session_close(c);
+		return;
+	}
+	session_unpause(c);
+}
+
+bool smtp_session_busy(const struct conn *c)
+{
+	const struct smtp_tx *tx = c->s.tx;
+
+	return tx && (tx->msg.writes_inflight > 0 || tx->msg.committing);
+}
+
+void smtp_session_release(struct conn *c)
+{
+	tx_release(c);
+}

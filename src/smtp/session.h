@@ -1,0 +1,90 @@
+/*
+ * smtp/session — the SMTP server state machine (RFC 5321 and the extensions
+ * in EHLO), one per connection, on its shard's thread.
+ *
+ * The session is separate from the transaction (struct smtp_tx, taken from
+ * the shard's pool at MAIL and given back at its end) like OpenSMTPD's
+ * smtp_session/smtp_tx.  Every state change goes through
+ * smtp_enter_state(), which asserts the transition is legal.
+ *
+ * Each stage (connect, helo, mail, rcpt, data) asks the filter decision
+ * point (filters/flt.h); an answer may come at once or later, in which case
+ * the session waits in SMTP_S_WAIT_FILTER with input paused.
+ */
+#ifndef RMX_SMTP_SESSION_H
+#define RMX_SMTP_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "queue/spool.h"
+#include "smtp/parse.h"
+
+#define SMTP_REPLY_MAX 512 /* room a command needs in the output buffer */
+#define SMTP_HELO_MAX 256
+
+enum smtp_state {
+	SMTP_S_NEW = 0,	  /* accepted, not greeted yet (greet pause / peek) */
+	SMTP_S_GREETED,	  /* banner sent, waiting for EHLO/HELO */
+	SMTP_S_READY,	  /* EHLO/HELO done, no transaction */
+	SMTP_S_MAIL,	  /* MAIL accepted */
+	SMTP_S_RCPT,	  /* at least one RCPT accepted */
+	SMTP_S_DATA,	  /* receiving DATA bytes */
+	SMTP_S_BDAT,	  /* receiving one BDAT chunk's bytes */
+	SMTP_S_COMMIT,	  /* end of data: waiting for writes, commit, fdatasync */
+	SMTP_S_QUIT,	  /* closing */
+};
+
+enum smtp_wait {
+	SMTP_WAIT_NONE = 0,
+	SMTP_WAIT_FILTER, /* a filter decision is pending */
+	SMTP_WAIT_SPOOL,  /* all write slots busy */
+	SMTP_WAIT_COMMIT, /* message being made durable */
+};
+
+struct smtp_tx;
+struct conn;
+
+struct smtp_session {
+	enum smtp_state state;
+	enum smtp_wait wait;
+	bool esmtp;
+	bool sink; /* rest of the current DATA/BDAT is discarded (bad tx) */
+	struct smtp_line_state ls;
+	uint32_t line_have;
+	char line[SMTP_CMD_LINE_MAX];
+	char helo[SMTP_HELO_MAX];
+	uint32_t errors;
+	uint32_t commands;
+	uint32_t transactions;
+	struct smtp_tx *tx;
+	struct smtp_data_state ds;
+	uint64_t bdat_left; /* bytes of the current BDAT chunk still to come */
+	uint64_t bdat_size; /* size of the current chunk */
+	bool bdat_last;
+	bool bdat_used;	    /* this transaction used BDAT (DATA is then 503) */
+	const char *bdat_reply; /* deferred error for a bad BDAT chunk */
+	uint8_t bdat_prev_state; /* where a refused chunk returns to */
+};
+
+/* Pool of transactions, sized at start (invariant 4). */
+struct smtp_tx_pool;
+struct smtp_tx_pool *smtp_tx_pool_new(uint32_t count, uint32_t rcpt_max);
+void smtp_tx_pool_free(struct smtp_tx_pool *p);
+
+/* Called by the shard. */
+void smtp_session_init(struct conn *c);
+void smtp_session_greet(struct conn *c); /* send the banner */
+size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid);
+void smtp_session_spool_done(struct conn *c, uint64_t ud, int res);
+void smtp_session_durable(struct conn *c, int res);
+/* Idle/session timers and shutdown: send reply (421) and close. */
+void smtp_session_timeout(struct conn *c, const char *reply);
+/* The client sent bytes before the banner: 554 and close. */
+void smtp_session_early(struct conn *c);
+/* The connection is going away: give back the transaction. Only once no
+ * spool write of it is in flight. */
+void smtp_session_release(struct conn *c);
+bool smtp_session_busy(const struct conn *c); /* spool work in flight */
+
+#endif

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Install every Debian 12 package ringmx builds, tests or benchmarks with.
+# Idempotent: packages already present are skipped, apt runs only when needed.
+set -eu
+
+PKGS="build-essential meson ninja-build pkg-config clang clang-format
+libclang-rt-14-dev liburing-dev libwolfssl-dev libck-dev libjson-c-dev
+libhiredis-dev libmemcached-dev libspf2-dev libc-ares-dev libpcre2-dev
+libcmocka-dev python3 python3-pytest redis-server memcached postfix swaks
+openssl procps"
+
+missing=""
+for p in $PKGS; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+		missing="$missing $p"
+	fi
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "bootstrap: missing packages:$missing (run as root to install)" >&2
+	exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+# postfix asks what kind of site it is; we only use its smtp-sink/smtp-source
+# tools and a loopback instance started by the benchmarks, never the system one.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $missing
+# Debian starts these as system services on install; the tests start their own
+# on free loopback ports, so stop the system copies to keep the machine quiet.
+for s in redis-server memcached postfix; do
+	systemctl stop "$s" 2>/dev/null || service "$s" stop 2>/dev/null || true
+done
