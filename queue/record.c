@@ -1,0 +1,741 @@
+/*
+ * queue/record — spool record framing, CRC32C, the envelope codec and the
+ * blocking segment scanner.  The format and the recovery rules are the
+ * contract in record.h; this file documents only the choices made inside it.
+ */
+#include "queue/record.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
+/* Headers and seg info are written as their in-memory structs, and the CRC
+ * slice-by-8 loop loads words in host order: both are only right on a
+ * little-endian host (x86_64, aarch64-LE).  A big-endian port must byte-swap
+ * in spool_rec_hdr_init/check, the SEGMENT payload and crc_sw_update. */
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "spool format is little-endian");
+static_assert(offsetof(struct spool_rec_hdr, hdr_crc) == 28,
+	      "hdr_crc covers the 28 bytes before it");
+static_assert(sizeof(struct spool_seg_info) == 16, "segment info is 16 bytes on disk");
+static_assert(SPOOL_SCAN_BUF_SIZE >= SPOOL_ENV_MAX, "an envelope must fit one scan block");
+static_assert(SPOOL_SCAN_BUF_SIZE % SPOOL_REC_ALIGN == 0, "scan blocks keep records aligned");
+
+/* ---- CRC32C ---------------------------------------------------------------- */
+
+#define CRC32C_POLY 0x82f63b78u /* Castagnoli, bit-reflected */
+
+static uint32_t crc_table[8][256];
+static bool crc_use_hw;
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+/* Builds the slice-by-8 tables and probes the CPU once; pthread_once because
+ * recovery and the control thread may both call in first. */
+static void crc_init(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+		for (int k = 0; k < 8; k++)
+			c = (c >> 1) ^ (CRC32C_POLY & (0u - (c & 1u)));
+		crc_table[0][i] = c;
+	}
+	/* table[t][b]: the CRC contribution of byte b followed by t zero bytes. */
+	for (int t = 1; t < 8; t++) {
+		for (int i = 0; i < 256; i++) {
+			uint32_t c = crc_table[t - 1][i];
+			crc_table[t][i] = (c >> 8) ^ crc_table[0][c & 0xff];
+		}
+	}
+#if defined(__x86_64__)
+	crc_use_hw = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+/* Raw (un-inverted) update, eight bytes per step. */
+static uint32_t crc_sw_update(uint32_t c, const uint8_t *p, size_t n)
+{
+	uint32_t(*t)[256] = crc_table;
+
+	for (; n >= 8; p += 8, n -= 8) {
+		uint64_t v;
+		memcpy(&v, p, 8); /* any alignment; little-endian word */
+		v ^= c;
+		c = t[7][v & 0xff] ^ t[6][(v >> 8) & 0xff] ^ t[5][(v >> 16) & 0xff] ^
+		    t[4][(v >> 24) & 0xff] ^ t[3][(v >> 32) & 0xff] ^ t[2][(v >> 40) & 0xff] ^
+		    t[1][(v >> 48) & 0xff] ^ t[0][v >> 56];
+	}
+	while (n--)
+		c = (c >> 8) ^ t[0][(c ^ *p++) & 0xff];
+	return c;
+}
+
+#if defined(__x86_64__)
+/* The crc32 instruction computes exactly this polynomial.  Bytes first until
+ * the pointer is 8-aligned, so the 64-bit loads never split a cache line. */
+__attribute__((target("sse4.2"))) static uint32_t crc_hw_update(uint32_t crc, const uint8_t *p,
+								size_t n)
+{
+	uint64_t c = crc;
+
+	for (; n && ((uintptr_t)p & 7u); n--)
+		c = _mm_crc32_u8((uint32_t)c, *p++);
+	for (; n >= 8; p += 8, n -= 8) {
+		uint64_t v;
+		memcpy(&v, p, 8);
+		c = _mm_crc32_u64(c, v);
+	}
+	for (; n; n--)
+		c = _mm_crc32_u8((uint32_t)c, *p++);
+	return (uint32_t)c;
+}
+#endif
+
+uint32_t spool_crc32c_sw(uint32_t crc, const void *p, size_t n)
+{
+	assert(p != NULL || n == 0);
+	pthread_once(&crc_once, crc_init);
+	return ~crc_sw_update(~crc, p, n);
+}
+
+uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n)
+{
+	assert(p != NULL || n == 0);
+	pthread_once(&crc_once, crc_init);
+#if defined(__x86_64__)
+	if (crc_use_hw)
+		return ~crc_hw_update(~crc, p, n);
+#endif
+	return ~crc_sw_update(~crc, p, n);
+}
+
+/* ---- record header --------------------------------------------------------- */
+
+void spool_rec_hdr_init(struct spool_rec_hdr *h, enum spool_rec_type type, uint64_t msg_id,
+			uint32_t len, uint32_t pay_crc)
+{
+	assert(type >= SPOOL_REC_SEGMENT && type <= SPOOL_REC_DONE);
+	assert(len <= SPOOL_REC_PAYLOAD_MAX);
+	*h = (struct spool_rec_hdr){
+	    .magic = SPOOL_REC_MAGIC,
+	    .type = (uint8_t)type,
+	    .len = len,
+	    .pay_crc = pay_crc,
+	    .msg_id = msg_id,
+	};
+	h->hdr_crc = spool_crc32c(0, h, offsetof(struct spool_rec_hdr, hdr_crc));
+}
+
+/* flags, reserved and seq are not checked for zero: the CRC already proves
+ * they are what the writer meant, and a later writer may give them a use. */
+int spool_rec_hdr_check(const struct spool_rec_hdr *h)
+{
+	assert(h != NULL);
+	/* Magic first: it rejects almost every resync position without a CRC. */
+	if (h->magic != SPOOL_REC_MAGIC)
+		return -EINVAL;
+	if (h->hdr_crc != spool_crc32c(0, h, offsetof(struct spool_rec_hdr, hdr_crc)))
+		return -EINVAL;
+	if (h->type < SPOOL_REC_SEGMENT || h->type > SPOOL_REC_DONE)
+		return -EINVAL;
+	if (h->len > SPOOL_REC_PAYLOAD_MAX)
+		return -EINVAL;
+	return 0;
+}
+
+/* ---- queue ID -------------------------------------------------------------- */
+
+void spool_qid_format(uint64_t id, char out[SPOOL_QID_LEN + 1])
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	for (int i = 0; i < SPOOL_QID_LEN; i++)
+		out[i] = hex[(id >> (60 - 4 * i)) & 0xf];
+	out[SPOOL_QID_LEN] = '\0';
+}
+
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Lower case is accepted because operators type IDs into ringmxctl. */
+int spool_qid_parse(const char *s, size_t len, uint64_t *id)
+{
+	uint64_t v = 0;
+
+	assert(s != NULL || len == 0);
+	assert(id != NULL);
+	if (len != SPOOL_QID_LEN)
+		return -EINVAL;
+	for (size_t i = 0; i < len; i++) {
+		int d = hex_value(s[i]);
+		if (d < 0)
+			return -EINVAL;
+		v = (v << 4) | (uint64_t)d;
+	}
+	*id = v;
+	return 0;
+}
+
+/* ---- envelope codec ---------------------------------------------------------
+ *
+ * Version 1, all integers little-endian:
+ *
+ *    0 u8  version (1)         1 u8  body_type      2 u8 ret     3 u8 zero
+ *    4 u32 flags               8 u64 id            16 i64 arrival_s
+ *   24 u64 msg_len            32 u64 wire_len      40 u64 first_chunk_off
+ *   48 u64 size_declared      56 u32 msg_crc       60 u32 rcpt_count
+ *   64 six strings, each u16 length + bytes: listener, client_addr, helo,
+ *      mail_from, envid, auth_user
+ *      rcpt table: rcpt_count x { u32 heap offset, u16 addr len,
+ *                                 u16 orcpt len, u8 notify }
+ *      rcpt heap: addr0 orcpt0 addr1 orcpt1 ... (to the end of the payload)
+ *
+ * The fixed-width table makes spool_env_rcpt() O(1), so delivery can walk
+ * thousands of recipients without re-parsing the envelope each time.  Decode
+ * insists on the canonical form (offsets contiguous, heap ends exactly at the
+ * payload end), so every byte is accounted for and trailing bytes fail.
+ */
+
+#define ENV_FIXED_LEN	   64
+#define ENV_RCPT_ENTRY_LEN 9
+
+struct enc {
+	uint8_t *p;
+	size_t cap, len;
+	bool full; /* sticky: one check at the end instead of one per field */
+};
+
+static void enc_bytes(struct enc *e, const void *src, size_t n)
+{
+	if (e->full || n > e->cap - e->len) {
+		e->full = true;
+		return;
+	}
+	if (n)
+		memcpy(e->p + e->len, src, n);
+	e->len += n;
+}
+
+static void enc_le(struct enc *e, uint64_t v, size_t n)
+{
+	uint8_t b[8];
+
+	assert(n <= sizeof b);
+	for (size_t i = 0; i < n; i++)
+		b[i] = (uint8_t)(v >> (8 * i));
+	enc_bytes(e, b, n);
+}
+
+static void enc_str(struct enc *e, struct spool_str s)
+{
+	assert(s.ptr != NULL || s.len == 0);
+	if (s.len > UINT16_MAX) {
+		e->full = true; /* cannot be framed; also over SPOOL_ENV_MAX anyway */
+		return;
+	}
+	enc_le(e, s.len, 2);
+	enc_bytes(e, s.ptr, s.len);
+}
+
+static void enc_rcpts(struct enc *e, const struct spool_env *env)
+{
+	uint64_t heap_off = 0;
+
+	for (uint32_t i = 0; i < env->rcpt_count; i++) {
+		const struct spool_rcpt *r = &env->rcpts[i];
+		if (r->addr.len > UINT16_MAX || r->orcpt.len > UINT16_MAX ||
+		    heap_off > UINT32_MAX) {
+			e->full = true;
+			return;
+		}
+		enc_le(e, heap_off, 4);
+		enc_le(e, r->addr.len, 2);
+		enc_le(e, r->orcpt.len, 2);
+		enc_le(e, r->notify, 1);
+		heap_off += (uint64_t)r->addr.len + r->orcpt.len;
+	}
+	for (uint32_t i = 0; i < env->rcpt_count && !e->full; i++) {
+		enc_bytes(e, env->rcpts[i].addr.ptr, env->rcpts[i].addr.len);
+		enc_bytes(e, env->rcpts[i].orcpt.ptr, env->rcpts[i].orcpt.len);
+	}
+}
+
+size_t spool_env_encode(const struct spool_env *env, uint8_t *out, size_t cap)
+{
+	assert(env != NULL && (out != NULL || cap == 0));
+	assert(env->rcpt_count == 0 || env->rcpts != NULL);
+	assert(env->msg_len <= env->wire_len);
+	struct enc e = {.p = out, .cap = cap < SPOOL_ENV_MAX ? cap : SPOOL_ENV_MAX};
+
+	enc_le(&e, SPOOL_ENV_VERSION, 1);
+	enc_le(&e, env->body_type, 1);
+	enc_le(&e, env->ret, 1);
+	enc_le(&e, 0, 1);
+	enc_le(&e, env->flags, 4);
+	enc_le(&e, env->id, 8);
+	enc_le(&e, (uint64_t)env->arrival_s, 8);
+	enc_le(&e, env->msg_len, 8);
+	enc_le(&e, env->wire_len, 8);
+	enc_le(&e, env->first_chunk_off, 8);
+	enc_le(&e, env->size_declared, 8);
+	enc_le(&e, env->msg_crc, 4);
+	enc_le(&e, env->rcpt_count, 4);
+	assert(e.full || e.len == ENV_FIXED_LEN);
+	enc_str(&e, env->listener);
+	enc_str(&e, env->client_addr);
+	enc_str(&e, env->helo);
+	enc_str(&e, env->mail_from);
+	enc_str(&e, env->envid);
+	enc_str(&e, env->auth_user);
+	enc_rcpts(&e, env);
+	if (e.full)
+		return 0;
+	assert(e.len <= SPOOL_ENV_MAX);
+	return e.len;
+}
+
+struct dec {
+	const uint8_t *p;
+	size_t len, pos;
+	bool bad; /* sticky, like enc.full */
+};
+
+static const uint8_t *dec_bytes(struct dec *d, size_t n)
+{
+	if (d->bad || n > d->len - d->pos) {
+		d->bad = true;
+		return NULL;
+	}
+	const uint8_t *p = d->p + d->pos;
+	d->pos += n;
+	return p;
+}
+
+static uint64_t le_load(const uint8_t *p, size_t n)
+{
+	uint64_t v = 0;
+
+	for (size_t i = 0; i < n; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+static uint64_t dec_le(struct dec *d, size_t n)
+{
+	const uint8_t *p = dec_bytes(d, n);
+	return p ? le_load(p, n) : 0;
+}
+
+static struct spool_str dec_str(struct dec *d)
+{
+	uint32_t n = (uint32_t)dec_le(d, 2);
+	const uint8_t *p = dec_bytes(d, n);
+	return (struct spool_str){.ptr = p ? (const char *)p : "", .len = p ? n : 0};
+}
+
+/* Checks the recipient table against the heap once, so spool_env_rcpt()
+ * never meets a bad offset in a decoded envelope. */
+static int dec_rcpts(struct dec *d, struct spool_env *env)
+{
+	uint64_t table_len = (uint64_t)env->rcpt_count * ENV_RCPT_ENTRY_LEN;
+	if (table_len > d->len - d->pos)
+		return -EINVAL; /* also keeps a huge rcpt_count from wrapping below */
+	const uint8_t *table = dec_bytes(d, (size_t)table_len);
+	assert(table != NULL);
+	uint64_t heap_len = d->len - d->pos, heap_off = 0;
+
+	for (uint32_t i = 0; i < env->rcpt_count; i++) {
+		const uint8_t *ent = table + (size_t)i * ENV_RCPT_ENTRY_LEN;
+		if (le_load(ent, 4) != heap_off)
+			return -EINVAL;
+		heap_off += le_load(ent + 4, 2) + le_load(ent + 6, 2);
+	}
+	if (heap_off != heap_len)
+		return -EINVAL;
+	env->rcpts = NULL;
+	env->rcpt_data = table;
+	env->rcpt_data_len = (uint32_t)(table_len + heap_len);
+	d->pos = d->len;
+	return 0;
+}
+
+int spool_env_decode(const uint8_t *p, size_t len, struct spool_env *env)
+{
+	assert(p != NULL || len == 0);
+	assert(env != NULL);
+	struct dec d = {.p = p, .len = len};
+
+	if (len > SPOOL_ENV_MAX || dec_le(&d, 1) != SPOOL_ENV_VERSION)
+		return -EINVAL;
+	*env = (struct spool_env){0};
+	env->body_type = (uint8_t)dec_le(&d, 1);
+	env->ret = (uint8_t)dec_le(&d, 1);
+	if (dec_le(&d, 1) != 0)
+		return -EINVAL;
+	env->flags = (uint32_t)dec_le(&d, 4);
+	env->id = dec_le(&d, 8);
+	env->arrival_s = (int64_t)dec_le(&d, 8);
+	env->msg_len = dec_le(&d, 8);
+	env->wire_len = dec_le(&d, 8);
+	env->first_chunk_off = dec_le(&d, 8);
+	env->size_declared = dec_le(&d, 8);
+	env->msg_crc = (uint32_t)dec_le(&d, 4);
+	env->rcpt_count = (uint32_t)dec_le(&d, 4);
+	env->listener = dec_str(&d);
+	env->client_addr = dec_str(&d);
+	env->helo = dec_str(&d);
+	env->mail_from = dec_str(&d);
+	env->envid = dec_str(&d);
+	env->auth_user = dec_str(&d);
+	/* msg_len > wire_len would make spool_message_read hand out bytes that
+	 * do not exist; refuse it here rather than trust a later check. */
+	if (d.bad || env->msg_len > env->wire_len || dec_rcpts(&d, env))
+		return -EINVAL;
+	assert(d.pos == len);
+	return 0;
+}
+
+int spool_env_rcpt(const struct spool_env *env, uint32_t i, struct spool_rcpt *out)
+{
+	assert(env != NULL && out != NULL);
+	if (i >= env->rcpt_count || env->rcpt_data == NULL)
+		return -EINVAL;
+	uint64_t table_len = (uint64_t)env->rcpt_count * ENV_RCPT_ENTRY_LEN;
+	assert(table_len <= env->rcpt_data_len); /* dec_rcpts proved it */
+	const uint8_t *ent = env->rcpt_data + (size_t)i * ENV_RCPT_ENTRY_LEN;
+	const char *heap = (const char *)env->rcpt_data + table_len;
+	uint64_t off = le_load(ent, 4);
+	uint32_t alen = (uint32_t)le_load(ent + 4, 2), olen = (uint32_t)le_load(ent + 6, 2);
+
+	if (off + alen + olen > env->rcpt_data_len - table_len)
+		return -EINVAL;
+	out->addr = (struct spool_str){.ptr = heap + off, .len = alen};
+	out->orcpt = (struct spool_str){.ptr = heap + off + alen, .len = olen};
+	out->notify = ent[8];
+	return 0;
+}
+
+/* ---- read window --------------------------------------------------------------
+ *
+ * One block of the file held in memory.  Sequential scanning refills it once
+ * per block; a record that straddles the block end causes a refill starting
+ * at that record, so headers and envelopes are always contiguous.  Payloads
+ * bigger than the block are streamed through it (win_span), never buffered
+ * whole.  Nothing is read at or past `end`.
+ */
+struct scan_win {
+	int fd;
+	uint8_t *buf;
+	size_t cap;
+	uint64_t off; /* file offset of buf[0] */
+	size_t len;   /* valid bytes in buf */
+	uint64_t end; /* read limit */
+};
+
+static int win_fill(struct scan_win *w, uint64_t off)
+{
+	assert(off <= w->end);
+	size_t want = w->end - off < w->cap ? (size_t)(w->end - off) : w->cap;
+
+	w->off = off;
+	w->len = 0;
+	while (w->len < want) {
+		ssize_t r = pread(w->fd, w->buf + w->len, want - w->len, (off_t)(off + w->len));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			break; /* file shorter than at fstat: the missing part reads as absent */
+		w->len += (size_t)r;
+	}
+	return 0;
+}
+
+/* Point *out at n contiguous bytes at off.  0, -ENODATA when they are not
+ * all before the end, or -errno. */
+static int win_get(struct scan_win *w, uint64_t off, size_t n, const uint8_t **out)
+{
+	assert(n <= w->cap);
+	if (off < w->off || off - w->off + n > w->len) {
+		if (off > w->end || n > w->end - off)
+			return -ENODATA;
+		int r = win_fill(w, off);
+		if (r)
+			return r;
+		if (n > w->len)
+			return -ENODATA;
+	}
+	*out = w->buf + (off - w->off);
+	return 0;
+}
+
+/* Point *out at the next 1..n bytes at off (as many as are resident). */
+static int win_span(struct scan_win *w, uint64_t off, uint64_t n, const uint8_t **out, size_t *k)
+{
+	assert(n > 0);
+	if (off < w->off || off - w->off >= w->len) {
+		if (off >= w->end)
+			return -ENODATA;
+		int r = win_fill(w, off);
+		if (r)
+			return r;
+		if (w->len == 0)
+			return -ENODATA;
+	}
+	size_t avail = w->len - (size_t)(off - w->off);
+	*k = n < avail ? (size_t)n : avail;
+	*out = w->buf + (off - w->off);
+	return 0;
+}
+
+/* 1 when a valid record starts at off (its header in *h), 0 when not, -errno.
+ * Valid = magic, header CRC, type and length sane, the padded record lies
+ * wholly before the end, and the payload CRC matches. */
+static int rec_at(struct scan_win *w, uint64_t off, struct spool_rec_hdr *h)
+{
+	const uint8_t *p;
+	uint32_t crc = 0;
+	int r = win_get(w, off, sizeof *h, &p);
+
+	assert(off % SPOOL_REC_ALIGN == 0);
+	if (r)
+		return r == -ENODATA ? 0 : r;
+	memcpy(h, p, sizeof *h);
+	if (spool_rec_hdr_check(h) != 0)
+		return 0;
+	/* A record running past the end was still being written: a torn tail. */
+	if (spool_rec_size(h->len) > w->end - off)
+		return 0;
+	for (uint64_t pos = off + sizeof *h, left = h->len; left;) {
+		size_t k;
+		r = win_span(w, pos, left, &p, &k);
+		if (r)
+			return r == -ENODATA ? 0 : r;
+		crc = spool_crc32c(crc, p, k);
+		pos += k;
+		left -= k;
+	}
+	return crc == h->pay_crc;
+}
+
+/* ---- message bodies ---------------------------------------------------------- */
+
+struct body_sink {
+	spool_body_fn fn; /* NULL: verify only */
+	void *ctx;
+	uint64_t left; /* message octets still to hand to fn */
+	uint32_t crc;  /* running CRC over all chunk payloads */
+};
+
+/* Feed one chunk payload (already proven by its own CRC) to the sink. */
+static int chunk_feed(struct scan_win *w, uint64_t off, uint32_t len, struct body_sink *s)
+{
+	while (len) {
+		const uint8_t *p;
+		size_t k;
+		int r = win_span(w, off, len, &p, &k);
+		if (r)
+			return r == -ENODATA ? -EIO : r; /* shrank since rec_at read it */
+		s->crc = spool_crc32c(s->crc, p, k);
+		if (s->fn && s->left) {
+			size_t give = s->left < k ? (size_t)s->left : k;
+			r = s->fn(s->ctx, (const char *)p, give);
+			if (r)
+				return r;
+			s->left -= give;
+		}
+		off += k;
+		len -= (uint32_t)k;
+	}
+	return 0;
+}
+
+/* Walk the records in [first_chunk_off, commit_off) with the scanner's
+ * resync rule and feed every valid CHUNK of env->id to the sink, in order.
+ * Other messages' chunks and torn garbage in between are skipped.  *ok says
+ * whether length and CRC matched the envelope. */
+static int body_walk(struct scan_win *w, const struct spool_env *env, uint64_t commit_off,
+		     struct body_sink *s, bool *ok)
+{
+	uint64_t total = 0, pos = env->first_chunk_off;
+
+	*ok = false;
+	s->crc = 0;
+	if (pos % SPOOL_REC_ALIGN || pos > commit_off) {
+		*ok = env->wire_len == 0 && env->msg_crc == 0; /* no chunk to point at */
+		return 0;
+	}
+	while (pos < commit_off) {
+		struct spool_rec_hdr h;
+		int r = rec_at(w, pos, &h);
+		if (r < 0)
+			return r;
+		if (r == 0) {
+			pos += SPOOL_REC_ALIGN;
+			continue;
+		}
+		if (h.type == SPOOL_REC_CHUNK && h.msg_id == env->id) {
+			/* More bytes than committed: never hand them out. */
+			if (h.len > env->wire_len - total)
+				return 0;
+			r = chunk_feed(w, pos + sizeof h, h.len, s);
+			if (r)
+				return r;
+			total += h.len;
+		}
+		pos += spool_rec_size(h.len);
+	}
+	*ok = total == env->wire_len && s->crc == env->msg_crc;
+	assert(!*ok || s->fn == NULL || s->left == 0);
+	return 0;
+}
+
+/* Streams as it verifies: every piece given to fn comes from a chunk whose
+ * own CRC matched, but a missing chunk or a wrong total is only known at the
+ * end, so fn may have been fed part (or all) of a message that then returns
+ * -EIO.  The caller must treat what it received as void in that case (for
+ * delivery: never send the final dot). */
+int spool_message_read(int fd, const struct spool_env *env, uint64_t commit_off, spool_body_fn fn,
+		       void *ctx)
+{
+	assert(fd >= 0 && env != NULL && fn != NULL);
+	if (env->msg_len > env->wire_len)
+		return -EINVAL;
+	struct scan_win w = {.fd = fd, .cap = SPOOL_SCAN_BUF_SIZE, .end = commit_off};
+	struct body_sink s = {.fn = fn, .ctx = ctx, .left = env->msg_len};
+	bool ok;
+
+	w.buf = malloc(w.cap);
+	if (w.buf == NULL)
+		return -ENOMEM;
+	int r = body_walk(&w, env, commit_off, &s, &ok);
+	free(w.buf);
+	if (r)
+		return r;
+	return ok ? 0 : -EIO;
+}
+
+/* ---- segment scan -------------------------------------------------------------- */
+
+struct scan {
+	struct scan_win w;
+	uint8_t *env_buf; /* SPOOL_ENV_MAX: the envelope outlives window refills */
+	bool verify_bodies;
+	spool_scan_fn fn;
+	void *ctx;
+	struct spool_scan_stats *stats;
+};
+
+static int scan_commit(struct scan *sc, uint64_t off, const struct spool_rec_hdr *h)
+{
+	struct spool_scan_msg msg = {.commit_off = off};
+	const uint8_t *p;
+
+	sc->stats->commits++;
+	if (h->len > SPOOL_ENV_MAX) {
+		sc->stats->bad_envs++;
+		return 0;
+	}
+	int r = win_get(&sc->w, off + sizeof *h, h->len, &p);
+	if (r)
+		return r == -ENODATA ? -EIO : r; /* rec_at just read it */
+	memcpy(sc->env_buf, p, h->len);
+	/* An envelope filed under another id would attach a body to the wrong
+	 * message; treat it like one that does not decode. */
+	if (spool_env_decode(sc->env_buf, h->len, &msg.env) != 0 || msg.env.id != h->msg_id) {
+		sc->stats->bad_envs++;
+		return 0;
+	}
+	if (sc->verify_bodies) {
+		struct body_sink s = {0};
+		r = body_walk(&sc->w, &msg.env, off, &s, &msg.body_ok);
+		if (r)
+			return r;
+		if (!msg.body_ok)
+			sc->stats->bad_bodies++;
+	}
+	return sc->fn ? sc->fn(sc->ctx, &msg) : 0;
+}
+
+static int scan_record(struct scan *sc, uint64_t off, const struct spool_rec_hdr *h)
+{
+	switch (h->type) {
+	case SPOOL_REC_SEGMENT:
+		/* Only the record at offset 0 describes the segment. */
+		if (off == 0 && h->len == sizeof sc->stats->info) {
+			const uint8_t *p;
+			int r = win_get(&sc->w, off + sizeof *h, h->len, &p);
+			if (r)
+				return r == -ENODATA ? -EIO : r;
+			memcpy(&sc->stats->info, p, sizeof sc->stats->info);
+			sc->stats->has_info = true;
+		}
+		return 0;
+	case SPOOL_REC_COMMIT:
+		return scan_commit(sc, off, h);
+	case SPOOL_REC_CHUNK:
+	case SPOOL_REC_RCPT_STATE:
+	case SPOOL_REC_DONE:
+		return 0; /* chunks are read through their commit; states are not ours yet */
+	default:
+		abort(); /* spool_rec_hdr_check admitted an unknown type */
+	}
+}
+
+/* verify_bodies=false: body_ok is false (unknown) and bad_bodies stays 0.
+ * When fn stops the scan, stats describe the file up to that commit. */
+int spool_segment_scan(int fd, uint64_t limit, bool verify_bodies, spool_scan_fn fn, void *ctx,
+		       struct spool_scan_stats *stats)
+{
+	assert(fd >= 0 && stats != NULL);
+	struct scan sc = {.verify_bodies = verify_bodies, .fn = fn, .ctx = ctx, .stats = stats};
+	struct stat st;
+	uint64_t pos = 0;
+	int r = 0;
+
+	*stats = (struct spool_scan_stats){0};
+	if (fstat(fd, &st) != 0)
+		return -errno;
+	stats->file_len = (uint64_t)st.st_size;
+	sc.w = (struct scan_win){.fd = fd, .cap = SPOOL_SCAN_BUF_SIZE};
+	sc.w.end = limit < stats->file_len ? limit : stats->file_len;
+	sc.w.buf = malloc(SPOOL_SCAN_BUF_SIZE + SPOOL_ENV_MAX);
+	if (sc.w.buf == NULL)
+		return -ENOMEM;
+	sc.env_buf = sc.w.buf + SPOOL_SCAN_BUF_SIZE;
+	while (sc.w.end - pos >= sizeof(struct spool_rec_hdr)) {
+		struct spool_rec_hdr h;
+		r = rec_at(&sc.w, pos, &h);
+		if (r < 0)
+			break;
+		if (r == 0) {
+			stats->skipped++;
+			pos += SPOOL_REC_ALIGN;
+			continue;
+		}
+		stats->records++;
+		r = scan_record(&sc, pos, &h);
+		pos += spool_rec_size(h.len);
+		stats->valid_end = pos;
+		if (r)
+			break;
+	}
+	assert(stats->valid_end <= sc.w.end);
+	free(sc.w.buf);
+	return r;
+}

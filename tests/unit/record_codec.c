@@ -1,0 +1,540 @@
+/* Pins the spool record codecs: CRC32C (both paths), record headers, queue IDs and envelope v1. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "queue/record.h"
+
+/* ---- CRC32C ------------------------------------------------------------- */
+
+/* Bit-at-a-time reference, written from the definition, to judge both paths. */
+static uint32_t crc_ref(uint32_t crc, const uint8_t *p, size_t n)
+{
+	crc = ~crc;
+	while (n--) {
+		crc ^= *p++;
+		for (int k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1u)));
+	}
+	return ~crc;
+}
+
+static void crc_vectors(void **state)
+{
+	(void)state;
+	uint8_t buf[32];
+
+	assert_int_equal(spool_crc32c(0, "123456789", 9), 0xe3069283u);
+	assert_int_equal(spool_crc32c_sw(0, "123456789", 9), 0xe3069283u);
+	assert_int_equal(spool_crc32c(0, NULL, 0), 0);
+	assert_int_equal(spool_crc32c(0x12345678u, "", 0), 0x12345678u);
+	/* RFC 3720 B.4 (iSCSI) */
+	memset(buf, 0, sizeof buf);
+	assert_int_equal(spool_crc32c(0, buf, 32), 0x8a9136aau);
+	assert_int_equal(spool_crc32c_sw(0, buf, 32), 0x8a9136aau);
+	memset(buf, 0xff, sizeof buf);
+	assert_int_equal(spool_crc32c(0, buf, 32), 0x62a8ab43u);
+	assert_int_equal(spool_crc32c_sw(0, buf, 32), 0x62a8ab43u);
+	for (int i = 0; i < 32; i++)
+		buf[i] = (uint8_t)i;
+	assert_int_equal(spool_crc32c(0, buf, 32), 0x46dd794eu);
+	assert_int_equal(spool_crc32c_sw(0, buf, 32), 0x46dd794eu);
+	for (int i = 0; i < 32; i++)
+		buf[i] = (uint8_t)(31 - i);
+	assert_int_equal(spool_crc32c(0, buf, 32), 0x113fdb5cu);
+	assert_int_equal(spool_crc32c_sw(0, buf, 32), 0x113fdb5cu);
+}
+
+static void crc_chaining(void **state)
+{
+	(void)state;
+	uint8_t buf[300];
+	for (size_t i = 0; i < sizeof buf; i++)
+		buf[i] = (uint8_t)(i * 131 + 7);
+	uint32_t whole = spool_crc32c(0, buf, sizeof buf);
+
+	assert_int_equal(whole, crc_ref(0, buf, sizeof buf));
+	for (size_t cut = 0; cut <= sizeof buf; cut++) {
+		uint32_t a = spool_crc32c(0, buf, cut);
+		assert_int_equal(spool_crc32c(a, buf + cut, sizeof buf - cut), whole);
+		uint32_t b = spool_crc32c_sw(0, buf, cut);
+		assert_int_equal(spool_crc32c_sw(b, buf + cut, sizeof buf - cut), whole);
+	}
+	/* Three pieces, mixing the two paths: they must share one state. */
+	uint32_t c = spool_crc32c(0, buf, 5);
+	c = spool_crc32c_sw(c, buf + 5, 100);
+	c = spool_crc32c(c, buf + 105, sizeof buf - 105);
+	assert_int_equal(c, whole);
+}
+
+static void crc_unaligned_starts(void **state)
+{
+	(void)state;
+	uint8_t *buf = malloc(4096 + 16);
+	assert_non_null(buf);
+	uint32_t seed = 12345;
+	for (size_t i = 0; i < 4096 + 16; i++) {
+		seed = seed * 1103515245u + 12345u;
+		buf[i] = (uint8_t)(seed >> 16);
+	}
+	for (size_t start = 0; start < 16; start++) {
+		for (size_t n = 0; n < 70; n++) {
+			uint32_t want = crc_ref(0, buf + start, n);
+			assert_int_equal(spool_crc32c(0, buf + start, n), want);
+			assert_int_equal(spool_crc32c_sw(0, buf + start, n), want);
+		}
+		uint32_t want = crc_ref(0, buf + start, 4096);
+		assert_int_equal(spool_crc32c(0, buf + start, 4096), want);
+		assert_int_equal(spool_crc32c_sw(0, buf + start, 4096), want);
+	}
+	free(buf);
+}
+
+/* ---- record header ------------------------------------------------------- */
+
+static void hdr_init_check(void **state)
+{
+	(void)state;
+	struct spool_rec_hdr h;
+
+	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 0x0123456789abcdefu, 1000, 0xdeadbeefu);
+	assert_int_equal(spool_rec_hdr_check(&h), 0);
+	assert_int_equal(h.magic, SPOOL_REC_MAGIC);
+	assert_int_equal(h.type, SPOOL_REC_CHUNK);
+	assert_int_equal(h.flags, 0);
+	assert_int_equal(h.reserved, 0);
+	assert_int_equal(h.len, 1000);
+	assert_int_equal(h.pay_crc, 0xdeadbeefu);
+	assert_int_equal(h.msg_id, 0x0123456789abcdefu);
+	assert_int_equal(h.seq, 0);
+	assert_int_equal(h.hdr_crc, spool_crc32c(0, &h, 28));
+	/* "RMXR" as the first four bytes on disk */
+	assert_memory_equal(&h, "RMXR", 4);
+
+	for (int t = SPOOL_REC_SEGMENT; t <= SPOOL_REC_DONE; t++) {
+		spool_rec_hdr_init(&h, (enum spool_rec_type)t, 1, 0, 0);
+		assert_int_equal(spool_rec_hdr_check(&h), 0);
+	}
+	spool_rec_hdr_init(&h, SPOOL_REC_COMMIT, 1, SPOOL_REC_PAYLOAD_MAX, 0);
+	assert_int_equal(spool_rec_hdr_check(&h), 0);
+}
+
+static void hdr_every_bit_flip_detected(void **state)
+{
+	(void)state;
+	struct spool_rec_hdr h, bad;
+
+	spool_rec_hdr_init(&h, SPOOL_REC_COMMIT, 0xfedcba9876543210u, 4242, 0x1234abcdu);
+	for (size_t byte = 0; byte < sizeof h; byte++) {
+		for (int bit = 0; bit < 8; bit++) {
+			memcpy(&bad, &h, sizeof h);
+			((uint8_t *)&bad)[byte] ^= (uint8_t)(1u << bit);
+			assert_int_equal(spool_rec_hdr_check(&bad), -EINVAL);
+		}
+	}
+}
+
+/* Corruptions that come with a matching hdr_crc: only the field checks stop them. */
+static void hdr_field_checks(void **state)
+{
+	(void)state;
+	struct spool_rec_hdr h;
+
+	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 9, 10, 0);
+	h.magic = 0x52584d53u;
+	h.hdr_crc = spool_crc32c(0, &h, 28);
+	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+
+	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 9, 10, 0);
+	h.type = 0;
+	h.hdr_crc = spool_crc32c(0, &h, 28);
+	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	h.type = SPOOL_REC_DONE + 1;
+	h.hdr_crc = spool_crc32c(0, &h, 28);
+	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	h.type = 0xff;
+	h.hdr_crc = spool_crc32c(0, &h, 28);
+	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+
+	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 9, 10, 0);
+	h.len = SPOOL_REC_PAYLOAD_MAX + 1;
+	h.hdr_crc = spool_crc32c(0, &h, 28);
+	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	h.len = UINT32_MAX;
+	h.hdr_crc = spool_crc32c(0, &h, 28);
+	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+
+	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 9, 10, 0);
+	h.hdr_crc ^= 1;
+	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+}
+
+static void rec_size_and_pad(void **state)
+{
+	(void)state;
+	assert_int_equal(spool_rec_size(0), 32);
+	assert_int_equal(spool_rec_pad(0), 0);
+	assert_int_equal(spool_rec_size(1), 40);
+	assert_int_equal(spool_rec_pad(1), 7);
+	assert_int_equal(spool_rec_size(8), 40);
+	assert_int_equal(spool_rec_pad(8), 0);
+	assert_int_equal(spool_rec_size(SPOOL_REC_PAYLOAD_MAX),
+			 32 + (uint64_t)SPOOL_REC_PAYLOAD_MAX);
+	for (uint32_t len = 0; len < 64; len++) {
+		assert_int_equal(spool_rec_size(len) % SPOOL_REC_ALIGN, 0);
+		assert_int_equal(32 + len + spool_rec_pad(len), spool_rec_size(len));
+		assert_true(spool_rec_pad(len) < SPOOL_REC_ALIGN);
+	}
+}
+
+/* ---- queue ID ---------------------------------------------------------------- */
+
+static void qid_round_trip(void **state)
+{
+	(void)state;
+	const uint64_t ids[] = {0, 1, 0xa, 0x0123456789abcdefu, 0x8000000000000000u, UINT64_MAX};
+	char text[SPOOL_QID_LEN + 1];
+	uint64_t id;
+
+	spool_qid_format(0x0123456789abcdefu, text);
+	assert_string_equal(text, "0123456789ABCDEF");
+	spool_qid_format(0, text);
+	assert_string_equal(text, "0000000000000000");
+	for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+		spool_qid_format(ids[i], text);
+		assert_int_equal(strlen(text), SPOOL_QID_LEN);
+		assert_int_equal(spool_qid_parse(text, SPOOL_QID_LEN, &id), 0);
+		assert_int_equal(id, ids[i]);
+	}
+	assert_int_equal(spool_qid_parse("0123456789abcdef", 16, &id), 0);
+	assert_int_equal(id, 0x0123456789abcdefu);
+	assert_int_equal(spool_qid_parse("FfFfFfFfFfFfFfFf", 16, &id), 0);
+	assert_int_equal(id, UINT64_MAX);
+}
+
+static void qid_rejects(void **state)
+{
+	(void)state;
+	uint64_t id = 77;
+
+	assert_int_equal(spool_qid_parse("", 0, &id), -EINVAL);
+	assert_int_equal(spool_qid_parse("0123456789ABCDE", 15, &id), -EINVAL);
+	assert_int_equal(spool_qid_parse("0123456789ABCDEF0", 17, &id), -EINVAL);
+	/* length is the caller's: a longer string is fine if len is 16 */
+	assert_int_equal(spool_qid_parse("0123456789ABCDEFxyz", 16, &id), 0);
+	const char *bad[] = {"0123456789ABCDEG", "0x23456789ABCDEF", " 123456789ABCDEF",
+			     "0123456789ABCDE ", "-123456789ABCDEF", "+123456789ABCDEF",
+			     "0123456789ABC:EF", "0123456789ABC@EF", "0123456789ABC`EF",
+			     "0123456789ABCgEF"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		id = 77;
+		assert_int_equal(spool_qid_parse(bad[i], 16, &id), -EINVAL);
+		assert_int_equal(id, 77); /* untouched on failure */
+	}
+	assert_int_equal(spool_qid_parse("0123456789AB\0DEF", 16, &id), -EINVAL);
+}
+
+/* ---- envelope ------------------------------------------------------------------ */
+
+#define S(lit) ((struct spool_str){.ptr = (lit), .len = sizeof(lit) - 1})
+
+static struct spool_str str_of(const char *p, size_t n)
+{
+	return (struct spool_str){.ptr = p, .len = (uint32_t)n};
+}
+
+static struct spool_env env_sample(const struct spool_rcpt *rcpts, uint32_t n)
+{
+	return (struct spool_env){
+	    .id = 0x1122334455667788u,
+	    .arrival_s = -5, /* signed on purpose: must survive the u64 framing */
+	    .msg_len = 1000,
+	    .wire_len = 1003,
+	    .msg_crc = 0xcafebabeu,
+	    .first_chunk_off = 0x100000008u,
+	    .flags = SPOOL_ENV_STUFFED | SPOOL_ENV_SMTPUTF8,
+	    .body_type = 2,
+	    .ret = 1,
+	    .size_declared = 123456789012u,
+	    .listener = S("mx-in"),
+	    .client_addr = S("192.0.2.7"),
+	    .helo = S("client.example"),
+	    .mail_from = S("sender@example.org"),
+	    .envid = S("QQ314159"),
+	    .auth_user = S(""),
+	    .rcpt_count = n,
+	    .rcpts = rcpts,
+	};
+}
+
+static void str_equal(struct spool_str a, struct spool_str b)
+{
+	assert_int_equal(a.len, b.len);
+	if (a.len)
+		assert_memory_equal(a.ptr, b.ptr, a.len);
+}
+
+static void env_equal(const struct spool_env *in, const struct spool_env *out)
+{
+	assert_int_equal(out->id, in->id);
+	assert_true(out->arrival_s == in->arrival_s);
+	assert_int_equal(out->msg_len, in->msg_len);
+	assert_int_equal(out->wire_len, in->wire_len);
+	assert_int_equal(out->msg_crc, in->msg_crc);
+	assert_int_equal(out->first_chunk_off, in->first_chunk_off);
+	assert_int_equal(out->flags, in->flags);
+	assert_int_equal(out->body_type, in->body_type);
+	assert_int_equal(out->ret, in->ret);
+	assert_int_equal(out->size_declared, in->size_declared);
+	str_equal(out->listener, in->listener);
+	str_equal(out->client_addr, in->client_addr);
+	str_equal(out->helo, in->helo);
+	str_equal(out->mail_from, in->mail_from);
+	str_equal(out->envid, in->envid);
+	str_equal(out->auth_user, in->auth_user);
+	assert_int_equal(out->rcpt_count, in->rcpt_count);
+	assert_null(out->rcpts);
+	for (uint32_t i = 0; i < in->rcpt_count; i++) {
+		struct spool_rcpt r;
+		assert_int_equal(spool_env_rcpt(out, i, &r), 0);
+		str_equal(r.addr, in->rcpts[i].addr);
+		str_equal(r.orcpt, in->rcpts[i].orcpt);
+		assert_int_equal(r.notify, in->rcpts[i].notify);
+	}
+	struct spool_rcpt r;
+	assert_int_equal(spool_env_rcpt(out, in->rcpt_count, &r), -EINVAL);
+	assert_int_equal(spool_env_rcpt(out, UINT32_MAX, &r), -EINVAL);
+}
+
+/* Encode, decode, compare; also proves every shorter prefix and a trailing byte fail. */
+static void env_round_trip(const struct spool_env *in)
+{
+	uint8_t *buf = malloc(SPOOL_ENV_MAX + 1);
+	assert_non_null(buf);
+	size_t n = spool_env_encode(in, buf, SPOOL_ENV_MAX);
+	struct spool_env out;
+
+	assert_true(n > 0 && n <= SPOOL_ENV_MAX);
+	assert_int_equal(buf[0], SPOOL_ENV_VERSION);
+	assert_int_equal(spool_env_decode(buf, n, &out), 0);
+	env_equal(in, &out);
+	/* strings point into the input */
+	assert_true((const uint8_t *)out.mail_from.ptr >= buf &&
+		    (const uint8_t *)out.mail_from.ptr <= buf + n);
+	for (size_t cut = 0; cut < n; cut++)
+		assert_int_equal(spool_env_decode(buf, cut, &out), -EINVAL);
+	if (n < SPOOL_ENV_MAX) {
+		buf[n] = 0;
+		assert_int_equal(spool_env_decode(buf, n + 1, &out), -EINVAL);
+	}
+	free(buf);
+}
+
+static void env_round_trip_0_1_100(void **state)
+{
+	(void)state;
+	static struct spool_rcpt rcpts[100];
+	static char addrs[100][40];
+
+	struct spool_env env = env_sample(NULL, 0);
+	env_round_trip(&env);
+
+	rcpts[0] = (struct spool_rcpt){S("user@example.net"), S("rfc822;user@example.net"), 7};
+	env = env_sample(rcpts, 1);
+	env_round_trip(&env);
+
+	for (int i = 0; i < 100; i++) {
+		int n = snprintf(addrs[i], sizeof addrs[i], "rcpt%d@d%d.example", i, i % 7);
+		rcpts[i] = (struct spool_rcpt){
+		    .addr = str_of(addrs[i], (size_t)n),
+		    .orcpt = i % 3 ? str_of(addrs[i], (size_t)n / 2) : S(""),
+		    .notify = (uint8_t)i,
+		};
+	}
+	env = env_sample(rcpts, 100);
+	env_round_trip(&env);
+}
+
+static void env_empty_and_long_strings(void **state)
+{
+	(void)state;
+	char *big = malloc(60000);
+	assert_non_null(big);
+	memset(big, 'h', 60000);
+	struct spool_rcpt r = {S(""), S(""), 0};
+	struct spool_env env = env_sample(&r, 1);
+
+	env.listener = env.client_addr = env.helo = env.mail_from = env.envid = env.auth_user =
+	    (struct spool_str){0};
+	env.msg_len = env.wire_len = 0;
+	env_round_trip(&env);
+
+	env = env_sample(&r, 1);
+	env.helo = str_of(big, 60000);
+	env_round_trip(&env);
+
+	/* two long strings sharing the bound */
+	env = env_sample(NULL, 0);
+	env.mail_from = str_of(big, 30000);
+	env.envid = str_of(big, 30000);
+	env_round_trip(&env);
+
+	/* one octet longer than a u16 can frame: refused, whatever the cap */
+	uint8_t *out = malloc(2 * SPOOL_ENV_MAX);
+	assert_non_null(out);
+	big = realloc(big, 70000);
+	assert_non_null(big);
+	env.mail_from = str_of(big, UINT16_MAX + 1);
+	assert_int_equal(spool_env_encode(&env, out, 2 * SPOOL_ENV_MAX), 0);
+	r.addr = str_of(big, UINT16_MAX + 1);
+	env = env_sample(&r, 1);
+	assert_int_equal(spool_env_encode(&env, out, 2 * SPOOL_ENV_MAX), 0);
+	free(out);
+	free(big);
+}
+
+static void env_bound_and_cap(void **state)
+{
+	(void)state;
+	uint8_t *buf = malloc(2 * SPOOL_ENV_MAX);
+	assert_non_null(buf);
+	struct spool_rcpt r = {S("a@b.example"), S("rfc822;a@b.example"), 1};
+	struct spool_env env = env_sample(&r, 1);
+	size_t need = spool_env_encode(&env, buf, 2 * SPOOL_ENV_MAX);
+
+	assert_true(need > 64);
+	for (size_t cap = 0; cap < need; cap++)
+		assert_int_equal(spool_env_encode(&env, buf, cap), 0);
+	assert_int_equal(spool_env_encode(&env, buf, need), need);
+
+	/* Exactly SPOOL_ENV_MAX is allowed, one more is not, even with room. */
+	char *fill = malloc(SPOOL_ENV_MAX);
+	assert_non_null(fill);
+	memset(fill, 'x', SPOOL_ENV_MAX);
+	env = env_sample(NULL, 0);
+	size_t base = spool_env_encode(&env, buf, 2 * SPOOL_ENV_MAX);
+	size_t room = SPOOL_ENV_MAX - base + env.helo.len;
+	env.helo = str_of(fill, room);
+	assert_int_equal(spool_env_encode(&env, buf, 2 * SPOOL_ENV_MAX), SPOOL_ENV_MAX);
+	struct spool_env out;
+	assert_int_equal(spool_env_decode(buf, SPOOL_ENV_MAX, &out), 0);
+	env_equal(&env, &out);
+	env.helo = str_of(fill, room + 1);
+	assert_int_equal(spool_env_encode(&env, buf, 2 * SPOOL_ENV_MAX), 0);
+	/* a decoder never accepts more than the bound */
+	assert_int_equal(spool_env_decode(buf, SPOOL_ENV_MAX + 1, &out), -EINVAL);
+	free(fill);
+	free(buf);
+}
+
+/* Version 1 byte for byte, so a format change is a deliberate act. */
+static void env_v1_golden(void **state)
+{
+	(void)state;
+	static const uint8_t want[] = {
+	    1,	  8,	2,    0,    0x05, 0,	0,    0,	      /* version body ret 0 flags */
+	    0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,	      /* id */
+	    0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,	      /* arrival -2 */
+	    3,	  0,	0,    0,    0,	  0,	0,    0,	      /* msg_len */
+	    6,	  0,	0,    0,    0,	  0,	0,    0,	      /* wire_len */
+	    0x28, 0,	0,    0,    0,	  0,	0,    0,	      /* first_chunk_off */
+	    9,	  0,	0,    0,    0,	  0,	0,    0,	      /* size_declared */
+	    0x78, 0x56, 0x34, 0x12, 1,	  0,	0,    0,	      /* msg_crc rcpt_count */
+	    1,	  0,	'L',  0,    0,	  2,	0,    'h',  'o',      /* listener client helo */
+	    3,	  0,	's',  '@',  'x',  0,	0,    1,    0,	 'u', /* from envid auth */
+	    0,	  0,	0,    0,    3,	  0,	1,    0,    6,	      /* rcpt table */
+	    'r',  '@',	'x',  'o',				      /* heap */
+	};
+	struct spool_rcpt r = {S("r@x"), S("o"), 6};
+	struct spool_env env = {
+	    .id = 0x1122334455667788u,
+	    .arrival_s = -2,
+	    .msg_len = 3,
+	    .wire_len = 6,
+	    .msg_crc = 0x12345678u,
+	    .first_chunk_off = 0x28,
+	    .flags = SPOOL_ENV_STUFFED | SPOOL_ENV_SMTPUTF8,
+	    .body_type = 8,
+	    .ret = 2,
+	    .size_declared = 9,
+	    .listener = S("L"),
+	    .helo = S("ho"),
+	    .mail_from = S("s@x"),
+	    .auth_user = S("u"),
+	    .rcpt_count = 1,
+	    .rcpts = &r,
+	};
+	uint8_t buf[256];
+
+	assert_int_equal(spool_env_encode(&env, buf, sizeof buf), sizeof want);
+	assert_memory_equal(buf, want, sizeof want);
+}
+
+static size_t env_small(uint8_t *buf, size_t cap)
+{
+	struct spool_rcpt r[2] = {{S("a@x"), S(""), 1}, {S("b@x"), S("o"), 2}};
+	struct spool_env env = env_sample(r, 2);
+	size_t n = spool_env_encode(&env, buf, cap);
+	assert_true(n > 0);
+	return n;
+}
+
+/* Hand-made damage the encoder never produces. */
+static void env_rejects_malformed(void **state)
+{
+	(void)state;
+	uint8_t buf[512], bad[512];
+	struct spool_env out;
+	size_t n = env_small(buf, sizeof buf);
+	size_t table = n - 2 * 9 - (3 + 0 + 3 + 1);
+
+	assert_int_equal(spool_env_decode(buf, n, &out), 0);
+	assert_int_equal(spool_env_decode(NULL, 0, &out), -EINVAL);
+#define DAMAGED(off, val)                                                                          \
+	do {                                                                                       \
+		memcpy(bad, buf, n);                                                               \
+		bad[(off)] = (uint8_t)(val);                                                       \
+		assert_int_equal(spool_env_decode(bad, n, &out), -EINVAL);                         \
+	} while (0)
+	DAMAGED(0, 0);		   /* version 0 */
+	DAMAGED(0, 2);		   /* a future version */
+	DAMAGED(3, 1);		   /* reserved byte */
+	DAMAGED(24, 0xff);	   /* msg_len > wire_len */
+	DAMAGED(60, 3);		   /* rcpt_count larger than the table */
+	DAMAGED(60, 1);		   /* smaller: table bytes become heap bytes */
+	DAMAGED(63, 0x40);	   /* huge rcpt_count must not wrap */
+	DAMAGED(64, 200);	   /* listener length past the end */
+	DAMAGED(table, 1);	   /* first heap offset not 0 */
+	DAMAGED(table + 9, 4);	   /* second offset not contiguous */
+	DAMAGED(table + 4, 4);	   /* addr length overlaps the next */
+	DAMAGED(table + 9 + 6, 2); /* last orcpt runs past the end */
+#undef DAMAGED
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(crc_vectors),
+	    cmocka_unit_test(crc_chaining),
+	    cmocka_unit_test(crc_unaligned_starts),
+	    cmocka_unit_test(hdr_init_check),
+	    cmocka_unit_test(hdr_every_bit_flip_detected),
+	    cmocka_unit_test(hdr_field_checks),
+	    cmocka_unit_test(rec_size_and_pad),
+	    cmocka_unit_test(qid_round_trip),
+	    cmocka_unit_test(qid_rejects),
+	    cmocka_unit_test(env_round_trip_0_1_100),
+	    cmocka_unit_test(env_empty_and_long_strings),
+	    cmocka_unit_test(env_bound_and_cap),
+	    cmocka_unit_test(env_v1_golden),
+	    cmocka_unit_test(env_rejects_malformed),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
