@@ -230,6 +230,11 @@ size_t conn_out_free(const struct conn *c)
 	return CONN_OUT_MAX - c->out_len;
 }
 
+void conn_drop_output(struct conn *c)
+{
+	c->out_len = c->send_inflight ? c->out_sent : 0;
+}
+
 /* ---- closing -------------------------------------------------------------- */
 
 static void conn_shutdown_io(struct conn *c)
@@ -243,7 +248,7 @@ static void conn_shutdown_io(struct conn *c)
 		ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
 		c->inflight++;
 	}
-	if (c->s.state == SMTP_S_NEW) {
+	if (c->greet_armed) {
 		ring_prep_cancel(&sh->ring, conn_ud(c, OP_GREET), conn_ud(c, OP_CANCEL));
 		c->inflight++;
 	}
@@ -381,7 +386,7 @@ static void conn_on_recv(struct conn *c, struct io_uring_cqe *cqe)
 		return;
 	}
 	/* EOF or error: the client is gone; pending output is moot. */
-	c->out_len = 0;
+	conn_drop_output(c);
 	c->close_wanted = true;
 	if (!c->send_inflight)
 		conn_shutdown_io(c);
@@ -394,7 +399,7 @@ static void conn_on_send(struct conn *c, int res)
 	if (c->io != CONN_ACTIVE)
 		return;
 	if (res <= 0) {
-		c->out_len = 0;
+		c->out_len = 0; /* no send in flight any more */
 		c->close_wanted = true;
 		conn_shutdown_io(c);
 		return;
@@ -422,6 +427,7 @@ static void listener_arm(struct shard *sh, uint32_t i)
 	 * overwritten by each connection; getpeername() is exact. */
 	io_uring_prep_multishot_accept(sqe, sh->listeners[i].fd, NULL, NULL, SOCK_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, ring_ud(OP_ACCEPT, 0, 0, i));
+	sh->listeners[i].armed = true;
 }
 
 static void peer_format(struct conn *c)
@@ -487,8 +493,10 @@ static void shard_on_accept(struct shard *sh, uint32_t li, struct io_uring_cqe *
 	char ip[CONN_PEER_MAX] = "unknown";
 	int fd = cqe->res;
 
-	if (!(cqe->flags & IORING_CQE_F_MORE) && !sh->stopping)
-		listener_arm(sh, li); /* multishot ended (e.g. EMFILE): re-arm */
+	/* Multishot ended (EMFILE, ENFILE, ENOMEM...): re-armed by the next
+	 * tick, so an exhausted fd table does not spin the loop. */
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		sh->listeners[li].armed = false;
 	if (fd < 0) {
 		if (fd != -ECANCELED)
 			log_msg(LOG_WARN, "event=accept_error shard=%u error=\"%s\"", sh->id,
@@ -525,6 +533,7 @@ static void shard_on_accept(struct shard *sh, uint32_t li, struct io_uring_cqe *
 		c->greet_ts.tv_nsec = (long long)(ms % 1000) * 1000000;
 		ring_prep_timeout(&sh->ring, &c->greet_ts, conn_ud(c, OP_GREET));
 		c->inflight++;
+		c->greet_armed = true;
 		conn_arm_recv(c);
 		return;
 	}
@@ -554,6 +563,7 @@ static void conn_on_peek(struct conn *c, int res)
 static void conn_on_greet(struct conn *c, int res)
 {
 	c->inflight--;
+	c->greet_armed = false;
 	if (c->io != CONN_ACTIVE || res == -ECANCELED)
 		return;
 	if (c->s.state == SMTP_S_NEW) {
@@ -600,6 +610,9 @@ static void shard_on_tick(struct shard *sh)
 			smtp_session_timeout(c, reply);
 		}
 	}
+	for (uint32_t i = 0; i < sh->cfg->listener_count && !sh->stopping; i++)
+		if (!sh->listeners[i].armed)
+			listener_arm(sh, i);
 	if (!sh->stopping || sh->now_ms < sh->stop_deadline_ms)
 		shard_arm_tick(sh);
 }

@@ -69,7 +69,7 @@ struct conn {
 	bool send_inflight;
 	bool close_wanted; /* close once output is flushed */
 	bool in_feed;
-	bool closed_fd;
+	bool greet_armed; /* greet pause timer in flight */
 	uint8_t listener;
 	uint32_t inq_head, inq_count;
 	struct conn_inbuf {
@@ -94,6 +94,7 @@ struct shard_listener {
 	const struct config_listener *cfg;
 	struct sockaddr_storage accept_addr;
 	socklen_t accept_len;
+	bool armed; /* multishot accept in flight */
 };
 
 struct shard {
@@ -134,6 +135,8 @@ void shard_join(struct shard *sh);
 void conn_reply(struct conn *c, const char *line);
 void conn_replyf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 size_t conn_out_free(const struct conn *c);
+/* Forget buffered output that is not already in a send in flight. */
+void conn_drop_output(struct conn *c);
 void conn_close(struct conn *c);
 void conn_resume(struct conn *c);
 uint64_t shard_now_ms(const struct shard *sh);

@@ -154,7 +154,8 @@ static bool arena_copy(struct smtp_tx *tx, const char *p, size_t n, struct spool
 {
 	if (n > SMTP_TX_ARENA - tx->arena_len)
 		return false;
-	memcpy(tx->arena + tx->arena_len, p, n);
+	if (n)
+		memcpy(tx->arena + tx->arena_len, p, n); /* p may be NULL when n is 0 */
 	out->ptr = tx->arena + tx->arena_len;
 	out->len = (uint32_t)n;
 	tx->arena_len += (uint32_t)n;
@@ -260,8 +261,8 @@ void smtp_session_timeout(struct conn *c, const char *reply)
 {
 	log_msg(LOG_INFO, "event=timeout client=%s state=%s reply=\"%.40s\"", c->peer_ip,
 		state_names[c->s.state], reply);
-	c->out_len = 0; /* nothing pending matters more than the 421 */
-	if (!c->send_inflight)
+	conn_drop_output(c); /* nothing still unsent matters more than the 421 */
+	if (conn_out_free(c) >= strlen(reply) + 2)
 		conn_reply(c, reply);
 	session_close(c);
 }
