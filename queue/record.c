@@ -115,6 +115,63 @@ uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n)
 	return ~crc_sw_update(~crc, p, n);
 }
 
+/* CRC combination (the zlib method): crc(A||B) = crc(A) * x^(8|B|) + crc(B)
+ * in GF(2)[x] mod P, in the reflected bit order CRC32C uses.  It lets the
+ * writer fold each chunk's CRC into the message CRC without hashing every
+ * byte twice. */
+#define CRC32C_POLY_REFLECTED 0x82f63b78u
+
+static uint32_t gf2_mulmod(uint32_t a, uint32_t b)
+{
+	uint32_t m = 1u << 31, p = 0;
+
+	for (;;) {
+		if (a & m) {
+			p ^= b;
+			if ((a & (m - 1)) == 0)
+				break;
+		}
+		m >>= 1;
+		b = b & 1 ? (b >> 1) ^ CRC32C_POLY_REFLECTED : b >> 1;
+	}
+	return p;
+}
+
+/* x2n[k] = x^(2^k) mod P, filled once. */
+static uint32_t x2n_table[64];
+static pthread_once_t x2n_once = PTHREAD_ONCE_INIT;
+
+static void x2n_init(void)
+{
+	uint32_t p = 1u << 30; /* x^1 in reflected order */
+
+	for (int k = 0; k < 64; k++) {
+		x2n_table[k] = p;
+		p = gf2_mulmod(p, p);
+	}
+}
+
+/* x^(8n) mod P, by the binary expansion of 8n = n * 2^3. */
+static uint32_t x8n_mod(uint64_t n)
+{
+	uint32_t p = 1u << 31; /* x^0 */
+	unsigned k = 3;
+
+	pthread_once(&x2n_once, x2n_init);
+	while (n) {
+		if (n & 1)
+			p = gf2_mulmod(x2n_table[k & 63], p);
+		n >>= 1;
+		k++;
+	}
+	return p;
+}
+
+uint32_t spool_crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
+{
+	return gf2_mulmod(x8n_mod(len2), crc1) ^ crc2;
+}
+
 /* ---- record header --------------------------------------------------------- */
 
 void spool_rec_hdr_init(struct spool_rec_hdr *h, enum spool_rec_type type, uint64_t msg_id,

@@ -69,6 +69,8 @@ struct spool_seg_info {
 
 /* CRC32C (Castagnoli), chainable: crc = spool_crc32c(crc, p, n), start at 0. */
 uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n);
+/* crc(A||B) from crc(A), crc(B) and |B|: O(log |B|), no data touched. */
+uint32_t spool_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 
 /* Fill a header for a payload of len bytes whose CRC is pay_crc. */
 void spool_rec_hdr_init(struct spool_rec_hdr *h, enum spool_rec_type type, uint64_t msg_id,

@@ -57,6 +57,7 @@ struct spool {
 	uint64_t next_seq;
 	uint64_t last_id;
 	struct spool_stats stats;
+	struct spool_msg *pend_head; /* messages with gathered pieces */
 };
 
 static const char zero_pad[SPOOL_REC_ALIGN];
@@ -117,6 +118,7 @@ static void seghdr_prepare(struct spool *sp, uint64_t seq)
  * durable (file and directory entry) before any message can use it. */
 static int seg_create_sync(struct spool *sp, struct spool_seg *seg, char *why, size_t why_len)
 {
+	char rec[sizeof(struct spool_rec_hdr) + sizeof(struct spool_seg_info)];
 	char name[32];
 	ssize_t w;
 
@@ -127,8 +129,10 @@ static int seg_create_sync(struct spool *sp, struct spool_seg *seg, char *why, s
 		return -errno;
 	}
 	seghdr_prepare(sp, sp->next_seq);
-	w = pwritev(seg->fd, sp->seghdr_iov, 2, 0);
-	if (w != (ssize_t)(sizeof(sp->seghdr) + sizeof(sp->seginfo)) || fdatasync(seg->fd) != 0 ||
+	memcpy(rec, &sp->seghdr, sizeof(sp->seghdr));
+	memcpy(rec + sizeof(sp->seghdr), &sp->seginfo, sizeof(sp->seginfo));
+	w = pwrite(seg->fd, rec, sizeof(rec), 0);
+	if (w != (ssize_t)sizeof(rec) || fdatasync(seg->fd) != 0 ||
 	    fsync(sp->dirfd) != 0) {
 		snprintf(why, why_len, "%s/%s: cannot write segment header: %s", sp->dir, name,
 			 strerror(errno ? errno : EIO));
@@ -236,90 +240,175 @@ void spool_msg_begin(struct spool *sp, struct spool_msg *m, uint64_t id, uint32_
 {
 	struct spool_seg *seg = &sp->segs[sp->cur];
 
-	assert(!m->active && m->writes_inflight == 0);
+	assert(!m->active && m->writes_inflight == 0 && !m->pend_listed);
 	if (seg->tail >= sp->segment_size && sp->opening < 0)
 		seg_rotate_start(sp);
-	memset(m, 0, sizeof(*m));
+	memset(m, 0, offsetof(struct spool_msg, wr));
 	m->id = id;
 	m->seg = seg;
 	m->owner = owner;
 	m->owner_gen = owner_gen;
 	m->active = true;
+	m->committing = false;
+	m->sync_next = NULL;
 	seg->users++;
+}
+
+static struct spool_wr *wr_free(struct spool_msg *m)
+{
+	for (int i = 0; i < SPOOL_MSG_WRITES_MAX; i++)
+		if (!m->wr[i].busy)
+			return &m->wr[i];
+	return NULL;
 }
 
 bool spool_msg_can_write(const struct spool_msg *m)
 {
-	return m->writes_inflight < SPOOL_MSG_WRITES_MAX;
+	if (m->npieces < SPOOL_PIECES_MAX)
+		return true;
+	for (int i = 0; i < SPOOL_MSG_WRITES_MAX; i++)
+		if (!m->wr[i].busy)
+			return true;
+	return false;
 }
 
-/* Reserve space for a record of payload length len and queue its writev. */
-static void rec_write(struct spool *sp, struct spool_seg *seg, struct spool_wr *wr,
-		      uint64_t ud)
+bool spool_msg_can_commit(const struct spool_msg *m)
 {
-	uint64_t off = seg->tail;
-	uint32_t pad = (uint32_t)(spool_rec_size(wr->hdr.len) - sizeof(wr->hdr) - wr->hdr.len);
-	struct io_uring_sqe *sqe;
-	unsigned n = 2;
+	return wr_free((struct spool_msg *)m) != NULL;
+}
 
-	wr->iov[0] = (struct iovec){&wr->hdr, sizeof(wr->hdr)};
+static void pend_unlink(struct spool *sp, struct spool_msg *m)
+{
+	if (!m->pend_listed)
+		return;
+	if (m->pend_prev)
+		m->pend_prev->pend_next = m->pend_next;
+	else
+		sp->pend_head = m->pend_next;
+	if (m->pend_next)
+		m->pend_next->pend_prev = m->pend_prev;
+	m->pend_next = m->pend_prev = NULL;
+	m->pend_listed = false;
+}
+
+/* Move the gathered pieces into wr as one CHUNK record (iovecs from iov[0]);
+ * returns the iovec count used and the record's size on disk in *size. */
+static unsigned wr_take_chunk(struct spool_msg *m, struct spool_wr *wr, uint64_t *size)
+{
+	uint32_t pad = (uint32_t)(spool_rec_size(m->plen) - sizeof(wr->hdr) - m->plen);
+	unsigned n = 0;
+
+	spool_rec_hdr_init(&wr->hdr, SPOOL_REC_CHUNK, m->id, m->plen, m->pcrc);
+	wr->iov[n++] = (struct iovec){&wr->hdr, sizeof(wr->hdr)};
+	for (uint32_t i = 0; i < m->npieces; i++) {
+		wr->iov[n++] = m->piece[i];
+		if (m->piece_bid[i] != SPOOL_NO_BUF)
+			wr->bids[wr->nbids++] = m->piece_bid[i];
+	}
 	if (pad)
 		wr->iov[n++] = (struct iovec){(void *)zero_pad, pad};
-	wr->len = (uint32_t)spool_rec_size(wr->hdr.len);
-	seg->tail += wr->len;
+	if (m->wire_len == m->plen)
+		m->first_off = m->seg->tail; /* the first chunk of the message */
+	m->crc = spool_crc32c_combine(m->crc, m->pcrc, m->plen);
+	m->npieces = 0;
+	m->plen = 0;
+	m->pcrc = 0;
+	*size = spool_rec_size(wr->hdr.len);
+	return n;
+}
+
+/* Reserve space at the segment tail and queue the writev. */
+static void wr_submit(struct spool *sp, struct spool_msg *m, struct spool_wr *wr, unsigned niov,
+		      uint64_t size, uint8_t op)
+{
+	struct spool_seg *seg = m->seg;
+	struct io_uring_sqe *sqe;
+
+	assert(niov <= sizeof(wr->iov) / sizeof(wr->iov[0]));
+	wr->len = (uint32_t)size;
+	wr->busy = true;
 	sqe = ring_sqe(sp->ring);
-	io_uring_prep_writev(sqe, seg->fd, wr->iov, n, off);
-	io_uring_sqe_set_data64(sqe, ud);
+	io_uring_prep_writev(sqe, seg->fd, wr->iov, niov, seg->tail);
+	io_uring_sqe_set_data64(sqe, ring_ud(op, (uint8_t)(wr - m->wr), m->owner_gen, m->owner));
+	seg->tail += size;
+	m->writes_inflight++;
+	sp->stats.writes++;
+}
+
+/* Write the gathered pieces now.  Requires a free write slot. */
+static void msg_write_pieces(struct spool *sp, struct spool_msg *m)
+{
+	struct spool_wr *wr = wr_free(m);
+	uint64_t size;
+	unsigned niov;
+
+	assert(wr && m->npieces > 0);
+	wr->nbids = 0;
+	wr->has_commit = false;
+	niov = wr_take_chunk(m, wr, &size);
+	pend_unlink(sp, m);
+	wr_submit(sp, m, wr, niov, size, SPOOL_OP_WRITE);
 }
 
 void spool_msg_append(struct spool *sp, struct spool_msg *m, const char *p, uint32_t n,
 		      uint16_t bid)
 {
-	struct spool_wr *wr = NULL;
-	uint8_t idx;
-
-	assert(m->active && !m->committing && n > 0 && n <= SPOOL_REC_PAYLOAD_MAX);
-	for (idx = 0; idx < SPOOL_MSG_WRITES_MAX; idx++)
-		if (!m->wr[idx].busy) {
-			wr = &m->wr[idx];
-			break;
-		}
-	assert(wr);
-	if (m->wire_len == 0)
-		m->first_off = m->seg->tail;
-	m->crc = spool_crc32c(m->crc, p, n);
+	assert(m->active && !m->committing && n > 0 && spool_msg_can_write(m));
+	if (m->npieces == SPOOL_PIECES_MAX ||
+	    (m->npieces && m->plen + (uint64_t)n > SPOOL_REC_PAYLOAD_MAX))
+		msg_write_pieces(sp, m); /* full, or one record's bound reached */
+	m->piece[m->npieces] = (struct iovec){(void *)p, n};
+	m->piece_bid[m->npieces] = bid;
+	m->npieces++;
+	m->plen += n;
+	m->pcrc = spool_crc32c(m->pcrc, p, n);
 	m->wire_len += n;
-	spool_rec_hdr_init(&wr->hdr, SPOOL_REC_CHUNK, m->id, n, spool_crc32c(0, p, n));
-	wr->iov[1] = (struct iovec){(void *)p, n};
-	wr->bid = bid;
-	wr->busy = true;
 	if (bid != SPOOL_NO_BUF)
 		ring_buf_get(sp->ring, bid);
-	m->writes_inflight++;
-	rec_write(sp, m->seg, wr, ring_ud(SPOOL_OP_WRITE, idx, m->owner_gen, m->owner));
+	if (!m->pend_listed) {
+		m->pend_next = sp->pend_head;
+		if (sp->pend_head)
+			sp->pend_head->pend_prev = m;
+		sp->pend_head = m;
+		m->pend_listed = true;
+	}
+	if (m->plen >= SPOOL_CHUNK_TARGET && wr_free(m))
+		msg_write_pieces(sp, m);
 }
 
 int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *env, uint8_t *enc,
 		     size_t enc_cap)
 {
+	struct spool_wr *wr = wr_free(m);
+	uint64_t size = 0, csize;
+	unsigned niov = 0;
+	uint32_t pad;
 	size_t n;
 
-	assert(m->active && !m->committing && m->writes_inflight == 0);
+	assert(m->active && !m->committing && wr);
 	env->id = m->id;
-	env->first_chunk_off = m->first_off;
 	env->wire_len = m->wire_len;
-	env->msg_crc = m->crc;
+	env->msg_crc = spool_crc32c_combine(m->crc, m->pcrc, m->plen);
+	/* No chunk written yet: the first one is about to go at the tail. */
+	env->first_chunk_off = m->wire_len == m->plen ? m->seg->tail : m->first_off;
 	n = spool_env_encode(env, enc, enc_cap);
 	if (n == 0)
 		return -ENOSPC;
-	spool_rec_hdr_init(&m->commit.hdr, SPOOL_REC_COMMIT, m->id, (uint32_t)n,
-			   spool_crc32c(0, enc, n));
-	m->commit.iov[1] = (struct iovec){enc, n};
-	m->commit.bid = SPOOL_NO_BUF;
-	m->commit.busy = true;
+	wr->nbids = 0;
+	wr->has_commit = true;
+	if (m->npieces) {
+		niov = wr_take_chunk(m, wr, &size);
+		pend_unlink(sp, m);
+	}
+	spool_rec_hdr_init(&wr->chdr, SPOOL_REC_COMMIT, m->id, (uint32_t)n, spool_crc32c(0, enc, n));
+	csize = spool_rec_size((uint32_t)n);
+	pad = (uint32_t)(csize - sizeof(wr->chdr) - n);
+	wr->iov[niov++] = (struct iovec){&wr->chdr, sizeof(wr->chdr)};
+	wr->iov[niov++] = (struct iovec){enc, n};
+	if (pad)
+		wr->iov[niov++] = (struct iovec){(void *)zero_pad, pad};
 	m->committing = true;
-	m->writes_inflight++;
-	rec_write(sp, m->seg, &m->commit, ring_ud(SPOOL_OP_COMMIT, 0, m->owner_gen, m->owner));
+	wr_submit(sp, m, wr, niov, size + csize, SPOOL_OP_COMMIT);
 	return 0;
 }
 
@@ -338,22 +427,27 @@ static void msg_release(struct spool *sp, struct spool_msg *m)
 void spool_msg_abort(struct spool *sp, struct spool_msg *m)
 {
 	assert(m->active && m->writes_inflight == 0 && !m->committing);
+	for (uint32_t i = 0; i < m->npieces; i++)
+		if (m->piece_bid[i] != SPOOL_NO_BUF)
+			ring_buf_put(sp->ring, m->piece_bid[i]);
+	m->npieces = 0;
+	pend_unlink(sp, m);
 	msg_release(sp, m);
 }
 
 void spool_msg_complete(struct spool *sp, struct spool_msg *m, uint64_t ud, int res)
 {
-	uint8_t op = ring_ud_op(ud);
-	struct spool_wr *wr = op == SPOOL_OP_COMMIT ? &m->commit : &m->wr[ring_ud_aux(ud)];
+	struct spool_wr *wr = &m->wr[ring_ud_aux(ud)];
 
-	assert(wr->busy && m->writes_inflight > 0);
+	assert(ring_ud_aux(ud) < SPOOL_MSG_WRITES_MAX && wr->busy && m->writes_inflight > 0);
 	if (res != (int)wr->len && m->io_error == 0)
-		m->io_error = res < 0 ? res : -EIO; /* short write: disk full */
-	if (wr->bid != SPOOL_NO_BUF)
-		ring_buf_put(sp->ring, wr->bid);
+		m->io_error = res < 0 ? res : -ENOSPC; /* a short file write: disk full */
+	for (uint8_t i = 0; i < wr->nbids; i++)
+		ring_buf_put(sp->ring, wr->bids[i]);
+	wr->nbids = 0;
 	wr->busy = false;
 	m->writes_inflight--;
-	if (op != SPOOL_OP_COMMIT)
+	if (!m->committing || m->writes_inflight > 0)
 		return;
 	if (m->io_error) {
 		int err = m->io_error;
@@ -362,8 +456,9 @@ void spool_msg_complete(struct spool *sp, struct spool_msg *m, uint64_t ud, int 
 		sp->ops->on_durable(sp->ctx, m, err);
 		return;
 	}
-	/* Queue for the group sync of this loop turn (also with durability
-	 * none, so the reply still goes out from one place: spool_flush). */
+	/* Every write of the message completed: it joins the group sync of
+	 * this loop turn (also with durability none, so the reply goes out
+	 * from one place: spool_flush). */
 	m->sync_next = NULL;
 	if (m->seg->wait_tail)
 		m->seg->wait_tail->sync_next = m;
@@ -391,6 +486,12 @@ static void msgs_done(struct spool *sp, struct spool_msg *head, int res)
 
 void spool_flush(struct spool *sp)
 {
+	/* Gathered pieces go out as one chunk per message per loop turn. */
+	for (struct spool_msg *m = sp->pend_head, *next; m; m = next) {
+		next = m->pend_next;
+		if (wr_free(m))
+			msg_write_pieces(sp, m);
+	}
 	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++) {
 		struct spool_seg *seg = &sp->segs[i];
 		struct io_uring_sqe *sqe;

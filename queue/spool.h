@@ -27,33 +27,48 @@
 #include "queue/record.h"
 #include "ring/ring.h"
 
-#define SPOOL_MSG_WRITES_MAX 8 /* chunk writes in flight per message */
+#define SPOOL_MSG_WRITES_MAX 4 /* record writes in flight per message */
+#define SPOOL_PIECES_MAX 16    /* pieces gathered into one chunk record */
+#define SPOOL_CHUNK_TARGET (256u * 1024u) /* write once this much is gathered */
 #define SPOOL_SEGMENTS_MAX 8   /* segments open at once per shard */
 #define SPOOL_NO_BUF 0xffff    /* payload not from a provided buffer */
 
 struct spool;
 struct spool_seg;
 
-/* One write in flight: header and iovecs live here until completion. */
+/* One record write in flight: a chunk (its pieces as iovecs), optionally
+ * followed by the commit record in the same writev.  Headers and iovecs
+ * live here until the completion. */
 struct spool_wr {
-	struct spool_rec_hdr hdr;
-	struct iovec iov[3];
-	uint16_t bid;  /* provided buffer to release, or SPOOL_NO_BUF */
-	uint32_t len;  /* bytes the write must complete */
+	struct spool_rec_hdr hdr;  /* chunk */
+	struct spool_rec_hdr chdr; /* commit */
+	struct iovec iov[SPOOL_PIECES_MAX + 5];
+	uint16_t bids[SPOOL_PIECES_MAX]; /* provided buffers to release */
+	uint8_t nbids;
+	bool has_commit;
 	bool busy;
+	uint32_t len; /* bytes the write must complete */
 };
 
 struct spool_msg {
 	uint64_t id;
 	struct spool_seg *seg;
-	uint64_t first_off;
-	uint64_t wire_len;
-	uint32_t crc;
+	uint64_t first_off; /* first chunk; set at the first write */
+	uint64_t wire_len;  /* bytes appended so far */
+	uint32_t crc;	    /* CRC32C of the bytes already written */
 	uint32_t writes_inflight;
 	int io_error; /* first write error (-errno, -EIO for short) */
+	/* Gathered and not yet written: pointers into provided buffers (a
+	 * reference held on each) or into caller memory (SPOOL_NO_BUF). */
+	struct iovec piece[SPOOL_PIECES_MAX];
+	uint16_t piece_bid[SPOOL_PIECES_MAX];
+	uint32_t npieces;
+	uint32_t plen;
+	uint32_t pcrc;
+	struct spool_msg *pend_next, *pend_prev; /* spool's list of messages with pieces */
+	bool pend_listed;
 	struct spool_wr wr[SPOOL_MSG_WRITES_MAX];
-	struct spool_wr commit;
-	bool committing;
+	bool committing; /* commit record submitted */
 	bool active;
 	struct spool_msg *sync_next; /* group-commit list link */
 	uint32_t owner;		     /* the owner's slot, for the callbacks */
@@ -88,6 +103,7 @@ struct spool_stats {
 	uint64_t bytes;
 	uint64_t syncs;
 	uint64_t sync_msgs;
+	uint64_t writes; /* record writes submitted (chunks and commits) */
 };
 
 /* Open the shard's spool directory and a fresh segment.  Start-up only
@@ -109,24 +125,37 @@ uint64_t spool_next_id(struct spool *sp);
 
 void spool_msg_begin(struct spool *sp, struct spool_msg *m, uint64_t id, uint32_t owner,
 		     uint16_t owner_gen);
-/* Is there a free write slot? (else wait for on_write) */
+/* Can spool_msg_append take another piece now? (else wait for a write
+ * completion of this message) */
 bool spool_msg_can_write(const struct spool_msg *m);
-/* Write n bytes at p as the next chunk.  bid names the provided buffer p
- * lies in (a reference is taken until the write completes) or SPOOL_NO_BUF
- * for memory the caller keeps alive until on_write.  Requires
- * spool_msg_can_write(). */
+/* Append n bytes at p.  bid names the provided buffer p lies in (a
+ * reference is taken until the bytes are written) or SPOOL_NO_BUF for
+ * memory the caller keeps alive until on_durable or abort.  Pieces are
+ * gathered and written as one chunk record per loop turn (spool_flush), or
+ * sooner once SPOOL_CHUNK_TARGET bytes or SPOOL_PIECES_MAX pieces are
+ * gathered.  Requires spool_msg_can_write(). */
 void spool_msg_append(struct spool *sp, struct spool_msg *m, const char *p, uint32_t n,
 		      uint16_t bid);
-/* All appends completed?  Then the message may commit. */
+/* No write of this message in flight (gathered pieces may remain). */
 static inline bool spool_msg_idle(const struct spool_msg *m)
 {
 	return m->writes_inflight == 0;
 }
-/* Write the commit record.  env->id/first_chunk_off/wire_len/msg_crc are
- * filled here; enc points to encode space of enc_cap bytes that the caller
- * keeps alive until on_durable.  Returns 0 or -ENOSPC (envelope too big). */
+/* Is a write slot free for spool_msg_commit()? */
+bool spool_msg_can_commit(const struct spool_msg *m);
+/* Write the commit record, in the same writev as the last gathered
+ * pieces.  Earlier chunk writes may still be in flight: the message goes to
+ * the group sync only when all its writes completed (recovery checks the
+ * body CRC, so a commit on disk without its chunks is never trusted).
+ * env->id/first_chunk_off/wire_len/msg_crc are filled here; enc points to
+ * encode space of enc_cap bytes the caller keeps alive until on_durable.
+ * Returns 0 or -ENOSPC (envelope too big; nothing written).  Requires
+ * spool_msg_can_commit(). */
 int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *env, uint8_t *enc,
 		     size_t enc_cap);
+/* Drop a message that will never commit.  Requires spool_msg_idle(); its
+ * gathered pieces are released; written chunks stay as garbage in the
+ * segment, which recovery ignores. */
 void spool_msg_abort(struct spool *sp, struct spool_msg *m);
 
 /* A WRITE or COMMIT completion of message m.  Releases the buffer

@@ -888,9 +888,10 @@ static void *shard_main(void *arg)
 	shard_arm_wake(sh);
 	atomic_store(&sh->start_rc, 0);
 	shard_loop(sh);
-	log_msg(LOG_INFO, "event=shard_stop shard=%u messages=%llu syncs=%llu", sh->id,
-		(unsigned long long)spool_stats(sh->spool)->messages,
-		(unsigned long long)spool_stats(sh->spool)->syncs);
+	log_msg(LOG_INFO, "event=shard_stop shard=%u messages=%llu syncs=%llu writes=%llu",
+		sh->id, (unsigned long long)spool_stats(sh->spool)->messages,
+		(unsigned long long)spool_stats(sh->spool)->syncs,
+		(unsigned long long)spool_stats(sh->spool)->writes);
 	shard_teardown(sh);
 	return NULL;
 }

@@ -599,23 +599,28 @@ static void tx_commit(struct conn *c)
 	}
 }
 
-/* After the end of data: once every chunk write completed, refuse or
- * commit.  Called again from each write completion until then. */
+/* After the end of data: commit at once (the commit rides with the last
+ * chunk; the spool waits for every write before the group sync), or refuse
+ * once no write of the message is in flight.  Called again from write
+ * completions while it has to wait. */
 static void tx_try_finish(struct conn *c)
 {
 	struct smtp_tx *tx = c->s.tx;
 	const char *refuse;
 
 	assert(c->s.state == SMTP_S_COMMIT && tx);
-	if (!spool_msg_idle(&tx->msg) || tx->msg.committing)
+	if (tx->msg.committing)
 		return;
 	refuse = tx->msg.io_error == -ENOSPC ? "452 4.3.1 Error: insufficient system storage"
 		 : tx->msg.io_error	     ? "451 4.3.0 Error: queue file write error"
 					     : tx_verdict(c);
 	if (!refuse) {
-		tx_commit(c);
-		return;
+		if (spool_msg_can_commit(&tx->msg))
+			tx_commit(c);
+		return; /* else retried from the next write completion */
 	}
+	if (!spool_msg_idle(&tx->msg))
+		return;
 	log_msg(LOG_INFO, "event=rejected id=%s client=%s reply=\"%s\"", tx->qid, c->peer_ip,
 		refuse);
 	if (c->io == CONN_ACTIVE)
@@ -735,9 +740,11 @@ void smtp_session_spool_done(struct conn *c, uint64_t ud, int res)
 {
 	struct smtp_tx *tx = c->s.tx;
 
+	bool committing = tx && tx->msg.committing;
+
 	assert(tx && tx->begun);
 	spool_msg_complete(c->shard->spool, &tx->msg, ud, res);
-	if (ring_ud_op(ud) == SPOOL_OP_COMMIT)
+	if (committing)
 		return; /* the rest comes through smtp_session_durable */
 	if (c->s.state == SMTP_S_COMMIT) {
 		tx_try_finish(c);

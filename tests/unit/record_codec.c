@@ -518,11 +518,31 @@ static void env_rejects_malformed(void **state)
 #undef DAMAGED
 }
 
+/* Folding chunk CRCs into the message CRC equals hashing the whole. */
+static void crc_combine_matches_whole(void **state)
+{
+	static uint8_t buf[70000];
+	const size_t splits[] = {0, 1, 7, 8, 9, 4096, 65535, 69999, 70000};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)(i * 131 + (i >> 7));
+	for (size_t i = 0; i < sizeof(splits) / sizeof(splits[0]); i++) {
+		size_t a = splits[i];
+		uint32_t whole = spool_crc32c(0, buf, sizeof(buf));
+		uint32_t ca = spool_crc32c(0, buf, a);
+		uint32_t cb = spool_crc32c(0, buf + a, sizeof(buf) - a);
+
+		assert_int_equal(spool_crc32c_combine(ca, cb, sizeof(buf) - a), whole);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(crc_vectors),
 	    cmocka_unit_test(crc_chaining),
+	    cmocka_unit_test(crc_combine_matches_whole),
 	    cmocka_unit_test(crc_unaligned_starts),
 	    cmocka_unit_test(hdr_init_check),
 	    cmocka_unit_test(hdr_every_bit_flip_detected),
