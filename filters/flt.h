@@ -46,7 +46,7 @@ struct flt_input {
 	const char *helo;
 	const char *domain; /* RCPT: recipient domain (may be empty) */
 	size_t domain_len;
-	const char *addr;   /* MAIL/RCPT: the address as written */
+	const char *addr; /* MAIL/RCPT: the address as written */
 	size_t addr_len;
 	bool authenticated;
 };

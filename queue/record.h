@@ -33,11 +33,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SPOOL_REC_MAGIC 0x52584d52u /* "RMXR" little-endian on disk */
-#define SPOOL_REC_ALIGN 8u
+#define SPOOL_REC_MAGIC	      0x52584d52u /* "RMXR" little-endian on disk */
+#define SPOOL_REC_ALIGN	      8u
 #define SPOOL_REC_PAYLOAD_MAX (1u << 24) /* 16 MiB; a chunk or envelope never exceeds */
-#define SPOOL_ENV_MAX 65536		 /* encoded envelope bound */
-#define SPOOL_QID_LEN 16		 /* queue ID text: 16 upper-case hex digits */
+#define SPOOL_ENV_MAX	      65536	 /* encoded envelope bound */
+#define SPOOL_QID_LEN	      16	 /* queue ID text: 16 upper-case hex digits */
 
 enum spool_rec_type {
 	SPOOL_REC_SEGMENT = 1, /* first record of a segment: payload = spool_seg_info */
@@ -50,8 +50,8 @@ enum spool_rec_type {
 
 struct spool_rec_hdr {
 	uint32_t magic;
-	uint8_t type;	  /* enum spool_rec_type */
-	uint8_t flags;	  /* reserved, 0 */
+	uint8_t type;  /* enum spool_rec_type */
+	uint8_t flags; /* reserved, 0 */
 	uint16_t reserved;
 	uint32_t len;	  /* payload octets (before padding) */
 	uint32_t pay_crc; /* CRC32C of the payload */
@@ -139,10 +139,10 @@ int spool_env_rcpt(const struct spool_env *env, uint32_t i, struct spool_rcpt *o
 /* ---- scanning (blocking pread) ------------------------------------------- */
 
 struct spool_scan_msg {
-	struct spool_env env;	/* strings point into the scanner's buffer:
+	struct spool_env env; /* strings point into the scanner's buffer:
 				   valid only during the callback */
-	uint64_t commit_off;	/* offset of the COMMIT record */
-	bool body_ok;		/* chunks found, length and CRC match */
+	uint64_t commit_off;  /* offset of the COMMIT record */
+	bool body_ok;	      /* chunks found, length and CRC match */
 };
 
 /* Called once per valid COMMIT record, in file order.  Return 0 to go on,
@@ -150,12 +150,12 @@ struct spool_scan_msg {
 typedef int (*spool_scan_fn)(void *ctx, const struct spool_scan_msg *msg);
 
 struct spool_scan_stats {
-	uint64_t valid_end;   /* end of the last valid record: truncate here */
+	uint64_t valid_end; /* end of the last valid record: truncate here */
 	uint64_t file_len;
 	uint32_t records;
-	uint32_t skipped;     /* invalid aligned positions resynchronised over */
+	uint32_t skipped; /* invalid aligned positions resynchronised over */
 	uint32_t commits;
-	uint32_t bad_bodies;  /* commits whose chunks did not verify */
+	uint32_t bad_bodies; /* commits whose chunks did not verify */
 	struct spool_seg_info info;
 	bool has_info;
 	/* Added: valid COMMIT records whose envelope did not decode (or whose

@@ -46,8 +46,8 @@ struct spool {
 	bool durable;
 	struct spool_seg segs[SPOOL_SEGMENTS_MAX];
 	int cur;
-	int opening;	 /* segment index being opened, -1 */
-	int open_steps;	 /* SEGHDR + DIRSYNC still to complete */
+	int opening;	/* segment index being opened, -1 */
+	int open_steps; /* SEGHDR + DIRSYNC still to complete */
 	int open_error;
 	uint32_t inflight; /* spool-level ops (sync, open, close) */
 	char open_name[32];
@@ -132,8 +132,7 @@ static int seg_create_sync(struct spool *sp, struct spool_seg *seg, char *why, s
 	memcpy(rec, &sp->seghdr, sizeof(sp->seghdr));
 	memcpy(rec + sizeof(sp->seghdr), &sp->seginfo, sizeof(sp->seginfo));
 	w = pwrite(seg->fd, rec, sizeof(rec), 0);
-	if (w != (ssize_t)sizeof(rec) || fdatasync(seg->fd) != 0 ||
-	    fsync(sp->dirfd) != 0) {
+	if (w != (ssize_t)sizeof(rec) || fdatasync(seg->fd) != 0 || fsync(sp->dirfd) != 0) {
 		snprintf(why, why_len, "%s/%s: cannot write segment header: %s", sp->dir, name,
 			 strerror(errno ? errno : EIO));
 		return -EIO;
@@ -202,8 +201,8 @@ uint64_t spool_next_id(struct spool *sp)
 {
 	/* shard (8 bits) | unix seconds (32) | counter (24): readable, sorted
 	 * by arrival, and strictly above every id recovered from disk. */
-	uint64_t id = (uint64_t)(sp->shard & 0xff) << 56 |
-		      ((uint64_t)time(NULL) & 0xffffffffu) << 24;
+	uint64_t id = (uint64_t)(sp->shard & 0xff) << 56 | ((uint64_t)time(NULL) & 0xffffffffu)
+							       << 24;
 
 	if (id <= sp->last_id)
 		id = sp->last_id + 1;
@@ -400,7 +399,8 @@ int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *en
 		niov = wr_take_chunk(m, wr, &size);
 		pend_unlink(sp, m);
 	}
-	spool_rec_hdr_init(&wr->chdr, SPOOL_REC_COMMIT, m->id, (uint32_t)n, spool_crc32c(0, enc, n));
+	spool_rec_hdr_init(&wr->chdr, SPOOL_REC_COMMIT, m->id, (uint32_t)n,
+			   spool_crc32c(0, enc, n));
 	csize = spool_rec_size((uint32_t)n);
 	pad = (uint32_t)(csize - sizeof(wr->chdr) - n);
 	wr->iov[niov++] = (struct iovec){&wr->chdr, sizeof(wr->chdr)};
@@ -685,8 +685,8 @@ static int recover_segment(int dirfd, const char *dir, const char *name, struct 
 	return 0;
 }
 
-int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_id,
-		  char *why, size_t why_len)
+int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_id, char *why,
+		  size_t why_len)
 {
 	struct recover_ctx ctx = {0};
 	char dir[PATH_MAX];

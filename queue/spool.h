@@ -27,11 +27,11 @@
 #include "queue/record.h"
 #include "ring/ring.h"
 
-#define SPOOL_MSG_WRITES_MAX 4 /* record writes in flight per message */
-#define SPOOL_PIECES_MAX 16    /* pieces gathered into one chunk record */
-#define SPOOL_CHUNK_TARGET (256u * 1024u) /* write once this much is gathered */
-#define SPOOL_SEGMENTS_MAX 8   /* segments open at once per shard */
-#define SPOOL_NO_BUF 0xffff    /* payload not from a provided buffer */
+#define SPOOL_MSG_WRITES_MAX 4		    /* record writes in flight per message */
+#define SPOOL_PIECES_MAX     16		    /* pieces gathered into one chunk record */
+#define SPOOL_CHUNK_TARGET   (256u * 1024u) /* write once this much is gathered */
+#define SPOOL_SEGMENTS_MAX   8		    /* segments open at once per shard */
+#define SPOOL_NO_BUF	     0xffff	    /* payload not from a provided buffer */
 
 struct spool;
 struct spool_seg;
@@ -89,7 +89,7 @@ enum {
 	SPOOL_OP_CLOSE = 0x46,
 };
 #define SPOOL_OP_FIRST SPOOL_OP_WRITE
-#define SPOOL_OP_LAST SPOOL_OP_CLOSE
+#define SPOOL_OP_LAST  SPOOL_OP_CLOSE
 
 struct spool_ops {
 	/* The message is durable (res 0) or could not be made so (res -errno).
@@ -117,8 +117,8 @@ void spool_close(struct spool *sp);
 /* Start-up: scan every segment of <root>/<shard>, truncate torn tails, and
  * return the count of committed messages and the largest message id seen
  * (new ids must be larger).  Blocking; before the shard runs. */
-int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_id,
-		  char *why, size_t why_len);
+int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_id, char *why,
+		  size_t why_len);
 
 /* A new queue id: unique in this shard and never reused across restarts. */
 uint64_t spool_next_id(struct spool *sp);

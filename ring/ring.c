@@ -17,12 +17,18 @@ static const struct {
 	int op;
 	const char *name;
 } needed_ops[] = {
-    {IORING_OP_ACCEPT, "accept"},	{IORING_OP_RECV, "recv"},
-    {IORING_OP_SEND, "send"},		{IORING_OP_WRITEV, "writev"},
-    {IORING_OP_WRITE, "write"},		{IORING_OP_FSYNC, "fsync"},
-    {IORING_OP_TIMEOUT, "timeout"},	{IORING_OP_ASYNC_CANCEL, "async_cancel"},
-    {IORING_OP_CLOSE, "close"},		{IORING_OP_SHUTDOWN, "shutdown"},
-    {IORING_OP_PROVIDE_BUFFERS, "provide_buffers"}, {IORING_OP_READ, "read"},
+    {IORING_OP_ACCEPT, "accept"},
+    {IORING_OP_RECV, "recv"},
+    {IORING_OP_SEND, "send"},
+    {IORING_OP_WRITEV, "writev"},
+    {IORING_OP_WRITE, "write"},
+    {IORING_OP_FSYNC, "fsync"},
+    {IORING_OP_TIMEOUT, "timeout"},
+    {IORING_OP_ASYNC_CANCEL, "async_cancel"},
+    {IORING_OP_CLOSE, "close"},
+    {IORING_OP_SHUTDOWN, "shutdown"},
+    {IORING_OP_PROVIDE_BUFFERS, "provide_buffers"},
+    {IORING_OP_READ, "read"},
 };
 
 /* Multishot recv with provided buffer rings arrived in Linux 6.0. */
@@ -144,8 +150,8 @@ static int ring_bufs_init(struct ring *r, uint32_t buf_count, uint32_t buf_size)
 	return 0;
 }
 
-int ring_init(struct ring *r, uint32_t sq_entries, uint32_t buf_count, uint32_t buf_size,
-	      char *why, size_t why_len)
+int ring_init(struct ring *r, uint32_t sq_entries, uint32_t buf_count, uint32_t buf_size, char *why,
+	      size_t why_len)
 {
 	int rc;
 

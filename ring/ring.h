@@ -45,8 +45,8 @@ int ring_probe(char *why, size_t why_len);
 
 /* Set up the ring with sq_entries SQEs and buf_count buffers of buf_size
  * bytes.  0 or -errno (why filled). */
-int ring_init(struct ring *r, uint32_t sq_entries, uint32_t buf_count, uint32_t buf_size,
-	      char *why, size_t why_len);
+int ring_init(struct ring *r, uint32_t sq_entries, uint32_t buf_count, uint32_t buf_size, char *why,
+	      size_t why_len);
 void ring_exit(struct ring *r);
 
 /* An SQE, submitting pending ones first when the SQ is full.  Never NULL:

@@ -24,11 +24,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define CONFIG_ERR_MAX 512
+#define CONFIG_ERR_MAX	     512
 #define CONFIG_LISTENERS_MAX 16
-#define CONFIG_HOSTNAME_MAX 255
-#define CONFIG_BANNER_MAX 400
-#define CONFIG_NAME_MAX 64
+#define CONFIG_HOSTNAME_MAX  255
+#define CONFIG_BANNER_MAX    400
+#define CONFIG_NAME_MAX	     64
 
 enum config_durability {
 	CONFIG_DURABILITY_FSYNC = 0,
@@ -78,10 +78,11 @@ struct config_spool {
 
 /* Tuning of the io layer, sized once at start (invariant 4). */
 struct config_io {
-	uint32_t ring_entries;	    /* SQ entries per shard; default 4096 */
-	uint32_t recv_buffers;	    /* provided buffers per shard, power of 2; default 1024 */
-	uint32_t recv_buffer_size;  /* bytes; default 16384 */
-	uint32_t max_connections;   /* connection slots per shard; default limits.connections/shards rounded up */
+	uint32_t ring_entries;	   /* SQ entries per shard; default 4096 */
+	uint32_t recv_buffers;	   /* provided buffers per shard, power of 2; default 1024 */
+	uint32_t recv_buffer_size; /* bytes; default 16384 */
+	uint32_t
+	    max_connections; /* connection slots per shard; default limits.connections/shards rounded up */
 };
 
 struct config_control {

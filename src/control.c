@@ -211,6 +211,26 @@ static void show_str(struct out *o, const char *key, const struct spool_str *s)
 		out_printf(o, "%s: %.*s\n", key, (int)s->len, s->ptr);
 }
 
+/* RFC 3461 NOTIFY as written: NEVER, or a comma list. */
+static void show_notify(struct out *o, uint8_t notify)
+{
+	static const struct {
+		uint8_t bit;
+		const char *name;
+	} names[] = {{SMTP_NOTIFY_NEVER, "NEVER"},
+		     {SMTP_NOTIFY_SUCCESS, "SUCCESS"},
+		     {SMTP_NOTIFY_FAILURE, "FAILURE"},
+		     {SMTP_NOTIFY_DELAY, "DELAY"}};
+	const char *sep = " notify=";
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (notify & names[i].bit) {
+			out_printf(o, "%s%s", sep, names[i].name);
+			sep = ",";
+		}
+	}
+}
+
 static void show_envelope(struct out *o, const struct spool_env *e, const char *qid)
 {
 	static const char *const rets[] = {"", "FULL", "HDRS"};
@@ -239,12 +259,8 @@ static void show_envelope(struct out *o, const struct spool_env *e, const char *
 		if (spool_env_rcpt(e, i, &r) != 0)
 			break;
 		out_printf(o, "rcpt: <%.*s>", (int)r.addr.len, r.addr.ptr);
-		if (r.notify) {
-			out_printf(o, " notify=%s%s%s%s", r.notify & SMTP_NOTIFY_NEVER ? "NEVER" : "",
-				   r.notify & SMTP_NOTIFY_SUCCESS ? "SUCCESS," : "",
-				   r.notify & SMTP_NOTIFY_FAILURE ? "FAILURE," : "",
-				   r.notify & SMTP_NOTIFY_DELAY ? "DELAY," : "");
-		}
+		if (r.notify)
+			show_notify(o, r.notify);
 		if (r.orcpt.len)
 			out_printf(o, " orcpt=%.*s", (int)r.orcpt.len, r.orcpt.ptr);
 		out_write(o, "\n", 1);

@@ -108,8 +108,8 @@ static size_t format_line(char *line, enum log_level level, const char *fmt, va_
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	k = snprintf(kv, sizeof(kv), "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s ",
-		     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-		     tm.tm_sec, ts.tv_nsec / 1000000, level_names[level]);
+		     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		     ts.tv_nsec / 1000000, level_names[level]);
 	vsnprintf(kv + k, sizeof(kv) - (size_t)k, fmt, ap);
 	if (log_json)
 		return to_json(kv, line, LOG_LINE_MAX);

@@ -15,7 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define LOG_LINE_MAX 1024
+#define LOG_LINE_MAX   1024
 #define LOG_RING_BYTES (1u << 20)
 
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };

@@ -25,8 +25,9 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: ringmx [-c FILE]         run in the foreground (default: embedded config)\n"
-		   "       ringmx --check-config FILE  validate FILE and exit 0 (ok) or 1\n");
+	fprintf(f,
+		"usage: ringmx [-c FILE]         run in the foreground (default: embedded config)\n"
+		"       ringmx --check-config FILE  validate FILE and exit 0 (ok) or 1\n");
 }
 
 /* Recover every shard directory present, including those of a previous
@@ -104,7 +105,8 @@ static struct rmx_config *load(int argc, char **argv, bool *check_only)
 
 	*check_only = false;
 	for (int i = 1; i < argc; i++) {
-		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
+		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) &&
+		    i + 1 < argc) {
 			file = argv[++i];
 		} else if (strcmp(argv[i], "--check-config") == 0 && i + 1 < argc) {
 			file = argv[++i];

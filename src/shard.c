@@ -24,7 +24,7 @@
 
 #include "log.h"
 
-#define SHARD_TICK_MS 1000
+#define SHARD_TICK_MS	    1000
 #define SHARD_STOP_GRACE_MS 10000
 
 /* ---- process-wide connection accounting ---------------------------------
@@ -605,7 +605,8 @@ static void shard_on_tick(struct shard *sh)
 				 sh->cfg->hostname);
 			smtp_session_timeout(c, reply);
 		} else if (sh->now_ms >= c->idle_deadline_ms) {
-			snprintf(reply, sizeof(reply), "421 4.4.2 %s Idle timeout, closing connection",
+			snprintf(reply, sizeof(reply),
+				 "421 4.4.2 %s Idle timeout, closing connection",
 				 sh->cfg->hostname);
 			smtp_session_timeout(c, reply);
 		}
@@ -835,8 +836,8 @@ static int shard_setup(struct shard *sh)
 	sh->conn_max = cfg->io.max_connections;
 	sh->conns = calloc(sh->conn_max, sizeof(sh->conns[0]));
 	sh->free_slots = calloc(sh->conn_max, sizeof(sh->free_slots[0]));
-	sh->txpool = smtp_tx_pool_new(sh->conn_max < 1024 ? sh->conn_max : 1024,
-				      cfg->limits.recipients);
+	sh->txpool =
+	    smtp_tx_pool_new(sh->conn_max < 1024 ? sh->conn_max : 1024, cfg->limits.recipients);
 	if (!sh->conns || !sh->free_slots || !sh->txpool) {
 		snprintf(sh->why, sizeof(sh->why), "out of memory sizing %u connections",
 			 sh->conn_max);
@@ -888,8 +889,8 @@ static void *shard_main(void *arg)
 	shard_arm_wake(sh);
 	atomic_store(&sh->start_rc, 0);
 	shard_loop(sh);
-	log_msg(LOG_INFO, "event=shard_stop shard=%u messages=%llu syncs=%llu writes=%llu",
-		sh->id, (unsigned long long)spool_stats(sh->spool)->messages,
+	log_msg(LOG_INFO, "event=shard_stop shard=%u messages=%llu syncs=%llu writes=%llu", sh->id,
+		(unsigned long long)spool_stats(sh->spool)->messages,
 		(unsigned long long)spool_stats(sh->spool)->syncs,
 		(unsigned long long)spool_stats(sh->spool)->writes);
 	shard_teardown(sh);

@@ -29,8 +29,8 @@
 #include "ring/ring.h"
 #include "smtp/session.h"
 
-#define CONN_OUT_MAX 4096 /* reply bytes buffered per connection */
-#define CONN_INQ_MAX 8	  /* receive buffers held per paused connection */
+#define CONN_OUT_MAX  4096 /* reply bytes buffered per connection */
+#define CONN_INQ_MAX  8	   /* receive buffers held per paused connection */
 #define CONN_PEER_MAX 64
 
 /* Ring op codes (user_data op byte).  Spool ops live in spool.h (0x40+). */

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #define CTL_DEFAULT_SOCKET "/run/ringmx/control.sock"
-#define CTL_LINE_MAX 512
+#define CTL_LINE_MAX	   512
 
 static int usage(void)
 {

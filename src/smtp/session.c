@@ -19,7 +19,7 @@
 #include "log.h"
 #include "shard.h"
 
-#define SMTP_TX_ARENA 65536  /* addresses and parameters of one transaction */
+#define SMTP_TX_ARENA	  65536 /* addresses and parameters of one transaction */
 #define SMTP_RECEIVED_MAX 1024
 
 struct smtp_tx {
@@ -33,7 +33,7 @@ struct smtp_tx {
 	uint64_t size_declared;
 	struct spool_str mail_from, envid, auth;
 	uint32_t rcpt_count;
-	uint32_t env_size; /* running estimate of the encoded envelope */
+	uint32_t env_size;	/* running estimate of the encoded envelope */
 	const char *fail_reply; /* refuse at end of data with this */
 	char fail_buf[SMTP_REPLY_MAX];
 	uint32_t arena_len;
@@ -98,8 +98,8 @@ static void smtp_enter_state(struct conn *c, enum smtp_state next)
 	static const uint16_t legal[] = {
 	    [SMTP_S_NEW] = 1u << SMTP_S_GREETED | 1u << SMTP_S_QUIT,
 	    [SMTP_S_GREETED] = 1u << SMTP_S_READY | 1u << SMTP_S_BDAT | 1u << SMTP_S_QUIT,
-	    [SMTP_S_READY] = 1u << SMTP_S_READY | 1u << SMTP_S_MAIL | 1u << SMTP_S_BDAT |
-			     1u << SMTP_S_QUIT,
+	    [SMTP_S_READY] =
+		1u << SMTP_S_READY | 1u << SMTP_S_MAIL | 1u << SMTP_S_BDAT | 1u << SMTP_S_QUIT,
 	    [SMTP_S_MAIL] = 1u << SMTP_S_READY | 1u << SMTP_S_RCPT | 1u << SMTP_S_BDAT |
 			    1u << SMTP_S_QUIT | 1u << SMTP_S_MAIL,
 	    [SMTP_S_RCPT] = 1u << SMTP_S_READY | 1u << SMTP_S_RCPT | 1u << SMTP_S_DATA |
@@ -395,15 +395,15 @@ static void tx_begin_message(struct conn *c, bool dot)
 	spool_qid_format(tx->msg.id, tx->qid);
 	gmtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-	n = snprintf(tx->received, sizeof(tx->received),
-		     "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s%s id %s%s%.*s%s;\r\n"
-		     "\t%s\r\n",
-		     c->s.helo, c->peer_ip, cfg_of(c)->hostname, tx->smtputf8 ? "UTF8" : "",
-		     c->s.esmtp ? "ESMTP" : "SMTP", tx->qid,
-		     tx->rcpt_count == 1 ? "\r\n\tfor <" : "",
-		     tx->rcpt_count == 1 ? (int)(tx->rcpts[0].addr.len > 300 ? 300 : tx->rcpts[0].addr.len) : 0,
-		     tx->rcpt_count == 1 ? tx->rcpts[0].addr.ptr : "",
-		     tx->rcpt_count == 1 ? ">" : "", date);
+	n = snprintf(
+	    tx->received, sizeof(tx->received),
+	    "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s%s id %s%s%.*s%s;\r\n"
+	    "\t%s\r\n",
+	    c->s.helo, c->peer_ip, cfg_of(c)->hostname, tx->smtputf8 ? "UTF8" : "",
+	    c->s.esmtp ? "ESMTP" : "SMTP", tx->qid, tx->rcpt_count == 1 ? "\r\n\tfor <" : "",
+	    tx->rcpt_count == 1 ? (int)(tx->rcpts[0].addr.len > 300 ? 300 : tx->rcpts[0].addr.len)
+				: 0,
+	    tx->rcpt_count == 1 ? tx->rcpts[0].addr.ptr : "", tx->rcpt_count == 1 ? ">" : "", date);
 	if (n >= (int)sizeof(tx->received))
 		n = (int)sizeof(tx->received) - 1;
 	smtp_data_begin(&c->s.ds, dot);
@@ -764,18 +764,18 @@ void smtp_session_durable(struct conn *c, int res)
 
 	assert(tx && c->s.state == SMTP_S_COMMIT);
 	if (res == 0) {
-		log_msg(LOG_INFO,
-			"event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu", tx->qid,
-			c->peer_ip, (int)tx->mail_from.len, tx->mail_from.ptr, tx->rcpt_count,
-			(unsigned long long)tx->msg.wire_len);
+		log_msg(LOG_INFO, "event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu",
+			tx->qid, c->peer_ip, (int)tx->mail_from.len, tx->mail_from.ptr,
+			tx->rcpt_count, (unsigned long long)tx->msg.wire_len);
 		if (c->io == CONN_ACTIVE)
 			conn_replyf(c, "250 2.0.0 Ok: queued as %s", tx->qid);
 	} else {
 		log_msg(LOG_ERROR, "event=commit_failed id=%s client=%s error=\"%s\"", tx->qid,
 			c->peer_ip, strerror(-res));
 		if (c->io == CONN_ACTIVE)
-			conn_reply(c, res == -ENOSPC ? "452 4.3.1 Error: insufficient system storage"
-						     : "451 4.3.0 Error: queue file write error");
+			conn_reply(c, res == -ENOSPC
+					  ? "452 4.3.1 Error: insufficient system storage"
+					  : "451 4.3.0 Error: queue file write error");
 	}
 	tx->msg.committing = false;
 	tx_release(c);

@@ -21,18 +21,18 @@
 #include "smtp/parse.h"
 
 #define SMTP_REPLY_MAX 512 /* room a command needs in the output buffer */
-#define SMTP_HELO_MAX 256
+#define SMTP_HELO_MAX  256
 
 enum smtp_state {
-	SMTP_S_NEW = 0,	  /* accepted, not greeted yet (greet pause / peek) */
-	SMTP_S_GREETED,	  /* banner sent, waiting for EHLO/HELO */
-	SMTP_S_READY,	  /* EHLO/HELO done, no transaction */
-	SMTP_S_MAIL,	  /* MAIL accepted */
-	SMTP_S_RCPT,	  /* at least one RCPT accepted */
-	SMTP_S_DATA,	  /* receiving DATA bytes */
-	SMTP_S_BDAT,	  /* receiving one BDAT chunk's bytes */
-	SMTP_S_COMMIT,	  /* end of data: waiting for writes, commit, fdatasync */
-	SMTP_S_QUIT,	  /* closing */
+	SMTP_S_NEW = 0, /* accepted, not greeted yet (greet pause / peek) */
+	SMTP_S_GREETED, /* banner sent, waiting for EHLO/HELO */
+	SMTP_S_READY,	/* EHLO/HELO done, no transaction */
+	SMTP_S_MAIL,	/* MAIL accepted */
+	SMTP_S_RCPT,	/* at least one RCPT accepted */
+	SMTP_S_DATA,	/* receiving DATA bytes */
+	SMTP_S_BDAT,	/* receiving one BDAT chunk's bytes */
+	SMTP_S_COMMIT,	/* end of data: waiting for writes, commit, fdatasync */
+	SMTP_S_QUIT,	/* closing */
 };
 
 enum smtp_wait {
@@ -62,8 +62,8 @@ struct smtp_session {
 	uint64_t bdat_left; /* bytes of the current BDAT chunk still to come */
 	uint64_t bdat_size; /* size of the current chunk */
 	bool bdat_last;
-	bool bdat_used;	    /* this transaction used BDAT (DATA is then 503) */
-	const char *bdat_reply; /* deferred error for a bad BDAT chunk */
+	bool bdat_used;		 /* this transaction used BDAT (DATA is then 503) */
+	const char *bdat_reply;	 /* deferred error for a bad BDAT chunk */
 	uint8_t bdat_prev_state; /* where a refused chunk returns to */
 };
 
