@@ -1,0 +1,575 @@
+"""Black-box test harness: starts the real ringmx binary and speaks SMTP to it.
+
+Environment:
+  RINGMX_BIN     server binary (default: <repo>/build/ringmx)
+  RINGMXCTL_BIN  control client (default: <repo>/build/ringmxctl)
+  RINGMX_KEEP=1  keep each server's temp dir (config, spool, logs) after the test
+
+Fixtures:
+  ringmx  factory: ringmx(overrides=None) -> Server; overrides is a dict deep-merged
+          into the default test config.  Every server started is stopped with
+          SIGTERM at teardown; the test then fails unless it exited 0 and its
+          stderr log holds no sanitizer report.
+  server  one server on the default config.
+
+Everything waits on conditions with deadlines (connect polling, socket
+timeouts, process waits); nothing sleeps to synchronise.
+"""
+
+import copy
+import ctypes
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+RINGMX_BIN = os.environ.get("RINGMX_BIN", os.path.join(ROOT, "build", "ringmx"))
+RINGMXCTL_BIN = os.environ.get("RINGMXCTL_BIN", os.path.join(ROOT, "build", "ringmxctl"))
+
+HOSTNAME = "gw.test"
+START_TIMEOUT_S = 20.0  # ASan builds start slower
+STOP_TIMEOUT_S = 10.0
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+QID_RE = re.compile(r"^[0-9A-F]{16}$")
+QUEUED_RE = re.compile(r"^250 2\.0\.0 Ok: queued as ([0-9A-F]{16})$")
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def _die_with_parent():
+    """preexec_fn: SIGKILL the server if the test process dies (a run killed by
+    its time bound must not leave servers behind)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def free_port():
+    """A loopback TCP port that was free a moment ago (bind 0, release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deep_merge(base, over):
+    """Return base with over merged in: dicts recursively, everything else replaced.
+    A value of None in over deletes the key."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def base_config(dirpath, port):
+    return {
+        "hostname": HOSTNAME,
+        "shards": 2,
+        "listeners": [{"name": "mx", "address": "127.0.0.1:%d" % port, "greet_pause_ms": 0}],
+        "relay": {"domains": ["accepted.example", "*.sub.example"],
+                  "networks": ["192.0.2.0/24"]},
+        "limits": {
+            "message_size": 1048576,
+            "recipients": 100,
+            "errors": 10,
+            "idle_s": 60,
+            "session_s": 600,
+            "connections": 1000,
+            "connections_per_ip": 100,
+            "commands": 10000,
+            "received_headers": 50,
+            "transactions": 1000,
+        },
+        "spool": {"path": os.path.join(dirpath, "spool"), "durability": "fsync"},
+        "control": {"socket": os.path.join(dirpath, "ctl.sock")},
+        "log": {"format": "kv", "level": "info"},
+    }
+
+
+def wait_for(cond, timeout, what, interval=0.02):
+    """Poll cond() until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        # Poll interval of a condition wait, bounded by the deadline.
+        time.sleep(interval)
+
+
+def strip_received(msg):
+    """Split a stored message into (first Received: field, rest).  The field may be
+    folded over several lines (continuations start with SP/HTAB)."""
+    assert msg.startswith(b"Received:"), "stored message does not start with Received: %r" % msg[:80]
+    pos = 0
+    while True:
+        eol = msg.find(b"\r\n", pos)
+        assert eol >= 0, "unterminated Received: field %r" % msg[:200]
+        pos = eol + 2
+        if msg[pos:pos + 1] not in (b" ", b"\t"):
+            return msg[:pos], msg[pos:]
+
+
+def unfold(field):
+    return re.sub(rb"\r\n[ \t]+", b" ", field).rstrip(b"\r\n")
+
+
+# --------------------------------------------------------------------------
+# raw SMTP client
+
+
+class Reply:
+    def __init__(self, lines):
+        self.lines = lines  # full lines including the code, CRLF stripped
+        self.code = int(lines[-1][:3])
+
+    @property
+    def first(self):
+        return self.lines[0]
+
+    @property
+    def last(self):
+        return self.lines[-1]
+
+    @property
+    def enhanced(self):
+        m = re.match(r"^\d{3}[ -](\d\.\d{1,3}\.\d{1,3})(?: |$)", self.lines[-1])
+        return m.group(1) if m else None
+
+    def startswith(self, prefix):
+        return self.lines[-1].startswith(prefix)
+
+    def __repr__(self):
+        return "Reply(%r)" % (self.lines,)
+
+    __str__ = __repr__
+
+
+class SMTPClient:
+    """Bytes-level SMTP client: send anything, read replies with deadlines."""
+
+    def __init__(self, port, timeout=10.0, read_banner=True, host="127.0.0.1"):
+        self.timeout = timeout
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.eof = False
+        self.banner = self.reply() if read_banner else None
+
+    # -- low level
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(data)
+
+    def _fill(self, deadline):
+        """Read more bytes; False on EOF.  Raises AssertionError on timeout."""
+        if self.eof:
+            return False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError("timed out waiting for server data; have %r" % self.buf[-300:])
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            raise AssertionError("timed out waiting for server data; have %r" % self.buf[-300:])
+        except (ConnectionResetError, BrokenPipeError):
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def readline(self, deadline):
+        while b"\r\n" not in self.buf:
+            if not self._fill(deadline):
+                raise EOFError("connection closed; partial data %r" % self.buf)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        assert b"\n" not in line and b"\r" not in line, "bare CR/LF in reply line %r" % line
+        return line.decode("latin-1")
+
+    # -- replies
+    def reply(self, timeout=None):
+        """Read one (possibly multi-line) reply."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        lines = []
+        while True:
+            line = self.readline(deadline)
+            m = re.match(r"^(\d{3})([ -]|$)", line)
+            assert m, "malformed reply line %r (previous lines %r)" % (line, lines)
+            if lines:
+                assert line[:3] == lines[0][:3], "reply code changed mid-reply: %r" % (lines + [line])
+            lines.append(line)
+            if m.group(2) != "-":
+                return Reply(lines)
+
+    def replies(self, n, timeout=None):
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        return [self.reply(timeout=max(0.001, deadline - time.monotonic())) for _ in range(n)]
+
+    def cmd(self, line, timeout=None):
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.send(line + b"\r\n")
+        return self.reply(timeout)
+
+    def expect(self, line, prefix):
+        r = self.cmd(line)
+        assert r.startswith(prefix), "%r: expected %r, got %r" % (line, prefix, r)
+        return r
+
+    def data_available(self, timeout):
+        """True if bytes (or EOF) arrive within timeout."""
+        if self.buf or self.eof:
+            return True
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(r)
+
+    def read_until_closed(self, timeout=None):
+        """Wait for EOF; returns every byte received before it.  Fails on timeout."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        while self._fill(deadline):
+            pass
+        data, self.buf = self.buf, b""
+        return data
+
+    def replies_until_closed(self, timeout=None):
+        data = self.read_until_closed(timeout)
+        out = []
+        cur = []
+        for raw in data.split(b"\r\n"):
+            if not raw:
+                continue
+            line = raw.decode("latin-1")
+            cur.append(line)
+            if len(line) < 4 or line[3] != "-":
+                out.append(Reply(cur))
+                cur = []
+        assert not cur, "unterminated multi-line reply before close: %r" % cur
+        return out
+
+    def ehlo(self, name="client.example"):
+        r = self.cmd("EHLO " + name)
+        assert r.code == 250, "EHLO failed: %r" % r
+        return r
+
+    def start_mail(self, sender="sender@client.example", rcpts=("rcpt@accepted.example",),
+                   ehlo=True):
+        if ehlo:
+            self.ehlo()
+        self.expect("MAIL FROM:<%s>" % sender, "250 2.1.0")
+        for rc in rcpts:
+            self.expect("RCPT TO:<%s>" % rc, "250 2.1.5")
+
+    def send_message(self, body, sender="sender@client.example",
+                     rcpts=("rcpt@accepted.example",), ehlo=True):
+        """Full DATA transaction; body is the wire form (already dot-stuffed,
+        CRLF lines).  Returns the final reply."""
+        self.start_mail(sender, rcpts, ehlo)
+        self.expect("DATA", "354")
+        self.send(body + b".\r\n")
+        return self.reply()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def dot_stuff(body):
+    """Wire form of CRLF-line bytes for DATA (RFC 5321 4.5.2)."""
+    out = re.sub(rb"(?m)^\.", b"..", body)
+    return out
+
+
+def queued_id(reply):
+    text = reply.last if isinstance(reply, Reply) else reply
+    m = QUEUED_RE.match(text)
+    assert m, "expected '250 2.0.0 Ok: queued as <16 hex>', got %r" % (text,)
+    return m.group(1)
+
+
+# --------------------------------------------------------------------------
+# the server under test
+
+
+class Server:
+    def __init__(self, overrides=None, name="rmx"):
+        self.dir = tempfile.mkdtemp(prefix=name)
+        self.port = free_port()
+        self.config = deep_merge(base_config(self.dir, self.port), overrides)
+        # Overrides may replace listeners wholesale: fill in the port if absent.
+        for lst in self.config.get("listeners", []):
+            lst.setdefault("address", "127.0.0.1:%d" % self.port)
+        self.config_path = os.path.join(self.dir, "ringmx.json")
+        with open(self.config_path, "w") as f:
+            json.dump(self.config, f, indent=2)
+        self.sock_path = self.config["control"]["socket"]
+        self.proc = None
+        self.starts = 0
+        self.log_paths = []
+        self.exit_codes = []  # (log index, rc, how) for every stopped process
+
+    # -- lifecycle
+    @property
+    def log_path(self):
+        return self.log_paths[-1]
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def start(self, wait=True):
+        assert self.proc is None, "server already running"
+        self.starts += 1
+        log_path = os.path.join(self.dir, "stderr.%d.log" % self.starts)
+        self.log_paths.append(log_path)
+        self._log_f = open(log_path, "wb")
+        self.proc = subprocess.Popen([RINGMX_BIN, "-c", self.config_path],
+                                     stdin=subprocess.DEVNULL, stdout=self._log_f,
+                                     stderr=subprocess.STDOUT, cwd=self.dir,
+                                     preexec_fn=_die_with_parent)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise AssertionError("ringmx exited with %d during start-up:\n%s"
+                                     % (rc, self.log_tail()))
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=1.0)
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise AssertionError("ringmx did not accept on port %d within %.0fs:\n%s"
+                                         % (self.port, START_TIMEOUT_S, self.log_tail()))
+                time.sleep(0.02)  # poll interval of the connect loop
+                continue
+            self._polite_quit(s)
+            break
+        wait_for(lambda: os.path.exists(self.sock_path) or self.proc.poll() is not None,
+                 max(1.0, deadline - time.monotonic()), "control socket %s" % self.sock_path)
+        assert self.proc.poll() is None, "ringmx exited during start-up:\n" + self.log_tail()
+
+    @staticmethod
+    def _polite_quit(s):
+        """Finish the readiness probe cleanly so it frees its slot quickly."""
+        try:
+            s.settimeout(5.0)
+            buf = b""
+            while b"\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+            s.sendall(b"QUIT\r\n")
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def _reap(self, rc, how):
+        self.exit_codes.append((len(self.log_paths) - 1, rc, how))
+        self.proc = None
+        self._log_f.close()
+
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT_S):
+        """Signal by PID, wait (kill -9 after timeout); returns the exit code."""
+        if self.proc is None:
+            return None
+        p = self.proc
+        try:
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            rc = p.wait(timeout=timeout)
+            how = "signal %d" % sig
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait(timeout=10)
+            how = "signal %d, then SIGKILL after %.0fs" % (sig, timeout)
+        self._reap(rc, how)
+        return rc
+
+    def kill9(self):
+        p = self.proc
+        p.kill()
+        rc = p.wait(timeout=10)
+        self._reap(rc, "SIGKILL (intended)")
+        return rc
+
+    def restart(self):
+        if self.proc is not None:
+            rc = self.stop()
+            assert rc == 0, "ringmx exited %r on SIGTERM:\n%s" % (rc, self.log_tail())
+        return self.start()
+
+    # -- logs
+    def log_text(self, index=-1):
+        try:
+            with open(self.log_paths[index], "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except (OSError, IndexError):
+            return ""
+
+    def all_logs(self):
+        return "".join(self.log_text(i) for i in range(len(self.log_paths)))
+
+    def log_tail(self, n=40, index=-1):
+        return "\n".join(self.log_text(index).splitlines()[-n:])
+
+    # -- control
+    def ctl_run(self, *args, timeout=30):
+        return subprocess.run([RINGMXCTL_BIN, "-s", self.sock_path] + list(args),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+
+    def ctl(self, *args, timeout=30):
+        """Run ringmxctl, assert exit 0, return stdout as bytes."""
+        r = self.ctl_run(*args, timeout=timeout)
+        assert r.returncode == 0, "ringmxctl %s exited %d: stderr=%r stdout=%r" % (
+            " ".join(args), r.returncode, r.stderr[-500:], r.stdout[-500:])
+        return r.stdout
+
+    def queue_list(self):
+        """{qid: {key: value}} from `queue list`."""
+        out = {}
+        for raw in self.ctl("queue", "list").decode("utf-8", "replace").splitlines():
+            if not raw.strip():
+                continue
+            parts = raw.split()
+            qid = parts[0]
+            assert QID_RE.match(qid), "queue list line does not start with a queue ID: %r" % raw
+            kv = {}
+            for p in parts[1:]:
+                if "=" in p:
+                    k, v = p.split("=", 1)
+                    kv[k] = v
+            assert qid not in out, "queue ID listed twice: %r" % qid
+            out[qid] = kv
+        return out
+
+    def queue_show(self, qid):
+        """(envelope: list of (key, value), message bytes) from `queue show ID`."""
+        return parse_show(self.ctl("queue", "show", qid))
+
+
+def parse_show(out):
+    env = []
+    pos = 0
+    while True:
+        eol = out.find(b"\n", pos)
+        assert eol >= 0, "queue show: no empty line after the envelope: %r" % out[:500]
+        line = out[pos:eol].rstrip(b"\r")
+        pos = eol + 1
+        if not line:
+            break
+        text = line.decode("utf-8", "replace")
+        assert ": " in text or text.endswith(":"), "queue show: envelope line not 'key: value': %r" % text
+        k, _, v = text.partition(":")
+        env.append((k.strip(), v.strip()))
+    return env, out[pos:]
+
+
+def env_get(env, key):
+    vals = [v for k, v in env if k == key]
+    return vals
+
+
+def env_one(env, key):
+    vals = env_get(env, key)
+    assert len(vals) == 1, "envelope key %r: expected one line, got %r in %r" % (key, vals, env)
+    return vals[0]
+
+
+# --------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def ringmx(request):
+    servers = []
+
+    def factory(overrides=None, start=True):
+        s = Server(overrides)
+        servers.append(s)
+        if start:
+            s.start()
+        return s
+
+    yield factory
+
+    problems = []
+    for s in servers:
+        if s.proc is not None:
+            rc = s.stop()
+            if rc != 0:
+                problems.append("ringmx exited %r on SIGTERM at teardown, expected 0\n%s"
+                                % (rc, s.log_tail()))
+        for i, rc, how in s.exit_codes:
+            if how.startswith("signal") and "SIGKILL" in how:
+                problems.append("ringmx did not exit within %.0fs of SIGTERM (%s)"
+                                % (STOP_TIMEOUT_S, how))
+        for i in range(len(s.log_paths)):
+            text = s.log_text(i)
+            bad = [ln for ln in text.splitlines() if any(m in ln for m in SANITIZER_MARKERS)]
+            if bad:
+                problems.append("sanitizer report in %s:\n%s\n--- log tail ---\n%s"
+                                % (s.log_paths[i], "\n".join(bad[:20]), s.log_tail(60, i)))
+        failed = getattr(request.node, "rep_call", None)
+        if failed is not None and failed.failed:
+            print("--- ringmx stderr (%s) ---\n%s" % (s.log_path, s.log_tail(60)))
+        if os.environ.get("RINGMX_KEEP") != "1" and not problems:
+            shutil.rmtree(s.dir, ignore_errors=True)
+    assert not problems, "\n\n".join(problems)
+
+
+@pytest.fixture
+def server(ringmx):
+    return ringmx()
+
+
+@pytest.fixture
+def client_factory():
+    clients = []
+
+    def make(port, **kw):
+        c = SMTPClient(port, **kw)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
