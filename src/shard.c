@@ -379,6 +379,7 @@ static void conn_on_recv(struct conn *c, struct io_uring_cqe *cqe)
 		 * at the end of the loop turn once buffers came back. */
 		c->recv_stopped = true;
 		sh->ring.buf_exhausted = true;
+		sh->recv_enobufs++;
 		return;
 	}
 	if (res == -ECANCELED && c->recv_stopped) {
@@ -889,10 +890,12 @@ static void *shard_main(void *arg)
 	shard_arm_wake(sh);
 	atomic_store(&sh->start_rc, 0);
 	shard_loop(sh);
-	log_msg(LOG_INFO, "event=shard_stop shard=%u messages=%llu syncs=%llu writes=%llu", sh->id,
-		(unsigned long long)spool_stats(sh->spool)->messages,
+	log_msg(LOG_INFO,
+		"event=shard_stop shard=%u messages=%llu syncs=%llu writes=%llu recv_enobufs=%llu",
+		sh->id, (unsigned long long)spool_stats(sh->spool)->messages,
 		(unsigned long long)spool_stats(sh->spool)->syncs,
-		(unsigned long long)spool_stats(sh->spool)->writes);
+		(unsigned long long)spool_stats(sh->spool)->writes,
+		(unsigned long long)sh->recv_enobufs);
 	shard_teardown(sh);
 	return NULL;
 }

@@ -115,6 +115,7 @@ struct shard {
 	uint64_t wake_buf;
 	struct __kernel_timespec tick_ts;
 	uint64_t now_ms;
+	uint64_t recv_enobufs; /* multishot recvs ended by buffer exhaustion */
 	uint64_t first_id;
 	_Atomic bool stop;
 	bool stopping;
