@@ -146,7 +146,7 @@ static void line_octet(struct smtp_line_state *st, uint8_t c)
 	/* Saturate: a gigabyte without LF must not wrap back under the bound. */
 	if (st->line_len < UINT32_MAX)
 		st->line_len++;
-	if (st->line_len > SMTP_CMD_LINE_MAX - 2)
+	if (st->line_len > SMTP_LINE_SCAN_MAX - 2)
 		line_fault(st, SMTP_LINE_TOO_LONG);
 }
 
@@ -491,6 +491,7 @@ static const char *path_parse(const uint8_t **pp, const uint8_t *end, struct smt
 	p++;
 	if ((size_t)(p - start) > SMTP_PATH_MAX)
 		return r->too_long;
+	assert(p <= end && path->local.len > 0);
 	*pp = p;
 	return NULL;
 }
@@ -774,23 +775,23 @@ static const struct verb_def *verb_find(const uint8_t *p, size_t n)
 }
 
 /* "HELO" SP Domain / "EHLO" SP ( Domain / address-literal ) (4.1.1.1).
- * The name is ASCII: SMTPUTF8 is not negotiated yet (RFC 6531 3.7.1). */
+ * A gateway in front of real clients takes what they send: Windows hosts
+ * say "EHLO MY_PC", appliances say "HELO [192.0.2.1]".  Any one printable
+ * ASCII word is accepted (it only ever reaches logs and the Received:
+ * header, so no control characters and no spaces); judging it is a filter's
+ * job (helo stage), not the parser's. */
 static int cmd_hello(const struct verb_def *def, const uint8_t *a, const uint8_t *end,
 		     struct smtp_cmd *cmd)
 {
 	size_t n = (size_t)(end - a);
-	bool utf8 = false;
 
 	if (n == 0 || memchr(a, ' ', n) != NULL)
 		return cmd_fail(cmd, def->syntax);
 	if (n > SMTP_DOMAIN_MAX)
 		return cmd_fail(cmd, R_DOMAIN_LONG);
-	if (def->kind == ARG_EHLO && a[0] == '[') {
-		if (!addr_literal_valid(a, n))
+	for (size_t i = 0; i < n; i++)
+		if (a[i] < 0x21 || a[i] > 0x7e)
 			return cmd_fail(cmd, R_BAD_DOMAIN);
-	} else if (!domain_valid(a, n, false, &utf8)) {
-		return cmd_fail(cmd, R_BAD_DOMAIN);
-	}
 	return SMTP_PARSE_OK;
 }
 
@@ -802,6 +803,8 @@ static int cmd_mail_rcpt(const struct verb_def *def, const uint8_t *a, const uin
 	const struct path_role *r = def->kind == ARG_MAIL ? &role_mail : &role_rcpt;
 	const char *reply;
 
+	assert(def->kind == ARG_MAIL || def->kind == ARG_RCPT);
+
 	if (!ci_prefix(a, end, r->keyword))
 		return cmd_fail(cmd, r->syntax);
 	a += strlen(r->keyword);
@@ -809,6 +812,9 @@ static int cmd_mail_rcpt(const struct verb_def *def, const uint8_t *a, const uin
 	 * tolerates it; exactly one space, so "FROM:  <x>" stays an error. */
 	if (a < end && *a == ' ')
 		a++;
+	/* "MAIL FROM:user@host" is a malformed path, not a malformed verb. */
+	if (a == end || *a != '<')
+		return cmd_fail(cmd, r->bad);
 	reply = path_parse(&a, end, &cmd->path, r);
 	if (reply != NULL)
 		return cmd_fail(cmd, reply);
@@ -874,12 +880,12 @@ int smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *cmd)
 	memset(cmd, 0, sizeof *cmd);
 	if (len == 0)
 		return cmd_fail(cmd, R_UNRECOGNIZED);
-	const uint8_t *p = (const uint8_t *)line, *end = p + len;
 	/* The 512-octet bound belongs to framing (smtp_line_scan), which may
 	 * one day grant MAIL/RCPT the extra room RFC 3461 4 and RFC 4954 5
 	 * allow; here only what keeps slices valid is checked. */
 	if ((uint64_t)len > UINT32_MAX)
 		return cmd_fail(cmd, R_LINE_TOO_LONG);
+	const uint8_t *p = (const uint8_t *)line, *end = p + len;
 	/* smtp_line_scan already refused these; checked again because a
 	 * parser must not trust its caller with attacker bytes. */
 	if (memchr(p, '\r', len) || memchr(p, '\n', len) || memchr(p, '\0', len))
@@ -1146,6 +1152,7 @@ int smtp_data_scan(struct smtp_data_state *st, const char *buf, size_t len, size
 	}
 	if (acc & 0x8080808080808080u)
 		s.flags |= SMTP_DATA_8BIT;
+	assert((rc == SMTP_PARSE_OK) == (s.phase == PH_END));
 	*used = (size_t)(p - start);
 	s.wire_len += *used;
 	*st = s;
@@ -1176,6 +1183,19 @@ size_t smtp_unstuff(const char *in, size_t len, char *out, bool *line_start)
 		i += seg;
 		bol = nl != NULL;
 	}
+	assert(n <= len);
 	*line_start = bol;
 	return n;
+}
+
+size_t smtp_cmd_line_max(enum smtp_verb verb)
+{
+	switch (verb) {
+	case SMTP_VERB_MAIL:
+		return SMTP_MAIL_LINE_MAX;
+	case SMTP_VERB_RCPT:
+		return SMTP_RCPT_LINE_MAX;
+	default:
+		return SMTP_CMD_LINE_MAX;
+	}
 }

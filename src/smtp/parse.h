@@ -26,13 +26,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMTP_CMD_LINE_MAX 512
+#define SMTP_CMD_LINE_MAX 512 /* any command line, CRLF included */
+/* MAIL and RCPT may be longer by what their extensions add: RFC 3461 4
+ * (RET/ENVID +100 on MAIL, NOTIFY/ORCPT +500 on RCPT), RFC 4954 5 (AUTH=
+ * +500 on MAIL).  Framing accepts up to the largest; smtp_cmd_line_max()
+ * gives each verb's own bound, which the session enforces after parsing. */
+#define SMTP_MAIL_LINE_MAX (SMTP_CMD_LINE_MAX + 100 + 500)
+#define SMTP_RCPT_LINE_MAX (SMTP_CMD_LINE_MAX + 500)
+#define SMTP_LINE_SCAN_MAX SMTP_MAIL_LINE_MAX
 #define SMTP_TEXT_LINE_MAX 1000
-#define SMTP_PATH_MAX 256
-#define SMTP_LOCAL_MAX 64
-#define SMTP_DOMAIN_MAX 255
-#define SMTP_ENVID_MAX 100 /* RFC 3461 4.4 */
-#define SMTP_ORCPT_MAX 500 /* RFC 3461 4.2 */
+#define SMTP_PATH_MAX	   256
+#define SMTP_LOCAL_MAX	   64
+#define SMTP_DOMAIN_MAX	   255
+#define SMTP_ENVID_MAX	   100 /* RFC 3461 4.4 */
+#define SMTP_ORCPT_MAX	   500 /* RFC 3461 4.2 */
 
 enum smtp_parse_rc {
 	SMTP_PARSE_OK = 0,
@@ -61,7 +68,7 @@ struct smtp_slice {
  *           makes it INVALID, so a smuggled command never runs.
  *
  * After OK or INVALID call smtp_line_reset() before the next line.
- * Over-long lines: bytes past SMTP_CMD_LINE_MAX are still consumed (never
+ * Over-long lines: bytes past SMTP_LINE_SCAN_MAX are still consumed (never
  * stored) until the LF, then INVALID with SMTP_LINE_TOO_LONG.
  */
 enum smtp_line_error {
@@ -173,12 +180,15 @@ struct smtp_cmd {
  *  - MAIL needs "FROM:<path>", RCPT "TO:<path>" (one optional space after
  *    the colon is tolerated, as most MTAs do); bad path 501 5.1.7 (MAIL) /
  *    501 5.1.3 (RCPT); path too long 501 5.1.x;
- *  - unknown or malformed ESMTP parameter 555 5.5.4; duplicate 501 5.5.4;
+ *  - unknown ESMTP parameter 555 5.5.4; malformed or duplicate 501 5.5.4;
  *    SIZE not a number 501 5.5.4; BODY=BINARYMIME 504 5.5.4 (not offered);
  *  - DATA/RSET/QUIT/STARTTLS with an argument 501 5.5.4; NOOP may have one;
  *  - BDAT: "BDAT <size> [LAST]", else 501 5.5.4.
  * The session, not the parser, checks sequencing and policy. */
 int smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *cmd);
+
+/* The longest line (CRLF included) a verb may use; see SMTP_MAIL_LINE_MAX. */
+size_t smtp_cmd_line_max(enum smtp_verb verb);
 
 /* Validate an RFC 3461 xtext (ENVID, ORCPT value): "+" followed by two
  * upper-case hex digits, other octets 33..126 except '+' and '='. */

@@ -498,6 +498,8 @@ static void session_command(struct conn *c, const char *line, size_t len)
 	}
 	if (smtp_cmd_parse(line, len, &cmd) != SMTP_PARSE_OK)
 		return session_error(c, cmd.reply ? cmd.reply : "500 5.5.2 Error: bad syntax");
+	if (len + 2 > smtp_cmd_line_max(cmd.verb))
+		return session_error(c, "500 5.5.2 Error: line too long");
 	cmd_dispatch(c, &cmd);
 }
 
@@ -534,7 +536,14 @@ static size_t session_line(struct conn *c, const char *p, size_t n)
 		if (rc == SMTP_PARSE_AGAIN)
 			return used;
 	}
-	if (rc == SMTP_PARSE_INVALID)
+	if (rc == SMTP_PARSE_INVALID && s->ls.error == SMTP_LINE_BARE_LF) {
+		/* CVE-2023-51764: a line ended by a bare LF is refused and the
+		 * connection closed, so no byte after it is ever taken as a
+		 * command (as Postfix's smtpd_forbid_bare_newline does). */
+		log_msg(LOG_INFO, "event=bare_lf client=%s", c->peer_ip);
+		conn_reply(c, "500 5.5.2 Error: bare LF received, closing connection");
+		session_close(c);
+	} else if (rc == SMTP_PARSE_INVALID)
 		session_error(c, line_error_reply(s->ls.error));
 	else
 		session_command(c, line, s->ls.line_len);

@@ -52,7 +52,7 @@ struct smtp_session {
 	bool sink; /* rest of the current DATA/BDAT is discarded (bad tx) */
 	struct smtp_line_state ls;
 	uint32_t line_have;
-	char line[SMTP_CMD_LINE_MAX];
+	char line[SMTP_LINE_SCAN_MAX];
 	char helo[SMTP_HELO_MAX];
 	uint32_t errors;
 	uint32_t commands;
