@@ -100,10 +100,10 @@ def test_command_bare_lf(server, client_factory):
     c.send(b"NOOP\nNOOP\r\n")
     r = c.reply()
     assert r.startswith("500 5.5.2"), r
-    c.send(b"QUIT\r\n")
+    # A bare LF closes the session (Postfix's smtpd_forbid_bare_newline):
+    # the NOOP after it never runs, and nothing more is answered.
     rest = c.replies_until_closed(10)
-    assert rest and rest[-1].code == 221, rest
-    assert all(x.code != 250 for x in rest), "a command after a bare LF ran: %r" % rest
+    assert rest == [], "a command after a bare LF was answered: %r" % rest
 
 
 def test_command_bare_lf_smuggled_mail(server, client_factory):
