@@ -380,35 +380,43 @@ static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
 	conn_reply(c, "250 2.1.5 Ok");
 }
 
-/* RFC 5321 4.4: trace header, prepended as the message's first chunk. */
+/* RFC 5321 4.4 trace header.  The "with" value follows RFC 3848 and RFC
+ * 6531 4.3; "for" names the recipient only when there is exactly one, so a
+ * copy never discloses the others.  Returns its length. */
+static size_t tx_received_header(struct conn *c)
+{
+	struct smtp_tx *tx = c->s.tx;
+	const char *with = tx->smtputf8 ? "UTF8SMTP" : c->s.esmtp ? "ESMTP" : "SMTP";
+	char date[64], rcpt[SMTP_PATH_MAX + 16] = "";
+	time_t now = time(NULL);
+	struct tm tm;
+	int n;
+
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	if (tx->rcpt_count == 1)
+		snprintf(rcpt, sizeof(rcpt), "\r\n\tfor <%.*s>",
+			 (int)(tx->rcpts[0].addr.len < SMTP_PATH_MAX ? tx->rcpts[0].addr.len
+								     : SMTP_PATH_MAX),
+			 tx->rcpts[0].addr.ptr);
+	n = snprintf(tx->received, sizeof(tx->received),
+		     "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
+		     c->s.helo, c->peer_ip, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
+	assert(n > 0);
+	return n < (int)sizeof(tx->received) ? (size_t)n : sizeof(tx->received) - 1;
+}
+
+/* The message begins: a queue ID, and the trace header as its first bytes. */
 static void tx_begin_message(struct conn *c, bool dot)
 {
 	struct smtp_tx *tx = c->s.tx;
 	struct spool *sp = c->shard->spool;
-	char date[64];
-	struct tm tm;
-	time_t now = time(NULL);
-	int n;
 
 	spool_msg_begin(sp, &tx->msg, spool_next_id(sp), c->slot, c->gen);
 	tx->begun = true;
 	spool_qid_format(tx->msg.id, tx->qid);
-	gmtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-	n = snprintf(
-	    tx->received, sizeof(tx->received),
-	    "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s%s id %s%s%.*s%s;\r\n"
-	    "\t%s\r\n",
-	    c->s.helo, c->peer_ip, cfg_of(c)->hostname, tx->smtputf8 ? "UTF8" : "",
-	    c->s.esmtp ? "ESMTP" : "SMTP", tx->qid, tx->rcpt_count == 1 ? "\r\n\tfor <" : "",
-	    tx->rcpt_count == 1 ? (int)(tx->rcpts[0].addr.len > 300 ? 300 : tx->rcpts[0].addr.len)
-				: 0,
-	    tx->rcpt_count == 1 ? tx->rcpts[0].addr.ptr : "", tx->rcpt_count == 1 ? ">" : "", date);
-	if (n >= (int)sizeof(tx->received))
-		n = (int)sizeof(tx->received) - 1;
 	smtp_data_begin(&c->s.ds, dot);
-	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)n, SPOOL_NO_BUF);
-	c->s.ds.wire_len = 0; /* limits count the client's bytes only */
+	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)tx_received_header(c), SPOOL_NO_BUF);
 }
 
 static void cmd_data(struct conn *c)
