@@ -23,16 +23,45 @@
 
 #include "log.h"
 
+#define SPOOL_BATCH_IOV	 1024 /* IOV_MAX */
+#define SPOOL_BATCH_RECS 256
+#define SPOOL_BATCHES	 4 /* per shard: one in flight and one filling per segment */
+
+struct spool_batch;
+
+struct spool;
+
 struct spool_seg {
+	struct spool *owner;
+	struct spool_batch *open; /* batch being filled for this segment */
 	int fd;
 	uint64_t seq;
-	uint64_t tail;	/* next free offset */
-	uint32_t users; /* messages begun here and not yet durable/aborted */
-	struct spool_msg *wait_head, *wait_tail; /* commits written, need a sync */
-	struct spool_msg *sync_head;		 /* covered by the sync in flight */
-	bool sync_inflight;
+	uint64_t tail;		    /* next free offset */
+	uint32_t users;		    /* messages begun here and not yet durable/aborted */
+	struct spool_batch *flying; /* the one batch being written (and synced) */
 	bool in_use;
 	bool retiring; /* a newer segment took over: close when quiet */
+};
+
+/* The records placed while the segment's previous batch was being written:
+ * one contiguous region, reserved as records are placed, written by one
+ * writev with its fdatasync linked behind it (one io-wq hop for both).
+ * Only one batch per segment is in flight, so its fdatasync also covers
+ * every earlier batch: group commit. */
+struct spool_batch {
+	struct spool_seg *seg; /* NULL: free */
+	uint64_t off, len;
+	uint32_t niov, nrec, nbid, nmsg;
+	uint32_t gen;
+	bool busy;    /* submitted */
+	bool sync;    /* an fdatasync is linked behind the write */
+	bool commits; /* holds a commit record: needs the sync */
+	uint8_t cqes; /* completions still to come (write, sync) */
+	int res;      /* first error of the write or the sync */
+	struct iovec iov[SPOOL_BATCH_IOV];
+	struct spool_rec_hdr rec[SPOOL_BATCH_RECS];
+	uint16_t bid[SPOOL_BATCH_IOV];
+	struct spool_msg *msg[SPOOL_BATCH_RECS]; /* each message once */
 };
 
 struct spool {
@@ -49,7 +78,7 @@ struct spool {
 	int opening;	/* segment index being opened, -1 */
 	int open_steps; /* SEGHDR + DIRSYNC still to complete */
 	int open_error;
-	uint32_t inflight; /* spool-level ops (sync, open, close) */
+	uint32_t inflight; /* ring ops in flight (writes, syncs, open, close) */
 	char open_name[32];
 	struct spool_rec_hdr seghdr;
 	struct spool_seg_info seginfo;
@@ -58,6 +87,9 @@ struct spool {
 	uint64_t last_id;
 	struct spool_stats stats;
 	struct spool_msg *pend_head; /* messages with gathered pieces */
+	struct spool_msg *wait_head; /* writers blocked on a free batch */
+	uint32_t batch_gen;
+	struct spool_batch batches[SPOOL_BATCHES];
 };
 
 static const char zero_pad[SPOOL_REC_ALIGN];
@@ -174,7 +206,7 @@ int spool_open(struct spool **out, const char *root, uint32_t shard, uint64_t se
 	sp->next_seq = seg_max_seq(d) + 1;
 	closedir(d);
 	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
-		sp->segs[i].fd = -1;
+		sp->segs[i] = (struct spool_seg){.owner = sp, .fd = -1};
 	rc = seg_create_sync(sp, &sp->segs[0], why, why_len);
 	if (rc < 0) {
 		spool_close(sp);
@@ -225,7 +257,8 @@ static void seg_rotate_start(struct spool *sp)
 	if (idx < 0)
 		return; /* all slots busy: grow the current segment instead */
 	sp->opening = idx;
-	sp->segs[idx] = (struct spool_seg){.fd = -1, .in_use = true, .seq = sp->next_seq++};
+	sp->segs[idx] =
+	    (struct spool_seg){.owner = sp, .fd = -1, .in_use = true, .seq = sp->next_seq++};
 	seg_name(sp->open_name, sizeof(sp->open_name), sp->segs[idx].seq);
 	sqe = ring_sqe(sp->ring);
 	io_uring_prep_openat(sqe, sp->dirfd, sp->open_name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC,
@@ -234,47 +267,7 @@ static void seg_rotate_start(struct spool *sp)
 	sp->inflight++;
 }
 
-void spool_msg_begin(struct spool *sp, struct spool_msg *m, uint64_t id, uint32_t owner,
-		     uint16_t owner_gen)
-{
-	struct spool_seg *seg = &sp->segs[sp->cur];
-
-	assert(!m->active && m->writes_inflight == 0 && !m->pend_listed);
-	if (seg->tail >= sp->segment_size && sp->opening < 0)
-		seg_rotate_start(sp);
-	memset(m, 0, offsetof(struct spool_msg, wr));
-	m->id = id;
-	m->seg = seg;
-	m->owner = owner;
-	m->owner_gen = owner_gen;
-	m->active = true;
-	m->committing = false;
-	m->sync_next = NULL;
-	seg->users++;
-}
-
-static struct spool_wr *wr_free(struct spool_msg *m)
-{
-	for (int i = 0; i < SPOOL_MSG_WRITES_MAX; i++)
-		if (!m->wr[i].busy)
-			return &m->wr[i];
-	return NULL;
-}
-
-bool spool_msg_can_write(const struct spool_msg *m)
-{
-	if (m->npieces < SPOOL_PIECES_MAX)
-		return true;
-	for (int i = 0; i < SPOOL_MSG_WRITES_MAX; i++)
-		if (!m->wr[i].busy)
-			return true;
-	return false;
-}
-
-bool spool_msg_can_commit(const struct spool_msg *m)
-{
-	return wr_free((struct spool_msg *)m) != NULL;
-}
+static void batch_submit(struct spool *sp, struct spool_batch *b);
 
 static void pend_unlink(struct spool *sp, struct spool_msg *m)
 {
@@ -290,63 +283,190 @@ static void pend_unlink(struct spool *sp, struct spool_msg *m)
 	m->pend_listed = false;
 }
 
-/* Move the gathered pieces into wr as one CHUNK record (iovecs from iov[0]);
- * returns the iovec count used and the record's size on disk in *size. */
-static unsigned wr_take_chunk(struct spool_msg *m, struct spool_wr *wr, uint64_t *size)
+static void wait_unlink(struct spool *sp, struct spool_msg *m)
 {
-	uint32_t pad = (uint32_t)(spool_rec_size(m->plen) - sizeof(wr->hdr) - m->plen);
-	unsigned n = 0;
-
-	spool_rec_hdr_init(&wr->hdr, SPOOL_REC_CHUNK, m->id, m->plen, m->pcrc);
-	wr->iov[n++] = (struct iovec){&wr->hdr, sizeof(wr->hdr)};
-	for (uint32_t i = 0; i < m->npieces; i++) {
-		wr->iov[n++] = m->piece[i];
-		if (m->piece_bid[i] != SPOOL_NO_BUF)
-			wr->bids[wr->nbids++] = m->piece_bid[i];
-	}
-	if (pad)
-		wr->iov[n++] = (struct iovec){(void *)zero_pad, pad};
-	if (m->wire_len == m->plen)
-		m->first_off = m->seg->tail; /* the first chunk of the message */
-	m->crc = spool_crc32c_combine(m->crc, m->pcrc, m->plen);
-	m->npieces = 0;
-	m->plen = 0;
-	m->pcrc = 0;
-	*size = spool_rec_size(wr->hdr.len);
-	return n;
+	if (!m->wait_listed)
+		return;
+	if (m->wait_prev)
+		m->wait_prev->wait_next = m->wait_next;
+	else
+		sp->wait_head = m->wait_next;
+	if (m->wait_next)
+		m->wait_next->wait_prev = m->wait_prev;
+	m->wait_next = m->wait_prev = NULL;
+	m->wait_listed = false;
 }
 
-/* Reserve space at the segment tail and queue the writev. */
-static void wr_submit(struct spool *sp, struct spool_msg *m, struct spool_wr *wr, unsigned niov,
-		      uint64_t size, uint8_t op)
+void spool_msg_wait(struct spool *sp, struct spool_msg *m)
 {
-	struct spool_seg *seg = m->seg;
+	assert(m->active && !m->committing);
+	if (m->wait_listed)
+		return;
+	m->wait_prev = NULL;
+	m->wait_next = sp->wait_head;
+	if (sp->wait_head)
+		sp->wait_head->wait_prev = m;
+	sp->wait_head = m;
+	m->wait_listed = true;
+}
+
+/* Could a batch be opened for seg now? */
+static bool spool_batch_free(const struct spool_seg *seg)
+{
+	const struct spool *sp = seg->owner;
+
+	for (int i = 0; i < SPOOL_BATCHES; i++)
+		if (!sp->batches[i].busy && !sp->batches[i].seg)
+			return true;
+	return false;
+}
+
+void spool_msg_begin(struct spool *sp, struct spool_msg *m, uint64_t id, uint32_t owner,
+		     uint16_t owner_gen)
+{
+	struct spool_seg *seg = &sp->segs[sp->cur];
+
+	assert(!m->active && m->writes_inflight == 0 && !m->pend_listed);
+	if (seg->tail >= sp->segment_size && sp->opening < 0)
+		seg_rotate_start(sp);
+	memset(m, 0, sizeof(*m));
+	m->id = id;
+	m->seg = seg;
+	m->owner = owner;
+	m->owner_gen = owner_gen;
+	m->active = true;
+	seg->users++;
+}
+
+/* ---- batches: the records of one loop turn, one writev per segment ---------- */
+
+/* The batch filling for seg, or a free one opened at seg's tail; NULL when
+ * every batch is in flight (backpressure: writers wait for on_progress). */
+static struct spool_batch *batch_get(struct spool *sp, struct spool_seg *seg)
+{
+	struct spool_batch *b;
+
+	if (seg->open)
+		return seg->open;
+	for (int i = 0; i < SPOOL_BATCHES; i++) {
+		b = &sp->batches[i];
+		if (b->busy || b->seg)
+			continue;
+		b->seg = seg;
+		b->off = seg->tail;
+		b->len = b->niov = b->nrec = b->nbid = b->nmsg = 0;
+		b->commits = false;
+		b->gen = ++sp->batch_gen;
+		seg->open = b;
+		return b;
+	}
+	return NULL;
+}
+
+static bool batch_room(const struct spool_batch *b, uint32_t niov, uint32_t nrec)
+{
+	return b->niov + niov <= SPOOL_BATCH_IOV && b->nrec + nrec <= SPOOL_BATCH_RECS;
+}
+
+/* A batch with room for niov iovecs and nrec records; submits a full one. */
+static struct spool_batch *batch_for(struct spool *sp, struct spool_seg *seg, uint32_t niov,
+				     uint32_t nrec)
+{
+	struct spool_batch *b = batch_get(sp, seg);
+
+	if (b && !batch_room(b, niov, nrec)) {
+		if (seg->flying)
+			return NULL; /* full until the flying one lands */
+		batch_submit(sp, b);
+		b = batch_get(sp, seg);
+	}
+	return b;
+}
+
+/* Place one record (header + payload iovecs + pad) at the batch's end. */
+static void batch_add_rec(struct spool_batch *b, struct spool_msg *m, enum spool_rec_type type,
+			  const struct iovec *pay, uint32_t npay, uint32_t len, uint32_t crc)
+{
+	struct spool_rec_hdr *h = &b->rec[b->nrec++];
+	uint64_t size = spool_rec_size(len);
+	uint32_t pad = (uint32_t)(size - sizeof(*h) - len);
+
+	assert(batch_room(b, 0, 0) && b->niov + npay + 2 <= SPOOL_BATCH_IOV);
+	spool_rec_hdr_init(h, type, m->id, len, crc);
+	b->iov[b->niov++] = (struct iovec){h, sizeof(*h)};
+	for (uint32_t i = 0; i < npay; i++)
+		b->iov[b->niov++] = pay[i];
+	if (pad)
+		b->iov[b->niov++] = (struct iovec){(void *)zero_pad, pad};
+	b->len += size;
+	b->seg->tail += size;
+	if (m->batch_gen != b->gen) {
+		/* Counted once per batch: the completion releases it once. */
+		m->batch_gen = b->gen;
+		m->writes_inflight++;
+		b->msg[b->nmsg++] = m;
+	}
+}
+
+/* Move m's gathered pieces into b as one CHUNK record. */
+static void batch_add_chunk(struct spool *sp, struct spool_batch *b, struct spool_msg *m)
+{
+	if (m->wire_len == m->plen)
+		m->first_off = b->seg->tail; /* the message's first chunk */
+	batch_add_rec(b, m, SPOOL_REC_CHUNK, m->piece, m->npieces, m->plen, m->pcrc);
+	for (uint32_t i = 0; i < m->npieces; i++)
+		if (m->piece_bid[i] != SPOOL_NO_BUF)
+			b->bid[b->nbid++] = m->piece_bid[i];
+	m->crc = spool_crc32c_combine(m->crc, m->pcrc, m->plen);
+	m->npieces = m->plen = m->pcrc = 0;
+	pend_unlink(sp, m);
+}
+
+static void batch_submit(struct spool *sp, struct spool_batch *b)
+{
+	uint32_t idx = (uint32_t)(b - sp->batches);
 	struct io_uring_sqe *sqe;
 
-	assert(niov <= sizeof(wr->iov) / sizeof(wr->iov[0]));
-	wr->len = (uint32_t)size;
-	wr->busy = true;
+	assert(b->seg && b->seg->open == b && !b->seg->flying && !b->busy && b->niov > 0);
+	b->seg->open = NULL;
+	b->seg->flying = b;
+	b->busy = true;
+	b->res = 0;
+	b->sync = b->commits && sp->durable;
+	b->cqes = b->sync ? 2 : 1;
 	sqe = ring_sqe(sp->ring);
-	io_uring_prep_writev(sqe, seg->fd, wr->iov, niov, seg->tail);
-	io_uring_sqe_set_data64(sqe, ring_ud(op, (uint8_t)(wr - m->wr), m->owner_gen, m->owner));
-	seg->tail += size;
-	m->writes_inflight++;
+	io_uring_prep_writev(sqe, b->seg->fd, b->iov, b->niov, b->off);
+	io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_WRITE, 0, 0, idx));
 	sp->stats.writes++;
+	if (b->sync) {
+		/* Linked: runs after the write, in the same worker; a failed or
+		 * short write cancels it (-ECANCELED). */
+		sqe->flags |= IOSQE_IO_LINK;
+		sqe = ring_sqe(sp->ring);
+		io_uring_prep_fsync(sqe, b->seg->fd, IORING_FSYNC_DATASYNC);
+		io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_SYNC, 0, 0, idx));
+		sp->stats.syncs++;
+	}
+	sp->inflight += b->cqes;
 }
 
-/* Write the gathered pieces now.  Requires a free write slot. */
-static void msg_write_pieces(struct spool *sp, struct spool_msg *m)
+/* Place m's gathered pieces now; false when no batch has room. */
+static bool msg_place_pieces(struct spool *sp, struct spool_msg *m)
 {
-	struct spool_wr *wr = wr_free(m);
-	uint64_t size;
-	unsigned niov;
+	struct spool_batch *b;
 
-	assert(wr && m->npieces > 0);
-	wr->nbids = 0;
-	wr->has_commit = false;
-	niov = wr_take_chunk(m, wr, &size);
-	pend_unlink(sp, m);
-	wr_submit(sp, m, wr, niov, size, SPOOL_OP_WRITE);
+	if (m->npieces == 0)
+		return true;
+	b = batch_for(sp, m->seg, m->npieces + 2, 1);
+	if (!b)
+		return false;
+	batch_add_chunk(sp, b, m);
+	return true;
+}
+
+bool spool_msg_can_write(const struct spool_msg *m)
+{
+	return m->npieces < SPOOL_PIECES_MAX || m->seg->open || spool_batch_free(m->seg);
 }
 
 void spool_msg_append(struct spool *sp, struct spool_msg *m, const char *p, uint32_t n,
@@ -354,8 +474,11 @@ void spool_msg_append(struct spool *sp, struct spool_msg *m, const char *p, uint
 {
 	assert(m->active && !m->committing && n > 0 && spool_msg_can_write(m));
 	if (m->npieces == SPOOL_PIECES_MAX ||
-	    (m->npieces && m->plen + (uint64_t)n > SPOOL_REC_PAYLOAD_MAX))
-		msg_write_pieces(sp, m); /* full, or one record's bound reached */
+	    (m->npieces && m->plen + (uint64_t)n > SPOOL_REC_PAYLOAD_MAX)) {
+		bool placed = msg_place_pieces(sp, m); /* full, or a record's bound */
+
+		assert(placed);
+	}
 	m->piece[m->npieces] = (struct iovec){(void *)p, n};
 	m->piece_bid[m->npieces] = bid;
 	m->npieces++;
@@ -371,44 +494,45 @@ void spool_msg_append(struct spool *sp, struct spool_msg *m, const char *p, uint
 		sp->pend_head = m;
 		m->pend_listed = true;
 	}
-	if (m->plen >= SPOOL_CHUNK_TARGET && wr_free(m))
-		msg_write_pieces(sp, m);
+	if (m->plen >= SPOOL_CHUNK_TARGET)
+		msg_place_pieces(sp, m); /* or at the end of the turn */
+}
+
+bool spool_msg_can_commit(const struct spool_msg *m)
+{
+	const struct spool_batch *b = m->seg->open;
+
+	if (b && batch_room(b, m->npieces + 5, 2))
+		return true;
+	return spool_batch_free(m->seg);
 }
 
 int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *env, uint8_t *enc,
 		     size_t enc_cap)
 {
-	struct spool_wr *wr = wr_free(m);
-	uint64_t size = 0, csize;
-	unsigned niov = 0;
-	uint32_t pad;
+	struct spool_batch *b;
+	struct iovec pay;
 	size_t n;
 
-	assert(m->active && !m->committing && wr);
+	assert(m->active && !m->committing && spool_msg_can_commit(m));
 	env->id = m->id;
 	env->wire_len = m->wire_len;
 	env->msg_crc = spool_crc32c_combine(m->crc, m->pcrc, m->plen);
-	/* No chunk written yet: the first one is about to go at the tail. */
-	env->first_chunk_off = m->wire_len == m->plen ? m->seg->tail : m->first_off;
+	b = batch_for(sp, m->seg, m->npieces + 5, 2);
+	assert(b);
+	/* No chunk placed yet: the first one goes at the batch's end now. */
+	env->first_chunk_off = m->wire_len == m->plen ? b->seg->tail : m->first_off;
 	n = spool_env_encode(env, enc, enc_cap);
 	if (n == 0)
 		return -ENOSPC;
-	wr->nbids = 0;
-	wr->has_commit = true;
-	if (m->npieces) {
-		niov = wr_take_chunk(m, wr, &size);
-		pend_unlink(sp, m);
-	}
-	spool_rec_hdr_init(&wr->chdr, SPOOL_REC_COMMIT, m->id, (uint32_t)n,
-			   spool_crc32c(0, enc, n));
-	csize = spool_rec_size((uint32_t)n);
-	pad = (uint32_t)(csize - sizeof(wr->chdr) - n);
-	wr->iov[niov++] = (struct iovec){&wr->chdr, sizeof(wr->chdr)};
-	wr->iov[niov++] = (struct iovec){enc, n};
-	if (pad)
-		wr->iov[niov++] = (struct iovec){(void *)zero_pad, pad};
+	if (m->npieces)
+		batch_add_chunk(sp, b, m);
+	assert(env->first_chunk_off == m->first_off);
+	pay = (struct iovec){enc, n};
+	batch_add_rec(b, m, SPOOL_REC_COMMIT, &pay, 1, (uint32_t)n, spool_crc32c(0, enc, n));
+	b->commits = true;
+	wait_unlink(sp, m);
 	m->committing = true;
-	wr_submit(sp, m, wr, niov, size + csize, SPOOL_OP_COMMIT);
 	return 0;
 }
 
@@ -432,98 +556,83 @@ void spool_msg_abort(struct spool *sp, struct spool_msg *m)
 			ring_buf_put(sp->ring, m->piece_bid[i]);
 	m->npieces = 0;
 	pend_unlink(sp, m);
+	wait_unlink(sp, m);
 	msg_release(sp, m);
 }
 
-void spool_msg_complete(struct spool *sp, struct spool_msg *m, uint64_t ud, int res)
+/* Every record of a committing message is written and synced (or failed):
+ * "persist before reply". */
+static void msg_durable(struct spool *sp, struct spool_msg *m)
 {
-	struct spool_wr *wr = &m->wr[ring_ud_aux(ud)];
+	int err = m->io_error;
 
-	assert(ring_ud_aux(ud) < SPOOL_MSG_WRITES_MAX && wr->busy && m->writes_inflight > 0);
-	if (res != (int)wr->len && m->io_error == 0)
-		m->io_error = res < 0 ? res : -ENOSPC; /* a short file write: disk full */
-	for (uint8_t i = 0; i < wr->nbids; i++)
-		ring_buf_put(sp->ring, wr->bids[i]);
-	wr->nbids = 0;
-	wr->busy = false;
-	m->writes_inflight--;
-	if (!m->committing || m->writes_inflight > 0)
-		return;
-	if (m->io_error) {
-		int err = m->io_error;
-
-		msg_release(sp, m);
-		sp->ops->on_durable(sp->ctx, m, err);
-		return;
+	if (!err) {
+		sp->stats.messages++;
+		sp->stats.bytes += m->wire_len;
 	}
-	/* Every write of the message completed: it joins the group sync of
-	 * this loop turn (also with durability none, so the reply goes out
-	 * from one place: spool_flush). */
-	m->sync_next = NULL;
-	if (m->seg->wait_tail)
-		m->seg->wait_tail->sync_next = m;
-	else
-		m->seg->wait_head = m;
-	m->seg->wait_tail = m;
+	msg_release(sp, m);
+	sp->ops->on_durable(sp->ctx, m, err);
 }
 
-/* Tell every message of a list that it is durable (or failed). */
-static void msgs_done(struct spool *sp, struct spool_msg *head, int res)
+/* The batch's write (and linked sync) completed: release its buffers and
+ * the batch first (so callbacks can place records again), then tell each
+ * message once, then every writer that was blocked on a free batch. */
+static void batch_complete(struct spool *sp, struct spool_batch *b)
 {
-	while (head) {
-		struct spool_msg *next = head->sync_next;
+	struct spool_msg *msgs[SPOOL_BATCH_RECS];
+	struct spool_msg *waiters = sp->wait_head;
+	uint32_t nmsg = b->nmsg;
+	int err = b->res;
 
-		head->sync_next = NULL;
-		if (res == 0) {
-			sp->stats.messages++;
-			sp->stats.bytes += head->wire_len;
-		}
-		msg_release(sp, head);
-		sp->ops->on_durable(sp->ctx, head, res);
-		head = next;
+	assert(b->busy && b->seg->flying == b && nmsg <= SPOOL_BATCH_RECS);
+	if (err)
+		log_msg(LOG_ERROR, "event=spool_write shard=%u bytes=%llu error=\"%s\"", sp->shard,
+			(unsigned long long)b->len, strerror(-err));
+	for (uint32_t i = 0; i < b->nbid; i++)
+		ring_buf_put(sp->ring, b->bid[i]);
+	memcpy(msgs, b->msg, nmsg * sizeof(msgs[0]));
+	b->seg->flying = NULL;
+	b->busy = false;
+	b->seg = NULL;
+	for (uint32_t i = 0; i < nmsg; i++) {
+		struct spool_msg *m = msgs[i];
+
+		assert(m->writes_inflight > 0);
+		if (err && !m->io_error)
+			m->io_error = err;
+		if (--m->writes_inflight == 0 && m->committing)
+			msg_durable(sp, m);
+		else if (!m->committing)
+			sp->ops->on_progress(sp->ctx, m);
+	}
+	sp->wait_head = NULL; /* detached: a callback may register again */
+	for (struct spool_msg *m = waiters, *next; m; m = next) {
+		next = m->wait_next;
+		m->wait_next = m->wait_prev = NULL;
+		m->wait_listed = false;
+		sp->ops->on_progress(sp->ctx, m);
 	}
 }
 
 void spool_flush(struct spool *sp)
 {
-	/* Gathered pieces go out as one chunk per message per loop turn. */
+	/* Gathered pieces become chunks in their segment's open batch; a
+	 * segment with no write in flight sends its batch now.  A message that
+	 * found no room stays gathered (its writer waits on on_progress). */
 	for (struct spool_msg *m = sp->pend_head, *next; m; m = next) {
 		next = m->pend_next;
-		if (wr_free(m))
-			msg_write_pieces(sp, m);
+		msg_place_pieces(sp, m);
 	}
-	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++) {
-		struct spool_seg *seg = &sp->segs[i];
-		struct io_uring_sqe *sqe;
-		struct spool_msg *list;
-		uint32_t count = 0;
-
-		if (!seg->wait_head || seg->sync_inflight)
-			continue;
-		list = seg->wait_head;
-		seg->wait_head = seg->wait_tail = NULL;
-		if (!sp->durable) {
-			msgs_done(sp, list, 0);
-			continue;
-		}
-		for (struct spool_msg *m = list; m; m = m->sync_next)
-			count++;
-		seg->sync_head = list;
-		seg->sync_inflight = true;
-		sp->stats.syncs++;
-		sp->stats.sync_msgs += count;
-		sqe = ring_sqe(sp->ring);
-		io_uring_prep_fsync(sqe, seg->fd, IORING_FSYNC_DATASYNC);
-		io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_SYNC, 0, 0, (uint32_t)i));
-		sp->inflight++;
-	}
+	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
+		if (sp->segs[i].open && !sp->segs[i].flying)
+			batch_submit(sp, sp->segs[i].open);
 }
 
 static void seg_maybe_retire(struct spool *sp, struct spool_seg *seg)
 {
 	struct io_uring_sqe *sqe;
 
-	if (!seg->retiring || seg->users || seg->sync_inflight || seg->wait_head || seg->fd < 0)
+	if (!seg->retiring || seg->users || seg->flying || seg->open || seg->fd < 0)
 		return;
 	sqe = ring_sqe(sp->ring);
 	io_uring_prep_close(sqe, seg->fd);
@@ -544,7 +653,7 @@ static void seg_rotate_finish(struct spool *sp)
 			strerror(-sp->open_error));
 		if (sp->segs[idx].fd >= 0)
 			close(sp->segs[idx].fd);
-		sp->segs[idx] = (struct spool_seg){.fd = -1};
+		sp->segs[idx] = (struct spool_seg){.owner = sp, .fd = -1};
 		return;
 	}
 	sp->segs[idx].tail = spool_rec_size(sizeof(sp->seginfo));
@@ -583,20 +692,24 @@ void spool_complete(struct spool *sp, uint64_t ud, int res)
 {
 	uint32_t idx = ring_ud_slot(ud);
 	struct spool_seg *seg = &sp->segs[idx];
-	struct spool_msg *list;
+	struct spool_batch *b = &sp->batches[idx];
+	struct spool_seg *bseg;
 
 	assert(idx < SPOOL_SEGMENTS_MAX && sp->inflight > 0);
 	sp->inflight--;
 	switch (ring_ud_op(ud)) {
+	case SPOOL_OP_WRITE:
 	case SPOOL_OP_SYNC:
-		list = seg->sync_head;
-		seg->sync_head = NULL;
-		seg->sync_inflight = false;
-		if (res < 0)
-			log_msg(LOG_ERROR, "event=spool_sync shard=%u error=\"%s\"", sp->shard,
-				strerror(-res));
-		msgs_done(sp, list, res < 0 ? res : 0);
-		seg_maybe_retire(sp, seg);
+		assert(idx < SPOOL_BATCHES && b->busy && b->cqes > 0);
+		if (ring_ud_op(ud) == SPOOL_OP_WRITE && res != (int)b->len && !b->res)
+			b->res = res < 0 ? res : -ENOSPC; /* a short file write: disk full */
+		else if (ring_ud_op(ud) == SPOOL_OP_SYNC && res < 0 && !b->res)
+			b->res = res;
+		if (--b->cqes > 0)
+			break;
+		bseg = b->seg;
+		batch_complete(sp, b);
+		seg_maybe_retire(sp, bseg);
 		break;
 	case SPOOL_OP_OPEN:
 		seg_opened(sp, (int)idx, res);
@@ -609,7 +722,7 @@ void spool_complete(struct spool *sp, uint64_t ud, int res)
 			seg_rotate_finish(sp);
 		break;
 	case SPOOL_OP_CLOSE:
-		*seg = (struct spool_seg){.fd = -1};
+		*seg = (struct spool_seg){.owner = sp, .fd = -1};
 		break;
 	default:
 		abort();
@@ -621,7 +734,7 @@ bool spool_busy(const struct spool *sp)
 	if (sp->inflight)
 		return true;
 	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
-		if (sp->segs[i].wait_head || sp->segs[i].users)
+		if (sp->segs[i].users || sp->segs[i].open)
 			return true;
 	return false;
 }

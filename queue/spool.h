@@ -1,21 +1,28 @@
 /*
  * queue/spool — the writer side of one shard's spool: segment files, message
- * chunk writes straight from receive buffers, commit records, and group
- * commit (one fdatasync per segment per loop turn releases every message that
- * completed in that turn).
+ * bytes written straight from receive buffers, commit records, and group
+ * commit.
  *
- * Owns: the shard's open segments and their fds.  Thread: the shard only,
- * except spool_recover() (start-up, before the shard runs).  All I/O goes
- * through the shard's ring; completions come back through spool_complete().
+ * Owns: the shard's open segments and their fds, and a few write batches.
+ * Thread: the shard only, except spool_recover() (start-up, before the
+ * shard runs).  All I/O goes through the shard's ring; completions come
+ * back through spool_complete().
  *
- * Message life:   spool_msg_begin -> spool_msg_append* -> (all writes done)
- *                 -> spool_msg_commit -> (commit written) -> group fdatasync
- *                 -> on_durable(msg, 0)             "persist before reply"
+ * Group commit: per segment, one batch is being written while the next one
+ * fills.  A batch holds every record placed in one or more loop turns (any
+ * number of messages) and goes out as one writev with its fdatasync linked
+ * behind it, so a buffered write and its sync cost one io-wq hop.  Writes
+ * to a segment are serialised, so the sync of batch N covers all earlier
+ * batches: a message is durable when the batch holding its commit record
+ * completes.
+ *
+ * Message life:   spool_msg_begin -> spool_msg_append* -> spool_msg_commit
+ *                 -> (its batch written and synced) -> on_durable(msg, 0)
  * spool_msg_abort() drops a message that will never commit (its chunks stay
  * as garbage in the segment; recovery ignores chunks without a commit).
  *
- * Callbacks (on_write, on_durable) never fire synchronously from a spool_*
- * call; they fire from spool_complete() or spool_flush().
+ * Callbacks (on_durable, on_progress) never fire synchronously from a
+ * spool_msg_* call; they fire from spool_complete().
  */
 #ifndef RMX_QUEUE_SPOOL_H
 #define RMX_QUEUE_SPOOL_H
@@ -27,39 +34,29 @@
 #include "queue/record.h"
 #include "ring/ring.h"
 
-#define SPOOL_MSG_WRITES_MAX 4		    /* record writes in flight per message */
-#define SPOOL_PIECES_MAX     16		    /* pieces gathered into one chunk record */
-#define SPOOL_CHUNK_TARGET   (256u * 1024u) /* write once this much is gathered */
-#define SPOOL_SEGMENTS_MAX   8		    /* segments open at once per shard */
-#define SPOOL_NO_BUF	     0xffff	    /* payload not from a provided buffer */
+#define SPOOL_PIECES_MAX   16		  /* pieces gathered before a chunk must be written */
+#define SPOOL_CHUNK_TARGET (256u * 1024u) /* write once this much is gathered */
+#define SPOOL_SEGMENTS_MAX 8		  /* segments open at once per shard */
+#define SPOOL_NO_BUF	   0xffff	  /* payload not from a provided buffer */
 
 struct spool;
 struct spool_seg;
 
-/* One record write in flight: a chunk (its pieces as iovecs), optionally
- * followed by the commit record in the same writev.  Headers and iovecs
- * live here until the completion. */
-struct spool_wr {
-	struct spool_rec_hdr hdr;  /* chunk */
-	struct spool_rec_hdr chdr; /* commit */
-	struct iovec iov[SPOOL_PIECES_MAX + 5];
-	uint16_t bids[SPOOL_PIECES_MAX]; /* provided buffers to release */
-	uint8_t nbids;
-	bool has_commit;
-	bool busy;
-	uint32_t len; /* bytes the write must complete */
-};
-
+/*
+ * A message being written.  Its bytes are gathered as pieces (pointers into
+ * provided buffers, a reference held on each, or into caller memory) and
+ * go out as CHUNK records; the spool puts the records of every message of
+ * one loop turn into one writev per segment (a "batch"), because each
+ * buffered file write costs a hop to an io-wq worker.
+ */
 struct spool_msg {
 	uint64_t id;
 	struct spool_seg *seg;
-	uint64_t first_off; /* first chunk; set at the first write */
-	uint64_t wire_len;  /* bytes appended so far */
-	uint32_t crc;	    /* CRC32C of the bytes already written */
-	uint32_t writes_inflight;
-	int io_error; /* first write error (-errno, -EIO for short) */
-	/* Gathered and not yet written: pointers into provided buffers (a
-	 * reference held on each) or into caller memory (SPOOL_NO_BUF). */
+	uint64_t first_off;	  /* first chunk; set when it is placed */
+	uint64_t wire_len;	  /* bytes appended so far */
+	uint32_t crc;		  /* CRC32C of the bytes already placed in chunks */
+	uint32_t writes_inflight; /* batches holding records of this message */
+	int io_error;		  /* first write error (-errno; -ENOSPC for short) */
 	struct iovec piece[SPOOL_PIECES_MAX];
 	uint16_t piece_bid[SPOOL_PIECES_MAX];
 	uint32_t npieces;
@@ -67,21 +64,20 @@ struct spool_msg {
 	uint32_t pcrc;
 	struct spool_msg *pend_next, *pend_prev; /* spool's list of messages with pieces */
 	bool pend_listed;
-	struct spool_wr wr[SPOOL_MSG_WRITES_MAX];
-	bool committing; /* commit record submitted */
+	struct spool_msg *wait_next, *wait_prev; /* blocked on a free batch */
+	bool wait_listed;
+	bool committing; /* commit record placed */
 	bool active;
+	uint32_t batch_gen;	     /* last batch this message was counted in */
 	struct spool_msg *sync_next; /* group-commit list link */
 	uint32_t owner;		     /* the owner's slot, for the callbacks */
 	uint16_t owner_gen;
 };
 
-/* Ring op codes of the spool's completions (user_data op byte).  WRITE and
- * COMMIT carry the owner's slot/generation and the write index in aux: the
- * shard finds the message and calls spool_msg_complete().  SYNC, OPEN and
- * SEGHDR carry a segment index and go to spool_complete(). */
+/* Ring op codes of the spool's completions (user_data op byte); all go to
+ * spool_complete().  WRITE carries a batch index, the others a segment's. */
 enum {
 	SPOOL_OP_WRITE = 0x40,
-	SPOOL_OP_COMMIT = 0x41,
 	SPOOL_OP_SYNC = 0x42,
 	SPOOL_OP_OPEN = 0x43,
 	SPOOL_OP_SEGHDR = 0x44,
@@ -96,6 +92,9 @@ struct spool_ops {
 	 * Called from spool_complete() or spool_flush(), never from the call
 	 * that started the work. */
 	void (*on_durable)(void *ctx, struct spool_msg *m, int res);
+	/* A write holding some of m's records completed (m not committing):
+	 * a writer waiting for spool_msg_can_write/can_commit/idle may go on. */
+	void (*on_progress)(void *ctx, struct spool_msg *m);
 };
 
 struct spool_stats {
@@ -125,8 +124,7 @@ uint64_t spool_next_id(struct spool *sp);
 
 void spool_msg_begin(struct spool *sp, struct spool_msg *m, uint64_t id, uint32_t owner,
 		     uint16_t owner_gen);
-/* Can spool_msg_append take another piece now? (else wait for a write
- * completion of this message) */
+/* Can spool_msg_append take another piece now? (else spool_msg_wait) */
 bool spool_msg_can_write(const struct spool_msg *m);
 /* Append n bytes at p.  bid names the provided buffer p lies in (a
  * reference is taken until the bytes are written) or SPOOL_NO_BUF for
@@ -141,7 +139,10 @@ static inline bool spool_msg_idle(const struct spool_msg *m)
 {
 	return m->writes_inflight == 0;
 }
-/* Is a write slot free for spool_msg_commit()? */
+/* The writer found spool_msg_can_write()/can_commit() false: call
+ * on_progress for m once a batch frees up.  Undone by commit or abort. */
+void spool_msg_wait(struct spool *sp, struct spool_msg *m);
+/* Is there room to place the commit now? (else spool_msg_wait) */
 bool spool_msg_can_commit(const struct spool_msg *m);
 /* Write the commit record, in the same writev as the last gathered
  * pieces.  Earlier chunk writes may still be in flight: the message goes to
@@ -158,13 +159,11 @@ int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *en
  * segment, which recovery ignores. */
 void spool_msg_abort(struct spool *sp, struct spool_msg *m);
 
-/* A WRITE or COMMIT completion of message m.  Releases the buffer
- * reference; a COMMIT completion queues m for the next group sync. */
-void spool_msg_complete(struct spool *sp, struct spool_msg *m, uint64_t ud, int res);
-
-/* End of a loop turn: start one fdatasync per segment with waiters. */
+/* End of a loop turn: gathered pieces into chunks, one writev per segment
+ * for everything placed in this turn, one fdatasync per segment whose
+ * messages are all written. */
 void spool_flush(struct spool *sp);
-/* A SYNC/OPEN/SEGHDR/DIRSYNC/CLOSE completion. */
+/* A completion whose op is one of SPOOL_OP_*. */
 void spool_complete(struct spool *sp, uint64_t ud, int res);
 /* Anything still in flight (writes, syncs, opens)? */
 bool spool_busy(const struct spool *sp);

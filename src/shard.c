@@ -678,10 +678,6 @@ static void handle_conn_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 	case OP_CLOSE:
 		c->inflight--;
 		break;
-	case SPOOL_OP_WRITE:
-	case SPOOL_OP_COMMIT:
-		smtp_session_spool_done(c, ud, cqe->res);
-		break;
 	default:
 		abort();
 	}
@@ -711,6 +707,7 @@ static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 		break;
 	case OP_LISTEN_CANCEL:
 		break;
+	case SPOOL_OP_WRITE:
 	case SPOOL_OP_SYNC:
 	case SPOOL_OP_OPEN:
 	case SPOOL_OP_SEGHDR:
@@ -809,7 +806,18 @@ static void shard_on_durable(void *ctx, struct spool_msg *m, int res)
 	conn_reap(c);
 }
 
-static const struct spool_ops shard_spool_ops = {.on_durable = shard_on_durable};
+static void shard_on_progress(void *ctx, struct spool_msg *m)
+{
+	struct shard *sh = ctx;
+	struct conn *c = &sh->conns[m->owner];
+
+	assert(m->owner < sh->conn_max && c->gen == m->owner_gen && c->io != CONN_FREE);
+	smtp_session_spool_progress(c);
+	conn_reap(c);
+}
+
+static const struct spool_ops shard_spool_ops = {.on_durable = shard_on_durable,
+						 .on_progress = shard_on_progress};
 
 static int shard_setup(struct shard *sh)
 {

@@ -634,7 +634,9 @@ static void tx_try_finish(struct conn *c)
 	if (!refuse) {
 		if (spool_msg_can_commit(&tx->msg))
 			tx_commit(c);
-		return; /* else retried from the next write completion */
+		else
+			spool_msg_wait(c->shard->spool, &tx->msg); /* retried on progress */
+		return;
 	}
 	if (!spool_msg_idle(&tx->msg))
 		return;
@@ -692,6 +694,7 @@ static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid
 		want = (size_t)s->bdat_left;
 	if (!s->sink && !spool_msg_can_write(&tx->msg)) {
 		s->wait = SMTP_WAIT_SPOOL;
+		spool_msg_wait(c->shard->spool, &tx->msg);
 		return 0;
 	}
 	rc = smtp_data_scan(&s->ds, p, want, &used);
@@ -753,24 +756,19 @@ size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 	return off;
 }
 
-void smtp_session_spool_done(struct conn *c, uint64_t ud, int res)
+void smtp_session_spool_progress(struct conn *c)
 {
 	struct smtp_tx *tx = c->s.tx;
 
-	bool committing = tx && tx->msg.committing;
-
-	assert(tx && tx->begun);
-	spool_msg_complete(c->shard->spool, &tx->msg, ud, res);
-	if (committing)
-		return; /* the rest comes through smtp_session_durable */
+	assert(tx && tx->begun && !tx->msg.committing);
 	if (c->s.state == SMTP_S_COMMIT) {
-		tx_try_finish(c);
+		tx_try_finish(c); /* waiting to commit, or to refuse once idle */
 		return;
 	}
-	if (c->s.wait == SMTP_WAIT_SPOOL && spool_msg_idle(&tx->msg))
-		session_unpause(c);
-	else if (c->s.wait == SMTP_WAIT_SPOOL && spool_msg_can_write(&tx->msg) &&
-		 (c->s.state == SMTP_S_DATA || c->s.state == SMTP_S_BDAT))
+	if (c->s.wait != SMTP_WAIT_SPOOL)
+		return;
+	if (spool_msg_idle(&tx->msg) || ((c->s.state == SMTP_S_DATA || c->s.state == SMTP_S_BDAT) &&
+					 spool_msg_can_write(&tx->msg)))
 		session_unpause(c);
 }
 

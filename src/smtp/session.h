@@ -76,7 +76,8 @@ void smtp_tx_pool_free(struct smtp_tx_pool *p);
 void smtp_session_init(struct conn *c);
 void smtp_session_greet(struct conn *c); /* send the banner */
 size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid);
-void smtp_session_spool_done(struct conn *c, uint64_t ud, int res);
+/* Some spool write of the transaction completed (not yet committing). */
+void smtp_session_spool_progress(struct conn *c);
 void smtp_session_durable(struct conn *c, int res);
 /* Idle/session timers and shutdown: send reply (421) and close. */
 void smtp_session_timeout(struct conn *c, const char *reply);
