@@ -24,7 +24,10 @@ static void flt_relay_policy(const struct flt_input *in, struct flt_verdict *out
 
 int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_verdict *out)
 {
+	const struct config_limits *lim = &in->cfg->limits;
+
 	out->action = FLT_ACCEPT;
+	out->delay_ms = 0;
 	out->reply[0] = '\0';
 	switch (stage) {
 	case FLT_STAGE_RCPT:
@@ -36,5 +39,19 @@ int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_verd
 	case FLT_STAGE_DATA:
 		break;
 	}
+	/* Tarpit (Postfix's smtpd_soft_error_limit/smtpd_error_sleep_time):
+	 * a client past its soft error limit waits for every answer, which
+	 * costs a recipient-guessing bot time and us only a ring timer. */
+	if (lim->error_delay_ms && in->errors >= lim->soft_errors) {
+		out->delay_ms = lim->error_delay_ms;
+		return FLT_PENDING;
+	}
+	return FLT_DONE;
+}
+
+int flt_resume(enum flt_stage stage, struct flt_verdict *v)
+{
+	(void)stage;
+	v->delay_ms = 0; /* the verdict itself was reached before the wait */
 	return FLT_DONE;
 }

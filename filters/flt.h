@@ -2,15 +2,19 @@
  * filters/flt — the one decision point every SMTP stage passes through.
  *
  * The session asks flt_decide() at connect, helo, mail, rcpt and data.  The
- * answer is FLT_DONE with a verdict now, or FLT_PENDING: the decision will
- * arrive later through smtp_session_decided() (the session waits with input
- * paused), so filters that need DNS, kv or a policy server plug in here
- * without reshaping the session.
+ * answer is FLT_DONE with a verdict now, or FLT_PENDING: the verdict says
+ * what to wait for (today: a delay, which the shard runs as a timer on its
+ * ring); when the wait is over the session calls flt_resume() for the final
+ * verdict (smtp_session_decided).  Input stays paused meanwhile, so filters
+ * that need DNS, kv or a policy server plug in here without reshaping the
+ * session.
  *
- * Today the chain holds the built-in policy only: relaying is denied unless
- * the recipient domain is in relay.domains or the client in relay.networks
- * (invariant 7).  The compiled JSON filter chains of the filters issue
- * replace flt_decide's body, not its callers.  Thread: the shard's.
+ * Today the chain holds the built-in policy: relaying is denied unless the
+ * recipient domain is in relay.domains or the client in relay.networks
+ * (invariant 7), and the error tarpit (limits.soft_errors/error_delay_ms)
+ * delays every decision of a session that has made too many errors.  The
+ * compiled JSON filter chains of the filters issue replace the bodies of
+ * flt_decide/flt_resume, not their callers.  Thread: the shard's.
  */
 #ifndef RMX_FILTERS_FLT_H
 #define RMX_FILTERS_FLT_H
@@ -49,13 +53,19 @@ struct flt_input {
 	const char *addr; /* MAIL/RCPT: the address as written */
 	size_t addr_len;
 	bool authenticated;
+	uint32_t errors; /* errors the session has made so far */
 };
 
 struct flt_verdict {
 	enum flt_action action;
-	char reply[400]; /* complete reply line without CRLF when not ACCEPT */
+	uint32_t delay_ms; /* FLT_PENDING: wait this long, then flt_resume() */
+	char reply[400];   /* complete reply line without CRLF when not ACCEPT */
 };
 
+/* Decide now (FLT_DONE, out final) or later (FLT_PENDING, out says what to
+ * wait for; the caller keeps out and hands it to flt_resume). */
 int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_verdict *out);
+/* The wait of a PENDING decision is over: make v final.  Returns FLT_DONE. */
+int flt_resume(enum flt_stage stage, struct flt_verdict *v);
 
 #endif

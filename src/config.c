@@ -130,6 +130,8 @@ static const struct config_key config_limits_keys[] = {
     KEY_INT("commands", struct config_limits, commands, 1, 10000000, 10000),
     KEY_INT("received_headers", struct config_limits, received_headers, 1, 1000, 50),
     KEY_INT("transactions", struct config_limits, transactions, 1, 1000000, 1000),
+    KEY_INT("soft_errors", struct config_limits, soft_errors, 1, 1000, 3),
+    KEY_INT("error_delay_ms", struct config_limits, error_delay_ms, 0, 60000, 0),
     {0},
 };
 

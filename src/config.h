@@ -68,6 +68,8 @@ struct config_limits {
 	uint32_t commands;	     /* per session; default 10000 */
 	uint32_t received_headers;   /* mail loop bound; default 50 */
 	uint32_t transactions;	     /* messages per session; default 1000 */
+	uint32_t soft_errors;	     /* errors before the tarpit starts; default 3 */
+	uint32_t error_delay_ms;     /* tarpit delay per decision; 0 = off (default) */
 };
 
 struct config_spool {

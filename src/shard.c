@@ -252,6 +252,10 @@ static void conn_shutdown_io(struct conn *c)
 		ring_prep_cancel(&sh->ring, conn_ud(c, OP_GREET), conn_ud(c, OP_CANCEL));
 		c->inflight++;
 	}
+	if (c->decide_armed) {
+		ring_prep_cancel(&sh->ring, conn_ud(c, OP_DECIDE_TIMER), conn_ud(c, OP_CANCEL));
+		c->inflight++;
+	}
 	sqe = ring_sqe(&sh->ring);
 	io_uring_prep_close(sqe, c->fd);
 	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_CLOSE));
@@ -333,6 +337,29 @@ static void conn_process_input(struct conn *c)
 void conn_resume(struct conn *c)
 {
 	conn_process_input(c);
+}
+
+void conn_flush(struct conn *c)
+{
+	conn_send(c);
+}
+
+void conn_timer(struct conn *c, uint32_t ms)
+{
+	assert(!c->decide_armed && c->io == CONN_ACTIVE);
+	c->decide_ts.tv_sec = ms / 1000;
+	c->decide_ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+	ring_prep_timeout(&c->shard->ring, &c->decide_ts, conn_ud(c, OP_DECIDE_TIMER));
+	c->decide_armed = true;
+	c->inflight++;
+}
+
+static void conn_on_decide_timer(struct conn *c)
+{
+	c->inflight--;
+	c->decide_armed = false;
+	if (c->io == CONN_ACTIVE)
+		smtp_session_decided(c);
 }
 
 static void conn_on_recv(struct conn *c, struct io_uring_cqe *cqe)
@@ -599,7 +626,10 @@ static void shard_on_tick(struct shard *sh)
 
 	for (struct conn *c = sh->active, *next; c; c = next) {
 		next = c->next;
-		if (c->io != CONN_ACTIVE || c->s.state == SMTP_S_COMMIT)
+		/* A message being committed or a decision being waited for is
+		 * bounded by its own I/O and timers, not by the client. */
+		if (c->io != CONN_ACTIVE || c->s.state == SMTP_S_COMMIT ||
+		    c->s.wait == SMTP_WAIT_FILTER)
 			continue;
 		if (sh->now_ms >= c->session_deadline_ms) {
 			snprintf(reply, sizeof(reply), "421 4.4.2 %s Session time limit exceeded",
@@ -673,6 +703,9 @@ static void handle_conn_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 		break;
 	case OP_GREET:
 		conn_on_greet(c, cqe->res);
+		break;
+	case OP_DECIDE_TIMER:
+		conn_on_decide_timer(c);
 		break;
 	case OP_CANCEL:
 	case OP_CLOSE:

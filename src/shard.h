@@ -47,6 +47,7 @@ enum shard_op {
 	OP_REFUSE_CLOSE,
 	OP_CANCEL,
 	OP_LISTEN_CANCEL,
+	OP_DECIDE_TIMER, /* a pending decision's wait (filters/flt.h) */
 };
 
 enum conn_io {
@@ -69,7 +70,8 @@ struct conn {
 	bool send_inflight;
 	bool close_wanted; /* close once output is flushed */
 	bool in_feed;
-	bool greet_armed; /* greet pause timer in flight */
+	bool greet_armed;  /* greet pause timer in flight */
+	bool decide_armed; /* decision timer in flight */
 	uint8_t listener;
 	uint32_t inq_head, inq_count;
 	struct conn_inbuf {
@@ -85,6 +87,7 @@ struct conn {
 	uint64_t idle_deadline_ms;
 	uint64_t session_deadline_ms;
 	struct __kernel_timespec greet_ts;
+	struct __kernel_timespec decide_ts;
 	struct conn *next, *prev; /* active list */
 	struct smtp_session s;
 };
@@ -140,6 +143,10 @@ size_t conn_out_free(const struct conn *c);
 void conn_drop_output(struct conn *c);
 void conn_close(struct conn *c);
 void conn_resume(struct conn *c);
+/* Send what is buffered now (outside the input path). */
+void conn_flush(struct conn *c);
+/* Call smtp_session_decided() after ms milliseconds (a ring timeout). */
+void conn_timer(struct conn *c, uint32_t ms);
 uint64_t shard_now_ms(const struct shard *sh);
 
 #endif

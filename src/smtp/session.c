@@ -26,7 +26,8 @@ struct smtp_tx {
 	struct spool_msg msg;
 	struct smtp_tx *next_free;
 	char qid[SPOOL_QID_LEN + 1];
-	bool begun; /* spool_msg_begin done */
+	bool begun;	   /* spool_msg_begin done */
+	bool data_decided; /* the data stage's decision is in */
 	bool smtputf8;
 	uint8_t body_type;
 	uint8_t ret;
@@ -225,6 +226,58 @@ static void session_reset_tx(struct conn *c)
 		smtp_enter_state(c, SMTP_S_READY);
 }
 
+/* "local@domain" as it lies in the command line (the parser's slices are
+ * contiguous there), or "Postmaster". */
+static size_t path_len(const struct smtp_path *p)
+{
+	if (!p->domain.len)
+		return p->local.len;
+	return (size_t)(p->domain.ptr + p->domain.len - p->local.ptr);
+}
+
+/* What one recipient adds to the encoded envelope, at most. */
+static uint32_t rcpt_env_size(const struct smtp_cmd *cmd)
+{
+	return 16 + cmd->path.local.len + cmd->path.domain.len + cmd->rcpt.orcpt.len;
+}
+
+/* ---- the decision point ---------------------------------------------------------- */
+
+static const char *const stage_names[] = {"connect", "helo", "mail", "rcpt", "data"};
+
+/* Ask the decision point about a stage.  true: s->verdict is final, go on
+ * now.  false: the answer comes later (s->wait is FILTER, input paused);
+ * the command line is kept in s->line, because the receive buffer it lies
+ * in goes back to the kernel, and smtp_session_decided() finishes it. */
+static bool session_decide(struct conn *c, enum flt_stage stage, struct flt_input *in)
+{
+	struct smtp_session *s = &c->s;
+
+	in->cfg = cfg_of(c);
+	in->client = (struct sockaddr *)&c->peer;
+	in->helo = s->helo;
+	in->errors = s->errors;
+	if (flt_decide(stage, in, &s->verdict) == FLT_DONE)
+		return true;
+	if (s->cur_line && s->cur_line != s->line)
+		memmove(s->line, s->cur_line, s->cur_len);
+	s->pending_len = s->cur_line ? s->cur_len : 0;
+	s->pending_stage = (uint8_t)stage;
+	s->wait = SMTP_WAIT_FILTER;
+	log_msg(LOG_INFO, "event=decision_pending client=%s stage=%s wait_ms=%u errors=%u",
+		c->peer_ip, stage_names[stage], s->verdict.delay_ms, s->errors);
+	conn_timer(c, s->verdict.delay_ms);
+	return false;
+}
+
+static bool verdict_refused(struct conn *c)
+{
+	if (c->s.verdict.action == FLT_ACCEPT)
+		return false;
+	session_error(c, c->s.verdict.reply);
+	return true;
+}
+
 /* ---- greeting ------------------------------------------------------------------ */
 
 void smtp_session_init(struct conn *c)
@@ -234,19 +287,25 @@ void smtp_session_init(struct conn *c)
 	smtp_line_reset(&c->s.ls);
 }
 
-void smtp_session_greet(struct conn *c)
+static void greet_finish(struct conn *c)
 {
 	const struct config_listener *l = c->shard->listeners[c->listener].cfg;
-	struct flt_input in = {.cfg = cfg_of(c), .client = (struct sockaddr *)&c->peer};
-	struct flt_verdict v;
 
 	smtp_enter_state(c, SMTP_S_GREETED);
-	if (flt_decide(FLT_STAGE_CONNECT, &in, &v) == FLT_DONE && v.action != FLT_ACCEPT) {
-		conn_reply(c, v.reply);
+	if (c->s.verdict.action != FLT_ACCEPT) {
+		conn_reply(c, c->s.verdict.reply);
 		session_close(c);
 		return;
 	}
 	conn_replyf(c, "220 %s ESMTP %s", cfg_of(c)->hostname, l->banner[0] ? l->banner : "ringmx");
+}
+
+void smtp_session_greet(struct conn *c)
+{
+	struct flt_input in = {0};
+
+	if (session_decide(c, FLT_STAGE_CONNECT, &in))
+		greet_finish(c);
 }
 
 void smtp_session_early(struct conn *c)
@@ -269,21 +328,12 @@ void smtp_session_timeout(struct conn *c, const char *reply)
 
 /* ---- commands ------------------------------------------------------------------- */
 
-static void cmd_ehlo(struct conn *c, const struct smtp_cmd *cmd, bool esmtp)
+static void ehlo_finish(struct conn *c, bool esmtp)
 {
 	const struct rmx_config *cfg = cfg_of(c);
-	struct flt_input in = {.cfg = cfg, .client = (struct sockaddr *)&c->peer};
-	struct flt_verdict v;
-	size_t n = cmd->arg.len < SMTP_HELO_MAX - 1 ? cmd->arg.len : SMTP_HELO_MAX - 1;
 
-	session_reset_tx(c);
-	memcpy(c->s.helo, cmd->arg.ptr, n);
-	c->s.helo[n] = '\0';
-	in.helo = c->s.helo;
-	if (flt_decide(FLT_STAGE_HELO, &in, &v) == FLT_DONE && v.action != FLT_ACCEPT) {
-		session_error(c, v.reply);
+	if (verdict_refused(c))
 		return;
-	}
 	c->s.esmtp = esmtp;
 	if (c->s.state == SMTP_S_GREETED)
 		smtp_enter_state(c, SMTP_S_READY);
@@ -301,23 +351,24 @@ static void cmd_ehlo(struct conn *c, const struct smtp_cmd *cmd, bool esmtp)
 	conn_reply(c, "250 SMTPUTF8");
 }
 
-static void cmd_mail(struct conn *c, const struct smtp_cmd *cmd)
+static void cmd_ehlo(struct conn *c, const struct smtp_cmd *cmd, bool esmtp)
 {
-	const struct rmx_config *cfg = cfg_of(c);
+	struct flt_input in = {0};
+	size_t n = cmd->arg.len < SMTP_HELO_MAX - 1 ? cmd->arg.len : SMTP_HELO_MAX - 1;
+
+	session_reset_tx(c);
+	memcpy(c->s.helo, cmd->arg.ptr, n);
+	c->s.helo[n] = '\0';
+	if (session_decide(c, FLT_STAGE_HELO, &in))
+		ehlo_finish(c, esmtp);
+}
+
+static void mail_finish(struct conn *c, const struct smtp_cmd *cmd)
+{
 	struct smtp_tx *tx;
 
-	if (c->s.state == SMTP_S_GREETED)
-		return session_error(c, "503 5.5.1 Error: send HELO/EHLO first");
-	if (c->s.state != SMTP_S_READY)
-		return session_error(c, "503 5.5.1 Error: nested MAIL command");
-	if (cmd->path.utf8 && !cmd->mail.smtputf8)
-		return session_error(c, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
-	if (cmd->mail.has_size && cmd->mail.size > cfg->limits.message_size)
-		return session_error(c, "552 5.3.4 Message size exceeds fixed limit");
-	if (c->s.transactions >= cfg->limits.transactions) {
-		conn_replyf(c, "421 4.7.0 %s Too many messages in one session", cfg->hostname);
-		return session_close(c);
-	}
+	if (verdict_refused(c))
+		return;
 	tx = tx_take(c);
 	if (!tx)
 		return session_error(c, "452 4.3.1 Insufficient system resources, try again");
@@ -337,35 +388,41 @@ static void cmd_mail(struct conn *c, const struct smtp_cmd *cmd)
 	conn_reply(c, "250 2.1.0 Ok");
 }
 
-static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
+static void cmd_mail(struct conn *c, const struct smtp_cmd *cmd)
 {
 	const struct rmx_config *cfg = cfg_of(c);
-	struct flt_input in = {.cfg = cfg, .client = (struct sockaddr *)&c->peer};
-	struct smtp_tx *tx = c->s.tx;
-	struct spool_rcpt *r;
-	struct flt_verdict v;
-	uint32_t need;
+	struct flt_input in = {0};
 
-	if (c->s.state != SMTP_S_MAIL && c->s.state != SMTP_S_RCPT)
-		return session_error(c, "503 5.5.1 Error: need MAIL command");
-	if (c->s.bdat_used)
-		return session_error(c, "503 5.5.1 Error: RCPT after BDAT");
-	if (cmd->path.utf8 && !tx->smtputf8)
+	if (c->s.state == SMTP_S_GREETED)
+		return session_error(c, "503 5.5.1 Error: send HELO/EHLO first");
+	if (c->s.state != SMTP_S_READY)
+		return session_error(c, "503 5.5.1 Error: nested MAIL command");
+	if (cmd->path.utf8 && !cmd->mail.smtputf8)
 		return session_error(c, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
-	need = 16 + cmd->path.local.len + cmd->path.domain.len + cmd->rcpt.orcpt.len;
-	if (tx->rcpt_count >= cfg->limits.recipients || tx->env_size + need > SPOOL_ENV_MAX)
-		return conn_reply(c, "452 4.5.3 Error: too many recipients");
+	if (cmd->mail.has_size && cmd->mail.size > cfg->limits.message_size)
+		return session_error(c, "552 5.3.4 Message size exceeds fixed limit");
+	if (c->s.transactions >= cfg->limits.transactions) {
+		conn_replyf(c, "421 4.7.0 %s Too many messages in one session", cfg->hostname);
+		return session_close(c);
+	}
+	in.addr = cmd->path.local.ptr;
+	in.addr_len = path_len(&cmd->path);
 	in.domain = cmd->path.domain.ptr;
 	in.domain_len = cmd->path.domain.len;
-	in.addr = cmd->path.local.ptr; /* local@domain is contiguous in the line */
-	in.addr_len = cmd->path.domain.len
-			  ? (size_t)(cmd->path.domain.ptr + cmd->path.domain.len - in.addr)
-			  : cmd->path.local.len;
-	in.helo = c->s.helo;
-	if (flt_decide(FLT_STAGE_RCPT, &in, &v) == FLT_DONE && v.action != FLT_ACCEPT) {
+	if (session_decide(c, FLT_STAGE_MAIL, &in))
+		mail_finish(c, cmd);
+}
+
+static void rcpt_finish(struct conn *c, const struct smtp_cmd *cmd)
+{
+	struct smtp_tx *tx = c->s.tx;
+	struct spool_rcpt *r;
+
+	if (c->s.verdict.action != FLT_ACCEPT) {
 		log_msg(LOG_INFO, "event=rcpt_rejected client=%s rcpt=<%.*s> reply=\"%.3s\"",
-			c->peer_ip, (int)in.addr_len, in.addr, v.reply);
-		return session_error(c, v.reply);
+			c->peer_ip, (int)path_len(&cmd->path), cmd->path.local.ptr,
+			c->s.verdict.reply);
+		return session_error(c, c->s.verdict.reply);
 	}
 	r = &tx->rcpts[tx->rcpt_count];
 	memset(r, 0, sizeof(*r));
@@ -374,10 +431,33 @@ static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
 		return conn_reply(c, "452 4.5.3 Error: too many recipients");
 	r->notify = cmd->rcpt.notify;
 	tx->rcpt_count++;
-	tx->env_size += need;
+	tx->env_size += rcpt_env_size(cmd);
 	if (c->s.state == SMTP_S_MAIL)
 		smtp_enter_state(c, SMTP_S_RCPT);
 	conn_reply(c, "250 2.1.5 Ok");
+}
+
+static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
+{
+	const struct rmx_config *cfg = cfg_of(c);
+	struct flt_input in = {0};
+	struct smtp_tx *tx = c->s.tx;
+
+	if (c->s.state != SMTP_S_MAIL && c->s.state != SMTP_S_RCPT)
+		return session_error(c, "503 5.5.1 Error: need MAIL command");
+	if (c->s.bdat_used)
+		return session_error(c, "503 5.5.1 Error: RCPT after BDAT");
+	if (cmd->path.utf8 && !tx->smtputf8)
+		return session_error(c, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+	if (tx->rcpt_count >= cfg->limits.recipients ||
+	    tx->env_size + rcpt_env_size(cmd) > SPOOL_ENV_MAX)
+		return conn_reply(c, "452 4.5.3 Error: too many recipients");
+	in.domain = cmd->path.domain.ptr;
+	in.domain_len = cmd->path.domain.len;
+	in.addr = cmd->path.local.ptr; /* local@domain is contiguous in the line */
+	in.addr_len = path_len(&cmd->path);
+	if (session_decide(c, FLT_STAGE_RCPT, &in))
+		rcpt_finish(c, cmd);
 }
 
 /* RFC 5321 4.4 trace header.  The "with" value follows RFC 3848 and RFC
@@ -508,7 +588,10 @@ static void session_command(struct conn *c, const char *line, size_t len)
 		return session_error(c, cmd.reply ? cmd.reply : "500 5.5.2 Error: bad syntax");
 	if (len + 2 > smtp_cmd_line_max(cmd.verb))
 		return session_error(c, "500 5.5.2 Error: line too long");
+	c->s.cur_line = line;
+	c->s.cur_len = (uint32_t)len;
 	cmd_dispatch(c, &cmd);
+	c->s.cur_line = NULL;
 }
 
 static const char *line_error_reply(uint8_t error)
@@ -616,6 +699,18 @@ static void tx_commit(struct conn *c)
 	}
 }
 
+/* The data stage's verdict: a refusal becomes the message's answer. */
+static void tx_data_decision(struct conn *c)
+{
+	struct smtp_tx *tx = c->s.tx;
+
+	tx->data_decided = true;
+	if (c->s.verdict.action == FLT_ACCEPT)
+		return;
+	snprintf(tx->fail_buf, sizeof(tx->fail_buf), "%s", c->s.verdict.reply);
+	tx->fail_reply = tx->fail_buf;
+}
+
 /* After the end of data: commit at once (the commit rides with the last
  * chunk; the spool waits for every write before the group sync), or refuse
  * once no write of the message is in flight.  Called again from write
@@ -626,11 +721,21 @@ static void tx_try_finish(struct conn *c)
 	const char *refuse;
 
 	assert(c->s.state == SMTP_S_COMMIT && tx);
-	if (tx->msg.committing)
+	/* Committing already, or the data stage's decision is still out
+	 * (spool progress can call us meanwhile): nothing to do yet. */
+	if (tx->msg.committing || c->s.wait == SMTP_WAIT_FILTER)
 		return;
 	refuse = tx->msg.io_error == -ENOSPC ? "452 4.3.1 Error: insufficient system storage"
 		 : tx->msg.io_error	     ? "451 4.3.0 Error: queue file write error"
 					     : tx_verdict(c);
+	if (!refuse && !tx->data_decided) {
+		struct flt_input in = {0};
+
+		if (!session_decide(c, FLT_STAGE_DATA, &in))
+			return; /* smtp_session_decided() calls us again */
+		tx_data_decision(c);
+		refuse = tx->fail_reply;
+	}
 	if (!refuse) {
 		if (spool_msg_can_commit(&tx->msg))
 			tx_commit(c);
@@ -816,4 +921,38 @@ bool smtp_session_busy(const struct conn *c)
 void smtp_session_release(struct conn *c)
 {
 	tx_release(c);
+}
+
+void smtp_session_decided(struct conn *c)
+{
+	struct smtp_session *s = &c->s;
+	enum flt_stage stage = (enum flt_stage)s->pending_stage;
+	struct smtp_cmd cmd;
+
+	assert(s->wait == SMTP_WAIT_FILTER);
+	flt_resume(stage, &s->verdict);
+	s->wait = SMTP_WAIT_NONE;
+	if (stage == FLT_STAGE_CONNECT) {
+		greet_finish(c);
+	} else if (stage == FLT_STAGE_DATA) {
+		s->wait = SMTP_WAIT_COMMIT;
+		tx_data_decision(c);
+		tx_try_finish(c);
+	} else {
+		/* The line was valid when it was first parsed; it is unchanged. */
+		int rc = smtp_cmd_parse(s->line, s->pending_len, &cmd);
+
+		assert(rc == SMTP_PARSE_OK);
+		(void)rc;
+		if (stage == FLT_STAGE_HELO)
+			ehlo_finish(c, cmd.verb == SMTP_VERB_EHLO);
+		else if (stage == FLT_STAGE_MAIL)
+			mail_finish(c, &cmd);
+		else
+			rcpt_finish(c, &cmd);
+	}
+	if (c->io == CONN_ACTIVE && s->wait == SMTP_WAIT_NONE)
+		conn_resume(c); /* pipelined input waiting behind the decision */
+	else if (c->io == CONN_ACTIVE)
+		conn_flush(c);
 }

@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "filters/flt.h"
 #include "queue/spool.h"
 #include "smtp/parse.h"
 
@@ -65,6 +66,12 @@ struct smtp_session {
 	bool bdat_used;		 /* this transaction used BDAT (DATA is then 503) */
 	const char *bdat_reply;	 /* deferred error for a bad BDAT chunk */
 	uint8_t bdat_prev_state; /* where a refused chunk returns to */
+	/* The decision point (filters/flt.h). */
+	struct flt_verdict verdict;
+	const char *cur_line; /* the command being executed, while it runs */
+	uint32_t cur_len;
+	uint32_t pending_len; /* SMTP_WAIT_FILTER: the command kept in line[] */
+	uint8_t pending_stage;
 };
 
 /* Pool of transactions, sized at start (invariant 4). */
@@ -83,6 +90,9 @@ void smtp_session_durable(struct conn *c, int res);
 void smtp_session_timeout(struct conn *c, const char *reply);
 /* The client sent bytes before the banner: 554 and close. */
 void smtp_session_early(struct conn *c);
+/* The wait of a pending decision (SMTP_WAIT_FILTER) is over: finish the
+ * stage that asked and resume input. */
+void smtp_session_decided(struct conn *c);
 /* The connection is going away: give back the transaction. Only once no
  * spool write of it is in flight. */
 void smtp_session_release(struct conn *c);
