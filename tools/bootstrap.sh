@@ -7,7 +7,7 @@ PKGS="build-essential meson ninja-build pkg-config clang clang-format
 libclang-rt-14-dev liburing-dev libwolfssl-dev libck-dev libjson-c-dev
 libhiredis-dev libmemcached-dev libspf2-dev libc-ares-dev libpcre2-dev
 libcmocka-dev python3 python3-pytest redis-server memcached postfix swaks
-openssl procps"
+openssl procps nsd bind9-dnsutils"
 
 missing=""
 for p in $PKGS; do
@@ -29,6 +29,6 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends $missing
 # Debian starts these as system services on install; the tests start their own
 # on free loopback ports, so stop the system copies to keep the machine quiet.
-for s in redis-server memcached postfix; do
+for s in redis-server memcached postfix nsd; do
 	systemctl stop "$s" 2>/dev/null || service "$s" stop 2>/dev/null || true
 done
