@@ -855,8 +855,12 @@ static const struct spool_ops shard_spool_ops = {.on_durable = shard_on_durable,
 static int shard_setup(struct shard *sh)
 {
 	const struct rmx_config *cfg = sh->cfg;
+	char name[16];
 	int rc;
 
+	/* "ringmx-shard3" in top -H, perf and /proc/PID/task/TID/comm. */
+	snprintf(name, sizeof(name), "ringmx-shard%u", sh->id);
+	pthread_setname_np(pthread_self(), name);
 	if (cfg->cpu_affinity) {
 		cpu_set_t set;
 

@@ -1,0 +1,31 @@
+"""cpu_affinity pins shard i to cpu_affinity[i]; without it shards float."""
+
+import os
+
+import pytest
+
+
+def _shard_threads(pid):
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+            comm = f.read().strip()
+        if comm.startswith("ringmx-shard"):
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                allowed = [l.split(":", 1)[1].strip() for l in f
+                           if l.startswith("Cpus_allowed_list:")][0]
+            out[int(comm[len("ringmx-shard"):])] = allowed
+    return out
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two CPUs")
+def test_shards_pinned_as_configured(ringmx):
+    srv = ringmx({"shards": 2, "cpu_affinity": [1, 0]})
+    assert _shard_threads(srv.pid) == {0: "1", 1: "0"}
+
+
+def test_shards_unpinned_by_default(ringmx):
+    srv = ringmx({"shards": 2})
+    with open("/proc/%d/status" % srv.pid) as f:
+        process = [l.split(":", 1)[1].strip() for l in f if l.startswith("Cpus_allowed_list:")][0]
+    assert _shard_threads(srv.pid) == {0: process, 1: process}
