@@ -6,7 +6,8 @@
 #
 # Targets: cmd (line framing + command parsing), data (body scanner and
 # unstuffing) and data_portable (the same driver with the scanner's portable
-# word-at-a-time path instead of SSE2, so neither path goes unfuzzed).
+# word-at-a-time path instead of SSE2, so neither path goes unfuzzed), and
+# reply (the outbound client's reply parser, EHLO and dot-stuffing).
 # The seed corpora are copied to a temporary directory: nothing is written
 # back into the source tree.  Crash inputs and logs land in OUT_DIR.
 # Prints "fuzz <name>: ok (<execs> execs)" or "fuzz <name>: FAILED" per
@@ -24,7 +25,7 @@ flags="$flags -std=c17 -D_GNU_SOURCE -Wall -Wextra -I$root/src"
 mkdir -p "$out" || exit 1
 status=0
 
-# run_target NAME DRIVER CORPUS EXTRA_CFLAGS
+# run_target NAME DRIVER CORPUS EXTRA_CFLAGS (may also name extra sources)
 run_target() {
 	name=$1
 	bin="$out/fuzz_$name"
@@ -55,4 +56,5 @@ run_target() {
 run_target cmd fuzz_cmd.c corpus_cmd ""
 run_target data fuzz_data.c corpus_data ""
 run_target data_portable fuzz_data.c corpus_data "-DRMX_PARSE_PORTABLE"
+run_target reply fuzz_reply.c corpus_reply "$root/src/smtp/client.c"
 exit $status
