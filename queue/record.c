@@ -642,6 +642,12 @@ static int body_walk(struct scan_win *w, const struct spool_env *env, uint64_t c
 		int r = rec_at(w, pos, &h);
 		if (r < 0)
 			return r;
+		/* Chunks precede their COMMIT, so a record running over commit_off
+		 * is not one of them.  spool_message_read cannot see past commit_off;
+		 * the scanner can, and must resync here just the same, or body_ok
+		 * and the reader disagree. */
+		if (r == 1 && spool_rec_size(h.len) > commit_off - pos)
+			r = 0;
 		if (r == 0) {
 			pos += SPOOL_REC_ALIGN;
 			continue;

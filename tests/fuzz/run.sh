@@ -6,8 +6,9 @@
 #
 # Targets: cmd (line framing + command parsing), data (body scanner and
 # unstuffing) and data_portable (the same driver with the scanner's portable
-# word-at-a-time path instead of SSE2, so neither path goes unfuzzed), and
-# reply (the outbound client's reply parser, EHLO and dot-stuffing).
+# word-at-a-time path instead of SSE2, so neither path goes unfuzzed),
+# reply (the outbound client's reply parser, EHLO and dot-stuffing), and
+# record (spool envelope codec, segment scanner and message reader).
 # The seed corpora are copied to a temporary directory: nothing is written
 # back into the source tree.  Crash inputs and logs land in OUT_DIR.
 # Prints "fuzz <name>: ok (<execs> execs)" or "fuzz <name>: FAILED" per
@@ -57,4 +58,5 @@ run_target cmd fuzz_cmd.c corpus_cmd ""
 run_target data fuzz_data.c corpus_data ""
 run_target data_portable fuzz_data.c corpus_data "-DRMX_PARSE_PORTABLE"
 run_target reply fuzz_reply.c corpus_reply "$root/src/smtp/client.c"
+run_target record fuzz_record.c corpus_record "-I$root $root/queue/record.c"
 exit $status
