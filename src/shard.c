@@ -470,13 +470,14 @@ static void peer_format(struct conn *c)
 }
 
 /* A refused client gets its 421 from static memory and a linked close:
- * no slot, nothing to reap. */
+ * no slot, nothing to reap.  HARDLINK: the close must run even when the
+ * send fails (a client already gone), or the fd would leak. */
 static void conn_refuse(struct shard *sh, int fd, const char *reply)
 {
 	struct io_uring_sqe *sqe = ring_sqe(&sh->ring);
 
 	io_uring_prep_send(sqe, fd, reply, strlen(reply), MSG_NOSIGNAL | MSG_DONTWAIT);
-	sqe->flags |= IOSQE_IO_LINK;
+	sqe->flags |= IOSQE_IO_HARDLINK;
 	io_uring_sqe_set_data64(sqe, ring_ud(OP_REFUSE_SEND, 0, 0, (uint32_t)fd));
 	sqe = ring_sqe(&sh->ring);
 	io_uring_prep_close(sqe, fd);

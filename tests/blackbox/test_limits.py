@@ -1,5 +1,6 @@
 """Every named bound of ARCHITECTURE.md invariant 5, with its RFC reply."""
 
+import os
 import time
 
 import pytest
@@ -286,3 +287,33 @@ def test_transactions_limit(ringmx, client_factory):
     r = c.cmd("MAIL FROM:<a@client.example>")
     assert r.code // 100 in (4, 5), "third transaction with transactions=2: %r" % r
     assert len(s.queue_list()) == 2
+
+
+def test_refused_connections_leak_no_descriptor(ringmx):
+    # Clients that reset before their 421 arrives make the server's send fail;
+    # the close linked behind it must still run (IOSQE_IO_HARDLINK).
+    import socket
+    import struct
+
+    s = ringmx({"shards": 1, "limits": {"connections_per_ip": 1}})
+    held = SMTPClient(s.port)
+    fds_before = len(os.listdir("/proc/%d/fd" % s.pid))
+    n = 200
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # RST
+
+    # Accept is FIFO: once a polite client behind the burst has its own 421,
+    # every connection of the burst that reached accept() was handled.
+    probe = SMTPClient(s.port, read_banner=False)
+    rs = probe.replies_until_closed(10)
+    assert len(rs) == 1 and rs[0].startswith("421 4.7.0"), rs
+    wait_for(lambda: s.log_text().count("reason=connections_per_ip") >= 2, 5,
+             "the refusals to be logged")
+
+    def fds_settled():
+        return len(os.listdir("/proc/%d/fd" % s.pid)) <= fds_before + 2
+    wait_for(fds_settled, 10, "the refused connections' descriptors to be closed")
+    assert held.cmd("NOOP").last == "250 2.0.0 Ok"
+    held.close()
