@@ -587,6 +587,53 @@ static int config_listeners_parse(struct config_ctx *c, const char *path, struct
 	return 0;
 }
 
+/* ---- arrays of strings --------------------------------------------------- */
+
+/* How one array of strings becomes an array of parsed entries. */
+struct config_list {
+	size_t max;	      /* entries at most */
+	size_t elem_size;     /* bytes of one parsed entry */
+	const char *what;     /* "domains", for the array's error */
+	const char *expected; /* what one entry should look like */
+	const char *range;    /* printf format for -ERANGE with the entry, or NULL */
+	int (*parse)(const char *s, size_t len, void *entry); /* 0 or -errno */
+};
+
+/* A JSON array of strings -> a calloc'd array of entries.  *count follows
+ * the entries parsed so far, so config_free releases exactly what exists
+ * even when a later entry fails; errors name the entry's JSON path. */
+static int config_list_parse(struct config_ctx *c, const char *path, struct json_object *v,
+			     const struct config_list *spec, void **out, uint32_t *count)
+{
+	size_t n;
+	char *entries;
+
+	if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) > spec->max)
+		return config_fail(c, path, "expected an array of at most %zu %s", spec->max,
+				   spec->what);
+	n = json_object_array_length(v);
+	entries = calloc(n > 0 ? n : 1, spec->elem_size);
+	*out = entries;
+	if (entries == NULL)
+		return config_fail(c, path, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		char sub[CONFIG_PATH_MAX];
+		size_t len;
+		const char *s = config_string_get(json_object_array_get_idx(v, i), &len);
+		int rc = s != NULL ? spec->parse(s, len, entries + i * spec->elem_size) : -EINVAL;
+
+		config_path_index(sub, path, i);
+		if (rc == -ENOMEM)
+			return config_fail(c, sub, "out of memory");
+		if (rc == -ERANGE && spec->range)
+			return config_fail(c, sub, spec->range, s);
+		if (rc < 0)
+			return config_fail(c, sub, "%s", spec->expected);
+		*count = (uint32_t)i + 1;
+	}
+	return 0;
+}
+
 /* ---- relay domains ------------------------------------------------------- */
 
 /* Orders entries by (wildcard, name) so config_domain_find() can bisect. */
@@ -600,8 +647,9 @@ static int config_domain_order(const void *a, const void *b)
 
 /* "a.example", "A.Example." or "*.a.example" -> lower-case entry without the
  * trailing dot, so lookups compare bytes. */
-static int config_domain_entry(const char *s, size_t len, struct config_domain *d)
+static int config_domain_entry(const char *s, size_t len, void *entry)
 {
+	struct config_domain *d = entry;
 	bool wildcard = len > 2 && s[0] == '*' && s[1] == '.';
 	if (wildcard) {
 		s += 2;
@@ -623,31 +671,21 @@ static int config_domain_entry(const char *s, size_t len, struct config_domain *
 static int config_domains_parse(struct config_ctx *c, const char *path, struct json_object *v,
 				void *base)
 {
+	static const struct config_list spec = {
+	    .max = CONFIG_RELAY_DOMAINS_MAX,
+	    .elem_size = sizeof(struct config_domain),
+	    .what = "domains",
+	    .expected = "expected a domain like \"example.org\" or \"*.example.org\"",
+	    .parse = config_domain_entry,
+	};
 	struct rmx_config *cfg = base;
-	if (!json_object_is_type(v, json_type_array) ||
-	    json_object_array_length(v) > CONFIG_RELAY_DOMAINS_MAX)
-		return config_fail(c, path, "expected an array of at most %d domains",
-				   CONFIG_RELAY_DOMAINS_MAX);
-	size_t n = json_object_array_length(v);
-	cfg->relay_domains = calloc(n > 0 ? n : 1, sizeof(*cfg->relay_domains));
-	if (cfg->relay_domains == NULL)
-		return config_fail(c, path, "out of memory");
-	for (size_t i = 0; i < n; i++) {
-		char sub[CONFIG_PATH_MAX];
-		size_t len;
-		const char *s = config_string_get(json_object_array_get_idx(v, i), &len);
-		config_path_index(sub, path, i);
-		int rc = s != NULL ? config_domain_entry(s, len, &cfg->relay_domains[i]) : -EINVAL;
-		if (rc == -ENOMEM)
-			return config_fail(c, sub, "out of memory");
-		if (rc < 0)
-			return config_fail(c, sub,
-					   "expected a domain like \"example.org\" or "
-					   "\"*.example.org\"");
-		cfg->relay_domain_count = (uint32_t)i + 1;
-	}
-	qsort(cfg->relay_domains, n, sizeof(*cfg->relay_domains), config_domain_order);
-	return 0;
+	int rc = config_list_parse(c, path, v, &spec, (void **)&cfg->relay_domains,
+				   &cfg->relay_domain_count);
+
+	if (rc == 0)
+		qsort(cfg->relay_domains, cfg->relay_domain_count, sizeof(*cfg->relay_domains),
+		      config_domain_order);
+	return rc;
 }
 
 /* ---- relay networks ------------------------------------------------------ */
@@ -690,8 +728,9 @@ static bool config_v4mapped(const uint8_t *a)
 /* Returns 0, -EINVAL (not a network) or -ERANGE (host bits set: the operator
  * wrote an address where a network was meant, and "192.0.2.1/24" could mean
  * either /24 or /32 — refusing is safer than guessing). */
-static int config_cidr_parse(const char *s, size_t len, struct config_cidr *net)
+static int config_cidr_parse(const char *s, size_t len, void *entry)
 {
+	struct config_cidr *net = entry;
 	char host[INET6_ADDRSTRLEN];
 	const char *slash = memchr(s, '/', len);
 	size_t hlen = slash != NULL ? (size_t)(slash - s) : len;
@@ -731,30 +770,19 @@ static int config_cidr_parse(const char *s, size_t len, struct config_cidr *net)
 static int config_networks_parse(struct config_ctx *c, const char *path, struct json_object *v,
 				 void *base)
 {
+	static const struct config_list spec = {
+	    .max = CONFIG_RELAY_NETWORKS_MAX,
+	    .elem_size = sizeof(struct config_cidr),
+	    .what = "networks",
+	    .expected = "expected a network like \"192.0.2.0/24\", \"2001:db8::/32\" or an "
+			"address",
+	    .range = "host bits set in %s",
+	    .parse = config_cidr_parse,
+	};
 	struct rmx_config *cfg = base;
-	if (!json_object_is_type(v, json_type_array) ||
-	    json_object_array_length(v) > CONFIG_RELAY_NETWORKS_MAX)
-		return config_fail(c, path, "expected an array of at most %d networks",
-				   CONFIG_RELAY_NETWORKS_MAX);
-	size_t n = json_object_array_length(v);
-	cfg->relay_networks = calloc(n > 0 ? n : 1, sizeof(*cfg->relay_networks));
-	if (cfg->relay_networks == NULL)
-		return config_fail(c, path, "out of memory");
-	for (size_t i = 0; i < n; i++) {
-		char sub[CONFIG_PATH_MAX];
-		size_t len;
-		const char *s = config_string_get(json_object_array_get_idx(v, i), &len);
-		config_path_index(sub, path, i);
-		int rc = s != NULL ? config_cidr_parse(s, len, &cfg->relay_networks[i]) : -EINVAL;
-		if (rc == -ERANGE)
-			return config_fail(c, sub, "host bits set in %s", s);
-		if (rc < 0)
-			return config_fail(c, sub,
-					   "expected a network like \"192.0.2.0/24\", "
-					   "\"2001:db8::/32\" or an address");
-	}
-	cfg->relay_network_count = (uint32_t)n;
-	return 0;
+
+	return config_list_parse(c, path, v, &spec, (void **)&cfg->relay_networks,
+				 &cfg->relay_network_count);
 }
 
 /* ---- resolution of derived values ---------------------------------------- */
