@@ -7,8 +7,10 @@
 # Targets: cmd (line framing + command parsing), data (body scanner and
 # unstuffing) and data_portable (the same driver with the scanner's portable
 # word-at-a-time path instead of SSE2, so neither path goes unfuzzed),
-# reply (the outbound client's reply parser, EHLO and dot-stuffing), and
-# record (spool envelope codec, segment scanner and message reader).
+# reply (the outbound client's reply parser, EHLO and dot-stuffing),
+# record (spool envelope codec, segment scanner and message reader), sasl
+# (AUTH PLAIN/LOGIN exchanges and strict base64) and users (the users_file
+# parser, with crypt_rn stubbed in the driver).
 # The seed corpora are copied to a temporary directory: nothing is written
 # back into the source tree.  Crash inputs and logs land in OUT_DIR.
 # Prints "fuzz <name>: ok (<execs> execs)" or "fuzz <name>: FAILED" per
@@ -59,4 +61,7 @@ run_target data fuzz_data.c corpus_data ""
 run_target data_portable fuzz_data.c corpus_data "-DRMX_PARSE_PORTABLE"
 run_target reply fuzz_reply.c corpus_reply "$root/src/smtp/client.c"
 run_target record fuzz_record.c corpus_record "-I$root $root/queue/record.c"
+run_target sasl fuzz_sasl.c corpus_sasl "$root/src/auth/sasl.c"
+# -lcrypt after users.c, which needs it (links with --as-needed too).
+run_target users fuzz_users.c corpus_users "$root/src/auth/users.c -lcrypt"
 exit $status
