@@ -156,12 +156,13 @@ int main(int argc, char **argv)
 	if (!shards || !max_ids)
 		fatal("out of memory");
 	recover_spool(cfg, max_ids);
-	cfd = control_open(cfg, why, sizeof(why));
-	if (cfd < 0)
-		fatal("%s", why);
 	for (uint32_t i = 0; i < cfg->shards; i++)
 		if (shard_start(&shards[i], i, cfg, max_ids[i]) != 0)
 			fatal("shard %u: %s", i, shards[i].why);
+	/* Last: the control socket appearing means every shard is up. */
+	cfd = control_open(cfg, why, sizeof(why));
+	if (cfd < 0)
+		fatal("%s", why);
 	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
 		cfg->listener_count, cfg->hostname);
 	main_loop(cfg, sfd, cfd);

@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from conftest import wait_for
+
 
 def _shard_threads(pid):
     out = {}
@@ -21,11 +23,13 @@ def _shard_threads(pid):
 @pytest.mark.skipif(os.cpu_count() < 2, reason="needs two CPUs")
 def test_shards_pinned_as_configured(ringmx):
     srv = ringmx({"shards": 2, "cpu_affinity": [1, 0]})
+    wait_for(lambda: len(_shard_threads(srv.pid)) == 2, 10, "both shard threads")
     assert _shard_threads(srv.pid) == {0: "1", 1: "0"}
 
 
 def test_shards_unpinned_by_default(ringmx):
     srv = ringmx({"shards": 2})
+    wait_for(lambda: len(_shard_threads(srv.pid)) == 2, 10, "both shard threads")
     with open("/proc/%d/status" % srv.pid) as f:
         process = [l.split(":", 1)[1].strip() for l in f if l.startswith("Cpus_allowed_list:")][0]
     assert _shard_threads(srv.pid) == {0: process, 1: process}
