@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -227,6 +228,31 @@ void spool_close(struct spool *sp)
 	if (sp->dirfd >= 0)
 		close(sp->dirfd);
 	free(sp);
+}
+
+int spool_lock_root(const char *root, char *why, size_t why_len)
+{
+	char path[PATH_MAX];
+	int fd, rc = mkdir_p(root);
+
+	if (rc < 0) {
+		snprintf(why, why_len, "spool.path: cannot create %s: %s", root, strerror(-rc));
+		return rc;
+	}
+	snprintf(path, sizeof(path), "%s/ringmx.lock", root);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		snprintf(why, why_len, "spool.path: %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		rc = -errno;
+		snprintf(why, why_len, "spool.path: %s is in use by another ringmx process (%s)",
+			 root, strerror(-rc));
+		close(fd);
+		return rc;
+	}
+	return fd;
 }
 
 uint64_t spool_next_id(struct spool *sp)

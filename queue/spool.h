@@ -119,6 +119,12 @@ void spool_close(struct spool *sp);
 int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_id, char *why,
 		  size_t why_len);
 
+/* Start-up: create the spool root and hold an exclusive lock on it for the
+ * life of the process, so two ringmx processes never write one spool (with
+ * SO_REUSEPORT a second one could even share the port).  Returns the lock's
+ * fd (kept open, never closed) or -errno with why. */
+int spool_lock_root(const char *root, char *why, size_t why_len);
+
 /* A new queue id: unique in this shard and never reused across restarts. */
 uint64_t spool_next_id(struct spool *sp);
 

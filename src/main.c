@@ -151,6 +151,11 @@ int main(int argc, char **argv)
 	sfd = signals_block();
 	if (sfd < 0 || shard_globals_init(cfg) != 0)
 		fatal("start-up: %s", strerror(errno));
+	if (spool_lock_root(cfg->spool.path, why, sizeof(why)) < 0)
+		fatal("%s", why);
+	/* A socket left by a process that died (kill -9): gone before the
+	 * shards start, so the socket appearing again means we are up. */
+	unlink(cfg->control.socket);
 	shards = calloc(cfg->shards, sizeof(*shards));
 	max_ids = calloc(cfg->shards, sizeof(*max_ids));
 	if (!shards || !max_ids)

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import SMTPClient, dot_stuff, queued_id, strip_received
+from conftest import RINGMX_BIN, SMTPClient, dot_stuff, queued_id, strip_received
 
 
 def _body(i, size):
@@ -88,4 +88,19 @@ def test_full_disk_refuses_and_loses_nothing(ringmx, tiny_fs):
         for f in sorted(files)[:-1]:
             os.unlink(os.path.join(root, f))
     r = _send(srv.port, _body(999, 10_000))
+    assert r.code == 250, r
+
+
+def test_second_process_on_the_same_spool_is_refused(ringmx):
+    # Two writers on one spool would corrupt it (and SO_REUSEPORT would even
+    # let the second share the port): the second refuses to start.
+    first = ringmx()
+    other = ringmx({"spool": {"path": first.config["spool"]["path"]}}, start=False)
+    proc = subprocess.run([RINGMX_BIN, "-c", other.config_path], stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=30, cwd=other.dir)
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 1, err
+    assert "is in use by another ringmx process" in err, err
+    # The first one is untouched.
+    r = _send(first.port, _body(1, 1000))
     assert r.code == 250, r
