@@ -32,13 +32,20 @@
 /* A config with 10 000 relay domains is ~300 KiB; anything near this bound
  * is a wrong file, not a config. */
 #define CONFIG_FILE_SIZE_MAX	  (4u << 20)
-#define CONFIG_JSON_DEPTH_MAX	  32  /* the schema nests 3 deep */
+#define CONFIG_JSON_DEPTH_MAX	  32  /* the schema nests 4 deep (routes[].to[]) */
 #define CONFIG_PATH_MAX		  256 /* a JSON path in an error message */
 #define CONFIG_SHARDS_MAX	  256
 #define CONFIG_RELAY_DOMAINS_MAX  100000 /* sorted, looked up by binary search */
 #define CONFIG_RELAY_NETWORKS_MAX 10000	 /* scanned linearly per connection */
 #define CONFIG_DNS_NAME_MAX	  253	 /* RFC 1035 2.3.4, without the root dot */
 #define CONFIG_DNS_LABEL_MAX	  63
+#define CONFIG_ROUTE_DOMAINS_MAX  100000 /* per route; sorted like relay.domains */
+#define CONFIG_HOP_PATH_MAX	  (PATH_MAX - 1)
+#define CONFIG_RETRY_INTERVAL_MAX 604800  /* one week between two tries */
+#define CONFIG_MAX_AGE_MAX	  2592000 /* 30 days in the queue at most */
+#define CONFIG_DNS_SERVERS_MAX	  8	  /* = DNS_SERVERS_MAX of src/dns/dns.h */
+/* "[ipv6]:65535" and a ',' per server */
+#define CONFIG_DNS_SERVER_TEXT_MAX (INET6_ADDRSTRLEN + 8)
 /* Each shard pins recv_buffers * recv_buffer_size bytes for its lifetime;
  * 32768 x 1 MiB would be 32 GiB per shard, so the product is bounded too. */
 #define CONFIG_RECV_POOL_MAX   (1ull << 30)
@@ -98,6 +105,8 @@ struct config_key {
 static config_fn config_hostname_parse, config_affinity_parse, config_listeners_parse;
 static config_fn config_listener_name_parse, config_listener_address_parse;
 static config_fn config_listener_banner_parse, config_domains_parse, config_networks_parse;
+static config_fn config_routes_parse, config_route_domains_parse, config_route_to_parse;
+static config_fn config_route_tls_parse, config_retry_parse, config_dns_servers_parse;
 
 static const char *const config_durability_choices[] = {"fsync", "none", NULL};
 static const char *const config_log_format_choices[] = {"kv", "json", NULL};
@@ -165,6 +174,40 @@ static const struct config_key config_log_keys[] = {
     {0},
 };
 
+/* "tls" is reserved: a route TLS policy is planned, and a key that parsed
+ * and did nothing would make operators believe their mail is protected. */
+static const struct config_key config_route_keys[] = {
+    KEY_FN("domains", config_route_domains_parse),
+    KEY_FN("to", config_route_to_parse),
+    KEY_FN("tls", config_route_tls_parse),
+    {0},
+};
+
+/* retry_s has no table default (an FN key): config_resolve() fills it. */
+static const struct config_key config_delivery_keys[] = {
+    KEY_FN("retry_s", config_retry_parse),
+    KEY_INT("max_age_s", struct config_delivery, max_age_s, 1, CONFIG_MAX_AGE_MAX, 432000),
+    KEY_INT("connections_per_route", struct config_delivery, connections_per_route, 1, 10000, 20),
+    KEY_INT("messages_per_connection", struct config_delivery, messages_per_connection, 1, 1000000,
+	    1000),
+    KEY_INT("connect_timeout_s", struct config_delivery, connect_timeout_s, 1, 3600, 30),
+    KEY_INT("command_timeout_s", struct config_delivery, command_timeout_s, 1, 3600, 300),
+    /* 0: off; at most max_age_s, checked in config_resolve() */
+    KEY_INT("delay_notice_s", struct config_delivery, delay_notice_s, 0, CONFIG_MAX_AGE_MAX, 0),
+    {0},
+};
+
+static const struct config_key config_dns_keys[] = {
+    KEY_FN("servers", config_dns_servers_parse),
+    KEY_INT("timeout_ms", struct config_dns, timeout_ms, 100, 60000, 2000),
+    KEY_INT("tries", struct config_dns, tries, 1, 10, 2),
+    {0},
+};
+
+/* What delivery.retry_s is when the key is left out: about 5 h of tries,
+ * then the last interval repeats until max_age_s. */
+static const uint32_t config_retry_default_s[] = {60, 300, 900, 3600, 14400};
+
 static const struct config_key config_root_keys[] = {
     KEY_FN("hostname", config_hostname_parse),
     KEY_INT("shards", struct rmx_config, shards, 0, CONFIG_SHARDS_MAX, 0),
@@ -176,18 +219,22 @@ static const struct config_key config_root_keys[] = {
     KEY_SECTION("io", offsetof(struct rmx_config, io), config_io_keys),
     KEY_SECTION("control", offsetof(struct rmx_config, control), config_control_keys),
     KEY_SECTION("log", offsetof(struct rmx_config, log), config_log_keys),
+    KEY_FN("routes", config_routes_parse),
+    KEY_SECTION("delivery", offsetof(struct rmx_config, delivery), config_delivery_keys),
+    KEY_SECTION("dns", offsetof(struct rmx_config, dns), config_dns_keys),
     {0},
 };
 
 /* The embedded default: what `ringmx` runs with no config file.  Loopback
  * only and relative paths, so a first run needs neither root nor a mail
- * exchanger's exposure. */
+ * exchanger's exposure; mail is delivered into ./maildir, never relayed. */
 static const char config_default_json[] =
     "{\n"
     "  \"listeners\": [{\"name\": \"mx\", \"address\": \"127.0.0.1:2525\"}],\n"
     "  \"relay\": {\"domains\": [\"localhost\"], \"networks\": [\"127.0.0.0/8\", \"::1/128\"]},\n"
     "  \"spool\": {\"path\": \"./spool\"},\n"
-    "  \"control\": {\"socket\": \"./ringmx.sock\"}\n"
+    "  \"control\": {\"socket\": \"./ringmx.sock\"},\n"
+    "  \"routes\": [{\"domains\": [\"*\"], \"to\": \"maildir:./maildir\"}]\n"
     "}\n";
 
 /* ---- errors and paths ---------------------------------------------------- */
@@ -785,6 +832,302 @@ static int config_networks_parse(struct config_ctx *c, const char *path, struct 
 				 &cfg->relay_network_count);
 }
 
+/* ---- routes -------------------------------------------------------------- */
+
+/* A route domain: as relay.domains, or "*" (every domain), which comes back
+ * as an entry without a name for config_route_domains_parse() to take out. */
+static int config_route_domain_entry(const char *s, size_t len, void *entry)
+{
+	struct config_domain *d = entry;
+	if (len == 1 && s[0] == '*') {
+		d->name = NULL;
+		d->wildcard = true;
+		return 0;
+	}
+	return config_domain_entry(s, len, entry);
+}
+
+static int config_route_domains_parse(struct config_ctx *c, const char *path, struct json_object *v,
+				      void *base)
+{
+	static const struct config_list spec = {
+	    .max = CONFIG_ROUTE_DOMAINS_MAX,
+	    .elem_size = sizeof(struct config_domain),
+	    .what = "domains",
+	    .expected = "expected a domain like \"example.org\", \"*.example.org\" or \"*\"",
+	    .parse = config_route_domain_entry,
+	};
+	struct config_route *r = base;
+	assert(r->domains == NULL && r->domain_count == 0);
+	/* A route for no domain could never be taken: surely a mistake. */
+	if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) == 0 ||
+	    json_object_array_length(v) > spec.max)
+		return config_fail(c, path, "expected an array of 1..%zu domains", spec.max);
+	if (config_list_parse(c, path, v, &spec, (void **)&r->domains, &r->domain_count) < 0)
+		return -EINVAL;
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < r->domain_count; i++) {
+		if (r->domains[i].name == NULL)
+			r->catch_all = true;
+		else
+			r->domains[kept++] = r->domains[i];
+	}
+	r->domain_count = kept;
+	qsort(r->domains, r->domain_count, sizeof(*r->domains), config_domain_order);
+	assert(r->domain_count > 0 || r->catch_all);
+	return 0;
+}
+
+/* "IP:port" / "[IPv6]:port" that can be connected to: "*:25" and the
+ * unspecified addresses mean "any" for a listener, but as a destination
+ * Linux quietly connects them to the local host. */
+static int config_hostport_remote(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+	if (config_parse_hostport(s, ss, len) < 0)
+		return -EINVAL;
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+		return sin->sin_addr.s_addr == htonl(INADDR_ANY) ? -EINVAL : 0;
+	}
+	assert(ss->ss_family == AF_INET6);
+	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+	return IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? -EINVAL : 0;
+}
+
+/* After "smtp://": a host name where an IP belongs gets its own message,
+ * since "smtp://mail.example:25" is the likeliest mistake of all. */
+static bool config_hostport_is_name(const char *s)
+{
+	const char *colon = strrchr(s, ':');
+	size_t len = colon != NULL ? (size_t)(colon - s) : strlen(s);
+	if (len > 1 && s[len - 1] == '.')
+		len--;
+	return config_dns_name_valid(s, len);
+}
+
+static int config_hop_net_parse(struct config_ctx *c, const char *path, const char *scheme,
+				const char *rest, struct config_hop *h)
+{
+	if (config_hostport_remote(rest, &h->addr, &h->addr_len) == 0)
+		return 0;
+	if (config_hostport_is_name(rest))
+		return config_fail(c, path,
+				   "host names are not resolved: expected \"%s://IP:port\" "
+				   "(\"%s://192.0.2.1:25\", \"%s://[2001:db8::1]:25\") or \"mx\"",
+				   scheme, scheme, scheme);
+	return config_fail(c, path,
+			   "expected \"%s://IP:port\" with an IPv4 address or [IPv6 address] "
+			   "and a port 1..65535",
+			   scheme);
+}
+
+static int config_hop_path_parse(struct config_ctx *c, const char *path, const char *scheme,
+				 const char *rest, size_t rest_len, struct config_hop *h)
+{
+	if (rest_len == 0 || rest_len > CONFIG_HOP_PATH_MAX)
+		return config_fail(c, path, "expected \"%s:/path\" with a path of 1..%d bytes",
+				   scheme, CONFIG_HOP_PATH_MAX);
+	assert(h->path == NULL);
+	h->path = strndup(rest, rest_len);
+	if (h->path == NULL)
+		return config_fail(c, path, "out of memory");
+	return 0;
+}
+
+/* One destination string -> *h.  alone: it is the only entry of "to". */
+static int config_hop_parse(struct config_ctx *c, const char *path, struct json_object *v,
+			    bool alone, struct config_hop *h)
+{
+	static const struct {
+		const char *prefix;
+		enum config_hop_kind kind;
+	} schemes[] = {{"smtp://", CONFIG_HOP_SMTP},
+		       {"lmtp://", CONFIG_HOP_LMTP},
+		       {"maildir:", CONFIG_HOP_MAILDIR},
+		       {"mbox:", CONFIG_HOP_MBOX}};
+	size_t len, i = 0;
+	const char *s = config_string_get(v, &len);
+	if (s != NULL && strcmp(s, "mx") == 0) {
+		h->kind = CONFIG_HOP_MX;
+	} else {
+		while (s != NULL && i < sizeof(schemes) / sizeof(schemes[0]) &&
+		       strncmp(s, schemes[i].prefix, strlen(schemes[i].prefix)) != 0)
+			i++;
+		if (s == NULL || i == sizeof(schemes) / sizeof(schemes[0]))
+			return config_fail(
+			    c, path,
+			    "expected \"smtp://IP:port\", \"lmtp://IP:port\", \"mx\", "
+			    "\"maildir:/path\" or \"mbox:/path\"");
+		h->kind = schemes[i].kind;
+	}
+	/* Failover moves to the next server of the same kind; "mx" has its own
+	 * list (the MX hosts) and a local store has no "next". */
+	if (!alone && h->kind != CONFIG_HOP_SMTP && h->kind != CONFIG_HOP_LMTP)
+		return config_fail(c, path,
+				   "\"mx\", \"maildir:\" and \"mbox:\" must be the only entry of "
+				   "\"to\"; a list of several is smtp:// and lmtp:// failover");
+	snprintf(h->text, sizeof(h->text), "%s", s);
+	if (h->kind == CONFIG_HOP_MX)
+		return 0;
+	size_t plen = strlen(schemes[i].prefix);
+	char scheme[8];
+	snprintf(scheme, sizeof(scheme), "%.*s", (int)strcspn(schemes[i].prefix, ":"),
+		 schemes[i].prefix);
+	if (h->kind == CONFIG_HOP_SMTP || h->kind == CONFIG_HOP_LMTP)
+		return config_hop_net_parse(c, path, scheme, s + plen, h);
+	return config_hop_path_parse(c, path, scheme, s + plen, len - plen, h);
+}
+
+/* "to": one destination string, or an array of 1..CONFIG_HOPS_MAX of them
+ * tried in order.  hop_count counts only complete hops; config_free()
+ * releases the path of every hop slot, so a failure half-way leaks nothing. */
+static int config_route_to_parse(struct config_ctx *c, const char *path, struct json_object *v,
+				 void *base)
+{
+	struct config_route *r = base;
+	assert(r->hop_count == 0);
+	if (json_object_is_type(v, json_type_string)) {
+		if (config_hop_parse(c, path, v, true, &r->hops[0]) < 0)
+			return -EINVAL;
+		r->hop_count = 1;
+		return 0;
+	}
+	size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
+	if (n == 0 || n > CONFIG_HOPS_MAX)
+		return config_fail(c, path, "expected a destination string or an array of 1..%d",
+				   CONFIG_HOPS_MAX);
+	for (size_t i = 0; i < n; i++) {
+		char sub[CONFIG_PATH_MAX];
+		config_path_index(sub, path, i);
+		if (config_hop_parse(c, sub, json_object_array_get_idx(v, i), n == 1, &r->hops[i]) <
+		    0)
+			return -EINVAL;
+		r->hop_count = (uint32_t)i + 1;
+	}
+	assert(r->hop_count >= 1 && r->hop_count <= CONFIG_HOPS_MAX);
+	return 0;
+}
+
+static int config_route_tls_parse(struct config_ctx *c, const char *path, struct json_object *v,
+				  void *base)
+{
+	(void)v;
+	(void)base;
+	return config_fail(c, path, "route TLS policy is not built yet");
+}
+
+/* route_count counts the route being parsed too, so config_free() releases
+ * what a failing route had already allocated (the slots are zeroed). */
+static int config_routes_parse(struct config_ctx *c, const char *path, struct json_object *v,
+			       void *base)
+{
+	struct rmx_config *cfg = base;
+	assert(cfg->routes == NULL && cfg->route_count == 0);
+	if (!json_object_is_type(v, json_type_array) ||
+	    json_object_array_length(v) > CONFIG_ROUTES_MAX)
+		return config_fail(c, path, "expected an array of at most %d routes",
+				   CONFIG_ROUTES_MAX);
+	size_t n = json_object_array_length(v);
+	cfg->routes = calloc(n > 0 ? n : 1, sizeof(*cfg->routes));
+	if (cfg->routes == NULL)
+		return config_fail(c, path, "out of memory");
+	for (uint32_t i = 0; i < n; i++) {
+		struct config_route *r = &cfg->routes[i];
+		char sub[CONFIG_PATH_MAX], key[CONFIG_PATH_MAX];
+		cfg->route_count = i + 1;
+		config_path_index(sub, path, i);
+		if (config_section_parse(c, sub, json_object_array_get_idx(v, i), config_route_keys,
+					 (char *)r) < 0)
+			return -EINVAL;
+		bool no_domains = r->domain_count == 0 && !r->catch_all;
+		if (no_domains || r->hop_count == 0) {
+			config_path_key(key, sub, no_domains ? "domains" : "to");
+			return config_fail(c, key, "required key missing");
+		}
+	}
+	return 0;
+}
+
+static void config_route_free(struct config_route *r)
+{
+	for (uint32_t i = 0; i < r->domain_count; i++)
+		free(r->domains[i].name);
+	free(r->domains);
+	for (uint32_t i = 0; i < CONFIG_HOPS_MAX; i++)
+		free(r->hops[i].path);
+}
+
+/* ---- delivery and dns ---------------------------------------------------- */
+
+static int config_retry_parse(struct config_ctx *c, const char *path, struct json_object *v,
+			      void *base)
+{
+	struct config_delivery *d = base;
+	size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
+	assert(d->retry_count == 0);
+	if (n == 0 || n > CONFIG_RETRY_MAX)
+		return config_fail(c, path, "expected an array of 1..%d intervals in seconds",
+				   CONFIG_RETRY_MAX);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t s;
+		if (config_uint_get(json_object_array_get_idx(v, i), 1, CONFIG_RETRY_INTERVAL_MAX,
+				    &s) < 0) {
+			char sub[CONFIG_PATH_MAX];
+			config_path_index(sub, path, i);
+			return config_fail(c, sub, "expected an integer in 1..%d",
+					   CONFIG_RETRY_INTERVAL_MAX);
+		}
+		d->retry_s[i] = (uint32_t)s;
+	}
+	d->retry_count = (uint32_t)n;
+	return 0;
+}
+
+/* The list is rewritten from the parsed addresses ("127.0.0.1:53",
+ * "[::1]:53"), so c-ares gets one canonical spelling whatever was written. */
+static int config_dns_server_append(char *out, size_t out_len, const struct sockaddr_storage *ss)
+{
+	char ip[INET6_ADDRSTRLEN];
+	const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+	bool v6 = ss->ss_family == AF_INET6;
+	if (inet_ntop(ss->ss_family, v6 ? (const void *)&sin6->sin6_addr : &sin->sin_addr, ip,
+		      sizeof(ip)) == NULL)
+		return -EINVAL;
+	size_t used = strlen(out);
+	int w = snprintf(out + used, out_len - used, v6 ? "%s[%s]:%u" : "%s%s:%u",
+			 used > 0 ? "," : "", ip, ntohs(v6 ? sin6->sin6_port : sin->sin_port));
+	return w > 0 && (size_t)w < out_len - used ? 0 : -ENOSPC;
+}
+
+static int config_dns_servers_parse(struct config_ctx *c, const char *path, struct json_object *v,
+				    void *base)
+{
+	struct config_dns *dns = base;
+	char list[CONFIG_DNS_SERVERS_MAX * CONFIG_DNS_SERVER_TEXT_MAX] = "";
+	size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
+	assert(dns->servers == NULL);
+	if (n == 0 || n > CONFIG_DNS_SERVERS_MAX)
+		return config_fail(c, path, "expected an array of 1..%d \"IP:port\" strings",
+				   CONFIG_DNS_SERVERS_MAX);
+	for (size_t i = 0; i < n; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len;
+		size_t slen;
+		char sub[CONFIG_PATH_MAX];
+		const char *s = config_string_get(json_object_array_get_idx(v, i), &slen);
+		config_path_index(sub, path, i);
+		if (s == NULL || config_hostport_remote(s, &ss, &len) < 0)
+			return config_fail(c, sub, "expected \"IP:port\" or \"[IPv6]:port\"");
+		if (config_dns_server_append(list, sizeof(list), &ss) < 0)
+			return config_fail(c, sub, "does not fit the server list");
+	}
+	dns->servers = strdup(list);
+	if (dns->servers == NULL)
+		return config_fail(c, path, "out of memory");
+	return 0;
+}
+
 /* ---- resolution of derived values ---------------------------------------- */
 
 static uint32_t config_cpus_online(void)
@@ -809,6 +1152,21 @@ static int config_hostname_default(struct config_ctx *c)
 	return 0;
 }
 
+static int config_delivery_resolve(struct config_ctx *c, struct config_delivery *d)
+{
+	static_assert(sizeof(config_retry_default_s) <= sizeof(d->retry_s), "retry default fits");
+	if (d->retry_count == 0) {
+		memcpy(d->retry_s, config_retry_default_s, sizeof(config_retry_default_s));
+		d->retry_count = sizeof(config_retry_default_s) / sizeof(config_retry_default_s[0]);
+	}
+	/* A notice due after the bounce would never be sent. */
+	if (d->delay_notice_s > d->max_age_s)
+		return config_fail(c, "delivery.delay_notice_s",
+				   "expected 0 (no notice) or 1..max_age_s (%u)", d->max_age_s);
+	assert(d->retry_count >= 1 && d->retry_count <= CONFIG_RETRY_MAX);
+	return 0;
+}
+
 /* Values that depend on other keys, filled once the whole file is read so
  * that key order in the file never matters. */
 static int config_resolve(struct config_ctx *c)
@@ -830,7 +1188,7 @@ static int config_resolve(struct config_ctx *c)
 	if ((uint64_t)cfg->io.recv_buffers * cfg->io.recv_buffer_size > CONFIG_RECV_POOL_MAX)
 		return config_fail(c, "io.recv_buffers",
 				   "expected recv_buffers * recv_buffer_size of at most 1 GiB");
-	return 0;
+	return config_delivery_resolve(c, &cfg->delivery);
 }
 
 /* ---- strictness scan ----------------------------------------------------- */
@@ -1098,6 +1456,7 @@ static struct rmx_config *config_load_text(const char *file, const char *text, s
 	}
 	assert(c.cfg->shards >= 1 && c.cfg->listener_count >= 1);
 	assert(c.cfg->io.max_connections >= 1 && c.cfg->spool.path && c.cfg->control.socket);
+	assert(c.cfg->delivery.retry_count >= 1 && c.cfg->route_count <= CONFIG_ROUTES_MAX);
 	return c.cfg;
 }
 
@@ -1181,6 +1540,10 @@ void config_free(struct rmx_config *cfg)
 	free(cfg->cpu_affinity);
 	free(cfg->spool.path);
 	free(cfg->control.socket);
+	for (uint32_t i = 0; i < cfg->route_count; i++)
+		config_route_free(&cfg->routes[i]);
+	free(cfg->routes);
+	free(cfg->dns.servers);
 	free(cfg);
 }
 
@@ -1201,13 +1564,15 @@ static int config_domain_cmp(const char *q, size_t qlen, const char *name)
 	return name[i] != '\0' ? -1 : 0;
 }
 
-static bool config_domain_find(const struct rmx_config *cfg, const char *q, size_t qlen,
-			       bool wildcard)
+/* Bisects a list sorted by config_domain_order() (relay.domains, or the
+ * domains of one route). */
+static bool config_domain_find(const struct config_domain *list, size_t count, const char *q,
+			       size_t qlen, bool wildcard)
 {
-	size_t lo = 0, hi = cfg->relay_domain_count;
+	size_t lo = 0, hi = count;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		const struct config_domain *d = &cfg->relay_domains[mid];
+		const struct config_domain *d = &list[mid];
 		int r = (int)wildcard - (int)d->wildcard;
 		if (r == 0)
 			r = config_domain_cmp(q, qlen, d->name);
@@ -1221,27 +1586,66 @@ static bool config_domain_find(const struct rmx_config *cfg, const char *q, size
 	return false;
 }
 
-/* Exact entry for the whole name, then "*.suffix" entries for each proper
- * suffix: a.b.x tries "a.b.x", then *.b.x and *.x — O(labels * log n). */
-bool config_domain_is_relay(const struct rmx_config *cfg, const char *domain, size_t len)
+/* A query name that entries may match: drops one trailing dot from *len.
+ * An empty label (".x", "a..x") would let "*.x" match a name that is not a
+ * subdomain at all, so such names match nothing. */
+static bool config_domain_query(const char *domain, size_t *len)
 {
-	if (cfg == NULL || domain == NULL)
+	if (*len > 0 && domain[*len - 1] == '.')
+		(*len)--;
+	if (*len == 0 || *len > CONFIG_DNS_NAME_MAX)
 		return false;
-	if (len > 0 && domain[len - 1] == '.')
-		len--;
-	if (len == 0 || len > CONFIG_DNS_NAME_MAX)
-		return false;
-	/* An empty label (".x", "a..x") would let "*.x" match a name that is not
-	 * a subdomain at all. */
-	for (size_t i = 0; i < len; i++)
-		if (domain[i] == '.' && (i == 0 || domain[i - 1] == '.' || i + 1 == len))
+	for (size_t i = 0; i < *len; i++)
+		if (domain[i] == '.' && (i == 0 || domain[i - 1] == '.' || i + 1 == *len))
 			return false;
-	if (config_domain_find(cfg, domain, len, false))
-		return true;
-	for (size_t i = 1; i < len; i++)
-		if (domain[i] == '.' && config_domain_find(cfg, domain + i + 1, len - i - 1, true))
+	return true;
+}
+
+/* "*.suffix" entries for each proper suffix of a checked query: a.b.x tries
+ * *.b.x and *.x — O(labels * log n). */
+static bool config_domain_find_suffix(const struct config_domain *list, size_t count, const char *q,
+				      size_t qlen)
+{
+	for (size_t i = 1; i < qlen; i++)
+		if (q[i] == '.' && config_domain_find(list, count, q + i + 1, qlen - i - 1, true))
 			return true;
 	return false;
+}
+
+/* Exact entry for the whole name, then the "*.suffix" entries. */
+bool config_domain_is_relay(const struct rmx_config *cfg, const char *domain, size_t len)
+{
+	if (cfg == NULL || domain == NULL || !config_domain_query(domain, &len))
+		return false;
+	if (config_domain_find(cfg->relay_domains, cfg->relay_domain_count, domain, len, false))
+		return true;
+	return config_domain_find_suffix(cfg->relay_domains, cfg->relay_domain_count, domain, len);
+}
+
+/* Three passes in file order, one per class of entry (exact, suffix, "*"),
+ * so a more specific entry wins wherever it is listed: O(routes * labels *
+ * log domains), with at most CONFIG_ROUTES_MAX routes. */
+const struct config_route *config_route_find(const struct rmx_config *cfg, const char *domain,
+					     size_t len)
+{
+	if (cfg == NULL || domain == NULL)
+		return NULL;
+	assert(cfg->route_count <= CONFIG_ROUTES_MAX);
+	const struct config_route *routes = cfg->routes;
+	if (config_domain_query(domain, &len)) {
+		for (uint32_t i = 0; i < cfg->route_count; i++)
+			if (config_domain_find(routes[i].domains, routes[i].domain_count, domain,
+					       len, false))
+				return &routes[i];
+		for (uint32_t i = 0; i < cfg->route_count; i++)
+			if (config_domain_find_suffix(routes[i].domains, routes[i].domain_count,
+						      domain, len))
+				return &routes[i];
+	}
+	for (uint32_t i = 0; i < cfg->route_count; i++)
+		if (routes[i].catch_all)
+			return &routes[i];
+	return NULL;
 }
 
 /* A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; they are

@@ -12,7 +12,8 @@
  *    "<json path>: <what was expected>", e.g.
  *    `listeners[0].address: expected "host:port"`.
  *  - config_default() returns the embedded default config (listens on
- *    127.0.0.1:2525, spools under ./spool) or NULL with err.
+ *    127.0.0.1:2525, spools under ./spool, delivers every domain into the
+ *    Maildir ./maildir) or NULL with err.
  *  - Never exits the process; never logs.
  */
 #ifndef RMX_CONFIG_H
@@ -29,6 +30,9 @@
 #define CONFIG_HOSTNAME_MAX  255
 #define CONFIG_BANNER_MAX    400
 #define CONFIG_NAME_MAX	     64
+#define CONFIG_ROUTES_MAX    256
+#define CONFIG_HOPS_MAX	     8
+#define CONFIG_RETRY_MAX     32
 
 enum config_durability {
 	CONFIG_DURABILITY_FSYNC = 0,
@@ -55,6 +59,54 @@ struct config_cidr {
 struct config_domain {
 	char *name;    /* without the "*." for suffix entries */
 	bool wildcard; /* true: "*.name" */
+};
+
+enum config_hop_kind {
+	CONFIG_HOP_SMTP = 0, /* "smtp://IP:port" */
+	CONFIG_HOP_LMTP,     /* "lmtp://IP:port" */
+	CONFIG_HOP_MX,	     /* "mx": resolve the recipient domain's MX */
+	CONFIG_HOP_MAILDIR,  /* "maildir:/path" */
+	CONFIG_HOP_MBOX,     /* "mbox:/path" */
+};
+
+/* One destination of a route's "to". */
+struct config_hop {
+	enum config_hop_kind kind;
+	struct sockaddr_storage addr; /* SMTP/LMTP: the parsed IP and port */
+	socklen_t addr_len;
+	char *path;	/* MAILDIR/MBOX: the path (relative allowed); else NULL */
+	char text[300]; /* the "to" string as written, for logs (cut if longer) */
+};
+
+/* One entry of routes[].  "mx", "maildir:" and "mbox:" hops are always
+ * alone (hop_count 1); a list of several hops is smtp/lmtp failover. */
+struct config_route {
+	struct config_domain *domains; /* as relay.domains, sorted; "*" is not in it */
+	uint32_t domain_count;
+	bool catch_all; /* "*" was among the domains */
+	struct config_hop hops[CONFIG_HOPS_MAX];
+	uint32_t hop_count; /* >= 1; several = failover in order */
+};
+
+struct config_delivery {
+	uint32_t retry_s[CONFIG_RETRY_MAX]; /* default 60,300,900,3600,14400 */
+	uint32_t retry_count;		    /* >= 1 */
+	uint32_t max_age_s;		    /* default 432000 */
+	uint32_t connections_per_route;	    /* default 20, 1..10000 */
+	uint32_t messages_per_connection;   /* default 1000, 1..1000000 */
+	uint32_t connect_timeout_s;	    /* default 30, 1..3600 */
+	uint32_t command_timeout_s;	    /* default 300, 1..3600 */
+	/* default 0 = no delay notices; else send one DSN "delayed" once a
+	 * message has been deferred this long (1..max_age_s) */
+	uint32_t delay_notice_s;
+};
+
+struct config_dns {
+	/* NULL: /etc/resolv.conf; else "ip:port,[ip6]:port" (canonical form,
+	 * joined with ',') as dns_new() takes it (see src/dns/dns.h) */
+	char *servers;
+	uint32_t timeout_ms; /* default 2000, 100..60000 */
+	uint32_t tries;	     /* default 2, 1..10 */
 };
 
 struct config_limits {
@@ -112,6 +164,10 @@ struct rmx_config {
 	struct config_io io;
 	struct config_control control;
 	struct config_log log;
+	struct config_route *routes; /* file order; NULL/0: no routes */
+	uint32_t route_count;
+	struct config_delivery delivery;
+	struct config_dns dns;
 };
 
 struct rmx_config *config_load(const char *path, char *err, size_t err_len);
@@ -123,6 +179,16 @@ void config_free(struct rmx_config *cfg);
  * ignores one trailing dot; "*.x" matches "a.x" and "a.b.x" but not "x". */
 bool config_domain_is_relay(const struct rmx_config *cfg, const char *domain, size_t len);
 bool config_addr_is_relay(const struct rmx_config *cfg, const struct sockaddr *sa);
+
+/* The route for a recipient domain (pure, any thread; NULL: no route, the
+ * mail stays queued).  Case-insensitive, ignores one trailing dot.  The
+ * first route in file order with an exact entry for the domain; else the
+ * first with a "*.suffix" entry that matches (strict subdomains, as in
+ * relay.domains; file order, not the longest suffix); else the first with
+ * "*" (which takes any domain, even one that is not a well-formed name).
+ * The result lives as long as cfg. */
+const struct config_route *config_route_find(const struct rmx_config *cfg, const char *domain,
+					     size_t len);
 
 /* "host:port" / "[v6]:port" -> sockaddr; returns 0 or -EINVAL. */
 int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len);
