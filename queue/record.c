@@ -700,6 +700,7 @@ struct scan {
 	uint8_t *env_buf; /* SPOOL_ENV_MAX: the envelope outlives window refills */
 	bool verify_bodies;
 	spool_scan_fn fn;
+	spool_state_fn state_fn;
 	void *ctx;
 	struct spool_scan_stats *stats;
 };
@@ -718,6 +719,8 @@ static int scan_commit(struct scan *sc, uint64_t off, const struct spool_rec_hdr
 	if (r)
 		return r == -ENODATA ? -EIO : r; /* rec_at just read it */
 	memcpy(sc->env_buf, p, h->len);
+	msg.env_raw = sc->env_buf;
+	msg.env_raw_len = h->len;
 	/* An envelope filed under another id would attach a body to the wrong
 	 * message; treat it like one that does not decode. */
 	if (spool_env_decode(sc->env_buf, h->len, &msg.env) != 0 || msg.env.id != h->msg_id) {
@@ -752,9 +755,23 @@ static int scan_record(struct scan *sc, uint64_t off, const struct spool_rec_hdr
 	case SPOOL_REC_COMMIT:
 		return scan_commit(sc, off, h);
 	case SPOOL_REC_CHUNK:
+		return 0; /* chunks are read through their commit */
 	case SPOOL_REC_RCPT_STATE:
-	case SPOOL_REC_DONE:
-		return 0; /* chunks are read through their commit; states are not ours yet */
+	case SPOOL_REC_DONE: {
+		const uint8_t *p = NULL;
+		int r;
+
+		if (!sc->state_fn)
+			return 0;
+		if (h->len > SPOOL_STATE_MAX)
+			return 0;
+		if (h->len) {
+			r = win_get(&sc->w, off + sizeof *h, h->len, &p);
+			if (r)
+				return r == -ENODATA ? -EIO : r;
+		}
+		return sc->state_fn(sc->ctx, h, p);
+	}
 	default:
 		abort(); /* spool_rec_hdr_check admitted an unknown type */
 	}
@@ -765,8 +782,18 @@ static int scan_record(struct scan *sc, uint64_t off, const struct spool_rec_hdr
 int spool_segment_scan(int fd, uint64_t limit, bool verify_bodies, spool_scan_fn fn, void *ctx,
 		       struct spool_scan_stats *stats)
 {
+	return spool_segment_scan_states(fd, limit, verify_bodies, fn, NULL, ctx, stats);
+}
+
+int spool_segment_scan_states(int fd, uint64_t limit, bool verify_bodies, spool_scan_fn fn,
+			      spool_state_fn state_fn, void *ctx, struct spool_scan_stats *stats)
+{
 	assert(fd >= 0 && stats != NULL);
-	struct scan sc = {.verify_bodies = verify_bodies, .fn = fn, .ctx = ctx, .stats = stats};
+	struct scan sc = {.verify_bodies = verify_bodies,
+			  .fn = fn,
+			  .state_fn = state_fn,
+			  .ctx = ctx,
+			  .stats = stats};
 	struct stat st;
 	uint64_t pos = 0;
 	int r = 0;
@@ -801,4 +828,46 @@ int spool_segment_scan(int fd, uint64_t limit, bool verify_bodies, spool_scan_fn
 	assert(stats->valid_end <= sc.w.end);
 	free(sc.w.buf);
 	return r;
+}
+
+/* ---- per-recipient state records ------------------------------------------------ */
+
+size_t spool_state_encode(const struct spool_state *st, uint8_t *out, size_t cap)
+{
+	struct enc e = {.p = out, .cap = cap};
+	uint32_t elen = st->error_len > SPOOL_STATE_ERR_MAX ? SPOOL_STATE_ERR_MAX : st->error_len;
+
+	if (st->rcpt_count > SPOOL_STATE_RCPTS_MAX)
+		return 0;
+	enc_le(&e, 1, 1);
+	enc_le(&e, st->flags, 1);
+	enc_le(&e, st->attempts, 2);
+	enc_le(&e, st->rcpt_count, 4);
+	enc_le(&e, (uint64_t)st->next_attempt_s, 8);
+	enc_bytes(&e, st->rcpt_state, st->rcpt_count);
+	enc_le(&e, elen, 2);
+	enc_bytes(&e, st->error, elen);
+	return e.full ? 0 : e.len;
+}
+
+int spool_state_decode(const uint8_t *p, size_t len, struct spool_state *st)
+{
+	struct dec d = {.p = p, .len = len};
+	const uint8_t *b;
+
+	if (dec_le(&d, 1) != 1)
+		return -EINVAL;
+	st->flags = (uint8_t)dec_le(&d, 1);
+	st->attempts = (uint16_t)dec_le(&d, 2);
+	st->rcpt_count = (uint32_t)dec_le(&d, 4);
+	st->next_attempt_s = (int64_t)dec_le(&d, 8);
+	if (d.bad || st->rcpt_count > SPOOL_STATE_RCPTS_MAX)
+		return -EINVAL;
+	b = dec_bytes(&d, st->rcpt_count);
+	st->rcpt_state = b;
+	st->error_len = (uint32_t)dec_le(&d, 2);
+	st->error = (const char *)dec_bytes(&d, st->error_len);
+	if (d.bad || d.pos != d.len || st->error_len > SPOOL_STATE_ERR_MAX)
+		return -EINVAL;
+	return 0;
 }

@@ -139,10 +139,12 @@ int spool_env_rcpt(const struct spool_env *env, uint32_t i, struct spool_rcpt *o
 /* ---- scanning (blocking pread) ------------------------------------------- */
 
 struct spool_scan_msg {
-	struct spool_env env; /* strings point into the scanner's buffer:
+	struct spool_env env;	/* strings point into the scanner's buffer:
 				   valid only during the callback */
-	uint64_t commit_off;  /* offset of the COMMIT record */
-	bool body_ok;	      /* chunks found, length and CRC match */
+	uint64_t commit_off;	/* offset of the COMMIT record */
+	bool body_ok;		/* chunks found, length and CRC match */
+	const uint8_t *env_raw; /* the encoded envelope env was decoded from */
+	uint32_t env_raw_len;
 };
 
 /* Called once per valid COMMIT record, in file order.  Return 0 to go on,
@@ -194,5 +196,49 @@ static inline size_t spool_rec_pad(uint32_t len)
 /* The table-driven CRC32C that spool_crc32c falls back to without SSE4.2;
  * exported so tests can hold both paths to the same answers. */
 uint32_t spool_crc32c_sw(uint32_t crc, const void *p, size_t n);
+
+/* ---- per-recipient state (RCPT_STATE) and DONE records --------------------------
+ *
+ * Written by the delivery engine into the shard's current segment, after the
+ * message's COMMIT (so always later in (segment seq, offset) order).  Each
+ * RCPT_STATE record is a full snapshot of the message's delivery state: the
+ * last one read wins.  DONE (empty payload) says every recipient is
+ * finished.  A state record whose message is unknown (its segment was
+ * reclaimed) is ignored. */
+#define SPOOL_STATE_RCPTS_MAX 100000
+#define SPOOL_STATE_ERR_MAX   512
+#define SPOOL_STATE_MAX	      (20 + SPOOL_STATE_RCPTS_MAX + SPOOL_STATE_ERR_MAX)
+
+enum spool_rcpt_state {
+	SPOOL_RCPT_PENDING = 0,
+	SPOOL_RCPT_DELIVERED = 1,
+	SPOOL_RCPT_BOUNCED = 2,	 /* bounce (DSN) queued or not wanted */
+	SPOOL_RCPT_DEFERRED = 3, /* pending, failed temporarily at least once */
+};
+
+enum {
+	SPOOL_STATE_HELD = 1u << 0,
+};
+
+struct spool_state {
+	uint8_t flags; /* SPOOL_STATE_* */
+	uint16_t attempts;
+	uint32_t rcpt_count;
+	int64_t next_attempt_s;	   /* unix time */
+	const uint8_t *rcpt_state; /* rcpt_count entries of enum spool_rcpt_state */
+	const char *error;	   /* last error, not NUL-terminated */
+	uint32_t error_len;
+};
+
+size_t spool_state_encode(const struct spool_state *st, uint8_t *out, size_t cap);
+int spool_state_decode(const uint8_t *p, size_t len, struct spool_state *st);
+
+/* Called for each valid RCPT_STATE or DONE record; payload is h->len bytes
+ * (NULL when empty), valid during the call.  Non-zero stops the scan. */
+typedef int (*spool_state_fn)(void *ctx, const struct spool_rec_hdr *h, const uint8_t *payload);
+
+/* spool_segment_scan, also reporting state records to state_fn. */
+int spool_segment_scan_states(int fd, uint64_t limit, bool verify_bodies, spool_scan_fn fn,
+			      spool_state_fn state_fn, void *ctx, struct spool_scan_stats *stats);
 
 #endif

@@ -26,7 +26,8 @@
 
 #define SPOOL_BATCH_IOV	 1024 /* IOV_MAX */
 #define SPOOL_BATCH_RECS 256
-#define SPOOL_BATCHES	 4 /* per shard: one in flight and one filling per segment */
+#define SPOOL_BATCHES	 4     /* per shard: one in flight and one filling per segment */
+#define SPOOL_ARENA	 32768 /* bytes of copied small records (states) per batch */
 
 struct spool_batch;
 
@@ -63,6 +64,8 @@ struct spool_batch {
 	struct spool_rec_hdr rec[SPOOL_BATCH_RECS];
 	uint16_t bid[SPOOL_BATCH_IOV];
 	struct spool_msg *msg[SPOOL_BATCH_RECS]; /* each message once */
+	uint32_t arena_len;
+	uint8_t arena[SPOOL_ARENA]; /* payloads of spool_rec_put records */
 };
 
 struct spool {
@@ -156,7 +159,7 @@ static int seg_create_sync(struct spool *sp, struct spool_seg *seg, char *why, s
 	ssize_t w;
 
 	seg_name(name, sizeof(name), sp->next_seq);
-	seg->fd = openat(sp->dirfd, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0640);
+	seg->fd = openat(sp->dirfd, name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0640);
 	if (seg->fd < 0) {
 		snprintf(why, why_len, "%s/%s: %s", sp->dir, name, strerror(errno));
 		return -errno;
@@ -287,7 +290,7 @@ static void seg_rotate_start(struct spool *sp)
 	    (struct spool_seg){.owner = sp, .fd = -1, .in_use = true, .seq = sp->next_seq++};
 	seg_name(sp->open_name, sizeof(sp->open_name), sp->segs[idx].seq);
 	sqe = ring_sqe(sp->ring);
-	io_uring_prep_openat(sqe, sp->dirfd, sp->open_name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC,
+	io_uring_prep_openat(sqe, sp->dirfd, sp->open_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC,
 			     0640);
 	io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_OPEN, 0, 0, (uint32_t)idx));
 	sp->inflight++;
@@ -380,6 +383,7 @@ static struct spool_batch *batch_get(struct spool *sp, struct spool_seg *seg)
 			continue;
 		b->seg = seg;
 		b->off = seg->tail;
+		b->arena_len = 0;
 		b->len = b->niov = b->nrec = b->nbid = b->nmsg = 0;
 		b->commits = false;
 		b->gen = ++sp->batch_gen;
@@ -551,10 +555,13 @@ int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *en
 	n = spool_env_encode(env, enc, enc_cap);
 	if (n == 0)
 		return -ENOSPC;
+	m->env_enc = enc;
+	m->env_len = (uint32_t)n;
 	if (m->npieces)
 		batch_add_chunk(sp, b, m);
 	assert(env->first_chunk_off == m->first_off);
 	pay = (struct iovec){enc, n};
+	m->commit_off = b->seg->tail;
 	batch_add_rec(b, m, SPOOL_REC_COMMIT, &pay, 1, (uint32_t)n, spool_crc32c(0, enc, n));
 	b->commits = true;
 	wait_unlink(sp, m);
@@ -596,6 +603,11 @@ static void msg_durable(struct spool *sp, struct spool_msg *m)
 		sp->stats.messages++;
 		sp->stats.bytes += m->wire_len;
 	}
+	/* Captured before the release may retire the segment: its fd stays
+	 * open until the close submitted by the retirement runs, after this
+	 * turn's callbacks. */
+	m->seg_seq = m->seg->seq;
+	m->seg_fd = m->seg->fd;
 	msg_release(sp, m);
 	sp->ops->on_durable(sp->ctx, m, err);
 }
@@ -652,6 +664,46 @@ void spool_flush(struct spool *sp)
 	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
 		if (sp->segs[i].open && !sp->segs[i].flying)
 			batch_submit(sp, sp->segs[i].open);
+}
+
+int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		  uint32_t len)
+{
+	struct spool_seg *seg = &sp->segs[sp->cur];
+	struct spool_batch *b = batch_for(sp, seg, 3, 1);
+	struct spool_rec_hdr *h;
+	uint64_t size = spool_rec_size(len);
+	uint32_t pad = (uint32_t)(size - sizeof(*h) - len);
+
+	if (!b || b->arena_len + len > SPOOL_ARENA || !batch_room(b, 3, 1))
+		return -EAGAIN;
+	memcpy(b->arena + b->arena_len, p, len);
+	h = &b->rec[b->nrec++];
+	spool_rec_hdr_init(h, type, msg_id, len, spool_crc32c(0, p, len));
+	b->iov[b->niov++] = (struct iovec){h, sizeof(*h)};
+	if (len)
+		b->iov[b->niov++] = (struct iovec){b->arena + b->arena_len, len};
+	if (pad)
+		b->iov[b->niov++] = (struct iovec){(void *)zero_pad, pad};
+	b->arena_len += len;
+	b->len += size;
+	seg->tail += size;
+	if (seg->tail >= sp->segment_size && sp->opening < 0)
+		seg_rotate_start(sp);
+	return 0;
+}
+
+bool spool_seg_quiet(const struct spool *sp, uint64_t seq)
+{
+	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
+		if (sp->segs[i].in_use && sp->segs[i].seq == seq)
+			return false;
+	return true;
+}
+
+uint64_t spool_current_seq(const struct spool *sp)
+{
+	return sp->segs[sp->cur].seq;
 }
 
 static void seg_maybe_retire(struct spool *sp, struct spool_seg *seg)

@@ -72,7 +72,20 @@ struct spool_msg {
 	struct spool_msg *sync_next; /* group-commit list link */
 	uint32_t owner;		     /* the owner's slot, for the callbacks */
 	uint16_t owner_gen;
+	/* Set by spool_msg_commit: the encoded envelope (the caller's memory). */
+	const uint8_t *env_enc;
+	uint32_t env_len;
+	uint64_t commit_off; /* offset of the COMMIT record in its segment */
+	/* Set just before on_durable: the segment holding the message, and an
+	 * fd of it that stays open until the callbacks of this turn returned
+	 * (dup it to keep reading). */
+	uint64_t seg_seq;
+	int seg_fd;
 };
+
+/* spool_msg.owner of messages the spool's user writes itself (bounces),
+ * not a connection's. */
+#define SPOOL_OWNER_ENGINE UINT32_MAX
 
 /* Ring op codes of the spool's completions (user_data op byte); all go to
  * spool_complete().  WRITE carries a batch index, the others a segment's. */
@@ -169,6 +182,20 @@ void spool_msg_abort(struct spool *sp, struct spool_msg *m);
  * for everything placed in this turn, one fdatasync per segment whose
  * messages are all written. */
 void spool_flush(struct spool *sp);
+/* Append a small record (per-recipient state, done) to the current segment:
+ * the payload is copied, the record rides the next batch, and no callback
+ * fires for it (it is synced by the next commit's fdatasync, or by none:
+ * losing it to a crash means a delivery is repeated, never lost).
+ * 0 or -EAGAIN (no batch room this turn: try again next turn). */
+int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		  uint32_t len);
+
+/* No write of the spool can touch segment seq any more (it is not open). */
+bool spool_seg_quiet(const struct spool *sp, uint64_t seq);
+
+/* Sequence number of the segment new records go to. */
+uint64_t spool_current_seq(const struct spool *sp);
+
 /* A completion whose op is one of SPOOL_OP_*. */
 void spool_complete(struct spool *sp, uint64_t ud, int res);
 /* Anything still in flight (writes, syncs, opens)? */

@@ -29,6 +29,11 @@ static const struct {
     {IORING_OP_SHUTDOWN, "shutdown"},
     {IORING_OP_PROVIDE_BUFFERS, "provide_buffers"},
     {IORING_OP_READ, "read"},
+    {IORING_OP_CONNECT, "connect"},
+    {IORING_OP_SENDMSG, "sendmsg"},
+    {IORING_OP_UNLINKAT, "unlinkat"},
+    {IORING_OP_POLL_ADD, "poll_add"},
+    {IORING_OP_NOP, "nop"},
 };
 
 /* Multishot recv with provided buffer rings arrived in Linux 6.0. */

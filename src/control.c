@@ -136,43 +136,61 @@ static int spool_walk(const char *root, seg_fn fn, void *ctx)
 	return rc;
 }
 
-struct list_ctx {
-	struct out *o;
-	uint64_t count;
+struct ctl {
+	const struct rmx_config *cfg;
+	control_post_fn post;
+	void *ctx;
 };
 
-static int list_msg(void *vctx, const struct spool_scan_msg *m)
+static void cmd_queue_list(struct out *o, const struct ctl *c)
 {
-	struct list_ctx *ctx = vctx;
-	char qid[SPOOL_QID_LEN + 1];
-
-	if (!m->body_ok)
-		return 0;
-	spool_qid_format(m->env.id, qid);
-	out_printf(ctx->o, "%s size=%" PRIu64 " from=<%.*s> rcpts=%u arrival=%" PRId64 "\n", qid,
-		   m->env.msg_len, (int)m->env.mail_from.len, m->env.mail_from.ptr,
-		   m->env.rcpt_count, m->env.arrival_s);
-	ctx->count++;
-	return ctx->o->error ? -EIO : 0;
-}
-
-static int list_seg(void *ctx, int fd, const char *path)
-{
-	struct spool_scan_stats st;
-
-	struct list_ctx *lc = ctx;
-
-	(void)path;
-	spool_segment_scan(fd, UINT64_MAX, true, list_msg, ctx, &st);
-	return lc->o->error ? -EIO : 0; /* a bad segment does not hide the others */
-}
-
-static void cmd_queue_list(struct out *o, const struct rmx_config *cfg)
-{
-	struct list_ctx ctx = {.o = o};
-
 	out_write(o, "OK\n", 3);
-	spool_walk(cfg->spool.path, list_seg, &ctx);
+	for (uint32_t i = 0; i < c->cfg->shards && !o->error; i++) {
+		struct dctl_req req = {.op = DCTL_LIST};
+
+		c->post(c->ctx, i, &req);
+		if (req.out_len)
+			out_write(o, req.out, req.out_len);
+		free(req.out);
+	}
+}
+
+/* The shard owning a queue ID (its top byte), or -1 with the error sent. */
+static int id_shard(struct out *o, const struct ctl *c, const char *arg, uint64_t *id)
+{
+	if (spool_qid_parse(arg, strlen(arg), id) != 0) {
+		out_printf(o, "ERR bad queue ID: %.40s\n", arg);
+		return -1;
+	}
+	if ((*id >> 56) >= c->cfg->shards) {
+		out_printf(o, "ERR no such message: %.40s\n", arg);
+		return -1;
+	}
+	return (int)(*id >> 56);
+}
+
+static void cmd_queue_op(struct out *o, const struct ctl *c, enum dctl_op op, const char *name,
+			 const char *arg)
+{
+	struct dctl_req req = {.op = op};
+	int shard;
+
+	if (op == DCTL_FLUSH && arg == NULL) {
+		for (uint32_t i = 0; i < c->cfg->shards; i++)
+			c->post(c->ctx, i, &req);
+		out_printf(o, "OK\nflushed\n");
+		return;
+	}
+	shard = id_shard(o, c, arg, &req.id);
+	if (shard < 0)
+		return;
+	c->post(c->ctx, (uint32_t)shard, &req);
+	if (req.result == -ENOENT)
+		out_printf(o, "ERR no such message: %.40s\n", arg);
+	else if (req.result < 0)
+		out_printf(o, "ERR %s: %s\n", name, strerror(-req.result));
+	else
+		out_printf(o, "OK\n%s %s\n", name, arg);
 }
 
 struct show_ctx {
@@ -296,15 +314,20 @@ static int show_seg(void *vctx, int fd, const char *path)
 	return ctx->found ? 1 : 0;
 }
 
-static void cmd_queue_show(struct out *o, const struct rmx_config *cfg, const char *arg)
+static void cmd_queue_show(struct out *o, const struct ctl *c, const char *arg)
 {
 	struct show_ctx ctx = {.o = o, .fd = -1};
+	struct dctl_req req = {.op = DCTL_FIND};
+	int shard = id_shard(o, c, arg, &ctx.id);
 
-	if (spool_qid_parse(arg, strlen(arg), &ctx.id) != 0) {
-		out_printf(o, "ERR bad queue ID: %.40s\n", arg);
+	if (shard < 0)
 		return;
-	}
-	spool_walk(cfg->spool.path, show_seg, &ctx);
+	/* Only a message still queued: a finished one may linger in its
+	 * segment until the segment is reclaimed. */
+	req.id = ctx.id;
+	c->post(c->ctx, (uint32_t)shard, &req);
+	if (req.result == 0)
+		spool_walk(c->cfg->spool.path, show_seg, &ctx);
 	if (!ctx.found)
 		out_printf(o, "ERR no such message: %.40s\n", arg);
 	else if (ctx.rc != 0)
@@ -337,8 +360,16 @@ static bool read_line(int fd, char *line, size_t cap)
 	return false;
 }
 
-void control_serve(int lfd, const struct rmx_config *cfg)
+void control_serve(int lfd, const struct rmx_config *cfg, control_post_fn post, void *pctx)
 {
+	static const struct {
+		const char *verb;
+		enum dctl_op op;
+	} ops[] = {
+	    {"flush", DCTL_FLUSH},   {"hold", DCTL_HOLD},     {"release", DCTL_RELEASE},
+	    {"delete", DCTL_DELETE}, {"bounce", DCTL_BOUNCE},
+	};
+	const struct ctl c = {.cfg = cfg, .post = post, .ctx = pctx};
 	char line[CONTROL_LINE_MAX];
 	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 	struct out o;
@@ -349,11 +380,26 @@ void control_serve(int lfd, const struct rmx_config *cfg)
 	if (!read_line(fd, line, sizeof(line))) {
 		out_printf(&o, "ERR expected one command line\n");
 	} else if (strcmp(line, "queue list") == 0) {
-		cmd_queue_list(&o, cfg);
+		cmd_queue_list(&o, &c);
 	} else if (strncmp(line, "queue show ", 11) == 0) {
-		cmd_queue_show(&o, cfg, line + 11);
+		cmd_queue_show(&o, &c, line + 11);
 	} else if (strcmp(line, "ping") == 0) {
 		out_printf(&o, "OK\npong\n");
+	} else if (strncmp(line, "queue ", 6) == 0) {
+		const char *verb = line + 6;
+		const char *arg = strchr(verb, ' ');
+		size_t vlen = arg ? (size_t)(arg - verb) : strlen(verb);
+		size_t i;
+
+		for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+			if (strlen(ops[i].verb) == vlen && strncmp(verb, ops[i].verb, vlen) == 0)
+				break;
+		if (i == sizeof(ops) / sizeof(ops[0]))
+			out_printf(&o, "ERR unknown command: %.60s\n", line);
+		else if (!arg && ops[i].op != DCTL_FLUSH)
+			out_printf(&o, "ERR usage: queue %s ID\n", ops[i].verb);
+		else
+			cmd_queue_op(&o, &c, ops[i].op, ops[i].verb, arg ? arg + 1 : NULL);
 	} else {
 		out_printf(&o, "ERR unknown command: %.60s\n", line);
 	}

@@ -14,6 +14,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "auth/pool.h"
 #include "config.h"
 #include "control.h"
 #include "log.h"
@@ -74,7 +75,12 @@ static int signals_block(void)
 	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 }
 
-static void main_loop(const struct rmx_config *cfg, int sfd, int cfd)
+static void post_ctl(void *ctx, uint32_t shard, struct dctl_req *req)
+{
+	shard_ctl(&((struct shard *)ctx)[shard], req);
+}
+
+static void main_loop(const struct rmx_config *cfg, int sfd, int cfd, struct shard *shards)
 {
 	for (;;) {
 		struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = cfd, .events = POLLIN}};
@@ -83,7 +89,7 @@ static void main_loop(const struct rmx_config *cfg, int sfd, int cfd)
 		poll(p, 2, MAIN_POLL_MS);
 		log_drain();
 		if (p[1].revents & POLLIN)
-			control_serve(cfd, cfg);
+			control_serve(cfd, cfg, post_ctl, shards);
 		if (!(p[0].revents & POLLIN) || read(sfd, &si, sizeof(si)) != sizeof(si))
 			continue;
 		if (si.ssi_signo == SIGHUP) {
@@ -161,16 +167,32 @@ int main(int argc, char **argv)
 	if (!shards || !max_ids)
 		fatal("out of memory");
 	recover_spool(cfg, max_ids);
-	for (uint32_t i = 0; i < cfg->shards; i++)
-		if (shard_start(&shards[i], i, cfg, max_ids[i]) != 0)
+	/* Helper threads: local delivery and bounces (blocking work). */
+	struct hpool_config pc = {.threads = cfg->shards < 2 ? 2 : cfg->shards,
+				  .shards = cfg->shards,
+				  .queue_size = 4096,
+				  .shard_inflight = 512};
+	struct hpool *pool;
+
+	if (hpool_create(&pc, &pool) != 0)
+		fatal("helper pool: %s", strerror(errno));
+	for (uint32_t i = 0; i < cfg->shards; i++) {
+		struct deliver_loaded *loaded = NULL;
+
+		if (deliver_load(&loaded, cfg->spool.path, i, why, sizeof(why)) != 0)
+			fatal("queue load failed: %s", why);
+		log_msg(LOG_INFO, "event=queue_loaded shard=%u messages=%u", i,
+			deliver_loaded_count(loaded));
+		if (shard_start(&shards[i], i, cfg, max_ids[i], loaded, pool) != 0)
 			fatal("shard %u: %s", i, shards[i].why);
+	}
 	/* Last: the control socket appearing means every shard is up. */
 	cfd = control_open(cfg, why, sizeof(why));
 	if (cfd < 0)
 		fatal("%s", why);
 	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
 		cfg->listener_count, cfg->hostname);
-	main_loop(cfg, sfd, cfd);
+	main_loop(cfg, sfd, cfd, shards);
 	control_close(cfd, cfg);
 	for (uint32_t i = 0; i < cfg->shards; i++)
 		shard_stop(&shards[i]);
@@ -178,6 +200,7 @@ int main(int argc, char **argv)
 		shard_join(&shards[i]);
 		log_drain();
 	}
+	hpool_destroy(pool);
 	log_msg(LOG_INFO, "event=stopped");
 	log_drain();
 	free(shards);

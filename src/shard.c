@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth/pool.h"
 #include "log.h"
 
 #define SHARD_TICK_MS	    1000
@@ -646,6 +647,7 @@ static void shard_on_tick(struct shard *sh)
 	for (uint32_t i = 0; i < sh->cfg->listener_count && !sh->stopping; i++)
 		if (!sh->listeners[i].armed)
 			listener_arm(sh, i);
+	deliver_tick(sh->dlv);
 	if (!sh->stopping || sh->now_ms < sh->stop_deadline_ms)
 		shard_arm_tick(sh);
 }
@@ -660,6 +662,7 @@ static void shard_begin_stop(struct shard *sh)
 		ring_prep_cancel(&sh->ring, ring_ud(OP_ACCEPT, 0, 0, i),
 				 ring_ud(OP_LISTEN_CANCEL, 0, 0, i));
 	}
+	deliver_stop(sh->dlv);
 	snprintf(reply, sizeof(reply), "421 4.3.2 %s Service shutting down", sh->cfg->hostname);
 	for (struct conn *c = sh->active, *next; c; c = next) {
 		next = c->next;
@@ -668,6 +671,40 @@ static void shard_begin_stop(struct shard *sh)
 		if (c->io == CONN_ACTIVE && c->s.state != SMTP_S_COMMIT)
 			smtp_session_timeout(c, reply);
 	}
+}
+
+/* The eventfd: a stop request, a control request, or helper results. */
+static void shard_on_wake(struct shard *sh)
+{
+	struct hpool_done done[64];
+	struct dctl_req *req;
+	uint32_t n;
+
+	while ((n = hpool_reap(sh->pool, sh->id, done, 64)) > 0)
+		for (uint32_t i = 0; i < n; i++)
+			deliver_helper_done(sh->dlv, &done[i]);
+	req = atomic_exchange(&sh->ctl, NULL);
+	if (req) {
+		deliver_ctl(sh->dlv, req);
+		sem_post(&req->done);
+	}
+	if (atomic_load(&sh->stop) && !sh->stopping)
+		shard_begin_stop(sh);
+	shard_arm_wake(sh);
+}
+
+void shard_ctl(struct shard *sh, struct dctl_req *req)
+{
+	uint64_t one = 1;
+
+	sem_init(&req->done, 0, 0);
+	atomic_store(&sh->ctl, req);
+	if (write(sh->wake_fd, &one, sizeof(one)) < 0)
+		log_msg(LOG_WARN, "event=shard_wake shard=%u error=\"%s\"", sh->id,
+			strerror(errno));
+	while (sem_wait(&req->done) != 0 && errno == EINTR)
+		;
+	sem_destroy(&req->done);
 }
 
 /* ---- the loop --------------------------------------------------------------- */
@@ -731,10 +768,7 @@ static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 		shard_on_tick(sh);
 		break;
 	case OP_WAKE:
-		if (atomic_load(&sh->stop) && !sh->stopping)
-			shard_begin_stop(sh);
-		else if (!sh->stopping)
-			shard_arm_wake(sh);
+		shard_on_wake(sh);
 		break;
 	case OP_REFUSE_SEND:
 	case OP_REFUSE_CLOSE:
@@ -750,7 +784,10 @@ static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 		spool_complete(sh->spool, ud, cqe->res);
 		break;
 	default:
-		handle_conn_cqe(sh, cqe);
+		if (deliver_op_owned(op))
+			deliver_complete(sh->dlv, ud, cqe->res, cqe->flags);
+		else
+			handle_conn_cqe(sh, cqe);
 		break;
 	}
 }
@@ -773,7 +810,7 @@ static bool shard_done(struct shard *sh)
 		return false;
 	if (sh->now_ms >= sh->stop_deadline_ms)
 		return true;
-	return sh->active_count == 0 && !spool_busy(sh->spool);
+	return sh->active_count == 0 && !spool_busy(sh->spool) && !deliver_busy(sh->dlv);
 }
 
 static void shard_loop(struct shard *sh)
@@ -795,8 +832,10 @@ static void shard_loop(struct shard *sh)
 			n++;
 		}
 		io_uring_cq_advance(&sh->ring.uring, n);
-		/* Group commit: everything committed in this turn shares one
-		 * fdatasync per segment. */
+		/* Delivery first: its records ride this turn's batches.  Group
+		 * commit: everything committed in this turn shares one fdatasync
+		 * per segment. */
+		deliver_turn(sh->dlv);
 		spool_flush(sh->spool);
 		shard_rearm_starved(sh);
 	}
@@ -835,6 +874,13 @@ static void shard_on_durable(void *ctx, struct spool_msg *m, int res)
 	struct shard *sh = ctx;
 	struct conn *c = &sh->conns[m->owner];
 
+	if (m->owner == SPOOL_OWNER_ENGINE) {
+		deliver_spool_durable(sh->dlv, m, res);
+		return;
+	}
+	/* Into the queue before the session releases the envelope. */
+	if (res == 0)
+		deliver_committed(sh->dlv, m);
 	assert(m->owner < sh->conn_max && c->gen == m->owner_gen && c->io != CONN_FREE);
 	smtp_session_durable(c, res);
 	conn_reap(c);
@@ -845,6 +891,10 @@ static void shard_on_progress(void *ctx, struct spool_msg *m)
 	struct shard *sh = ctx;
 	struct conn *c = &sh->conns[m->owner];
 
+	if (m->owner == SPOOL_OWNER_ENGINE) {
+		deliver_spool_progress(sh->dlv, m);
+		return;
+	}
 	assert(m->owner < sh->conn_max && c->gen == m->owner_gen && c->io != CONN_FREE);
 	smtp_session_spool_progress(c);
 	conn_reap(c);
@@ -880,6 +930,16 @@ static int shard_setup(struct shard *sh)
 			&shard_spool_ops, sh, sh->why, sizeof(sh->why));
 	if (rc < 0)
 		return rc;
+	struct deliver_params dp = {.shard = sh->id,
+				    .shards = cfg->shards,
+				    .cfg = cfg,
+				    .ring = &sh->ring,
+				    .spool = sh->spool,
+				    .pool = sh->pool};
+	rc = deliver_new(&sh->dlv, &dp, sh->loaded, sh->why, sizeof(sh->why));
+	sh->loaded = NULL;
+	if (rc < 0)
+		return rc;
 	sh->conn_max = cfg->io.max_connections;
 	sh->conns = calloc(sh->conn_max, sizeof(sh->conns[0]));
 	sh->free_slots = calloc(sh->conn_max, sizeof(sh->free_slots[0]));
@@ -901,7 +961,9 @@ static int shard_setup(struct shard *sh)
 			return -EADDRINUSE;
 	}
 	sh->wake_fd = eventfd(0, EFD_CLOEXEC);
-	return sh->wake_fd < 0 ? -errno : 0;
+	if (sh->wake_fd < 0)
+		return -errno;
+	return hpool_shard_attach(sh->pool, sh->id, sh->wake_fd);
 }
 
 static void shard_teardown(struct shard *sh)
@@ -909,6 +971,8 @@ static void shard_teardown(struct shard *sh)
 	for (uint32_t i = 0; i < sh->cfg->listener_count; i++)
 		if (sh->listeners[i].fd > 0)
 			close(sh->listeners[i].fd);
+	deliver_free(sh->dlv);
+	sh->dlv = NULL;
 	spool_close(sh->spool);
 	sh->spool = NULL;
 	smtp_tx_pool_free(sh->txpool);
@@ -946,12 +1010,16 @@ static void *shard_main(void *arg)
 	return NULL;
 }
 
-int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id)
+int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id,
+		struct deliver_loaded *loaded, struct hpool *pool)
 {
 	memset(sh, 0, offsetof(struct shard, stop));
 	sh->id = id;
 	sh->cfg = cfg;
 	sh->first_id = first_id;
+	sh->loaded = loaded;
+	sh->pool = pool;
+	atomic_store(&sh->ctl, NULL);
 	sh->wake_fd = -1;
 	atomic_store(&sh->stop, false);
 	atomic_store(&sh->start_rc, 1);

@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "deliver/deliver.h"
 #include "queue/spool.h"
 #include "ring/ring.h"
 #include "smtp/session.h"
@@ -120,6 +121,10 @@ struct shard {
 	uint64_t now_ms;
 	uint64_t recv_enobufs; /* multishot recvs ended by buffer exhaustion */
 	uint64_t first_id;
+	struct deliver *dlv;
+	struct deliver_loaded *loaded; /* handed to the engine at setup */
+	struct hpool *pool;
+	_Atomic(struct dctl_req *) ctl; /* a control request to answer */
 	_Atomic bool stop;
 	bool stopping;
 	uint64_t stop_deadline_ms;
@@ -131,7 +136,10 @@ struct shard {
 /* Process-wide connection accounting, shared by all shards. */
 int shard_globals_init(const struct rmx_config *cfg);
 
-int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id);
+int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id,
+		struct deliver_loaded *loaded, struct hpool *pool);
+/* Control thread: have the shard answer req; returns when it did. */
+void shard_ctl(struct shard *sh, struct dctl_req *req);
 void shard_stop(struct shard *sh); /* any thread: ask it to drain and exit */
 void shard_join(struct shard *sh);
 

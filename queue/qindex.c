@@ -1,0 +1,266 @@
+/*
+ * queue/qindex — see qindex.h.
+ */
+#include "queue/qindex.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define QINDEX_INIT_SIZE 1024
+
+static uint32_t id_hash(uint64_t id)
+{
+	return (uint32_t)((id * 0x9e3779b97f4a7c15ull) >> 32);
+}
+
+int qindex_init(struct qindex *ix)
+{
+	ix->table = calloc(QINDEX_INIT_SIZE, sizeof(ix->table[0]));
+	ix->mask = QINDEX_INIT_SIZE - 1;
+	ix->count = 0;
+	return ix->table ? 0 : -ENOMEM;
+}
+
+void qindex_free(struct qindex *ix)
+{
+	if (!ix->table)
+		return;
+	for (uint32_t i = 0; i <= ix->mask; i++)
+		for (struct qmsg *m = ix->table[i], *n; m; m = n) {
+			n = m->hnext;
+			free(m->res);
+			free(m);
+		}
+	free(ix->table);
+	ix->table = NULL;
+}
+
+/* Chained buckets; the table doubles when the load passes 1. */
+static void qindex_grow(struct qindex *ix)
+{
+	uint32_t n = (ix->mask + 1) * 2;
+	struct qmsg **t = calloc(n, sizeof(t[0]));
+
+	if (!t)
+		return; /* longer chains, still correct */
+	for (uint32_t i = 0; i <= ix->mask; i++)
+		for (struct qmsg *m = ix->table[i], *next; m; m = next) {
+			next = m->hnext;
+			m->hnext = t[id_hash(m->id) & (n - 1)];
+			t[id_hash(m->id) & (n - 1)] = m;
+		}
+	free(ix->table);
+	ix->table = t;
+	ix->mask = n - 1;
+}
+
+struct qmsg *qindex_add(struct qindex *ix, uint64_t seq, uint64_t commit_off, const uint8_t *enc,
+			uint32_t enc_len)
+{
+	struct spool_env env;
+	struct qmsg *m;
+
+	if (spool_env_decode(enc, enc_len, &env) != 0 || qindex_find(ix, env.id))
+		return NULL;
+	m = calloc(1, sizeof(*m) + enc_len + env.rcpt_count);
+	if (!m)
+		return NULL;
+	m->enc = (uint8_t *)(m + 1);
+	memcpy(m->enc, enc, enc_len);
+	m->enc_len = enc_len;
+	m->rst = m->enc + enc_len;
+	if (spool_env_decode(m->enc, enc_len, &m->env) != 0) {
+		free(m);
+		return NULL;
+	}
+	m->id = env.id;
+	m->seq = seq;
+	m->commit_off = commit_off;
+	if (ix->count >= ix->mask + 1)
+		qindex_grow(ix);
+	m->hnext = ix->table[id_hash(m->id) & ix->mask];
+	ix->table[id_hash(m->id) & ix->mask] = m;
+	ix->count++;
+	return m;
+}
+
+struct qmsg *qindex_find(const struct qindex *ix, uint64_t id)
+{
+	for (struct qmsg *m = ix->table[id_hash(id) & ix->mask]; m; m = m->hnext)
+		if (m->id == id)
+			return m;
+	return NULL;
+}
+
+void qindex_remove(struct qindex *ix, struct qmsg *m)
+{
+	struct qmsg **pp = &ix->table[id_hash(m->id) & ix->mask];
+
+	while (*pp && *pp != m)
+		pp = &(*pp)->hnext;
+	if (*pp) {
+		*pp = m->hnext;
+		ix->count--;
+	}
+	free(m->res);
+	free(m);
+}
+
+void qmsg_apply_state(struct qmsg *m, const struct spool_state *st)
+{
+	uint32_t n = st->rcpt_count < m->env.rcpt_count ? st->rcpt_count : m->env.rcpt_count;
+
+	for (uint32_t i = 0; i < n; i++)
+		m->rst[i] = st->rcpt_state[i];
+	m->attempts = st->attempts;
+	m->flags = st->flags;
+	m->next_s = st->next_attempt_s;
+	memcpy(m->error, st->error, st->error_len);
+	m->error[st->error_len] = '\0';
+}
+
+uint32_t qmsg_state_encode(const struct qmsg *m, uint8_t *out, size_t cap)
+{
+	struct spool_state st = {
+	    .flags = m->flags,
+	    .attempts = m->attempts,
+	    .rcpt_count = m->env.rcpt_count,
+	    .next_attempt_s = m->next_s,
+	    .rcpt_state = m->rst,
+	    .error = m->error,
+	    .error_len = (uint32_t)strlen(m->error),
+	};
+
+	return (uint32_t)spool_state_encode(&st, out, cap);
+}
+
+uint32_t qmsg_pending(const struct qmsg *m)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < m->env.rcpt_count; i++)
+		n += m->rst[i] == SPOOL_RCPT_PENDING || m->rst[i] == SPOOL_RCPT_DEFERRED;
+	return n;
+}
+
+/* ---- start-up load ----------------------------------------------------------- */
+
+struct load_ctx {
+	struct qindex *ix;
+	uint64_t seq;
+	int err;
+};
+
+static int load_commit(void *vctx, const struct spool_scan_msg *msg)
+{
+	struct load_ctx *ctx = vctx;
+
+	if (!msg->body_ok || qindex_find(ctx->ix, msg->env.id))
+		return 0;
+	if (!qindex_add(ctx->ix, ctx->seq, msg->commit_off, msg->env_raw, msg->env_raw_len)) {
+		ctx->err = -ENOMEM;
+		return 1;
+	}
+	return 0;
+}
+
+static int load_state(void *vctx, const struct spool_rec_hdr *h, const uint8_t *p)
+{
+	struct load_ctx *ctx = vctx;
+	struct qmsg *m = qindex_find(ctx->ix, h->msg_id);
+	struct spool_state st;
+
+	if (!m)
+		return 0; /* its segment was reclaimed: it finished long ago */
+	if (h->type == SPOOL_REC_DONE) {
+		qindex_remove(ctx->ix, m);
+		return 0;
+	}
+	if (spool_state_decode(p, h->len, &st) == 0)
+		qmsg_apply_state(m, &st);
+	return 0;
+}
+
+static int seq_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_fn seg_fn,
+		void *ctx, char *why, size_t why_len)
+{
+	char dir[PATH_MAX];
+	uint64_t *seqs = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+	int dirfd, rc = 0;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "%s/%u", root, shard);
+	dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	d = fdopendir(dup(dirfd));
+	while (d && (de = readdir(d)) != NULL) {
+		unsigned long long seq;
+		char tail[8];
+
+		if (sscanf(de->d_name, "%16llx.se%1s", &seq, tail) != 2)
+			continue;
+		if (n == cap) {
+			uint64_t *t = realloc(seqs, (cap = cap ? cap * 2 : 64) * sizeof(*t));
+			if (!t) {
+				rc = -ENOMEM;
+				break;
+			}
+			seqs = t;
+		}
+		seqs[n++] = seq;
+	}
+	if (d)
+		closedir(d);
+	qsort(seqs, n, sizeof(*seqs), seq_cmp);
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		struct load_ctx lc = {.ix = ix, .seq = seqs[i]};
+		struct spool_scan_stats st;
+		char name[32];
+		int fd;
+
+		snprintf(name, sizeof(name), "%016llx.seg", (unsigned long long)seqs[i]);
+		fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			rc = -errno;
+			snprintf(why, why_len, "%s/%s: %s", dir, name, strerror(errno));
+			break;
+		}
+		rc = spool_segment_scan_states(fd, UINT64_MAX, true, load_commit, load_state, &lc,
+					       &st);
+		close(fd);
+		if (rc == 0 && lc.err)
+			rc = lc.err;
+		if (rc)
+			snprintf(why, why_len, "%s/%s: load failed: %s", dir, name,
+				 strerror(rc < 0 ? -rc : EIO));
+	}
+	if (rc == 0 && seg_fn) {
+		for (size_t i = 0; i < n; i++) {
+			uint32_t live = 0;
+
+			for (uint32_t b = 0; b <= ix->mask; b++)
+				for (struct qmsg *m = ix->table[b]; m; m = m->hnext)
+					live += m->seq == seqs[i];
+			seg_fn(ctx, seqs[i], live);
+		}
+	}
+	free(seqs);
+	close(dirfd);
+	return rc < 0 ? rc : rc ? -EIO : 0;
+}

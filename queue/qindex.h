@@ -1,0 +1,100 @@
+/*
+ * queue/qindex — one shard's table of queued messages: what is still to be
+ * delivered, per recipient, and where its bytes are.
+ *
+ * Owns: struct qmsg entries (one heap block each: the entry, its encoded
+ * envelope and its recipient states) and the id hash.  Thread: the shard
+ * that owns the spool directory, after qindex_load() ran at start-up on
+ * the main thread.
+ *
+ * A message enters when its commit is durable (qindex_add) or at start-up
+ * from the segments (qindex_load: every COMMIT whose body verifies, with
+ * the last RCPT_STATE snapshot applied, minus those with a DONE record).
+ * It leaves when every recipient is delivered or bounced (qindex_remove).
+ */
+#ifndef RMX_QUEUE_QINDEX_H
+#define RMX_QUEUE_QINDEX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "queue/record.h"
+
+/* Where a message is in the engine (qmsg.where). */
+enum qmsg_where {
+	QW_NONE = 0,
+	QW_READY,    /* due: waiting for a delivery attempt */
+	QW_ACTIVE,   /* an attempt is running */
+	QW_DEFERRED, /* waiting for next_s */
+	QW_HELD,     /* held by the operator */
+	QW_DONE,     /* finished: records being written, then freed */
+};
+
+/* One recipient's outcome of the current attempt, kept for the DSN. */
+struct qrcpt_res {
+	uint8_t cls;	 /* this attempt: 0 no answer yet, 2, 4 or 5 */
+	char status[12]; /* "5.1.1" */
+	char diag[240];	 /* "smtp; 550 5.1.1 no such user" */
+};
+
+struct qmsg {
+	uint64_t id;
+	uint64_t seq;	      /* segment holding its chunks and COMMIT */
+	uint64_t commit_off;  /* offset of its COMMIT record */
+	struct spool_env env; /* decoded from enc */
+	uint8_t *enc;
+	uint32_t enc_len;
+	uint8_t *rst;	       /* env.rcpt_count x enum spool_rcpt_state */
+	struct qrcpt_res *res; /* env.rcpt_count, allocated on first failure */
+	uint16_t attempts;
+	uint8_t flags;	/* SPOOL_STATE_HELD */
+	int64_t next_s; /* next attempt, unix seconds; 0: now */
+	char error[SPOOL_STATE_ERR_MAX + 1];
+	/* engine state */
+	uint8_t where;	  /* enum qmsg_where */
+	bool delay_sent;  /* a delay notice went out (not persisted) */
+	bool bounce_all;  /* operator asked for a bounce */
+	bool state_dirty; /* a snapshot record is still to be written */
+	bool done_dirty;  /* the DONE record is still to be written */
+	bool bounce_wait; /* a bounce is being built and queued */
+	bool delete_req;  /* operator asked for a delete */
+	bool rlisted;	  /* on the engine's record list */
+	uint32_t jobs;	  /* delivery jobs of the running attempt */
+	struct qmsg *rnext;
+	struct qmsg *hnext;
+	struct qmsg *next, *prev; /* the engine's list for `where` */
+};
+
+struct qindex {
+	struct qmsg **table;
+	uint32_t mask;
+	uint32_t count;
+};
+
+int qindex_init(struct qindex *ix);
+void qindex_free(struct qindex *ix); /* frees every entry */
+
+/* A new entry from an encoded envelope (copied), all recipients pending.
+ * NULL on a bad envelope or no memory. */
+struct qmsg *qindex_add(struct qindex *ix, uint64_t seq, uint64_t commit_off, const uint8_t *enc,
+			uint32_t enc_len);
+struct qmsg *qindex_find(const struct qindex *ix, uint64_t id);
+/* Unlink and free. */
+void qindex_remove(struct qindex *ix, struct qmsg *m);
+
+/* Apply a RCPT_STATE snapshot. */
+void qmsg_apply_state(struct qmsg *m, const struct spool_state *st);
+/* Encode m's snapshot into out (SPOOL_STATE_MAX); returns its length. */
+uint32_t qmsg_state_encode(const struct qmsg *m, uint8_t *out, size_t cap);
+/* Recipients not yet delivered or bounced. */
+uint32_t qmsg_pending(const struct qmsg *m);
+
+/* Start-up (blocking, before the shard runs): load <root>/<shard>'s
+ * segments in sequence order.  Segment seqs with at least one live message
+ * are reported through seg_fn (with the count) so the caller can keep them.
+ * 0 or -errno with why. */
+typedef void (*qindex_seg_fn)(void *ctx, uint64_t seq, uint32_t live);
+int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_fn seg_fn,
+		void *ctx, char *why, size_t why_len);
+
+#endif

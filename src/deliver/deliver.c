@@ -1,0 +1,1429 @@
+/*
+ * deliver — the engine.  See deliver.h.
+ *
+ * A message's life here:
+ *   committed (or loaded) -> READY -> an attempt: its pending recipients
+ *   grouped by route into jobs (SMTP/LMTP on outbound connections, MX
+ *   through the resolver first, Maildir/mbox on a helper thread) -> every
+ *   job answered -> recipients delivered, bounced (DSN built on a helper,
+ *   committed, durable) or deferred -> a RCPT_STATE snapshot record, and
+ *   DEFERRED until next_s on the retry_s schedule, or DONE (a DONE record,
+ *   then the entry is freed).
+ * Lists per state are plain doubly linked lists; the 1 s tick moves due
+ * deferred messages to READY.
+ */
+#include "deliver/deliver.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth/pool.h"
+#include "deliver/internal.h"
+#include "dns/dns.h"
+#include "local/local.h"
+#include "log.h"
+#include "queue/dsn.h"
+
+/* Diagnostics are cut to their fields on purpose (they end up in DSNs and
+ * log lines of bounded size). */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+#define DLV_UNLINKS_MAX 8
+#define DLV_NAME_MAX	32
+
+struct dseg {
+	uint64_t seq;
+	int fd;
+	uint32_t live;
+};
+
+struct deliver_loaded {
+	struct qindex ix;
+	struct dseg *segs;
+	uint32_t nseg, cap;
+	int dirfd;
+};
+
+struct dunlink {
+	bool busy;
+	char name[DLV_NAME_MAX];
+};
+
+/* A bounce being built (helper) and committed (spool). */
+struct dbounce {
+	struct spool_msg sm; /* first: the spool hands it back */
+	struct deliver *d;
+	struct qmsg *orig;
+	uint32_t *rcpt;
+	uint32_t n;
+	struct dsn_rcpt_result *results;
+	enum dsn_action action;
+	int segfd;
+	int rc;
+	char *buf;
+	size_t len, cap;
+	struct dsn_info info;
+	bool begun, waiting;
+	struct dbounce *next;
+	uint8_t enc[SPOOL_ENV_MAX];
+};
+
+/* A local delivery job on a helper. */
+struct dlocal {
+	struct djob *job;
+	const char *base;
+	bool mbox;
+	int segfd;
+	struct {
+		uint8_t cls;
+		char status[12];
+		char diag[LOCAL_DIAG_MAX];
+	} * out;
+};
+
+struct deliver {
+	struct deliver_core core; /* first: outbound.c's view */
+	struct spool *spool;
+	struct hpool *pool;
+	struct dns *dns;
+	struct qindex ix;
+	struct dseg *segs;
+	uint32_t nseg, segcap;
+	int dirfd;
+	struct qmsg *lh[QW_DONE + 1], *lt[QW_DONE + 1];
+	uint32_t lcount[QW_DONE + 1];
+	struct qmsg *rec_head, *rec_tail; /* records to write */
+	struct djob *wait_head, *wait_tail;
+	struct dbounce *commit_head; /* built bounces to commit */
+	uint32_t helper_jobs;
+	uint32_t bounces; /* built or being committed */
+	bool kick;
+	struct dunlink unl[DLV_UNLINKS_MAX];
+	uint32_t unlinks;
+	uint8_t *rec; /* SPOOL_STATE_MAX */
+};
+
+struct deliver_core *dlv_core(struct deliver *d)
+{
+	return &d->core;
+}
+
+static const char *const where_name[] = {"none", "queued", "active", "deferred", "held", "done"};
+
+static void qid(uint64_t id, char out[SPOOL_QID_LEN + 1])
+{
+	spool_qid_format(id, out);
+}
+
+/* ---- lists ---------------------------------------------------------------------- */
+
+static void list_del(struct deliver *d, struct qmsg *m)
+{
+	if (m->where == QW_NONE)
+		return;
+	if (m->prev)
+		m->prev->next = m->next;
+	else
+		d->lh[m->where] = m->next;
+	if (m->next)
+		m->next->prev = m->prev;
+	else
+		d->lt[m->where] = m->prev;
+	d->lcount[m->where]--;
+	m->next = m->prev = NULL;
+	m->where = QW_NONE;
+}
+
+static void list_set(struct deliver *d, struct qmsg *m, enum qmsg_where w)
+{
+	list_del(d, m);
+	m->where = (uint8_t)w;
+	m->prev = d->lt[w];
+	m->next = NULL;
+	if (d->lt[w])
+		d->lt[w]->next = m;
+	else
+		d->lh[w] = m;
+	d->lt[w] = m;
+	d->lcount[w]++;
+}
+
+static void rec_mark(struct deliver *d, struct qmsg *m)
+{
+	if (m->rlisted)
+		return;
+	m->rlisted = true;
+	m->rnext = NULL;
+	if (d->rec_tail)
+		d->rec_tail->rnext = m;
+	else
+		d->rec_head = m;
+	d->rec_tail = m;
+}
+
+/* ---- segments ------------------------------------------------------------------- */
+
+static struct dseg *seg_find(struct dseg *segs, uint32_t n, uint64_t seq)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (segs[i].seq == seq)
+			return &segs[i];
+	return NULL;
+}
+
+static struct dseg *seg_add(struct dseg **segs, uint32_t *n, uint32_t *cap, uint64_t seq, int fd)
+{
+	struct dseg *s;
+
+	if (*n == *cap) {
+		uint32_t nc = *cap ? *cap * 2 : 16;
+		struct dseg *t = realloc(*segs, nc * sizeof(*t));
+
+		if (!t)
+			return NULL;
+		*segs = t;
+		*cap = nc;
+	}
+	/* Kept in seq order: new segments have larger seqs. */
+	uint32_t at = *n;
+
+	while (at > 0 && (*segs)[at - 1].seq > seq)
+		at--;
+	memmove(*segs + at + 1, *segs + at, (*n - at) * sizeof(**segs));
+	s = &(*segs)[at];
+	*s = (struct dseg){.seq = seq, .fd = fd};
+	(*n)++;
+	return s;
+}
+
+int dlv_seg_fd(struct deliver *d, uint64_t seq)
+{
+	struct dseg *s = seg_find(d->segs, d->nseg, seq);
+
+	return s ? s->fd : -1;
+}
+
+static void seg_unref(struct deliver *d, uint64_t seq)
+{
+	struct dseg *s = seg_find(d->segs, d->nseg, seq);
+
+	if (s && s->live)
+		s->live--;
+}
+
+/* Segments are removed oldest first, and only when no message in them is
+ * left: a newer segment may hold the state and DONE records of an older
+ * one's messages, so it must outlive it. */
+static void seg_reclaim(struct deliver *d)
+{
+	uint64_t cur = spool_current_seq(d->spool);
+
+	while (d->nseg && d->segs[0].live == 0 && d->segs[0].seq < cur &&
+	       spool_seg_quiet(d->spool, d->segs[0].seq) && d->unlinks < DLV_UNLINKS_MAX) {
+		struct dseg *s = &d->segs[0];
+		struct dunlink *u = NULL;
+		struct io_uring_sqe *sqe;
+
+		for (uint32_t i = 0; i < DLV_UNLINKS_MAX; i++)
+			if (!d->unl[i].busy) {
+				u = &d->unl[i];
+				sqe = ring_sqe(d->core.ring);
+				snprintf(u->name, sizeof(u->name), "%016llx.seg",
+					 (unsigned long long)s->seq);
+				io_uring_prep_unlinkat(sqe, d->dirfd, u->name, 0);
+				io_uring_sqe_set_data64(sqe, ring_ud(DLV_OP_UNLINK, 0, 0, i));
+				u->busy = true;
+				d->unlinks++;
+				break;
+			}
+		if (s->fd >= 0) {
+			sqe = ring_sqe(d->core.ring);
+			io_uring_prep_close(sqe, s->fd);
+			io_uring_sqe_set_data64(sqe, ring_ud(DLV_OP_SEGCLOSE, 0, 0, 0));
+			d->unlinks++;
+		}
+		log_msg(LOG_INFO, "event=segment_reclaimed shard=%u segment=%016llx", d->core.shard,
+			(unsigned long long)s->seq);
+		memmove(d->segs, d->segs + 1, (d->nseg - 1) * sizeof(*d->segs));
+		d->nseg--;
+	}
+}
+
+/* ---- load and create -------------------------------------------------------------- */
+
+struct load_segs {
+	struct deliver_loaded *l;
+	const char *dir;
+	int rc;
+};
+
+static void load_seg(void *ctx, uint64_t seq, uint32_t live)
+{
+	struct load_segs *ls = ctx;
+	char name[DLV_NAME_MAX];
+	struct dseg *s;
+	int fd;
+
+	snprintf(name, sizeof(name), "%016llx.seg", (unsigned long long)seq);
+	fd = openat(ls->l->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 && ls->rc == 0)
+		ls->rc = -errno;
+	s = seg_add(&ls->l->segs, &ls->l->nseg, &ls->l->cap, seq, fd);
+	if (!s) {
+		if (fd >= 0)
+			close(fd);
+		ls->rc = -ENOMEM;
+		return;
+	}
+	s->live = live;
+}
+
+int deliver_load(struct deliver_loaded **out, const char *root, uint32_t shard, char *why,
+		 size_t why_len)
+{
+	struct deliver_loaded *l = calloc(1, sizeof(*l));
+	char dir[PATH_MAX];
+	struct load_segs ls = {.l = l, .dir = dir};
+	int rc;
+
+	if (!l || qindex_init(&l->ix) < 0) {
+		free(l);
+		snprintf(why, why_len, "out of memory");
+		return -ENOMEM;
+	}
+	snprintf(dir, sizeof(dir), "%s/%u", root, shard);
+	l->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	rc = qindex_load(&l->ix, root, shard, l->dirfd >= 0 ? load_seg : NULL, &ls, why, why_len);
+	if (rc == 0 && ls.rc) {
+		rc = ls.rc;
+		snprintf(why, why_len, "%s: %s", dir, strerror(-rc));
+	}
+	if (rc < 0) {
+		qindex_free(&l->ix);
+		for (uint32_t i = 0; i < l->nseg; i++)
+			if (l->segs[i].fd >= 0)
+				close(l->segs[i].fd);
+		free(l->segs);
+		if (l->dirfd >= 0)
+			close(l->dirfd);
+		free(l);
+		return rc;
+	}
+	*out = l;
+	return 0;
+}
+
+uint32_t deliver_loaded_count(const struct deliver_loaded *l)
+{
+	return l ? l->ix.count : 0;
+}
+
+int deliver_new(struct deliver **out, const struct deliver_params *p, struct deliver_loaded *loaded,
+		char *why, size_t why_len)
+{
+	struct deliver *d = calloc(1, sizeof(*d));
+	const struct rmx_config *cfg = p->cfg;
+	int64_t now = time(NULL);
+	char dir[PATH_MAX];
+	int rc;
+
+	if (!d || !(d->rec = malloc(SPOOL_STATE_MAX))) {
+		free(d);
+		snprintf(why, why_len, "out of memory");
+		return -ENOMEM;
+	}
+	d->core.cfg = cfg;
+	d->core.ring = p->ring;
+	d->core.shard = p->shard;
+	d->core.shards = p->shards;
+	d->spool = p->spool;
+	d->pool = p->pool;
+	d->dirfd = -1;
+	if (oc_table_init(d) < 0) {
+		snprintf(why, why_len, "out of memory");
+		deliver_free(d);
+		return -ENOMEM;
+	}
+	rc = dns_new(&d->dns, p->ring, cfg->dns.servers, cfg->dns.timeout_ms, cfg->dns.tries, why,
+		     why_len);
+	if (rc < 0) {
+		deliver_free(d);
+		return rc;
+	}
+	if (loaded) {
+		d->ix = loaded->ix;
+		d->segs = loaded->segs;
+		d->nseg = loaded->nseg;
+		d->segcap = loaded->cap;
+		d->dirfd = loaded->dirfd;
+		free(loaded);
+		for (uint32_t b = 0; b <= d->ix.mask; b++)
+			for (struct qmsg *m = d->ix.table[b]; m; m = m->hnext) {
+				if (m->flags & SPOOL_STATE_HELD)
+					list_set(d, m, QW_HELD);
+				else if (m->next_s > now)
+					list_set(d, m, QW_DEFERRED);
+				else
+					list_set(d, m, QW_READY);
+			}
+	} else if (qindex_init(&d->ix) < 0) {
+		snprintf(why, why_len, "out of memory");
+		deliver_free(d);
+		return -ENOMEM;
+	}
+	if (d->dirfd < 0) {
+		snprintf(dir, sizeof(dir), "%s/%u", cfg->spool.path, p->shard);
+		d->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (d->dirfd < 0) {
+			snprintf(why, why_len, "spool.path: %s: %s", dir, strerror(errno));
+			deliver_free(d);
+			return -errno;
+		}
+	}
+	*out = d;
+	return 0;
+}
+
+void deliver_free(struct deliver *d)
+{
+	if (!d)
+		return;
+	if (d->dns)
+		dns_free(d->dns);
+	oc_table_free(d);
+	/* A helper still running a job of ours reads these: leave them to the
+	 * process exit rather than free them under it. */
+	if (d->helper_jobs == 0)
+		qindex_free(&d->ix);
+	for (uint32_t i = 0; i < d->nseg; i++)
+		if (d->segs[i].fd >= 0)
+			close(d->segs[i].fd);
+	free(d->segs);
+	if (d->dirfd >= 0)
+		close(d->dirfd);
+	free(d->rec);
+	free(d);
+}
+
+/* ---- entering the queue --------------------------------------------------------------- */
+
+static struct qmsg *enqueue(struct deliver *d, const struct spool_msg *sm)
+{
+	struct dseg *s = seg_find(d->segs, d->nseg, sm->seg_seq);
+	struct qmsg *m;
+
+	if (!s) {
+		int fd = dup(sm->seg_fd);
+
+		s = fd >= 0 ? seg_add(&d->segs, &d->nseg, &d->segcap, sm->seg_seq, fd) : NULL;
+		if (!s) {
+			if (fd >= 0)
+				close(fd);
+			goto fail;
+		}
+	}
+	m = qindex_add(&d->ix, sm->seg_seq, sm->commit_off, sm->env_enc, sm->env_len);
+	if (!m)
+		goto fail;
+	s->live++;
+	list_set(d, m, d->core.stopping ? QW_DEFERRED : QW_READY);
+	return m;
+fail:
+	/* It is on disk: the next start picks it up. */
+	log_msg(LOG_ERROR, "event=enqueue_failed shard=%u id=%016llX error=\"out of memory\"",
+		d->core.shard, (unsigned long long)sm->id);
+	return NULL;
+}
+
+void deliver_committed(struct deliver *d, const struct spool_msg *m)
+{
+	enqueue(d, m);
+}
+
+/* ---- attempts --------------------------------------------------------------------- */
+
+static const char *rcpt_domain(const struct spool_rcpt *r, const char *fallback, size_t *len)
+{
+	for (uint32_t i = r->addr.len; i > 0; i--)
+		if (r->addr.ptr[i - 1] == '@') {
+			*len = r->addr.len - i;
+			return r->addr.ptr + i;
+		}
+	*len = strlen(fallback); /* <Postmaster> */
+	return fallback;
+}
+
+static void set_res(struct qmsg *m, uint32_t r, int cls, const char *status, const char *diag)
+{
+	struct qrcpt_res *res = &m->res[r];
+
+	res->cls = (uint8_t)cls;
+	snprintf(res->status, sizeof(res->status), "%s", status);
+	snprintf(res->diag, sizeof(res->diag), "%s", diag);
+}
+
+static void attempt_finish(struct deliver *d, struct qmsg *m);
+static void job_go(struct deliver *d, struct djob *job);
+
+void dlv_rcpt_result(struct deliver *d, struct djob *job, uint32_t i, int cls, const char *status,
+		     const char *diag)
+{
+	(void)d;
+	struct qmsg *m = job->m;
+	uint32_t r = job->rcpt[i];
+	struct spool_rcpt rc;
+	char id[SPOOL_QID_LEN + 1];
+
+	set_res(m, r, cls, status, diag);
+	if (cls == 2)
+		m->rst[r] = SPOOL_RCPT_DELIVERED;
+	spool_env_rcpt(&m->env, r, &rc);
+	qid(m->id, id);
+	log_msg(LOG_INFO, "event=%s id=%s rcpt=<%.*s> relay=%s status=%s reply=\"%s\"",
+		cls == 2   ? "delivered"
+		: cls == 5 ? "bounced"
+			   : "deferred",
+		id, (int)rc.addr.len, rc.addr.ptr,
+		job->nhops ? job->hops[job->cur < job->nhops ? job->cur : 0].name
+			   : job->route->hops[0].text,
+		status, diag);
+}
+
+static void job_free(struct djob *job)
+{
+	free(job->rcpt);
+	free(job);
+}
+
+void dlv_job_done(struct deliver *d, struct djob *job)
+{
+	struct qmsg *m = job->m;
+
+	for (uint32_t i = 0; i < job->nrcpt; i++)
+		if (m->res[job->rcpt[i]].cls == 0)
+			dlv_rcpt_result(d, job, i, 4, "4.4.1",
+					job->last_err[0] ? job->last_err : "no answer");
+	job_free(job);
+	if (--m->jobs == 0)
+		attempt_finish(d, m);
+}
+
+void dlv_job_hop_failed(struct deliver *d, struct djob *job, const char *why)
+{
+	snprintf(job->last_err, sizeof(job->last_err), "X-ringmx; %s: %s", job->hops[job->cur].name,
+		 why);
+	job->cur++;
+	job_go(d, job);
+}
+
+void dlv_conn_freed(struct deliver *d)
+{
+	d->kick = true;
+}
+
+static void wait_add(struct deliver *d, struct djob *job)
+{
+	job->waiting = true;
+	job->next = NULL;
+	job->prev = d->wait_tail;
+	if (d->wait_tail)
+		d->wait_tail->next = job;
+	else
+		d->wait_head = job;
+	d->wait_tail = job;
+}
+
+static void wait_del(struct deliver *d, struct djob *job)
+{
+	if (job->prev)
+		job->prev->next = job->next;
+	else
+		d->wait_head = job->next;
+	if (job->next)
+		job->next->prev = job->prev;
+	else
+		d->wait_tail = job->prev;
+	job->waiting = false;
+	job->next = job->prev = NULL;
+}
+
+/* ---- local delivery (helper thread) ----------------------------------------------------- */
+
+struct membuf {
+	char *p;
+	size_t len, cap, rd;
+};
+
+static int membuf_put(void *ctx, const char *p, size_t n)
+{
+	struct membuf *b = ctx;
+
+	if (b->len + n > b->cap) {
+		size_t nc = b->cap ? b->cap * 2 : 65536;
+		char *t;
+
+		while (nc < b->len + n)
+			nc *= 2;
+		t = realloc(b->p, nc);
+		if (!t)
+			return -ENOMEM;
+		b->p = t;
+		b->cap = nc;
+	}
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+static int membuf_read(void *ctx, char *buf, size_t cap, size_t *got)
+{
+	struct membuf *b = ctx;
+	size_t n = b->len - b->rd < cap ? b->len - b->rd : cap;
+
+	memcpy(buf, b->p + b->rd, n);
+	b->rd += n;
+	*got = n;
+	return 0;
+}
+
+static int local_job(void *arg)
+{
+	struct dlocal *lj = arg;
+	struct djob *job = lj->job;
+	const struct qmsg *m = job->m;
+	struct membuf b = {0};
+	char sender[SMTP_PATH_MAX + 1], rcpt[SMTP_PATH_MAX + 1];
+	int rc = spool_message_read(lj->segfd, &m->env, m->commit_off, membuf_put, &b);
+
+	snprintf(sender, sizeof(sender), "%.*s", (int)m->env.mail_from.len, m->env.mail_from.ptr);
+	for (uint32_t i = 0; i < job->nrcpt; i++) {
+		struct local_result res = {0};
+		struct spool_rcpt r;
+
+		if (rc < 0) {
+			lj->out[i].cls = 4;
+			snprintf(lj->out[i].status, sizeof(lj->out[i].status), "4.3.0");
+			snprintf(lj->out[i].diag, sizeof(lj->out[i].diag),
+				 "X-ringmx; spool read: %s", strerror(-rc));
+			continue;
+		}
+		spool_env_rcpt(&m->env, job->rcpt[i], &r);
+		snprintf(rcpt, sizeof(rcpt), "%.*s", (int)r.addr.len, r.addr.ptr);
+		b.rd = 0;
+		struct local_msg lm = {.read = membuf_read,
+				       .ctx = &b,
+				       .sender = sender,
+				       .rcpt = rcpt,
+				       .dot_stuffed = (m->env.flags & SPOOL_ENV_STUFFED) != 0};
+		if (lj->mbox)
+			local_mbox_deliver(lj->base, &lm, &res);
+		else
+			local_maildir_deliver(lj->base, &lm, &res);
+		lj->out[i].cls = res.cls == LOCAL_DELIVERED ? 2 : res.cls == LOCAL_TEMPFAIL ? 4 : 5;
+		snprintf(lj->out[i].status, sizeof(lj->out[i].status), "%s",
+			 res.status ? res.status : "4.3.0");
+		snprintf(lj->out[i].diag, sizeof(lj->out[i].diag), "X-ringmx; %s", res.diag);
+	}
+	free(b.p);
+	return 0;
+}
+
+static bool local_start(struct deliver *d, struct djob *job)
+{
+	const struct config_hop *h = &job->route->hops[0];
+	struct dlocal *lj = calloc(1, sizeof(*lj));
+	int rc;
+
+	if (!lj || !(lj->out = calloc(job->nrcpt, sizeof(lj->out[0])))) {
+		free(lj);
+		return false;
+	}
+	lj->job = job;
+	lj->base = h->path;
+	lj->mbox = h->kind == CONFIG_HOP_MBOX;
+	lj->segfd = dlv_seg_fd(d, job->m->seq);
+	rc = hpool_submit_job(d->pool, d->core.shard, 1, local_job, lj);
+	if (rc < 0) {
+		free(lj->out);
+		free(lj);
+		return false;
+	}
+	d->helper_jobs++;
+	return true;
+}
+
+static void local_done(struct deliver *d, struct dlocal *lj)
+{
+	struct djob *job = lj->job;
+
+	for (uint32_t i = 0; i < job->nrcpt; i++)
+		dlv_rcpt_result(d, job, i, lj->out[i].cls, lj->out[i].status, lj->out[i].diag);
+	free(lj->out);
+	free(lj);
+	dlv_job_done(d, job);
+}
+
+/* ---- MX ------------------------------------------------------------------------------- */
+
+static void mx_done(void *arg, const struct dns_mx_result *res)
+{
+	struct djob *job = arg;
+	struct deliver *d = job->d;
+	char diag[DLV_ERR_MAX];
+
+	job->dns_wait = false;
+	if (res->status == DNS_NULLMX || res->status == DNS_NXDOMAIN || res->status == DNS_NOADDR) {
+		const char *st = res->status == DNS_NULLMX ? "5.1.10" : "5.1.2";
+
+		snprintf(diag, sizeof(diag), "X-ringmx; %s: %s", res->domain,
+			 res->status == DNS_NULLMX
+			     ? "the domain accepts no mail (null MX, RFC 7505)"
+			 : res->why[0] ? res->why
+				       : dns_status_name(res->status));
+		for (uint32_t i = 0; i < job->nrcpt; i++)
+			dlv_rcpt_result(d, job, i, 5, st, diag);
+		dlv_job_done(d, job);
+		return;
+	}
+	if (res->status != DNS_OK) {
+		snprintf(job->last_err, sizeof(job->last_err), "X-ringmx; DNS for %s: %s",
+			 res->domain, res->why[0] ? res->why : dns_status_name(res->status));
+		dlv_job_done(d, job);
+		return;
+	}
+	job->nhops = 0;
+	for (uint32_t h = 0; h < res->host_count; h++) {
+		const struct dns_mx_host *mh = &res->hosts[h];
+
+		for (uint32_t a = 0; a < mh->addr_count && job->nhops < DLV_HOPS_MAX; a++) {
+			struct dhop *hp = &job->hops[job->nhops++];
+			char ip[INET6_ADDRSTRLEN];
+
+			memset(hp, 0, sizeof(*hp));
+			if (mh->addrs[a].sa.sa_family == AF_INET6) {
+				hp->addr = (struct sockaddr_storage){0};
+				memcpy(&hp->addr, &mh->addrs[a].v6, sizeof(mh->addrs[a].v6));
+				((struct sockaddr_in6 *)&hp->addr)->sin6_port = htons(25);
+				hp->len = sizeof(struct sockaddr_in6);
+				inet_ntop(AF_INET6, &mh->addrs[a].v6.sin6_addr, ip, sizeof(ip));
+			} else {
+				memcpy(&hp->addr, &mh->addrs[a].v4, sizeof(mh->addrs[a].v4));
+				((struct sockaddr_in *)&hp->addr)->sin_port = htons(25);
+				hp->len = sizeof(struct sockaddr_in);
+				inet_ntop(AF_INET, &mh->addrs[a].v4.sin_addr, ip, sizeof(ip));
+			}
+			snprintf(hp->name, sizeof(hp->name), "%.60s[%s]:25", mh->name, ip);
+		}
+	}
+	job->cur = 0;
+	job_go(d, job);
+}
+
+/* ---- jobs ------------------------------------------------------------------------------ */
+
+static void job_go(struct deliver *d, struct djob *job)
+{
+	enum config_hop_kind kind = job->route->hops[0].kind;
+
+	if (kind == CONFIG_HOP_MAILDIR || kind == CONFIG_HOP_MBOX) {
+		if (!local_start(d, job))
+			wait_add(d, job);
+		return;
+	}
+	if (job->cur >= job->nhops) {
+		if (!job->last_err[0])
+			snprintf(job->last_err, sizeof(job->last_err), "X-ringmx; no next hop");
+		dlv_job_done(d, job);
+		return;
+	}
+	if (!oc_assign(d, job))
+		wait_add(d, job);
+}
+
+static void job_start(struct deliver *d, struct djob *job)
+{
+	const struct config_route *rt = job->route;
+
+	if (rt->hops[0].kind == CONFIG_HOP_MX) {
+		int rc = dns_resolve_mx(d->dns, job->domain, mx_done, job);
+
+		if (rc == 0) {
+			job->dns_wait = true;
+			return;
+		}
+		snprintf(job->last_err, sizeof(job->last_err), "X-ringmx; DNS for %s: %s",
+			 job->domain, rc == -EINVAL ? "not a domain name" : strerror(-rc));
+		if (rc == -EINVAL) {
+			for (uint32_t i = 0; i < job->nrcpt; i++)
+				dlv_rcpt_result(d, job, i, 5, "5.1.2", job->last_err);
+		}
+		dlv_job_done(d, job);
+		return;
+	}
+	if (rt->hops[0].kind == CONFIG_HOP_SMTP || rt->hops[0].kind == CONFIG_HOP_LMTP) {
+		for (uint32_t h = 0; h < rt->hop_count && h < DLV_HOPS_MAX; h++) {
+			struct dhop *hp = &job->hops[h];
+
+			memset(hp, 0, sizeof(*hp));
+			memcpy(&hp->addr, &rt->hops[h].addr, rt->hops[h].addr_len);
+			hp->len = rt->hops[h].addr_len;
+			hp->lmtp = rt->hops[h].kind == CONFIG_HOP_LMTP;
+			snprintf(hp->name, sizeof(hp->name), "%s", rt->hops[h].text);
+		}
+		job->nhops = rt->hop_count;
+	}
+	job_go(d, job);
+}
+
+static void attempt(struct deliver *d, struct qmsg *m)
+{
+	struct djob *jobs[64];
+	uint32_t njobs = 0;
+	char id[SPOOL_QID_LEN + 1];
+
+	list_set(d, m, QW_ACTIVE);
+	m->attempts++;
+	if (!m->res)
+		m->res = calloc(m->env.rcpt_count ? m->env.rcpt_count : 1, sizeof(*m->res));
+	if (!m->res) {
+		m->attempts--;
+		list_set(d, m, QW_DEFERRED);
+		m->next_s = time(NULL) + 1;
+		return;
+	}
+	qid(m->id, id);
+	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
+		struct spool_rcpt rc;
+		const struct config_route *rt;
+		const char *dom;
+		size_t dlen;
+		char domain[SMTP_DOMAIN_MAX + 1];
+		struct djob *job = NULL;
+
+		m->res[r].cls = 0;
+		if (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED)
+			continue;
+		spool_env_rcpt(&m->env, r, &rc);
+		dom = rcpt_domain(&rc, d->core.cfg->hostname, &dlen);
+		snprintf(domain, sizeof(domain), "%.*s", (int)dlen, dom);
+		rt = config_route_find(d->core.cfg, domain, strlen(domain));
+		if (!rt) {
+			char diag[DLV_ERR_MAX];
+
+			snprintf(diag, sizeof(diag), "X-ringmx; no route for domain %s", domain);
+			set_res(m, r, 4, "4.3.5", diag);
+			continue;
+		}
+		for (uint32_t j = 0; j < njobs; j++)
+			if (jobs[j]->route == rt && (rt->hops[0].kind != CONFIG_HOP_MX ||
+						     strcasecmp(jobs[j]->domain, domain) == 0))
+				job = jobs[j];
+		if (!job && njobs < 64) {
+			job = calloc(1, sizeof(*job));
+			if (job)
+				job->rcpt = malloc(m->env.rcpt_count * (sizeof(uint32_t) + 1));
+			if (!job || !job->rcpt) {
+				free(job);
+				job = NULL;
+			} else {
+				job->acc = (uint8_t *)(job->rcpt + m->env.rcpt_count);
+				job->d = d;
+				job->m = m;
+				job->route = rt;
+				snprintf(job->domain, sizeof(job->domain), "%s", domain);
+				jobs[njobs++] = job;
+			}
+		}
+		if (!job) {
+			set_res(m, r, 4, "4.3.0", "X-ringmx; out of resources, will retry");
+			continue;
+		}
+		job->acc[job->nrcpt] = 0;
+		job->rcpt[job->nrcpt++] = r;
+	}
+	m->jobs = njobs + 1; /* held until every job started */
+	for (uint32_t j = 0; j < njobs; j++)
+		job_start(d, jobs[j]);
+	if (--m->jobs == 0)
+		attempt_finish(d, m);
+}
+
+/* ---- finishing an attempt ---------------------------------------------------------------- */
+
+static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action action);
+
+static void message_done(struct deliver *d, struct qmsg *m)
+{
+	char id[SPOOL_QID_LEN + 1];
+
+	qid(m->id, id);
+	log_msg(LOG_INFO, "event=done id=%s attempts=%u", id, m->attempts);
+	m->done_dirty = true;
+	list_set(d, m, QW_DONE);
+	rec_mark(d, m);
+}
+
+/* Recipients are settled (bounces queued): done, or deferred until the next
+ * attempt on the schedule. */
+static void settle(struct deliver *d, struct qmsg *m)
+{
+	const struct config_delivery *dc = &d->core.cfg->delivery;
+	int64_t now = time(NULL);
+
+	if (qmsg_pending(m) == 0 || m->delete_req) {
+		message_done(d, m);
+		return;
+	}
+	uint32_t k = m->attempts ? m->attempts - 1u : 0u;
+	int64_t next = now + dc->retry_s[k < dc->retry_count ? k : dc->retry_count - 1];
+	int64_t expiry = m->env.arrival_s + dc->max_age_s;
+
+	m->next_s = next > expiry && now < expiry ? expiry : next;
+	m->error[0] = '\0';
+	for (uint32_t r = 0; r < m->env.rcpt_count; r++)
+		if (m->rst[r] == SPOOL_RCPT_PENDING || m->rst[r] == SPOOL_RCPT_DEFERRED) {
+			m->rst[r] = SPOOL_RCPT_DEFERRED;
+			if (!m->error[0] && m->res[r].diag[0])
+				snprintf(m->error, sizeof(m->error), "%s", m->res[r].diag);
+		}
+	m->state_dirty = true;
+	rec_mark(d, m);
+	list_set(d, m, (m->flags & SPOOL_STATE_HELD) ? QW_HELD : QW_DEFERRED);
+	if (dc->delay_notice_s && !m->delay_sent && now - m->env.arrival_s >= dc->delay_notice_s) {
+		m->delay_sent = true;
+		bounce_start(d, m, DSN_ACTION_DELAYED);
+	}
+}
+
+static void attempt_finish(struct deliver *d, struct qmsg *m)
+{
+	const struct config_delivery *dc = &d->core.cfg->delivery;
+	int64_t now = time(NULL);
+	bool expired = now - m->env.arrival_s >= (int64_t)dc->max_age_s;
+	bool any_bounce = false;
+
+	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
+		struct qrcpt_res *res = &m->res[r];
+
+		if (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED)
+			continue;
+		if (m->bounce_all && res->cls != 2) {
+			set_res(m, r, 5, "5.0.0", "X-ringmx; bounced by the postmaster");
+		} else if (expired && res->cls != 2 && res->cls != 5) {
+			char diag[DLV_ERR_MAX];
+
+			snprintf(diag, sizeof(diag), "%s%s%s",
+				 res->diag[0] ? res->diag : "X-ringmx; ", res->diag[0] ? " (" : "",
+				 res->diag[0] ? "retry time expired)" : "retry time expired");
+			snprintf(res->diag, sizeof(res->diag), "%s", diag);
+			res->cls = 5;
+			if (res->status[0] != '4')
+				snprintf(res->status, sizeof(res->status), "4.4.7");
+		}
+		any_bounce |= res->cls == 5;
+	}
+	m->bounce_all = false;
+	if (m->delete_req) {
+		message_done(d, m);
+		return;
+	}
+	if (any_bounce) {
+		bounce_start(d, m, DSN_ACTION_FAILED);
+		return;
+	}
+	settle(d, m);
+}
+
+/* ---- bounces ------------------------------------------------------------------------------- */
+
+static int bounce_sink(void *ctx, const char *p, size_t n)
+{
+	struct dbounce *b = ctx;
+	struct membuf mb = {b->buf, b->len, b->cap, 0};
+	int rc = membuf_put(&mb, p, n);
+
+	b->buf = mb.p;
+	b->len = mb.len;
+	b->cap = mb.cap;
+	return rc;
+}
+
+static int bounce_source(void *ctx, spool_body_fn sink, void *sink_ctx)
+{
+	struct dbounce *b = ctx;
+
+	return spool_message_read(b->segfd, &b->orig->env, b->orig->commit_off, sink, sink_ctx);
+}
+
+static int bounce_job(void *arg)
+{
+	struct dbounce *b = arg;
+	const struct rmx_config *cfg = b->d->core.cfg;
+	uint64_t nonce = ((uint64_t)rand() << 32) ^ (uint64_t)rand() ^ b->orig->id;
+	struct dsn_params p = {
+	    .reporting_mta = cfg->hostname,
+	    .msgid_domain = cfg->hostname,
+	    .now_s = time(NULL),
+	    .nonce = nonce,
+	    .env = &b->orig->env,
+	    .results = b->results,
+	    .result_count = b->n,
+	    /* Bounded: a DSN carrying a whole huge message is itself huge. */
+	    .source = b->orig->env.msg_len <= (8u << 20) ? bounce_source : NULL,
+	    .source_ctx = b,
+	    .write = bounce_sink,
+	    .write_ctx = b,
+	};
+
+	b->rc = dsn_build(&p, &b->info);
+	return b->rc;
+}
+
+static void bounce_free(struct dbounce *b)
+{
+	free(b->buf);
+	free(b->results);
+	free(b->rcpt);
+	free(b);
+}
+
+/* Mark the bounced recipients final and settle the message.  ok=false:
+ * the bounce could not be queued; they stay pending and are retried. */
+static void bounce_settle(struct deliver *d, struct qmsg *m, bool ok)
+{
+	m->bounce_wait = false;
+	for (uint32_t r = 0; r < m->env.rcpt_count; r++)
+		if ((m->rst[r] == SPOOL_RCPT_PENDING || m->rst[r] == SPOOL_RCPT_DEFERRED) &&
+		    m->res[r].cls == 5 && ok)
+			m->rst[r] = SPOOL_RCPT_BOUNCED;
+	settle(d, m);
+}
+
+static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action action)
+{
+	char id[SPOOL_QID_LEN + 1];
+	struct dbounce *b;
+	uint32_t n = 0;
+
+	qid(m->id, id);
+	bool need = dsn_needed(&m->env);
+
+	b = calloc(1, sizeof(*b));
+	if (b) {
+		b->rcpt = malloc(m->env.rcpt_count * sizeof(uint32_t));
+		b->results = calloc(m->env.rcpt_count, sizeof(*b->results));
+	}
+	if (!b || !b->rcpt || !b->results) {
+		if (b)
+			bounce_free(b);
+		if (action == DSN_ACTION_FAILED)
+			bounce_settle(d, m, false);
+		return;
+	}
+	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
+		struct spool_rcpt rc;
+		bool want = action == DSN_ACTION_FAILED ? m->res[r].cls == 5
+							: m->rst[r] == SPOOL_RCPT_DEFERRED;
+
+		if (!want || (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED))
+			continue;
+		spool_env_rcpt(&m->env, r, &rc);
+		if (!dsn_should_notify(rc.notify, action, false))
+			continue;
+		b->results[n] = (struct dsn_rcpt_result){
+		    .rcpt = r,
+		    .action = action,
+		    .status = m->res[r].status[0] ? m->res[r].status : "4.0.0",
+		    .diag = {m->res[r].diag, (uint32_t)strlen(m->res[r].diag)},
+		    .last_attempt_s = time(NULL),
+		    .retry_until_s = action == DSN_ACTION_DELAYED
+					 ? m->env.arrival_s + d->core.cfg->delivery.max_age_s
+					 : 0,
+		};
+		b->rcpt[n++] = r;
+	}
+	if (!need || n == 0) {
+		if (action == DSN_ACTION_FAILED) {
+			if (!need)
+				log_msg(LOG_INFO,
+					"event=double_bounce id=%s reason=\"null sender: no DSN\"",
+					id);
+			bounce_free(b);
+			bounce_settle(d, m, true);
+		} else {
+			bounce_free(b);
+		}
+		return;
+	}
+	b->d = d;
+	b->orig = m;
+	b->n = n;
+	b->action = action;
+	b->segfd = dlv_seg_fd(d, m->seq);
+	if (hpool_submit_job(d->pool, d->core.shard, 2, bounce_job, b) < 0) {
+		bounce_free(b);
+		if (action == DSN_ACTION_FAILED)
+			bounce_settle(d, m, false);
+		return;
+	}
+	d->helper_jobs++;
+	d->bounces++;
+	if (action == DSN_ACTION_FAILED) {
+		m->bounce_wait = true;
+		list_set(d, m, QW_ACTIVE);
+	}
+}
+
+/* A built bounce goes into the spool as a message of ours; its
+ * on_durable settles the original. */
+static bool bounce_commit(struct deliver *d, struct dbounce *b)
+{
+	struct spool_env env = {0};
+	struct spool_rcpt rcpt;
+
+	if (!b->begun) {
+		spool_msg_begin(d->spool, &b->sm, spool_next_id(d->spool), SPOOL_OWNER_ENGINE, 0);
+		b->begun = true;
+		if (b->len)
+			spool_msg_append(d->spool, &b->sm, b->buf, (uint32_t)b->len, SPOOL_NO_BUF);
+	}
+	if (!spool_msg_can_commit(&b->sm)) {
+		spool_msg_wait(d->spool, &b->sm);
+		b->waiting = true;
+		return false;
+	}
+	b->waiting = false;
+	dsn_bounce_env(&b->orig->env, &b->info, &env, &rcpt);
+	env.arrival_s = time(NULL);
+	env.msg_len = b->len;
+	if (spool_msg_commit(d->spool, &b->sm, &env, b->enc, sizeof(b->enc)) < 0) {
+		spool_msg_abort(d->spool, &b->sm);
+		log_msg(LOG_ERROR, "event=bounce_failed shard=%u error=\"envelope\"",
+			d->core.shard);
+		if (b->action == DSN_ACTION_FAILED)
+			bounce_settle(d, b->orig, false);
+		d->bounces--;
+		bounce_free(b);
+	}
+	return true;
+}
+
+static void bounce_built(struct deliver *d, struct dbounce *b)
+{
+	if (b->rc < 0 || b->len == 0 || b->len > SPOOL_REC_PAYLOAD_MAX) {
+		char id[SPOOL_QID_LEN + 1];
+
+		qid(b->orig->id, id);
+		log_msg(LOG_ERROR, "event=bounce_failed id=%s error=\"%s\"", id,
+			strerror(b->rc < 0 ? -b->rc : EFBIG));
+		if (b->action == DSN_ACTION_FAILED)
+			bounce_settle(d, b->orig, false);
+		d->bounces--;
+		bounce_free(b);
+		return;
+	}
+	bounce_commit(d, b);
+}
+
+void deliver_spool_durable(struct deliver *d, struct spool_msg *sm, int res)
+{
+	struct dbounce *b = (struct dbounce *)sm;
+	char id[SPOOL_QID_LEN + 1], nid[SPOOL_QID_LEN + 1];
+
+	qid(b->orig->id, id);
+	qid(sm->id, nid);
+	sm->committing = false;
+	if (res == 0) {
+		log_msg(LOG_INFO, "event=bounce_queued id=%s dsn=%s action=%s rcpts=%u", id, nid,
+			b->action == DSN_ACTION_FAILED ? "failed" : "delayed", b->n);
+		enqueue(d, sm);
+	} else {
+		log_msg(LOG_ERROR, "event=bounce_failed id=%s error=\"%s\"", id, strerror(-res));
+	}
+	if (b->action == DSN_ACTION_FAILED)
+		bounce_settle(d, b->orig, res == 0);
+	d->bounces--;
+	bounce_free(b);
+}
+
+void deliver_spool_progress(struct deliver *d, struct spool_msg *sm)
+{
+	struct dbounce *b = (struct dbounce *)sm;
+
+	if (b->waiting)
+		bounce_commit(d, b);
+}
+
+/* ---- helpers' completions --------------------------------------------------------------- */
+
+void deliver_helper_done(struct deliver *d, const struct hpool_done *done)
+{
+	d->helper_jobs--;
+	if (done->cookie == 1)
+		local_done(d, done->arg);
+	else
+		bounce_built(d, done->arg);
+}
+
+/* ---- ring completions ------------------------------------------------------------------ */
+
+void deliver_complete(struct deliver *d, uint64_t ud, int res, uint32_t flags)
+{
+	uint8_t op = ring_ud_op(ud);
+
+	(void)flags;
+	if (dns_op_owned(op)) {
+		dns_complete(d->dns, ud, res);
+		return;
+	}
+	switch (op) {
+	case DLV_OP_UNLINK:
+		d->unl[ring_ud_slot(ud)].busy = false;
+		d->unlinks--;
+		if (res < 0)
+			log_msg(LOG_WARN, "event=segment_unlink shard=%u error=\"%s\"",
+				d->core.shard, strerror(-res));
+		break;
+	case DLV_OP_SEGCLOSE:
+		d->unlinks--;
+		break;
+	default:
+		oc_complete(d, ud, res);
+		break;
+	}
+}
+
+/* ---- the loop's hooks -------------------------------------------------------------------- */
+
+void deliver_tick(struct deliver *d)
+{
+	int64_t now = time(NULL);
+
+	d->core.now_ms = (uint64_t)now * 1000u;
+	oc_tick(d);
+	for (struct qmsg *m = d->lh[QW_DEFERRED], *next; m; m = next) {
+		next = m->next;
+		if (m->next_s <= now && !d->core.stopping)
+			list_set(d, m, QW_READY);
+	}
+	d->kick = true;
+}
+
+static void write_records(struct deliver *d)
+{
+	while (d->rec_head) {
+		struct qmsg *m = d->rec_head;
+		int rc = 0;
+
+		if (m->done_dirty) {
+			rc = spool_rec_put(d->spool, SPOOL_REC_DONE, m->id, NULL, 0);
+		} else if (m->state_dirty) {
+			uint32_t n = qmsg_state_encode(m, d->rec, SPOOL_STATE_MAX);
+
+			rc =
+			    n ? spool_rec_put(d->spool, SPOOL_REC_RCPT_STATE, m->id, d->rec, n) : 0;
+		}
+		if (rc == -EAGAIN)
+			return; /* next turn */
+		d->rec_head = m->rnext;
+		if (!d->rec_head)
+			d->rec_tail = NULL;
+		m->rlisted = false;
+		m->state_dirty = false;
+		if (m->done_dirty) {
+			list_del(d, m);
+			seg_unref(d, m->seq);
+			qindex_remove(&d->ix, m);
+		}
+	}
+}
+
+void deliver_turn(struct deliver *d)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	d->core.now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	if (d->kick) {
+		struct djob *job = d->wait_head;
+
+		d->kick = false;
+		d->wait_head = d->wait_tail = NULL;
+		while (job) {
+			struct djob *next = job->next;
+
+			job->waiting = false;
+			job->next = job->prev = NULL;
+			job_go(d, job); /* back on the list if it still cannot go */
+			job = next;
+		}
+	}
+	/* Bounded per turn, so a big queue does not starve the listeners. */
+	for (uint32_t n = 0; n < 64 && d->lh[QW_READY] && !d->core.stopping; n++)
+		attempt(d, d->lh[QW_READY]);
+	write_records(d);
+	seg_reclaim(d);
+}
+
+/* ---- control ----------------------------------------------------------------------------- */
+
+__attribute__((format(printf, 2, 3))) static void ctl_printf(struct dctl_req *req, const char *fmt,
+							     ...)
+{
+	char line[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n <= 0)
+		return;
+	if ((size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	if (req->out_len + (size_t)n + 1 > req->out_cap) {
+		size_t nc = req->out_cap ? req->out_cap * 2 : 65536;
+		char *t;
+
+		while (nc < req->out_len + (size_t)n + 1)
+			nc *= 2;
+		t = realloc(req->out, nc);
+		if (!t)
+			return;
+		req->out = t;
+		req->out_cap = nc;
+	}
+	memcpy(req->out + req->out_len, line, (size_t)n);
+	req->out_len += (size_t)n;
+	req->out[req->out_len] = '\0';
+}
+
+static void ctl_list_one(struct dctl_req *req, const struct qmsg *m)
+{
+	char id[SPOOL_QID_LEN + 1], next[24], err[SPOOL_STATE_ERR_MAX + 1];
+	size_t k = 0;
+
+	qid(m->id, id);
+	if (m->where == QW_DEFERRED || m->where == QW_HELD)
+		snprintf(next, sizeof(next), "%" PRId64, m->next_s);
+	else
+		snprintf(next, sizeof(next), "-");
+	for (const char *p = m->error; *p && k < sizeof(err) - 1; p++)
+		err[k++] = *p == '"' || *p == '\\' ? '\'' : *p;
+	err[k] = '\0';
+	ctl_printf(req,
+		   "%s size=%" PRIu64 " from=<%.*s> rcpts=%u arrival=%" PRId64
+		   " state=%s attempts=%u next=%s error=\"%s\"\n",
+		   id, m->env.msg_len, (int)m->env.mail_from.len, m->env.mail_from.ptr,
+		   qmsg_pending(m), m->env.arrival_s,
+		   (m->flags & SPOOL_STATE_HELD) ? "held" : where_name[m->where], m->attempts, next,
+		   err);
+}
+
+void deliver_ctl(struct deliver *d, struct dctl_req *req)
+{
+	struct qmsg *m = req->id ? qindex_find(&d->ix, req->id) : NULL;
+	char id[SPOOL_QID_LEN + 1];
+
+	req->result = 0;
+	if (req->op == DCTL_LIST) {
+		for (uint32_t b = 0; b <= d->ix.mask; b++)
+			for (struct qmsg *q = d->ix.table[b]; q; q = q->hnext)
+				if (q->where != QW_DONE)
+					ctl_list_one(req, q);
+		return;
+	}
+	if (req->op == DCTL_FLUSH && req->id == 0) {
+		for (struct qmsg *q = d->lh[QW_DEFERRED], *next; q; q = next) {
+			next = q->next;
+			list_set(d, q, QW_READY);
+		}
+		return;
+	}
+	if (!m || m->where == QW_DONE) {
+		req->result = -ENOENT;
+		return;
+	}
+	qid(m->id, id);
+	switch (req->op) {
+	case DCTL_FIND:
+		break;
+	case DCTL_FLUSH:
+		if (m->where == QW_DEFERRED)
+			list_set(d, m, QW_READY);
+		break;
+	case DCTL_HOLD:
+		m->flags |= SPOOL_STATE_HELD;
+		if (m->where == QW_READY || m->where == QW_DEFERRED)
+			list_set(d, m, QW_HELD);
+		m->state_dirty = true;
+		rec_mark(d, m);
+		break;
+	case DCTL_RELEASE:
+		m->flags &= (uint8_t)~SPOOL_STATE_HELD;
+		if (m->where == QW_HELD)
+			list_set(d, m, QW_READY);
+		m->state_dirty = true;
+		rec_mark(d, m);
+		break;
+	case DCTL_DELETE:
+		if (m->where == QW_ACTIVE) {
+			m->delete_req = true;
+		} else {
+			m->delete_req = true;
+			message_done(d, m);
+		}
+		break;
+	case DCTL_BOUNCE:
+		if (m->where == QW_ACTIVE) {
+			m->bounce_all = true;
+		} else {
+			if (!m->res)
+				m->res = calloc(m->env.rcpt_count ? m->env.rcpt_count : 1,
+						sizeof(*m->res));
+			if (!m->res) {
+				req->result = -ENOMEM;
+				break;
+			}
+			list_set(d, m, QW_ACTIVE);
+			m->bounce_all = true;
+			attempt_finish(d, m);
+		}
+		break;
+	default:
+		req->result = -EINVAL;
+	}
+	log_msg(LOG_INFO, "event=queue_control id=%s op=%d result=%d", id, (int)req->op,
+		req->result);
+}
+
+/* ---- stop ----------------------------------------------------------------------------------- */
+
+void deliver_stop(struct deliver *d)
+{
+	d->core.stopping = true;
+	for (struct djob *job = d->wait_head, *next; job; job = next) {
+		next = job->next;
+		wait_del(d, job);
+		snprintf(job->last_err, sizeof(job->last_err), "X-ringmx; shutting down");
+		dlv_job_done(d, job);
+	}
+	oc_stop(d);
+	dns_shutdown(d->dns);
+}
+
+bool deliver_busy(const struct deliver *d)
+{
+	return oc_active(d) || d->helper_jobs || dns_busy(d->dns) || d->unlinks || d->bounces ||
+	       d->rec_head;
+}

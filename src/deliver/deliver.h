@@ -1,0 +1,112 @@
+/*
+ * deliver — one shard's delivery engine: the queue index in memory, the
+ * retry schedule, routing, outbound SMTP/LMTP connections on the shard's
+ * ring, local delivery and bounces through the helper pool, segment
+ * reclaim, and the queue-control requests.
+ *
+ * Owns: everything behind struct deliver.  Thread: the shard's, except
+ * deliver_load() (main thread, start-up, blocking) and deliver_ctl_post()
+ * (the control thread: it hands a request over and waits for it).
+ *
+ * Ring ops 0x60-0x6f are ours (deliver_op_owned); the DNS resolver's ops
+ * (0x50-0x5f) are routed here too.  Every such completion goes to
+ * deliver_complete().
+ *
+ * Durability: a message is added when its commit is durable.  Each change
+ * of a recipient's state is a RCPT_STATE snapshot record in the current
+ * segment, and a finished message gets a DONE record; a bounce is committed
+ * (durable) before its original's records say "bounced".  A crash between
+ * a next hop's 250 and our record repeats that delivery: at least once.
+ */
+#ifndef RMX_DELIVER_H
+#define RMX_DELIVER_H
+
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "queue/qindex.h"
+#include "queue/spool.h"
+#include "ring/ring.h"
+
+enum {
+	DLV_OP_CONNECT = 0x60,
+	DLV_OP_SEND = 0x61,
+	DLV_OP_RECV = 0x62,
+	DLV_OP_READ = 0x63,
+	DLV_OP_CLOSE = 0x64,
+	DLV_OP_CANCEL = 0x65,
+	DLV_OP_UNLINK = 0x66,
+	DLV_OP_SEGCLOSE = 0x67,
+};
+#define DLV_OP_FIRST 0x60
+#define DLV_OP_LAST  0x6f
+
+static inline bool deliver_op_owned(uint8_t op)
+{
+	return (op >= DLV_OP_FIRST && op <= DLV_OP_LAST) || (op >= 0x50 && op <= 0x5f);
+}
+
+struct hpool;
+struct hpool_done;
+struct deliver;
+
+/* A control request, handed from the control thread to a shard. */
+enum dctl_op {
+	DCTL_LIST = 1,
+	DCTL_FIND,  /* is the message queued here? (for show) */
+	DCTL_FLUSH, /* id, or all when id == 0 */
+	DCTL_HOLD,
+	DCTL_RELEASE,
+	DCTL_DELETE,
+	DCTL_BOUNCE,
+};
+
+struct dctl_req {
+	enum dctl_op op;
+	uint64_t id;
+	int result; /* 0, or -ENOENT: no such message here */
+	char *out;  /* DCTL_LIST: malloc'd text, one line per message */
+	size_t out_len, out_cap;
+	sem_t done;
+};
+
+struct deliver_params {
+	uint32_t shard;
+	uint32_t shards;
+	const struct rmx_config *cfg;
+	struct ring *ring;
+	struct spool *spool;
+	struct hpool *pool;
+};
+
+/* Start-up, main thread: load the shard's queue from its segments
+ * (blocking).  The result is handed to deliver_new on the shard. */
+struct deliver_loaded;
+int deliver_load(struct deliver_loaded **out, const char *root, uint32_t shard, char *why,
+		 size_t why_len);
+uint32_t deliver_loaded_count(const struct deliver_loaded *l);
+
+/* On the shard thread; takes over loaded (may be NULL). */
+int deliver_new(struct deliver **out, const struct deliver_params *p, struct deliver_loaded *loaded,
+		char *why, size_t why_len);
+void deliver_free(struct deliver *d);
+
+/* A received message's commit is durable. */
+void deliver_committed(struct deliver *d, const struct spool_msg *m);
+/* A spool message of the engine's own (owner SPOOL_OWNER_ENGINE). */
+void deliver_spool_durable(struct deliver *d, struct spool_msg *m, int res);
+void deliver_spool_progress(struct deliver *d, struct spool_msg *m);
+void deliver_complete(struct deliver *d, uint64_t ud, int res, uint32_t flags);
+void deliver_helper_done(struct deliver *d, const struct hpool_done *done);
+/* Once a second. */
+void deliver_tick(struct deliver *d);
+/* End of every loop turn: start due work, write pending records. */
+void deliver_turn(struct deliver *d);
+void deliver_ctl(struct deliver *d, struct dctl_req *req);
+/* Stop: no new attempts; connections close.  busy until all is quiet. */
+void deliver_stop(struct deliver *d);
+bool deliver_busy(const struct deliver *d);
+
+#endif

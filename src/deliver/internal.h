@@ -1,0 +1,142 @@
+/*
+ * deliver/internal — what the engine (deliver.c) and the outbound
+ * connections (outbound.c) share.  Not a public interface.
+ */
+#ifndef RMX_DELIVER_INTERNAL_H
+#define RMX_DELIVER_INTERNAL_H
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "deliver/deliver.h"
+#include "smtp/client.h"
+
+#define DLV_OCONN_MAX 256    /* outbound connections per shard */
+#define DLV_HOPS_MAX  16     /* addresses tried per job */
+#define DLV_WIN	      131072 /* body read window */
+#define DLV_OUT_CAP   65536  /* command bytes buffered per connection */
+#define DLV_IN_CAP    8192   /* reply bytes read at once */
+#define DLV_IOV_MAX   128    /* iovecs per body send */
+#define DLV_IDLE_MS   5000   /* an idle connection is kept this long */
+#define DLV_ERR_MAX   256
+
+struct dhop {
+	struct sockaddr_storage addr;
+	socklen_t len;
+	bool lmtp;
+	char name[96]; /* "mx.example[192.0.2.1]:25" */
+};
+
+/* Recipients of one message that go to one next hop (list) together. */
+struct djob {
+	struct deliver *d;
+	struct qmsg *m;
+	const struct config_route *route;
+	char domain[SMTP_DOMAIN_MAX + 1];
+	uint32_t *rcpt; /* indexes into the envelope's recipients */
+	uint8_t *acc;	/* per rcpt[]: accepted by RCPT in this transaction */
+	uint32_t nrcpt;
+	struct dhop hops[DLV_HOPS_MAX];
+	uint32_t nhops, cur;
+	bool dns_wait, waiting, started;
+	char last_err[DLV_ERR_MAX];
+	struct djob *next, *prev; /* the engine's wait list */
+};
+
+enum oc_state {
+	OC_FREE = 0,
+	OC_CONNECTING,
+	OC_BANNER,
+	OC_EHLO,
+	OC_HELO,
+	OC_IDLE,
+	OC_MAIL,
+	OC_RCPT,
+	OC_DATA,
+	OC_BODY,
+	OC_DOT,
+	OC_RSET,
+	OC_QUIT,
+	OC_CLOSING,
+};
+
+struct oconn {
+	struct deliver *d;
+	uint32_t slot;
+	uint16_t gen;
+	int fd;
+	uint8_t state;
+	uint32_t inflight;
+	bool send_inflight, recv_armed, read_inflight, closing;
+	struct dhop hop;
+	struct smtp_ehlo_caps caps;
+	uint32_t msgs;
+	uint64_t deadline_ms;
+	uint64_t idle_since_ms;
+	struct djob *job;
+	/* transaction: replies come back in the order commands went out */
+	uint32_t rcpt_sent, rcpt_replies, naccepted, lmtp_left, lmtp_idx;
+	bool mail_ok, data_sent, pipelining;
+	/* output */
+	char *out;
+	uint32_t out_len;
+	struct iovec iov[DLV_IOV_MAX + 2];
+	uint32_t niov;
+	struct msghdr mh;
+	/* body streaming */
+	int segfd;
+	char *win;
+	uint64_t win_off;
+	uint32_t win_len;
+	uint64_t pos, chunk_left, wire_left, msg_left;
+	uint32_t chunk_pad, crc;
+	bool stuffed, body_end;
+	struct smtp_stuff_state stuff;
+	/* input */
+	struct smtp_reply_state rp;
+	char in[DLV_IN_CAP];
+	struct oconn *next, *prev; /* idle list / active */
+};
+
+/* outbound.c */
+int oc_table_init(struct deliver *d);
+void oc_table_free(struct deliver *d);
+/* Give job to an idle connection to its current hop, or open one; false
+ * when the hop's connection limit is reached (the job waits). */
+bool oc_assign(struct deliver *d, struct djob *job);
+void oc_complete(struct deliver *d, uint64_t ud, int res);
+void oc_tick(struct deliver *d);
+void oc_stop(struct deliver *d);
+uint32_t oc_active(const struct deliver *d);
+
+/* deliver.c, called by outbound.c */
+/* The job's recipient rcpt[i] has its answer (code 2xx/4xx/5xx; reply may
+ * be NULL with text in why for our own failures). */
+void dlv_rcpt_result(struct deliver *d, struct djob *job, uint32_t i, int cls, const char *status,
+		     const char *diag);
+/* The job's connection attempt to its current hop failed before any
+ * recipient had an answer: try the next hop or defer. */
+void dlv_job_hop_failed(struct deliver *d, struct djob *job, const char *why);
+/* Every recipient of the job has its answer. */
+void dlv_job_done(struct deliver *d, struct djob *job);
+/* A connection slot freed or went idle: waiting jobs may go. */
+void dlv_conn_freed(struct deliver *d);
+int dlv_seg_fd(struct deliver *d, uint64_t seq);
+
+/* Engine fields outbound.c uses. */
+struct deliver_core {
+	const struct rmx_config *cfg;
+	struct ring *ring;
+	uint32_t shard, shards;
+	uint64_t now_ms;
+	bool stopping;
+	struct oconn *oc;
+	uint32_t *oc_free;
+	uint32_t oc_free_count;
+	struct oconn *oc_idle; /* idle connections, most recent first */
+};
+
+struct deliver_core *dlv_core(struct deliver *d);
+
+#endif

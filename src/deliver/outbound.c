@@ -1,0 +1,967 @@
+/*
+ * deliver/outbound — outbound SMTP (RFC 5321) and LMTP (RFC 2033)
+ * connections on the shard's ring.
+ *
+ * One connection carries one transaction at a time for one job (the
+ * recipients of one message that share a next hop).  Commands are written
+ * into a per-connection buffer and go out in one send; with PIPELINING the
+ * MAIL, RCPT and DATA commands go as one group (RFC 2920 3.1), and the
+ * replies are matched to them in order.  The body is read from the spool
+ * segment into a window and sent from there (no copy in user space); a
+ * DATA-received body is stored dot-stuffed and goes out as it is, a
+ * BDAT-received one is stuffed on the way (iovecs, no copy).  The final
+ * dot goes out only after the stored bytes' CRC matched the commit's, with
+ * the last piece of the body (TCP_NODELAY and no small trailing write).
+ * Connections are kept idle for reuse up to messages_per_connection
+ * messages; an idle one is closed after DLV_IDLE_MS.
+ */
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "deliver/internal.h"
+#include "log.h"
+
+static const char dot_crlf[] = ".\r\n";
+
+static uint64_t oc_ud(const struct oconn *oc, uint8_t op)
+{
+	return ring_ud(op, 0, oc->gen, oc->slot);
+}
+
+int oc_table_init(struct deliver *d)
+{
+	struct deliver_core *c = dlv_core(d);
+
+	c->oc = calloc(DLV_OCONN_MAX, sizeof(c->oc[0]));
+	c->oc_free = calloc(DLV_OCONN_MAX, sizeof(c->oc_free[0]));
+	if (!c->oc || !c->oc_free)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++) {
+		c->oc[i].slot = i;
+		c->oc[i].d = d;
+		c->oc[i].fd = -1;
+		c->oc_free[c->oc_free_count++] = DLV_OCONN_MAX - 1 - i;
+	}
+	return 0;
+}
+
+void oc_table_free(struct deliver *d)
+{
+	struct deliver_core *c = dlv_core(d);
+
+	if (!c->oc)
+		return;
+	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++) {
+		if (c->oc[i].fd >= 0)
+			close(c->oc[i].fd);
+		free(c->oc[i].out);
+		free(c->oc[i].win);
+	}
+	free(c->oc);
+	free(c->oc_free);
+	c->oc = NULL;
+}
+
+uint32_t oc_active(const struct deliver *d)
+{
+	struct deliver_core *c = dlv_core((struct deliver *)d);
+
+	return DLV_OCONN_MAX - c->oc_free_count;
+}
+
+static bool hop_eq(const struct dhop *a, const struct dhop *b)
+{
+	return a->lmtp == b->lmtp && a->len == b->len && memcmp(&a->addr, &b->addr, a->len) == 0;
+}
+
+static uint32_t hop_limit(const struct deliver_core *c)
+{
+	uint32_t n = c->cfg->delivery.connections_per_route / (c->shards ? c->shards : 1);
+
+	return n ? n : 1;
+}
+
+/* ---- low-level I/O ------------------------------------------------------------ */
+
+static void idle_unlink(struct deliver_core *c, struct oconn *oc)
+{
+	if (oc->prev)
+		oc->prev->next = oc->next;
+	else if (c->oc_idle == oc)
+		c->oc_idle = oc->next;
+	if (oc->next)
+		oc->next->prev = oc->prev;
+	oc->next = oc->prev = NULL;
+}
+
+static void oc_arm_recv(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	struct io_uring_sqe *sqe;
+
+	if (oc->recv_armed || oc->closing)
+		return;
+	sqe = ring_sqe(c->ring);
+	io_uring_prep_recv(sqe, oc->fd, oc->in, sizeof(oc->in), 0);
+	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_RECV));
+	oc->recv_armed = true;
+	oc->inflight++;
+}
+
+static void oc_send_iov(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	struct io_uring_sqe *sqe = ring_sqe(c->ring);
+
+	oc->mh = (struct msghdr){.msg_iov = oc->iov, .msg_iovlen = oc->niov};
+	io_uring_prep_sendmsg(sqe, oc->fd, &oc->mh, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_SEND));
+	oc->send_inflight = true;
+	oc->inflight++;
+	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
+}
+
+/* Send the buffered commands (one send for a pipelined group). */
+static void oc_flush(struct oconn *oc)
+{
+	if (oc->send_inflight || oc->out_len == 0 || oc->closing)
+		return;
+	oc->iov[0] = (struct iovec){oc->out, oc->out_len};
+	oc->niov = 1;
+	oc_send_iov(oc);
+}
+
+__attribute__((format(printf, 2, 3))) static void oc_cmd(struct oconn *oc, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(oc->out + oc->out_len, DLV_OUT_CAP - oc->out_len, fmt, ap);
+	va_end(ap);
+	/* Callers check the room first (oc_room); a command never exceeds
+	 * 2 KiB (paths 256, ORCPT 500, parameters). */
+	if (n > 0 && (uint32_t)n < DLV_OUT_CAP - oc->out_len)
+		oc->out_len += (uint32_t)n;
+}
+
+static bool oc_room(const struct oconn *oc)
+{
+	return DLV_OUT_CAP - oc->out_len > 2048;
+}
+
+static void oc_reap(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+
+	if (!oc->closing || oc->inflight)
+		return;
+	free(oc->out);
+	free(oc->win);
+	oc->out = oc->win = NULL;
+	oc->fd = -1;
+	oc->state = OC_FREE;
+	oc->closing = false;
+	oc->gen++;
+	c->oc_free[c->oc_free_count++] = oc->slot;
+	dlv_conn_freed(oc->d);
+}
+
+static void oc_close(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	struct io_uring_sqe *sqe;
+
+	if (oc->closing)
+		return;
+	if (oc->state == OC_IDLE)
+		idle_unlink(c, oc);
+	oc->closing = true;
+	oc->state = OC_CLOSING;
+	/* Cancel whatever still waits on the socket, then close it. */
+	sqe = ring_sqe(c->ring);
+	io_uring_prep_cancel_fd(sqe, oc->fd, IORING_ASYNC_CANCEL_ALL);
+	sqe->flags |= IOSQE_IO_HARDLINK;
+	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_CANCEL));
+	sqe = ring_sqe(c->ring);
+	io_uring_prep_close(sqe, oc->fd);
+	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_CLOSE));
+	oc->inflight += 2;
+}
+
+static void oc_quit(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+
+	if (oc->state == OC_IDLE)
+		idle_unlink(c, oc);
+	if (oc->send_inflight) {
+		oc_close(oc);
+		return;
+	}
+	oc->out_len = 0;
+	oc_cmd(oc, "QUIT\r\n");
+	oc->state = OC_QUIT;
+	oc_flush(oc);
+	oc_arm_recv(oc);
+}
+
+/* ---- results ------------------------------------------------------------------- */
+
+static void result_from_reply(struct oconn *oc, uint32_t i, const struct smtp_reply *r)
+{
+	char status[SMTP_ESC_MAX + 1], diag[DLV_ERR_MAX];
+	enum smtp_outcome o = smtp_reply_outcome(r->code);
+
+	smtp_reply_status(r, status);
+	smtp_reply_diag(r, diag, sizeof(diag));
+	oc->job->acc[i] = 2;
+	dlv_rcpt_result(oc->d, oc->job, i,
+			o == SMTP_OUTCOME_DONE	   ? 2
+			: o == SMTP_OUTCOME_BOUNCE ? 5
+						   : 4,
+			status, diag);
+}
+
+/* Every recipient of the job still without a final answer gets this one. */
+static void result_all(struct oconn *oc, int cls, const char *status, const char *diag,
+		       bool accepted_only)
+{
+	struct djob *job = oc->job;
+
+	for (uint32_t i = 0; i < job->nrcpt; i++) {
+		if (job->acc[i] == 2 || (accepted_only && job->acc[i] != 1))
+			continue;
+		job->acc[i] = 2;
+		dlv_rcpt_result(oc->d, job, i, cls, status, diag);
+	}
+}
+
+static void result_all_reply(struct oconn *oc, const struct smtp_reply *r, bool accepted_only)
+{
+	char status[SMTP_ESC_MAX + 1], diag[DLV_ERR_MAX];
+	enum smtp_outcome o = smtp_reply_outcome(r->code);
+
+	smtp_reply_status(r, status);
+	smtp_reply_diag(r, diag, sizeof(diag));
+	result_all(oc,
+		   o == SMTP_OUTCOME_DONE     ? 2
+		   : o == SMTP_OUTCOME_BOUNCE ? 5
+					      : 4,
+		   status, diag, accepted_only);
+}
+
+static bool job_answered_any(const struct djob *job)
+{
+	for (uint32_t i = 0; i < job->nrcpt; i++)
+		if (job->acc[i] == 2)
+			return true;
+	return false;
+}
+
+static void oc_release_job(struct oconn *oc)
+{
+	struct djob *job = oc->job;
+
+	oc->job = NULL;
+	if (job)
+		dlv_job_done(oc->d, job);
+}
+
+/* The connection broke (or timed out): its job's open recipients are
+ * deferred, or the job moves to its next hop if nothing was answered yet. */
+static void oc_fail(struct oconn *oc, const char *why)
+{
+	struct djob *job = oc->job;
+	char diag[DLV_ERR_MAX];
+
+	log_msg(LOG_INFO, "event=outbound_error shard=%u relay=%s state=%u error=\"%s\"",
+		dlv_core(oc->d)->shard, oc->hop.name, oc->state, why);
+	oc->job = NULL;
+	oc_close(oc);
+	if (!job)
+		return;
+	if (!job_answered_any(job)) {
+		dlv_job_hop_failed(oc->d, job, why);
+		return;
+	}
+	snprintf(diag, sizeof(diag), "X-ringmx; %s: %s", oc->hop.name, why);
+	oc->job = job;
+	result_all(oc, 4, "4.4.2", diag, false);
+	oc->job = NULL;
+	dlv_job_done(oc->d, job);
+}
+
+/* ---- transactions ---------------------------------------------------------------- */
+
+static void oc_idle(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+
+	oc->state = OC_IDLE;
+	oc->idle_since_ms = c->now_ms;
+	if (c->stopping || oc->msgs >= c->cfg->delivery.messages_per_connection) {
+		oc_quit(oc);
+		dlv_conn_freed(oc->d);
+		return;
+	}
+	oc->next = c->oc_idle;
+	oc->prev = NULL;
+	if (c->oc_idle)
+		c->oc_idle->prev = oc;
+	c->oc_idle = oc;
+	oc_arm_recv(oc); /* notices a next hop that closes an idle connection */
+	dlv_conn_freed(oc->d);
+}
+
+static void oc_rset(struct oconn *oc)
+{
+	oc_cmd(oc, "RSET\r\n");
+	oc->state = OC_RSET;
+	oc_flush(oc);
+}
+
+static void write_rcpts(struct oconn *oc)
+{
+	struct djob *job = oc->job;
+	const struct spool_env *e = &job->m->env;
+	bool dsn = oc->caps.ext & SMTP_EXT_DSN;
+
+	while (oc->rcpt_sent < job->nrcpt && oc_room(oc)) {
+		struct spool_rcpt r;
+
+		spool_env_rcpt(e, job->rcpt[oc->rcpt_sent], &r);
+		oc_cmd(oc, "RCPT TO:<%.*s>", (int)r.addr.len, r.addr.ptr);
+		if (dsn && r.notify) {
+			static const char *const names[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
+			const char *sep = " NOTIFY=";
+
+			for (int b = 0; b < 4; b++)
+				if (r.notify & (1u << b)) {
+					oc_cmd(oc, "%s%s", sep, names[b]);
+					sep = ",";
+				}
+		}
+		if (dsn && r.orcpt.len)
+			oc_cmd(oc, " ORCPT=%.*s", (int)r.orcpt.len, r.orcpt.ptr);
+		oc_cmd(oc, "\r\n");
+		oc->rcpt_sent++;
+		if (!oc->pipelining)
+			break;
+	}
+	if (oc->pipelining && oc->rcpt_sent == job->nrcpt && !oc->data_sent) {
+		oc_cmd(oc, "DATA\r\n");
+		oc->data_sent = true;
+	}
+}
+
+/* The job's message against the next hop's capabilities (RFC 1870, 6152,
+ * 6531): a message it cannot take is bounced here, never altered. */
+static bool tx_check(struct oconn *oc)
+{
+	const struct spool_env *e = &oc->job->m->env;
+	char diag[DLV_ERR_MAX];
+
+	if (oc->caps.size_max && e->msg_len > oc->caps.size_max) {
+		snprintf(diag, sizeof(diag),
+			 "X-ringmx; message of %llu octets exceeds %s's limit of %llu",
+			 (unsigned long long)e->msg_len, oc->hop.name,
+			 (unsigned long long)oc->caps.size_max);
+		result_all(oc, 5, "5.3.4", diag, false);
+		return false;
+	}
+	if ((e->flags & SPOOL_ENV_SMTPUTF8) && !(oc->caps.ext & SMTP_EXT_SMTPUTF8)) {
+		snprintf(diag, sizeof(diag),
+			 "X-ringmx; the message needs SMTPUTF8, which %s does not offer",
+			 oc->hop.name);
+		result_all(oc, 5, "5.6.7", diag, false);
+		return false;
+	}
+	if ((e->flags & SPOOL_ENV_8BIT) && !(oc->caps.ext & SMTP_EXT_8BITMIME)) {
+		snprintf(diag, sizeof(diag),
+			 "X-ringmx; 8-bit message and %s does not offer 8BITMIME (no conversion)",
+			 oc->hop.name);
+		result_all(oc, 5, "5.6.3", diag, false);
+		return false;
+	}
+	return true;
+}
+
+static void oc_begin_tx(struct oconn *oc)
+{
+	struct djob *job = oc->job;
+	const struct spool_env *e = &job->m->env;
+	bool dsn = oc->caps.ext & SMTP_EXT_DSN;
+
+	memset(job->acc, 0, job->nrcpt);
+	job->started = true;
+	if (!tx_check(oc)) {
+		oc_release_job(oc);
+		oc_idle(oc);
+		return;
+	}
+	oc->rcpt_sent = oc->rcpt_replies = oc->naccepted = 0;
+	oc->mail_ok = oc->data_sent = false;
+	oc->pipelining = (oc->caps.ext & SMTP_EXT_PIPELINING) != 0;
+	oc->out_len = 0;
+	oc_cmd(oc, "MAIL FROM:<%.*s>", (int)e->mail_from.len, e->mail_from.ptr);
+	if ((e->flags & SPOOL_ENV_8BIT) || e->body_type == SMTP_BODY_8BITMIME)
+		oc_cmd(oc, " BODY=8BITMIME");
+	if (e->flags & SPOOL_ENV_SMTPUTF8)
+		oc_cmd(oc, " SMTPUTF8");
+	if (oc->caps.ext & SMTP_EXT_SIZE)
+		oc_cmd(oc, " SIZE=%llu", (unsigned long long)e->msg_len);
+	if (dsn && e->ret)
+		oc_cmd(oc, " RET=%s", e->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
+	if (dsn && e->envid.len)
+		oc_cmd(oc, " ENVID=%.*s", (int)e->envid.len, e->envid.ptr);
+	oc_cmd(oc, "\r\n");
+	oc->state = OC_MAIL;
+	if (oc->pipelining)
+		write_rcpts(oc);
+	oc_flush(oc);
+	oc_arm_recv(oc);
+}
+
+/* ---- the body ------------------------------------------------------------------- */
+
+static void oc_body_start(struct oconn *oc)
+{
+	const struct spool_env *e = &oc->job->m->env;
+
+	oc->segfd = dlv_seg_fd(oc->d, oc->job->m->seq);
+	if (oc->segfd < 0) {
+		oc_fail(oc, "spool segment not open");
+		return;
+	}
+	if (!oc->win && !(oc->win = malloc(DLV_WIN))) {
+		oc_fail(oc, "out of memory");
+		return;
+	}
+	oc->state = OC_BODY;
+	oc->win_off = oc->win_len = 0;
+	oc->pos = e->first_chunk_off;
+	oc->chunk_left = 0;
+	oc->wire_left = e->wire_len;
+	oc->msg_left = e->msg_len;
+	oc->crc = 0;
+	oc->stuffed = (e->flags & SPOOL_ENV_STUFFED) != 0;
+	oc->body_end = false;
+	smtp_stuff_begin(&oc->stuff);
+}
+
+static bool win_has(const struct oconn *oc, uint64_t off, uint64_t n)
+{
+	return off >= oc->win_off && off + n <= oc->win_off + oc->win_len;
+}
+
+/* Turn what the window holds into iovecs and send them, or read the next
+ * window.  The CHUNK records of the message are found by walking the
+ * segment from its first chunk, skipping other messages' records. */
+static void oc_pump(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	const struct qmsg *m = oc->job->m;
+	bool need_read = false;
+
+	if (oc->send_inflight || oc->read_inflight || oc->closing)
+		return;
+	oc->niov = 0;
+	while (oc->niov < DLV_IOV_MAX) {
+		if (oc->chunk_left) {
+			if (!win_has(oc, oc->pos, 1)) {
+				need_read = true;
+				break;
+			}
+			uint64_t avail = oc->win_off + oc->win_len - oc->pos;
+			uint64_t k = avail < oc->chunk_left ? avail : oc->chunk_left;
+			const char *p = oc->win + (oc->pos - oc->win_off);
+			uint64_t take = k;
+
+			if (oc->stuffed) {
+				uint64_t give = k < oc->msg_left ? k : oc->msg_left;
+
+				if (give)
+					oc->iov[oc->niov++] = (struct iovec){(void *)p, give};
+				oc->msg_left -= give;
+			} else {
+				size_t used;
+
+				oc->niov +=
+				    (uint32_t)smtp_stuff_iov(&oc->stuff, p, k, oc->iov + oc->niov,
+							     DLV_IOV_MAX - oc->niov, &used);
+				take = used;
+				oc->msg_left -= used;
+			}
+			oc->crc = spool_crc32c(oc->crc, p, take);
+			oc->chunk_left -= take;
+			oc->wire_left -= take;
+			oc->pos += take;
+			if (oc->chunk_left == 0)
+				oc->pos += oc->chunk_pad;
+			continue;
+		}
+		if (oc->wire_left == 0) {
+			if (oc->crc != m->env.msg_crc) {
+				log_msg(LOG_ERROR, "event=spool_corrupt shard=%u id=%016llX",
+					c->shard, (unsigned long long)m->id);
+				oc_fail(oc, "stored message does not verify (CRC)");
+				return;
+			}
+			if (oc->stuffed)
+				oc->iov[oc->niov++] = (struct iovec){(void *)dot_crlf, 3};
+			else
+				smtp_stuff_end(&oc->stuff, &oc->iov[oc->niov++]);
+			oc->body_end = true;
+			break;
+		}
+		if (!win_has(oc, oc->pos, sizeof(struct spool_rec_hdr))) {
+			need_read = true;
+			break;
+		}
+		struct spool_rec_hdr h;
+
+		memcpy(&h, oc->win + (oc->pos - oc->win_off), sizeof(h));
+		if (spool_rec_hdr_check(&h) != 0) {
+			oc->pos += SPOOL_REC_ALIGN; /* a hole left by a crash: resync */
+			continue;
+		}
+		if (h.type == SPOOL_REC_CHUNK && h.msg_id == m->id) {
+			if (h.len > oc->wire_left) {
+				oc_fail(oc, "stored message does not verify (length)");
+				return;
+			}
+			oc->chunk_left = h.len;
+			oc->chunk_pad = (uint32_t)spool_rec_pad(h.len);
+			oc->pos += sizeof(h);
+			if (h.len == 0)
+				oc->pos += oc->chunk_pad;
+		} else {
+			oc->pos += spool_rec_size(h.len);
+		}
+	}
+	if (oc->niov) {
+		oc_send_iov(oc);
+		return;
+	}
+	if (need_read) {
+		struct io_uring_sqe *sqe = ring_sqe(c->ring);
+
+		oc->win_off = oc->pos;
+		oc->win_len = 0;
+		io_uring_prep_read(sqe, oc->segfd, oc->win, DLV_WIN, oc->pos);
+		io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_READ));
+		oc->read_inflight = true;
+		oc->inflight++;
+	}
+}
+
+/* ---- replies -------------------------------------------------------------------- */
+
+static void after_rcpt_replies(struct oconn *oc)
+{
+	if (oc->pipelining) {
+		if (oc->data_sent) {
+			oc->state = OC_DATA;
+			return;
+		}
+	} else if (oc->mail_ok && oc->naccepted) {
+		oc_cmd(oc, "DATA\r\n");
+		oc->data_sent = true;
+		oc->state = OC_DATA;
+		oc_flush(oc);
+		return;
+	}
+	oc_rset(oc);
+}
+
+static void on_reply(struct oconn *oc, const struct smtp_reply *r)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	char diag[DLV_ERR_MAX];
+	bool ok = r->code >= 200 && r->code < 300;
+
+	switch (oc->state) {
+	case OC_BANNER:
+		if (!ok) {
+			smtp_reply_diag(r, diag, sizeof(diag));
+			oc_quit(oc);
+			struct djob *job = oc->job;
+			oc->job = NULL;
+			if (job)
+				dlv_job_hop_failed(oc->d, job, diag);
+			return;
+		}
+		oc_cmd(oc, "%s %s\r\n", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
+		smtp_ehlo_begin(&oc->caps);
+		oc->state = OC_EHLO;
+		oc_flush(oc);
+		return;
+	case OC_EHLO:
+	case OC_HELO:
+		if (!ok && oc->state == OC_EHLO && !oc->hop.lmtp && r->code >= 500) {
+			oc_cmd(oc, "HELO %s\r\n", c->cfg->hostname);
+			smtp_ehlo_begin(&oc->caps);
+			oc->state = OC_HELO;
+			oc_flush(oc);
+			return;
+		}
+		if (!ok) {
+			smtp_reply_diag(r, diag, sizeof(diag));
+			oc_fail(oc, diag);
+			return;
+		}
+		if (oc->state == OC_HELO)
+			smtp_ehlo_begin(&oc->caps);
+		oc->state = OC_IDLE;
+		if (oc->job)
+			oc_begin_tx(oc);
+		else
+			oc_idle(oc);
+		return;
+	case OC_MAIL:
+		oc->mail_ok = ok;
+		if (!ok) {
+			/* The whole job gets the MAIL reply (RFC 5321 3.3). */
+			result_all_reply(oc, r, false);
+			if (oc->rcpt_sent == 0 && !oc->data_sent) {
+				oc_rset(oc);
+				return;
+			}
+			oc->state = OC_RCPT;
+			if (oc->rcpt_replies == oc->rcpt_sent)
+				after_rcpt_replies(oc);
+			return;
+		}
+		oc->state = OC_RCPT;
+		if (!oc->pipelining) {
+			write_rcpts(oc);
+			oc_flush(oc);
+		}
+		return;
+	case OC_RCPT: {
+		uint32_t i = oc->rcpt_replies++;
+
+		if (oc->mail_ok) {
+			if (ok) {
+				oc->job->acc[i] = 1;
+				oc->naccepted++;
+			} else {
+				result_from_reply(oc, i, r);
+			}
+		}
+		if (oc->rcpt_replies < oc->job->nrcpt && oc->mail_ok) {
+			if (!oc->pipelining) {
+				write_rcpts(oc);
+				oc_flush(oc);
+			} else if (oc->rcpt_sent < oc->job->nrcpt || !oc->data_sent) {
+				write_rcpts(oc); /* the rest that did not fit the buffer */
+				oc_flush(oc);
+			}
+			return;
+		}
+		if (oc->rcpt_replies < oc->rcpt_sent)
+			return;
+		after_rcpt_replies(oc);
+		return;
+	}
+	case OC_DATA:
+		if (r->code == 354) {
+			if (!oc->mail_ok || oc->naccepted == 0) {
+				oc_fail(oc, "354 to DATA without an accepted recipient");
+				return;
+			}
+			oc_body_start(oc);
+			oc_pump(oc);
+			return;
+		}
+		if (oc->mail_ok && oc->naccepted)
+			result_all_reply(oc, r, true);
+		oc_rset(oc);
+		return;
+	case OC_DOT:
+		if (!oc->hop.lmtp) {
+			result_all_reply(oc, r, true);
+		} else {
+			/* RFC 2033 4.2: one reply per accepted recipient, in order. */
+			while (oc->lmtp_idx < oc->job->nrcpt && oc->job->acc[oc->lmtp_idx] != 1)
+				oc->lmtp_idx++;
+			if (oc->lmtp_idx < oc->job->nrcpt)
+				result_from_reply(oc, oc->lmtp_idx++, r);
+			if (--oc->lmtp_left)
+				return;
+		}
+		oc->msgs++;
+		oc_release_job(oc);
+		oc_idle(oc);
+		return;
+	case OC_RSET:
+		oc_release_job(oc);
+		if (!ok) {
+			oc_quit(oc);
+			return;
+		}
+		oc_idle(oc);
+		return;
+	case OC_QUIT:
+		oc_close(oc);
+		return;
+	default:
+		/* A reply nobody asked for (an idle connection's 421). */
+		oc_close(oc);
+		return;
+	}
+}
+
+static void on_recv(struct oconn *oc, int res)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	size_t off = 0;
+
+	oc->recv_armed = false;
+	if (oc->closing)
+		return;
+	if (res <= 0) {
+		if (oc->state == OC_QUIT || oc->state == OC_IDLE) {
+			oc_close(oc);
+			return;
+		}
+		oc_fail(oc, res == 0 ? "connection closed by the next hop" : strerror(-res));
+		return;
+	}
+	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
+	while (off < (size_t)res && !oc->closing) {
+		struct smtp_reply_line line;
+		size_t used = 0;
+		int rc = smtp_reply_parse(&oc->rp, oc->in + off, (size_t)res - off, &used, &line);
+
+		if (rc == SMTP_PARSE_INVALID) {
+			oc_fail(oc, "malformed reply from the next hop");
+			return;
+		}
+		off += used;
+		if (rc == SMTP_PARSE_AGAIN)
+			break;
+		if ((oc->state == OC_EHLO || oc->state == OC_HELO) && line.code == 250)
+			smtp_ehlo_line(&oc->caps, &line);
+		if (line.last)
+			on_reply(oc, &oc->rp.reply);
+	}
+	if (!oc->closing && oc->state != OC_FREE)
+		oc_arm_recv(oc);
+}
+
+static void on_send(struct oconn *oc, int res)
+{
+	oc->send_inflight = false;
+	if (oc->closing)
+		return;
+	if (res < 0) {
+		oc_fail(oc, strerror(-res));
+		return;
+	}
+	/* Advance past what went out; send the rest of a short send. */
+	size_t left = (size_t)res;
+	uint32_t i = 0;
+
+	while (i < oc->niov && left >= oc->iov[i].iov_len)
+		left -= oc->iov[i++].iov_len;
+	if (i < oc->niov) {
+		oc->iov[i].iov_base = (char *)oc->iov[i].iov_base + left;
+		oc->iov[i].iov_len -= left;
+		memmove(oc->iov, oc->iov + i, (oc->niov - i) * sizeof(oc->iov[0]));
+		oc->niov -= i;
+		oc_send_iov(oc);
+		return;
+	}
+	oc->niov = 0;
+	if (oc->state == OC_BODY) {
+		if (oc->body_end) {
+			oc->state = OC_DOT;
+			oc->lmtp_left = oc->naccepted;
+			oc->lmtp_idx = 0;
+			oc_arm_recv(oc);
+			return;
+		}
+		oc_pump(oc);
+		return;
+	}
+	oc->out_len = 0;
+	if (oc->state == OC_QUIT)
+		return;
+	/* Commands written while the send was in flight. */
+	oc_flush(oc);
+}
+
+static void on_connect(struct oconn *oc, int res)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+
+	if (oc->closing)
+		return;
+	if (res < 0) {
+		oc_fail(oc, strerror(-res));
+		return;
+	}
+	oc->state = OC_BANNER;
+	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
+	oc_arm_recv(oc);
+}
+
+void oc_complete(struct deliver *d, uint64_t ud, int res)
+{
+	struct deliver_core *c = dlv_core(d);
+	uint32_t slot = ring_ud_slot(ud);
+	struct oconn *oc;
+
+	assert(slot < DLV_OCONN_MAX);
+	oc = &c->oc[slot];
+	assert(oc->gen == ring_ud_gen(ud) && oc->inflight > 0);
+	oc->inflight--;
+	switch (ring_ud_op(ud)) {
+	case DLV_OP_CONNECT:
+		on_connect(oc, res);
+		break;
+	case DLV_OP_RECV:
+		on_recv(oc, res);
+		break;
+	case DLV_OP_SEND:
+		on_send(oc, res);
+		break;
+	case DLV_OP_READ:
+		oc->read_inflight = false;
+		if (oc->closing)
+			break;
+		if (res <= 0) {
+			oc_fail(oc, res == 0 ? "stored message truncated" : strerror(-res));
+			break;
+		}
+		oc->win_len = (uint32_t)res;
+		oc_pump(oc);
+		break;
+	case DLV_OP_CANCEL:
+	case DLV_OP_CLOSE:
+		break;
+	default:
+		abort();
+	}
+	oc_reap(oc);
+}
+
+/* ---- assignment ------------------------------------------------------------------ */
+
+static void oc_connect(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	struct io_uring_sqe *sqe;
+	int one = 1;
+
+	oc->fd = socket(oc->hop.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (oc->fd < 0) {
+		char why[DLV_ERR_MAX];
+		struct djob *job = oc->job;
+
+		snprintf(why, sizeof(why), "socket: %s", strerror(errno));
+		oc->job = NULL;
+		oc->closing = true;
+		oc_reap(oc);
+		dlv_job_hop_failed(oc->d, job, why);
+		return;
+	}
+	setsockopt(oc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	sqe = ring_sqe(c->ring);
+	io_uring_prep_connect(sqe, oc->fd, (struct sockaddr *)&oc->hop.addr, oc->hop.len);
+	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_CONNECT));
+	oc->inflight++;
+	oc->state = OC_CONNECTING;
+	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.connect_timeout_s * 1000u;
+}
+
+bool oc_assign(struct deliver *d, struct djob *job)
+{
+	struct deliver_core *c = dlv_core(d);
+	const struct dhop *hop = &job->hops[job->cur];
+	uint32_t count = 0;
+	struct oconn *oc;
+
+	for (oc = c->oc_idle; oc; oc = oc->next)
+		if (hop_eq(&oc->hop, hop)) {
+			idle_unlink(c, oc);
+			oc->job = job;
+			oc_begin_tx(oc);
+			return true;
+		}
+	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++)
+		count +=
+		    c->oc[i].state != OC_FREE && !c->oc[i].closing && hop_eq(&c->oc[i].hop, hop);
+	if (count >= hop_limit(c))
+		return false;
+	if (c->oc_free_count == 0) {
+		/* Make room: the longest idle connection to another hop goes. */
+		struct oconn *last = c->oc_idle;
+
+		while (last && last->next)
+			last = last->next;
+		if (last)
+			oc_quit(last);
+		return false;
+	}
+	oc = &c->oc[c->oc_free[--c->oc_free_count]];
+	uint16_t gen = oc->gen;
+	uint32_t slot = oc->slot;
+	memset(oc, 0, offsetof(struct oconn, rp));
+	oc->d = d;
+	oc->gen = gen;
+	oc->slot = slot;
+	oc->fd = -1;
+	oc->hop = *hop;
+	oc->job = job;
+	smtp_reply_init(&oc->rp);
+	oc->out = malloc(DLV_OUT_CAP);
+	if (!oc->out) {
+		oc->closing = true;
+		oc_reap(oc);
+		return false;
+	}
+	oc_connect(oc);
+	return true;
+}
+
+void oc_tick(struct deliver *d)
+{
+	struct deliver_core *c = dlv_core(d);
+
+	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++) {
+		struct oconn *oc = &c->oc[i];
+
+		if (oc->state == OC_FREE || oc->closing)
+			continue;
+		if (oc->state == OC_IDLE) {
+			if (c->now_ms - oc->idle_since_ms >= DLV_IDLE_MS || c->stopping)
+				oc_quit(oc);
+			continue;
+		}
+		if (c->now_ms >= oc->deadline_ms) {
+			char why[64];
+
+			snprintf(why, sizeof(why), "timeout (state %u)", oc->state);
+			if (oc->state == OC_QUIT)
+				oc_close(oc);
+			else
+				oc_fail(oc, why);
+		}
+	}
+}
+
+void oc_stop(struct deliver *d)
+{
+	struct deliver_core *c = dlv_core(d);
+
+	while (c->oc_idle)
+		oc_quit(c->oc_idle);
+}
