@@ -677,9 +677,10 @@ int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, c
 
 	if (!b || b->arena_len + len > SPOOL_ARENA || !batch_room(b, 3, 1))
 		return -EAGAIN;
-	memcpy(b->arena + b->arena_len, p, len);
+	if (len)
+		memcpy(b->arena + b->arena_len, p, len);
 	h = &b->rec[b->nrec++];
-	spool_rec_hdr_init(h, type, msg_id, len, spool_crc32c(0, p, len));
+	spool_rec_hdr_init(h, type, msg_id, len, len ? spool_crc32c(0, p, len) : 0);
 	b->iov[b->niov++] = (struct iovec){h, sizeof(*h)};
 	if (len)
 		b->iov[b->niov++] = (struct iovec){b->arena + b->arena_len, len};

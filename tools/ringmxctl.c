@@ -21,6 +21,8 @@ static int usage(void)
 {
 	fprintf(stderr, "usage: ringmxctl [-s SOCKET] queue list\n"
 			"       ringmxctl [-s SOCKET] queue show ID\n"
+			"       ringmxctl [-s SOCKET] queue flush [ID]\n"
+			"       ringmxctl [-s SOCKET] queue hold|release|delete|bounce ID\n"
 			"       ringmxctl [-s SOCKET] ping\n");
 	return 2;
 }

@@ -905,6 +905,17 @@ static void settle(struct deliver *d, struct qmsg *m)
 	}
 }
 
+static void log_bounced(const struct qmsg *m, uint32_t r, const char *why)
+{
+	char id[SPOOL_QID_LEN + 1];
+	struct spool_rcpt rc;
+
+	qid(m->id, id);
+	spool_env_rcpt(&m->env, r, &rc);
+	log_msg(LOG_INFO, "event=bounced id=%s rcpt=<%.*s> reason=%s status=%s reply=\"%s\"", id,
+		(int)rc.addr.len, rc.addr.ptr, why, m->res[r].status, m->res[r].diag);
+}
+
 static void attempt_finish(struct deliver *d, struct qmsg *m)
 {
 	const struct config_delivery *dc = &d->core.cfg->delivery;
@@ -919,6 +930,7 @@ static void attempt_finish(struct deliver *d, struct qmsg *m)
 			continue;
 		if (m->bounce_all && res->cls != 2) {
 			set_res(m, r, 5, "5.0.0", "X-ringmx; bounced by the postmaster");
+			log_bounced(m, r, "operator");
 		} else if (expired && res->cls != 2 && res->cls != 5) {
 			char diag[DLV_ERR_MAX];
 
@@ -929,6 +941,7 @@ static void attempt_finish(struct deliver *d, struct qmsg *m)
 			res->cls = 5;
 			if (res->status[0] != '4')
 				snprintf(res->status, sizeof(res->status), "4.4.7");
+			log_bounced(m, r, "expired");
 		}
 		any_bounce |= res->cls == 5;
 	}
@@ -1370,9 +1383,10 @@ void deliver_ctl(struct deliver *d, struct dctl_req *req)
 		rec_mark(d, m);
 		break;
 	case DCTL_RELEASE:
+		/* Back on its schedule, like postsuper -H; flush sends it now. */
 		m->flags &= (uint8_t)~SPOOL_STATE_HELD;
 		if (m->where == QW_HELD)
-			list_set(d, m, QW_READY);
+			list_set(d, m, m->next_s > time(NULL) ? QW_DEFERRED : QW_READY);
 		m->state_dirty = true;
 		rec_mark(d, m);
 		break;
