@@ -1218,11 +1218,19 @@ void deliver_complete(struct deliver *d, uint64_t ud, int res, uint32_t flags)
 
 /* ---- the loop's hooks -------------------------------------------------------------------- */
 
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 void deliver_tick(struct deliver *d)
 {
 	int64_t now = time(NULL);
 
-	d->core.now_ms = (uint64_t)now * 1000u;
+	d->core.now_ms = mono_ms();
 	oc_tick(d);
 	for (struct qmsg *m = d->lh[QW_DEFERRED], *next; m; m = next) {
 		next = m->next;
@@ -1263,10 +1271,7 @@ static void write_records(struct deliver *d)
 
 void deliver_turn(struct deliver *d)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	d->core.now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	d->core.now_ms = mono_ms();
 	if (d->kick) {
 		struct djob *job = d->wait_head;
 

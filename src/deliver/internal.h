@@ -81,6 +81,7 @@ struct oconn {
 	/* output */
 	char *out;
 	uint32_t out_len;
+	uint32_t out_inflight; /* bytes of out[] in the send in flight */
 	struct iovec iov[DLV_IOV_MAX + 2];
 	uint32_t niov;
 	struct msghdr mh;

@@ -133,6 +133,7 @@ static void oc_flush(struct oconn *oc)
 		return;
 	oc->iov[0] = (struct iovec){oc->out, oc->out_len};
 	oc->niov = 1;
+	oc->out_inflight = oc->out_len;
 	oc_send_iov(oc);
 }
 
@@ -780,6 +781,12 @@ static void on_send(struct oconn *oc, int res)
 		return;
 	}
 	oc->niov = 0;
+	if (oc->out_inflight) {
+		/* Commands written while the send was in flight stay for the next. */
+		memmove(oc->out, oc->out + oc->out_inflight, oc->out_len - oc->out_inflight);
+		oc->out_len -= oc->out_inflight;
+		oc->out_inflight = 0;
+	}
 	if (oc->state == OC_BODY) {
 		if (oc->body_end) {
 			oc->state = OC_DOT;
@@ -791,10 +798,8 @@ static void on_send(struct oconn *oc, int res)
 		oc_pump(oc);
 		return;
 	}
-	oc->out_len = 0;
 	if (oc->state == OC_QUIT)
 		return;
-	/* Commands written while the send was in flight. */
 	oc_flush(oc);
 }
 
