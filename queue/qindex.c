@@ -161,8 +161,16 @@ static int load_commit(void *vctx, const struct spool_scan_msg *msg)
 {
 	struct load_ctx *ctx = vctx;
 
-	if (!msg->body_ok || qindex_find(ctx->ix, msg->env.id))
+	struct qmsg *old;
+
+	if (!msg->body_ok)
 		return 0;
+	/* A later COMMIT of the same id is the message moved forward out of an
+	 * older segment with its remaining recipients: it replaces the old one
+	 * (and the old one's state, which used the old recipient list). */
+	old = qindex_find(ctx->ix, msg->env.id);
+	if (old)
+		qindex_remove(ctx->ix, old);
 	if (!qindex_add(ctx->ix, ctx->seq, msg->commit_off, msg->env_raw, msg->env_raw_len)) {
 		ctx->err = -ENOMEM;
 		return 1;

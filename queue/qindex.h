@@ -58,6 +58,7 @@ struct qmsg {
 	bool done_dirty;  /* the DONE record is still to be written */
 	bool bounce_wait; /* a bounce is being built and queued */
 	bool delete_req;  /* operator asked for a delete */
+	bool moving;	  /* being re-written into the current segment */
 	bool rlisted;	  /* on the engine's record list */
 	uint32_t jobs;	  /* delivery jobs of the running attempt */
 	struct qmsg *rnext;

@@ -68,6 +68,9 @@ struct dbounce {
 	uint32_t n;
 	struct dsn_rcpt_result *results;
 	enum dsn_action action;
+	bool move; /* not a bounce: orig re-written forward */
+	struct spool_rcpt *mrcpt;
+	uint32_t mn;
 	int segfd;
 	int rc;
 	char *buf;
@@ -106,7 +109,8 @@ struct deliver {
 	struct djob *wait_head, *wait_tail;
 	struct dbounce *commit_head; /* built bounces to commit */
 	uint32_t helper_jobs;
-	uint32_t bounces; /* built or being committed */
+	uint32_t bounces; /* built or being committed (bounces and moves) */
+	uint32_t moves;
 	bool kick;
 	struct dunlink unl[DLV_UNLINKS_MAX];
 	uint32_t unlinks;
@@ -1004,6 +1008,7 @@ static int bounce_job(void *arg)
 
 static void bounce_free(struct dbounce *b)
 {
+	free(b->mrcpt);
 	free(b->buf);
 	free(b->results);
 	free(b->rcpt);
@@ -1105,7 +1110,8 @@ static bool bounce_commit(struct deliver *d, struct dbounce *b)
 	struct spool_rcpt rcpt;
 
 	if (!b->begun) {
-		spool_msg_begin(d->spool, &b->sm, spool_next_id(d->spool), SPOOL_OWNER_ENGINE, 0);
+		spool_msg_begin(d->spool, &b->sm, b->move ? b->orig->id : spool_next_id(d->spool),
+				SPOOL_OWNER_ENGINE, 0);
 		b->begun = true;
 		if (b->len)
 			spool_msg_append(d->spool, &b->sm, b->buf, (uint32_t)b->len, SPOOL_NO_BUF);
@@ -1116,15 +1122,27 @@ static bool bounce_commit(struct deliver *d, struct dbounce *b)
 		return false;
 	}
 	b->waiting = false;
-	dsn_bounce_env(&b->orig->env, &b->info, &env, &rcpt);
-	env.arrival_s = time(NULL);
-	env.msg_len = b->len;
+	if (b->move) {
+		env = b->orig->env;
+		env.rcpts = b->mrcpt;
+		env.rcpt_count = b->mn;
+		env.rcpt_data = NULL;
+		env.rcpt_data_len = 0;
+	} else {
+		dsn_bounce_env(&b->orig->env, &b->info, &env, &rcpt);
+		env.arrival_s = time(NULL);
+		env.msg_len = b->len;
+	}
 	if (spool_msg_commit(d->spool, &b->sm, &env, b->enc, sizeof(b->enc)) < 0) {
 		spool_msg_abort(d->spool, &b->sm);
-		log_msg(LOG_ERROR, "event=bounce_failed shard=%u error=\"envelope\"",
-			d->core.shard);
-		if (b->action == DSN_ACTION_FAILED)
+		log_msg(LOG_ERROR, "event=%s shard=%u error=\"envelope\"",
+			b->move ? "move_failed" : "bounce_failed", d->core.shard);
+		if (b->move) {
+			b->orig->moving = false;
+			d->moves--;
+		} else if (b->action == DSN_ACTION_FAILED) {
 			bounce_settle(d, b->orig, false);
+		}
 		d->bounces--;
 		bounce_free(b);
 	}
@@ -1148,10 +1166,59 @@ static void bounce_built(struct deliver *d, struct dbounce *b)
 	bounce_commit(d, b);
 }
 
+/* The copy is durable: it replaces the original (same id, remaining
+ * recipients), whose segment can go once nothing else lives there. */
+static void move_durable(struct deliver *d, struct dbounce *b, int res)
+{
+	struct qmsg *o = b->orig, *n;
+	char id[SPOOL_QID_LEN + 1];
+	uint64_t old_seq = o->seq;
+
+	qid(o->id, id);
+	d->moves--;
+	d->bounces--;
+	o->moving = false;
+	if (res < 0) {
+		log_msg(LOG_ERROR, "event=move_failed id=%s error=\"%s\"", id, strerror(-res));
+		bounce_free(b);
+		return;
+	}
+	uint16_t attempts = o->attempts;
+	uint8_t flags = o->flags, where = o->where;
+	int64_t next_s = o->next_s;
+	char error[sizeof(o->error)];
+
+	memcpy(error, o->error, sizeof(error));
+	list_del(d, o);
+	seg_unref(d, o->seq);
+	qindex_remove(&d->ix, o);
+	n = enqueue(d, &b->sm);
+	if (n) {
+		n->attempts = attempts;
+		n->flags = flags;
+		n->next_s = next_s;
+		memcpy(n->error, error, sizeof(error));
+		for (uint32_t r = 0; r < n->env.rcpt_count; r++)
+			n->rst[r] = SPOOL_RCPT_DEFERRED;
+		list_set(d, n, where == QW_HELD ? QW_HELD : QW_DEFERRED);
+		n->state_dirty = true;
+		rec_mark(d, n);
+	}
+	log_msg(LOG_INFO, "event=moved id=%s from_segment=%016llx to_segment=%016llx rcpts=%u", id,
+		(unsigned long long)old_seq, (unsigned long long)b->sm.seg_seq, b->mn);
+	bounce_free(b);
+}
+
 void deliver_spool_durable(struct deliver *d, struct spool_msg *sm, int res)
 {
 	struct dbounce *b = (struct dbounce *)sm;
 	char id[SPOOL_QID_LEN + 1], nid[SPOOL_QID_LEN + 1];
+
+	sm->committing = false;
+	if (b->move) {
+		move_durable(d, b, res);
+		return;
+	}
 
 	qid(b->orig->id, id);
 	qid(sm->id, nid);
@@ -1182,10 +1249,81 @@ void deliver_spool_progress(struct deliver *d, struct spool_msg *sm)
 void deliver_helper_done(struct deliver *d, const struct hpool_done *done)
 {
 	d->helper_jobs--;
-	if (done->cookie == 1)
+	if (done->cookie == 1) {
 		local_done(d, done->arg);
-	else
+	} else if (done->cookie == 3) {
+		struct dbounce *b = done->arg;
+
+		if (b->rc < 0 || b->len > SPOOL_REC_PAYLOAD_MAX) {
+			b->orig->moving = false;
+			d->moves--;
+			d->bounces--;
+			bounce_free(b);
+			return;
+		}
+		bounce_commit(d, b);
+	} else {
 		bounce_built(d, done->arg);
+	}
+}
+
+/* ---- moving long-deferred messages forward ---------------------------------------------- */
+
+static int move_job(void *arg)
+{
+	struct dbounce *b = arg;
+
+	b->rc = spool_message_read(b->segfd, &b->orig->env, b->orig->commit_off, bounce_sink, b);
+	/* DATA-received bytes are stored with their terminator. */
+	if (b->rc == 0 && (b->orig->env.flags & SPOOL_ENV_STUFFED))
+		b->rc = bounce_sink(b, ".\r\n", 3);
+	return b->rc;
+}
+
+static void move_start(struct deliver *d, struct qmsg *m)
+{
+	struct dbounce *b = calloc(1, sizeof(*b));
+
+	if (!b || !(b->mrcpt = calloc(m->env.rcpt_count, sizeof(*b->mrcpt)))) {
+		free(b);
+		return;
+	}
+	for (uint32_t r = 0; r < m->env.rcpt_count; r++)
+		if (m->rst[r] == SPOOL_RCPT_PENDING || m->rst[r] == SPOOL_RCPT_DEFERRED)
+			spool_env_rcpt(&m->env, r, &b->mrcpt[b->mn++]);
+	b->d = d;
+	b->orig = m;
+	b->move = true;
+	b->segfd = dlv_seg_fd(d, m->seq);
+	if (b->mn == 0 || hpool_submit_job(d->pool, d->core.shard, 3, move_job, b) < 0) {
+		bounce_free(b);
+		return;
+	}
+	m->moving = true;
+	d->helper_jobs++;
+	d->bounces++;
+	d->moves++;
+}
+
+/* The oldest segment pins every newer one (reclaim goes oldest first): once
+ * two newer ones exist, its deferred messages are re-written into the
+ * current segment, so disk use stays bounded by what is really queued. */
+static void move_forward(struct deliver *d)
+{
+	uint64_t cur = spool_current_seq(d->spool);
+	uint64_t seq;
+
+	if (d->nseg < 3 || d->moves >= 16 || d->core.stopping)
+		return;
+	seq = d->segs[0].seq;
+	if (seq >= cur || !spool_seg_quiet(d->spool, seq) || d->segs[0].live == 0)
+		return;
+	for (uint32_t b = 0; b <= d->ix.mask && d->moves < 16; b++)
+		for (struct qmsg *m = d->ix.table[b]; m && d->moves < 16; m = m->hnext)
+			if (m->seq == seq && !m->moving && !m->rlisted &&
+			    (m->where == QW_DEFERRED || m->where == QW_HELD) &&
+			    m->env.msg_len <= (8u << 20))
+				move_start(d, m);
 }
 
 /* ---- ring completions ------------------------------------------------------------------ */
@@ -1234,9 +1372,10 @@ void deliver_tick(struct deliver *d)
 	oc_tick(d);
 	for (struct qmsg *m = d->lh[QW_DEFERRED], *next; m; m = next) {
 		next = m->next;
-		if (m->next_s <= now && !d->core.stopping)
+		if (m->next_s <= now && !d->core.stopping && !m->moving)
 			list_set(d, m, QW_READY);
 	}
+	move_forward(d);
 	d->kick = true;
 }
 
@@ -1287,8 +1426,14 @@ void deliver_turn(struct deliver *d)
 		}
 	}
 	/* Bounded per turn, so a big queue does not starve the listeners. */
-	for (uint32_t n = 0; n < 64 && d->lh[QW_READY] && !d->core.stopping; n++)
-		attempt(d, d->lh[QW_READY]);
+	for (uint32_t n = 0; n < 64 && d->lh[QW_READY] && !d->core.stopping; n++) {
+		struct qmsg *m = d->lh[QW_READY];
+
+		if (m->moving) /* flushed while its copy is being written */
+			list_set(d, m, QW_DEFERRED);
+		else
+			attempt(d, m);
+	}
 	write_records(d);
 	seg_reclaim(d);
 }
@@ -1370,6 +1515,10 @@ void deliver_ctl(struct deliver *d, struct dctl_req *req)
 	}
 	if (!m || m->where == QW_DONE) {
 		req->result = -ENOENT;
+		return;
+	}
+	if (m->moving && req->op != DCTL_FIND && req->op != DCTL_FLUSH) {
+		req->result = -EBUSY; /* a moment: its copy is being written */
 		return;
 	}
 	qid(m->id, id);
