@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "auth/pool.h"
@@ -58,6 +59,33 @@ static void recover_spool(const struct rmx_config *cfg, uint64_t *max_ids)
 		closedir(d);
 	log_msg(LOG_INFO, "event=spool_recovered path=%s messages=%llu", cfg->spool.path,
 		(unsigned long long)total);
+}
+
+/* Maildir and mbox bases are created at start when missing (the embedded
+ * default delivers into ./maildir); one that cannot be made stops the
+ * start, naming the route. */
+static void local_bases(const struct rmx_config *cfg)
+{
+	for (uint32_t i = 0; i < cfg->route_count; i++) {
+		const struct config_hop *h = &cfg->routes[i].hops[0];
+		char tmp[PATH_MAX];
+
+		if (h->kind != CONFIG_HOP_MAILDIR && h->kind != CONFIG_HOP_MBOX)
+			continue;
+		snprintf(tmp, sizeof(tmp), "%s", h->path);
+		for (char *p = tmp + 1;; p++) {
+			char c = *p;
+
+			if (c != '/' && c != '\0')
+				continue;
+			*p = '\0';
+			if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+				fatal("routes[%u].to: cannot create %s: %s", i, tmp, strerror(errno));
+			*p = c;
+			if (c == '\0')
+				break;
+		}
+	}
 }
 
 static int signals_block(void)
@@ -167,6 +195,7 @@ int main(int argc, char **argv)
 	if (!shards || !max_ids)
 		fatal("out of memory");
 	recover_spool(cfg, max_ids);
+	local_bases(cfg);
 	/* Helper threads: local delivery and bounces (blocking work). */
 	struct hpool_config pc = {.threads = cfg->shards < 2 ? 2 : cfg->shards,
 				  .shards = cfg->shards,
