@@ -18,10 +18,14 @@ timeouts, process waits); nothing sleeps to synchronise.
 
 import copy
 import ctypes
+import email
+import email.parser
+import email.policy
 import json
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -462,7 +466,11 @@ class Server:
         for raw in self.ctl("queue", "list").decode("utf-8", "replace").splitlines():
             if not raw.strip():
                 continue
-            parts = raw.split()
+            # shlex: a quoted value with spaces (error="451 4.3.0 later") stays one value
+            try:
+                parts = shlex.split(raw)
+            except ValueError as e:
+                raise AssertionError("queue list line with bad quoting (%s): %r" % (e, raw)) from None
             qid = parts[0]
             assert QID_RE.match(qid), "queue list line does not start with a queue ID: %r" % raw
             kv = {}
@@ -573,3 +581,267 @@ def client_factory():
     yield make
     for c in clients:
         c.close()
+
+
+# --------------------------------------------------------------------------
+# delivery helpers (test_delivery.py, test_local_delivery.py,
+# test_delivery_crash.py)
+
+DELIVERY_TIMEOUT_S = 30.0  # a delivery (or a bounce) that should happen "now"
+
+# A fast schedule: retries after 1 s, nothing expires during a test.
+FAST_DELIVERY = {"retry_s": [1], "max_age_s": 600, "connect_timeout_s": 5,
+                 "command_timeout_s": 60}
+
+BASE_RELAY_DOMAINS = ["accepted.example", "*.sub.example"]
+
+
+def delivery_overrides(routes, relay_domains=(), delivery=None, dns=None, **extra):
+    """Config overrides for a server that delivers: routes as given, relay.domains
+    the base list plus relay_domains, delivery = FAST_DELIVERY updated with
+    delivery, dns when given, and anything else in extra (deep-merged)."""
+    over = {"routes": list(routes),
+            "relay": {"domains": BASE_RELAY_DOMAINS + [d for d in relay_domains
+                                                       if d not in BASE_RELAY_DOMAINS]},
+            "delivery": dict(FAST_DELIVERY, **(delivery or {}))}
+    if dns is not None:
+        over["dns"] = dns
+    return deep_merge(over, extra)
+
+
+def route(domains, to):
+    """One routes[] entry; to is a URL string, a NextHop (its url) or a list of them."""
+    def url(x):
+        return x if isinstance(x, str) else x.url
+    if isinstance(domains, str):
+        domains = [domains]
+    return {"domains": list(domains),
+            "to": [url(x) for x in to] if isinstance(to, (list, tuple)) else url(to)}
+
+
+def make_message(mid, subject="test", body=b"Hello.\r\n", extra_headers=b"",
+                 sender="sender@sender.example", to="rcpt@accepted.example"):
+    """A CRLF message with a Message-ID (mid without <>); body and
+    extra_headers are bytes (CRLF lines)."""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if isinstance(extra_headers, str):
+        extra_headers = extra_headers.encode("utf-8")
+    head = ("From: %s\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s>\r\n"
+            % (sender, to, subject, mid)).encode("utf-8")
+    return head + extra_headers + b"\r\n" + body
+
+
+def submit(port, body, sender="sender@sender.example", rcpts=("rcpt@accepted.example",),
+           mail_params="", rcpt_params=None, timeout=20.0):
+    """One SMTP session, one DATA transaction; body is the message (CRLF lines,
+    not stuffed).  mail_params: text after MAIL FROM:<...>; rcpt_params:
+    {rcpt: text after RCPT TO:<...>}.  Returns the queue ID."""
+    c = SMTPClient(port, timeout=timeout)
+    try:
+        c.ehlo()
+        c.expect("MAIL FROM:<%s>%s" % (sender, " " + mail_params if mail_params else ""),
+                 "250")
+        for rc in rcpts:
+            p = (rcpt_params or {}).get(rc, "")
+            c.expect("RCPT TO:<%s>%s" % (rc, " " + p if p else ""), "250")
+        c.expect("DATA", "354")
+        c.send(dot_stuff(body) + b".\r\n")
+        qid = queued_id(c.reply())
+        c.cmd("QUIT")
+        return qid
+    finally:
+        c.close()
+
+
+def wait_queue(server, pred, timeout, what):
+    """Poll `queue list` until pred(listing) is true; returns the listing.  The
+    failure message shows the last listing."""
+    last = [None]
+
+    def cond():
+        last[0] = server.queue_list()
+        return pred(last[0])
+    try:
+        wait_for(cond, timeout, what, interval=0.05)
+    except AssertionError as e:
+        raise AssertionError("%s; last queue list: %r\n--- log tail ---\n%s"
+                             % (e, last[0], server.log_tail(30))) from None
+    return last[0]
+
+
+def wait_queue_empty(server, timeout=DELIVERY_TIMEOUT_S):
+    return wait_queue(server, lambda q: q == {}, timeout, "an empty queue")
+
+
+def wait_state(server, qid, state, timeout=DELIVERY_TIMEOUT_S):
+    """Wait until qid is listed with state=STATE; returns its fields."""
+    q = wait_queue(server, lambda q: q.get(qid, {}).get("state") == state, timeout,
+                   "%s state=%s" % (qid, state))
+    return q[qid]
+
+
+def log_event_re(event, qid=None):
+    """Regex for a kv log line 'event=EVENT ... id=QID'."""
+    return re.compile(r"(?m)^.*\bevent=%s\b%s.*$" % (
+        re.escape(event), r"[^\n]*\bid=%s\b" % re.escape(qid) if qid else ""))
+
+
+def wait_log(server, event, qid=None, timeout=DELIVERY_TIMEOUT_S):
+    """Wait until the server's logs (all runs) hold event=EVENT [id=QID]; returns
+    the matching lines."""
+    rx = log_event_re(event, qid)
+    try:
+        return wait_for(lambda: rx.findall(server.all_logs()), timeout,
+                        "log event=%s%s" % (event, " id=" + qid if qid else ""), interval=0.05)
+    except AssertionError as e:
+        raise AssertionError("%s\n--- log tail ---\n%s" % (e, server.log_tail(40))) from None
+
+
+def log_events(server, event, qid=None):
+    return log_event_re(event, qid).findall(server.all_logs())
+
+
+def parse_queue_time(v):
+    """next=UNIX|- of `queue list` -> int or None."""
+    return None if v in (None, "-", "") else int(v)
+
+
+class Dsn:
+    """An RFC 3464 delivery status notification, parsed with the email package.
+
+    msg            the whole DSN (email.message.Message, compat32)
+    report_type    the multipart/report report-type parameter
+    part_types     content types of the top-level parts, in order
+    per_message    {lower-case field: value} of the first status block
+    recipients     [{lower-case field: value}] of the per-recipient blocks
+    returned       the third part (or None); returned_type its content type
+    raw            the bytes"""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        assert self.msg.get_content_type() == "multipart/report", \
+            "DSN is not multipart/report: %r\n%r" % (self.msg.get_content_type(), raw[:2000])
+        self.report_type = self.msg.get_param("report-type")
+        parts = self.msg.get_payload()
+        assert isinstance(parts, list) and len(parts) >= 2, "DSN has fewer than 2 parts: %r" % raw[:3000]
+        self.parts = parts
+        self.part_types = [p.get_content_type() for p in parts]
+        status = [p for p in parts if p.get_content_type() in
+                  ("message/delivery-status", "message/global-delivery-status")]
+        assert len(status) == 1, "DSN needs one message/delivery-status part, has %r" % self.part_types
+        self.status_part = status[0]
+        blocks = self._status_blocks(raw, self.msg.get_boundary(), status[0].get_content_type())
+        assert len(blocks) >= 2, "delivery-status part has %d blocks, needs per-message " \
+            "and per-recipient fields: %r" % (len(blocks), blocks)
+        self.per_message = blocks[0]
+        self.recipients = blocks[1:]
+        for r in self.recipients:  # "Status: 5.1.1 (comment)" -> "5.1.1"
+            if r.get("status"):
+                r["status-raw"] = r["status"]
+                r["status"] = r["status"].split()[0]
+        self.returned = parts[2] if len(parts) >= 3 else None
+        self.returned_type = self.returned.get_content_type() if self.returned is not None else None
+
+    @staticmethod
+    def _status_blocks(raw, boundary, ctype):
+        """The status part's body split into blocks of fields (RFC 3464 2.1),
+        each parsed with the email header parser."""
+        assert boundary, "multipart/report without a boundary"
+        delim = b"--" + boundary.encode("latin-1")
+        body = None
+        for piece in raw.split(delim)[1:]:
+            if piece.startswith(b"--"):
+                break
+            nl = piece.find(b"\n")  # the rest of the boundary line
+            piece = piece[nl + 1:] if nl >= 0 else b""
+            head_end = piece.find(b"\r\n\r\n")
+            sep = 4
+            if head_end < 0:
+                head_end, sep = piece.find(b"\n\n"), 2
+            if head_end < 0:
+                continue
+            hdrs = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+                piece[:head_end + sep])
+            if (hdrs.get_content_type() or "") == ctype:
+                body = piece[head_end + sep:]
+                break
+        assert body is not None, "status part %s not found in the raw DSN" % ctype
+        text = body.replace(b"\r\n", b"\n")
+        blocks = []
+        for chunk in re.split(rb"\n[ \t]*\n", text):
+            if not chunk.strip():
+                continue
+            h = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+                chunk.strip(b"\n") + b"\n\n")
+            fields = {k.lower(): re.sub(r"\r?\n[ \t]+", " ", str(v)).strip() for k, v in h.items()}
+            assert fields, "unparsable status block %r" % chunk
+            blocks.append(fields)
+        return blocks
+
+    def recipient(self, addr):
+        """The per-recipient block whose Final-Recipient is addr (case-insensitive)."""
+        want = addr.lower()
+        for r in self.recipients:
+            fr = r.get("final-recipient", "")
+            if fr.split(";", 1)[-1].strip().strip("<>").lower() == want:
+                return r
+        raise AssertionError("no Final-Recipient %s in the DSN: %r" % (addr, self.recipients))
+
+    def final_recipients(self):
+        return sorted(r.get("final-recipient", "").split(";", 1)[-1].strip().strip("<>").lower()
+                      for r in self.recipients)
+
+    def returned_bytes(self):
+        """The third part's content as bytes (headers for text/rfc822-headers,
+        the message for message/rfc822)."""
+        if self.returned is None:
+            return None
+        if self.returned.is_multipart():  # message/rfc822: one sub-message
+            sub = self.returned.get_payload()
+            return sub[0].as_bytes() if sub else b""
+        return self.returned.get_payload(decode=True) or b""
+
+
+def check_dsn(txn, sender):
+    """txn is a next-hop Transaction that should be a DSN to sender: null
+    reverse-path, one recipient, a multipart/report of type delivery-status.
+    Returns the parsed Dsn."""
+    assert txn.mail_from == "", "DSN not sent from <>: MAIL FROM:<%s>" % txn.mail_from
+    assert [r.lower() for r in txn.rcpts] == [sender.lower()], \
+        "DSN recipients %r, expected [%r]" % (txn.rcpts, sender)
+    d = Dsn(txn.data)
+    assert d.report_type == "delivery-status", \
+        "multipart/report report-type=%r, expected delivery-status" % d.report_type
+    assert d.part_types[0] == "text/plain", "first DSN part %r, expected text/plain" % d.part_types
+    assert d.part_types[1] in ("message/delivery-status", "message/global-delivery-status"), \
+        "second DSN part %r" % d.part_types
+    assert "reporting-mta" in d.per_message, \
+        "per-message fields lack Reporting-MTA: %r" % d.per_message
+    for r in d.recipients:
+        for k in ("final-recipient", "action", "status"):
+            assert k in r, "per-recipient block lacks %s: %r" % (k, r)
+        assert re.match(r"^[245]\.\d{1,3}\.\d{1,3}$", r["status"].split()[0]), \
+            "bad Status %r" % r["status"]
+    return d
+
+
+def dsn_transactions(nh, rcpt=None):
+    """Accepted transactions from <> at next hop nh (optionally to rcpt)."""
+    out = [t for t in nh.messages() if t.mail_from == ""]
+    if rcpt is not None:
+        out = [t for t in out if rcpt.lower() in (r.lower() for r in t.rcpts)]
+    return out
+
+
+def wait_dsn(nh, rcpt, n=1, timeout=DELIVERY_TIMEOUT_S):
+    """Wait until nh accepted n DSNs (MAIL FROM:<>) for rcpt; returns them."""
+    nh.wait_until(lambda h: len(dsn_transactions(h, rcpt)) >= n, timeout,
+                  "%d DSN(s) from <> to %s" % (n, rcpt))
+    return dsn_transactions(nh, rcpt)
+
+
+def lf(data):
+    """CRLF -> LF (what local delivery stores)."""
+    return data.replace(b"\r\n", b"\n")
