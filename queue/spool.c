@@ -398,6 +398,19 @@ static bool batch_room(const struct spool_batch *b, uint32_t niov, uint32_t nrec
 	return b->niov + niov <= SPOOL_BATCH_IOV && b->nrec + nrec <= SPOOL_BATCH_RECS;
 }
 
+/* Would batch_for(seg, niov, nrec) succeed now?  The open batch if it has
+ * room; else a fresh one, which needs the open one submitted first (only
+ * possible when none of the segment's batches is in flight) and a free
+ * batch. */
+static bool seg_can_place(const struct spool_seg *seg, uint32_t niov, uint32_t nrec)
+{
+	if (seg->open && batch_room(seg->open, niov, nrec))
+		return true;
+	if (seg->open && seg->flying)
+		return false;
+	return spool_batch_free(seg);
+}
+
 /* A batch with room for niov iovecs and nrec records; submits a full one. */
 static struct spool_batch *batch_for(struct spool *sp, struct spool_seg *seg, uint32_t niov,
 				     uint32_t nrec)
@@ -496,7 +509,7 @@ static bool msg_place_pieces(struct spool *sp, struct spool_msg *m)
 
 bool spool_msg_can_write(const struct spool_msg *m)
 {
-	return m->npieces < SPOOL_PIECES_MAX || m->seg->open || spool_batch_free(m->seg);
+	return m->npieces < SPOOL_PIECES_MAX || seg_can_place(m->seg, m->npieces + 2, 1);
 }
 
 void spool_msg_append(struct spool *sp, struct spool_msg *m, const char *p, uint32_t n,
@@ -530,11 +543,7 @@ void spool_msg_append(struct spool *sp, struct spool_msg *m, const char *p, uint
 
 bool spool_msg_can_commit(const struct spool_msg *m)
 {
-	const struct spool_batch *b = m->seg->open;
-
-	if (b && batch_room(b, m->npieces + 5, 2))
-		return true;
-	return spool_batch_free(m->seg);
+	return seg_can_place(m->seg, m->npieces + 5, 2);
 }
 
 int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *env, uint8_t *enc,
