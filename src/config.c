@@ -15,6 +15,8 @@
  */
 #include "config.h"
 
+#include "tls/tls.h" /* its bounds only: config.c makes no TLS library call */
+
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
@@ -32,7 +34,7 @@
 /* A config with 10 000 relay domains is ~300 KiB; anything near this bound
  * is a wrong file, not a config. */
 #define CONFIG_FILE_SIZE_MAX	  (4u << 20)
-#define CONFIG_JSON_DEPTH_MAX	  32  /* the schema nests 4 deep (routes[].to[]) */
+#define CONFIG_JSON_DEPTH_MAX	  32  /* the schema nests 4 deep (tls.certificates[].names[]) */
 #define CONFIG_PATH_MAX		  256 /* a JSON path in an error message */
 #define CONFIG_SHARDS_MAX	  256
 #define CONFIG_RELAY_DOMAINS_MAX  100000 /* sorted, looked up by binary search */
@@ -50,17 +52,42 @@
  * 32768 x 1 MiB would be 32 GiB per shard, so the product is bounded too. */
 #define CONFIG_RECV_POOL_MAX   (1ull << 30)
 #define CONFIG_SOCKET_PATH_MAX (sizeof(((struct sockaddr_un *)0)->sun_path) - 1)
+#define CONFIG_FILE_PATH_MAX   (PATH_MAX - 1)
+#define CONFIG_CERT_NAMES_MAX  32  /* per certificate, = TLS_CERT_NAMES_MAX */
+#define CONFIG_CERT_NAME_MAX   253 /* with a leading "*.", = TLS_NAME_MAX */
+#define CONFIG_CIPHERS_MAX     4096
+
+/* tls_ctx_new() takes what the loader accepted, so the bounds must agree. */
+static_assert(CONFIG_CERTS_MAX == TLS_CERTS_MAX, "certificate bound");
+static_assert(CONFIG_CERT_NAMES_MAX == TLS_CERT_NAMES_MAX, "names per certificate");
+static_assert(CONFIG_CERT_NAME_MAX == TLS_NAME_MAX, "name length");
+/* config_ctx.listener_tls_given has one bit per listener. */
+static_assert(CONFIG_LISTENERS_MAX <= 32, "listener bit mask");
 
 /* Choice keys store the index of the matched string; these must line up. */
 static_assert(CONFIG_DURABILITY_FSYNC == 0 && CONFIG_DURABILITY_NONE == 1, "durability order");
 static_assert(sizeof(enum config_durability) == sizeof(uint32_t), "durability stored as u32");
 static_assert(sizeof(int) == sizeof(uint32_t), "log.level stored as u32");
 static_assert(sizeof(bool) == 1, "log.json stored as one byte");
+static_assert(CONFIG_TLS_NONE == 0 && CONFIG_TLS_STARTTLS == 1 && CONFIG_TLS_IMPLICIT == 2,
+	      "listener tls order");
+static_assert(CONFIG_AUTH_NONE == 0 && CONFIG_AUTH_OPTIONAL == 1 && CONFIG_AUTH_REQUIRED == 2,
+	      "listener auth order");
+static_assert(CONFIG_RTLS_NONE == 0 && CONFIG_RTLS_OPPORTUNISTIC == 1 &&
+		  CONFIG_RTLS_REQUIRED == 2 && CONFIG_RTLS_VERIFY == 3,
+	      "route tls order");
+static_assert(sizeof(enum config_tls_mode) == sizeof(uint32_t) &&
+		  sizeof(enum config_auth_mode) == sizeof(uint32_t) &&
+		  sizeof(enum config_route_tls) == sizeof(uint32_t),
+	      "tls and auth modes stored as u32");
 
 struct config_ctx {
 	struct rmx_config *cfg;
 	char *err;
 	size_t err_len;
+	/* bit i: listeners[i] has its own "tls"; the others take the default
+	 * once tls.certificates is known (config_tls_resolve()) */
+	uint32_t listener_tls_given;
 };
 
 enum config_kind {
@@ -68,6 +95,8 @@ enum config_kind {
 	CONFIG_KIND_POW2,    /* as INT, and a power of two (ring and buffer-ring sizes) */
 	CONFIG_KIND_CHOICE,  /* one of choices[], stores its index */
 	CONFIG_KIND_STR,     /* heap string of 1..max bytes */
+	CONFIG_KIND_FILE,    /* as STR, and a file readable now (access R_OK) */
+	CONFIG_KIND_BOOL,    /* JSON true or false */
 	CONFIG_KIND_SECTION, /* nested object described by sub[] */
 	CONFIG_KIND_FN,	     /* anything else: fn() gets the section's struct */
 };
@@ -97,6 +126,9 @@ struct config_key {
 	{.name = (n), .kind = CONFIG_KIND_CHOICE, FIELD(T, m), .choices = (list), .def = (d)}
 #define KEY_STR(n, T, m, maxlen, d) \
 	{.name = (n), .kind = CONFIG_KIND_STR, FIELD(T, m), .min = 1, .max = (maxlen), .def_str = (d)}
+#define KEY_FILE(n, T, m) \
+	{.name = (n), .kind = CONFIG_KIND_FILE, FIELD(T, m), .min = 1, .max = CONFIG_FILE_PATH_MAX}
+#define KEY_BOOL(n, T, m, d) {.name = (n), .kind = CONFIG_KIND_BOOL, FIELD(T, m), .def = (d)}
 #define KEY_SECTION(n, off, keys) \
 	{.name = (n), .kind = CONFIG_KIND_SECTION, .offset = (off), .sub = (keys)}
 #define KEY_FN(n, f) {.name = (n), .kind = CONFIG_KIND_FN, .fn = (f)}
@@ -106,17 +138,52 @@ static config_fn config_hostname_parse, config_affinity_parse, config_listeners_
 static config_fn config_listener_name_parse, config_listener_address_parse;
 static config_fn config_listener_banner_parse, config_domains_parse, config_networks_parse;
 static config_fn config_routes_parse, config_route_domains_parse, config_route_to_parse;
-static config_fn config_route_tls_parse, config_retry_parse, config_dns_servers_parse;
+static config_fn config_retry_parse, config_dns_servers_parse, config_certs_parse;
+static config_fn config_cert_names_parse, config_tls_version_parse;
 
 static const char *const config_durability_choices[] = {"fsync", "none", NULL};
 static const char *const config_log_format_choices[] = {"kv", "json", NULL};
 static const char *const config_log_level_choices[] = {"error", "warn", "info", "debug", NULL};
 
+static const char *const config_tls_mode_choices[] = {"none", "starttls", "implicit", NULL};
+static const char *const config_auth_mode_choices[] = {"none", "optional", "required", NULL};
+static const char *const config_route_tls_choices[] = {"none", "opportunistic", "required",
+						       "verify", NULL};
+
+/* "tls" has no fixed default: a listener without it gets "starttls" when
+ * tls.certificates is non-empty (config_tls_resolve()), so adding a
+ * certificate turns STARTTLS on everywhere it was not set explicitly. */
 static const struct config_key config_listener_keys[] = {
     KEY_FN("name", config_listener_name_parse),
     KEY_FN("address", config_listener_address_parse),
     KEY_FN("banner", config_listener_banner_parse),
     KEY_INT("greet_pause_ms", struct config_listener, greet_pause_ms, 0, 30000, 0),
+    KEY_CHOICE("tls", struct config_listener, tls, config_tls_mode_choices, CONFIG_TLS_NONE),
+    KEY_CHOICE("auth", struct config_listener, auth, config_auth_mode_choices, CONFIG_AUTH_NONE),
+    KEY_BOOL("auth_plaintext", struct config_listener, auth_plaintext, false),
+    {0},
+};
+
+static const struct config_key config_cert_keys[] = {
+    KEY_FILE("cert", struct config_cert, cert),
+    KEY_FILE("key", struct config_cert, key),
+    KEY_FN("names", config_cert_names_parse),
+    {0},
+};
+
+/* min_version is an FN key (a choice kept as a string for tls_params);
+ * config_tls_resolve() fills its default "1.2". */
+static const struct config_key config_tls_keys[] = {
+    KEY_FN("certificates", config_certs_parse),
+    KEY_FN("min_version", config_tls_version_parse),
+    KEY_STR("ciphers", struct config_tls, ciphers, CONFIG_CIPHERS_MAX, NULL),
+    {0},
+};
+
+static const struct config_key config_auth_keys[] = {
+    KEY_FILE("users_file", struct config_auth, users_file),
+    KEY_INT("failure_delay_ms", struct config_auth, failure_delay_ms, 0, 60000, 1000),
+    KEY_INT("failures_max", struct config_auth, failures_max, 1, 1000, 10),
     {0},
 };
 
@@ -174,12 +241,14 @@ static const struct config_key config_log_keys[] = {
     {0},
 };
 
-/* "tls" is reserved: a route TLS policy is planned, and a key that parsed
- * and did nothing would make operators believe their mail is protected. */
+/* "tls" and "ca_file" are for smtp/lmtp/mx hops; config_route_check()
+ * refuses them on a local store, where they would parse and do nothing. */
 static const struct config_key config_route_keys[] = {
     KEY_FN("domains", config_route_domains_parse),
     KEY_FN("to", config_route_to_parse),
-    KEY_FN("tls", config_route_tls_parse),
+    KEY_CHOICE("tls", struct config_route, tls, config_route_tls_choices,
+	       CONFIG_RTLS_OPPORTUNISTIC),
+    KEY_FILE("ca_file", struct config_route, ca_file),
     {0},
 };
 
@@ -222,6 +291,8 @@ static const struct config_key config_root_keys[] = {
     KEY_FN("routes", config_routes_parse),
     KEY_SECTION("delivery", offsetof(struct rmx_config, delivery), config_delivery_keys),
     KEY_SECTION("dns", offsetof(struct rmx_config, dns), config_dns_keys),
+    KEY_SECTION("tls", offsetof(struct rmx_config, tls), config_tls_keys),
+    KEY_SECTION("auth", offsetof(struct rmx_config, auth), config_auth_keys),
     {0},
 };
 
@@ -385,9 +456,11 @@ static int config_defaults_apply(struct config_ctx *c, const struct config_key *
 		case CONFIG_KIND_INT:
 		case CONFIG_KIND_POW2:
 		case CONFIG_KIND_CHOICE:
+		case CONFIG_KIND_BOOL:
 			config_store(base + k->offset, k->size, k->def);
 			break;
-		case CONFIG_KIND_STR: {
+		case CONFIG_KIND_STR:
+		case CONFIG_KIND_FILE: {
 			char **field = (char **)(void *)(base + k->offset);
 			assert(k->size == sizeof(char *) && *field == NULL);
 			if (k->def_str != NULL && (*field = strdup(k->def_str)) == NULL)
@@ -441,6 +514,20 @@ static int config_str_parse(struct config_ctx *c, const char *path, const struct
 	return 0;
 }
 
+/* A path the running server will open: readable now, or the load fails
+ * naming the key and the file ("tls.certificates[0].key: /etc/k.pem: No such
+ * file or directory"), not at the first TLS handshake or AUTH. */
+static int config_file_parse(struct config_ctx *c, const char *path, const struct config_key *k,
+			     struct json_object *v, char *base)
+{
+	if (config_str_parse(c, path, k, v, base) < 0)
+		return -EINVAL;
+	const char *file = *(char **)(void *)(base + k->offset);
+	if (access(file, R_OK) != 0)
+		return config_fail(c, path, "%s: %s", file, strerror(errno));
+	return 0;
+}
+
 static int config_key_parse(struct config_ctx *c, const char *path, const struct config_key *k,
 			    struct json_object *v, char *base)
 {
@@ -462,6 +549,13 @@ static int config_key_parse(struct config_ctx *c, const char *path, const struct
 		return config_choice_parse(c, path, k, v, base);
 	case CONFIG_KIND_STR:
 		return config_str_parse(c, path, k, v, base);
+	case CONFIG_KIND_FILE:
+		return config_file_parse(c, path, k, v, base);
+	case CONFIG_KIND_BOOL:
+		if (!json_object_is_type(v, json_type_boolean))
+			return config_fail(c, path, "expected true or false");
+		config_store(base + k->offset, k->size, json_object_get_boolean(v) ? 1 : 0);
+		return 0;
 	case CONFIG_KIND_SECTION:
 		return config_section_parse(c, path, v, k->sub, base + k->offset);
 	case CONFIG_KIND_FN:
@@ -607,6 +701,40 @@ static int config_listener_unique(struct config_ctx *c, const char *path, uint32
 	return 0;
 }
 
+/* 127.0.0.0/8, ::1, or 127.x written as ::ffff:127.x: traffic that never
+ * leaves the host. */
+static bool config_addr_is_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+		return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+	}
+	assert(ss->ss_family == AF_INET6);
+	const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+	return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+}
+
+/* Checks of one listener that need several of its keys (any key order).
+ * AUTH before TLS sends the password in clear (RFC 4954 4 and 14), so it is
+ * allowed only where no one can listen: a loopback address, for tests. */
+static int config_listener_check(struct config_ctx *c, const char *path, struct json_object *obj,
+				 uint32_t i)
+{
+	const struct config_listener *l = &c->cfg->listeners[i];
+	char key[CONFIG_PATH_MAX];
+	if (l->name[0] == '\0' || l->addr_len == 0) {
+		config_path_key(key, path, l->name[0] == '\0' ? "name" : "address");
+		return config_fail(c, key, "required key missing");
+	}
+	if (json_object_object_get_ex(obj, "tls", NULL))
+		c->listener_tls_given |= 1u << i;
+	if (l->auth_plaintext && !config_addr_is_loopback(&l->addr)) {
+		config_path_key(key, path, "auth_plaintext");
+		return config_fail(c, key, "allowed only on a loopback address");
+	}
+	return config_listener_unique(c, path, i);
+}
+
 static int config_listeners_parse(struct config_ctx *c, const char *path, struct json_object *v,
 				  void *base)
 {
@@ -617,17 +745,12 @@ static int config_listeners_parse(struct config_ctx *c, const char *path, struct
 				   CONFIG_LISTENERS_MAX);
 	for (uint32_t i = 0; i < n; i++) {
 		struct config_listener *l = &cfg->listeners[i];
-		char sub[CONFIG_PATH_MAX], key[CONFIG_PATH_MAX];
+		struct json_object *obj = json_object_array_get_idx(v, i);
+		char sub[CONFIG_PATH_MAX];
 		config_path_index(sub, path, i);
 		if (config_defaults_apply(c, config_listener_keys, (char *)l) < 0 ||
-		    config_section_parse(c, sub, json_object_array_get_idx(v, i),
-					 config_listener_keys, (char *)l) < 0)
-			return -EINVAL;
-		if (l->name[0] == '\0' || l->addr_len == 0) {
-			config_path_key(key, sub, l->name[0] == '\0' ? "name" : "address");
-			return config_fail(c, key, "required key missing");
-		}
-		if (config_listener_unique(c, sub, i) < 0)
+		    config_section_parse(c, sub, obj, config_listener_keys, (char *)l) < 0 ||
+		    config_listener_check(c, sub, obj, i) < 0)
 			return -EINVAL;
 		cfg->listener_count = i + 1;
 	}
@@ -1008,12 +1131,31 @@ static int config_route_to_parse(struct config_ctx *c, const char *path, struct 
 	return 0;
 }
 
-static int config_route_tls_parse(struct config_ctx *c, const char *path, struct json_object *v,
-				  void *base)
+/* A route's TLS keys against its destination, once all its keys are read.
+ * A local store has no TLS: a "tls" written there is refused, left out it
+ * becomes "none", so only network routes ever carry a policy.  A ca_file
+ * that no handshake would use is refused too: it would parse and do
+ * nothing, and its owner would believe the route verified. */
+static int config_route_check(struct config_ctx *c, const char *path, struct json_object *obj,
+			      struct config_route *r)
 {
-	(void)v;
-	(void)base;
-	return config_fail(c, path, "route TLS policy is not built yet");
+	char key[CONFIG_PATH_MAX];
+	assert(r->hop_count >= 1);
+	bool local = r->hops[0].kind == CONFIG_HOP_MAILDIR || r->hops[0].kind == CONFIG_HOP_MBOX;
+	if (local && r->tls != CONFIG_RTLS_NONE && json_object_object_get_ex(obj, "tls", NULL)) {
+		config_path_key(key, path, "tls");
+		return config_fail(c, key,
+				   "expected \"none\": a maildir: or mbox: route has no TLS");
+	}
+	if (local)
+		r->tls = CONFIG_RTLS_NONE;
+	if (r->ca_file != NULL && r->tls == CONFIG_RTLS_NONE) {
+		config_path_key(key, path, "ca_file");
+		return config_fail(c, key,
+				   local ? "not used by a maildir: or mbox: route"
+					 : "not used with tls \"none\"");
+	}
+	return 0;
 }
 
 /* route_count counts the route being parsed too, so config_free() releases
@@ -1033,17 +1175,20 @@ static int config_routes_parse(struct config_ctx *c, const char *path, struct js
 		return config_fail(c, path, "out of memory");
 	for (uint32_t i = 0; i < n; i++) {
 		struct config_route *r = &cfg->routes[i];
+		struct json_object *obj = json_object_array_get_idx(v, i);
 		char sub[CONFIG_PATH_MAX], key[CONFIG_PATH_MAX];
 		cfg->route_count = i + 1;
 		config_path_index(sub, path, i);
-		if (config_section_parse(c, sub, json_object_array_get_idx(v, i), config_route_keys,
-					 (char *)r) < 0)
+		if (config_defaults_apply(c, config_route_keys, (char *)r) < 0 ||
+		    config_section_parse(c, sub, obj, config_route_keys, (char *)r) < 0)
 			return -EINVAL;
 		bool no_domains = r->domain_count == 0 && !r->catch_all;
 		if (no_domains || r->hop_count == 0) {
 			config_path_key(key, sub, no_domains ? "domains" : "to");
 			return config_fail(c, key, "required key missing");
 		}
+		if (config_route_check(c, sub, obj, r) < 0)
+			return -EINVAL;
 	}
 	return 0;
 }
@@ -1055,6 +1200,147 @@ static void config_route_free(struct config_route *r)
 	free(r->domains);
 	for (uint32_t i = 0; i < CONFIG_HOPS_MAX; i++)
 		free(r->hops[i].path);
+	free(r->ca_file);
+}
+
+/* ---- tls and auth -------------------------------------------------------- */
+
+/* "mx.example.net" or "*.example.net" (one leftmost wildcard label, RFC
+ * 6125 6.4.3), stored lower-case as tls_ctx_new() matches SNI.  No trailing
+ * dot: a certificate's names are written without one. */
+static int config_cert_name_entry(const char *s, size_t len, void *entry)
+{
+	char **name = entry;
+	size_t skip = len > 2 && s[0] == '*' && s[1] == '.' ? 2 : 0;
+	if (len > CONFIG_CERT_NAME_MAX || !config_dns_name_valid(s + skip, len - skip))
+		return -EINVAL;
+	*name = strndup(s, len);
+	if (*name == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < len; i++)
+		(*name)[i] = config_ascii_lower((*name)[i]);
+	return 0;
+}
+
+static int config_cert_names_parse(struct config_ctx *c, const char *path, struct json_object *v,
+				   void *base)
+{
+	static const struct config_list spec = {
+	    .max = CONFIG_CERT_NAMES_MAX,
+	    .elem_size = sizeof(char *),
+	    .what = "names",
+	    .expected = "expected a host name like \"mx.example.net\" or \"*.example.net\"",
+	    .parse = config_cert_name_entry,
+	};
+	struct config_cert *cert = base;
+	assert(cert->names == NULL && cert->name_count == 0);
+	if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) == 0 ||
+	    json_object_array_length(v) > spec.max)
+		return config_fail(c, path, "expected an array of 1..%zu host names", spec.max);
+	return config_list_parse(c, path, v, &spec, (void **)&cert->names, &cert->name_count);
+}
+
+/* A name in two certificates (or twice in one) leaves SNI to pick one of
+ * them by file order; tls_ctx_new() refuses it too, this says so at load. */
+static int config_cert_names_unique(struct config_ctx *c, const char *path,
+				    const struct config_tls *t, uint32_t i)
+{
+	const struct config_cert *cert = &t->certs[i];
+	for (uint32_t j = 0; j < cert->name_count; j++) {
+		for (uint32_t k = 0; k <= i; k++) {
+			uint32_t m_end = k == i ? j : t->certs[k].name_count;
+			for (uint32_t m = 0; m < m_end; m++) {
+				if (strcmp(t->certs[k].names[m], cert->names[j]) != 0)
+					continue;
+				char sub[CONFIG_PATH_MAX + 32]; /* path and ".names[j]" */
+				snprintf(sub, sizeof(sub), "%s.names[%u]", path, j);
+				return config_fail(c, sub,
+						   "expected a unique name, \"%s\" is already in "
+						   "tls.certificates[%u]",
+						   cert->names[j], k);
+			}
+		}
+	}
+	return 0;
+}
+
+/* cert_count counts the entry being parsed too, so config_free() releases
+ * what a failing entry had already allocated (the slots are zeroed). */
+static int config_certs_parse(struct config_ctx *c, const char *path, struct json_object *v,
+			      void *base)
+{
+	struct config_tls *t = base;
+	assert(t->cert_count == 0);
+	if (!json_object_is_type(v, json_type_array) ||
+	    json_object_array_length(v) > CONFIG_CERTS_MAX)
+		return config_fail(c, path, "expected an array of at most %d certificates",
+				   CONFIG_CERTS_MAX);
+	size_t n = json_object_array_length(v);
+	for (uint32_t i = 0; i < n; i++) {
+		struct config_cert *cert = &t->certs[i];
+		char sub[CONFIG_PATH_MAX], key[CONFIG_PATH_MAX];
+		t->cert_count = i + 1;
+		config_path_index(sub, path, i);
+		if (config_defaults_apply(c, config_cert_keys, (char *)cert) < 0 ||
+		    config_section_parse(c, sub, json_object_array_get_idx(v, i), config_cert_keys,
+					 (char *)cert) < 0)
+			return -EINVAL;
+		const char *missing = cert->cert == NULL      ? "cert"
+				      : cert->key == NULL     ? "key"
+				      : cert->name_count == 0 ? "names"
+							      : NULL;
+		if (missing != NULL) {
+			config_path_key(key, sub, missing);
+			return config_fail(c, key, "required key missing");
+		}
+		if (config_cert_names_unique(c, sub, t, i) < 0)
+			return -EINVAL;
+	}
+	return 0;
+}
+
+static int config_tls_version_parse(struct config_ctx *c, const char *path, struct json_object *v,
+				    void *base)
+{
+	struct config_tls *t = base;
+	size_t len;
+	const char *s = config_string_get(v, &len);
+	/* TLS 1.0 and 1.1 are deprecated (RFC 8996): there is no way back. */
+	if (s == NULL || (strcmp(s, "1.2") != 0 && strcmp(s, "1.3") != 0))
+		return config_fail(c, path, "expected \"1.2\" or \"1.3\"");
+	char *copy = strdup(s);
+	if (copy == NULL)
+		return config_fail(c, path, "out of memory");
+	free(t->min_version);
+	t->min_version = copy;
+	return 0;
+}
+
+/* Listener TLS and AUTH against the tls and auth sections, which may come
+ * anywhere in the file.  A listener without "tls" offers STARTTLS as soon
+ * as there is a certificate; one that asks for TLS or AUTH without what it
+ * needs is refused at load, not found out by its first client. */
+static int config_tls_resolve(struct config_ctx *c)
+{
+	struct rmx_config *cfg = c->cfg;
+	if (cfg->tls.min_version == NULL && (cfg->tls.min_version = strdup("1.2")) == NULL)
+		return config_fail(c, "tls.min_version", "out of memory");
+	for (uint32_t i = 0; i < cfg->listener_count; i++) {
+		struct config_listener *l = &cfg->listeners[i];
+		char path[CONFIG_PATH_MAX], key[CONFIG_PATH_MAX];
+		config_path_index(path, "listeners", i);
+		if ((c->listener_tls_given & (1u << i)) == 0)
+			l->tls = cfg->tls.cert_count > 0 ? CONFIG_TLS_STARTTLS : CONFIG_TLS_NONE;
+		if (l->tls != CONFIG_TLS_NONE && cfg->tls.cert_count == 0) {
+			config_path_key(key, path, "tls");
+			return config_fail(c, key, "needs tls.certificates");
+		}
+		if (l->auth != CONFIG_AUTH_NONE && cfg->auth.users_file == NULL) {
+			config_path_key(key, path, "auth");
+			return config_fail(c, key, "needs auth.users_file");
+		}
+	}
+	return 0;
 }
 
 /* ---- delivery and dns ---------------------------------------------------- */
@@ -1188,6 +1474,8 @@ static int config_resolve(struct config_ctx *c)
 	if ((uint64_t)cfg->io.recv_buffers * cfg->io.recv_buffer_size > CONFIG_RECV_POOL_MAX)
 		return config_fail(c, "io.recv_buffers",
 				   "expected recv_buffers * recv_buffer_size of at most 1 GiB");
+	if (config_tls_resolve(c) < 0)
+		return -EINVAL;
 	return config_delivery_resolve(c, &cfg->delivery);
 }
 
@@ -1457,6 +1745,7 @@ static struct rmx_config *config_load_text(const char *file, const char *text, s
 	assert(c.cfg->shards >= 1 && c.cfg->listener_count >= 1);
 	assert(c.cfg->io.max_connections >= 1 && c.cfg->spool.path && c.cfg->control.socket);
 	assert(c.cfg->delivery.retry_count >= 1 && c.cfg->route_count <= CONFIG_ROUTES_MAX);
+	assert(c.cfg->tls.min_version != NULL && c.cfg->tls.cert_count <= CONFIG_CERTS_MAX);
 	return c.cfg;
 }
 
@@ -1544,6 +1833,17 @@ void config_free(struct rmx_config *cfg)
 		config_route_free(&cfg->routes[i]);
 	free(cfg->routes);
 	free(cfg->dns.servers);
+	for (uint32_t i = 0; i < cfg->tls.cert_count; i++) {
+		struct config_cert *cert = &cfg->tls.certs[i];
+		for (uint32_t j = 0; j < cert->name_count; j++)
+			free(cert->names[j]);
+		free(cert->names);
+		free(cert->cert);
+		free(cert->key);
+	}
+	free(cfg->tls.min_version);
+	free(cfg->tls.ciphers);
+	free(cfg->auth.users_file);
 	free(cfg);
 }
 

@@ -11,6 +11,10 @@
  *    sockaddrs).  On error it returns NULL and writes one line into err:
  *    "<json path>: <what was expected>", e.g.
  *    `listeners[0].address: expected "host:port"`.
+ *  - Files named by the config (tls.certificates[].cert/key, auth.users_file,
+ *    routes[].ca_file) must be readable at load (access(R_OK), so the check
+ *    runs as the real uid); their contents are read and checked later by
+ *    the modules that use them (tls_ctx_new(), auth_users_load()).
  *  - config_default() returns the embedded default config (listens on
  *    127.0.0.1:2525, spools under ./spool, delivers every domain into the
  *    Maildir ./maildir) or NULL with err.
@@ -33,10 +37,45 @@
 #define CONFIG_ROUTES_MAX    256
 #define CONFIG_HOPS_MAX	     8
 #define CONFIG_RETRY_MAX     32
+#define CONFIG_CERTS_MAX     16 /* = TLS_CERTS_MAX of src/tls/tls.h */
 
 enum config_durability {
 	CONFIG_DURABILITY_FSYNC = 0,
 	CONFIG_DURABILITY_NONE = 1, /* explicitly unsafe: benchmarks only */
+};
+
+/* Choice keys: each enum's order is the order of its JSON strings. */
+enum config_tls_mode { CONFIG_TLS_NONE = 0, CONFIG_TLS_STARTTLS, CONFIG_TLS_IMPLICIT };
+enum config_auth_mode { CONFIG_AUTH_NONE = 0, CONFIG_AUTH_OPTIONAL, CONFIG_AUTH_REQUIRED };
+enum config_route_tls {
+	CONFIG_RTLS_NONE = 0,
+	CONFIG_RTLS_OPPORTUNISTIC,
+	CONFIG_RTLS_REQUIRED,
+	CONFIG_RTLS_VERIFY
+};
+
+/* One tls.certificates[] entry.  The files were readable at load; their
+ * contents are checked only by tls_ctx_new() when the server builds its
+ * context (config.c makes no TLS library call). */
+struct config_cert {
+	char *cert;   /* PEM chain path, leaf first (relative allowed) */
+	char *key;    /* PEM key path */
+	char **names; /* 1..32, lower case; "*.example.net" is a wildcard */
+	uint32_t name_count;
+};
+
+struct config_tls {
+	struct config_cert certs[CONFIG_CERTS_MAX]; /* certs[0] answers clients without SNI */
+	uint32_t cert_count;			    /* 0: no TLS server side */
+	char *min_version;			    /* "1.2" (default) or "1.3" */
+	char *ciphers;				    /* NULL: wolfSSL's default list */
+};
+
+struct config_auth {
+	char *users_file; /* NULL: none */
+	uint32_t
+	    failure_delay_ms;  /* delay of the 535 after the first failure; doubles; default 1000 */
+	uint32_t failures_max; /* failures per client address before 421; default 10 */
 };
 
 struct config_listener {
@@ -45,6 +84,12 @@ struct config_listener {
 	socklen_t addr_len;
 	char banner[CONFIG_BANNER_MAX]; /* empty: "<hostname> ESMTP ringmx" */
 	uint32_t greet_pause_ms;	/* 0: no pre-greet wait (default) */
+	/* default: STARTTLS when tls.certificates is non-empty, else NONE;
+	 * STARTTLS/IMPLICIT only with certificates (checked at load) */
+	enum config_tls_mode tls;
+	enum config_auth_mode auth; /* default NONE; others need auth.users_file */
+	/* AUTH offered without TLS: only allowed on a loopback address, for tests */
+	bool auth_plaintext;
 };
 
 /* One network of relay.networks, already parsed: family AF_INET/AF_INET6. */
@@ -86,6 +131,9 @@ struct config_route {
 	bool catch_all; /* "*" was among the domains */
 	struct config_hop hops[CONFIG_HOPS_MAX];
 	uint32_t hop_count; /* >= 1; several = failover in order */
+	/* default OPPORTUNISTIC; always NONE for maildir:/mbox: routes */
+	enum config_route_tls tls;
+	char *ca_file; /* NULL: the system trust store; readable at load */
 };
 
 struct config_delivery {
@@ -168,6 +216,8 @@ struct rmx_config {
 	uint32_t route_count;
 	struct config_delivery delivery;
 	struct config_dns dns;
+	struct config_tls tls;
+	struct config_auth auth;
 };
 
 struct rmx_config *config_load(const char *path, char *err, size_t err_len);

@@ -155,6 +155,102 @@ static bool users_shape_bcrypt(const char *h, size_t n)
 	return cost >= 4 && cost <= 31 && users_b64_span(h + 7, 53) == 53;
 }
 
+/* Value of c in crypt's base64 alphabet, or -1. */
+static int users_b64_value(char c)
+{
+	static const char alphabet[] =
+	    "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+	const char *p = c != '\0' ? strchr(alphabet, c) : NULL;
+	return p != NULL ? (int)(p - alphabet) : -1;
+}
+
+/* One integer of yescrypt's parameter string, as decode64_uint32() of
+ * yescrypt-common.c reads it: the first character's value says how many
+ * characters follow (values 0..47 stand alone), each range adding to min.
+ * Returns the characters used, 0 when s[0..n) is too short or not base64. */
+static size_t users_yescrypt_uint(const char *s, size_t n, uint64_t min, uint64_t *out)
+{
+	uint32_t start = 0, end = 47, chars = 1, bits = 0;
+	int c = n > 0 ? users_b64_value(s[0]) : -1;
+	if (c < 0)
+		return 0;
+	uint64_t v = min;
+	while ((uint32_t)c > end) {
+		v += (uint64_t)(end + 1 - start) << bits;
+		start = end + 1;
+		end = start + (62 - end) / 2;
+		chars++;
+		bits += 6;
+	}
+	assert(chars <= 6 && bits <= 30);
+	v += (uint64_t)((uint32_t)c - start) << bits;
+	if (chars > n)
+		return 0;
+	for (size_t i = 1; i < chars; i++) {
+		if ((c = users_b64_value(s[i])) < 0)
+			return 0;
+		bits -= 6;
+		v += (uint64_t)c << bits;
+	}
+	*out = v;
+	return chars;
+}
+
+/* "$y$" flavor N_log2 r "$": the cost is N * r (memory and time alike). */
+static const char *users_cost_yescrypt(const char *h, char *buf, size_t size)
+{
+	const char *p = h + 3;
+	size_t n = strcspn(p, "$"), k1, k2 = 0, k3 = 0;
+	uint64_t flavor, n_log2 = 0, r = 0;
+	k1 = users_yescrypt_uint(p, n, 0, &flavor);
+	if (k1 > 0)
+		k2 = users_yescrypt_uint(p + k1, n - k1, 1, &n_log2);
+	if (k2 > 0)
+		k3 = users_yescrypt_uint(p + k1 + k2, n - k1 - k2, 1, &r);
+	if (k3 == 0)
+		return "expected a well-formed yescrypt hash";
+	if (k1 + k2 + k3 != n)
+		return "expected yescrypt parameters as crypt_gensalt writes them (flavor, N, r), "
+		       "found more";
+	if (n_log2 > AUTH_YESCRYPT_N_LOG2_MAX) {
+		snprintf(buf, size, "expected a yescrypt N of at most 2^%d, found 2^%llu",
+			 AUTH_YESCRYPT_N_LOG2_MAX, (unsigned long long)n_log2);
+		return buf;
+	}
+	if (r > AUTH_YESCRYPT_R_MAX) {
+		snprintf(buf, size, "expected a yescrypt r of at most %d, found %llu",
+			 AUTH_YESCRYPT_R_MAX, (unsigned long long)r);
+		return buf;
+	}
+	return NULL;
+}
+
+/* NULL when a well-formed hash of an allowed method costs no more than its
+ * bound; else the error text.  Checked before the dummy hash is made. */
+static const char *users_cost_check(const char *h, char *buf, size_t size)
+{
+	if (h[1] == '2') {
+		int cost = (h[4] - '0') * 10 + (h[5] - '0');
+		if (cost <= AUTH_BCRYPT_COST_MAX)
+			return NULL;
+		snprintf(buf, size, "expected a bcrypt cost of at most %d, found %d",
+			 AUTH_BCRYPT_COST_MAX, cost);
+		return buf;
+	}
+	if (h[1] == '6') {
+		if (strncmp(h + 3, "rounds=", 7) != 0)
+			return NULL;				  /* the default, 5000 */
+		unsigned long rounds = strtoul(h + 10, NULL, 10); /* 1..9 digits: shape */
+		if (rounds <= AUTH_SHA512_ROUNDS_MAX)
+			return NULL;
+		snprintf(buf, size, "expected SHA-512 rounds of at most %d, found %lu",
+			 AUTH_SHA512_ROUNDS_MAX, rounds);
+		return buf;
+	}
+	assert(h[1] == 'y');
+	return users_cost_yescrypt(h, buf, size);
+}
+
 /* What a hash without '$' is, for the error: never print the hash itself. */
 static const char *users_refuse_bare(const char *h, size_t n)
 {
@@ -185,6 +281,9 @@ static const char *users_hash_check(const char *h, size_t n, char *buf, size_t s
 		snprintf(buf, size, "expected a well-formed %s hash", found);
 		return buf;
 	}
+	const char *costly = found != NULL ? users_cost_check(h, buf, size) : NULL;
+	if (costly != NULL)
+		return costly;
 	if (found != NULL && crypt_checksalt(h) != CRYPT_SALT_OK)
 		return "expected a hash method this libcrypt has enabled";
 	if (found != NULL)

@@ -23,6 +23,15 @@
  * take minutes); a hash that passes the shape check but that libxcrypt
  * cannot compute makes that user fail with -EINVAL at verification.
  *
+ * Costs are bounded too, naming the line: the dummy hash below is computed
+ * at load with the file's most common cost and every AUTH attempt costs one
+ * hash, so a file of "$2b$31$" would keep start-up busy for days and make
+ * each attempt a denial of service.  Refused: bcrypt cost above
+ * AUTH_BCRYPT_COST_MAX, SHA-512 rounds= above AUTH_SHA512_ROUNDS_MAX, and
+ * yescrypt with N above 2^AUTH_YESCRYPT_N_LOG2_MAX (libxcrypt's default
+ * 2^12 plus 4 doublings), r above AUTH_YESCRYPT_R_MAX, or parameters past
+ * N and r (p, t, g, ROM), which crypt_gensalt() never writes.
+ *
  * Errors: one line "users_file:LINE: what was expected" (LINE counts from
  * 1; file-level errors have no line: "users_file: PATH: strerror").  The
  * text never contains a hash or a password.
@@ -62,6 +71,15 @@
 #define AUTH_USERS_COUNT_MAX (1u << 18)	 /* users in one file */
 #define AUTH_USERS_FILE_MAX  (64u << 20) /* octets of the whole file */
 #define AUTH_USERS_ERR_MAX   192	 /* a buffer this big holds any error line */
+
+/* Hash cost bounds (see above).  bcrypt 15 is 32 times the common cost 10;
+ * SHA-512 1000000 is 200 times the default 5000 rounds; yescrypt N 2^16
+ * with r 32 is crypt_gensalt("$y$", 9): 256 MiB per verification. */
+#define AUTH_BCRYPT_COST_MAX	     15
+#define AUTH_SHA512_ROUNDS_MAX	     1000000
+#define AUTH_YESCRYPT_N_LOG2_DEFAULT 12 /* crypt_gensalt("$y$", 0): "$y$j9T$", N 2^12, r 32 */
+#define AUTH_YESCRYPT_N_LOG2_MAX     (AUTH_YESCRYPT_N_LOG2_DEFAULT + 4)
+#define AUTH_YESCRYPT_R_MAX	     32 /* crypt_gensalt writes r 8 (costs 1, 2) or 32 */
 
 /* Outcome of auth_users_verify() (besides -errno).  The session must answer
  * BAD_PASSWORD and NO_USER identically (535 5.7.8): the distinction is for

@@ -293,6 +293,115 @@ static void test_malformed_allowed_methods(void **state)
 	free(text), free(y), free(s), free(b);
 }
 
+/* ---- cost bounds ------------------------------------------------------------------ */
+
+/* Bounds are checked on the hash text: no test computes an expensive hash.
+ * A costly hash among two cheap ones loads, since the dummy takes the
+ * majority's cost. */
+static void cost_ok_on_line_3(const char *hash)
+{
+	char *ok = hash_of("$2b$", B_COST, "x");
+	char *text = fmt("# users\nfirst:%s\nsecond:%s\nthird:%s\n", ok, hash, ok);
+	struct auth_users *u = parse_ok(text);
+	assert_int_equal(auth_users_count(u), 3);
+	auth_users_unref(u);
+	free(ok), free(text);
+}
+
+static void cost_refused_on_line_3(const char *hash, const char *why)
+{
+	char *ok = hash_of("$2b$", B_COST, "x");
+	char *text = fmt("# users\nfirst:%s\nsecond:%s\nthird:%s\n", ok, hash, ok);
+	char *want = fmt("users_file:3: %s", why);
+	parse_err(text, -EINVAL, want);
+	free(ok), free(text), free(want);
+}
+
+static void test_bcrypt_cost_max(void **state)
+{
+	(void)state;
+	char *b = hash_of("$2b$", B_COST, "pw"); /* "$2b$04$..." */
+	snprintf(b + 4, 3, "%02d", AUTH_BCRYPT_COST_MAX);
+	b[6] = '$';
+	cost_ok_on_line_3(b);
+	snprintf(b + 4, 3, "%02d", AUTH_BCRYPT_COST_MAX + 1);
+	b[6] = '$';
+	cost_refused_on_line_3(b, "expected a bcrypt cost of at most 15, found 16");
+	memcpy(b, "$2y$31", 6);
+	cost_refused_on_line_3(b, "expected a bcrypt cost of at most 15, found 31");
+	free(b);
+}
+
+static void test_sha512_rounds_max(void **state)
+{
+	(void)state;
+	char *s = hash_of("$6$", S_COST, "pw"); /* "$6$rounds=1000$salt$digest" */
+	const char *rest = s + strlen("$6$rounds=1000");
+	assert_int_equal(*rest, '$');
+	char *h = fmt("$6$rounds=%d%s", AUTH_SHA512_ROUNDS_MAX, rest);
+	cost_ok_on_line_3(h);
+	free(h);
+	h = fmt("$6$rounds=%d%s", AUTH_SHA512_ROUNDS_MAX + 1, rest);
+	cost_refused_on_line_3(h, "expected SHA-512 rounds of at most 1000000, found 1000001");
+	free(h);
+	h = fmt("$6$rounds=999999999%s", rest);
+	cost_refused_on_line_3(h, "expected SHA-512 rounds of at most 1000000, found 999999999");
+	free(h), free(s);
+}
+
+/* A yescrypt hash with libxcrypt's own setting for a cost and a made-up
+ * digest: well-formed, never computed. */
+static char *yescrypt_of_cost(unsigned long cost)
+{
+	char setting[CRYPT_GENSALT_OUTPUT_SIZE];
+	assert_non_null(crypt_gensalt_rn("$y$", cost, NULL, 0, setting, sizeof(setting)));
+	return fmt("%s$%.43s", setting, "0123456789abcdefghijABCDEFGHIJ0123456789abc");
+}
+
+/* The params "j9T" of a yescrypt hash replaced by params. */
+static char *yescrypt_with_params(const char *params)
+{
+	char *y = yescrypt_of_cost(0);
+	assert_true(strncmp(y, "$y$j9T$", 7) == 0); /* the default N 2^12, r 32 */
+	char *h = fmt("$y$%s%s", params, y + 6);
+	free(y);
+	return h;
+}
+
+static void test_yescrypt_cost_max(void **state)
+{
+	(void)state;
+	/* crypt_gensalt costs 1..9 reach N 2^10..2^16: default + 4 steps at most */
+	for (unsigned long cost = 1; cost <= 9; cost++) {
+		char *h = yescrypt_of_cost(cost);
+		cost_ok_on_line_3(h);
+		free(h);
+	}
+	char *h = yescrypt_of_cost(10); /* N 2^17 */
+	cost_refused_on_line_3(h, "expected a yescrypt N of at most 2^16, found 2^17");
+	free(h);
+	h = yescrypt_of_cost(11); /* N 2^18: 1 GiB */
+	cost_refused_on_line_3(h, "expected a yescrypt N of at most 2^16, found 2^18");
+	free(h);
+	/* N 2^12 with r 33 ('U'): as costly as a bigger N */
+	h = yescrypt_with_params("j9U");
+	cost_refused_on_line_3(h, "expected a yescrypt r of at most 32, found 33");
+	free(h);
+	/* a first character of value 48 or more starts a longer number: N 2^49 */
+	h = yescrypt_with_params("jk.T");
+	cost_refused_on_line_3(h, "expected a yescrypt N of at most 2^16, found 2^49");
+	free(h);
+	/* p, t, g or ROM after r: crypt_gensalt never writes them */
+	h = yescrypt_with_params("j9T5");
+	cost_refused_on_line_3(h, "expected yescrypt parameters as crypt_gensalt writes them "
+				  "(flavor, N, r), found more");
+	free(h);
+	/* too short to hold N and r */
+	h = yescrypt_with_params("j9");
+	cost_refused_on_line_3(h, "expected a well-formed yescrypt hash");
+	free(h);
+}
+
 /* ---- other errors at given lines ------------------------------------------------ */
 
 static void test_duplicate_user(void **state)
@@ -502,6 +611,9 @@ int main(void)
 	    cmocka_unit_test(test_unknown_user_costs_like_majority),
 	    cmocka_unit_test(test_refuse_weak_methods),
 	    cmocka_unit_test(test_malformed_allowed_methods),
+	    cmocka_unit_test(test_bcrypt_cost_max),
+	    cmocka_unit_test(test_sha512_rounds_max),
+	    cmocka_unit_test(test_yescrypt_cost_max),
 	    cmocka_unit_test(test_duplicate_user),
 	    cmocka_unit_test(test_line_syntax),
 	    cmocka_unit_test(test_nul_byte),

@@ -325,11 +325,11 @@ static const struct err_case route_errs[] = {
     {"[{'domains': ['a.test']}]", "routes[0].to: required key missing"},
     {"[{'domains': ['a.test'], 'to': 'mx', 'via': 1}]", "routes[0].via: unknown key"},
     {"[{'domains': ['a.test'], 'to': 'mx', 'Domains': []}]", "routes[0].Domains: unknown key"},
-    /* reserved for the route TLS policy: never silently accepted */
+    /* the route TLS policy (all its cases: tests/unit/config_tls.c) */
     {"[{'domains': ['a.test'], 'to': 'mx'}, {'domains': ['b.test'], 'to': 'mx', 'tls': {}}]",
-     "routes[1].tls: route TLS policy is not built yet"},
-    {"[{'domains': ['a.test'], 'tls': 'required', 'to': 'mx'}]",
-     "routes[0].tls: route TLS policy is not built yet"},
+     "routes[1].tls: expected \"none\", \"opportunistic\", \"required\" or \"verify\""},
+    {"[{'domains': ['a.test'], 'tls': 'REQUIRED', 'to': 'mx'}]",
+     "routes[0].tls: expected \"none\", \"opportunistic\", \"required\" or \"verify\""},
     /* domains */
     {"[{'domains': [], 'to': 'mx'}]", "routes[0].domains: expected an array of 1..100000 domains"},
     {"[{'domains': 'a.test', 'to': 'mx'}]",
@@ -399,8 +399,8 @@ static const struct err_case route_errs[] = {
     {"[{'domains': ['a.test'], 'to': 'mx'}, 5]", "routes[1]: expected a JSON object"},
     /* failures after paths and domains were allocated (valgrind: nothing leaks) */
     {"[{'domains': ['a.test'], 'to': 'maildir:/m'}, {'domains': ['*'], 'to': 'mbox:/x',"
-     " 'tls': true}]",
-     "routes[1].tls: route TLS policy is not built yet"},
+     " 'tls': 'required'}]",
+     "routes[1].tls: expected \"none\": a maildir: or mbox: route has no TLS"},
     {"[{'to': 'maildir:/m', 'domains': ['a.test', '*', 'b..test']}]",
      "routes[0].domains[2]: " DOMAIN_ENTRY},
 };
