@@ -184,6 +184,9 @@ void ring_exit(struct ring *r)
 	}
 	if (r->buf_base)
 		munmap(r->buf_base, (size_t)r->buf_count * r->buf_size);
+	if (r->user_base)
+		munmap(r->user_base, (size_t)r->user_count * r->buf_size);
+	free(r->user_free);
 	free(r->buf_refs);
 	io_uring_queue_exit(&r->uring);
 	memset(r, 0, sizeof(*r));
@@ -219,11 +222,51 @@ void ring_buf_taken(struct ring *r, uint16_t bid)
 	r->buf_free--;
 }
 
+int ring_user_bufs_init(struct ring *r, uint32_t count)
+{
+	uint16_t *refs;
+
+	if (count == 0 || r->buf_count + count > 65535)
+		return -EINVAL;
+	refs = realloc(r->buf_refs, (r->buf_count + count) * sizeof(refs[0]));
+	if (!refs)
+		return -ENOMEM;
+	memset(refs + r->buf_count, 0, count * sizeof(refs[0]));
+	r->buf_refs = refs;
+	r->user_free = calloc(count, sizeof(r->user_free[0]));
+	r->user_base = mmap(NULL, (size_t)count * r->buf_size, PROT_READ | PROT_WRITE,
+			    MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (!r->user_free || r->user_base == MAP_FAILED) {
+		r->user_base = NULL;
+		return -ENOMEM;
+	}
+	r->user_count = count;
+	for (uint32_t i = 0; i < count; i++)
+		r->user_free[r->user_free_count++] = (uint16_t)(r->buf_count + count - 1 - i);
+	return 0;
+}
+
+int ring_buf_alloc(struct ring *r)
+{
+	uint16_t bid;
+
+	if (r->user_free_count == 0)
+		return -1;
+	bid = r->user_free[--r->user_free_count];
+	assert(r->buf_refs[bid] == 0);
+	r->buf_refs[bid] = 1;
+	return bid;
+}
+
 void ring_buf_put(struct ring *r, uint16_t bid)
 {
-	assert(bid < r->buf_count && r->buf_refs[bid] > 0);
+	assert(bid < r->buf_count + r->user_count && r->buf_refs[bid] > 0);
 	if (--r->buf_refs[bid] > 0)
 		return;
+	if (bid >= r->buf_count) {
+		r->user_free[r->user_free_count++] = bid;
+		return;
+	}
 	io_uring_buf_ring_add(r->br, ring_buf_ptr(r, bid), r->buf_size, bid,
 			      io_uring_buf_ring_mask(r->buf_count), 0);
 	io_uring_buf_ring_advance(r->br, 1);

@@ -33,7 +33,13 @@ struct ring {
 	uint16_t *buf_refs;
 	uint32_t buf_count; /* power of two */
 	uint32_t buf_size;
-	uint32_t buf_free;  /* buffers currently owned by the kernel */
+	uint32_t buf_free; /* buffers currently owned by the kernel */
+	/* User buffers: the same size and refcounting, bids after the
+	 * kernel's, never given to the kernel (plaintext of TLS sessions). */
+	char *user_base;
+	uint32_t user_count;
+	uint16_t *user_free;
+	uint32_t user_free_count;
 	uint32_t pending;   /* SQEs prepared but not submitted */
 	bool buf_exhausted; /* a multishot recv ended with ENOBUFS */
 };
@@ -83,18 +89,27 @@ static inline uint32_t ring_ud_slot(uint64_t ud)
 
 static inline char *ring_buf_ptr(const struct ring *r, uint16_t bid)
 {
-	assert(bid < r->buf_count);
+	if (bid >= r->buf_count) {
+		assert(bid < r->buf_count + r->user_count);
+		return r->user_base + (uint64_t)(bid - r->buf_count) * r->buf_size;
+	}
 	return r->buf_base + (uint64_t)bid * r->buf_size;
 }
-/* Take one more reference on a buffer the kernel handed us. */
+/* Take one more reference on a buffer the kernel (or ring_buf_alloc)
+ * handed us. */
 static inline void ring_buf_get(struct ring *r, uint16_t bid)
 {
-	assert(bid < r->buf_count && r->buf_refs[bid] > 0);
+	assert(bid < r->buf_count + r->user_count && r->buf_refs[bid] > 0);
 	r->buf_refs[bid]++;
 }
+/* Add count user buffers (start-up).  0 or -errno. */
+int ring_user_bufs_init(struct ring *r, uint32_t count);
+/* A free user buffer with one reference, or -1 when none is free. */
+int ring_buf_alloc(struct ring *r);
 /* A completion just handed bid to us: its count starts at one. */
 void ring_buf_taken(struct ring *r, uint16_t bid);
-/* Drop one reference; at zero the buffer goes back to the kernel. */
+/* Drop one reference; at zero the buffer goes back to the kernel (or to
+ * the user free list). */
 void ring_buf_put(struct ring *r, uint16_t bid);
 
 /* ---- ops used by every shard ----------------------------------------------- */

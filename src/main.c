@@ -16,12 +16,15 @@
 #include <unistd.h>
 
 #include "auth/pool.h"
+#include "auth/throttle.h"
+#include "auth/users.h"
 #include "config.h"
 #include "control.h"
 #include "log.h"
 #include "queue/spool.h"
 #include "ring/ring.h"
 #include "shard.h"
+#include "tls/tls.h"
 
 #define MAIN_POLL_MS 50 /* log drain period */
 
@@ -80,12 +83,52 @@ static void local_bases(const struct rmx_config *cfg)
 				continue;
 			*p = '\0';
 			if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
-				fatal("routes[%u].to: cannot create %s: %s", i, tmp, strerror(errno));
+				fatal("routes[%u].to: cannot create %s: %s", i, tmp,
+				      strerror(errno));
 			*p = c;
 			if (c == '\0')
 				break;
 		}
 	}
+}
+
+/* Certificates and keys are loaded the way the shards will load them, so
+ * --check-config catches a key that does not match its certificate. */
+static int check_tls(const struct rmx_config *cfg, char *why, size_t why_len)
+{
+	const char *names[CONFIG_CERTS_MAX][TLS_CERT_NAMES_MAX];
+	struct tls_cert_params certs[CONFIG_CERTS_MAX];
+	struct tls_ctx *ctx;
+	char err[TLS_WHY_MAX];
+
+	if (cfg->tls.cert_count == 0)
+		return 0;
+	if (tls_global_init() != 0) {
+		snprintf(why, why_len, "tls: library initialisation failed");
+		return -1;
+	}
+	for (uint32_t i = 0; i < cfg->tls.cert_count; i++) {
+		const struct config_cert *cc = &cfg->tls.certs[i];
+
+		for (uint32_t k = 0; k < cc->name_count && k < TLS_CERT_NAMES_MAX; k++)
+			names[i][k] = cc->names[k];
+		certs[i] = (struct tls_cert_params){.cert = cc->cert,
+						    .key = cc->key,
+						    .names = names[i],
+						    .name_count = cc->name_count};
+	}
+	struct tls_params tp = {.role = TLS_ROLE_SERVER,
+				.certs = certs,
+				.cert_count = cfg->tls.cert_count,
+				.min_version = cfg->tls.min_version,
+				.ciphers = cfg->tls.ciphers};
+	ctx = tls_ctx_new(&tp, err, sizeof(err));
+	if (!ctx)
+		snprintf(why, why_len, "%.400s", err);
+	tls_ctx_free(ctx);
+	tls_thread_cleanup();
+	tls_global_cleanup();
+	return ctx ? 0 : -1;
 }
 
 static int signals_block(void)
@@ -171,6 +214,24 @@ int main(int argc, char **argv)
 	int sfd, cfd;
 
 	if (check_only) {
+		int rc = check_tls(cfg, why, sizeof(why));
+
+		if (rc == 0 && cfg->auth.users_file) {
+			struct auth_users *u = NULL;
+			char err[400];
+
+			rc = auth_users_load(cfg->auth.users_file, &u, err, sizeof(err));
+			if (rc != 0)
+				snprintf(why, sizeof(why), "auth.users_file: %s", err);
+			else
+				auth_users_unref(u);
+		}
+
+		if (rc != 0) {
+			fprintf(stderr, "%s\n", why);
+			config_free(cfg);
+			return 1;
+		}
 		printf("config ok\n");
 		config_free(cfg);
 		return 0;
@@ -196,6 +257,27 @@ int main(int argc, char **argv)
 		fatal("out of memory");
 	recover_spool(cfg, max_ids);
 	local_bases(cfg);
+	if (cfg->tls.cert_count && tls_global_init() != 0)
+		fatal("TLS library initialisation failed");
+	struct auth_users *users = NULL;
+	struct auth_throttle *throttle = NULL;
+
+	if (cfg->auth.users_file) {
+		struct auth_throttle_config tc = {.entries = 65536,
+						  .base_delay_ms = cfg->auth.failure_delay_ms,
+						  .max_delay_ms = cfg->auth.failure_delay_ms * 16,
+						  .failures_max = cfg->auth.failures_max,
+						  .window_ms = 15 * 60 * 1000,
+						  .v6_prefix_len = 64};
+
+		if (auth_users_load(cfg->auth.users_file, &users, why, sizeof(why)) != 0)
+			fatal("auth.users_file: %s", why);
+		if (auth_throttle_create(&tc, &throttle) != 0)
+			fatal("auth throttle: %s", strerror(errno));
+		log_msg(LOG_INFO, "event=users_loaded file=%s users=%u", cfg->auth.users_file,
+			auth_users_count(users));
+	}
+	shard_auth_setup(users, throttle);
 	/* Helper threads: local delivery and bounces (blocking work). */
 	struct hpool_config pc = {.threads = cfg->shards < 2 ? 2 : cfg->shards,
 				  .shards = cfg->shards,
@@ -230,6 +312,11 @@ int main(int argc, char **argv)
 		log_drain();
 	}
 	hpool_destroy(pool);
+	auth_throttle_destroy(throttle);
+	if (users)
+		auth_users_unref(users);
+	if (cfg->tls.cert_count)
+		tls_global_cleanup();
 	log_msg(LOG_INFO, "event=stopped");
 	log_drain();
 	free(shards);

@@ -24,6 +24,7 @@
 
 #include "auth/pool.h"
 #include "log.h"
+#include "tls/tls.h"
 
 #define SHARD_TICK_MS	    1000
 #define SHARD_STOP_GRACE_MS 10000
@@ -188,16 +189,68 @@ static void conn_arm_recv(struct conn *c)
 	c->inflight++;
 }
 
+static void conn_shutdown_io(struct conn *c);
+
+/* TLS output: what the session wrote is encrypted (as much as the TLS
+ * layer takes), then its records go out from the TLS layer's buffer. */
+static void conn_send_tls(struct conn *c)
+{
+	struct io_uring_sqe *sqe;
+	const void *p;
+	size_t len;
+
+	if (c->tls_mode == CONN_TLS_ON && c->out_len) {
+		ssize_t w = tls_conn_write(c->tls, c->out, c->out_len);
+
+		if (w > 0) {
+			memmove(c->out, c->out + w, c->out_len - (size_t)w);
+			c->out_len -= (uint32_t)w;
+		} else if (w != -ENOBUFS && w != -EAGAIN) {
+			log_msg(LOG_INFO, "event=tls_error client=%s error=\"%s\"", c->peer_ip,
+				tls_conn_error(c->tls));
+			c->out_len = 0;
+			c->close_wanted = true;
+			conn_shutdown_io(c);
+			return;
+		}
+	}
+	if (!tls_conn_out(c->tls, &p, &len) || len == 0)
+		return;
+	sqe = ring_sqe(&c->shard->ring);
+	io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_SEND));
+	c->send_tls = true;
+	c->send_inflight = true;
+	c->inflight++;
+}
+
+static bool conn_tls_out_pending(const struct conn *c)
+{
+	const void *p;
+	size_t len;
+
+	return c->tls && tls_conn_out(c->tls, &p, &len) && len > 0;
+}
+
 static void conn_send(struct conn *c)
 {
 	struct io_uring_sqe *sqe;
+	uint32_t len;
 
-	if (c->send_inflight || c->out_len == 0 || c->io != CONN_ACTIVE)
+	if (c->send_inflight || c->io != CONN_ACTIVE)
 		return;
+	if (c->tls && c->tls_plain_out == 0) {
+		conn_send_tls(c);
+		return;
+	}
+	if (c->out_len == 0)
+		return;
+	len = c->tls_plain_out ? c->tls_plain_out : c->out_len;
 	sqe = ring_sqe(&c->shard->ring);
-	io_uring_prep_send(sqe, c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, c->fd, c->out, len, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_SEND));
-	c->out_sent = c->out_len;
+	c->out_sent = len;
+	c->send_tls = false;
 	c->send_inflight = true;
 	c->inflight++;
 }
@@ -241,6 +294,9 @@ void conn_drop_output(struct conn *c)
 static void conn_shutdown_io(struct conn *c)
 {
 	struct shard *sh = c->shard;
+
+	if (c->io != CONN_ACTIVE)
+		return;
 	struct io_uring_sqe *sqe;
 
 	assert(c->io == CONN_ACTIVE);
@@ -270,9 +326,10 @@ void conn_close(struct conn *c)
 	c->close_wanted = true;
 	if (c->send_inflight)
 		return;
-	if (c->out_len) {
+	if (c->out_len || conn_tls_out_pending(c)) {
 		conn_send(c);
-		return;
+		if (c->send_inflight)
+			return;
 	}
 	conn_shutdown_io(c);
 }
@@ -286,6 +343,15 @@ static void conn_reap(struct conn *c)
 	if (c->io != CONN_CLOSING || c->inflight || smtp_session_busy(c))
 		return;
 	smtp_session_release(c);
+	while (c->pq_count) {
+		ring_buf_put(&sh->ring, c->pq[c->pq_head].bid);
+		c->pq_head = (c->pq_head + 1) % CONN_PQ_MAX;
+		c->pq_count--;
+	}
+	if (c->tls) {
+		tls_conn_free(c->tls);
+		c->tls = NULL;
+	}
 	while (c->inq_count) {
 		ring_buf_put(&sh->ring, c->inq[c->inq_head].bid);
 		c->inq_head = (c->inq_head + 1) % CONN_INQ_MAX;
@@ -307,15 +373,20 @@ static void conn_reap(struct conn *c)
 
 /* ---- input ---------------------------------------------------------------- */
 
-/* Feed held receive buffers to the session until it pauses or they run out. */
-static void conn_process_input(struct conn *c)
+static void conn_inq_pop(struct conn *c)
+{
+	ring_buf_put(&c->shard->ring, c->inq[c->inq_head].bid);
+	c->inq_head = (c->inq_head + 1) % CONN_INQ_MAX;
+	c->inq_count--;
+}
+
+/* Plaintext input: feed held receive buffers to the session until it
+ * pauses, switches to TLS, or they run out. */
+static void conn_plain_input(struct conn *c)
 {
 	struct shard *sh = c->shard;
 
-	if (c->in_feed)
-		return;
-	c->in_feed = true;
-	while (c->inq_count && c->io == CONN_ACTIVE && !c->close_wanted) {
+	while (c->inq_count && c->io == CONN_ACTIVE && !c->close_wanted && !c->tls_switch) {
 		struct conn_inbuf *e = &c->inq[c->inq_head];
 		char *p = ring_buf_ptr(&sh->ring, e->bid) + e->off;
 		size_t used = smtp_session_feed(c, p, e->len - e->off, e->bid);
@@ -323,11 +394,167 @@ static void conn_process_input(struct conn *c)
 		assert(used <= e->len - e->off);
 		e->off += (uint32_t)used;
 		if (e->off < e->len)
-			break; /* paused: resumed by conn_resume() */
-		ring_buf_put(&sh->ring, e->bid);
-		c->inq_head = (c->inq_head + 1) % CONN_INQ_MAX;
-		c->inq_count--;
+			break; /* paused (or STARTTLS): resumed by conn_resume() */
+		conn_inq_pop(c);
 	}
+}
+
+static void conn_tls_failed(struct conn *c, const char *stage)
+{
+	log_msg(LOG_INFO, "event=tls_failed client=%s stage=%s error=\"%s\"", c->peer_ip, stage,
+		tls_conn_error(c->tls));
+	/* Never back to plaintext: whatever the session had queued is dropped,
+	 * the TLS layer's alert (if any) goes out, then the connection closes. */
+	c->out_len = c->send_inflight ? c->out_sent : 0;
+	c->tls_plain_out = 0;
+	c->close_wanted = true;
+	if (!c->send_inflight)
+		conn_send(c);
+	if (!c->send_inflight)
+		conn_shutdown_io(c);
+}
+
+/* TLS input: ciphertext from inq into the TLS layer, the handshake, then
+ * plaintext into user buffers (pq) and from there into the session. */
+static void conn_tls_input(struct conn *c)
+{
+	struct shard *sh = c->shard;
+
+	while (c->io == CONN_ACTIVE && !c->close_wanted) {
+		bool progress = false;
+
+		while (c->pq_count && c->io == CONN_ACTIVE && !c->close_wanted) {
+			struct conn_inbuf *e = &c->pq[c->pq_head];
+			char *p = ring_buf_ptr(&sh->ring, e->bid) + e->off;
+			size_t used = smtp_session_feed(c, p, e->len - e->off, e->bid);
+
+			e->off += (uint32_t)used;
+			if (e->off < e->len)
+				return; /* paused: resumed by conn_resume() */
+			ring_buf_put(&sh->ring, e->bid);
+			c->pq_head = (c->pq_head + 1) % CONN_PQ_MAX;
+			c->pq_count--;
+		}
+		if (c->io != CONN_ACTIVE || c->close_wanted)
+			return;
+		while (c->inq_count) {
+			struct conn_inbuf *e = &c->inq[c->inq_head];
+			size_t k = tls_conn_feed(c->tls, ring_buf_ptr(&sh->ring, e->bid) + e->off,
+						 e->len - e->off);
+
+			e->off += (uint32_t)k;
+			progress |= k > 0;
+			if (e->off < e->len)
+				break; /* the TLS layer is full */
+			conn_inq_pop(c);
+		}
+		if (c->tls_mode == CONN_TLS_HANDSHAKE) {
+			int rc = tls_conn_handshake(c->tls);
+
+			if (rc == 0) {
+				c->tls_mode = CONN_TLS_ON;
+				log_msg(LOG_INFO, "event=tls client=%s version=%s cipher=%s sni=%s",
+					c->peer_ip, tls_conn_version(c->tls),
+					tls_conn_cipher(c->tls),
+					tls_conn_sni(c->tls) ? tls_conn_sni(c->tls) : "-");
+				if (c->s.state == SMTP_S_NEW) /* implicit TLS: greet now */
+					smtp_session_greet(c);
+				continue;
+			}
+			if (rc == -EAGAIN && progress)
+				continue;
+			if (rc == -EAGAIN || rc == -ENOBUFS)
+				return; /* more input, or output flushed first */
+			conn_tls_failed(c, "handshake");
+			return;
+		}
+		if (c->pq_count == CONN_PQ_MAX)
+			return;
+		int bid = ring_buf_alloc(&sh->ring);
+
+		if (bid < 0) {
+			sh->tls_starved = true; /* retried when buffers come back */
+			return;
+		}
+		ssize_t n = tls_conn_read(c->tls, ring_buf_ptr(&sh->ring, (uint16_t)bid),
+					  sh->ring.buf_size);
+		if (n > 0) {
+			c->pq[(c->pq_head + c->pq_count) % CONN_PQ_MAX] =
+			    (struct conn_inbuf){.bid = (uint16_t)bid, .off = 0, .len = (uint32_t)n};
+			c->pq_count++;
+			continue;
+		}
+		ring_buf_put(&sh->ring, (uint16_t)bid);
+		if (n == -EAGAIN && progress)
+			continue;
+		if (n == -EAGAIN || n == -ENOBUFS)
+			return;
+		if (n == 0) { /* close_notify: the client is done */
+			conn_drop_output(c);
+			c->close_wanted = true;
+			if (!c->send_inflight)
+				conn_shutdown_io(c);
+			return;
+		}
+		conn_tls_failed(c, "read");
+		return;
+	}
+}
+
+/* STARTTLS was answered: drop everything received so far (a client cannot
+ * have sent it after our 220, so it is an injection attempt, CVE-2011-0411)
+ * and start the handshake; the 220 itself still goes out in plaintext. */
+static void conn_tls_start(struct conn *c)
+{
+	struct shard *sh = c->shard;
+	uint64_t dropped = 0;
+
+	c->tls_switch = false;
+	while (c->inq_count) {
+		dropped += c->inq[c->inq_head].len - c->inq[c->inq_head].off;
+		conn_inq_pop(c);
+	}
+	if (dropped)
+		log_msg(LOG_WARN, "event=starttls_injection client=%s discarded=%llu", c->peer_ip,
+			(unsigned long long)dropped);
+	c->tls = tls_conn_new(sh->tls_ctx, NULL);
+	if (!c->tls) {
+		log_msg(LOG_ERROR, "event=tls_failed client=%s stage=setup error=\"out of memory\"",
+			c->peer_ip);
+		conn_close(c);
+		return;
+	}
+	c->tls_mode = CONN_TLS_HANDSHAKE;
+	c->tls_plain_out = c->out_len;
+	c->tls_deadline_ms = sh->now_ms + TLS_HANDSHAKE_TIMEOUT_MS;
+}
+
+void conn_starttls(struct conn *c)
+{
+	c->tls_switch = true;
+}
+
+const char *conn_tls_version(const struct conn *c)
+{
+	return c->tls_mode == CONN_TLS_ON ? tls_conn_version(c->tls) : NULL;
+}
+
+const char *conn_tls_cipher(const struct conn *c)
+{
+	return c->tls_mode == CONN_TLS_ON ? tls_conn_cipher(c->tls) : NULL;
+}
+
+static void conn_process_input(struct conn *c)
+{
+	if (c->in_feed)
+		return;
+	c->in_feed = true;
+	if (c->tls)
+		conn_tls_input(c);
+	else
+		conn_plain_input(c);
+	if (c->tls_switch && c->io == CONN_ACTIVE)
+		conn_tls_start(c);
 	c->in_feed = false;
 	if (c->io == CONN_ACTIVE && c->recv_stopped && !c->recv_armed &&
 	    c->inq_count < CONN_INQ_MAX / 2 && !c->close_wanted)
@@ -433,11 +660,19 @@ static void conn_on_send(struct conn *c, int res)
 		conn_shutdown_io(c);
 		return;
 	}
-	memmove(c->out, c->out + res, c->out_len - (uint32_t)res);
-	c->out_len -= (uint32_t)res;
-	if (c->out_len) {
+	if (c->send_tls) {
+		tls_conn_out_done(c->tls, (size_t)res);
+	} else {
+		memmove(c->out, c->out + res, c->out_len - (uint32_t)res);
+		c->out_len -= (uint32_t)res;
+		if (c->tls_plain_out)
+			c->tls_plain_out -=
+			    (uint32_t)res < c->tls_plain_out ? (uint32_t)res : c->tls_plain_out;
+	}
+	if (c->out_len || conn_tls_out_pending(c)) {
 		conn_send(c);
-		return;
+		if (c->send_inflight)
+			return;
 	}
 	if (c->close_wanted) {
 		conn_shutdown_io(c);
@@ -554,6 +789,19 @@ static void shard_on_accept(struct shard *sh, uint32_t li, struct io_uring_cqe *
 	smtp_session_init(c);
 	log_msg(LOG_DEBUG, "event=connect shard=%u client=%s port=%u listener=%s", sh->id,
 		c->peer_ip, c->peer_port, sh->listeners[li].cfg->name);
+	if (sh->listeners[li].cfg->tls == CONFIG_TLS_IMPLICIT) {
+		/* RFC 8314: TLS from the first byte; the banner follows the
+		 * handshake (an early talker is the TLS client hello). */
+		c->tls = tls_conn_new(sh->tls_ctx, NULL);
+		if (!c->tls) {
+			conn_close(c);
+			return;
+		}
+		c->tls_mode = CONN_TLS_HANDSHAKE;
+		c->tls_deadline_ms = sh->now_ms + TLS_HANDSHAKE_TIMEOUT_MS;
+		conn_arm_recv(c);
+		return;
+	}
 	if (sh->listeners[li].cfg->greet_pause_ms) {
 		/* Pre-greet pause: anything the client sends before the banner
 		 * marks it as a spam-bot early talker. */
@@ -631,8 +879,16 @@ static void shard_on_tick(struct shard *sh)
 		/* A message being committed or a decision being waited for is
 		 * bounded by its own I/O and timers, not by the client. */
 		if (c->io != CONN_ACTIVE || c->s.state == SMTP_S_COMMIT ||
-		    c->s.wait == SMTP_WAIT_FILTER)
+		    c->s.wait == SMTP_WAIT_FILTER || c->s.wait == SMTP_WAIT_AUTH)
 			continue;
+		if (c->tls_mode == CONN_TLS_HANDSHAKE && sh->now_ms >= c->tls_deadline_ms) {
+			log_msg(LOG_INFO,
+				"event=tls_failed client=%s stage=handshake error=timeout",
+				c->peer_ip);
+			c->out_len = c->send_inflight ? c->out_sent : 0;
+			conn_close(c);
+			continue;
+		}
 		if (sh->now_ms >= c->session_deadline_ms) {
 			snprintf(reply, sizeof(reply), "421 4.4.2 %s Session time limit exceeded",
 				 sh->cfg->hostname);
@@ -681,8 +937,23 @@ static void shard_on_wake(struct shard *sh)
 	uint32_t n;
 
 	while ((n = hpool_reap(sh->pool, sh->id, done, 64)) > 0)
-		for (uint32_t i = 0; i < n; i++)
-			deliver_helper_done(sh->dlv, &done[i]);
+		for (uint32_t i = 0; i < n; i++) {
+			if (done[i].kind == HPOOL_JOB) {
+				deliver_helper_done(sh->dlv, &done[i]);
+				continue;
+			}
+			/* A password check: the cookie names the connection. */
+			uint32_t slot = (uint32_t)done[i].cookie;
+			uint16_t gen = (uint16_t)(done[i].cookie >> 32);
+			struct conn *c = slot < sh->conn_max ? &sh->conns[slot] : NULL;
+
+			if (!c || c->gen != gen || c->io == CONN_FREE)
+				continue;
+			c->inflight--;
+			if (c->io == CONN_ACTIVE)
+				smtp_session_auth_done(c, done[i].result);
+			conn_reap(c);
+		}
 	req = atomic_exchange(&sh->ctl, NULL);
 	if (req) {
 		deliver_ctl(sh->dlv, req);
@@ -792,9 +1063,16 @@ static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 	}
 }
 
-/* ENOBUFS ended some multishot recvs; buffers came back since. */
+/* ENOBUFS ended some multishot recvs; buffers came back since.  And TLS
+ * connections that found no user buffer for plaintext go on. */
 static void shard_rearm_starved(struct shard *sh)
 {
+	if (sh->tls_starved && sh->ring.user_free_count) {
+		sh->tls_starved = false;
+		for (struct conn *c = sh->active; c; c = c->next)
+			if (c->io == CONN_ACTIVE && c->tls && !c->in_feed)
+				conn_process_input(c);
+	}
 	if (!sh->ring.buf_exhausted || sh->ring.buf_free == 0)
 		return;
 	sh->ring.buf_exhausted = false;
@@ -930,6 +1208,37 @@ static int shard_setup(struct shard *sh)
 			&shard_spool_ops, sh, sh->why, sizeof(sh->why));
 	if (rc < 0)
 		return rc;
+	if (cfg->tls.cert_count) {
+		const char *names[CONFIG_CERTS_MAX][TLS_CERT_NAMES_MAX];
+		struct tls_cert_params certs[CONFIG_CERTS_MAX];
+
+		for (uint32_t i = 0; i < cfg->tls.cert_count; i++) {
+			const struct config_cert *cc = &cfg->tls.certs[i];
+
+			for (uint32_t k = 0; k < cc->name_count && k < TLS_CERT_NAMES_MAX; k++)
+				names[i][k] = cc->names[k];
+			certs[i] = (struct tls_cert_params){.cert = cc->cert,
+							    .key = cc->key,
+							    .names = names[i],
+							    .name_count = cc->name_count};
+		}
+		struct tls_params tp = {.role = TLS_ROLE_SERVER,
+					.certs = certs,
+					.cert_count = cfg->tls.cert_count,
+					.min_version = cfg->tls.min_version,
+					.ciphers = cfg->tls.ciphers};
+		sh->tls_ctx = tls_ctx_new(&tp, sh->why, sizeof(sh->why));
+		if (!sh->tls_ctx)
+			return -EINVAL;
+		/* Plaintext of TLS sessions: one user buffer per connection
+		 * slot, at most 4 per connection at a time. */
+		rc = ring_user_bufs_init(&sh->ring, cfg->io.recv_buffers);
+		if (rc < 0) {
+			snprintf(sh->why, sizeof(sh->why), "TLS plaintext buffers: %s",
+				 strerror(-rc));
+			return rc;
+		}
+	}
 	struct deliver_params dp = {.shard = sh->id,
 				    .shards = cfg->shards,
 				    .cfg = cfg,
@@ -973,6 +1282,16 @@ static void shard_teardown(struct shard *sh)
 			close(sh->listeners[i].fd);
 	deliver_free(sh->dlv);
 	sh->dlv = NULL;
+	if (sh->tls_ctx) {
+		for (uint32_t i = 0; i < sh->conn_max; i++)
+			if (sh->conns && sh->conns[i].tls) {
+				tls_conn_free(sh->conns[i].tls);
+				sh->conns[i].tls = NULL;
+			}
+		tls_ctx_free(sh->tls_ctx);
+		sh->tls_ctx = NULL;
+		tls_thread_cleanup();
+	}
 	spool_close(sh->spool);
 	sh->spool = NULL;
 	smtp_tx_pool_free(sh->txpool);
@@ -1010,6 +1329,15 @@ static void *shard_main(void *arg)
 	return NULL;
 }
 
+static struct auth_users *g_users;
+static struct auth_throttle *g_throttle;
+
+void shard_auth_setup(struct auth_users *users, struct auth_throttle *throttle)
+{
+	g_users = users;
+	g_throttle = throttle;
+}
+
 int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id,
 		struct deliver_loaded *loaded, struct hpool *pool)
 {
@@ -1019,6 +1347,8 @@ int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uin
 	sh->first_id = first_id;
 	sh->loaded = loaded;
 	sh->pool = pool;
+	sh->users = g_users;
+	sh->throttle = g_throttle;
 	atomic_store(&sh->ctl, NULL);
 	sh->wake_fd = -1;
 	atomic_store(&sh->stop, false);

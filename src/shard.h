@@ -33,6 +33,18 @@
 #define CONN_OUT_MAX  4096 /* reply bytes buffered per connection */
 #define CONN_INQ_MAX  8	   /* receive buffers held per paused connection */
 #define CONN_PEER_MAX 64
+#define CONN_PQ_MAX   4 /* decrypted buffers held per TLS connection */
+
+enum conn_tls {
+	CONN_TLS_OFF = 0,
+	CONN_TLS_HANDSHAKE,
+	CONN_TLS_ON,
+};
+
+struct tls_conn;
+struct tls_ctx;
+struct auth_users;
+struct auth_throttle;
 
 /* Ring op codes (user_data op byte).  Spool ops live in spool.h (0x40+). */
 enum shard_op {
@@ -79,6 +91,18 @@ struct conn {
 		uint16_t bid;
 		uint32_t off, len;
 	} inq[CONN_INQ_MAX];
+	/* TLS (src/tls): ciphertext arrives in inq; plaintext is decrypted
+	 * into user buffers (ring_buf_alloc) queued in pq and fed to the
+	 * session from there, so its bytes can be spooled by reference like
+	 * plaintext input. */
+	struct tls_conn *tls;
+	uint8_t tls_mode;	/* enum conn_tls */
+	bool tls_switch;	/* STARTTLS accepted: switch when the feed returns */
+	bool send_tls;		/* the send in flight carries TLS records */
+	uint32_t tls_plain_out; /* bytes of out[] that still go in plaintext (the 220) */
+	uint64_t tls_deadline_ms;
+	uint32_t pq_head, pq_count;
+	struct conn_inbuf pq[CONN_PQ_MAX];
 	char out[CONN_OUT_MAX];
 	uint32_t out_len;  /* bytes buffered */
 	uint32_t out_sent; /* bytes of out[] in the send in flight */
@@ -124,6 +148,10 @@ struct shard {
 	struct deliver *dlv;
 	struct deliver_loaded *loaded; /* handed to the engine at setup */
 	struct hpool *pool;
+	struct tls_ctx *tls_ctx;	/* NULL: no certificates */
+	struct auth_users *users;	/* shared, read-only; NULL: no users_file */
+	struct auth_throttle *throttle; /* shared by all shards */
+	bool tls_starved;		/* a TLS connection waits for a user buffer */
 	_Atomic(struct dctl_req *) ctl; /* a control request to answer */
 	_Atomic bool stop;
 	bool stopping;
@@ -138,6 +166,8 @@ int shard_globals_init(const struct rmx_config *cfg);
 
 int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id,
 		struct deliver_loaded *loaded, struct hpool *pool);
+/* Start-up, before shard_start: what AUTH uses (shared by all shards). */
+void shard_auth_setup(struct auth_users *users, struct auth_throttle *throttle);
 /* Control thread: have the shard answer req; returns when it did. */
 void shard_ctl(struct shard *sh, struct dctl_req *req);
 void shard_stop(struct shard *sh); /* any thread: ask it to drain and exit */
@@ -155,6 +185,13 @@ void conn_resume(struct conn *c);
 void conn_flush(struct conn *c);
 /* Call smtp_session_decided() after ms milliseconds (a ring timeout). */
 void conn_timer(struct conn *c, uint32_t ms);
+/* STARTTLS accepted (the 220 is in the output): once the current feed
+ * returns, every byte already received is discarded (CVE-2011-0411) and
+ * the TLS handshake begins. */
+void conn_starttls(struct conn *c);
+/* Version and cipher of an established TLS session, or NULL. */
+const char *conn_tls_version(const struct conn *c);
+const char *conn_tls_cipher(const struct conn *c);
 uint64_t shard_now_ms(const struct shard *sh);
 
 #endif

@@ -1195,6 +1195,10 @@ size_t smtp_cmd_line_max(enum smtp_verb verb)
 		return SMTP_MAIL_LINE_MAX;
 	case SMTP_VERB_RCPT:
 		return SMTP_RCPT_LINE_MAX;
+	case SMTP_VERB_AUTH:
+		/* RFC 4954 4: an initial response may be long; ours (PLAIN with
+		 * the largest identities) fits the scan bound. */
+		return SMTP_LINE_SCAN_MAX;
 	default:
 		return SMTP_CMD_LINE_MAX;
 	}

@@ -8,6 +8,10 @@
  * thing waited for (output space, a spool write slot, the commit) arrives.
  */
 #include "smtp/session.h"
+#include "auth/pool.h"
+#include "auth/sasl.h"
+#include "auth/throttle.h"
+#include "auth/users.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -98,9 +102,10 @@ static void smtp_enter_state(struct conn *c, enum smtp_state next)
 {
 	static const uint16_t legal[] = {
 	    [SMTP_S_NEW] = 1u << SMTP_S_GREETED | 1u << SMTP_S_QUIT,
-	    [SMTP_S_GREETED] = 1u << SMTP_S_READY | 1u << SMTP_S_BDAT | 1u << SMTP_S_QUIT,
-	    [SMTP_S_READY] =
-		1u << SMTP_S_READY | 1u << SMTP_S_MAIL | 1u << SMTP_S_BDAT | 1u << SMTP_S_QUIT,
+	    [SMTP_S_GREETED] =
+		1u << SMTP_S_READY | 1u << SMTP_S_BDAT | 1u << SMTP_S_QUIT | 1u << SMTP_S_GREETED,
+	    [SMTP_S_READY] = 1u << SMTP_S_READY | 1u << SMTP_S_MAIL | 1u << SMTP_S_BDAT |
+			     1u << SMTP_S_QUIT | 1u << SMTP_S_GREETED, /* STARTTLS */
 	    [SMTP_S_MAIL] = 1u << SMTP_S_READY | 1u << SMTP_S_RCPT | 1u << SMTP_S_BDAT |
 			    1u << SMTP_S_QUIT | 1u << SMTP_S_MAIL,
 	    [SMTP_S_RCPT] = 1u << SMTP_S_READY | 1u << SMTP_S_RCPT | 1u << SMTP_S_DATA |
@@ -257,6 +262,7 @@ static bool session_decide(struct conn *c, enum flt_stage stage, struct flt_inpu
 	in->client = (struct sockaddr *)&c->peer;
 	in->helo = s->helo;
 	in->errors = s->errors;
+	in->authenticated = s->authed;
 	if (flt_decide(stage, in, &s->verdict) == FLT_DONE)
 		return true;
 	if (s->cur_line && s->cur_line != s->line)
@@ -328,6 +334,198 @@ void smtp_session_timeout(struct conn *c, const char *reply)
 
 /* ---- commands ------------------------------------------------------------------- */
 
+static const struct config_listener *listener_of(const struct conn *c)
+{
+	return c->shard->listeners[c->listener].cfg;
+}
+
+/* RFC 4954 4 and issue 4: AUTH only inside TLS, unless the listener
+ * allows it in plaintext (loopback only, for tests). */
+static bool auth_offered(const struct conn *c)
+{
+	const struct config_listener *l = c->shard->listeners[c->listener].cfg;
+
+	return l->auth != CONFIG_AUTH_NONE && c->shard->users && !c->s.authed &&
+	       (c->tls_mode == CONN_TLS_ON || l->auth_plaintext);
+}
+
+static bool starttls_offered(const struct conn *c)
+{
+	return listener_of(c)->tls == CONFIG_TLS_STARTTLS && c->shard->tls_ctx && !c->tls;
+}
+
+/* RFC 3207 4: STARTTLS takes no argument, not inside a transaction, once.
+ * After the 220, everything learnt from the client is forgotten: EHLO
+ * again, no transaction survives. */
+static void cmd_starttls(struct conn *c, const struct smtp_cmd *cmd)
+{
+	if (listener_of(c)->tls != CONFIG_TLS_STARTTLS || !c->shard->tls_ctx)
+		return session_error(c, "502 5.5.1 Error: command not implemented");
+	if (c->tls)
+		return session_error(c, "503 5.5.1 Error: TLS already active");
+	if (cmd->arg.len)
+		return session_error(c, "501 5.5.4 Syntax: STARTTLS");
+	if (c->s.state != SMTP_S_GREETED && c->s.state != SMTP_S_READY)
+		return session_error(c, "503 5.5.1 Error: STARTTLS inside a transaction");
+	conn_reply(c, "220 2.0.0 Ready to start TLS");
+	session_reset_tx(c);
+	c->s.esmtp = false;
+	c->s.authed = false;
+	c->s.auth_user[0] = '\0';
+	c->s.helo[0] = '\0';
+	smtp_enter_state(c, SMTP_S_GREETED);
+	conn_starttls(c);
+}
+
+static void auth_failed_reply(struct conn *c)
+{
+	conn_reply(c, "535 5.7.8 Authentication credentials invalid");
+	if (c->s.auth_blocked) {
+		conn_replyf(c, "421 4.7.0 %s Too many authentication failures",
+			    cfg_of(c)->hostname);
+		session_close(c);
+		return;
+	}
+	session_unpause(c);
+}
+
+static void auth_end(struct conn *c)
+{
+	if (c->s.sasl) {
+		sasl_clear(c->s.sasl);
+		free(c->s.sasl);
+		c->s.sasl = NULL;
+	}
+	c->s.in_auth = false;
+}
+
+/* Credentials are complete: the check runs on a helper thread (hashing is
+ * slow on purpose); input waits for its answer. */
+static void auth_verify(struct conn *c)
+{
+	struct sasl_creds cr;
+	uint64_t cookie = (uint64_t)c->slot | (uint64_t)c->gen << 32;
+	int rc;
+
+	sasl_creds(c->s.sasl, &cr);
+	snprintf(c->s.auth_user, sizeof(c->s.auth_user), "%.*s", (int)cr.authcid_len, cr.authcid);
+	rc = hpool_submit_verify(c->shard->pool, c->shard->id, cookie, c->shard->users, cr.authcid,
+				 cr.authcid_len, cr.passwd, cr.passwd_len);
+	auth_end(c);
+	if (rc < 0) {
+		c->s.auth_user[0] = '\0';
+		conn_reply(c, "454 4.7.0 Temporary authentication failure");
+		return;
+	}
+	c->inflight++; /* the slot stays until the answer came */
+	c->s.wait = SMTP_WAIT_AUTH;
+}
+
+/* One step of the exchange: a challenge, the check, or the end. */
+static void auth_step_result(struct conn *c, int rc)
+{
+	if (rc == SASL_AGAIN) {
+		c->s.in_auth = true;
+		conn_reply(c, c->s.sasl->reply);
+		return;
+	}
+	if (rc == SASL_OK) {
+		c->s.in_auth = false;
+		auth_verify(c);
+		return;
+	}
+	/* INVALID: the state is cleared; a 535 among these counts as a failure. */
+	const char *reply = c->s.sasl->reply;
+
+	auth_end(c);
+	if (strncmp(reply, "535", 3) == 0) {
+		smtp_session_auth_done(c, AUTH_VERIFY_BAD_PASSWORD);
+		return;
+	}
+	session_error(c, reply);
+}
+
+static void cmd_auth(struct conn *c, const struct smtp_cmd *cmd)
+{
+	const struct config_listener *l = listener_of(c);
+	struct auth_throttle_verdict v;
+
+	if (l->auth == CONFIG_AUTH_NONE || !c->shard->users)
+		return session_error(c, "502 5.5.1 Error: command not implemented");
+	if (c->tls_mode != CONN_TLS_ON && !l->auth_plaintext)
+		return session_error(c, "538 5.7.11 Encryption required for requested "
+					"authentication mechanism");
+	if (c->s.state == SMTP_S_GREETED)
+		return session_error(c, "503 5.5.1 Error: send EHLO first");
+	if (c->s.authed)
+		return session_error(c, "503 5.5.1 Error: already authenticated");
+	if (c->s.state != SMTP_S_READY)
+		return session_error(c, "503 5.5.1 Error: AUTH not allowed during a transaction");
+	if (auth_throttle_check(c->shard->throttle, (struct sockaddr *)&c->peer,
+				shard_now_ms(c->shard), &v) == 0 &&
+	    v.blocked) {
+		log_msg(LOG_INFO, "event=auth_blocked client=%s failures=%u", c->peer_ip,
+			v.failures);
+		conn_replyf(c, "421 4.7.0 %s Too many authentication failures",
+			    cfg_of(c)->hostname);
+		return session_close(c);
+	}
+	c->s.sasl = calloc(1, sizeof(*c->s.sasl));
+	if (!c->s.sasl)
+		return conn_reply(c, "454 4.7.0 Temporary authentication failure");
+	auth_step_result(c, sasl_start(c->s.sasl, cmd->arg.ptr, cmd->arg.len));
+}
+
+/* A response line of the exchange (never logged: it is the password). */
+static void session_auth_line(struct conn *c, const char *line, size_t len, bool too_long)
+{
+	if (too_long) {
+		auth_end(c);
+		return session_error(c, SASL_REPLY_TOO_LONG);
+	}
+	auth_step_result(c, sasl_step(c->s.sasl, line, len));
+}
+
+void smtp_session_auth_done(struct conn *c, int rc)
+{
+	struct smtp_session *s = &c->s;
+	struct auth_throttle_verdict v = {0};
+
+	if (s->wait == SMTP_WAIT_AUTH)
+		s->wait = SMTP_WAIT_NONE;
+	if (rc == AUTH_VERIFY_OK) {
+		s->authed = true;
+		log_msg(LOG_INFO, "event=auth client=%s user=\"%s\" result=ok", c->peer_ip,
+			s->auth_user);
+		conn_reply(c, "235 2.7.0 Authentication successful");
+		session_unpause(c);
+		return;
+	}
+	if (rc < 0) {
+		log_msg(LOG_WARN, "event=auth client=%s user=\"%s\" result=error error=\"%s\"",
+			c->peer_ip, s->auth_user, strerror(-rc));
+		s->auth_user[0] = '\0';
+		conn_reply(c, "454 4.7.0 Temporary authentication failure");
+		session_unpause(c);
+		return;
+	}
+	log_msg(LOG_INFO, "event=auth client=%s user=\"%s\" result=failed", c->peer_ip,
+		s->auth_user);
+	s->auth_user[0] = '\0';
+	s->errors++;
+	auth_throttle_fail(c->shard->throttle, (struct sockaddr *)&c->peer, shard_now_ms(c->shard),
+			   &v);
+	s->auth_blocked = v.blocked;
+	if (v.delay_ms) {
+		/* The 535 waits: guessing gets slower with every failure. */
+		s->wait = SMTP_WAIT_AUTH;
+		s->pending_stage = 0xff;
+		conn_timer(c, v.delay_ms);
+		return;
+	}
+	auth_failed_reply(c);
+}
+
 static void ehlo_finish(struct conn *c, bool esmtp)
 {
 	const struct rmx_config *cfg = cfg_of(c);
@@ -348,6 +546,10 @@ static void ehlo_finish(struct conn *c, bool esmtp)
 	conn_reply(c, "250-ENHANCEDSTATUSCODES");
 	conn_reply(c, "250-CHUNKING");
 	conn_reply(c, "250-DSN");
+	if (starttls_offered(c))
+		conn_reply(c, "250-STARTTLS");
+	if (auth_offered(c))
+		conn_reply(c, "250-AUTH PLAIN LOGIN");
 	conn_reply(c, "250 SMTPUTF8");
 }
 
@@ -397,6 +599,8 @@ static void cmd_mail(struct conn *c, const struct smtp_cmd *cmd)
 		return session_error(c, "503 5.5.1 Error: send HELO/EHLO first");
 	if (c->s.state != SMTP_S_READY)
 		return session_error(c, "503 5.5.1 Error: nested MAIL command");
+	if (listener_of(c)->auth == CONFIG_AUTH_REQUIRED && !c->s.authed)
+		return session_error(c, "530 5.7.0 Authentication required");
 	if (cmd->path.utf8 && !cmd->mail.smtputf8)
 		return session_error(c, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
 	if (cmd->mail.has_size && cmd->mail.size > cfg->limits.message_size)
@@ -466,8 +670,13 @@ static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
 static size_t tx_received_header(struct conn *c)
 {
 	struct smtp_tx *tx = c->s.tx;
-	const char *with = tx->smtputf8 ? "UTF8SMTP" : c->s.esmtp ? "ESMTP" : "SMTP";
-	char date[64], rcpt[SMTP_PATH_MAX + 16] = "";
+	const char *tlsv = conn_tls_version(c);
+	/* RFC 3848 / RFC 6531 4.3: S for TLS, A for an authenticated client. */
+	static const char *const withs[2][2][2] = {
+	    {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
+	    {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}};
+	const char *with = !c->s.esmtp ? "SMTP" : withs[tx->smtputf8][tlsv != NULL][c->s.authed];
+	char date[64], rcpt[SMTP_PATH_MAX + 16] = "", tls[256] = "";
 	time_t now = time(NULL);
 	struct tm tm;
 	int n;
@@ -479,9 +688,15 @@ static size_t tx_received_header(struct conn *c)
 			 (int)(tx->rcpts[0].addr.len < SMTP_PATH_MAX ? tx->rcpts[0].addr.len
 								     : SMTP_PATH_MAX),
 			 tx->rcpts[0].addr.ptr);
+	if (tlsv)
+		snprintf(tls, sizeof(tls), "\r\n\t(using %s with cipher %.100s)", tlsv,
+			 conn_tls_cipher(c));
+	if (c->s.authed) /* RFC 4954 does not require it; admins expect it */
+		snprintf(tls + strlen(tls), sizeof(tls) - strlen(tls),
+			 "\r\n\t(authenticated as %.60s)", c->s.auth_user);
 	n = snprintf(tx->received, sizeof(tx->received),
-		     "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
-		     c->s.helo, c->peer_ip, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
+		     "Received: from %s ([%s])%s\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
+		     c->s.helo, c->peer_ip, tls, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
 	assert(n > 0);
 	return n < (int)sizeof(tx->received) ? (size_t)n : sizeof(tx->received) - 1;
 }
@@ -568,8 +783,9 @@ static void cmd_dispatch(struct conn *c, const struct smtp_cmd *cmd)
 		return conn_reply(c, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP "
 				     "QUIT VRFY HELP; see RFC 5321");
 	case SMTP_VERB_STARTTLS:
+		return cmd_starttls(c, cmd);
 	case SMTP_VERB_AUTH:
-		return session_error(c, "502 5.5.1 Error: command not implemented");
+		return cmd_auth(c, cmd);
 	case SMTP_VERB_UNKNOWN:
 		break;
 	}
@@ -627,7 +843,9 @@ static size_t session_line(struct conn *c, const char *p, size_t n)
 		if (rc == SMTP_PARSE_AGAIN)
 			return used;
 	}
-	if (rc == SMTP_PARSE_INVALID && s->ls.error == SMTP_LINE_BARE_LF) {
+	if (s->in_auth && !(rc == SMTP_PARSE_INVALID && s->ls.error == SMTP_LINE_BARE_LF)) {
+		session_auth_line(c, line, s->ls.line_len, rc == SMTP_PARSE_INVALID);
+	} else if (rc == SMTP_PARSE_INVALID && s->ls.error == SMTP_LINE_BARE_LF) {
 		/* CVE-2023-51764: a line ended by a bare LF is refused and the
 		 * connection closed, so no byte after it is ever taken as a
 		 * command (as Postfix's smtpd_forbid_bare_newline does). */
@@ -686,7 +904,8 @@ static void tx_commit(struct conn *c)
 	env.helo = (struct spool_str){c->s.helo, (uint32_t)strlen(c->s.helo)};
 	env.mail_from = tx->mail_from;
 	env.envid = tx->envid;
-	env.auth_user = (struct spool_str){"", 0};
+	env.auth_user =
+	    (struct spool_str){c->s.auth_user, c->s.authed ? (uint32_t)strlen(c->s.auth_user) : 0};
 	env.rcpt_count = tx->rcpt_count;
 	env.rcpts = tx->rcpts;
 	if (spool_msg_commit(c->shard->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
@@ -829,7 +1048,8 @@ size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 	struct smtp_session *s = &c->s;
 	size_t off = 0;
 
-	while (off < n && c->io == CONN_ACTIVE && !c->close_wanted && s->wait == SMTP_WAIT_NONE) {
+	while (off < n && c->io == CONN_ACTIVE && !c->close_wanted && s->wait == SMTP_WAIT_NONE &&
+	       !c->tls_switch) {
 		switch (s->state) {
 		case SMTP_S_NEW:
 			smtp_session_early(c);
@@ -858,6 +1078,7 @@ size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 	}
 	if (c->io != CONN_ACTIVE || s->state == SMTP_S_QUIT)
 		return n; /* closing: the rest of the input is moot */
+	/* After STARTTLS the shard discards the rest (never parsed). */
 	return off;
 }
 
@@ -921,6 +1142,7 @@ bool smtp_session_busy(const struct conn *c)
 void smtp_session_release(struct conn *c)
 {
 	tx_release(c);
+	auth_end(c);
 }
 
 void smtp_session_decided(struct conn *c)
@@ -929,6 +1151,15 @@ void smtp_session_decided(struct conn *c)
 	enum flt_stage stage = (enum flt_stage)s->pending_stage;
 	struct smtp_cmd cmd;
 
+	if (s->wait == SMTP_WAIT_AUTH && s->pending_stage == 0xff) {
+		/* The delay after a failed AUTH is over. */
+		s->wait = SMTP_WAIT_NONE;
+		s->pending_stage = 0;
+		auth_failed_reply(c);
+		if (c->io == CONN_ACTIVE && s->wait == SMTP_WAIT_NONE)
+			conn_resume(c);
+		return;
+	}
 	assert(s->wait == SMTP_WAIT_FILTER);
 	flt_resume(stage, &s->verdict);
 	s->wait = SMTP_WAIT_NONE;

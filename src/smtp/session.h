@@ -41,10 +41,14 @@ enum smtp_wait {
 	SMTP_WAIT_FILTER, /* a filter decision is pending */
 	SMTP_WAIT_SPOOL,  /* all write slots busy */
 	SMTP_WAIT_COMMIT, /* message being made durable */
+	SMTP_WAIT_AUTH,	  /* a password check, or the delay after a failure */
 };
+
+#define SMTP_AUTH_USER_MAX 255
 
 struct smtp_tx;
 struct conn;
+struct sasl_state;
 
 struct smtp_session {
 	enum smtp_state state;
@@ -72,6 +76,12 @@ struct smtp_session {
 	uint32_t cur_len;
 	uint32_t pending_len; /* SMTP_WAIT_FILTER: the command kept in line[] */
 	uint8_t pending_stage;
+	/* AUTH (RFC 4954). */
+	bool authed;
+	bool in_auth;		 /* the next line is a SASL response */
+	bool auth_blocked;	 /* after the delayed 535: 421 and close */
+	struct sasl_state *sasl; /* during an exchange only */
+	char auth_user[SMTP_AUTH_USER_MAX + 1];
 };
 
 /* Pool of transactions, sized at start (invariant 4). */
@@ -93,6 +103,9 @@ void smtp_session_early(struct conn *c);
 /* The wait of a pending decision (SMTP_WAIT_FILTER) is over: finish the
  * stage that asked and resume input. */
 void smtp_session_decided(struct conn *c);
+/* A password check finished: rc is enum auth_verify_rc or -errno. */
+void smtp_session_auth_done(struct conn *c, int rc);
+
 /* The connection is going away: give back the transaction. Only once no
  * spool write of it is in flight. */
 void smtp_session_release(struct conn *c);
