@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -353,7 +354,8 @@ int deliver_new(struct deliver **out, const struct deliver_params *p, struct del
 	d->spool = p->spool;
 	d->pool = p->pool;
 	d->dirfd = -1;
-	if (oc_table_init(d) < 0) {
+	d->core.tls_client = calloc(cfg->route_count ? cfg->route_count : 1, sizeof(void *));
+	if (!d->core.tls_client || oc_table_init(d) < 0) {
 		snprintf(why, why_len, "out of memory");
 		deliver_free(d);
 		return -ENOMEM;
@@ -493,14 +495,14 @@ void dlv_rcpt_result(struct deliver *d, struct djob *job, uint32_t i, int cls, c
 		m->rst[r] = SPOOL_RCPT_DELIVERED;
 	spool_env_rcpt(&m->env, r, &rc);
 	qid(m->id, id);
-	log_msg(LOG_INFO, "event=%s id=%s rcpt=<%.*s> relay=%s status=%s reply=\"%s\"",
+	log_msg(LOG_INFO, "event=%s id=%s rcpt=<%.*s> relay=%s tls=\"%s\" status=%s reply=\"%s\"",
 		cls == 2   ? "delivered"
 		: cls == 5 ? "bounced"
 			   : "deferred",
 		id, (int)rc.addr.len, rc.addr.ptr,
 		job->nhops ? job->hops[job->cur < job->nhops ? job->cur : 0].name
 			   : job->route->hops[0].text,
-		status, diag);
+		job->tls_info[0] ? job->tls_info : "none", status, diag);
 }
 
 static void job_free(struct djob *job)
@@ -727,6 +729,9 @@ static void mx_done(void *arg, const struct dns_mx_result *res)
 				inet_ntop(AF_INET, &mh->addrs[a].v4.sin_addr, ip, sizeof(ip));
 			}
 			snprintf(hp->name, sizeof(hp->name), "%.60s[%s]:25", mh->name, ip);
+			snprintf(hp->host, sizeof(hp->host), "%s", mh->name);
+			hp->tls = (uint8_t)job->route->tls;
+			hp->route = (uint16_t)(job->route - d->core.cfg->routes);
 		}
 	}
 	job->cur = 0;
@@ -783,6 +788,11 @@ static void job_start(struct deliver *d, struct djob *job)
 			hp->len = rt->hops[h].addr_len;
 			hp->lmtp = rt->hops[h].kind == CONFIG_HOP_LMTP;
 			snprintf(hp->name, sizeof(hp->name), "%s", rt->hops[h].text);
+			hp->tls = (uint8_t)rt->tls;
+			hp->route = (uint16_t)(rt - d->core.cfg->routes);
+			/* An IP route: a certificate is checked against the address. */
+			getnameinfo((struct sockaddr *)&hp->addr, hp->len, hp->host,
+				    sizeof(hp->host), NULL, 0, NI_NUMERICHOST);
 		}
 		job->nhops = rt->hop_count;
 	}

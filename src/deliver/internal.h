@@ -25,12 +25,16 @@ struct dhop {
 	struct sockaddr_storage addr;
 	socklen_t len;
 	bool lmtp;
-	char name[96]; /* "mx.example[192.0.2.1]:25" */
+	uint8_t tls;			/* enum config_route_tls of the route */
+	uint16_t route;			/* index of the route (its TLS client context) */
+	char name[96];			/* "mx.example[192.0.2.1]:25" */
+	char host[SMTP_DOMAIN_MAX + 1]; /* the name to verify a certificate against */
 };
 
 /* Recipients of one message that go to one next hop (list) together. */
 struct djob {
 	struct deliver *d;
+	char tls_info[128]; /* of the connection that carried the transaction */
 	struct qmsg *m;
 	const struct config_route *route;
 	char domain[SMTP_DOMAIN_MAX + 1];
@@ -50,6 +54,8 @@ enum oc_state {
 	OC_BANNER,
 	OC_EHLO,
 	OC_HELO,
+	OC_STARTTLS, /* STARTTLS sent */
+	OC_TLS_HS,   /* TLS handshake */
 	OC_IDLE,
 	OC_MAIL,
 	OC_RCPT,
@@ -61,6 +67,9 @@ enum oc_state {
 	OC_CLOSING,
 };
 
+struct tls_conn;
+struct tls_ctx;
+
 struct oconn {
 	struct deliver *d;
 	uint32_t slot;
@@ -71,6 +80,9 @@ struct oconn {
 	bool send_inflight, recv_armed, read_inflight, closing;
 	struct dhop hop;
 	struct smtp_ehlo_caps caps;
+	struct tls_conn *tls;
+	bool tls_on;
+	char tls_info[128]; /* "TLSv1.3 TLS_AES_256_GCM_SHA384 verified" or "none" */
 	uint32_t msgs;
 	uint64_t deadline_ms;
 	uint64_t idle_since_ms;
@@ -135,7 +147,8 @@ struct deliver_core {
 	struct oconn *oc;
 	uint32_t *oc_free;
 	uint32_t oc_free_count;
-	struct oconn *oc_idle; /* idle connections, most recent first */
+	struct oconn *oc_idle;	     /* idle connections, most recent first */
+	struct tls_ctx **tls_client; /* per route, made on first use */
 };
 
 struct deliver_core *dlv_core(struct deliver *d);

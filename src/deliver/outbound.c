@@ -25,6 +25,7 @@
 
 #include "deliver/internal.h"
 #include "log.h"
+#include "tls/tls.h"
 
 static const char dot_crlf[] = ".\r\n";
 
@@ -56,15 +57,28 @@ void oc_table_free(struct deliver *d)
 
 	if (!c->oc)
 		return;
+	bool tls_used = false;
+
 	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++) {
 		if (c->oc[i].fd >= 0)
 			close(c->oc[i].fd);
+		if (c->oc[i].tls)
+			tls_conn_free(c->oc[i].tls);
 		free(c->oc[i].out);
 		free(c->oc[i].win);
 	}
 	free(c->oc);
 	free(c->oc_free);
 	c->oc = NULL;
+	for (uint32_t i = 0; c->tls_client && i < c->cfg->route_count; i++)
+		if (c->tls_client[i]) {
+			tls_ctx_free(c->tls_client[i]);
+			tls_used = true;
+		}
+	free(c->tls_client);
+	c->tls_client = NULL;
+	if (tls_used)
+		tls_thread_cleanup();
 }
 
 uint32_t oc_active(const struct deliver *d)
@@ -76,7 +90,8 @@ uint32_t oc_active(const struct deliver *d)
 
 static bool hop_eq(const struct dhop *a, const struct dhop *b)
 {
-	return a->lmtp == b->lmtp && a->len == b->len && memcmp(&a->addr, &b->addr, a->len) == 0;
+	return a->lmtp == b->lmtp && a->tls == b->tls && a->route == b->route && a->len == b->len &&
+	       memcmp(&a->addr, &b->addr, a->len) == 0;
 }
 
 static uint32_t hop_limit(const struct deliver_core *c)
@@ -113,10 +128,58 @@ static void oc_arm_recv(struct oconn *oc)
 	oc->inflight++;
 }
 
+static void oc_fail(struct oconn *oc, const char *why);
+static void oc_tls_hs(struct oconn *oc);
+
+/* TLS: encrypt as much of iov[] as the TLS layer takes, then send its
+ * records.  The plaintext iovecs are done when niov is 0 and every record
+ * went out (on_send then goes on as after a plain send). */
+static void oc_tls_send(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	struct io_uring_sqe *sqe;
+	const void *p;
+	size_t len;
+
+	while (oc->niov) {
+		ssize_t w = oc->iov[0].iov_len
+				? tls_conn_write(oc->tls, oc->iov[0].iov_base, oc->iov[0].iov_len)
+				: 0;
+
+		if (w >= 0) {
+			oc->iov[0].iov_base = (char *)oc->iov[0].iov_base + w;
+			oc->iov[0].iov_len -= (size_t)w;
+			if (oc->iov[0].iov_len == 0) {
+				memmove(oc->iov, oc->iov + 1, (oc->niov - 1) * sizeof(oc->iov[0]));
+				oc->niov--;
+			}
+			continue;
+		}
+		if (w == -ENOBUFS || w == -EAGAIN)
+			break;
+		oc_fail(oc, "TLS write failed");
+		return;
+	}
+	if (!tls_conn_out(oc->tls, &p, &len) || len == 0)
+		return;
+	sqe = ring_sqe(c->ring);
+	io_uring_prep_send(sqe, oc->fd, p, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_SEND));
+	oc->send_inflight = true;
+	oc->inflight++;
+	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
+}
+
 static void oc_send_iov(struct oconn *oc)
 {
 	struct deliver_core *c = dlv_core(oc->d);
-	struct io_uring_sqe *sqe = ring_sqe(c->ring);
+	struct io_uring_sqe *sqe;
+
+	if (oc->tls) {
+		oc_tls_send(oc);
+		return;
+	}
+	sqe = ring_sqe(c->ring);
 
 	oc->mh = (struct msghdr){.msg_iov = oc->iov, .msg_iovlen = oc->niov};
 	io_uring_prep_sendmsg(sqe, oc->fd, &oc->mh, MSG_NOSIGNAL);
@@ -165,6 +228,11 @@ static void oc_reap(struct oconn *oc)
 	free(oc->out);
 	free(oc->win);
 	oc->out = oc->win = NULL;
+	if (oc->tls) {
+		tls_conn_free(oc->tls);
+		oc->tls = NULL;
+	}
+	oc->tls_on = false;
 	oc->fd = -1;
 	oc->state = OC_FREE;
 	oc->closing = false;
@@ -401,6 +469,7 @@ static void oc_begin_tx(struct oconn *oc)
 
 	memset(job->acc, 0, job->nrcpt);
 	job->started = true;
+	snprintf(job->tls_info, sizeof(job->tls_info), "%s", oc->tls_info);
 	if (!tx_check(oc)) {
 		oc_release_job(oc);
 		oc_idle(oc);
@@ -562,6 +631,101 @@ static void oc_pump(struct oconn *oc)
 	}
 }
 
+/* ---- outbound TLS (RFC 3207 as a client) --------------------------------------- */
+
+static const char *const rtls_names[] = {"none", "opportunistic", "required", "verify"};
+
+static struct tls_ctx *tls_client_ctx(struct oconn *oc, char *why, size_t why_len)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	const struct config_route *rt = &c->cfg->routes[oc->hop.route];
+
+	if (!c->tls_client[oc->hop.route]) {
+		struct tls_params tp = {.role = TLS_ROLE_CLIENT,
+					.ca_file = rt->ca_file,
+					.verify = rt->tls == CONFIG_RTLS_VERIFY};
+
+		c->tls_client[oc->hop.route] = tls_ctx_new(&tp, why, why_len);
+	}
+	return c->tls_client[oc->hop.route];
+}
+
+static void oc_tls_hs(struct oconn *oc)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	int rc = tls_conn_handshake(oc->tls);
+
+	if (rc == 0) {
+		bool verified = tls_conn_peer_verified(oc->tls);
+
+		snprintf(oc->tls_info, sizeof(oc->tls_info), "%s %s %s", tls_conn_version(oc->tls),
+			 tls_conn_cipher(oc->tls), verified ? "verified" : "unverified");
+		log_msg(LOG_INFO,
+			"event=outbound_tls shard=%u relay=%s policy=%s version=%s cipher=%s "
+			"verified=%s",
+			c->shard, oc->hop.name, rtls_names[oc->hop.tls], tls_conn_version(oc->tls),
+			tls_conn_cipher(oc->tls), verified ? "yes" : "no");
+		if (oc->hop.tls == CONFIG_RTLS_VERIFY && !verified) {
+			oc_fail(oc, "TLS certificate not verified (route tls verify)");
+			return;
+		}
+		oc->tls_on = true;
+		/* RFC 3207 4.2: forget what we learnt, EHLO again. */
+		oc->out_len = 0;
+		oc_cmd(oc, "%s %s\r\n", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
+		smtp_ehlo_begin(&oc->caps);
+		oc->state = OC_EHLO;
+		oc_flush(oc);
+		oc_arm_recv(oc);
+		return;
+	}
+	if (rc == -EAGAIN || rc == -ENOBUFS) {
+		if (!oc->send_inflight)
+			oc_tls_send(oc);
+		oc_arm_recv(oc);
+		return;
+	}
+	char why[DLV_ERR_MAX];
+
+	snprintf(why, sizeof(why), "TLS handshake failed: %s", tls_conn_error(oc->tls));
+	oc_fail(oc, why);
+}
+
+static void oc_start_tls(struct oconn *oc)
+{
+	char why[TLS_WHY_MAX];
+	struct tls_ctx *ctx = tls_client_ctx(oc, why, sizeof(why));
+
+	if (!ctx || !(oc->tls = tls_conn_new(ctx, oc->hop.host))) {
+		oc_fail(oc, ctx ? "TLS session: out of memory" : why);
+		return;
+	}
+	oc->state = OC_TLS_HS;
+	oc_tls_hs(oc);
+}
+
+static void oc_ready(struct oconn *oc);
+
+/* After EHLO: STARTTLS when the route's policy asks for it and the hop
+ * offers it; a hop without it is refused under required/verify. */
+static void oc_after_ehlo(struct oconn *oc)
+{
+	if (!oc->tls && oc->hop.tls != CONFIG_RTLS_NONE) {
+		if (oc->caps.ext & SMTP_EXT_STARTTLS) {
+			oc_cmd(oc, "STARTTLS\r\n");
+			oc->state = OC_STARTTLS;
+			oc_flush(oc);
+			return;
+		}
+		if (oc->hop.tls >= CONFIG_RTLS_REQUIRED) {
+			oc_fail(oc, "TLS required by the route, but the next hop does not offer "
+				    "STARTTLS");
+			return;
+		}
+	}
+	oc_ready(oc);
+}
+
 /* ---- replies -------------------------------------------------------------------- */
 
 static void after_rcpt_replies(struct oconn *oc)
@@ -579,6 +743,15 @@ static void after_rcpt_replies(struct oconn *oc)
 		return;
 	}
 	oc_rset(oc);
+}
+
+static void oc_ready(struct oconn *oc)
+{
+	oc->state = OC_IDLE;
+	if (oc->job)
+		oc_begin_tx(oc);
+	else
+		oc_idle(oc);
 }
 
 static void on_reply(struct oconn *oc, const struct smtp_reply *r)
@@ -619,11 +792,19 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		}
 		if (oc->state == OC_HELO)
 			smtp_ehlo_begin(&oc->caps);
-		oc->state = OC_IDLE;
-		if (oc->job)
-			oc_begin_tx(oc);
-		else
-			oc_idle(oc);
+		oc_after_ehlo(oc);
+		return;
+	case OC_STARTTLS:
+		if (r->code == 220) {
+			oc_start_tls(oc);
+			return;
+		}
+		if (oc->hop.tls >= CONFIG_RTLS_REQUIRED) {
+			smtp_reply_diag(r, diag, sizeof(diag));
+			oc_fail(oc, diag);
+			return;
+		}
+		oc_ready(oc); /* opportunistic: plaintext it is */
 		return;
 	case OC_MAIL:
 		oc->mail_ok = ok;
@@ -719,27 +900,15 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 	}
 }
 
-static void on_recv(struct oconn *oc, int res)
+/* Replies in buf (plaintext): each complete one goes to on_reply. */
+static void oc_parse(struct oconn *oc, const char *buf, size_t len)
 {
-	struct deliver_core *c = dlv_core(oc->d);
 	size_t off = 0;
 
-	oc->recv_armed = false;
-	if (oc->closing)
-		return;
-	if (res <= 0) {
-		if (oc->state == OC_QUIT || oc->state == OC_IDLE) {
-			oc_close(oc);
-			return;
-		}
-		oc_fail(oc, res == 0 ? "connection closed by the next hop" : strerror(-res));
-		return;
-	}
-	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
-	while (off < (size_t)res && !oc->closing) {
+	while (off < len && !oc->closing) {
 		struct smtp_reply_line line;
 		size_t used = 0;
-		int rc = smtp_reply_parse(&oc->rp, oc->in + off, (size_t)res - off, &used, &line);
+		int rc = smtp_reply_parse(&oc->rp, buf + off, len - off, &used, &line);
 
 		if (rc == SMTP_PARSE_INVALID) {
 			oc_fail(oc, "malformed reply from the next hop");
@@ -753,6 +922,66 @@ static void on_recv(struct oconn *oc, int res)
 		if (line.last)
 			on_reply(oc, &oc->rp.reply);
 	}
+}
+
+/* Ciphertext in oc->in: through the TLS layer (the handshake, or records
+ * to decrypt) and the plaintext to the reply parser. */
+static void oc_tls_input(struct oconn *oc, size_t n)
+{
+	char plain[4096];
+	size_t off = 0;
+
+	while (!oc->closing) {
+		if (off < n)
+			off += tls_conn_feed(oc->tls, oc->in + off, n - off);
+		if (oc->state == OC_TLS_HS) {
+			oc_tls_hs(oc);
+			if (oc->closing || oc->state == OC_TLS_HS) {
+				if (off >= n || oc->closing)
+					return;
+				continue;
+			}
+		}
+		ssize_t r = tls_conn_read(oc->tls, plain, sizeof(plain));
+
+		if (r > 0) {
+			oc_parse(oc, plain, (size_t)r);
+			continue;
+		}
+		if (r == -EAGAIN || r == -ENOBUFS) {
+			if (off >= n)
+				return;
+			continue;
+		}
+		if (oc->state == OC_QUIT || oc->state == OC_IDLE)
+			oc_close(oc);
+		else
+			oc_fail(oc,
+				r == 0 ? "TLS session closed by the next hop" : "TLS read failed");
+		return;
+	}
+}
+
+static void on_recv(struct oconn *oc, int res)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+
+	oc->recv_armed = false;
+	if (oc->closing)
+		return;
+	if (res <= 0) {
+		if (oc->state == OC_QUIT || oc->state == OC_IDLE) {
+			oc_close(oc);
+			return;
+		}
+		oc_fail(oc, res == 0 ? "connection closed by the next hop" : strerror(-res));
+		return;
+	}
+	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
+	if (oc->tls)
+		oc_tls_input(oc, (size_t)res);
+	else
+		oc_parse(oc, oc->in, (size_t)res);
 	if (!oc->closing && oc->state != OC_FREE)
 		oc_arm_recv(oc);
 }
@@ -766,19 +995,35 @@ static void on_send(struct oconn *oc, int res)
 		oc_fail(oc, strerror(-res));
 		return;
 	}
-	/* Advance past what went out; send the rest of a short send. */
-	size_t left = (size_t)res;
-	uint32_t i = 0;
+	if (oc->tls) {
+		const void *p;
+		size_t len;
 
-	while (i < oc->niov && left >= oc->iov[i].iov_len)
-		left -= oc->iov[i++].iov_len;
-	if (i < oc->niov) {
-		oc->iov[i].iov_base = (char *)oc->iov[i].iov_base + left;
-		oc->iov[i].iov_len -= left;
-		memmove(oc->iov, oc->iov + i, (oc->niov - i) * sizeof(oc->iov[0]));
-		oc->niov -= i;
-		oc_send_iov(oc);
-		return;
+		tls_conn_out_done(oc->tls, (size_t)res);
+		if (oc->niov || (tls_conn_out(oc->tls, &p, &len) && len)) {
+			oc_tls_send(oc);
+			if (oc->send_inflight || oc->closing)
+				return;
+		}
+		if (oc->state == OC_TLS_HS) {
+			oc_tls_hs(oc);
+			return;
+		}
+	} else {
+		/* Advance past what went out; send the rest of a short send. */
+		size_t left = (size_t)res;
+		uint32_t i = 0;
+
+		while (i < oc->niov && left >= oc->iov[i].iov_len)
+			left -= oc->iov[i++].iov_len;
+		if (i < oc->niov) {
+			oc->iov[i].iov_base = (char *)oc->iov[i].iov_base + left;
+			oc->iov[i].iov_len -= left;
+			memmove(oc->iov, oc->iov + i, (oc->niov - i) * sizeof(oc->iov[0]));
+			oc->niov -= i;
+			oc_send_iov(oc);
+			return;
+		}
 	}
 	oc->niov = 0;
 	if (oc->out_inflight) {
@@ -813,6 +1058,7 @@ static void on_connect(struct oconn *oc, int res)
 		oc_fail(oc, strerror(-res));
 		return;
 	}
+	snprintf(oc->tls_info, sizeof(oc->tls_info), "none");
 	oc->state = OC_BANNER;
 	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
 	oc_arm_recv(oc);

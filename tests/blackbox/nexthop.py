@@ -22,7 +22,9 @@ Phases a Rule can name: "connect" (the greeting), "ehlo" (EHLO/HELO/LHLO),
 "mail", "rcpt", "data" (the reply to the DATA command; 354 by default),
 "bdat" (a BDAT chunk that is not LAST), "message" (the reply after the message
 data: after the final dot or BDAT LAST; in LMTP mode it is evaluated once per
-recipient, with ctx.rcpt set, giving one reply each), "rset", "noop", "quit".
+recipient, with ctx.rcpt set, giving one reply each), "rset", "noop", "quit",
+"starttls" (only when STARTTLS is offered; a 2xx reply starts the handshake,
+anything else leaves the session in plain text).
 
 Rule(phase, reply=None, drop=False, delay=0, rcpt=None, sender=None,
      times=None, skip=0, when=None):
@@ -41,6 +43,25 @@ A command is answered by the first rule that matches and is in its window.
 A 421 reply closes the connection after it is sent.  Rules can be changed
 while running: nh.set_rules([...]), nh.add_rule(rule).
 
+STARTTLS (RFC 3207), server side:
+    nh = NextHop(tls=(certfile, keyfile), tls_min_version=ssl.TLSVersion.TLSv1_2,
+                 tls_max_version=None)
+  tls=None (the default): STARTTLS is not offered and answers 502.  With tls
+  (a (certfile, keyfile) tuple, or a ready ssl.SSLContext), EHLO/LHLO offer
+  STARTTLS until TLS is active; "STARTTLS" answers "220 2.0.0 Ready to start TLS"
+  and the handshake follows on the same connection.  The session then starts
+  over: EHLO state and any transaction are forgotten (MAIL before the next EHLO
+  gets 503) and STARTTLS is no longer offered (a second one gets 503).
+  STARTTLS is refused with 503 inside a mail transaction and 501 with an
+  argument.  Bytes the client sent after the STARTTLS line without waiting for
+  the 220 are discarded unprocessed and recorded as a protocol error.
+  nh.set_extensions(starttls=False) stops offering it on a TLS-capable hop.
+  Per connection: info.tls_version ("TLSv1.3"), info.tls_cipher (OpenSSL cipher
+  name) or None, and info.tls_error (str) when the handshake failed (the
+  connection is then closed, closed_by "tls"; nh.tls_errors() lists them; a
+  failed handshake is not a protocol error of the client).  Every Transaction
+  has tls_version / tls_cipher of the connection it came over (None: plain).
+
 Protocol findings about the client are recorded per connection and in
 nh.errors() (violations: pipelining not offered or past a command that must end
 a group, message data sent before 354, MAIL/RCPT parameters of extensions not
@@ -57,7 +78,7 @@ Fixture (import it into the test module: `from nexthop import nexthop, Rule  # n
 CLI for manual use:
     python3 nexthop.py --port 2526 [--lmtp] [--store DIR] [--no-pipelining]
         [--reply 'rcpt:bad@x.example=550 5.1.1 No such user'] [--reply 'message*2=451 4.3.0 Later']
-        [--drop mail]
+        [--drop mail] [--tls CERT KEY]
 """
 
 import collections
@@ -68,6 +89,7 @@ import os
 import re
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -77,7 +99,8 @@ try:
 except ImportError:  # the CLI works without pytest
     pytest = None
 
-PHASES = ("connect", "ehlo", "mail", "rcpt", "data", "bdat", "message", "rset", "noop", "quit")
+PHASES = ("connect", "ehlo", "mail", "rcpt", "data", "bdat", "message", "rset", "noop", "quit",
+          "starttls")
 MAX_COMMAND_LINE = 4096   # longer than RFC 5321's 512 so that long parameter lists get through
 RECV_SIZE = 262144
 STOP_TIMEOUT_S = 10.0
@@ -177,6 +200,8 @@ class Transaction:
         self.replies = []           # [(rcpt or None, reply line)] after the data
         self.delivered = []         # recipients with a 2xx final reply
         self.dropped = False        # connection dropped instead of the final reply
+        self.tls_version = None     # "TLSv1.3" etc. when it came over STARTTLS, else None
+        self.tls_cipher = None      # OpenSSL cipher name, or None
         self.path = None            # file path when stored as files
 
     @property
@@ -208,11 +233,13 @@ class Transaction:
                 "rcpts": self.rcpts, "rcpt_params": self.rcpt_params,
                 "rcpt_attempts": [list(a) for a in self.rcpt_attempts], "via": self.via,
                 "chunks": self.chunks, "replies": [list(r) for r in self.replies],
-                "delivered": self.delivered, "dropped": self.dropped, "size": len(self.data)}
+                "delivered": self.delivered, "dropped": self.dropped, "size": len(self.data),
+                "tls_version": self.tls_version, "tls_cipher": self.tls_cipher}
 
     def __repr__(self):
-        return "Transaction(#%d from=%r rcpts=%r via=%s %d bytes replies=%r)" % (
-            self.id, self.mail_from, self.rcpts, self.via, len(self.data), self.replies)
+        return "Transaction(#%d from=%r rcpts=%r via=%s%s %d bytes replies=%r)" % (
+            self.id, self.mail_from, self.rcpts, self.via,
+            " over " + self.tls_version if self.tls_version else "", len(self.data), self.replies)
 
 
 class ConnInfo:
@@ -227,11 +254,16 @@ class ConnInfo:
         self.pipelined = 0          # commands received before the previous reply was sent
         self.errors = []
         self.warnings = []
-        self.closed_by = None       # "client" (EOF), "quit", "drop", "421", "stop", "timeout"
+        self.closed_by = None       # "client" (EOF), "quit", "drop", "421", "stop", "timeout",
+        #                             "tls" (failed handshake)
+        self.tls_version = None     # after a STARTTLS handshake: "TLSv1.2", "TLSv1.3"
+        self.tls_cipher = None      # OpenSSL cipher name, e.g. "TLS_AES_256_GCM_SHA384"
+        self.tls_error = None       # str: why the STARTTLS handshake failed
 
     def __repr__(self):
-        return "ConnInfo(#%d cmds=%d txns=%d pipelined=%d closed_by=%s errors=%r)" % (
-            self.id, len(self.commands), self.transactions, self.pipelined, self.closed_by,
+        return "ConnInfo(#%d cmds=%d txns=%d pipelined=%d tls=%s closed_by=%s errors=%r)" % (
+            self.id, len(self.commands), self.transactions, self.pipelined,
+            self.tls_version or ("failed" if self.tls_error else "no"), self.closed_by,
             self.errors)
 
 
@@ -247,15 +279,20 @@ class NextHop:
     def __init__(self, lmtp=False, host="127.0.0.1", port=0, hostname="nexthop.test",
                  pipelining=True, eightbitmime=True, smtputf8=True, dsn=True, size=10485760,
                  chunking=True, enhancedstatuscodes=True, extensions=(), rules=(),
-                 store_dir=None, idle_timeout=120.0):
+                 store_dir=None, idle_timeout=120.0, tls=None, tls_min_version=None,
+                 tls_max_version=None):
         self.lmtp = lmtp
         self.host = host
         self.port = port
         self.hostname = hostname
         self.ext = {"PIPELINING": pipelining, "8BITMIME": eightbitmime, "SMTPUTF8": smtputf8,
                     "DSN": dsn, "SIZE": size, "CHUNKING": chunking,
-                    "ENHANCEDSTATUSCODES": enhancedstatuscodes}
+                    "ENHANCEDSTATUSCODES": enhancedstatuscodes, "STARTTLS": tls is not None}
         self.extra_ext = list(extensions)
+        self.tls = tls                          # None, (certfile, keyfile) or an ssl.SSLContext
+        self.tls_min_version = tls_min_version  # ssl.TLSVersion or None
+        self.tls_max_version = tls_max_version
+        self._tls_ctx = self._make_tls_context()  # bad cert/key paths fail here, not mid-session
         self.rules = list(rules)
         self.store_dir = store_dir
         self.idle_timeout = idle_timeout
@@ -299,7 +336,9 @@ class NextHop:
         """set_extensions(pipelining=False, size=1000, ...) for later EHLOs."""
         names = {"pipelining": "PIPELINING", "eightbitmime": "8BITMIME", "smtputf8": "SMTPUTF8",
                  "dsn": "DSN", "size": "SIZE", "chunking": "CHUNKING",
-                 "enhancedstatuscodes": "ENHANCEDSTATUSCODES"}
+                 "enhancedstatuscodes": "ENHANCEDSTATUSCODES", "starttls": "STARTTLS"}
+        if kw.get("starttls") and self._tls_ctx is None:
+            raise ValueError("starttls=True needs a NextHop created with tls=(cert, key)")
         with self._cond:
             for k, v in kw.items():
                 self.ext[names[k]] = v
@@ -352,6 +391,26 @@ class NextHop:
     def warnings(self):
         with self._cond:
             return ["conn %d: %s" % (c.id, e) for c in self._conns for e in c.warnings]
+
+    def tls_errors(self):
+        """Failed STARTTLS handshakes: ["conn N: reason"]."""
+        with self._cond:
+            return ["conn %d: %s" % (c.id, c.tls_error) for c in self._conns if c.tls_error]
+
+    def _make_tls_context(self):
+        if self.tls is None:
+            return None
+        if isinstance(self.tls, ssl.SSLContext):
+            ctx = self.tls
+        else:
+            certfile, keyfile = self.tls
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(certfile, keyfile)
+        if self.tls_min_version is not None:
+            ctx.minimum_version = self.tls_min_version
+        if self.tls_max_version is not None:
+            ctx.maximum_version = self.tls_max_version
+        return ctx
 
     # waits (condition variable, deadline)
     def wait_until(self, pred, timeout, what="condition"):
@@ -476,17 +535,22 @@ class NextHop:
             t.start()
 
     def _serve(self, cs, info):
+        sess = None
         try:
-            _Session(self, cs, info).run()
+            sess = _Session(self, cs, info)
+            sess.run()
         except Exception as e:  # a bug here must not go unnoticed
             with self._cond:
                 info.errors.append("nexthop internal error: %r" % (e,))
             raise
         finally:
-            try:
-                cs.close()
-            except OSError:
-                pass
+            # after STARTTLS: the SSLSocket and the shutdown handle (a dup of
+            # the TCP socket) as well; cs itself is then detached
+            for s in ([sess.sock] + sess.extra_socks if sess is not None else []) + [cs]:
+                try:
+                    s.close()
+                except OSError:
+                    pass
             with self._cond:
                 info.ended = time.monotonic()
                 self.active -= 1
@@ -542,6 +606,8 @@ class _Session:
         self.banner_ok = True
         self.prev_verb = None
         self.pending_at_read = False
+        self.tls_active = False
+        self.extra_socks = []   # sockets to close at the end besides self.sock
         self._reset_txn()
 
     # -- io
@@ -549,7 +615,10 @@ class _Session:
         if self.eof:
             raise _Closed()
         try:
-            chunk = self.sock.recv(RECV_SIZE)  # the socket has the idle timeout
+            # a blocking read with the idle timeout, on the SSLSocket after
+            # STARTTLS: it returns data the SSL layer has already buffered, so
+            # nothing waits on the raw descriptor (no select())
+            chunk = self.sock.recv(RECV_SIZE)
         except socket.timeout:
             self.info.closed_by = "timeout"
             self._send_now("421 4.4.2 %s Error: timeout exceeded" % self.srv.hostname)
@@ -802,6 +871,8 @@ class _Session:
         txn.raw = raw
         txn.data = data
         txn.chunks = list(self.chunks)
+        txn.tls_version = self.info.tls_version
+        txn.tls_cipher = self.info.tls_cipher
         problem = self._check_content(raw, data, via)
         try:
             if self.srv.lmtp:
@@ -886,9 +957,12 @@ class _Session:
         lines = ["250-" + srv.hostname]
         if verb != "HELO":
             ext = srv.ext
-            for name in ("PIPELINING", "SIZE", "8BITMIME", "SMTPUTF8", "DSN", "CHUNKING",
-                         "ENHANCEDSTATUSCODES"):
-                if name == "SIZE" and ext["SIZE"]:
+            for name in ("PIPELINING", "SIZE", "STARTTLS", "8BITMIME", "SMTPUTF8", "DSN",
+                         "CHUNKING", "ENHANCEDSTATUSCODES"):
+                if name == "STARTTLS":
+                    if self._starttls_offered():
+                        lines.append("250-STARTTLS")
+                elif name == "SIZE" and ext["SIZE"]:
                     lines.append("250-SIZE %d" % int(ext["SIZE"]))
                 elif name != "SIZE" and ext[name]:
                     lines.append("250-" + name)
@@ -1038,8 +1112,74 @@ class _Session:
     def _cmd_vrfy(self, line):
         self._queue(self._dflt("252 2.0.0 Cannot VRFY user"))
 
+    def _starttls_offered(self):
+        return self.srv._tls_ctx is not None and bool(self.srv.ext["STARTTLS"]) \
+            and not self.tls_active
+
     def _cmd_starttls(self, line):
-        self._queue(self._dflt("502 5.5.1 Error: STARTTLS not offered"))
+        srv = self.srv
+        if srv._tls_ctx is None or not srv.ext["STARTTLS"]:
+            self._queue(self._dflt("502 5.5.1 Error: STARTTLS not offered"))
+            return
+        if self.tls_active:
+            self._queue(self._dflt("503 5.5.1 Error: TLS already active"))
+            return
+        if line.strip().upper() != "STARTTLS":
+            self._queue(self._dflt("501 5.5.4 Syntax: STARTTLS"))
+            return
+        if self.mail_from is not None:
+            self._queue(self._dflt("503 5.5.1 Error: MAIL transaction in progress"))
+            return
+        reply = self._answer("starttls", "220 2.0.0 Ready to start TLS", line=line)
+        if not reply.startswith("2"):
+            # the session goes on in plain text; commands the client pipelined
+            # after STARTTLS are answered (and flagged by the pipelining check)
+            if reply.startswith("421"):
+                self._close_421()
+            return
+        # RFC 3207 sections 4.2 and 5: the client must wait for the 220 before
+        # it sends anything, and nothing received in plain text after the
+        # command may be processed once TLS is up: discard it
+        if self.buf:
+            self._error("%d octets sent after STARTTLS before the TLS handshake (%r); discarded"
+                        % (len(self.buf), bytes(self.buf[:40])))
+            del self.buf[:]
+        self._flush()
+        self._start_tls()
+
+    def _start_tls(self):
+        srv = self.srv
+        raw = self.sock
+        # stop() wakes a session by shutting down its socket.  wrap_socket()
+        # detaches `raw` and the handshake runs before it returns, so register
+        # a duplicate descriptor of the same TCP socket first: shutdown() on
+        # it ends the handshake and every later read just as well.
+        handle = raw.dup()
+        self.extra_socks.append(handle)
+        with srv._cond:
+            srv._socks[threading.current_thread()] = handle
+        if srv._stop.is_set():  # stop() may have taken its snapshot before the swap
+            self.info.closed_by = "stop"
+            raise _Closed()
+        try:
+            tsock = srv._tls_ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=True)
+        except (OSError, ValueError) as e:  # ssl.SSLError, timeouts, resets, EOF
+            with srv._cond:
+                self.info.tls_error = "%s: %s" % (type(e).__name__, e)
+            self.info.closed_by = "stop" if srv._stop.is_set() else "tls"
+            self.eof = True
+            raise _Drop()
+        self.sock = tsock
+        self.tls_active = True
+        with srv._cond:
+            self.info.tls_version = tsock.version()
+            self.info.tls_cipher = (tsock.cipher() or (None,))[0]
+            srv._cond.notify_all()
+        # a new session: forget the greeting and any transaction
+        self.greeted = False
+        self.info.helo = None
+        self._reset_txn()
+        self.prev_verb = None
 
     def _cmd_auth(self, line):
         self._queue(self._dflt("502 5.5.1 Error: AUTH not offered"))
@@ -1102,14 +1242,17 @@ def main(argv=None):
         ap.add_argument("--no-" + name, action="store_true", help="do not advertise " + name.upper())
     ap.add_argument("--reply", action="append", default=[], metavar="PHASE[:RCPT][*N]=LINE")
     ap.add_argument("--drop", action="append", default=[], metavar="PHASE[:RCPT][*N]")
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
+                    help="offer STARTTLS with this certificate chain and key (PEM files)")
     a = ap.parse_args(argv)
     rules = [_parse_reply_spec(s) for s in a.reply] + [_parse_reply_spec(s, True) for s in a.drop]
     nh = NextHop(lmtp=a.lmtp, host=a.host, port=a.port, size=a.size,
                  pipelining=not a.no_pipelining, eightbitmime=not getattr(a, "no_8bitmime"),
                  smtputf8=not a.no_smtputf8, dsn=not a.no_dsn, chunking=not a.no_chunking,
                  enhancedstatuscodes=not a.no_enhancedstatuscodes, rules=rules,
-                 store_dir=a.store).start()
-    print("nexthop: %s on %s" % ("LMTP" if a.lmtp else "SMTP", nh.address), flush=True)
+                 store_dir=a.store, tls=tuple(a.tls) if a.tls else None).start()
+    print("nexthop: %s on %s%s" % ("LMTP" if a.lmtp else "SMTP", nh.address,
+                                   " with STARTTLS" if a.tls else ""), flush=True)
     done = threading.Event()
     for sig in (_signal.SIGINT, _signal.SIGTERM):
         _signal.signal(sig, lambda *_: done.set())
@@ -1120,13 +1263,17 @@ def main(argv=None):
         except AssertionError:
             continue
         for t in nh.transactions()[shown:]:
-            print("#%d conn %d from=<%s> rcpts=%s %s %d bytes id=%s -> %s" % (
-                t.id, t.conn_id, t.mail_from, t.rcpts, t.via, len(t.data), t.message_id,
+            print("#%d conn %d from=<%s> rcpts=%s %s%s %d bytes id=%s -> %s" % (
+                t.id, t.conn_id, t.mail_from, t.rcpts, t.via,
+                " over %s (%s)" % (t.tls_version, t.tls_cipher) if t.tls_version else "",
+                len(t.data), t.message_id,
                 "; ".join(r for _, r in t.replies) or "(dropped)"), flush=True)
             shown = t.id
     nh.stop()
     for e in nh.errors():
         print("protocol error: " + e)
+    for e in nh.tls_errors():
+        print("TLS handshake failed: " + e)
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -409,6 +410,235 @@ def test_lmtp_pipelined_bdat_and_drop_mid_replies(nexthop):
 
 
 # --------------------------------------------------------------------------
+# STARTTLS (RFC 3207)
+
+
+@pytest.fixture
+def hop_cert(tmp_path):
+    """(certfile, keyfile): a self-signed P-256 certificate for nexthop.test."""
+    cert, key = str(tmp_path / "hop.pem"), str(tmp_path / "hop.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-subj", "/CN=nexthop.test",
+                    "-addext", "subjectAltName=DNS:nexthop.test", "-days", "2"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def tls_client_context(cert, **kw):
+    """Trusts exactly the hop's certificate; smtplib names the server 127.0.0.1."""
+    ctx = ssl.create_default_context(cafile=cert)
+    ctx.check_hostname = False
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def raw_starttls(c, cert, **kw):
+    """STARTTLS on a raw SMTPClient: 220, then the handshake; c talks TLS afterwards."""
+    r = c.cmd("STARTTLS")
+    assert r.last == "220 2.0.0 Ready to start TLS", r
+    assert c.buf == b""
+    c.sock = tls_client_context(cert, **kw).wrap_socket(c.sock, server_hostname="nexthop.test")
+    return c.sock
+
+
+def test_starttls_smtplib(nexthop, hop_cert):
+    nh = nexthop(tls=hop_cert)
+    cert, _ = hop_cert
+    # several TLS records, 8-bit content, dot lines: arrives byte for byte
+    body = "".join(".line %d caf\u00e9 %s\r\n" % (i, "x" * 70) for i in range(5000))
+    content = msg("tls@test", body).encode("utf-8")
+    with smtplib.SMTP("127.0.0.1", nh.port, timeout=5) as s:
+        s.ehlo("client.example")
+        assert s.has_extn("starttls")
+        code, _ = s.starttls(context=tls_client_context(cert))
+        assert code == 220
+        s.ehlo("client.example")
+        assert not s.has_extn("starttls"), s.esmtp_features
+        assert s.has_extn("pipelining") and s.has_extn("chunking")
+        assert s.sendmail("a@client.example", ["b@accepted.example"], content,
+                          mail_options=["BODY=8BITMIME"]) == {}
+    [t] = nh.wait_messages(1)
+    assert t.tls_version in ("TLSv1.2", "TLSv1.3"), t.tls_version
+    assert t.tls_cipher
+    assert t.data == content
+    assert t.helo == "client.example"
+    assert t.envelope()["tls_version"] == t.tls_version
+    nh.wait_idle(5)
+    [c] = nh.connections()
+    assert (c.tls_version, c.tls_cipher, c.tls_error) == (t.tls_version, t.tls_cipher, None)
+    assert c.closed_by == "quit"
+    assert nh.errors() == [] and nh.tls_errors() == []
+
+
+def test_starttls_starts_a_new_session(nexthop, hop_cert):
+    nh = nexthop(tls=hop_cert)
+    cert, _ = hop_cert
+    c = SMTPClient(nh.port)
+    r = ehlo(c)
+    assert "250-STARTTLS" in r.lines or "250 STARTTLS" in r.lines, r
+    c.expect("MAIL FROM:<a@client.example>", "250")
+    c.expect("STARTTLS", "503 5.5.1 Error: MAIL transaction in progress")
+    c.expect("RSET", "250")
+    c.expect("STARTTLS now", "501")
+    tsock = raw_starttls(c, cert)
+    version, cipher = tsock.version(), tsock.cipher()[0]
+    assert version in ("TLSv1.2", "TLSv1.3")
+    # the greeting is forgotten
+    c.expect("MAIL FROM:<a@client.example>", "503")
+    r = ehlo(c)
+    assert not any("STARTTLS" in ln for ln in r.lines), r
+    c.expect("STARTTLS", "503 5.5.1 Error: TLS already active")
+    # pipelined commands and BDAT over TLS
+    body = msg("tls-bdat@test").encode()
+    c.send(b"MAIL FROM:<a@client.example>\r\nRCPT TO:<b@accepted.example>\r\n"
+           b"BDAT %d LAST\r\n" % len(body) + body)
+    assert [r.code for r in c.replies(3)] == [250, 250, 250]
+    c.expect("QUIT", "221")
+    c.close()
+    [t] = nh.wait_messages(1)
+    assert t.via == "BDAT" and t.data == body
+    assert (t.tls_version, t.tls_cipher) == (version, cipher)
+    assert nh.errors() == []
+
+
+def test_starttls_lmtp(nexthop, hop_cert):
+    nh = nexthop(lmtp=True, tls=hop_cert)
+    cert, _ = hop_cert
+    c = SMTPClient(nh.port)
+    assert "250-STARTTLS" in ehlo(c, "LHLO").lines
+    raw_starttls(c, cert)
+    c.expect("MAIL FROM:<a@client.example>", "503 5.5.1 Error: send LHLO first")
+    ehlo(c, "LHLO")
+    c.expect("MAIL FROM:<a@client.example>", "250")
+    c.expect("RCPT TO:<a@lmtp.example>", "250")
+    c.expect("DATA", "354")
+    c.send(msg("lmtp-tls@test") + ".\r\n")
+    assert c.reply().code == 250
+    c.close()
+    [t] = nh.wait_messages(1)
+    assert t.lmtp and t.tls_version in ("TLSv1.2", "TLSv1.3")
+
+
+def test_starttls_rules_454_and_drop(nexthop, hop_cert):
+    nh = nexthop(tls=hop_cert, rules=[Rule("starttls", "454 4.7.0 TLS not available", times=1),
+                                      Rule("starttls", drop=True, times=1)])
+    cert, _ = hop_cert
+    with smtplib.SMTP("127.0.0.1", nh.port, timeout=5) as s:
+        s.ehlo("client.example")
+        with pytest.raises(smtplib.SMTPResponseException) as ei:
+            s.starttls(context=tls_client_context(cert))
+        assert (ei.value.smtp_code, ei.value.smtp_error) == (454, b"4.7.0 TLS not available")
+        # the session goes on in plain text
+        s.sendmail("a@client.example", ["b@accepted.example"], msg("plain-after-454@test"))
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        with smtplib.SMTP("127.0.0.1", nh.port, timeout=5) as s:
+            s.ehlo("client.example")
+            s.starttls(context=tls_client_context(cert))
+    with smtplib.SMTP("127.0.0.1", nh.port, timeout=5) as s:  # rules used up
+        s.ehlo("client.example")
+        s.starttls(context=tls_client_context(cert))
+        s.sendmail("a@client.example", ["b@accepted.example"], msg("tls-third@test"))
+    t1, t2 = nh.wait_messages(2)
+    assert t1.message_id == "<plain-after-454@test>" and t1.tls_version is None
+    assert t2.message_id == "<tls-third@test>" and t2.tls_version in ("TLSv1.2", "TLSv1.3")
+    nh.wait_idle(5)
+    assert [c.closed_by for c in nh.connections()] == ["quit", "drop", "quit"]
+    assert nh.tls_errors() == []
+
+
+def test_no_starttls_without_tls(nexthop, hop_cert):
+    nh = nexthop()
+    c = SMTPClient(nh.port)
+    r = ehlo(c)
+    assert not any("STARTTLS" in ln for ln in r.lines), r
+    c.expect("STARTTLS", "502 5.5.1 Error: STARTTLS not offered")
+    c.expect("MAIL FROM:<a@client.example>", "250")  # still greeted, still plain
+    c.close()
+    assert nh.connections()[0].tls_version is None
+    # a TLS-capable hop told to stop offering it
+    nh2 = nexthop(tls=hop_cert)
+    nh2.set_extensions(starttls=False)
+    c = SMTPClient(nh2.port)
+    assert not any("STARTTLS" in ln for ln in ehlo(c).lines)
+    c.expect("STARTTLS", "502")
+    c.close()
+    with pytest.raises(ValueError):
+        nh.set_extensions(starttls=True)
+
+
+def test_starttls_discards_input_sent_before_220(nexthop, hop_cert):
+    """RFC 3207: plain-text bytes after STARTTLS must not be acted upon after the
+    handshake (the command-injection class of bugs); sending them is an error."""
+    nh = nexthop(tls=hop_cert, check_protocol=False)
+    cert, _ = hop_cert
+    c = SMTPClient(nh.port)
+    ehlo(c)
+    c.send("STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")  # one segment, one read
+    r = c.reply()
+    assert r.code == 220, r
+    c.sock = tls_client_context(cert).wrap_socket(c.sock, server_hostname="nexthop.test")
+    ehlo(c)
+    c.expect("RCPT TO:<b@accepted.example>", "503 5.5.1 Error: need MAIL command")
+    c.close()
+    nh.wait_idle(5)
+    [conn] = nh.connections()
+    assert not any("injected" in cmd for cmd in conn.commands), conn.commands
+    assert any("sent after STARTTLS before the TLS handshake" in e for e in nh.errors()), nh.errors()
+
+
+def test_tls_version_limits_and_failed_handshake(nexthop, hop_cert):
+    nh = nexthop(tls=hop_cert, tls_max_version=ssl.TLSVersion.TLSv1_2)
+    cert, _ = hop_cert
+    with smtplib.SMTP("127.0.0.1", nh.port, timeout=5) as s:
+        s.starttls(context=tls_client_context(cert))
+        s.sendmail("a@client.example", ["b@accepted.example"], msg("tls12@test"))
+    [t] = nh.wait_messages(1)
+    assert t.tls_version == "TLSv1.2"
+    # a client that insists on TLS 1.3 cannot agree with it
+    c = SMTPClient(nh.port)
+    ehlo(c)
+    with pytest.raises(ssl.SSLError):
+        raw_starttls(c, cert, minimum_version=ssl.TLSVersion.TLSv1_3)
+    c.close()
+    nh.wait_idle(5)
+    conn = nh.connections()[1]
+    assert conn.closed_by == "tls" and conn.tls_version is None, conn
+    assert conn.tls_error and "SSLError" in conn.tls_error
+    assert nh.tls_errors() == ["conn 2: " + conn.tls_error]
+    assert nh.errors() == []  # a failed handshake is not a protocol error
+    # and one that does not speak TLS at all after the 220
+    nh3 = nexthop(tls=hop_cert, tls_min_version=ssl.TLSVersion.TLSv1_3)
+    c = SMTPClient(nh3.port)
+    c.expect("STARTTLS", "220")
+    c.send("EHLO client.example\r\n")
+    c.read_until_closed(5)
+    c.close()
+    nh3.wait_idle(5)
+    assert nh3.connections()[0].closed_by == "tls" and nh3.tls_errors()
+
+
+def test_stop_closes_tls_connections_promptly(nexthop, hop_cert):
+    nh = nexthop(tls=hop_cert)
+    cert, _ = hop_cert
+    idle = SMTPClient(nh.port)  # TLS up, then idle
+    raw_starttls(idle, cert)
+    ehlo(idle)
+    stuck = SMTPClient(nh.port)  # the 220, then no handshake: the hop waits in it
+    stuck.expect("STARTTLS", "220")
+    nh.wait_until(lambda s: s.connections()[0].tls_version, 5, "first handshake")
+    t0 = time.monotonic()
+    nh.stop()
+    assert time.monotonic() - t0 < 3.0
+    assert idle.read_until_closed(5) == b""
+    assert stuck.read_until_closed(5) == b""
+    idle.close()
+    stuck.close()
+    assert [c.closed_by for c in nh.connections()] == ["stop", "stop"]
+    assert nh.active == 0
+
+
+# --------------------------------------------------------------------------
 # scale, files, restart, CLI
 
 
@@ -506,3 +736,23 @@ def test_cli(tmp_path):
         out, _ = p.communicate(timeout=10)
     assert p.returncode == 0, out
     assert b"id=<cli@test>" in out and b"550 5.1.1 Nope" in out
+
+
+def test_cli_tls(tmp_path, hop_cert):
+    port = free_port()
+    cert, key = hop_cert
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, "nexthop.py"), "--port", str(port),
+                          "--tls", cert, key],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        line = p.stdout.readline().decode()
+        assert line.startswith("nexthop: SMTP on 127.0.0.1:%d with STARTTLS" % port), line
+        with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+            s.starttls(context=tls_client_context(cert))
+            s.sendmail("a@client.example", ["b@accepted.example"], msg("cli-tls@test"))
+        line = p.stdout.readline().decode()
+        assert "id=<cli-tls@test>" in line and " over TLSv1." in line, line
+    finally:
+        p.terminate()  # by PID
+        out, _ = p.communicate(timeout=10)
+    assert p.returncode == 0, out
