@@ -177,6 +177,7 @@ static const struct config_key config_tls_keys[] = {
     KEY_FN("certificates", config_certs_parse),
     KEY_FN("min_version", config_tls_version_parse),
     KEY_STR("ciphers", struct config_tls, ciphers, CONFIG_CIPHERS_MAX, NULL),
+    KEY_INT("handshake_timeout_s", struct config_tls, handshake_timeout_s, 1, 300, 30),
     {0},
 };
 

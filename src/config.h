@@ -69,6 +69,7 @@ struct config_tls {
 	uint32_t cert_count;			    /* 0: no TLS server side */
 	char *min_version;			    /* "1.2" (default) or "1.3" */
 	char *ciphers;				    /* NULL: wolfSSL's default list */
+	uint32_t handshake_timeout_s;		    /* default 30 */
 };
 
 struct config_auth {

@@ -526,7 +526,7 @@ static void conn_tls_start(struct conn *c)
 	}
 	c->tls_mode = CONN_TLS_HANDSHAKE;
 	c->tls_plain_out = c->out_len;
-	c->tls_deadline_ms = sh->now_ms + TLS_HANDSHAKE_TIMEOUT_MS;
+	c->tls_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->tls.handshake_timeout_s * 1000u;
 }
 
 void conn_starttls(struct conn *c)
@@ -798,7 +798,8 @@ static void shard_on_accept(struct shard *sh, uint32_t li, struct io_uring_cqe *
 			return;
 		}
 		c->tls_mode = CONN_TLS_HANDSHAKE;
-		c->tls_deadline_ms = sh->now_ms + TLS_HANDSHAKE_TIMEOUT_MS;
+		c->tls_deadline_ms =
+		    sh->now_ms + (uint64_t)sh->cfg->tls.handshake_timeout_s * 1000u;
 		conn_arm_recv(c);
 		return;
 	}

@@ -228,3 +228,17 @@ def test_check_config_loads_certificates_and_users(certs, tmp_path):
     assert rc == 1 and "tls.certificates[0]" in out, out
     rc, out = check([{"cert": cert, "key": key, "names": [MX]}], str(users))
     assert rc == 1 and "users_file:1" in out, out
+
+
+def test_handshake_timeout_closes(ringmx, certs):
+    cert, key = certs.leaf(MX)
+    srv = ringmx({"tls": {"certificates": [{"cert": cert, "key": key, "names": [MX]}],
+                          "handshake_timeout_s": 1}})
+    s = raw(srv.port)
+    ehlo(s)
+    s.sendall(b"STARTTLS\r\n")
+    assert recv_reply(s) == ["220 2.0.0 Ready to start TLS"]
+    s.settimeout(30)  # a bound for the test, far above the 1 s under test
+    assert s.recv(4096) == b"", "the server kept a stalled handshake open"
+    wait_for(lambda: "event=tls_failed client=127.0.0.1 stage=handshake error=timeout"
+             in srv.log_text(), 10, "the timeout logged")
