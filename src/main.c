@@ -96,8 +96,6 @@ static void local_bases(const struct rmx_config *cfg)
  * --check-config catches a key that does not match its certificate. */
 static int check_tls(const struct rmx_config *cfg, char *why, size_t why_len)
 {
-	const char *names[CONFIG_CERTS_MAX][TLS_CERT_NAMES_MAX];
-	struct tls_cert_params certs[CONFIG_CERTS_MAX];
 	struct tls_ctx *ctx;
 	char err[TLS_WHY_MAX];
 
@@ -107,28 +105,15 @@ static int check_tls(const struct rmx_config *cfg, char *why, size_t why_len)
 		snprintf(why, why_len, "tls: library initialisation failed");
 		return -1;
 	}
-	for (uint32_t i = 0; i < cfg->tls.cert_count; i++) {
-		const struct config_cert *cc = &cfg->tls.certs[i];
+	ctx = shard_tls_server_ctx(cfg, err, sizeof(err));
+	int rc = ctx ? 0 : -1;
 
-		for (uint32_t k = 0; k < cc->name_count && k < TLS_CERT_NAMES_MAX; k++)
-			names[i][k] = cc->names[k];
-		certs[i] = (struct tls_cert_params){.cert = cc->cert,
-						    .key = cc->key,
-						    .names = names[i],
-						    .name_count = cc->name_count};
-	}
-	struct tls_params tp = {.role = TLS_ROLE_SERVER,
-				.certs = certs,
-				.cert_count = cfg->tls.cert_count,
-				.min_version = cfg->tls.min_version,
-				.ciphers = cfg->tls.ciphers};
-	ctx = tls_ctx_new(&tp, err, sizeof(err));
 	if (!ctx)
 		snprintf(why, why_len, "%.400s", err);
 	tls_ctx_free(ctx);
 	tls_thread_cleanup();
 	tls_global_cleanup();
-	return ctx ? 0 : -1;
+	return rc;
 }
 
 static int signals_block(void)

@@ -1182,6 +1182,29 @@ static void shard_on_progress(void *ctx, struct spool_msg *m)
 static const struct spool_ops shard_spool_ops = {.on_durable = shard_on_durable,
 						 .on_progress = shard_on_progress};
 
+struct tls_ctx *shard_tls_server_ctx(const struct rmx_config *cfg, char *why, size_t why_len)
+{
+	const char *names[CONFIG_CERTS_MAX][TLS_CERT_NAMES_MAX];
+	struct tls_cert_params certs[CONFIG_CERTS_MAX];
+
+	for (uint32_t i = 0; i < cfg->tls.cert_count; i++) {
+		const struct config_cert *cc = &cfg->tls.certs[i];
+
+		for (uint32_t k = 0; k < cc->name_count && k < TLS_CERT_NAMES_MAX; k++)
+			names[i][k] = cc->names[k];
+		certs[i] = (struct tls_cert_params){.cert = cc->cert,
+						    .key = cc->key,
+						    .names = names[i],
+						    .name_count = cc->name_count};
+	}
+	struct tls_params tp = {.role = TLS_ROLE_SERVER,
+				.certs = certs,
+				.cert_count = cfg->tls.cert_count,
+				.min_version = cfg->tls.min_version,
+				.ciphers = cfg->tls.ciphers};
+	return tls_ctx_new(&tp, why, why_len);
+}
+
 static int shard_setup(struct shard *sh)
 {
 	const struct rmx_config *cfg = sh->cfg;
@@ -1210,25 +1233,7 @@ static int shard_setup(struct shard *sh)
 	if (rc < 0)
 		return rc;
 	if (cfg->tls.cert_count) {
-		const char *names[CONFIG_CERTS_MAX][TLS_CERT_NAMES_MAX];
-		struct tls_cert_params certs[CONFIG_CERTS_MAX];
-
-		for (uint32_t i = 0; i < cfg->tls.cert_count; i++) {
-			const struct config_cert *cc = &cfg->tls.certs[i];
-
-			for (uint32_t k = 0; k < cc->name_count && k < TLS_CERT_NAMES_MAX; k++)
-				names[i][k] = cc->names[k];
-			certs[i] = (struct tls_cert_params){.cert = cc->cert,
-							    .key = cc->key,
-							    .names = names[i],
-							    .name_count = cc->name_count};
-		}
-		struct tls_params tp = {.role = TLS_ROLE_SERVER,
-					.certs = certs,
-					.cert_count = cfg->tls.cert_count,
-					.min_version = cfg->tls.min_version,
-					.ciphers = cfg->tls.ciphers};
-		sh->tls_ctx = tls_ctx_new(&tp, sh->why, sizeof(sh->why));
+		sh->tls_ctx = shard_tls_server_ctx(cfg, sh->why, sizeof(sh->why));
 		if (!sh->tls_ctx)
 			return -EINVAL;
 		/* Plaintext of TLS sessions: one user buffer per connection

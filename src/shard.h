@@ -166,6 +166,11 @@ int shard_globals_init(const struct rmx_config *cfg);
 
 int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id,
 		struct deliver_loaded *loaded, struct hpool *pool);
+/* The server TLS context of cfg's certificates (tls.c's parameters built
+ * from tls.*); NULL with why.  Shards make one each; --check-config one to
+ * test the files. */
+struct tls_ctx *shard_tls_server_ctx(const struct rmx_config *cfg, char *why, size_t why_len);
+
 /* Start-up, before shard_start: what AUTH uses (shared by all shards). */
 void shard_auth_setup(struct auth_users *users, struct auth_throttle *throttle);
 /* Control thread: have the shard answer req; returns when it did. */
