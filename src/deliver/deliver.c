@@ -1259,6 +1259,7 @@ void deliver_spool_progress(struct deliver *d, struct spool_msg *sm)
 void deliver_helper_done(struct deliver *d, const struct hpool_done *done)
 {
 	d->helper_jobs--;
+	d->kick = true; /* a helper slot is free: waiting local jobs may go */
 	if (done->cookie == 1) {
 		local_done(d, done->arg);
 	} else if (done->cookie == 3) {
