@@ -16,91 +16,12 @@
 #include <unistd.h>
 
 #include "config.h"
-
-/* Test JSON is written with single quotes and turned into double quotes
- * before loading, so the cases stay readable. */
-#define LISTENER "'listeners': [{'name': 'mx', 'address': '127.0.0.1:2525'}]"
-#define JSON_MAX (64 * 1024)
-
-static char *json_vformat(const char *fmt, va_list ap)
-{
-	char *buf = malloc(JSON_MAX);
-	assert_non_null(buf);
-	int n = vsnprintf(buf, JSON_MAX, fmt, ap);
-	assert_true(n >= 0 && n < JSON_MAX);
-	for (char *p = buf; *p != '\0'; p++)
-		if (*p == '\'')
-			*p = '"';
-	return buf;
-}
-
-__attribute__((format(printf, 2, 3))) static struct rmx_config *try_load(char *err, const char *fmt,
-									 ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	char *json = json_vformat(fmt, ap);
-	va_end(ap);
-	struct rmx_config *cfg = config_load_string(json, err, CONFIG_ERR_MAX);
-	free(json);
-	return cfg;
-}
-
-__attribute__((format(printf, 1, 2))) static struct rmx_config *load_ok(const char *fmt, ...)
-{
-	char err[CONFIG_ERR_MAX];
-	va_list ap;
-	va_start(ap, fmt);
-	char *json = json_vformat(fmt, ap);
-	va_end(ap);
-	struct rmx_config *cfg = config_load_string(json, err, sizeof(err));
-	if (cfg == NULL)
-		fail_msg("unexpected error: %s\n  json: %s", err, json);
-	free(json);
-	return cfg;
-}
-
-__attribute__((format(printf, 2, 3))) static void expect_err(const char *want, const char *fmt, ...)
-{
-	char err[CONFIG_ERR_MAX];
-	va_list ap;
-	va_start(ap, fmt);
-	char *json = json_vformat(fmt, ap);
-	va_end(ap);
-	struct rmx_config *cfg = config_load_string(json, err, sizeof(err));
-	if (cfg != NULL)
-		fail_msg("loaded, expected error: %s\n  json: %s", want, json);
-	if (strcmp(err, want) != 0)
-		fail_msg("error:    %s\nexpected: %s\n  json: %s", err, want, json);
-	free(json);
-}
-
-struct err_case {
-	const char *json; /* single-quoted */
-	const char *err;
-};
-
-static void expect_errs(const struct err_case *cases, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		expect_err(cases[i].err, "%s", cases[i].json);
-}
-
-#define EXPECT_ERRS(cases) expect_errs(cases, sizeof(cases) / sizeof(cases[0]))
+#include "config_testlib.h" /* test JSON is single-quoted: see there */
 
 static uint32_t cpus_online(void)
 {
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
 	return n < 1 ? 1 : n > 256 ? 256 : (uint32_t)n;
-}
-
-static char *repeat(char ch, size_t n)
-{
-	char *s = malloc(n + 1);
-	assert_non_null(s);
-	memset(s, ch, n);
-	s[n] = '\0';
-	return s;
 }
 
 static void assert_v4(const struct config_listener *l, const char *ip, uint16_t port)
@@ -159,10 +80,7 @@ static void test_defaults(void **state)
 static void test_embedded_default(void **state)
 {
 	(void)state;
-	char err[CONFIG_ERR_MAX];
-	struct rmx_config *cfg = config_default(err, sizeof(err));
-	if (cfg == NULL)
-		fail_msg("config_default: %s", err);
+	struct rmx_config *cfg = default_ok();
 	assert_int_equal(cfg->shards, cpus_online());
 	assert_int_equal(cfg->listener_count, 1);
 	assert_string_equal(cfg->listeners[0].name, "mx");

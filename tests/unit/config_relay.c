@@ -13,17 +13,12 @@
 #include <sys/un.h>
 
 #include "config.h"
+#include "config_testlib.h" /* test JSON is single-quoted: see there */
 
-#define LISTENER "\"listeners\": [{\"name\": \"mx\", \"address\": \"127.0.0.1:2525\"}]"
-
+/* A config whose "relay" is relay. */
 static struct rmx_config *load_relay(const char *relay)
 {
-	char json[65536], err[CONFIG_ERR_MAX];
-	snprintf(json, sizeof(json), "{" LISTENER ", \"relay\": %s}", relay);
-	struct rmx_config *cfg = config_load_string(json, err, sizeof(err));
-	if (cfg == NULL)
-		fail_msg("%s\n  json: %s", err, json);
-	return cfg;
+	return load_ok("{" LISTENER ", 'relay': %s}", relay);
 }
 
 static bool dom(const struct rmx_config *cfg, const char *d)
@@ -51,7 +46,7 @@ static bool ip(const struct rmx_config *cfg, const char *addr)
 static void test_exact_domain(void **state)
 {
 	(void)state;
-	struct rmx_config *cfg = load_relay("{\"domains\": [\"accepted.example\"]}");
+	struct rmx_config *cfg = load_relay("{'domains': ['accepted.example']}");
 	assert_true(dom(cfg, "accepted.example"));
 	assert_true(dom(cfg, "ACCEPTED.Example"));
 	assert_true(dom(cfg, "accepted.example.")); /* one trailing dot is the root */
@@ -72,7 +67,7 @@ static void test_exact_domain(void **state)
 static void test_wildcard_domain(void **state)
 {
 	(void)state;
-	struct rmx_config *cfg = load_relay("{\"domains\": [\"*.sub.example\"]}");
+	struct rmx_config *cfg = load_relay("{'domains': ['*.sub.example']}");
 	assert_true(dom(cfg, "a.sub.example"));
 	assert_true(dom(cfg, "a.b.sub.example"));
 	assert_true(dom(cfg, "A.SUB.EXAMPLE."));
@@ -90,8 +85,8 @@ static void test_wildcard_domain(void **state)
 static void test_exact_and_wildcard(void **state)
 {
 	(void)state;
-	struct rmx_config *cfg = load_relay("{\"domains\": [\"*.Example.ORG.\", \"example.org\", "
-					    "\"other.test\", \"*.deep.a.test\"]}");
+	struct rmx_config *cfg = load_relay("{'domains': ['*.Example.ORG.', 'example.org', "
+					    "'other.test', '*.deep.a.test']}");
 	assert_true(dom(cfg, "example.org"));
 	assert_true(dom(cfg, "mx.example.org"));
 	assert_true(dom(cfg, "other.test"));
@@ -105,21 +100,18 @@ static void test_exact_and_wildcard(void **state)
 static void test_domain_edges(void **state)
 {
 	(void)state;
-	struct rmx_config *cfg = load_relay("{\"domains\": [\"localhost\"]}");
+	struct rmx_config *cfg = load_relay("{'domains': ['localhost']}");
 	assert_true(dom(cfg, "localhost"));
 	assert_true(dom(cfg, "LOCALHOST."));
 	assert_false(dom(cfg, ""));
 	assert_false(dom(cfg, "."));
 	assert_false(config_domain_is_relay(cfg, NULL, 0));
 	assert_false(config_domain_is_relay(NULL, "localhost", 9));
-	char *longname = malloc(300);
-	assert_non_null(longname);
-	memset(longname, 'a', 299);
-	longname[299] = '\0';
+	char *longname = repeat('a', 299);
 	assert_false(dom(cfg, longname));
 	free(longname);
 	config_free(cfg);
-	cfg = load_relay("{\"domains\": []}");
+	cfg = load_relay("{'domains': []}");
 	assert_false(dom(cfg, "localhost"));
 	config_free(cfg);
 }
@@ -132,9 +124,9 @@ static void test_many_domains(void **state)
 	enum { N = 1000 };
 	char *json = malloc(N * 40 + 64), *p = json;
 	assert_non_null(json);
-	p += sprintf(p, "{\"domains\": [");
+	p += sprintf(p, "{'domains': [");
 	for (int i = 0; i < N; i++)
-		p += sprintf(p, "%s\"%sd%d.Test\"", i ? ", " : "", i % 3 == 0 ? "*." : "", i);
+		p += sprintf(p, "%s'%sd%d.Test'", i ? ", " : "", i % 3 == 0 ? "*." : "", i);
 	sprintf(p, "]}");
 	struct rmx_config *cfg = load_relay(json);
 	free(json);
@@ -156,9 +148,9 @@ static void test_many_domains(void **state)
 static void test_ipv4_networks(void **state)
 {
 	(void)state;
-	struct rmx_config *cfg = load_relay(
-	    "{\"networks\": [\"192.0.2.0/24\", \"198.51.100.0/23\", \"203.0.113.128/25\","
-	    " \"10.0.0.0/31\", \"127.0.0.1\"]}");
+	struct rmx_config *cfg =
+	    load_relay("{'networks': ['192.0.2.0/24', '198.51.100.0/23', '203.0.113.128/25',"
+		       " '10.0.0.0/31', '127.0.0.1']}");
 	assert_true(ip(cfg, "192.0.2.0"));
 	assert_true(ip(cfg, "192.0.2.255"));
 	assert_false(ip(cfg, "192.0.3.0"));
@@ -182,9 +174,8 @@ static void test_ipv4_networks(void **state)
 static void test_ipv6_networks(void **state)
 {
 	(void)state;
-	struct rmx_config *cfg =
-	    load_relay("{\"networks\": [\"2001:db8::/32\", \"::1/128\", \"fc00::/7\","
-		       " \"2001:db8:ffff:ff00::/57\"]}");
+	struct rmx_config *cfg = load_relay("{'networks': ['2001:db8::/32', '::1/128', 'fc00::/7',"
+					    " '2001:db8:ffff:ff00::/57']}");
 	assert_true(ip(cfg, "2001:db8::1"));
 	assert_true(ip(cfg, "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"));
 	assert_false(ip(cfg, "2001:db9::"));
@@ -202,23 +193,23 @@ static void test_ipv6_networks(void **state)
 static void test_v4_mapped(void **state)
 {
 	(void)state;
-	struct rmx_config *cfg = load_relay("{\"networks\": [\"192.0.2.0/24\"]}");
+	struct rmx_config *cfg = load_relay("{'networks': ['192.0.2.0/24']}");
 	assert_true(ip(cfg, "::ffff:192.0.2.7"));
 	assert_false(ip(cfg, "::ffff:192.0.3.1"));
 	config_free(cfg);
 	/* a network written in mapped form covers plain IPv4 clients too */
-	cfg = load_relay("{\"networks\": [\"::ffff:198.51.100.0/120\"]}");
+	cfg = load_relay("{'networks': ['::ffff:198.51.100.0/120']}");
 	assert_true(ip(cfg, "198.51.100.9"));
 	assert_true(ip(cfg, "::ffff:198.51.100.9"));
 	assert_false(ip(cfg, "198.51.101.9"));
 	config_free(cfg);
 	/* ::/0 is all of IPv6, which includes the mapped range */
-	cfg = load_relay("{\"networks\": [\"::/0\"]}");
+	cfg = load_relay("{'networks': ['::/0']}");
 	assert_true(ip(cfg, "::ffff:10.0.0.1"));
 	assert_true(ip(cfg, "2001:db8::1"));
 	assert_false(ip(cfg, "10.0.0.1"));
 	config_free(cfg);
-	cfg = load_relay("{\"networks\": [\"0.0.0.0/0\"]}");
+	cfg = load_relay("{'networks': ['0.0.0.0/0']}");
 	assert_true(ip(cfg, "10.0.0.1"));
 	assert_true(ip(cfg, "::ffff:10.0.0.1"));
 	assert_false(ip(cfg, "2001:db8::1"));
@@ -228,13 +219,13 @@ static void test_v4_mapped(void **state)
 static void test_addr_edges(void **state)
 {
 	(void)state;
-	struct rmx_config *cfg = load_relay("{\"networks\": [\"0.0.0.0/0\", \"::/0\"]}");
+	struct rmx_config *cfg = load_relay("{'networks': ['0.0.0.0/0', '::/0']}");
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
 	assert_false(config_addr_is_relay(cfg, (const struct sockaddr *)&sun));
 	assert_false(config_addr_is_relay(cfg, NULL));
 	assert_false(config_addr_is_relay(NULL, (const struct sockaddr *)&sun));
 	config_free(cfg);
-	cfg = load_relay("{\"networks\": []}");
+	cfg = load_relay("{'networks': []}");
 	assert_false(ip(cfg, "127.0.0.1"));
 	config_free(cfg);
 }
@@ -242,10 +233,7 @@ static void test_addr_edges(void **state)
 static void test_default_relay(void **state)
 {
 	(void)state;
-	char err[CONFIG_ERR_MAX];
-	struct rmx_config *cfg = config_default(err, sizeof(err));
-	if (cfg == NULL)
-		fail_msg("%s", err);
+	struct rmx_config *cfg = default_ok();
 	assert_true(ip(cfg, "127.0.0.1"));
 	assert_true(ip(cfg, "127.255.255.254"));
 	assert_true(ip(cfg, "::ffff:127.0.0.1"));

@@ -12,68 +12,7 @@
 #include <string.h>
 
 #include "config.h"
-
-/* Test JSON is written with single quotes and turned into double quotes
- * before loading, so the cases stay readable. */
-#define LISTENER "'listeners': [{'name': 'mx', 'address': '127.0.0.1:2525'}]"
-#define JSON_MAX (1024 * 1024)
-
-static char *json_vformat(const char *fmt, va_list ap)
-{
-	char *buf = malloc(JSON_MAX);
-	assert_non_null(buf);
-	int n = vsnprintf(buf, JSON_MAX, fmt, ap);
-	assert_true(n >= 0 && n < JSON_MAX);
-	for (char *p = buf; *p != '\0'; p++)
-		if (*p == '\'')
-			*p = '"';
-	return buf;
-}
-
-__attribute__((format(printf, 1, 2))) static struct rmx_config *load_ok(const char *fmt, ...)
-{
-	char err[CONFIG_ERR_MAX];
-	va_list ap;
-	va_start(ap, fmt);
-	char *json = json_vformat(fmt, ap);
-	va_end(ap);
-	struct rmx_config *cfg = config_load_string(json, err, sizeof(err));
-	if (cfg == NULL)
-		fail_msg("unexpected error: %s\n  json: %.2000s", err, json);
-	free(json);
-	return cfg;
-}
-
-__attribute__((format(printf, 2, 3))) static void expect_err(const char *want, const char *fmt, ...)
-{
-	char err[CONFIG_ERR_MAX];
-	va_list ap;
-	va_start(ap, fmt);
-	char *json = json_vformat(fmt, ap);
-	va_end(ap);
-	struct rmx_config *cfg = config_load_string(json, err, sizeof(err));
-	if (cfg != NULL)
-		fail_msg("loaded, expected error: %s\n  json: %.2000s", want, json);
-	if (strcmp(err, want) != 0)
-		fail_msg("error:    %s\nexpected: %s\n  json: %.2000s", err, want, json);
-	free(json);
-}
-
-struct err_case {
-	const char *json; /* single-quoted, the value of "routes" / the section */
-	const char *err;
-};
-
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
-static char *repeat(char ch, size_t n)
-{
-	char *s = malloc(n + 1);
-	assert_non_null(s);
-	memset(s, ch, n);
-	s[n] = '\0';
-	return s;
-}
+#include "config_testlib.h" /* test JSON is single-quoted: see there */
 
 static void assert_addr(const struct config_hop *h, int family, const char *ip, uint16_t port)
 {
@@ -139,10 +78,7 @@ static void test_defaults(void **state)
 static void test_embedded_default(void **state)
 {
 	(void)state;
-	char err[CONFIG_ERR_MAX];
-	struct rmx_config *cfg = config_default(err, sizeof(err));
-	if (cfg == NULL)
-		fail_msg("config_default: %s", err);
+	struct rmx_config *cfg = default_ok();
 	assert_int_equal(cfg->route_count, 1);
 	const struct config_route *r = &cfg->routes[0];
 	assert_true(r->catch_all);
@@ -408,8 +344,7 @@ static const struct err_case route_errs[] = {
 static void test_route_errors(void **state)
 {
 	(void)state;
-	for (size_t i = 0; i < COUNT(route_errs); i++)
-		expect_err(route_errs[i].err, "{" LISTENER ", 'routes': %s}", route_errs[i].json);
+	EXPECT_SECTION_ERRS("routes", route_errs);
 	/* a NUL in a path would cut it short in C */
 	expect_err("routes[0].to: " KINDS,
 		   "{" LISTENER ", 'routes': [{'domains': ['*'], 'to': 'maildir:/a\\u0000b'}]}");
@@ -572,9 +507,7 @@ static const struct err_case delivery_errs[] = {
 static void test_delivery_errors(void **state)
 {
 	(void)state;
-	for (size_t i = 0; i < COUNT(delivery_errs); i++)
-		expect_err(delivery_errs[i].err, "{" LISTENER ", 'delivery': %s}",
-			   delivery_errs[i].json);
+	EXPECT_SECTION_ERRS("delivery", delivery_errs);
 }
 
 /* ---- dns ----------------------------------------------------------------- */
@@ -638,8 +571,7 @@ static const struct err_case dns_errs[] = {
 static void test_dns_errors(void **state)
 {
 	(void)state;
-	for (size_t i = 0; i < COUNT(dns_errs); i++)
-		expect_err(dns_errs[i].err, "{" LISTENER ", 'dns': %s}", dns_errs[i].json);
+	EXPECT_SECTION_ERRS("dns", dns_errs);
 }
 
 /* Duplicate keys inside the new sections go through the strictness scan. */

@@ -15,12 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
-
-/* Test JSON is written with single quotes and turned into double quotes
- * before loading, so the cases stay readable. */
-#define LISTENER "'listeners': [{'name': 'mx', 'address': '127.0.0.1:2525'}]"
-#define JSON_MAX (256 * 1024)
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+#include "config_testlib.h" /* test JSON is single-quoted: see there */
 
 /* Throwaway files in a temp dir: the loader only checks that they are
  * readable, so their contents do not matter (no TLS library is called). */
@@ -61,47 +56,6 @@ static int files_teardown(void **state)
 	return 0;
 }
 
-static char *json_vformat(const char *fmt, va_list ap)
-{
-	char *buf = malloc(JSON_MAX);
-	assert_non_null(buf);
-	int n = vsnprintf(buf, JSON_MAX, fmt, ap);
-	assert_true(n >= 0 && n < JSON_MAX);
-	for (char *p = buf; *p != '\0'; p++)
-		if (*p == '\'')
-			*p = '"';
-	return buf;
-}
-
-__attribute__((format(printf, 1, 2))) static struct rmx_config *load_ok(const char *fmt, ...)
-{
-	char err[CONFIG_ERR_MAX];
-	va_list ap;
-	va_start(ap, fmt);
-	char *json = json_vformat(fmt, ap);
-	va_end(ap);
-	struct rmx_config *cfg = config_load_string(json, err, sizeof(err));
-	if (cfg == NULL)
-		fail_msg("unexpected error: %s\n  json: %.2000s", err, json);
-	free(json);
-	return cfg;
-}
-
-__attribute__((format(printf, 2, 3))) static void expect_err(const char *want, const char *fmt, ...)
-{
-	char err[CONFIG_ERR_MAX];
-	va_list ap;
-	va_start(ap, fmt);
-	char *json = json_vformat(fmt, ap);
-	va_end(ap);
-	struct rmx_config *cfg = config_load_string(json, err, sizeof(err));
-	if (cfg != NULL)
-		fail_msg("loaded, expected error: %s\n  json: %.2000s", want, json);
-	if (strcmp(err, want) != 0)
-		fail_msg("error:    %s\nexpected: %s\n  json: %.2000s", err, want, json);
-	free(json);
-}
-
 /* '"tls": {"certificates": [one certificate]}' for the throwaway files. */
 static char g_tls_one[512];
 
@@ -139,13 +93,14 @@ static char *subst(const char *tmpl)
 	return out;
 }
 
-static char *repeat(char ch, size_t n)
+/* expect_section_errs, with the tokens of subst replaced in each case first. */
+static void expect_section_errs_subst(const char *section, const struct err_case *cases, size_t n)
 {
-	char *s = malloc(n + 1);
-	assert_non_null(s);
-	memset(s, ch, n);
-	s[n] = '\0';
-	return s;
+	for (size_t i = 0; i < n; i++) {
+		char *value = subst(cases[i].json);
+		expect_err(cases[i].err, "{" LISTENER ", '%s': %s}", section, value);
+		free(value);
+	}
 }
 
 /* ---- defaults ------------------------------------------------------------ */
@@ -172,10 +127,7 @@ static void test_defaults_without_tls(void **state)
 	assert_null(cfg->auth.users_file);
 	config_free(cfg);
 
-	char err[CONFIG_ERR_MAX];
-	cfg = config_default(err, sizeof(err));
-	if (cfg == NULL)
-		fail_msg("config_default: %s", err);
+	cfg = default_ok();
 	assert_int_equal(cfg->listeners[0].tls, CONFIG_TLS_NONE);
 	assert_int_equal(cfg->listeners[0].auth, CONFIG_AUTH_NONE);
 	assert_int_equal(cfg->routes[0].tls, CONFIG_RTLS_NONE); /* maildir: */
@@ -435,10 +387,8 @@ static void test_cross_checks(void **state)
 #define NAME_ENTRY	"expected a host name like \"mx.example.net\" or \"*.example.net\""
 #define ONE_CERT(names) "{'cert': '@CERT', 'key': '@KEY', 'names': " names "}"
 
-static const struct {
-	const char *tls; /* the value of "tls", with @CERT and @KEY */
-	const char *err;
-} tls_errs[] = {
+/* The value of "tls", with @CERT and @KEY. */
+static const struct err_case tls_errs[] = {
     {"[]", "tls: expected a JSON object"},
     {"'on'", "tls: expected a JSON object"},
     {"{'certificate': []}", "tls.certificate: unknown key"},
@@ -521,11 +471,7 @@ static const struct {
 static void test_tls_errors(void **state)
 {
 	(void)state;
-	for (size_t i = 0; i < COUNT(tls_errs); i++) {
-		char *tls = subst(tls_errs[i].tls);
-		expect_err(tls_errs[i].err, "{" LISTENER ", 'tls': %s}", tls);
-		free(tls);
-	}
+	expect_section_errs_subst("tls", tls_errs, COUNT(tls_errs));
 }
 
 /* Named bounds: 16 certificates, 32 names, 253-byte names, 4096-byte cipher
@@ -671,10 +617,8 @@ static void test_route_tls(void **state)
 #define RTLS_CHOICES "expected \"none\", \"opportunistic\", \"required\" or \"verify\""
 #define LOCAL_TLS    "expected \"none\": a maildir: or mbox: route has no TLS"
 
-static const struct {
-	const char *routes; /* @CA is a readable CA file */
-	const char *err;
-} route_errs[] = {
+/* The value of "routes"; @CA is a readable CA file. */
+static const struct err_case route_errs[] = {
     {"[{'domains': ['a.example'], 'to': 'mx'}, {'domains': ['b.example'], 'to': 'mx',"
      " 'tls': {}}]",
      "routes[1].tls: " RTLS_CHOICES},
@@ -717,11 +661,7 @@ static const struct {
 static void test_route_errors(void **state)
 {
 	(void)state;
-	for (size_t i = 0; i < COUNT(route_errs); i++) {
-		char *routes = subst(route_errs[i].routes);
-		expect_err(route_errs[i].err, "{" LISTENER ", 'routes': %s}", routes);
-		free(routes);
-	}
+	expect_section_errs_subst("routes", route_errs, COUNT(route_errs));
 }
 
 /* Failures half-way through a certificate list (valgrind: nothing leaks). */
