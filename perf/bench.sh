@@ -13,6 +13,14 @@
 #   Cases (SIZE:SESSIONS[:MSGS]): 100 KB at 4, 8, 16 sessions and 5 KB at 100 sessions.
 # MODE=accept (issue 2, section 7): the old accept-only benchmark: ringmx has no
 #   routes, keeps what it accepts, and only its ACCEPT rate counts (100 KB, 4/8/16).
+# MODE=tls (issue 4): STARTTLS. 100 KB messages at 16 sessions, one message per
+#   connection, sent by perf/tls_load.py (Python; smtp-source cannot do TLS) to
+#   ringmx (tls.certificates) and to the Postfix peer, which gets TLS for the run
+#   (smtpd_tls_* and a tlsmgr service in its runtime config copy under $PEERS_WORK,
+#   restored afterwards). Both relay to the sink. Targets (TLS_TARGETS): postfix,
+#   ringmx (STARTTLS) and postfix-plain, ringmx-plain (the same client without
+#   STARTTLS). Before the load: ringmx's RSS with IDLE_COUNTS idle sessions, TLS and
+#   plaintext, each from a fresh ringmx, per session.
 #
 # One message per connection; each run is one call of ../shared/peers/bench.sh
 # (smtp-source -c), targets alternating inside each of ROUNDS rounds. Prints a table
@@ -21,7 +29,7 @@
 # Usage: perf/bench.sh              (from anywhere; paths are relative to the repo)
 #        perf/bench.sh --table RAW  re-print the table of a saved raw file (either mode)
 # Env (defaults):
-#   MODE=relay|accept
+#   MODE=relay|accept|tls
 #   RINGMX_BIN=build/ringmx  RINGMXCTL_BIN=build/ringmxctl  (both copied to the temp dir first)
 #   CASES: SIZE:SESSIONS[:MSGS] ... (relay: "100000:4:3000 100000:8:3000 100000:16:3000 5000:100:12000";
 #          accept: SIZE:s for s in SESSIONS; a case without MSGS sends MSGS)
@@ -38,6 +46,9 @@
 #   BENCH_TMP=/var/tmp (parent of the temporary spool directory; use a real disk, not tmpfs)
 #   KEEP_TMP=1 keeps the temporary directory (spool) instead of deleting it.
 #   PEERS_DIR=<repo>/../shared/peers
+#   tls only: CASES="100000:16:3000"  TLS_TARGETS="postfix ringmx postfix-plain ringmx-plain"
+#             IDLE_COUNTS="16 500" (0 skips the memory part)  TLS_DIR=$OUT_DIR/tls (test certificate)
+#             TLS_LOAD_OPTS= (extra options for tls_load.py, e.g. "--tls-max 1.2" or "--reuse 100")
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -206,15 +217,121 @@ END {
 }' "$1"
 }
 
+# TLS-mode raw lines: "RUN target=T round=R ... accept_rate= e2e_rate= peer_cpu_s= client_cpu_s= ... status=" and
+# "MEM kind=tls|plain n=N ... per_session_kb=.."
+render_tls_table() { # render_tls_table RAWFILE
+awk -v cases="$(sed -n "s/.* cases='\([^']*\)'.*/\1/p" "$1" | head -1)" \
+    -v targets="$(sed -n "s/.* targets='\([^']*\)'.*/\1/p" "$1" | head -1)" \
+    -v rounds="$(sed -n 's/^# bench .* rounds=\([0-9]*\).*/\1/p' "$1" | head -1)" '
+function med(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    if (n == 0) return -1
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function fmt(v, d) { return (v < 0) ? "-" : sprintf("%." d "f", v) }
+function div(a, b) { return (a < 0 || b <= 0) ? -1 : a / b }
+function sub_(a, b) { return (a < 0 || b < 0) ? -1 : a - b }
+function sgn(v, d) { return (v == -1) ? "-" : sprintf("%+." d "f", v) }
+function kb(sz) { return (sz >= 1000) ? sprintf("%gK", sz / 1000) : sz }
+function paired(a, b, k,   q, l) { l = ""
+    for (q = 1; q <= rounds; q++) if (((a, k, q) in X) && ((b, k, q) in X) && X[b, k, q] > 0) l = l " " X[a, k, q] / X[b, k, q]
+    return med(l) }
+function pairedc(a, b, k,   q, l) { l = ""
+    for (q = 1; q <= rounds; q++) if (((a, k, q) in C) && ((b, k, q) in C) && C[b, k, q] > 0) l = l " " C[a, k, q] / C[b, k, q]
+    return med(l) }
+/^# probe / { probe[++np] = substr($0, 3) }
+/^MEM / {
+    delete f
+    for (i = 2; i <= NF; i++) { p = index($i, "="); if (p) f[substr($i, 1, p - 1)] = substr($i, p + 1) }
+    mem[++nm] = sprintf("  %-5s %4d idle sessions: VmRSS %d -> %d kB = %s kB per session (RssAnon %s kB per session); opened %d, established at the server %d",
+        f["kind"], f["n"], f["rss0_kb"], f["rss_kb"], f["per_session_kb"], f["anon_per_session_kb"], f["opened"], f["established"])
+    M[f["kind"], f["n"]] = f["per_session_kb"]; mn[f["n"]] = 1
+}
+/^RUN / {
+    delete f
+    for (i = 2; i <= NF; i++) { p = index($i, "="); if (p) f[substr($i, 1, p - 1)] = substr($i, p + 1) }
+    t = f["target"]; k = f["size"] ":" f["sessions"]; tk = t SUBSEP k; q = f["round"]
+    runs[tk]++
+    if (f["status"] != "OK") { bad[tk] = bad[tk] " r" q ":" f["status"]; next }
+    ok[tk]++
+    n = f["arrived"]
+    X[t, k, q] = f["e2e_rate"]; e2e[tk] = e2e[tk] " " f["e2e_rate"]; acc[tk] = acc[tk] " " f["accept_rate"]
+    if (n > 0) {
+        C[t, k, q] = 1000 * f["peer_cpu_s"] / n; cpu[tk] = cpu[tk] " " C[t, k, q]
+        cpua[tk] = cpua[tk] " " 1000 * f["cpu_all_s"] / n
+        cli[tk] = cli[tk] " " 1000 * f["client_cpu_s"] / f["accepted"]
+        sink[tk] = sink[tk] " " 1000 * f["sink_cpu_s"] / n
+    }
+    busy[tk] = busy[tk] " " f["busy_pct"]; tls[tk] = f["tls"]
+}
+END {
+    nt = split(targets, T, " "); m = split(cases, S, " ")
+    printf "\nTLS: ringmx vs Postfix over STARTTLS, both relaying to smtp-sink; client perf/tls_load.py (Python, one\n"
+    printf "worker process per session, one message per connection, full handshake each); fsync on both; medians of %d rounds\n", rounds
+    for (i = 1; i <= np; i++) print "  " probe[i]
+    for (j = 1; j <= m; j++) {
+        split(S[j], cs, ":"); k = cs[1] ":" cs[2]
+        printf "\n%s x %d sessions\n", kb(cs[1]), cs[2]
+        printf "%-14s | %9s %9s | %9s %9s | %9s %9s | %5s | %s\n", "target", "acc msg/s", "e2e msg/s", "cpu ms/m", "+drain", "client", "sink", "busy", "runs ok"
+        printf "---------------+---------------------+---------------------+---------------------+-------+--------\n"
+        for (i = 1; i <= nt; i++) {
+            tk = T[i] SUBSEP k
+            printf "%-14s | %9s %9s | %9s %9s | %9s %9s | %4s%% | %d/%d\n", T[i], fmt(med(acc[tk]), 1), fmt(med(e2e[tk]), 1), fmt(med(cpu[tk]), 3), fmt(med(cpua[tk]), 3),
+                fmt(med(cli[tk]), 3), fmt(med(sink[tk]), 3), fmt(med(busy[tk]), 0), ok[tk], runs[tk]
+        }
+        re = med(e2e["ringmx" SUBSEP k]); pe = med(e2e["postfix" SUBSEP k]); ra = med(acc["ringmx" SUBSEP k]); pa = med(acc["postfix" SUBSEP k])
+        rc = med(cpu["ringmx" SUBSEP k]); pc = med(cpu["postfix" SUBSEP k])
+        rpe = med(e2e["ringmx-plain" SUBSEP k]); ppe = med(e2e["postfix-plain" SUBSEP k]); rpc = med(cpu["ringmx-plain" SUBSEP k]); ppc = med(cpu["postfix-plain" SUBSEP k])
+        rcl = med(cli["ringmx" SUBSEP k]); pcl = med(cli["postfix" SUBSEP k]); rpcl = med(cli["ringmx-plain" SUBSEP k]); ppcl = med(cli["postfix-plain" SUBSEP k])
+        printf "\nringmx / Postfix over TLS:  msg/s %s (paired %s; accepted %s), CPU per message %s (paired %s)\n",
+            fmt(div(re, pe), 2), fmt(paired("ringmx", "postfix", k), 2), fmt(div(ra, pa), 2), fmt(div(rc, pc), 3), fmt(pairedc("ringmx", "postfix", k), 3)
+        if (rpe >= 0 && ppe >= 0)
+            printf "ringmx / Postfix plaintext: msg/s %s (paired %s), CPU per message %s (paired %s)\n",
+                fmt(div(rpe, ppe), 2), fmt(paired("ringmx-plain", "postfix-plain", k), 2), fmt(div(rpc, ppc), 3), fmt(pairedc("ringmx-plain", "postfix-plain", k), 3)
+        if (rpc >= 0 || ppc >= 0)
+            printf "what TLS adds per message (TLS - plaintext CPU): Postfix %s ms, ringmx %s ms; the client %s ms / %s ms\n",
+                sgn(sub_(pc, ppc), 3), sgn(sub_(rc, rpc), 3), sgn(sub_(pcl, ppcl), 3), sgn(sub_(rcl, rpcl), 3)
+        line[j] = sprintf("BENCH mode=tls size=%d sessions=%d postfix_e2e=%s ringmx_e2e=%s postfix_accept=%s ringmx_accept=%s postfix_cpu_ms=%s ringmx_cpu_ms=%s ratio_rate=%s ratio_cpu=%s ratio_rate_paired=%s ratio_cpu_paired=%s client_cpu_ms_postfix=%s client_cpu_ms_ringmx=%s busy_pct_postfix=%s busy_pct_ringmx=%s postfix_plain_e2e=%s ringmx_plain_e2e=%s postfix_plain_cpu_ms=%s ringmx_plain_cpu_ms=%s runs_ok=%d/%d,%d/%d",
+            cs[1], cs[2], fmt(pe, 1), fmt(re, 1), fmt(pa, 1), fmt(ra, 1), fmt(pc, 3), fmt(rc, 3), fmt(div(re, pe), 3), fmt(div(rc, pc), 3),
+            fmt(paired("ringmx", "postfix", k), 3), fmt(pairedc("ringmx", "postfix", k), 3), fmt(pcl, 3), fmt(rcl, 3),
+            fmt(med(busy["postfix" SUBSEP k]), 0), fmt(med(busy["ringmx" SUBSEP k]), 0), fmt(ppe, 1), fmt(rpe, 1), fmt(ppc, 3), fmt(rpc, 3),
+            ok["postfix" SUBSEP k], runs["postfix" SUBSEP k], ok["ringmx" SUBSEP k], runs["ringmx" SUBSEP k])
+    }
+    print ""
+    print "acc msg/s = messages the client got 250 for / client wall time; e2e msg/s = arrivals at smtp-sink / (last"
+    print "arrival - client start); cpu ms/m = CPU of the target process tree (Postfix: master and all children;"
+    print "ringmx: the process, all threads) from the start to the last arrival per relayed message, +drain until its"
+    print "queue was empty; client = tls_load.py (all workers) per accepted message; sink = smtp-sink per message;"
+    print "busy = whole machine (2 cores = 100%) while the client ran."
+    print "Only complete runs (all accepted and arrived, ringmx alive, queue empty, nothing in its log) enter the medians."
+    print "The client is Python: at 16 sessions on 2 cores it needs more CPU per message than either server, so the"
+    print "msg/s ratio is bounded by the client (see busy and client); CPU per message is the fairer comparison."
+    for (x in bad) { split(x, kk, SUBSEP); printf "note: %s %s non-OK runs:%s\n", kk[1], kk[2], bad[x] }
+    if (nm) {
+        print "\nringmx memory per idle session (VmRSS with N sessions open and idle - VmRSS before, / N; fresh ringmx each):"
+        for (i = 1; i <= nm; i++) print mem[i]
+    }
+    print ""
+    for (j = 1; j <= m; j++) print line[j]
+    memline = "BENCH mode=tls-memory"
+    for (x in mn) memline = memline sprintf(" tls_kb_per_session_%d=%s plain_kb_per_session_%d=%s", x, M["tls", x], x, M["plain", x])
+    if (nm) print memline
+}' "$1"
+}
+
 if [[ ${1:-} == --table ]]; then
-    if grep -q '^# bench .* mode=relay' "${2:?raw file}"; then render_relay_table "$2"; else render_accept_table "$2"; fi
+    if grep -q '^# bench .* mode=relay' "${2:?raw file}"; then render_relay_table "$2"
+    elif grep -q '^# bench .* mode=tls' "$2"; then render_tls_table "$2"
+    else render_accept_table "$2"; fi
     exit
 fi
 (($# == 0)) || die "usage: $0 [--table RAWFILE]   (parameters via environment, see the header)"
 case $MODE in
     relay) CASES=${CASES:-100000:4:3000 100000:8:3000 100000:16:3000 5000:100:12000}; BUDGET_S=${BUDGET_S:-1200} ;;
     accept) CASES=""; for s in $SESSIONS; do CASES+="$SIZE:$s "; done; CASES=${CASES% }; BUDGET_S=${BUDGET_S:-540} ;;
-    *) die "MODE must be relay or accept" ;;
+    tls) CASES=${CASES:-100000:16:3000}; BUDGET_S=${BUDGET_S:-600} ;;
+    *) die "MODE must be relay, accept or tls" ;;
 esac
 for c in $CASES; do [[ $c =~ ^[0-9]+:[0-9]+(:[0-9]+)?$ ]] || die "bad case '$c' in CASES (SIZE:SESSIONS[:MSGS])"; done
 
@@ -222,8 +339,14 @@ for c in $CASES; do [[ $c =~ ^[0-9]+:[0-9]+(:[0-9]+)?$ ]] || die "bad case '$c' 
 RINGMX_BIN=${RINGMX_BIN:-$REPO/build/ringmx}
 RINGMXCTL_BIN=${RINGMXCTL_BIN:-$REPO/build/ringmxctl}
 [[ -x $RINGMX_BIN ]] || die "no ringmx binary at $RINGMX_BIN (meson compile -C build, or set RINGMX_BIN)"
-[[ $MODE == relay && ! -x $RINGMXCTL_BIN ]] && die "no ringmxctl at $RINGMXCTL_BIN (needed for the queue check)"
-command -v smtp-source >/dev/null || die "smtp-source missing (Debian package postfix; run $PEERS_DIR/setup.sh)"
+[[ $MODE != accept && ! -x $RINGMXCTL_BIN ]] && die "no ringmxctl at $RINGMXCTL_BIN (needed for the queue check)"
+if [[ $MODE == tls ]]; then
+    command -v python3 >/dev/null || die "python3 missing (the TLS load client is perf/tls_load.py)"
+    command -v openssl >/dev/null || die "openssl missing (makes the test certificate)"
+    command -v postconf >/dev/null || die "postconf missing (Debian package postfix; run $PEERS_DIR/setup.sh)"
+else
+    command -v smtp-source >/dev/null || die "smtp-source missing (Debian package postfix; run $PEERS_DIR/setup.sh)"
+fi
 
 mkdir -p "$OUT_DIR"
 stamp=$(date +%Y%m%d-%H%M%S)
@@ -243,6 +366,7 @@ cleanup() {
     if [[ -n $perf_pid ]] && kill -0 "$perf_pid" 2>/dev/null; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null; fi
     stop_ringmx
     for ((i = ${#started_peers[@]} - 1; i >= 0; i--)); do "$PEERS_DIR/peers.sh" stop "${started_peers[i]}" >/dev/null 2>&1; done
+    declare -F postfix_tls_off >/dev/null && postfix_tls_off
     [[ -s $tmp/ringmx.log ]] && cp "$tmp/ringmx.log" "$OUT_DIR/bench-$stamp.ringmx.log"
     if [[ ${KEEP_TMP:-0} == 1 ]]; then note "kept $tmp"; else rm -rf "$tmp"; fi
 }
@@ -265,7 +389,20 @@ port_listening "$PORT" && die "port $PORT is busy"
 # $mynetworks from its per-client limit). delivery.* keeps its defaults
 # (20 connections to the route in all, as Postfix's destination concurrency).
 routes=""
-[[ $MODE == relay ]] && routes='"routes": [{"domains": ["*"], "to": "smtp://127.0.0.1:'$SINK_PORT'"}],'
+[[ $MODE != accept ]] && routes='"routes": [{"domains": ["*"], "to": "smtp://127.0.0.1:'$SINK_PORT'"}],'
+# tls: a self-signed ECDSA P-256 certificate for mx.test, the same for ringmx and Postfix
+tlscfg=""
+if [[ $MODE == tls ]]; then
+    TLS_DIR=${TLS_DIR:-$OUT_DIR/tls}
+    if [[ ! -s $TLS_DIR/cert.pem || ! -s $TLS_DIR/key.pem ]]; then
+        mkdir -p "$TLS_DIR" && chmod 755 "$TLS_DIR"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" \
+            -days 3650 -subj /CN=mx.test -addext subjectAltName=DNS:mx.test >"$tmp/openssl.out" 2>&1 \
+            || die "cannot make a test certificate: $(cat "$tmp/openssl.out")"
+        chmod 644 "$TLS_DIR/cert.pem"; chmod 600 "$TLS_DIR/key.pem"
+    fi
+    tlscfg='"tls": {"certificates": [{"cert": "'$TLS_DIR/cert.pem'", "key": "'$TLS_DIR/key.pem'", "names": ["mx.test"]}]},'
+fi
 cat > "$tmp/ringmx.json" <<JSON
 {
   "hostname": "bench.test",
@@ -273,6 +410,7 @@ cat > "$tmp/ringmx.json" <<JSON
   "listeners": [{"name": "bench", "address": "127.0.0.1:$PORT"}],
   "relay": {"domains": ["${RCPT#*@}"]},
   $routes
+  $tlscfg
   "limits": {"connections_per_ip": 1000},
   "spool": {"path": "$tmp/spool", "durability": "fsync"},
   "control": {"socket": "$tmp/ctl.sock"},
@@ -322,6 +460,57 @@ ensure_peer() { # ensure_peer sink|postfix : start it unless running; remember w
     done
     return 1
 }
+
+# ------------------------------------------------ tls: Postfix with TLS ----
+# The Postfix peer gets TLS for the run by editing ITS runtime config copy
+# ($PEERS_WORK/conf/postfix, made by setup.sh; ../shared/peers is never touched):
+#   main.cf:   smtpd_tls_cert_file, smtpd_tls_key_file = the test certificate,
+#              smtpd_tls_security_level = may (it is "none" there)
+#   master.cf: a tlsmgr service (without it Postfix 3.7's smtpd logs "no entropy
+#              for TLS key generation: disabling TLS support" and STARTTLS fails)
+# Both files are saved first and put back byte for byte (cp -p) on exit; a
+# running Postfix is reloaded after each change. A marker file in $OUT_DIR says
+# what to undo if this script is killed before it can restore them.
+PF_CONF="" pf_backup="" pf_marker="" pf_was_running=""
+postfix_tls_on() {
+    PF_CONF=$(source "$PEERS_DIR/lib.sh" >/dev/null 2>&1; echo "$POSTFIX_CONF")
+    [[ -r $PF_CONF/main.cf && -r $PF_CONF/master.cf ]] || die "no Postfix runtime config at '$PF_CONF' (run $PEERS_DIR/setup.sh)"
+    pf_backup=$OUT_DIR/bench-$stamp.postfix-conf.orig
+    mkdir -p "$pf_backup" && cp -p "$PF_CONF/main.cf" "$PF_CONF/master.cf" "$pf_backup/" || die "cannot save $PF_CONF"
+    pf_marker=$OUT_DIR/POSTFIX-CONFIG-MODIFIED-bench-$stamp
+    printf '%s\n' "perf/bench.sh MODE=tls (pid $$) changed $PF_CONF/main.cf and master.cf (TLS for the run)." \
+        "If this file is still here, the run did not restore them. To restore:" \
+        "  cp -p $pf_backup/main.cf $pf_backup/master.cf $PF_CONF/ && postfix -c $PF_CONF reload  # (reload only if running)" > "$pf_marker"
+    note "Postfix peer: enabling TLS in its runtime config $PF_CONF (saved to $pf_backup; restored on exit)"
+    note "  was: $(postconf -c "$PF_CONF" smtpd_tls_security_level smtpd_tls_cert_file smtpd_tls_key_file 2>&1 | tr '\n' ';')"
+    postconf -c "$PF_CONF" -e "smtpd_tls_cert_file=$TLS_DIR/cert.pem" "smtpd_tls_key_file=$TLS_DIR/key.pem" \
+        smtpd_tls_security_level=may || die "postconf -e failed"
+    if ! postconf -c "$PF_CONF" -M tlsmgr/unix 2>/dev/null | grep -q tlsmgr; then
+        postconf -c "$PF_CONF" -M tlsmgr/unix='tlsmgr unix - - n 1000? 1 tlsmgr' || die "postconf -M tlsmgr failed"
+    fi
+    note "  now: $(postconf -c "$PF_CONF" smtpd_tls_security_level smtpd_tls_cert_file smtpd_tls_key_file | tr '\n' ';') $(postconf -c "$PF_CONF" -M tlsmgr/unix)"
+    pf_was_running=$("$PEERS_DIR/peers.sh" pid postfix)
+    if [[ -n $pf_was_running ]]; then
+        note "  Postfix was already running (pid $pf_was_running, not started by this script): postfix reload"
+        postfix -c "$PF_CONF" reload >/dev/null 2>&1 || note "  postfix reload FAILED"
+        sleep 1
+    fi
+}
+postfix_tls_off() {
+    [[ -n $pf_backup && -r $pf_backup/main.cf ]] || return 0
+    if cmp -s "$pf_backup/main.cf" "$PF_CONF/main.cf" && cmp -s "$pf_backup/master.cf" "$PF_CONF/master.cf"; then
+        note "Postfix config $PF_CONF unchanged"
+    elif cp -p "$pf_backup/main.cf" "$pf_backup/master.cf" "$PF_CONF/" && cmp -s "$pf_backup/main.cf" "$PF_CONF/main.cf" \
+            && cmp -s "$pf_backup/master.cf" "$PF_CONF/master.cf"; then
+        note "Postfix config restored: $PF_CONF/main.cf and master.cf are byte-identical to the saved copies again (smtpd_tls_security_level=$(postconf -c "$PF_CONF" -h smtpd_tls_security_level))"
+        local p; p=$("$PEERS_DIR/peers.sh" pid postfix)
+        if [[ -n $p ]]; then postfix -c "$PF_CONF" reload >/dev/null 2>&1 && note "  running Postfix (pid $p) reloaded"; fi
+    else
+        note "WARNING: could not restore $PF_CONF from $pf_backup; see $pf_marker"; return 1
+    fi
+    rm -f "$pf_marker"; pf_backup=""
+}
+[[ $MODE == tls ]] && postfix_tls_on
 
 ensure_peer sink || die "cannot start smtp-sink (peers.sh start sink)"
 ensure_peer postfix || die "cannot start the Postfix peer (run $PEERS_DIR/setup.sh as root first)"
@@ -402,6 +591,208 @@ run_one() { # run_one TARGET SIZE SESSIONS MSGS ROUND -> appends a RUN line to $
     [[ -n $extra ]] && note "  ringmx queue: $qfirst right after the run, $qleft after ${qwait_s}s"
     grep -A5 'smtp-source stderr' <<<"$out" | grep -v 'smtp-source stderr' | sed "s/^/#   $t smtp-source: /" >&2
 }
+
+# ---------------------------------------------------------- MODE=tls ----
+# Load: perf/tls_load.py (N worker processes, one message per connection:
+# EHLO, STARTTLS, EHLO, MAIL, RCPT, DATA, QUIT) against each target in turn.
+# Measured per run like the peers' bench.sh: client wall time and accepted
+# count, arrivals at the sink (end to end), CPU of the target's process tree
+# (lib.sh tree_cpu_ticks; ringmx by its PID), of the sink and of the client
+# (getrusage of the client and its workers), machine busy %.
+if [[ $MODE == tls ]]; then
+TLS_TARGETS=${TLS_TARGETS:-postfix ringmx postfix-plain ringmx-plain}
+IDLE_COUNTS=${IDLE_COUNTS:-16 500}
+TLS_LOAD=$HERE/tls_load.py
+[[ -r $TLS_LOAD ]] || die "missing $TLS_LOAD"
+for t in $TLS_TARGETS; do [[ $t =~ ^(postfix|ringmx)(-plain)?$ ]] || die "bad target '$t' in TLS_TARGETS"; done
+SINK_LOG=$(source "$PEERS_DIR/lib.sh" >/dev/null 2>&1; echo "$SINK_LOG")
+sink_count() { local l; l=$(tail -n 1 "$SINK_LOG" 2>/dev/null); l=${l##* }; [[ $l =~ ^[0-9]+$ ]] && echo "$l" || echo 0; }
+sys_busy() { (source "$PEERS_DIR/lib.sh" && sys_ticks); }
+tls_port_of() { case $1 in postfix*) echo $POSTFIX_PORT ;; ringmx*) echo "$PORT" ;; esac; }
+tls_pid_of() { case $1 in postfix*) "$PEERS_DIR/peers.sh" pid postfix ;; ringmx*) echo "$RMX_PID" ;; esac; }
+rss_of() { awk '/^VmRSS:/{r=$2} /^RssAnon:/{a=$2} END{print r+0, a+0}' "/proc/$1/status" 2>/dev/null || echo "0 0"; }
+
+tls_probe() { # tls_probe TARGET PORT: protocol, cipher suite and key exchange as openssl s_client sees them
+    local o; o=$(echo QUIT | timeout 10 openssl s_client -starttls smtp -connect "127.0.0.1:$2" -servername mx.test -brief 2>&1)
+    echo "# probe $1: $(sed -n 's/^Protocol version: //p' <<<"$o") $(sed -n 's/^Ciphersuite: //p' <<<"$o") key exchange $(sed -n 's/^Server Temp Key: //p' <<<"$o" | tr -d ' ') signature $(sed -n 's/^Signature type: //p' <<<"$o")" | tee -a "$raw" >&2
+}
+
+wait_sink_quiet() { # until the sink count has not moved for 0.5 s (at most 30 s)
+    local prev cur i; prev=$(sink_count)
+    for ((i = 0; i < 60; i++)); do sleep 0.5; cur=$(sink_count); [[ $cur == "$prev" ]] && return 0; prev=$cur; done
+    note "sink never went quiet (count still moving: $cur)"
+}
+
+# idle_mem KIND N: fresh ringmx, warm-up (8 TLS + 8 plaintext sessions one after
+# the other, so each shard has built its TLS context and ECC cache), VmRSS; then N
+# sessions opened and held idle (TLS: after the EHLO that follows the handshake;
+# plain: after EHLO), VmRSS again. Appends a MEM line to $raw.
+idle_mem() {
+    local kind=$1 n=$2 opt=() i rss0 anon0 rss anon est ready="" cpid rf=$tmp/idle.ready out=$tmp/idle.out
+    [[ $kind == plain ]] && opt=(--no-tls)
+    stop_ringmx; start_ringmx || { note "memory: ringmx did not start"; return 1; }
+    for ((i = 0; i < 8; i++)); do
+        timeout 20 python3 "$TLS_LOAD" --port "$PORT" --idle 1 --hold 0 >/dev/null 2>&1
+        timeout 20 python3 "$TLS_LOAD" --port "$PORT" --idle 1 --hold 0 --no-tls >/dev/null 2>&1
+    done
+    sleep 0.5; read -r rss0 anon0 < <(rss_of "$RMX_PID")
+    rm -f "$rf"
+    python3 "$TLS_LOAD" --port "$PORT" --idle "$n" --hold 90 --timeout 60 --ready-file "$rf" "${opt[@]}" >"$out" 2>&1 &
+    cpid=$!
+    for ((i = 0; i < 700; i++)); do [[ -s $rf ]] && break; kill -0 "$cpid" 2>/dev/null || break; sleep 0.1; done
+    [[ -s $rf ]] && ready=$(cat "$rf")
+    sleep 1
+    read -r rss anon < <(rss_of "$RMX_PID")
+    est=$(ss -tnH state established "( sport = :$PORT )" 2>/dev/null | wc -l)
+    kill -TERM "$cpid" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do kill -0 "$cpid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$cpid" 2>/dev/null && { note "memory: idle client (pid $cpid) did not exit: SIGKILL"; kill -KILL "$cpid"; }
+    wait "$cpid" 2>/dev/null
+    local opened; opened=$(sed -n 's/^READY \([0-9]*\).*/\1/p' <<<"$ready"); opened=${opened:-0}
+    ringmx_alive || note "memory: RINGMX DIED while holding $n idle $kind sessions"
+    ((opened != n || est != n)) && { note "memory: $kind n=$n: opened $opened, established at the server $est; client said:"; sed 's/^/#   /' "$out" >&2; }
+    echo "MEM kind=$kind n=$n opened=$opened established=$est rss0_kb=$rss0 rss_kb=$rss anon0_kb=$anon0 anon_kb=$anon per_session_kb=$(awk -v a="$rss0" -v b="$rss" -v n="$opened" 'BEGIN{printf "%.1f", (n > 0 ? (b - a) / n : -1)}') anon_per_session_kb=$(awk -v a="$anon0" -v b="$anon" -v n="$opened" 'BEGIN{printf "%.1f", (n > 0 ? (b - a) / n : -1)}') $(grep -o 'tls=[^ ]*' <<<"$ready")" | tee -a "$raw" >&2
+}
+
+# run_tls_one TARGET SIZE SESSIONS MSGS ROUND -> a RUN line in $raw (unless ROUND=warmup)
+run_tls_one() {
+    local t=$1 z=$2 s=$3 m=$4 r=$5 port pid opt=() out rc line died=0 c0 c1 c2 sc0 sc1 b0 b1 tt0 tt1 l0 lw=0 qf="" ql="" qw=""
+    if [[ $t == ringmx* ]]; then
+        ringmx_alive || { note "ringmx not running before a run: restarting"; start_ringmx || note "ringmx restart FAILED"; }
+    fi
+    port=$(tls_port_of "$t"); pid=$(tls_pid_of "$t")
+    [[ $t == *-plain ]] && opt=(--no-tls)
+    wait_sink_quiet
+    local k0; k0=$(sink_count)
+    local spid; spid=$("$PEERS_DIR/peers.sh" pid sink)
+    read -r b0 tt0 < <(sys_busy)
+    l0=$(log_lines); c0=$(tree_ticks "$pid"); sc0=$(tree_ticks "$spid")
+    # shellcheck disable=SC2086
+    out=$(timeout $((SEND_TIMEOUT + 40)) python3 "$TLS_LOAD" --port "$port" -s "$s" -m "$m" -l "$z" --timeout "$SEND_TIMEOUT" \
+        -f "$FROM" -t "$RCPT" "${opt[@]}" ${TLS_LOAD_OPTS:-} 2>&1); rc=$?
+    line=$(grep '^TLSLOAD' <<<"$out" | tail -n 1)
+    local acc; acc=$(sed -n 's/.* accepted=\([0-9]*\).*/\1/p' <<<"$line"); acc=${acc:-0}
+    local t0; t0=$(sed -n 's/.* t0=\([0-9.]*\).*/\1/p' <<<"$line"); t0=${t0:-$EPOCHREALTIME}
+    # arrivals: wait for k0 + MSGS at the sink, give up E2E_TIMEOUT s after the client or STALL_TIMEOUT s without progress
+    local target=$((k0 + m)) tend cur last=-1 lastmove=$SECONDS
+    tend=$(awk -v t="$EPOCHREALTIME" -v d="$E2E_TIMEOUT" 'BEGIN{printf "%.6f", t + d}')
+    while :; do
+        cur=$(sink_count); ((cur >= target)) && break
+        ((cur != last)) && { last=$cur; lastmove=$SECONDS; }
+        ((SECONDS - lastmove > STALL_TIMEOUT)) && { note "sink count stalled at $((cur - k0))/$m for ${STALL_TIMEOUT}s"; break; }
+        awk -v n="$EPOCHREALTIME" -v d="$tend" 'BEGIN{exit !(n > d)}' && break
+        sleep 0.02
+    done
+    read -r b1 tt1 < <(sys_busy)
+    c1=$(tree_ticks "$pid"); sc1=$(tree_ticks "$spid")
+    local tlast nlast arrived
+    read -r tlast nlast < <(awk -v c0="$k0" -v tg="$target" '$2 > c0 { t = $1; n = $2; if ($2 >= tg) exit } END { printf "%.6f %d\n", t, n }' "$SINK_LOG")
+    arrived=$(( (nlast > target ? target : nlast) - k0 )); ((arrived < 0)) && arrived=0
+    if [[ $t == ringmx* ]] && ! ringmx_alive; then
+        died=1; crashes=$((crashes + 1)); wait "$RMX_PID" 2>/dev/null
+        note "RINGMX DIED during $t size=$z sessions=$s round=$r (exit status $?); see its log"; RMX_PID=""
+    fi
+    [[ $t == postfix* ]] && drain_postfix
+    if [[ $t == ringmx* && $died == 0 ]]; then
+        drain_ringmx; qf=$qfirst ql=$qleft qw=$qwait_s
+        if ((qleft != 0)); then
+            note "CHECK: ringmx queue NOT empty ${qwait_s}s after the run: $qleft messages ($t size=$z sessions=$s round=$r)"
+            timeout 20 "$ctl" -s "$tmp/ctl.sock" queue list > "$OUT_DIR/bench-$stamp.queue-$t-$r.txt" 2>&1
+        fi
+    fi
+    c2=$(tree_ticks "$pid")
+    if [[ $t == ringmx* ]]; then
+        lw=$(( $(log_lines) - l0 ))
+        ((lw > 0)) && { note "ringmx logged $lw lines during this run:"; tail -n "$((lw < 5 ? lw : 5))" "$tmp/ringmx.log" | sed 's/^/#   ringmx: /' >&2; }
+    fi
+    {
+        echo "## $t size=$z sessions=$s round=$r rc=$rc"
+        sed 's/^/##   /' <<<"$out"
+    } >> "$raw.log"
+    [[ $r == warmup ]] && return 0
+    local st=() status
+    ((rc != 0)) && st+=("CLIENT_RC=$rc")
+    [[ -z $line ]] && st+=(NO_RESULT)
+    ((acc != m)) && st+=(PARTIAL_ACCEPT)
+    ((arrived < m)) && st+=(E2E_INCOMPLETE)
+    ((died)) && st+=(DIED)
+    [[ -n $ql && $ql != 0 ]] && st+=("QUEUE_LEFT=$ql")
+    ((lw > 0)) && st+=("LOG=$lw")
+    status=$(IFS=+; echo "${st[*]:-OK}")
+    awk -v t="$t" -v r="$r" -v rc="$rc" -v died="$died" -v z="$z" -v s="$s" -v m="$m" -v acc="$acc" -v arr="$arrived" \
+        -v t0="$t0" -v tl="$tlast" -v pc="$((c1 - c0))" -v pca="$((c2 - c0))" -v sc="$((sc1 - sc0))" -v hz="$CLK_TCK" \
+        -v db="$((b1 - b0))" -v dt="$((tt1 - tt0))" -v qf="$qf" -v ql="$ql" -v qw="$qw" -v lw="$lw" -v st="$status" \
+        -v wall="$(sed -n 's/.* wall_s=\([0-9.]*\).*/\1/p' <<<"$line")" -v ccpu="$(sed -n 's/.* client_cpu_s=\([0-9.]*\).*/\1/p' <<<"$line")" -v cb="$(sed -n 's/.* busy_pct=\([0-9-]*\).*/\1/p' <<<"$line")" \
+        -v tls="$(sed -n 's/.* tls=\([^ ]*\).*/\1/p' <<<"$line")" -v fe="$(sed -n 's/.* first_error=\([^ ]*\).*/\1/p' <<<"$line")" 'BEGIN {
+        es = (arr > 0 ? tl - t0 : 0)
+        printf "RUN target=%s round=%s rc=%s died=%s size=%d sessions=%d msgs=%d accepted=%d accept_s=%.3f accept_rate=%.1f arrived=%d e2e_s=%.3f e2e_rate=%.1f peer_cpu_s=%.2f cpu_all_s=%.2f client_cpu_s=%.2f sink_cpu_s=%.2f busy_pct=%s busy_win_pct=%.0f qfirst=%s qleft=%s qwait_s=%s logwarn=%d tls=%s status=%s first_error=%s\n",
+            t, r, rc, died, z, s, m, acc, wall, (wall > 0 ? acc / wall : 0), arr, es, (es > 0 ? arr / es : 0), pc / hz, pca / hz, ccpu, sc / hz,
+            (cb == "" ? "-" : cb), (dt ? 100 * db / dt : 0), (qf == "" ? "-" : qf), (ql == "" ? "-" : ql), (qw == "" ? "-" : qw), lw, (tls == "" ? "?" : tls), st, (fe == "" ? "-" : fe)
+    }' >> "$raw"
+    tail -n 1 "$raw" | awk '{ for (i = 2; i <= NF; i++) { p = index($i, "="); f[substr($i, 1, p - 1)] = substr($i, p + 1) }
+        printf "#   %s: accepted %d/%d at %.1f msg/s, arrived %d at %.1f msg/s e2e; CPU/msg: target %.3f ms, client %.3f ms, sink %.3f ms; busy %s%%; %s %s\n",
+            f["target"], f["accepted"], f["msgs"], f["accept_rate"], f["arrived"], f["e2e_rate"],
+            (f["arrived"] > 0 ? 1000 * f["peer_cpu_s"] / f["arrived"] : 0), (f["accepted"] > 0 ? 1000 * f["client_cpu_s"] / f["accepted"] : 0),
+            (f["arrived"] > 0 ? 1000 * f["sink_cpu_s"] / f["arrived"] : 0), f["busy_pct"], f["tls"], f["status"] }' >&2
+    grep '^# error' <<<"$out" | sed "s/^/#   $t client: /" >&2
+    [[ -n $ql ]] && note "  ringmx queue: $qf right after the run, $ql after ${qw}s"
+    return 0
+}
+
+tls_main() {
+    local t c z s m r order=()
+    t_start=$SECONDS
+    {
+        echo "# bench $stamp mode=tls host: $(nproc) CPU, $(uname -r)  rounds=$ROUNDS cases='$CASES' targets='$TLS_TARGETS' idle='$IDLE_COUNTS' shards=$SHARDS durability=fsync client=tls_load.py $(python3 -c 'import ssl,sys; print("python", sys.version.split()[0], ssl.OPENSSL_VERSION.replace(" ", "_"))') opts='${TLS_LOAD_OPTS:-}'"
+        echo "# ringmx: $RINGMX_BIN (sha1 $(sha1sum "$tmp/ringmx" | cut -c1-12)) port $PORT; git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo '+dirty')"
+        echo "# certificate: $TLS_DIR/cert.pem ($(openssl x509 -in "$TLS_DIR/cert.pem" -noout -subject 2>/dev/null), $(openssl x509 -in "$TLS_DIR/cert.pem" -noout -text 2>/dev/null | sed -n 's/^ *Public Key Algorithm: //p'))"
+    } | tee "$raw" >&2
+    tls_probe postfix "$POSTFIX_PORT"; tls_probe ringmx "$PORT"
+
+    # memory first, each from a fresh ringmx
+    local n
+    for n in $IDLE_COUNTS; do
+        ((n > 0)) || continue
+        note "memory: $n idle sessions, plaintext then TLS (fresh ringmx each)"
+        idle_mem plain "$n"; idle_mem tls "$n"
+    done
+    stop_ringmx; start_ringmx || die "ringmx did not come back after the memory part: $(tail -n 5 "$tmp/ringmx.log")"
+
+    if ((WARMUP > 0)); then
+        note "warm-up: $WARMUP msgs of ${CASES%%:*} bytes per target at 4 sessions (not recorded)"
+        for t in $TLS_TARGETS; do run_tls_one "$t" "${CASES%%:*}" 4 "$WARMUP" warmup; done
+    fi
+    for c in $CASES; do
+        IFS=: read -r z s m <<<"$c"; m=${m:-$MSGS}
+        for ((r = 1; r <= ROUNDS; r++)); do
+            read -r -a order <<<"$TLS_TARGETS"
+            if ((r % 2 == 0)); then local rev=(); for ((n = ${#order[@]} - 1; n >= 0; n--)); do rev+=("${order[n]}"); done; order=("${rev[@]}"); fi
+            for t in "${order[@]}"; do
+                if ((SECONDS - t_start > BUDGET_S)); then
+                    note "time budget ${BUDGET_S}s spent: skipping $t size=$z sessions=$s round=$r"
+                    echo "RUN target=$t round=$r rc=-1 died=0 size=$z sessions=$s msgs=$m status=SKIPPED" >> "$raw"
+                    continue
+                fi
+                note "size=$z sessions=$s round $r/$ROUNDS: $t (t=$((SECONDS - t_start))s)"
+                run_tls_one "$t" "$z" "$s" "$m" "$r"
+            done
+        done
+    done
+    if ringmx_alive; then
+        echo "# check: ringmx queue list at the end=$(queue_count) rss_kb=$(rss_of "$RMX_PID" | cut -d' ' -f1)" >> "$raw"
+    fi
+    ((crashes > 0)) && echo "# ringmx crashes: $crashes" >> "$raw"
+    if [[ -s $tmp/ringmx.log ]]; then
+        note "ringmx stderr: $(wc -l < "$tmp/ringmx.log") lines (saved as $OUT_DIR/bench-$stamp.ringmx.log); last ones:"
+        tail -n 5 "$tmp/ringmx.log" | sed 's/^/#   /' >&2
+    fi
+    render_tls_table "$raw" | tee "$table"
+    note "raw results: $raw (per-run client output: $raw.log)"
+    note "table:       $table   (total $((SECONDS - t_start))s)"
+}
+tls_main
+exit 0
+fi
 
 t_start=$SECONDS
 {
