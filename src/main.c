@@ -272,6 +272,10 @@ int main(int argc, char **argv)
 
 	if (hpool_create(&pc, &pool) != 0)
 		fatal("helper pool: %s", strerror(errno));
+	struct deliver_shared *dq = deliver_shared_new(cfg->shards);
+
+	if (!dq)
+		fatal("delivery queue: out of memory");
 	for (uint32_t i = 0; i < cfg->shards; i++) {
 		struct deliver_loaded *loaded = NULL;
 
@@ -279,7 +283,7 @@ int main(int argc, char **argv)
 			fatal("queue load failed: %s", why);
 		log_msg(LOG_INFO, "event=queue_loaded shard=%u messages=%u", i,
 			deliver_loaded_count(loaded));
-		if (shard_start(&shards[i], i, cfg, max_ids[i], loaded, pool) != 0)
+		if (shard_start(&shards[i], i, cfg, max_ids[i], loaded, pool, dq) != 0)
 			fatal("shard %u: %s", i, shards[i].why);
 	}
 	/* Last: the control socket appearing means every shard is up. */
@@ -296,6 +300,9 @@ int main(int argc, char **argv)
 		shard_join(&shards[i]);
 		log_drain();
 	}
+	for (uint32_t i = 0; i < cfg->shards; i++)
+		shard_release(&shards[i]);
+	deliver_shared_free(dq);
 	hpool_destroy(pool);
 	auth_throttle_destroy(throttle);
 	if (users)

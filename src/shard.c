@@ -955,6 +955,7 @@ static void shard_on_wake(struct shard *sh)
 				smtp_session_auth_done(c, done[i].result);
 			conn_reap(c);
 		}
+	deliver_wake(sh->dlv); /* tickets other shards ran for us */
 	req = atomic_exchange(&sh->ctl, NULL);
 	if (req) {
 		deliver_ctl(sh->dlv, req);
@@ -1250,7 +1251,8 @@ static int shard_setup(struct shard *sh)
 				    .cfg = cfg,
 				    .ring = &sh->ring,
 				    .spool = sh->spool,
-				    .pool = sh->pool};
+				    .pool = sh->pool,
+				    .shared = sh->shared};
 	rc = deliver_new(&sh->dlv, &dp, sh->loaded, sh->why, sizeof(sh->why));
 	sh->loaded = NULL;
 	if (rc < 0)
@@ -1278,6 +1280,7 @@ static int shard_setup(struct shard *sh)
 	sh->wake_fd = eventfd(0, EFD_CLOEXEC);
 	if (sh->wake_fd < 0)
 		return -errno;
+	deliver_shared_set_wake(sh->shared, sh->id, sh->wake_fd);
 	return hpool_shard_attach(sh->pool, sh->id, sh->wake_fd);
 }
 
@@ -1345,7 +1348,7 @@ void shard_auth_setup(struct auth_users *users, struct auth_throttle *throttle)
 }
 
 int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id,
-		struct deliver_loaded *loaded, struct hpool *pool)
+		struct deliver_loaded *loaded, struct hpool *pool, struct deliver_shared *shared)
 {
 	memset(sh, 0, offsetof(struct shard, stop));
 	sh->id = id;
@@ -1353,6 +1356,7 @@ int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uin
 	sh->first_id = first_id;
 	sh->loaded = loaded;
 	sh->pool = pool;
+	sh->shared = shared;
 	sh->users = g_users;
 	sh->throttle = g_throttle;
 	atomic_store(&sh->ctl, NULL);
@@ -1380,6 +1384,13 @@ void shard_stop(struct shard *sh)
 void shard_join(struct shard *sh)
 {
 	pthread_join(sh->thread, NULL);
+}
+
+void shard_release(struct shard *sh)
+{
+	if (sh->shared)
+		deliver_shared_set_wake(sh->shared, sh->id, -1);
 	if (sh->wake_fd >= 0)
 		close(sh->wake_fd);
+	sh->wake_fd = -1;
 }

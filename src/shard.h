@@ -148,6 +148,7 @@ struct shard {
 	struct deliver *dlv;
 	struct deliver_loaded *loaded; /* handed to the engine at setup */
 	struct hpool *pool;
+	struct deliver_shared *shared;
 	struct tls_ctx *tls_ctx;	/* NULL: no certificates */
 	struct auth_users *users;	/* shared, read-only; NULL: no users_file */
 	struct auth_throttle *throttle; /* shared by all shards */
@@ -165,7 +166,7 @@ struct shard {
 int shard_globals_init(const struct rmx_config *cfg);
 
 int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id,
-		struct deliver_loaded *loaded, struct hpool *pool);
+		struct deliver_loaded *loaded, struct hpool *pool, struct deliver_shared *shared);
 /* The server TLS context of cfg's certificates (tls.c's parameters built
  * from tls.*); NULL with why.  Shards make one each; --check-config one to
  * test the files. */
@@ -177,6 +178,9 @@ void shard_auth_setup(struct auth_users *users, struct auth_throttle *throttle);
 void shard_ctl(struct shard *sh, struct dctl_req *req);
 void shard_stop(struct shard *sh); /* any thread: ask it to drain and exit */
 void shard_join(struct shard *sh);
+/* After every shard was joined: close what other shards could still have
+ * written to (the wake eventfd). */
+void shard_release(struct shard *sh);
 
 /* Connection I/O, for the session. */
 void conn_reply(struct conn *c, const char *line);

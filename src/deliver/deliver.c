@@ -15,6 +15,7 @@
 #include "deliver/deliver.h"
 
 #include <arpa/inet.h>
+#include <ck_ring.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +42,64 @@
 
 #define DLV_UNLINKS_MAX 8
 #define DLV_NAME_MAX	32
+#define DLV_RING_SIZE	65536 /* tickets on the shared queue, and per completion ring */
+#define DLV_RUN_MIN	8     /* tickets one shard runs at once, at least */
+#define DLV_SHARDS_MAX	256
+
+struct dring {
+	ck_ring_t ring;
+	ck_ring_buffer_t *buf;
+};
+
+struct deliver_shared {
+	struct dring queue;		   /* tickets waiting for any shard */
+	struct dring done[DLV_SHARDS_MAX]; /* per owner: tickets handed back */
+	_Atomic int wake[DLV_SHARDS_MAX];  /* owners' eventfds */
+	uint32_t shards;
+};
+
+static int dring_init(struct dring *r)
+{
+	r->buf = calloc(DLV_RING_SIZE, sizeof(r->buf[0]));
+	if (!r->buf)
+		return -ENOMEM;
+	ck_ring_init(&r->ring, DLV_RING_SIZE);
+	return 0;
+}
+
+struct deliver_shared *deliver_shared_new(uint32_t shards)
+{
+	struct deliver_shared *q = calloc(1, sizeof(*q));
+
+	if (!q || shards == 0 || shards > DLV_SHARDS_MAX || dring_init(&q->queue) < 0) {
+		deliver_shared_free(q);
+		return NULL;
+	}
+	q->shards = shards;
+	for (uint32_t i = 0; i < shards; i++) {
+		atomic_store(&q->wake[i], -1);
+		if (dring_init(&q->done[i]) < 0) {
+			deliver_shared_free(q);
+			return NULL;
+		}
+	}
+	return q;
+}
+
+void deliver_shared_free(struct deliver_shared *q)
+{
+	if (!q)
+		return;
+	free(q->queue.buf);
+	for (uint32_t i = 0; i < DLV_SHARDS_MAX; i++)
+		free(q->done[i].buf);
+	free(q);
+}
+
+void deliver_shared_set_wake(struct deliver_shared *q, uint32_t shard, int fd)
+{
+	atomic_store(&q->wake[shard], fd);
+}
 
 struct dseg {
 	uint64_t seq;
@@ -97,6 +156,9 @@ struct dlocal {
 
 struct deliver {
 	struct deliver_core core; /* first: outbound.c's view */
+	struct deliver_shared *shared;
+	uint32_t tickets_out; /* ours, not handed back yet */
+	uint32_t running;     /* tickets (anyone's) this shard runs */
 	struct spool *spool;
 	struct hpool *pool;
 	struct dns *dns;
@@ -353,6 +415,7 @@ int deliver_new(struct deliver **out, const struct deliver_params *p, struct del
 	d->core.shards = p->shards;
 	d->spool = p->spool;
 	d->pool = p->pool;
+	d->shared = p->shared;
 	d->dirfd = -1;
 	d->core.tls_client = calloc(cfg->route_count ? cfg->route_count : 1, sizeof(void *));
 	if (!d->core.tls_client || oc_table_init(d) < 0) {
@@ -409,7 +472,7 @@ void deliver_free(struct deliver *d)
 	oc_table_free(d);
 	/* A helper still running a job of ours reads these: leave them to the
 	 * process exit rather than free them under it. */
-	if (d->helper_jobs == 0)
+	if (d->helper_jobs == 0 && d->tickets_out == 0 && d->running == 0)
 		qindex_free(&d->ix);
 	for (uint32_t i = 0; i < d->nseg; i++)
 		if (d->segs[i].fd >= 0)
@@ -480,26 +543,25 @@ static void set_res(struct qmsg *m, uint32_t r, int cls, const char *status, con
 
 static void attempt_finish(struct deliver *d, struct qmsg *m);
 static void job_go(struct deliver *d, struct djob *job);
+static void ticket_done(struct deliver *d, struct dticket *t);
 
 void dlv_rcpt_result(struct deliver *d, struct djob *job, uint32_t i, int cls, const char *status,
 		     const char *diag)
 {
-	(void)d;
 	struct qmsg *m = job->m;
 	uint32_t r = job->rcpt[i];
 	struct spool_rcpt rc;
 	char id[SPOOL_QID_LEN + 1];
 
 	set_res(m, r, cls, status, diag);
-	if (cls == 2)
-		m->rst[r] = SPOOL_RCPT_DELIVERED;
 	spool_env_rcpt(&m->env, r, &rc);
 	qid(m->id, id);
-	log_msg(LOG_INFO, "event=%s id=%s rcpt=<%.*s> relay=%s tls=\"%s\" status=%s reply=\"%s\"",
+	log_msg(LOG_INFO,
+		"event=%s id=%s rcpt=<%.*s> shard=%u relay=%s tls=\"%s\" status=%s reply=\"%s\"",
 		cls == 2   ? "delivered"
 		: cls == 5 ? "bounced"
 			   : "deferred",
-		id, (int)rc.addr.len, rc.addr.ptr,
+		id, (int)rc.addr.len, rc.addr.ptr, d->core.shard,
 		job->nhops ? job->hops[job->cur < job->nhops ? job->cur : 0].name
 			   : job->route->hops[0].text,
 		job->tls_info[0] ? job->tls_info : "none", status, diag);
@@ -519,9 +581,12 @@ void dlv_job_done(struct deliver *d, struct djob *job)
 		if (m->res[job->rcpt[i]].cls == 0)
 			dlv_rcpt_result(d, job, i, 4, "4.4.1",
 					job->last_err[0] ? job->last_err : "no answer");
+	struct dticket *t = job->t;
+
+	(void)m;
 	job_free(job);
-	if (--m->jobs == 0)
-		attempt_finish(d, m);
+	if (--t->jobs == 0)
+		ticket_done(d, t);
 }
 
 void dlv_job_hop_failed(struct deliver *d, struct djob *job, const char *why)
@@ -657,7 +722,7 @@ static bool local_start(struct deliver *d, struct djob *job)
 	lj->job = job;
 	lj->base = h->path;
 	lj->mbox = h->kind == CONFIG_HOP_MBOX;
-	lj->segfd = dlv_seg_fd(d, job->m->seq);
+	lj->segfd = job->segfd;
 	rc = hpool_submit_job(d->pool, d->core.shard, 1, local_job, lj);
 	if (rc < 0) {
 		free(lj->out);
@@ -799,23 +864,16 @@ static void job_start(struct deliver *d, struct djob *job)
 	job_go(d, job);
 }
 
-static void attempt(struct deliver *d, struct qmsg *m)
+/* Run a ticket (ours or another shard's): group its pending recipients by
+ * route into jobs and start them.  Writes only m->res[]. */
+static void ticket_run(struct deliver *d, struct dticket *t)
 {
+	struct qmsg *m = t->m;
 	struct djob *jobs[64];
 	uint32_t njobs = 0;
-	char id[SPOOL_QID_LEN + 1];
 
-	list_set(d, m, QW_ACTIVE);
-	m->attempts++;
-	if (!m->res)
-		m->res = calloc(m->env.rcpt_count ? m->env.rcpt_count : 1, sizeof(*m->res));
-	if (!m->res) {
-		m->attempts--;
-		list_set(d, m, QW_DEFERRED);
-		m->next_s = time(NULL) + 1;
-		return;
-	}
-	qid(m->id, id);
+	d->running++;
+	t->runner = d->core.shard;
 	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
 		struct spool_rcpt rc;
 		const struct config_route *rt;
@@ -824,7 +882,6 @@ static void attempt(struct deliver *d, struct qmsg *m)
 		char domain[SMTP_DOMAIN_MAX + 1];
 		struct djob *job = NULL;
 
-		m->res[r].cls = 0;
 		if (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED)
 			continue;
 		spool_env_rcpt(&m->env, r, &rc);
@@ -852,6 +909,8 @@ static void attempt(struct deliver *d, struct qmsg *m)
 			} else {
 				job->acc = (uint8_t *)(job->rcpt + m->env.rcpt_count);
 				job->d = d;
+				job->t = t;
+				job->segfd = t->segfd;
 				job->m = m;
 				job->route = rt;
 				snprintf(job->domain, sizeof(job->domain), "%s", domain);
@@ -865,11 +924,103 @@ static void attempt(struct deliver *d, struct qmsg *m)
 		job->acc[job->nrcpt] = 0;
 		job->rcpt[job->nrcpt++] = r;
 	}
-	m->jobs = njobs + 1; /* held until every job started */
+	t->jobs = njobs + 1; /* held until every job started */
 	for (uint32_t j = 0; j < njobs; j++)
 		job_start(d, jobs[j]);
-	if (--m->jobs == 0)
+	if (--t->jobs == 0)
+		ticket_done(d, t);
+}
+
+/* A shard takes tickets while it has outbound room for them (four per
+ * connection it may open to one hop); the rest wait on the shared queue for
+ * a shard with room. */
+static uint32_t run_max(const struct deliver *d)
+{
+	uint32_t per = d->core.cfg->delivery.connections_per_route / d->core.shards;
+	uint32_t n = 4 * (per ? per : 1);
+
+	return n > DLV_RUN_MIN ? n : DLV_RUN_MIN;
+}
+
+static void wake_shard(struct deliver *d, uint32_t shard)
+{
+	uint64_t one = 1;
+	int fd = atomic_load(&d->shared->wake[shard]);
+
+	if (fd >= 0 && write(fd, &one, sizeof(one)) < 0)
+		log_msg(LOG_WARN, "event=shard_wake shard=%u error=\"%s\"", shard, strerror(errno));
+}
+
+/* Every job of the ticket answered: back to its owner. */
+static void ticket_done(struct deliver *d, struct dticket *t)
+{
+	struct dring *r = &d->shared->done[t->owner];
+
+	d->running--;
+	if (t->owner == d->core.shard) {
+		struct qmsg *m = t->m;
+
+		free(t);
+		d->tickets_out--;
+		for (uint32_t i = 0; i < m->env.rcpt_count; i++)
+			if (m->res[i].cls == 2)
+				m->rst[i] = SPOOL_RCPT_DELIVERED;
 		attempt_finish(d, m);
+		return;
+	}
+	/* The ring holds every ticket there can be (DLV_RING_SIZE per shard
+	 * is above what an owner can have out), so this cannot fail. */
+	bool ok = ck_ring_enqueue_mpmc(&r->ring, r->buf, t);
+
+	assert(ok);
+	(void)ok;
+	wake_shard(d, t->owner);
+}
+
+void deliver_wake(struct deliver *d)
+{
+	struct dring *r = &d->shared->done[d->core.shard];
+	struct dticket *t;
+
+	while (ck_ring_dequeue_mpmc(&r->ring, r->buf, &t)) {
+		struct qmsg *m = t->m;
+
+		free(t);
+		d->tickets_out--;
+		for (uint32_t i = 0; i < m->env.rcpt_count; i++)
+			if (m->res[i].cls == 2)
+				m->rst[i] = SPOOL_RCPT_DELIVERED;
+		attempt_finish(d, m);
+	}
+}
+
+/* Owner: an attempt of m goes on the shared queue.  false when the queue
+ * is full (m stays ready for the next turn). */
+static bool attempt_begin(struct deliver *d, struct qmsg *m)
+{
+	struct dring *q = &d->shared->queue;
+	struct dticket *t;
+
+	if (!m->res)
+		m->res = calloc(m->env.rcpt_count ? m->env.rcpt_count : 1, sizeof(*m->res));
+	t = calloc(1, sizeof(*t));
+	if (!m->res || !t || d->tickets_out >= DLV_RING_SIZE / 2) {
+		free(t);
+		return false;
+	}
+	for (uint32_t r = 0; r < m->env.rcpt_count; r++)
+		m->res[r].cls = 0;
+	t->m = m;
+	t->owner = d->core.shard;
+	t->segfd = dlv_seg_fd(d, m->seq);
+	if (!ck_ring_enqueue_mpmc(&q->ring, q->buf, t)) {
+		free(t);
+		return false;
+	}
+	list_set(d, m, QW_ACTIVE);
+	m->attempts++;
+	d->tickets_out++;
+	return true;
 }
 
 /* ---- finishing an attempt ---------------------------------------------------------------- */
@@ -1437,14 +1588,28 @@ void deliver_turn(struct deliver *d)
 		}
 	}
 	/* Bounded per turn, so a big queue does not starve the listeners. */
+	uint32_t queued = 0;
+
 	for (uint32_t n = 0; n < 64 && d->lh[QW_READY] && !d->core.stopping; n++) {
 		struct qmsg *m = d->lh[QW_READY];
 
 		if (m->moving) /* flushed while its copy is being written */
 			list_set(d, m, QW_DEFERRED);
+		else if (attempt_begin(d, m))
+			queued++;
 		else
-			attempt(d, m);
+			break;
 	}
+	/* Take tickets (ours or anyone's) while there is room to run them. */
+	struct dring *q = &d->shared->queue;
+	struct dticket *t;
+
+	while (!d->core.stopping && d->running < run_max(d) &&
+	       ck_ring_dequeue_mpmc(&q->ring, q->buf, &t))
+		ticket_run(d, t);
+	/* More than we can run: another shard helps. */
+	if (queued && d->shared->shards > 1 && ck_ring_size(&q->ring) > 0)
+		wake_shard(d, (d->core.shard + 1) % d->shared->shards);
 	write_records(d);
 	seg_reclaim(d);
 }
@@ -1590,7 +1755,15 @@ void deliver_ctl(struct deliver *d, struct dctl_req *req)
 
 void deliver_stop(struct deliver *d)
 {
+	struct dring *q = &d->shared->queue;
+	struct dticket *t;
+
 	d->core.stopping = true;
+	/* Tickets nobody ran: back to their owners unanswered (deferred). */
+	while (ck_ring_dequeue_mpmc(&q->ring, q->buf, &t)) {
+		d->running++;
+		ticket_done(d, t);
+	}
 	for (struct djob *job = d->wait_head, *next; job; job = next) {
 		next = job->next;
 		wait_del(d, job);
@@ -1604,5 +1777,5 @@ void deliver_stop(struct deliver *d)
 bool deliver_busy(const struct deliver *d)
 {
 	return oc_active(d) || d->helper_jobs || dns_busy(d->dns) || d->unlinks || d->bounces ||
-	       d->rec_head;
+	       d->rec_head || d->tickets_out || d->running;
 }

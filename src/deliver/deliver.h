@@ -52,6 +52,21 @@ struct hpool;
 struct hpool_done;
 struct deliver;
 
+/*
+ * The shared delivery queue (libck): an attempt is a *ticket* (the message
+ * and the recipients still to deliver), put by the shard that owns the
+ * message on one MPMC ring that every shard takes from, so a busy shard's
+ * mail is delivered by an idle one's outbound connections.  The shard that
+ * ran a ticket hands it back through its owner's completion ring (and wakes
+ * it); only the owner changes the message's state and writes its records.
+ * Created by main before the shards start, freed after they stopped.
+ */
+struct deliver_shared;
+struct deliver_shared *deliver_shared_new(uint32_t shards);
+void deliver_shared_free(struct deliver_shared *q);
+/* The eventfd that wakes shard i (a completion for it is waiting). */
+void deliver_shared_set_wake(struct deliver_shared *q, uint32_t shard, int fd);
+
 /* A control request, handed from the control thread to a shard. */
 enum dctl_op {
 	DCTL_LIST = 1,
@@ -79,6 +94,7 @@ struct deliver_params {
 	struct ring *ring;
 	struct spool *spool;
 	struct hpool *pool;
+	struct deliver_shared *shared;
 };
 
 /* Start-up, main thread: load the shard's queue from its segments
@@ -100,6 +116,8 @@ void deliver_spool_durable(struct deliver *d, struct spool_msg *m, int res);
 void deliver_spool_progress(struct deliver *d, struct spool_msg *m);
 void deliver_complete(struct deliver *d, uint64_t ud, int res, uint32_t flags);
 void deliver_helper_done(struct deliver *d, const struct hpool_done *done);
+/* The shard was woken: apply the tickets other shards handed back. */
+void deliver_wake(struct deliver *d);
 /* Once a second. */
 void deliver_tick(struct deliver *d);
 /* End of every loop turn: start due work, write pending records. */

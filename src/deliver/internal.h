@@ -31,9 +31,22 @@ struct dhop {
 	char host[SMTP_DOMAIN_MAX + 1]; /* the name to verify a certificate against */
 };
 
+/* One delivery attempt of one message, on the shared queue.  The owner
+ * fills it; the shard that runs it writes only m->res[] (the per-recipient
+ * answers) and hands it back. */
+struct dticket {
+	struct qmsg *m;	 /* the owner's entry: immutable fields and res[] only */
+	uint32_t owner;	 /* shard */
+	int segfd;	 /* the owner's fd of m's segment (reads are position-based) */
+	uint32_t jobs;	 /* jobs of this attempt not finished (runner's) */
+	uint32_t runner; /* shard that ran it, for the log */
+};
+
 /* Recipients of one message that go to one next hop (list) together. */
 struct djob {
 	struct deliver *d;
+	struct dticket *t;
+	int segfd;
 	char tls_info[128]; /* of the connection that carried the transaction */
 	struct qmsg *m;
 	const struct config_route *route;

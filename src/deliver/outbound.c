@@ -504,7 +504,7 @@ static void oc_body_start(struct oconn *oc)
 {
 	const struct spool_env *e = &oc->job->m->env;
 
-	oc->segfd = dlv_seg_fd(oc->d, oc->job->m->seq);
+	oc->segfd = oc->job->segfd;
 	if (oc->segfd < 0) {
 		oc_fail(oc, "spool segment not open");
 		return;

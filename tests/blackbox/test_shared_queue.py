@@ -1,0 +1,50 @@
+"""The shared delivery queue (issue 3, section 2): attempts go on one
+lock-free queue that every shard takes from, so one shard's mail is also
+delivered by the other shard's outbound connections when its own are busy.
+
+All messages come in over one SMTP session, so one shard owns them all (the
+top byte of the queue ID).  With one outbound connection per shard and a
+next hop that answers slowly, the owner cannot run them all; the other shard
+must take some.  Every message arrives exactly once and the queue ends
+empty; the log names the shard that delivered each recipient."""
+
+import re
+
+from conftest import (SMTPClient, delivery_overrides, dot_stuff, make_message, queued_id,
+                      route, strip_received, wait_queue_empty)
+from nexthop import Rule, nexthop  # noqa: F401
+
+N = 24
+
+
+def test_other_shard_delivers_when_the_owner_is_busy(ringmx, nexthop):
+    nh = nexthop(rules=[Rule("message", delay=0.2)])  # a slow next hop
+    srv = ringmx(delivery_overrides([route("accepted.example", nh)], shards=2,
+                                    delivery={"connections_per_route": 2}))
+    c = SMTPClient(srv.port)
+    c.ehlo()
+    sent = {}
+    for i in range(N):
+        mid = "shared-%d@client.example" % i
+        body = make_message(mid, "shared %d" % i)
+        c.expect("MAIL FROM:<sender@sender.example>", "250")
+        c.expect("RCPT TO:<rcpt@accepted.example>", "250")
+        c.expect("DATA", "354")
+        c.send(dot_stuff(body) + b".\r\n")
+        sent[queued_id(c.reply())] = (mid, body)
+    c.cmd("QUIT")
+    c.close()
+    owners = {qid[:2] for qid in sent}
+    assert len(owners) == 1, "one session, one owning shard: %r" % owners
+    nh.wait_messages(N, timeout=60)
+    wait_queue_empty(srv, timeout=60)
+    for qid, (mid, body) in sent.items():
+        got = nh.by_message_id(mid)
+        assert len(got) == 1, "%s arrived %d times" % (mid, len(got))
+        assert strip_received(got[0].data)[1] == body
+    owner = int(owners.pop(), 16)
+    runners = [int(m) for m in re.findall(r"event=delivered id=[0-9A-F]{16} rcpt=<[^>]*> "
+                                          r"shard=(\d+)", srv.log_text())]
+    assert len(runners) == N, runners
+    assert any(r != owner for r in runners), \
+        "every message was delivered by its owning shard %d: %r" % (owner, runners)
