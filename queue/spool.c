@@ -64,6 +64,7 @@ struct spool_batch {
 	struct spool_rec_hdr rec[SPOOL_BATCH_RECS];
 	uint16_t bid[SPOOL_BATCH_IOV];
 	struct spool_msg *msg[SPOOL_BATCH_RECS]; /* each message once */
+	bool data;				 /* holds chunks or commits, not only states */
 	uint32_t arena_len;
 	uint8_t arena[SPOOL_ARENA]; /* payloads of spool_rec_put records */
 };
@@ -93,6 +94,7 @@ struct spool {
 	struct spool_msg *pend_head; /* messages with gathered pieces */
 	struct spool_msg *wait_head; /* writers blocked on a free batch */
 	uint32_t batch_gen;
+	bool flush_states; /* the next spool_flush writes state-only batches too */
 	struct spool_batch batches[SPOOL_BATCHES];
 };
 
@@ -384,6 +386,7 @@ static struct spool_batch *batch_get(struct spool *sp, struct spool_seg *seg)
 		b->seg = seg;
 		b->off = seg->tail;
 		b->arena_len = 0;
+		b->data = false;
 		b->len = b->niov = b->nrec = b->nbid = b->nmsg = 0;
 		b->commits = false;
 		b->gen = ++sp->batch_gen;
@@ -436,6 +439,7 @@ static void batch_add_rec(struct spool_batch *b, struct spool_msg *m, enum spool
 
 	assert(batch_room(b, 0, 0) && b->niov + npay + 2 <= SPOOL_BATCH_IOV);
 	spool_rec_hdr_init(h, type, m->id, len, crc);
+	b->data = true;
 	b->iov[b->niov++] = (struct iovec){h, sizeof(*h)};
 	for (uint32_t i = 0; i < npay; i++)
 		b->iov[b->niov++] = pay[i];
@@ -670,9 +674,19 @@ void spool_flush(struct spool *sp)
 		next = m->pend_next;
 		msg_place_pieces(sp, m);
 	}
+	/* A batch of state records only waits for the next message's batch
+	 * (or spool_flush_states): each write is a hop to an io-wq worker, and
+	 * state records need no sync of their own. */
 	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
-		if (sp->segs[i].open && !sp->segs[i].flying)
+		if (sp->segs[i].open && !sp->segs[i].flying &&
+		    (sp->segs[i].open->data || sp->flush_states))
 			batch_submit(sp, sp->segs[i].open);
+	sp->flush_states = false;
+}
+
+void spool_flush_states(struct spool *sp)
+{
+	sp->flush_states = true;
 }
 
 int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,

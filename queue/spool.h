@@ -183,12 +183,17 @@ void spool_msg_abort(struct spool *sp, struct spool_msg *m);
  * messages are all written. */
 void spool_flush(struct spool *sp);
 /* Append a small record (per-recipient state, done) to the current segment:
- * the payload is copied, the record rides the next batch, and no callback
- * fires for it (it is synced by the next commit's fdatasync, or by none:
- * losing it to a crash means a delivery is repeated, never lost).
+ * the payload is copied, the record rides the next batch that carries
+ * message data, or the next spool_flush after spool_flush_states(), and no
+ * callback fires for it (it is synced by the next commit's fdatasync, or by
+ * none: losing it to a crash means a delivery is repeated, never lost).
  * 0 or -EAGAIN (no batch room this turn: try again next turn). */
 int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
 		  uint32_t len);
+
+/* Have the next spool_flush write batches that hold only state records
+ * (the engine asks once a second, and on every turn while stopping). */
+void spool_flush_states(struct spool *sp);
 
 /* No write of the spool can touch segment seq any more (it is not open). */
 bool spool_seg_quiet(const struct spool *sp, uint64_t seq);

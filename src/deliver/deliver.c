@@ -1538,6 +1538,7 @@ void deliver_tick(struct deliver *d)
 			list_set(d, m, QW_READY);
 	}
 	move_forward(d);
+	spool_flush_states(d->spool);
 	d->kick = true;
 }
 
@@ -1611,6 +1612,8 @@ void deliver_turn(struct deliver *d)
 	if (queued && d->shared->shards > 1 && ck_ring_size(&q->ring) > 0)
 		wake_shard(d, (d->core.shard + 1) % d->shared->shards);
 	write_records(d);
+	if (d->core.stopping)
+		spool_flush_states(d->spool);
 	seg_reclaim(d);
 }
 
