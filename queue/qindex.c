@@ -12,6 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "log.h"
+
 #define QINDEX_INIT_SIZE 1024
 
 static uint32_t id_hash(uint64_t id)
@@ -252,6 +254,9 @@ int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_
 		rc = spool_segment_scan_states(fd, UINT64_MAX, true, load_commit, load_state, &lc,
 					       &st);
 		close(fd);
+		if (rc == 0 && st.bad_bodies)
+			log_msg(LOG_WARN, "event=spool_recover segment=%s/%s bad_bodies=%u", dir,
+				name, st.bad_bodies);
 		if (rc == 0 && lc.err)
 			rc = lc.err;
 		if (rc)

@@ -60,7 +60,6 @@ struct qmsg {
 	bool delete_req;  /* operator asked for a delete */
 	bool moving;	  /* being re-written into the current segment */
 	bool rlisted;	  /* on the engine's record list */
-	uint32_t jobs;	  /* delivery jobs of the running attempt */
 	struct qmsg *rnext;
 	struct qmsg *hnext;
 	struct qmsg *next, *prev; /* the engine's list for `where` */

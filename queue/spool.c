@@ -855,8 +855,7 @@ static int recover_msg(void *vctx, const struct spool_scan_msg *msg)
 {
 	struct recover_ctx *ctx = vctx;
 
-	if (msg->body_ok)
-		ctx->messages++;
+	ctx->messages++; /* commits: their bodies are verified by the queue load */
 	if (msg->env.id > ctx->max_id)
 		ctx->max_id = msg->env.id;
 	return 0;
@@ -875,7 +874,9 @@ static int recover_segment(int dirfd, const char *dir, const char *name, struct 
 		snprintf(why, why_len, "%s/%s: %s", dir, name, strerror(errno));
 		return -errno;
 	}
-	rc = spool_segment_scan(fd, UINT64_MAX, true, recover_msg, ctx, &st);
+	/* Only the valid end and the ids are needed here; the queue load
+	 * (qindex_load) verifies every body once. */
+	rc = spool_segment_scan(fd, UINT64_MAX, false, recover_msg, ctx, &st);
 	if (rc < 0) {
 		snprintf(why, why_len, "%s/%s: scan failed: %s", dir, name, strerror(-rc));
 		close(fd);
@@ -891,9 +892,6 @@ static int recover_segment(int dirfd, const char *dir, const char *name, struct 
 			return -errno;
 		}
 	}
-	if (st.bad_bodies)
-		log_msg(LOG_WARN, "event=spool_recover segment=%s/%s bad_bodies=%u", dir, name,
-			st.bad_bodies);
 	close(fd);
 	if (st.valid_end == 0)
 		unlinkat(dirfd, name, 0);

@@ -127,8 +127,9 @@ int spool_open(struct spool **out, const char *root, uint32_t shard, uint64_t se
 void spool_close(struct spool *sp);
 
 /* Start-up: scan every segment of <root>/<shard>, truncate torn tails, and
- * return the count of committed messages and the largest message id seen
- * (new ids must be larger).  Blocking; before the shard runs. */
+ * return the count of commit records and the largest message id seen
+ * (new ids must be larger).  Bodies are not verified here: the queue load
+ * (queue/qindex.h) does that once.  Blocking; before the shard runs. */
 int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_id, char *why,
 		  size_t why_len);
 

@@ -60,7 +60,7 @@ static void recover_spool(const struct rmx_config *cfg, uint64_t *max_ids)
 	}
 	if (d)
 		closedir(d);
-	log_msg(LOG_INFO, "event=spool_recovered path=%s messages=%llu", cfg->spool.path,
+	log_msg(LOG_INFO, "event=spool_recovered path=%s commits=%llu", cfg->spool.path,
 		(unsigned long long)total);
 }
 

@@ -583,7 +583,6 @@ void dlv_job_done(struct deliver *d, struct djob *job)
 					job->last_err[0] ? job->last_err : "no answer");
 	struct dticket *t = job->t;
 
-	(void)m;
 	job_free(job);
 	if (--t->jobs == 0)
 		ticket_done(d, t);
@@ -873,7 +872,6 @@ static void ticket_run(struct deliver *d, struct dticket *t)
 	uint32_t njobs = 0;
 
 	d->running++;
-	t->runner = d->core.shard;
 	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
 		struct spool_rcpt rc;
 		const struct config_route *rt;
@@ -951,6 +949,19 @@ static void wake_shard(struct deliver *d, uint32_t shard)
 		log_msg(LOG_WARN, "event=shard_wake shard=%u error=\"%s\"", shard, strerror(errno));
 }
 
+/* Owner: a ticket came back; its answers become the message's state. */
+static void ticket_apply(struct deliver *d, struct dticket *t)
+{
+	struct qmsg *m = t->m;
+
+	free(t);
+	d->tickets_out--;
+	for (uint32_t i = 0; i < m->env.rcpt_count; i++)
+		if (m->res[i].cls == 2)
+			m->rst[i] = SPOOL_RCPT_DELIVERED;
+	attempt_finish(d, m);
+}
+
 /* Every job of the ticket answered: back to its owner. */
 static void ticket_done(struct deliver *d, struct dticket *t)
 {
@@ -958,14 +969,7 @@ static void ticket_done(struct deliver *d, struct dticket *t)
 
 	d->running--;
 	if (t->owner == d->core.shard) {
-		struct qmsg *m = t->m;
-
-		free(t);
-		d->tickets_out--;
-		for (uint32_t i = 0; i < m->env.rcpt_count; i++)
-			if (m->res[i].cls == 2)
-				m->rst[i] = SPOOL_RCPT_DELIVERED;
-		attempt_finish(d, m);
+		ticket_apply(d, t);
 		return;
 	}
 	/* The ring holds every ticket there can be (DLV_RING_SIZE per shard
@@ -982,16 +986,8 @@ void deliver_wake(struct deliver *d)
 	struct dring *r = &d->shared->done[d->core.shard];
 	struct dticket *t;
 
-	while (ck_ring_dequeue_mpmc(&r->ring, r->buf, &t)) {
-		struct qmsg *m = t->m;
-
-		free(t);
-		d->tickets_out--;
-		for (uint32_t i = 0; i < m->env.rcpt_count; i++)
-			if (m->res[i].cls == 2)
-				m->rst[i] = SPOOL_RCPT_DELIVERED;
-		attempt_finish(d, m);
-	}
+	while (ck_ring_dequeue_mpmc(&r->ring, r->buf, &t))
+		ticket_apply(d, t);
 }
 
 /* Owner: an attempt of m goes on the shared queue.  false when the queue
