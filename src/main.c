@@ -242,7 +242,8 @@ int main(int argc, char **argv)
 		fatal("out of memory");
 	recover_spool(cfg, max_ids);
 	local_bases(cfg);
-	if (cfg->tls.cert_count && tls_global_init() != 0)
+	/* Server certificates, and client contexts of routes that may TLS. */
+	if (tls_global_init() != 0)
 		fatal("TLS library initialisation failed");
 	struct auth_users *users = NULL;
 	struct auth_throttle *throttle = NULL;
@@ -307,8 +308,7 @@ int main(int argc, char **argv)
 	auth_throttle_destroy(throttle);
 	if (users)
 		auth_users_unref(users);
-	if (cfg->tls.cert_count)
-		tls_global_cleanup();
+	tls_global_cleanup();
 	log_msg(LOG_INFO, "event=stopped");
 	log_drain();
 	free(shards);

@@ -423,6 +423,11 @@ int deliver_new(struct deliver **out, const struct deliver_params *p, struct del
 		deliver_free(d);
 		return -ENOMEM;
 	}
+	rc = oc_tls_init(d, why, why_len);
+	if (rc < 0) {
+		deliver_free(d);
+		return rc;
+	}
 	rc = dns_new(&d->dns, p->ring, cfg->dns.servers, cfg->dns.timeout_ms, cfg->dns.tries, why,
 		     why_len);
 	if (rc < 0) {

@@ -127,6 +127,7 @@ struct oconn {
 
 /* outbound.c */
 int oc_table_init(struct deliver *d);
+int oc_tls_init(struct deliver *d, char *why, size_t why_len);
 void oc_table_free(struct deliver *d);
 /* Give job to an idle connection to its current hop, or open one; false
  * when the hop's connection limit is reached (the job waits). */

@@ -635,19 +635,28 @@ static void oc_pump(struct oconn *oc)
 
 static const char *const rtls_names[] = {"none", "opportunistic", "required", "verify"};
 
-static struct tls_ctx *tls_client_ctx(struct oconn *oc, char *why, size_t why_len)
+/* Start-up (it reads CA files: never on a running shard): one client
+ * context per route that may use TLS. */
+int oc_tls_init(struct deliver *d, char *why, size_t why_len)
 {
-	struct deliver_core *c = dlv_core(oc->d);
-	const struct config_route *rt = &c->cfg->routes[oc->hop.route];
+	struct deliver_core *c = dlv_core(d);
 
-	if (!c->tls_client[oc->hop.route]) {
+	for (uint32_t i = 0; i < c->cfg->route_count; i++) {
+		const struct config_route *rt = &c->cfg->routes[i];
 		struct tls_params tp = {.role = TLS_ROLE_CLIENT,
 					.ca_file = rt->ca_file,
 					.verify = rt->tls == CONFIG_RTLS_VERIFY};
+		char err[TLS_WHY_MAX];
 
-		c->tls_client[oc->hop.route] = tls_ctx_new(&tp, why, why_len);
+		if (rt->tls == CONFIG_RTLS_NONE)
+			continue;
+		c->tls_client[i] = tls_ctx_new(&tp, err, sizeof(err));
+		if (!c->tls_client[i]) {
+			snprintf(why, why_len, "routes[%u]: TLS client: %.400s", i, err);
+			return -EINVAL;
+		}
 	}
-	return c->tls_client[oc->hop.route];
+	return 0;
 }
 
 static void oc_tls_hs(struct oconn *oc)
@@ -693,11 +702,10 @@ static void oc_tls_hs(struct oconn *oc)
 
 static void oc_start_tls(struct oconn *oc)
 {
-	char why[TLS_WHY_MAX];
-	struct tls_ctx *ctx = tls_client_ctx(oc, why, sizeof(why));
+	struct tls_ctx *ctx = dlv_core(oc->d)->tls_client[oc->hop.route];
 
 	if (!ctx || !(oc->tls = tls_conn_new(ctx, oc->hop.host))) {
-		oc_fail(oc, ctx ? "TLS session: out of memory" : why);
+		oc_fail(oc, ctx ? "TLS session: out of memory" : "no TLS client context");
 		return;
 	}
 	oc->state = OC_TLS_HS;

@@ -96,3 +96,25 @@ def test_verify_fails_on_wrong_name_and_unknown_ca(ringmx, nexthop, certs):
     f = wait_state(srv, qid, "deferred")
     assert "TLS" in f["error"], f
     assert nh.message_count == 0, "delivered despite a certificate that does not verify"
+
+
+def test_bad_ca_file_refuses_start(tmp_path):
+    """A ca_file that is readable but holds no certificate stops the start,
+    naming the route (the contexts are built before the shards run)."""
+    import json
+    import os
+    import subprocess
+    from conftest import RINGMX_BIN, base_config, deep_merge, free_port
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("this is not a certificate\n")
+    cfg = deep_merge(base_config(str(tmp_path), free_port()),
+                     {"routes": [{"domains": ["*"], "to": "smtp://127.0.0.1:25",
+                                  "tls": "verify", "ca_file": str(bad)}]})
+    path = os.path.join(str(tmp_path), "c.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    p = subprocess.run([RINGMX_BIN, "-c", path], stdin=subprocess.DEVNULL, capture_output=True,
+                       cwd=str(tmp_path), timeout=30)
+    text = (p.stdout + p.stderr).decode(errors="replace")
+    assert p.returncode != 0, text
+    assert "routes[0]: TLS client" in text, text
