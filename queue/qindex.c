@@ -264,14 +264,23 @@ int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_
 				 strerror(rc < 0 ? -rc : EIO));
 	}
 	if (rc == 0 && seg_fn) {
-		for (size_t i = 0; i < n; i++) {
-			uint32_t live = 0;
+		/* Live messages per segment, in one pass over the index. */
+		uint32_t *live = calloc(n ? n : 1, sizeof(*live));
 
-			for (uint32_t b = 0; b <= ix->mask; b++)
-				for (struct qmsg *m = ix->table[b]; m; m = m->hnext)
-					live += m->seq == seqs[i];
-			seg_fn(ctx, seqs[i], live);
+		if (!live) {
+			rc = -ENOMEM;
+			snprintf(why, why_len, "%s: out of memory", dir);
 		}
+		for (uint32_t b = 0; live && b <= ix->mask; b++)
+			for (struct qmsg *m = ix->table[b]; m; m = m->hnext) {
+				uint64_t *at = bsearch(&m->seq, seqs, n, sizeof(*seqs), seq_cmp);
+
+				if (at)
+					live[at - seqs]++;
+			}
+		for (size_t i = 0; live && i < n; i++)
+			seg_fn(ctx, seqs[i], live[i]);
+		free(live);
 	}
 	free(seqs);
 	close(dirfd);
