@@ -729,8 +729,27 @@ static void cmd_data(struct conn *c)
 
 static void session_bdat_chunk_end(struct conn *c);
 
+/* Would a chunk of this declared size take the message over the limit?
+ * (Overflow-safe: the size may be up to 2^64-1.) */
+static bool bdat_too_big(const struct conn *c, uint64_t size)
+{
+	uint64_t limit = cfg_of(c)->limits.message_size;
+	uint64_t have = c->s.state == SMTP_S_RCPT && c->s.bdat_used ? c->s.ds.wire_len : 0;
+
+	return size > limit || have > limit - size;
+}
+
 static void cmd_bdat(struct conn *c, const struct smtp_cmd *cmd)
 {
+	/* The chunk cannot be skipped without reading it, and reading a
+	 * declared 100 GB would tie the connection up for as long: refuse it
+	 * at once and close (RFC 3030 4 lets the server drop the session). */
+	if (bdat_too_big(c, cmd->bdat_size)) {
+		log_msg(LOG_INFO, "event=bdat_too_big client=%s size=%llu", c->peer_ip,
+			(unsigned long long)cmd->bdat_size);
+		conn_reply(c, "552 5.3.4 Error: message size exceeds fixed limit");
+		return session_close(c);
+	}
 	c->s.bdat_left = cmd->bdat_size;
 	c->s.bdat_last = cmd->bdat_last;
 	c->s.bdat_reply = NULL;
@@ -741,10 +760,15 @@ static void cmd_bdat(struct conn *c, const struct smtp_cmd *cmd)
 							    : "503 5.5.1 Error: need RCPT command";
 	else if (!c->s.bdat_used)
 		tx_begin_message(c, false);
-	if (c->s.bdat_reply)
+	if (c->s.bdat_reply) {
+		/* A fresh scanner for the refused chunk: the one of the last
+		 * message may have finished, and a finished scanner consumes
+		 * nothing (the shard spun on that). */
+		smtp_data_begin(&c->s.ds, false);
 		c->s.sink = true;
-	else
+	} else {
 		c->s.bdat_used = true;
+	}
 	c->s.bdat_prev_state = (uint8_t)c->s.state;
 	c->s.bdat_size = cmd->bdat_size;
 	smtp_enter_state(c, SMTP_S_BDAT);
@@ -1050,6 +1074,9 @@ size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 
 	while (off < n && c->io == CONN_ACTIVE && !c->close_wanted && s->wait == SMTP_WAIT_NONE &&
 	       !c->tls_switch) {
+		size_t before = off;
+		enum smtp_state was = s->state;
+
 		switch (s->state) {
 		case SMTP_S_NEW:
 			smtp_session_early(c);
@@ -1074,6 +1101,17 @@ size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 				return off;
 			off += session_line(c, p + off, n - off);
 			break;
+		}
+		if (off == before && s->state == was && s->wait == SMTP_WAIT_NONE &&
+		    c->io == CONN_ACTIVE && !c->close_wanted && !c->tls_switch) {
+			/* Invariant 8: every turn of this loop consumes input, changes
+			 * state or starts a wait.  One that does none of these would
+			 * spin the shard for every connection on it. */
+			assert(!"smtp_session_feed made no progress");
+			log_msg(LOG_ERROR, "event=feed_stuck client=%s state=%s", c->peer_ip,
+				state_names[s->state]);
+			session_close(c);
+			return n;
 		}
 	}
 	if (c->io != CONN_ACTIVE || s->state == SMTP_S_QUIT)
