@@ -191,6 +191,28 @@ static void conn_arm_recv(struct conn *c)
 
 static void conn_shutdown_io(struct conn *c);
 
+/* Close once the output is out, which may take CONN_CLOSE_LINGER_MS at
+ * most; the deadline is never extended, so a slow reader cannot stretch it. */
+static void conn_want_close(struct conn *c)
+{
+	if (!c->close_wanted)
+		c->close_deadline_ms = c->shard->now_ms + CONN_CLOSE_LINGER_MS;
+	c->close_wanted = true;
+}
+
+/* A client that never reads would keep a send in flight, and with it the
+ * slot, for ever: each send must finish within idle_s (the same patience
+ * as for its commands), checked by the tick. */
+static void conn_send_started(struct conn *c)
+{
+	struct shard *sh = c->shard;
+
+	assert(!c->send_inflight);
+	c->send_inflight = true;
+	c->inflight++;
+	c->send_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.idle_s * 1000u;
+}
+
 /* TLS output: what the session wrote is encrypted (as much as the TLS
  * layer takes), then its records go out from the TLS layer's buffer. */
 static void conn_send_tls(struct conn *c)
@@ -209,7 +231,7 @@ static void conn_send_tls(struct conn *c)
 			log_msg(LOG_INFO, "event=tls_error client=%s error=\"%s\"", c->peer_ip,
 				tls_conn_error(c->tls));
 			c->out_len = 0;
-			c->close_wanted = true;
+			conn_want_close(c);
 			conn_shutdown_io(c);
 			return;
 		}
@@ -220,8 +242,7 @@ static void conn_send_tls(struct conn *c)
 	io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_SEND));
 	c->send_tls = true;
-	c->send_inflight = true;
-	c->inflight++;
+	conn_send_started(c);
 }
 
 static bool conn_tls_out_pending(const struct conn *c)
@@ -251,8 +272,7 @@ static void conn_send(struct conn *c)
 	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_SEND));
 	c->out_sent = len;
 	c->send_tls = false;
-	c->send_inflight = true;
-	c->inflight++;
+	conn_send_started(c);
 }
 
 void conn_reply(struct conn *c, const char *line)
@@ -313,6 +333,12 @@ static void conn_shutdown_io(struct conn *c)
 		ring_prep_cancel(&sh->ring, conn_ud(c, OP_DECIDE_TIMER), conn_ud(c, OP_CANCEL));
 		c->inflight++;
 	}
+	if (c->send_inflight) {
+		/* Only reached for a send past its deadline (a client that does
+		 * not read): the close alone would not end it. */
+		ring_prep_cancel(&sh->ring, conn_ud(c, OP_SEND), conn_ud(c, OP_CANCEL));
+		c->inflight++;
+	}
 	sqe = ring_sqe(&sh->ring);
 	io_uring_prep_close(sqe, c->fd);
 	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_CLOSE));
@@ -323,7 +349,7 @@ void conn_close(struct conn *c)
 {
 	if (c->io != CONN_ACTIVE)
 		return;
-	c->close_wanted = true;
+	conn_want_close(c);
 	if (c->send_inflight)
 		return;
 	if (c->out_len || conn_tls_out_pending(c)) {
@@ -407,7 +433,7 @@ static void conn_tls_failed(struct conn *c, const char *stage)
 	 * the TLS layer's alert (if any) goes out, then the connection closes. */
 	c->out_len = c->send_inflight ? c->out_sent : 0;
 	c->tls_plain_out = 0;
-	c->close_wanted = true;
+	conn_want_close(c);
 	if (!c->send_inflight)
 		conn_send(c);
 	if (!c->send_inflight)
@@ -473,7 +499,7 @@ static void conn_tls_input(struct conn *c)
 		int bid = ring_buf_alloc(&sh->ring);
 
 		if (bid < 0) {
-			sh->tls_starved = true; /* retried when buffers come back */
+			sh->user_starved = true; /* retried when buffers come back */
 			return;
 		}
 		ssize_t n = tls_conn_read(c->tls, ring_buf_ptr(&sh->ring, (uint16_t)bid),
@@ -491,7 +517,7 @@ static void conn_tls_input(struct conn *c)
 			return;
 		if (n == 0) { /* close_notify: the client is done */
 			conn_drop_output(c);
-			c->close_wanted = true;
+			conn_want_close(c);
 			if (!c->send_inflight)
 				conn_shutdown_io(c);
 			return;
@@ -544,20 +570,196 @@ const char *conn_tls_cipher(const struct conn *c)
 	return c->tls_mode == CONN_TLS_ON ? tls_conn_cipher(c->tls) : NULL;
 }
 
+/* ---- parking ---------------------------------------------------------------
+ * A session that waits on a timer (an error tarpit, the delay after a failed
+ * AUTH, a pending decision) or on a client that does not read its replies
+ * waits for as long as the client likes.  Holding receive buffers meanwhile
+ * would let a few hundred such clients, each sending tiny segments, take the
+ * shard's whole pool.  So the connection is parked: its recv is stopped and
+ * what it already sent is copied into its own stash (the buffers go back at
+ * once).  On resume the stash goes into a user buffer, fed first.  Input that
+ * does not fit the stash closes the connection: no parked client holds any
+ * of the shared pool. */
+
+static bool conn_wants_park(const struct conn *c)
+{
+	if (c->io != CONN_ACTIVE || c->close_wanted || c->tls_mode == CONN_TLS_HANDSHAKE)
+		return false;
+	switch (c->s.wait) {
+	case SMTP_WAIT_FILTER:
+	case SMTP_WAIT_AUTH:
+		return true;
+	case SMTP_WAIT_NONE:
+		/* Replies unread: the session parses no command until they go. */
+		return c->s.state != SMTP_S_DATA && c->s.state != SMTP_S_BDAT &&
+		       c->s.state != SMTP_S_NEW && conn_out_free(c) < SMTP_REPLY_MAX;
+	case SMTP_WAIT_SPOOL:
+	case SMTP_WAIT_COMMIT:
+		return false; /* ended by our own disk I/O, not by the client */
+	}
+	abort();
+}
+
+static uint32_t conn_stash_cap(const struct conn *c)
+{
+	uint32_t b = c->shard->ring.buf_size;
+
+	return b < CONN_STASH_MAX ? b : CONN_STASH_MAX; /* it goes back into one buffer */
+}
+
+static bool conn_stash_add(struct conn *c, const char *p, size_t n)
+{
+	if (n > conn_stash_cap(c) - c->stash_len)
+		return false;
+	memcpy(c->stash + c->stash_len, p, n);
+	c->stash_len += (uint32_t)n;
+	return true;
+}
+
+/* TLS: ciphertext into the TLS layer, plaintext out into the stash, until
+ * no receive buffer is held.  false: the stash is full first. */
+static bool conn_stash_decrypt(struct conn *c)
+{
+	struct shard *sh = c->shard;
+
+	while (c->inq_count) {
+		struct conn_inbuf *e = &c->inq[c->inq_head];
+		size_t k = tls_conn_feed(c->tls, ring_buf_ptr(&sh->ring, e->bid) + e->off,
+					 e->len - e->off);
+
+		e->off += (uint32_t)k;
+		if (e->off == e->len) {
+			conn_inq_pop(c);
+			continue;
+		}
+		/* The TLS layer's input is full: decrypting makes room. */
+		uint32_t room = conn_stash_cap(c) - c->stash_len;
+		ssize_t n = room ? tls_conn_read(c->tls, c->stash + c->stash_len, room) : -ENOBUFS;
+
+		if (n > 0)
+			c->stash_len += (uint32_t)n;
+		else if (n != -EAGAIN || tls_conn_in_free(c->tls) == 0)
+			return false; /* a full stash, the client's close or a TLS error */
+	}
+	return true;
+}
+
+/* Move every byte held in shared buffers into the stash; a connection whose
+ * input does not fit is closed. */
+static void conn_park_absorb(struct conn *c)
+{
+	struct shard *sh = c->shard;
+	bool fits = true;
+
+	while (fits && c->pq_count) { /* TLS plaintext: the oldest bytes */
+		struct conn_inbuf *e = &c->pq[c->pq_head];
+
+		fits = conn_stash_add(c, ring_buf_ptr(&sh->ring, e->bid) + e->off, e->len - e->off);
+		if (fits) {
+			ring_buf_put(&sh->ring, e->bid);
+			c->pq_head = (c->pq_head + 1) % CONN_PQ_MAX;
+			c->pq_count--;
+		}
+	}
+	if (c->tls)
+		fits = fits && conn_stash_decrypt(c);
+	while (fits && !c->tls && c->inq_count) {
+		struct conn_inbuf *e = &c->inq[c->inq_head];
+
+		fits = conn_stash_add(c, ring_buf_ptr(&sh->ring, e->bid) + e->off, e->len - e->off);
+		if (fits)
+			conn_inq_pop(c);
+	}
+	if (fits)
+		return;
+	log_msg(LOG_WARN, "event=input_overrun shard=%u client=%s held=%u parked=yes", sh->id,
+		c->peer_ip, c->stash_len);
+	char reply[SMTP_REPLY_MAX];
+
+	snprintf(reply, sizeof(reply), "421 4.7.0 %s Error: too much pipelined input",
+		 sh->cfg->hostname);
+	smtp_session_timeout(c, reply);
+}
+
+static void conn_park(struct conn *c)
+{
+	struct shard *sh = c->shard;
+
+	if (!c->parked) {
+		c->parked = true;
+		if (c->recv_armed && !c->recv_stopped) {
+			ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
+			c->inflight++;
+		}
+		c->recv_stopped = true;
+	}
+	conn_park_absorb(c);
+}
+
+/* The stash goes back in front of the input, in a user buffer so body
+ * bytes among it can be spooled by reference.  false: no user buffer now
+ * (retried when one comes back). */
+static bool conn_unpark(struct conn *c)
+{
+	struct shard *sh = c->shard;
+
+	if (c->stash_len) {
+		int bid = ring_buf_alloc(&sh->ring);
+
+		if (bid < 0) {
+			sh->user_starved = true;
+			return false;
+		}
+		memcpy(ring_buf_ptr(&sh->ring, (uint16_t)bid), c->stash, c->stash_len);
+		struct conn_inbuf e = {.bid = (uint16_t)bid, .off = 0, .len = c->stash_len};
+
+		/* Parking emptied both queues, and nothing is received while
+		 * parked, so the front is free. */
+		if (c->tls) {
+			assert(c->pq_count == 0);
+			c->pq[c->pq_head] = e;
+			c->pq_count = 1;
+		} else {
+			assert(c->inq_count == 0);
+			c->inq[c->inq_head] = e;
+			c->inq_count = 1;
+		}
+		c->stash_len = 0;
+	}
+	c->parked = false;
+	return true;
+}
+
+static bool conn_wants_recv(const struct conn *c)
+{
+	return c->io == CONN_ACTIVE && !c->close_wanted && !c->parked && c->recv_stopped &&
+	       !c->recv_armed && c->inq_count < CONN_INQ_MAX / 2;
+}
+
 static void conn_process_input(struct conn *c)
 {
 	if (c->in_feed)
 		return;
 	c->in_feed = true;
-	if (c->tls)
-		conn_tls_input(c);
-	else
-		conn_plain_input(c);
-	if (c->tls_switch && c->io == CONN_ACTIVE)
-		conn_tls_start(c);
+	bool live = c->io == CONN_ACTIVE && !c->close_wanted;
+
+	if (c->parked && live && !conn_wants_park(c))
+		conn_unpark(c);
+	if (c->parked) {
+		if (live) /* what arrived before the recv stopped */
+			conn_park_absorb(c);
+	} else {
+		if (c->tls)
+			conn_tls_input(c);
+		else
+			conn_plain_input(c);
+		if (c->tls_switch && c->io == CONN_ACTIVE)
+			conn_tls_start(c);
+		if (conn_wants_park(c))
+			conn_park(c);
+	}
 	c->in_feed = false;
-	if (c->io == CONN_ACTIVE && c->recv_stopped && !c->recv_armed &&
-	    c->inq_count < CONN_INQ_MAX / 2 && !c->close_wanted)
+	if (conn_wants_recv(c))
 		conn_arm_recv(c);
 	conn_send(c);
 }
@@ -643,7 +845,7 @@ static void conn_on_recv(struct conn *c, struct io_uring_cqe *cqe)
 	}
 	/* EOF or error: the client is gone; pending output is moot. */
 	conn_drop_output(c);
-	c->close_wanted = true;
+	conn_want_close(c);
 	if (!c->send_inflight)
 		conn_shutdown_io(c);
 }
@@ -656,7 +858,7 @@ static void conn_on_send(struct conn *c, int res)
 		return;
 	if (res <= 0) {
 		c->out_len = 0; /* no send in flight any more */
-		c->close_wanted = true;
+		conn_want_close(c);
 		conn_shutdown_io(c);
 		return;
 	}
@@ -877,6 +1079,16 @@ static void shard_on_tick(struct shard *sh)
 
 	for (struct conn *c = sh->active, *next; c; c = next) {
 		next = c->next;
+		if (c->io == CONN_ACTIVE && c->send_inflight &&
+		    (sh->now_ms >= c->send_deadline_ms ||
+		     (c->close_wanted && sh->now_ms >= c->close_deadline_ms))) {
+			/* The client does not read: whatever it was waiting for,
+			 * its slot is not held any longer. */
+			log_msg(LOG_INFO, "event=send_timeout shard=%u client=%s state=%s", sh->id,
+				c->peer_ip, c->close_wanted ? "closing" : "open");
+			conn_shutdown_io(c);
+			continue;
+		}
 		/* A message being committed or a decision being waited for is
 		 * bounded by its own I/O and timers, not by the client. */
 		if (c->io != CONN_ACTIVE || c->s.state == SMTP_S_COMMIT ||
@@ -1069,18 +1281,17 @@ static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
  * connections that found no user buffer for plaintext go on. */
 static void shard_rearm_starved(struct shard *sh)
 {
-	if (sh->tls_starved && sh->ring.user_free_count) {
-		sh->tls_starved = false;
+	if (sh->user_starved && sh->ring.user_free_count) {
+		sh->user_starved = false;
 		for (struct conn *c = sh->active; c; c = c->next)
-			if (c->io == CONN_ACTIVE && c->tls && !c->in_feed)
+			if (c->io == CONN_ACTIVE && (c->tls || c->parked) && !c->in_feed)
 				conn_process_input(c);
 	}
 	if (!sh->ring.buf_exhausted || sh->ring.buf_free == 0)
 		return;
 	sh->ring.buf_exhausted = false;
 	for (struct conn *c = sh->active; c; c = c->next)
-		if (c->io == CONN_ACTIVE && c->recv_stopped && !c->recv_armed &&
-		    c->inq_count < CONN_INQ_MAX / 2 && !c->close_wanted)
+		if (conn_wants_recv(c))
 			conn_arm_recv(c);
 }
 
@@ -1237,14 +1448,17 @@ static int shard_setup(struct shard *sh)
 		sh->tls_ctx = shard_tls_server_ctx(cfg, sh->why, sizeof(sh->why));
 		if (!sh->tls_ctx)
 			return -EINVAL;
-		/* Plaintext of TLS sessions: one user buffer per connection
-		 * slot, at most 4 per connection at a time. */
-		rc = ring_user_bufs_init(&sh->ring, cfg->io.recv_buffers);
-		if (rc < 0) {
-			snprintf(sh->why, sizeof(sh->why), "TLS plaintext buffers: %s",
-				 strerror(-rc));
-			return rc;
-		}
+	}
+	/* User buffers: plaintext of TLS sessions (at most 4 per connection at
+	 * a time) and the input of parked connections on resume.  Buffer ids
+	 * are 16 bits, and 0xffff means "none" (SPOOL_NO_BUF). */
+	uint32_t users = cfg->io.recv_buffers < 65535u - cfg->io.recv_buffers
+			     ? cfg->io.recv_buffers
+			     : 65535u - cfg->io.recv_buffers;
+	rc = ring_user_bufs_init(&sh->ring, users);
+	if (rc < 0) {
+		snprintf(sh->why, sizeof(sh->why), "user buffers: %s", strerror(-rc));
+		return rc;
 	}
 	struct deliver_params dp = {.shard = sh->id,
 				    .shards = cfg->shards,

@@ -34,6 +34,13 @@
 #define CONN_INQ_MAX  8	   /* receive buffers held per paused connection */
 #define CONN_PEER_MAX 64
 #define CONN_PQ_MAX   4 /* decrypted buffers held per TLS connection */
+/* Input a parked connection keeps in its own memory (at most one receive
+ * buffer's worth): enough for a pipelined group of a few hundred RCPTs. */
+#define CONN_STASH_MAX 16384
+/* How long output may take to go out once the connection is closing. */
+#define CONN_CLOSE_LINGER_MS 10000
+/* IPv6 clients are counted per /64 (RFC 6177: one site or subscriber). */
+#define CONN_V6_PREFIX_LEN 64
 
 enum conn_tls {
 	CONN_TLS_OFF = 0,
@@ -85,6 +92,10 @@ struct conn {
 	bool in_feed;
 	bool greet_armed;  /* greet pause timer in flight */
 	bool decide_armed; /* decision timer in flight */
+	/* Parked: the session waits on a timer or on a client that does not
+	 * read its replies; recv is stopped and held input is in stash[]. */
+	bool parked;
+	uint32_t stash_len;
 	uint8_t listener;
 	uint32_t inq_head, inq_count;
 	struct conn_inbuf {
@@ -111,10 +122,15 @@ struct conn {
 	uint16_t peer_port;
 	uint64_t idle_deadline_ms;
 	uint64_t session_deadline_ms;
+	uint64_t send_deadline_ms;  /* the send in flight must finish by then */
+	uint64_t close_deadline_ms; /* closing: output flushed by then, or dropped */
 	struct __kernel_timespec greet_ts;
 	struct __kernel_timespec decide_ts;
 	struct conn *next, *prev; /* active list */
 	struct smtp_session s;
+	/* Last, so conn_new's memset never touches it: its pages are mapped
+	 * only for connections that ever park. */
+	char stash[CONN_STASH_MAX];
 };
 
 struct shard_listener {
@@ -152,7 +168,7 @@ struct shard {
 	struct tls_ctx *tls_ctx;	/* NULL: no certificates */
 	struct auth_users *users;	/* shared, read-only; NULL: no users_file */
 	struct auth_throttle *throttle; /* shared by all shards */
-	bool tls_starved;		/* a TLS connection waits for a user buffer */
+	bool user_starved;		/* a connection waits for a user buffer */
 	_Atomic(struct dctl_req *) ctl; /* a control request to answer */
 	_Atomic bool stop;
 	bool stopping;
