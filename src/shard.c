@@ -1474,8 +1474,7 @@ static int shard_setup(struct shard *sh)
 	sh->conn_max = cfg->io.max_connections;
 	sh->conns = calloc(sh->conn_max, sizeof(sh->conns[0]));
 	sh->free_slots = calloc(sh->conn_max, sizeof(sh->free_slots[0]));
-	sh->txpool =
-	    smtp_tx_pool_new(sh->conn_max < 1024 ? sh->conn_max : 1024, cfg->limits.recipients);
+	sh->txpool = smtp_tx_pool_new(sh->conn_max, cfg->limits.recipients);
 	if (!sh->conns || !sh->free_slots || !sh->txpool) {
 		snprintf(sh->why, sizeof(sh->why), "out of memory sizing %u connections",
 			 sh->conn_max);

@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "filters/flt.h"
 #include "log.h"
@@ -52,30 +54,34 @@ struct smtp_tx_pool {
 	struct smtp_tx *free;
 	uint32_t rcpt_max;
 	uint32_t count;
-	struct smtp_tx **all;
+	size_t stride; /* bytes per transaction, page-aligned */
+	void *base;    /* count * stride, one mapping */
 };
 
+/* One transaction per connection slot, so parking connections after MAIL
+ * can never starve other clients of transactions below the connection
+ * limit.  One mapping with MAP_NORESERVE: only the pages of transactions in
+ * use are ever backed, and a large pool is not refused by overcommit. */
 struct smtp_tx_pool *smtp_tx_pool_new(uint32_t count, uint32_t rcpt_max)
 {
 	struct smtp_tx_pool *p = calloc(1, sizeof(*p));
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 
 	if (!p)
 		return NULL;
 	p->rcpt_max = rcpt_max;
-	p->all = calloc(count, sizeof(p->all[0]));
-	if (!p->all) {
+	p->stride = (sizeof(struct smtp_tx) + rcpt_max * sizeof(struct spool_rcpt) + page - 1) &
+		    ~(page - 1);
+	p->base = mmap(NULL, p->stride * count, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p->base == MAP_FAILED) {
 		free(p);
 		return NULL;
 	}
-	for (uint32_t i = 0; i < count; i++) {
-		/* Large calloc is mmap-backed: untouched pages cost nothing. */
-		struct smtp_tx *tx = calloc(1, sizeof(*tx) + rcpt_max * sizeof(tx->rcpts[0]));
+	p->count = count;
+	for (uint32_t i = count; i-- > 0;) {
+		struct smtp_tx *tx = (struct smtp_tx *)((char *)p->base + p->stride * i);
 
-		if (!tx) {
-			smtp_tx_pool_free(p);
-			return NULL;
-		}
-		p->all[p->count++] = tx;
 		tx->next_free = p->free;
 		p->free = tx;
 	}
@@ -86,9 +92,7 @@ void smtp_tx_pool_free(struct smtp_tx_pool *p)
 {
 	if (!p)
 		return;
-	for (uint32_t i = 0; i < p->count; i++)
-		free(p->all[i]);
-	free(p->all);
+	munmap(p->base, p->stride * p->count);
 	free(p);
 }
 
