@@ -64,6 +64,9 @@ int shard_globals_init(const struct rmx_config *cfg)
 	return 0;
 }
 
+/* The client a per-client limit counts: an IPv4 address, or an IPv6 /64.
+ * One subscriber or site gets a whole /64 (RFC 6177), so counting /128s
+ * would give it 2^64 allowances. */
 static void ip_key(const struct sockaddr_storage *ss, uint8_t key[16])
 {
 	memset(key, 0, 16);
@@ -71,8 +74,13 @@ static void ip_key(const struct sockaddr_storage *ss, uint8_t key[16])
 		key[10] = key[11] = 0xff; /* v4-mapped, so both families share keys */
 		memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
 	} else if (ss->ss_family == AF_INET6) {
-		memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+
+		/* A dual-stack socket shows IPv4 clients v4-mapped: keep all 128
+		 * bits, or a whole IPv4 /0 would share one key. */
+		memcpy(key, a, IN6_IS_ADDR_V4MAPPED(a) ? 16 : CONN_V6_PREFIX_LEN / 8);
 	}
+	static_assert(CONN_V6_PREFIX_LEN % 8 == 0, "a whole-byte prefix");
 }
 
 static uint32_t ip_hash(const uint8_t key[16])

@@ -680,7 +680,7 @@ static size_t tx_received_header(struct conn *c)
 	    {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
 	    {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}};
 	const char *with = !c->s.esmtp ? "SMTP" : withs[tx->smtputf8][tlsv != NULL][c->s.authed];
-	char date[64], rcpt[SMTP_PATH_MAX + 16] = "", tls[256] = "";
+	char date[64], rcpt[SMTP_PATH_MAX + 16] = "", tls[256] = "", lit[CONN_PEER_MAX + 8];
 	time_t now = time(NULL);
 	struct tm tm;
 	int n;
@@ -698,9 +698,12 @@ static size_t tx_received_header(struct conn *c)
 	if (c->s.authed) /* RFC 4954 does not require it; admins expect it */
 		snprintf(tls + strlen(tls), sizeof(tls) - strlen(tls),
 			 "\r\n\t(authenticated as %.60s)", c->s.auth_user);
+	/* RFC 5321 4.1.3: an IPv6 address literal is tagged "IPv6:". */
+	snprintf(lit, sizeof(lit), "[%s%s]", c->peer.ss_family == AF_INET6 ? "IPv6:" : "",
+		 c->peer_ip);
 	n = snprintf(tx->received, sizeof(tx->received),
-		     "Received: from %s ([%s])%s\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
-		     c->s.helo, c->peer_ip, tls, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
+		     "Received: from %s (%s)%s\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
+		     c->s.helo, lit, tls, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
 	assert(n > 0);
 	return n < (int)sizeof(tx->received) ? (size_t)n : sizeof(tx->received) - 1;
 }
