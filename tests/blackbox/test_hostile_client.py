@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import SMTPClient, queued_id, wait_for, wait_log
+from tlsutil import certs, client_context, recv_reply  # noqa: F401
 
 ONE_SHARD = {"shards": 1}
 FRESH_TIMEOUT_S = 5.0  # a fresh client on an idle server answers well within this
@@ -347,3 +348,83 @@ def test_client_that_never_reads_loses_its_slot(ringmx):
         stop.set()
         t.join(timeout=10)
         hog.close()
+
+
+# ---------------------------------------------------------------- A3 over TLS
+
+def _tls_session(port, certs):
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    assert recv_reply(s)[0].startswith("220 ")
+    s.sendall(b"EHLO tls.example\r\n")
+    recv_reply(s)
+    s.sendall(b"STARTTLS\r\n")
+    assert recv_reply(s) == ["220 2.0.0 Ready to start TLS"]
+    return client_context(ca=certs.ca).wrap_socket(s, server_hostname="mx.test")
+
+
+def _tls_server(ringmx, certs, delay_ms, buffers=16):
+    cert, key = certs.leaf("mx.test")
+    return ringmx({"shards": 1, "io": {"recv_buffers": buffers},
+                   "limits": {"error_delay_ms": delay_ms, "soft_errors": 1},
+                   "tls": {"certificates": [{"cert": cert, "key": key, "names": ["mx.test"]}]}})
+
+
+def _read_replies(sock, n, timeout=20):
+    """n replies (each a list of lines), however the server batched them."""
+    deadline = time.monotonic() + timeout
+    buf, out, cur = b"", [], []
+    while len(out) < n:
+        while b"\r\n" not in buf:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            assert chunk, "closed after %r" % out
+            buf += chunk
+        line, buf = buf.split(b"\r\n", 1)
+        cur.append(line.decode("latin-1"))
+        if line[3:4] != b"-":
+            out.append(cur)
+            cur = []
+    assert not buf, "more than %d replies: %r" % (n, buf)
+    return out
+
+
+def test_parked_tls_input_is_kept_in_order(ringmx, certs):
+    srv = _tls_server(ringmx, certs, 1500)
+    t = _tls_session(srv.port, certs)
+    try:
+        t.sendall(b"XYZZY\r\n")
+        assert recv_reply(t)[0].startswith("500")
+        t.sendall(b"EHLO again.example\r\n")  # answered after the tarpit
+        for part in (b"NOOP one\r\n", b"RSET\r\n", b"NOOP two\r\n"):
+            for b in part:  # one TLS record per byte
+                t.sendall(bytes([b]))
+        rs = _read_replies(t, 4)
+        assert rs[0][0].startswith("250-"), "first reply is not EHLO's: %r" % rs
+        assert [r[-1] for r in rs[1:]] == ["250 2.0.0 Ok"] * 3, rs
+    finally:
+        t.close()
+
+
+def test_tarpitted_tls_clients_hold_no_buffers(ringmx, certs):
+    srv = _tls_server(ringmx, certs, 20000)
+    held = []
+    try:
+        for _ in range(8):
+            t = _tls_session(srv.port, certs)
+            held.append(t)
+            t.sendall(b"XYZZY\r\n")
+            assert recv_reply(t)[0].startswith("500")
+            t.sendall(b"EHLO bot.example\r\n")
+            for b in b"NOOP\r\nNOOP\r\n":
+                t.sendall(bytes([b]))
+        assert_fresh_client_served(srv, "tarpitted TLS clients sending one record per byte")
+        fresh = _tls_session(srv.port, certs)
+        try:
+            fresh.sendall(b"EHLO fresh.example\r\n")
+            assert recv_reply(fresh)[0].startswith("250"), "fresh TLS client not served"
+        finally:
+            fresh.close()
+    finally:
+        for t in held:
+            t.close()
