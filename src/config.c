@@ -679,8 +679,29 @@ static int config_listener_banner_parse(struct config_ctx *c, const char *path,
 	return 0;
 }
 
+/* Do two listener addresses take the same connections?  The same port and
+ * family, and the same address or either one the wildcard (IPv6 listeners
+ * are IPV6_V6ONLY, so [::] and 0.0.0.0 do not meet). */
+static bool config_listen_overlap(const struct sockaddr_storage *a,
+				  const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+		return x->sin_port == y->sin_port && (x->sin_addr.s_addr == y->sin_addr.s_addr ||
+						      x->sin_addr.s_addr == htonl(INADDR_ANY) ||
+						      y->sin_addr.s_addr == htonl(INADDR_ANY));
+	}
+	const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+	return x->sin6_port == y->sin6_port &&
+	       (IN6_ARE_ADDR_EQUAL(&x->sin6_addr, &y->sin6_addr) ||
+		IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr));
+}
+
 /* Two listeners on one address would both bind (SO_REUSEPORT) and silently
- * split its connections, so addresses must be unique as well as names. */
+ * split its connections, so addresses must not overlap (a wildcard with a
+ * specific address on the same port included) and names must be unique. */
 static int config_listener_unique(struct config_ctx *c, const char *path, uint32_t i)
 {
 	const struct config_listener *ls = c->cfg->listeners;
@@ -692,11 +713,12 @@ static int config_listener_unique(struct config_ctx *c, const char *path, uint32
 			    c, sub, "expected a unique name, \"%s\" is already listeners[%u]",
 			    ls[i].name, j);
 		}
-		if (ls[j].addr_len == ls[i].addr_len &&
-		    memcmp(&ls[j].addr, &ls[i].addr, ls[i].addr_len) == 0) {
+		if (config_listen_overlap(&ls[j].addr, &ls[i].addr)) {
 			config_path_key(sub, path, "address");
 			return config_fail(c, sub,
-					   "expected a unique address, listeners[%u] has it", j);
+					   "expected an address no other listener takes, "
+					   "listeners[%u] (\"%s\") overlaps it",
+					   j, ls[j].name);
 		}
 	}
 	return 0;

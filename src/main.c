@@ -228,6 +228,8 @@ int main(int argc, char **argv)
 		log_msg(LOG_WARN, "event=durability_none message=\"UNSAFE: spool.durability is "
 				  "none; accepted mail is NOT synced before 250 and a crash "
 				  "loses it; use only for benchmarks\"");
+	if (shard_listeners_probe(cfg, why, sizeof(why)) < 0)
+		fatal("%s", why);
 	sfd = signals_block();
 	if (sfd < 0 || shard_globals_init(cfg) != 0)
 		fatal("start-up: %s", strerror(errno));

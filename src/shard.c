@@ -1366,6 +1366,43 @@ fail:
 	return -1;
 }
 
+/* SO_REUSEPORT lets any process of the same user join a port and take a
+ * share of its connections: a second ringmx on another spool, or anything
+ * else.  So before the shards bind with it, each address is bound once
+ * without it: if something holds the address, this fails and we refuse to
+ * start rather than split its mail. */
+int shard_listeners_probe(const struct rmx_config *cfg, char *why, size_t why_len)
+{
+	for (uint32_t i = 0; i < cfg->listener_count; i++) {
+		const struct config_listener *l = &cfg->listeners[i];
+		int one = 1, rc = 0;
+		int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		/* SO_REUSEADDR only lets us past our own TIME_WAIT sockets; a
+		 * listening socket still refuses the bind. */
+		if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+			rc = -errno;
+		if (rc == 0 && l->addr.ss_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (rc == 0 && bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) != 0)
+			rc = -errno;
+		if (fd >= 0)
+			close(fd);
+		if (rc == -EADDRINUSE) {
+			snprintf(why, why_len,
+				 "listeners[%u] (%s): the address is already in use by another "
+				 "process (another ringmx?)",
+				 i, l->name);
+			return rc;
+		}
+		if (rc < 0) {
+			snprintf(why, why_len, "listeners[%u] (%s): %s", i, l->name, strerror(-rc));
+			return rc;
+		}
+	}
+	return 0;
+}
+
 static const struct spool_ops shard_spool_ops;
 
 static void shard_on_durable(void *ctx, struct spool_msg *m, int res)

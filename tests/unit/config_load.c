@@ -565,11 +565,37 @@ static void test_listener_list(void **state)
 	     "listeners[1].name: expected a unique name, \"mx\" is already listeners[0]"},
 	    {"{'listeners': [{'name': 'a', 'address': '*:25'}, {'name': 'b', 'address': '*:26'},"
 	     " {'name': 'c', 'address': '0.0.0.0:25'}]}",
-	     "listeners[2].address: expected a unique address, listeners[0] has it"},
+	     "listeners[2].address: expected an address no other listener takes, listeners[0] "
+	     "(\"a\") overlaps it"},
+	    /* a wildcard and a specific address on one port take the same
+	     * connections, in either order and either family */
+	    {"{'listeners': [{'name': 'a', 'address': '*:25'},"
+	     " {'name': 'b', 'address': '127.0.0.1:25'}]}",
+	     "listeners[1].address: expected an address no other listener takes, listeners[0] "
+	     "(\"a\") overlaps it"},
+	    {"{'listeners': [{'name': 'a', 'address': '192.0.2.1:25'},"
+	     " {'name': 'b', 'address': '0.0.0.0:25'}]}",
+	     "listeners[1].address: expected an address no other listener takes, listeners[0] "
+	     "(\"a\") overlaps it"},
+	    {"{'listeners': [{'name': 'a', 'address': '[2001:db8::1]:25'},"
+	     " {'name': 'b', 'address': '[::]:25'}]}",
+	     "listeners[1].address: expected an address no other listener takes, listeners[0] "
+	     "(\"a\") overlaps it"},
+	    {"{'listeners': [{'name': 'a', 'address': '[::1]:25'},"
+	     " {'name': 'b', 'address': '[0:0::1]:25'}]}",
+	     "listeners[1].address: expected an address no other listener takes, listeners[0] "
+	     "(\"a\") overlaps it"},
 	    {"{'listeners': [{'name': 'a', 'address': '*:25', 'port': 25}]}",
 	     "listeners[0].port: unknown key"},
 	};
 	EXPECT_ERRS(bad);
+	/* No overlap: other ports, or v4 and v6 wildcards (IPV6_V6ONLY). */
+	cfg = load_ok(
+	    "{'listeners': [{'name': 'a', 'address': '*:25'},"
+	    " {'name': 'b', 'address': '127.0.0.1:26'}, {'name': 'c', 'address': '[::]:25'},"
+	    " {'name': 'd', 'address': '[::1]:26'}, {'name': 'e', 'address': '[::2]:26'}]}");
+	assert_int_equal(cfg->listener_count, 5);
+	config_free(cfg);
 }
 
 /* ---- relay --------------------------------------------------------------- */
