@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +29,7 @@
 
 #define SHARD_TICK_MS	    1000
 #define SHARD_STOP_GRACE_MS 10000
+#define SHARD_FD_SPARE	    4096 /* outbound, spool, listeners, eventfds, files */
 
 /* ---- process-wide connection accounting ---------------------------------
  * The total and the per-client-IP counts are shared by all shards: the
@@ -49,6 +51,24 @@ static struct {
 	ck_spinlock_fas_t lock;
 } g_conns = {.lock = CK_SPINLOCK_FAS_INITIALIZER};
 
+/* Every connection is a descriptor, outbound ones too: raise the soft
+ * limit as far as the hard one allows, or an accept fails with EMFILE long
+ * before limits.connections is reached. */
+static void shard_fd_limit(const struct rmx_config *cfg)
+{
+	rlim_t want = (rlim_t)cfg->limits.connections + SHARD_FD_SPARE;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want)
+		log_msg(LOG_WARN,
+			"event=fd_limit limit=%llu wanted=%llu message=\"RLIMIT_NOFILE is below "
+			"limits.connections plus spare descriptors\"",
+			(unsigned long long)rl.rlim_cur, (unsigned long long)want);
+}
+
 int shard_globals_init(const struct rmx_config *cfg)
 {
 	uint32_t n = 1024;
@@ -61,6 +81,7 @@ int shard_globals_init(const struct rmx_config *cfg)
 	g_conns.mask = n - 1;
 	g_conns.total_max = cfg->limits.connections;
 	g_conns.per_ip_max = cfg->limits.connections_per_ip;
+	shard_fd_limit(cfg);
 	return 0;
 }
 
