@@ -1476,6 +1476,29 @@ static int config_delivery_resolve(struct config_ctx *c, struct config_delivery 
 	return 0;
 }
 
+/* The greeting is "220 <hostname> ESMTP <banner>" (RFC 5321 4.2: the host
+ * name first) and, like every reply line, at most 512 octets with its CRLF
+ * (4.5.3.1.5): the banner gets what the host name leaves. */
+static int config_banners_resolve(struct config_ctx *c)
+{
+	const struct rmx_config *cfg = c->cfg;
+	size_t room = 512 - strlen("220  ESMTP \r\n") - strlen(cfg->hostname);
+
+	for (uint32_t i = 0; i < cfg->listener_count; i++) {
+		char item[CONFIG_PATH_MAX], path[CONFIG_PATH_MAX];
+
+		if (strlen(cfg->listeners[i].banner) <= room)
+			continue;
+		config_path_index(item, "listeners", i);
+		config_path_key(path, item, "banner");
+		return config_fail(c, path,
+				   "expected at most %zu characters: \"220 %s ESMTP \" comes first "
+				   "and a reply line is at most 512 octets",
+				   room, cfg->hostname);
+	}
+	return 0;
+}
+
 /* Values that depend on other keys, filled once the whole file is read so
  * that key order in the file never matters. */
 static int config_resolve(struct config_ctx *c)
@@ -1497,7 +1520,7 @@ static int config_resolve(struct config_ctx *c)
 	if ((uint64_t)cfg->io.recv_buffers * cfg->io.recv_buffer_size > CONFIG_RECV_POOL_MAX)
 		return config_fail(c, "io.recv_buffers",
 				   "expected recv_buffers * recv_buffer_size of at most 1 GiB");
-	if (config_tls_resolve(c) < 0)
+	if (config_banners_resolve(c) < 0 || config_tls_resolve(c) < 0)
 		return -EINVAL;
 	return config_delivery_resolve(c, &cfg->delivery);
 }

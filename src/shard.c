@@ -323,7 +323,8 @@ void conn_replyf(struct conn *c, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	/* 510 characters: with its CRLF a reply line is at most 512 octets. */
+	vsnprintf(line, sizeof(line) - 1, fmt, ap);
 	va_end(ap);
 	conn_reply(c, line);
 }

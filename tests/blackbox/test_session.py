@@ -25,6 +25,33 @@ def test_banner_configured(ringmx, client_factory):
     assert c.banner.first == "220 gw.test ESMTP Hello there", c.banner
 
 
+def test_banner_of_the_shipped_example(ringmx, client_factory):
+    """doc/examples/gateway.json greets as doc/config.md says: the host name
+    once, first (it used to read "220 mx1.example.org ESMTP mx1.example.org ESMTP")."""
+    import json
+    import os
+    from conftest import ROOT
+    with open(os.path.join(ROOT, "doc", "examples", "gateway.json")) as f:
+        ex = json.load(f)
+    banner = ex["listeners"][0]["banner"]
+    s = ringmx({"hostname": ex["hostname"],
+                "listeners": [{"name": "mx", "banner": banner, "greet_pause_ms": 0}]})
+    c = client_factory(s.port)
+    assert c.banner.first == "220 %s ESMTP %s" % (ex["hostname"], banner), c.banner
+    assert c.banner.first.count(ex["hostname"]) == 1, "host name repeated: %r" % c.banner
+
+
+def test_banner_longest_that_fits(ringmx, client_factory):
+    """The longest banner (399) with a host name that leaves it exactly 512
+    octets: sent whole, never cut."""
+    host = "h" * 49 + "." + "h" * 50
+    s = ringmx({"hostname": host,
+                "listeners": [{"name": "mx", "banner": "b" * 399, "greet_pause_ms": 0}]})
+    c = client_factory(s.port)
+    assert c.banner.first == "220 %s ESMTP %s" % (host, "b" * 399), c.banner
+    assert len(c.banner.first) + 2 == 512
+
+
 # ---------------------------------------------------------------- EHLO / HELO
 
 

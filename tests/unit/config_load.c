@@ -522,6 +522,28 @@ static void test_listener_fields(void **state)
 			   bad_banners[i]);
 	free(name64);
 	free(banner400);
+	/* The greeting line "220 <hostname> ESMTP <banner>\r\n" fits 512
+	 * octets: a long host name leaves the banner less room. */
+	char *host200 = repeat('h', 200), *banner299 = repeat('b', 299);
+	for (int i = 60; i < 200; i += 61)
+		host200[i] = '.'; /* labels of at most 63 */
+	cfg = load_ok("{'hostname': '%s', 'listeners': [{'name': 'a', 'address': '*:25',"
+		      " 'banner': '%s'}]}",
+		      host200, banner299);
+	assert_int_equal(strlen(cfg->listeners[0].banner), 299);
+	config_free(cfg);
+	char *banner300 = repeat('b', 300), want[700];
+	snprintf(want, sizeof(want),
+		 "listeners[0].banner: expected at most 299 characters: \"220 %s ESMTP \" comes "
+		 "first and a reply line is at most 512 octets",
+		 host200);
+	expect_err(want,
+		   "{'hostname': '%s', 'listeners': [{'name': 'a', 'address': '*:25',"
+		   " 'banner': '%s'}]}",
+		   host200, banner300);
+	free(host200);
+	free(banner299);
+	free(banner300);
 	static const struct err_case bad[] = {
 	    {"{'listeners': [{'name': 'a', 'address': '*:25', 'banner': 1}]}",
 	     "listeners[0].banner: expected at most 399 printable ASCII characters"},
