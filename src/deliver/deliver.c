@@ -1218,7 +1218,10 @@ static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action acti
 		if (!want || (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED))
 			continue;
 		spool_env_rcpt(&m->env, r, &rc);
-		if (!dsn_should_notify(rc.notify, action, false))
+		/* Delay notices reach this only when delivery.delay_notice_s is
+		 * set: then a recipient without NOTIFY gets one too (RFC 3461
+		 * 4.1 leaves that default to the server). */
+		if (!dsn_should_notify(rc.notify, action, true))
 			continue;
 		b->results[n] = (struct dsn_rcpt_result){
 		    .rcpt = r,

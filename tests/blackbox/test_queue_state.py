@@ -4,7 +4,8 @@
   restart (the RCPT_STATE records), and a recipient already delivered is not
   delivered again.
 - delivery.delay_notice_s: one "delayed" DSN (RFC 3464 Action: delayed) for
-  recipients that asked for NOTIFY=DELAY, none for those that did not."""
+  recipients that asked for NOTIFY=DELAY or gave no NOTIFY, none for those
+  whose NOTIFY excludes DELAY."""
 
 from conftest import (check_dsn, delivery_overrides, make_message, route, submit, wait_dsn,
                       wait_for, wait_state)
@@ -64,3 +65,27 @@ def test_delay_notice(ringmx, nexthop):
     wait_for(lambda: int(srv.queue_list()[qid]["attempts"]) >= 5, 30, "more attempts")
     assert len([x for x in bounce.messages() if x.mail_from == ""]) == 1
     assert srv.queue_list()[qid]["state"] in ("deferred", "queued", "active")
+
+
+def test_delay_notice_by_default_unless_notify_excludes_it(ringmx, nexthop):
+    """RFC 3461 4.1 leaves the default to the server: with delay_notice_s set,
+    a recipient without NOTIFY gets the notice; NOTIFY=FAILURE or NEVER not."""
+    nh = nexthop(rules=[Rule("rcpt", "451 4.2.0 Mailbox busy")])
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides([route("accepted.example", nh),
+                                     route("sender.example", bounce)],
+                                    relay_domains=["sender.example"],
+                                    delivery={"retry_s": [1], "delay_notice_s": 2}))
+    plain, delay = "plain@accepted.example", "delay@accepted.example"
+    failure, never = "failure@accepted.example", "never@accepted.example"
+    qid = submit(srv.port, make_message("delay-2@client.example", "delay"), SENDER,
+                 [plain, delay, failure, never],
+                 rcpt_params={delay: "NOTIFY=DELAY", failure: "NOTIFY=FAILURE",
+                              never: "NOTIFY=NEVER"})
+    [t] = wait_dsn(bounce, SENDER, 1, timeout=30)
+    d = check_dsn(t, SENDER)
+    assert d.final_recipients() == sorted([delay, plain]), d.recipients
+    for r in (plain, delay):
+        assert d.recipient(r)["action"].lower() == "delayed", d.recipients
+    wait_for(lambda: int(srv.queue_list()[qid]["attempts"]) >= 5, 30, "more attempts")
+    assert len([x for x in bounce.messages() if x.mail_from == ""]) == 1
