@@ -318,19 +318,18 @@ def test_client_that_never_reads_loses_its_slot(ringmx):
     hog = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     hog.connect(("127.0.0.1", s.port))
-    hog.settimeout(0.5)
     stop = threading.Event()
 
     def flood():
         """HELP (a 90-byte reply for 6 bytes) in small paced batches, never
-        reading, until the server stops taking them."""
+        reading; sendall blocks once the server stops reading."""
         batch = b"HELP\r\n" * 100
         try:
             while not stop.is_set():
                 hog.sendall(batch)
                 time.sleep(0.002)  # pacing of the attack, not a synchronisation
         except OSError:
-            pass  # blocked (timeout) or closed: the server stopped reading
+            pass  # closed by the server, or shut down by the test
     t = threading.Thread(target=flood, daemon=True)
     t.start()
     try:
@@ -346,6 +345,10 @@ def test_client_that_never_reads_loses_its_slot(ringmx):
                  interval=0.2)
     finally:
         stop.set()
+        try:
+            hog.shutdown(socket.SHUT_RDWR)  # wakes a sendall blocked in the thread
+        except OSError:
+            pass
         t.join(timeout=10)
         hog.close()
 
