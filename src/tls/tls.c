@@ -504,6 +504,85 @@ static bool tls_params_check(const struct tls_params *p, int *min, int *max, cha
 	return true;
 }
 
+/* Shuttle ciphertext between two memory connections until both finished
+ * the handshake or one failed.  0, or the failing side's error code. */
+static int tls_pair_handshake(struct tls_conn *cli, struct tls_conn *srv)
+{
+	for (int turn = 0; turn < 64; turn++) {
+		int rc_c = tls_conn_handshake(cli);
+		int rc_s;
+		const void *out;
+		size_t len;
+
+		if (tls_conn_out(cli, &out, &len))
+			tls_conn_out_done(cli, tls_conn_feed(srv, out, len));
+		rc_s = tls_conn_handshake(srv);
+		if (tls_conn_out(srv, &out, &len))
+			tls_conn_out_done(srv, tls_conn_feed(cli, out, len));
+		if (rc_c == 0 && rc_s == 0)
+			return 0;
+		if (rc_c != 0 && rc_c != -EAGAIN && rc_c != -ENOBUFS)
+			return rc_c;
+		if (rc_s != 0 && rc_s != -EAGAIN && rc_s != -ENOBUFS)
+			return rc_s;
+	}
+	return -EPROTO;
+}
+
+/* A name that makes the server pick certs[i] by SNI, or NULL (certs[0] is
+ * also the default). */
+static const char *tls_selftest_name(const struct tls_ctx *t, size_t i, char *buf, size_t cap)
+{
+	for (size_t j = 0; j < t->certs[i].name_count; j++) {
+		const char *n = t->certs[i].names[j];
+
+		snprintf(buf, cap, n[0] == '*' ? "selftest%s" : "%s", n[0] == '*' ? n + 1 : n);
+		if (tls_ctx_match(t, buf) == i)
+			return buf;
+	}
+	return NULL;
+}
+
+/* A handshake with certs[i], in memory, before any client sees it.
+ * wolfSSL_CTX_check_private_key() catches an RSA key that does not match
+ * its certificate but (5.5.4) not an ECDSA one, which then fails every
+ * real handshake.  The signature a handshake makes with the key and checks
+ * with the certificate catches every kind, the way clients will. */
+static bool tls_ctx_selftest(struct tls_ctx *t, const struct tls_params *p, size_t i, int min,
+			     int max, char *why, size_t why_len)
+{
+	struct tls_ctx cli_ctx = {.role = TLS_ROLE_CLIENT, .wctx_count = 1};
+	char name[TLS_NAME_MAX + 16];
+	const char *sni = tls_selftest_name(t, i, name, sizeof(name));
+	struct tls_params cp = {.role = TLS_ROLE_CLIENT, .ciphers = p->ciphers};
+	struct tls_conn *cli = NULL, *srv = NULL;
+	int rc = -ENOMEM;
+
+	if (i > 0 && sni == NULL)
+		return true; /* no name reaches it: nothing a client can see */
+	cli_ctx.wctx[0] = wolfSSL_CTX_new(wolfSSLv23_client_method());
+	if (cli_ctx.wctx[0] != NULL &&
+	    tls_wctx_common(cli_ctx.wctx[0], &cp, min, max, why, why_len)) {
+		wolfSSL_CTX_set_verify(cli_ctx.wctx[0], WOLFSSL_VERIFY_NONE, NULL);
+		cli = tls_conn_new(&cli_ctx, sni);
+		srv = tls_conn_new(t, NULL);
+		if (cli != NULL && srv != NULL)
+			rc = tls_pair_handshake(cli, srv);
+	}
+	if (rc != 0)
+		tls_why(why, why_len,
+			"tls.certificates[%zu]: a test handshake with \"%s\" and \"%s\" failed "
+			"(%s): does the key match the certificate?",
+			i, p->certs[i].key, p->certs[i].cert,
+			srv != NULL && tls_conn_error(srv)[0]	? tls_conn_error(srv)
+			: cli != NULL && tls_conn_error(cli)[0] ? tls_conn_error(cli)
+								: "out of memory");
+	tls_conn_free(cli);
+	tls_conn_free(srv);
+	wolfSSL_CTX_free(cli_ctx.wctx[0]);
+	return rc == 0;
+}
+
 struct tls_ctx *tls_ctx_new(const struct tls_params *p, char *why, size_t why_len)
 {
 	assert(p != NULL);
@@ -534,6 +613,9 @@ struct tls_ctx *tls_ctx_new(const struct tls_params *p, char *why, size_t why_le
 	}
 	if (p->role == TLS_ROLE_CLIENT && !tls_wctx_trust(t, p, why, why_len))
 		goto fail;
+	for (size_t i = 0; p->role == TLS_ROLE_SERVER && i < t->wctx_count; i++)
+		if (!tls_ctx_selftest(t, p, i, min, max, why, why_len))
+			goto fail;
 	return t;
 fail:
 	tls_ctx_free(t);
