@@ -679,11 +679,7 @@ static int config_listener_banner_parse(struct config_ctx *c, const char *path,
 	return 0;
 }
 
-/* Do two listener addresses take the same connections?  The same port and
- * family, and the same address or either one the wildcard (IPv6 listeners
- * are IPV6_V6ONLY, so [::] and 0.0.0.0 do not meet). */
-static bool config_listen_overlap(const struct sockaddr_storage *a,
-				  const struct sockaddr_storage *b)
+bool config_addr_overlap(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
 	if (a->ss_family != b->ss_family)
 		return false;
@@ -713,7 +709,7 @@ static int config_listener_unique(struct config_ctx *c, const char *path, uint32
 			    c, sub, "expected a unique name, \"%s\" is already listeners[%u]",
 			    ls[i].name, j);
 		}
-		if (config_listen_overlap(&ls[j].addr, &ls[i].addr)) {
+		if (config_addr_overlap(&ls[j].addr, &ls[i].addr)) {
 			config_path_key(sub, path, "address");
 			return config_fail(c, sub,
 					   "expected an address no other listener takes, "
@@ -1361,6 +1357,17 @@ static int config_tls_resolve(struct config_ctx *c)
 		if (l->auth != CONFIG_AUTH_NONE && cfg->auth.users_file == NULL) {
 			config_path_key(key, path, "auth");
 			return config_fail(c, key, "needs auth.users_file");
+		}
+		/* AUTH is offered only under TLS or with auth_plaintext (RFC 4954
+		 * 4): with neither, "required" would refuse every MAIL and
+		 * "optional" would never be offered. */
+		if (l->auth != CONFIG_AUTH_NONE && l->tls == CONFIG_TLS_NONE &&
+		    !l->auth_plaintext) {
+			config_path_key(key, path, "auth");
+			return config_fail(c, key,
+					   "needs TLS on the listener (tls \"starttls\" or "
+					   "\"implicit\") or auth_plaintext: AUTH is never offered "
+					   "in clear");
 		}
 	}
 	return 0;

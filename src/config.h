@@ -241,6 +241,11 @@ bool config_addr_is_relay(const struct rmx_config *cfg, const struct sockaddr *s
 const struct config_route *config_route_find(const struct rmx_config *cfg, const char *domain,
 					     size_t len);
 
+/* Do two socket addresses take the same connections?  The same family and
+ * port, and the same address or either one the wildcard (IPv6 listeners
+ * are IPV6_V6ONLY, so [::] and 0.0.0.0 do not meet). */
+bool config_addr_overlap(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
 /* "host:port" / "[v6]:port" -> sockaddr; returns 0 or -EINVAL. */
 int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 

@@ -6,6 +6,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include "config.h"
 #include "control.h"
 #include "log.h"
+#include "preflight.h"
 #include "queue/spool.h"
 #include "ring/ring.h"
 #include "shard.h"
@@ -92,28 +94,42 @@ static void local_bases(const struct rmx_config *cfg)
 	}
 }
 
-/* Certificates and keys are loaded the way the shards will load them, so
- * --check-config catches a key that does not match its certificate. */
-static int check_tls(const struct rmx_config *cfg, char *why, size_t why_len)
+/* The control socket's directory is made when missing, as the spool's is
+ * (e.g. /run/ringmx after a reboot); preflight checked that it can be. */
+static void control_dir_make(const struct rmx_config *cfg)
 {
-	struct tls_ctx *ctx;
-	char err[TLS_WHY_MAX];
+	char dir[PATH_MAX];
+	char *slash;
 
-	if (cfg->tls.cert_count == 0)
-		return 0;
-	if (tls_global_init() != 0) {
-		snprintf(why, why_len, "tls: library initialisation failed");
-		return -1;
+	snprintf(dir, sizeof(dir), "%s", cfg->control.socket);
+	slash = strrchr(dir, '/');
+	if (!slash || slash == dir)
+		return;
+	*slash = '\0';
+	for (char *p = dir + 1;; p++) {
+		char c = *p;
+
+		if (c != '/' && c != '\0')
+			continue;
+		*p = '\0';
+		if (mkdir(dir, 0750) != 0 && errno != EEXIST)
+			fatal("control.socket: cannot create %s: %s", dir, strerror(errno));
+		*p = c;
+		if (c == '\0')
+			break;
 	}
-	ctx = shard_tls_server_ctx(cfg, err, sizeof(err));
-	int rc = ctx ? 0 : -1;
+}
 
-	if (!ctx)
-		snprintf(why, why_len, "%.400s", err);
-	tls_ctx_free(ctx);
-	tls_thread_cleanup();
-	tls_global_cleanup();
-	return rc;
+static void warn_stderr(void *arg, const char *line)
+{
+	(void)arg;
+	fprintf(stderr, "warning: %s\n", line);
+}
+
+static void warn_log(void *arg, const char *line)
+{
+	(void)arg;
+	log_msg(LOG_WARN, "event=config_warning message=\"%s\"", line);
 }
 
 static int signals_block(void)
@@ -199,36 +215,30 @@ int main(int argc, char **argv)
 	int sfd, cfd;
 
 	if (check_only) {
-		int rc = check_tls(cfg, why, sizeof(why));
-
-		if (rc == 0 && cfg->auth.users_file) {
-			struct auth_users *u = NULL;
-			char err[400];
-
-			rc = auth_users_load(cfg->auth.users_file, &u, err, sizeof(err));
-			if (rc != 0)
-				snprintf(why, sizeof(why), "auth.users_file: %s", err);
-			else
-				auth_users_unref(u);
-		}
+		/* Everything start-up would refuse fails here too; likely
+		 * mistakes are one warning line each and still exit 0. */
+		int rc = preflight_check(cfg, true, why, sizeof(why));
 
 		if (rc != 0) {
 			fprintf(stderr, "%s\n", why);
 			config_free(cfg);
 			return 1;
 		}
+		preflight_warnings(cfg, warn_stderr, NULL);
 		printf("config ok\n");
 		config_free(cfg);
 		return 0;
 	}
 	log_setup(cfg->log.level, cfg->log.json);
-	if (ring_probe(why, sizeof(why)) != 0)
+	if (ring_probe(why, sizeof(why)) != 0 || preflight_check(cfg, false, why, sizeof(why)) != 0)
 		fatal("%s", why);
+	preflight_warnings(cfg, warn_log, NULL);
+	control_dir_make(cfg);
 	if (cfg->spool.durability == CONFIG_DURABILITY_NONE)
 		log_msg(LOG_WARN, "event=durability_none message=\"UNSAFE: spool.durability is "
 				  "none; accepted mail is NOT synced before 250 and a crash "
 				  "loses it; use only for benchmarks\"");
-	if (shard_listeners_probe(cfg, why, sizeof(why)) < 0)
+	if (shard_listeners_probe(cfg, false, why, sizeof(why)) < 0)
 		fatal("%s", why);
 	sfd = signals_block();
 	if (sfd < 0 || shard_globals_init(cfg) != 0)

@@ -1393,7 +1393,7 @@ fail:
  * else.  So before the shards bind with it, each address is bound once
  * without it: if something holds the address, this fails and we refuse to
  * start rather than split its mail. */
-int shard_listeners_probe(const struct rmx_config *cfg, char *why, size_t why_len)
+int shard_listeners_probe(const struct rmx_config *cfg, bool in_use_ok, char *why, size_t why_len)
 {
 	for (uint32_t i = 0; i < cfg->listener_count; i++) {
 		const struct config_listener *l = &cfg->listeners[i];
@@ -1410,6 +1410,8 @@ int shard_listeners_probe(const struct rmx_config *cfg, char *why, size_t why_le
 			rc = -errno;
 		if (fd >= 0)
 			close(fd);
+		if (rc == -EADDRINUSE && in_use_ok)
+			continue;
 		if (rc == -EADDRINUSE) {
 			snprintf(why, why_len,
 				 "listeners[%u] (%s): the address is already in use by another "

@@ -181,8 +181,9 @@ struct shard {
 /* Process-wide connection accounting, shared by all shards. */
 int shard_globals_init(const struct rmx_config *cfg);
 /* Start-up, before the shards: is every listener address free?  0, or
- * -errno with why (another process holds it, or it cannot be bound). */
-int shard_listeners_probe(const struct rmx_config *cfg, char *why, size_t why_len);
+ * -errno with why (another process holds it, or it cannot be bound).
+ * in_use_ok: only other failures count (--check-config beside a server). */
+int shard_listeners_probe(const struct rmx_config *cfg, bool in_use_ok, char *why, size_t why_len);
 
 int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id,
 		struct deliver_loaded *loaded, struct hpool *pool, struct deliver_shared *shared);

@@ -211,7 +211,7 @@ static void test_listener_choices(void **state)
 	    {"none", "none", CONFIG_TLS_NONE, CONFIG_AUTH_NONE},
 	    {"starttls", "optional", CONFIG_TLS_STARTTLS, CONFIG_AUTH_OPTIONAL},
 	    {"implicit", "required", CONFIG_TLS_IMPLICIT, CONFIG_AUTH_REQUIRED},
-	    {"none", "required", CONFIG_TLS_NONE, CONFIG_AUTH_REQUIRED},
+	    {"starttls", "required", CONFIG_TLS_STARTTLS, CONFIG_AUTH_REQUIRED},
 	};
 	for (size_t i = 0; i < COUNT(cases); i++) {
 		struct rmx_config *cfg =
@@ -278,7 +278,8 @@ static void test_auth_users_file(void **state)
 {
 	(void)state;
 	struct rmx_config *cfg = load_ok("{'auth': {'users_file': '%s'}, 'listeners': [{'name': "
-					 "'s', 'address': '127.0.0.1:2587', 'auth': 'optional'}]}",
+					 "'s', 'address': '127.0.0.1:2587', 'auth': 'optional',"
+					 " 'auth_plaintext': true}]}",
 					 g_users);
 	assert_string_equal(cfg->auth.users_file, g_users);
 	assert_int_equal(cfg->listeners[0].auth, CONFIG_AUTH_OPTIONAL);
@@ -373,6 +374,22 @@ static void test_cross_checks(void **state)
 	expect_err("listeners[0].auth: needs auth.users_file",
 		   "{'listeners': [{'name': 'x', 'address': '127.0.0.1:25', 'auth': 'required',"
 		   " 'auth_plaintext': true}]}");
+	/* AUTH that could never be offered: no TLS on the listener and no
+	 * auth_plaintext (required would refuse every MAIL) */
+	static const char *const never[] = {"required", "optional"};
+	for (size_t i = 0; i < COUNT(never); i++) {
+		expect_err("listeners[0].auth: needs TLS on the listener (tls \"starttls\" or "
+			   "\"implicit\") or auth_plaintext: AUTH is never offered in clear",
+			   "{'listeners': [{'name': 'x', 'address': '192.0.2.1:587', 'tls': 'none',"
+			   " 'auth': '%s'}], %s, 'auth': {'users_file': '%s'}}",
+			   never[i], tls_one(), g_users);
+		expect_err(
+		    "listeners[0].auth: needs TLS on the listener (tls \"starttls\" or "
+		    "\"implicit\") or auth_plaintext: AUTH is never offered in clear",
+		    "{'listeners': [{'name': 'x', 'address': '127.0.0.1:587', 'auth': '%s'}],"
+		    " 'auth': {'users_file': '%s'}}",
+		    never[i], g_users);
+	}
 	/* implicit TLS with a greeting pause is allowed */
 	struct rmx_config *cfg = load_ok("{'listeners': [{'name': 'x', 'address': '127.0.0.1:465',"
 					 " 'tls': 'implicit', 'greet_pause_ms': 500}], %s}",
