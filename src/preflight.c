@@ -7,8 +7,8 @@
 #include <errno.h>
 #include <ifaddrs.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
