@@ -100,8 +100,11 @@ struct oconn {
 	uint64_t deadline_ms;
 	uint64_t idle_since_ms;
 	struct djob *job;
+	/* Replies owed for the commands in flight, in order (invariant 9):
+	 * every reply is taken off here before it is acted on. */
+	struct smtp_owed owed;
 	/* transaction: replies come back in the order commands went out */
-	uint32_t rcpt_sent, rcpt_replies, naccepted, lmtp_left, lmtp_idx;
+	uint32_t rcpt_sent, rcpt_replies, naccepted, lmtp_idx;
 	bool mail_ok, data_sent, pipelining;
 	/* output */
 	char *out;

@@ -14,6 +14,15 @@
  * the last piece of the body (TCP_NODELAY and no small trailing write).
  * Connections are kept idle for reuse up to messages_per_connection
  * messages; an idle one is closed after DLV_IDLE_MS.
+ *
+ * Replies (invariant 9): every command written is written down in oc->owed
+ * (smtp/client.h), every complete reply is taken off it before it is acted
+ * on, and a read is weighed whole before any reply in it counts.  A reply
+ * when nothing is owed, more replies than commands sent, any byte after the
+ * 220 to STARTTLS, or a code that cannot answer its command (250 to DATA)
+ * closes the connection and defers the job: once the count is off, no later
+ * reply can be trusted to answer what it seems to.  Only the reply to the
+ * final dot (LMTP: one per accepted recipient) marks a recipient delivered.
  */
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -28,6 +37,30 @@
 #include "tls/tls.h"
 
 static const char dot_crlf[] = ".\r\n";
+
+static const char *oc_state_name(uint8_t st)
+{
+	static const char *const names[] = {
+	    [OC_FREE] = "free",
+	    [OC_CONNECTING] = "connecting",
+	    [OC_BANNER] = "banner",
+	    [OC_EHLO] = "ehlo",
+	    [OC_HELO] = "helo",
+	    [OC_STARTTLS] = "starttls",
+	    [OC_TLS_HS] = "tls_handshake",
+	    [OC_IDLE] = "idle",
+	    [OC_MAIL] = "mail",
+	    [OC_RCPT] = "rcpt",
+	    [OC_DATA] = "data",
+	    [OC_BODY] = "body",
+	    [OC_DOT] = "dot",
+	    [OC_RSET] = "rset",
+	    [OC_QUIT] = "quit",
+	    [OC_CLOSING] = "closing",
+	};
+	assert(st < sizeof(names) / sizeof(names[0]) && names[st] != NULL);
+	return names[st];
+}
 
 static uint64_t oc_ud(const struct oconn *oc, uint8_t op)
 {
@@ -131,6 +164,16 @@ static void oc_arm_recv(struct oconn *oc)
 static void oc_fail(struct oconn *oc, const char *why);
 static void oc_tls_hs(struct oconn *oc);
 
+/* n replies are owed for the command just written. */
+static void oc_ask(struct oconn *oc, enum smtp_ask ask, uint32_t n)
+{
+	bool room = smtp_owed_add(&oc->owed, ask, n);
+
+	/* At most MAIL, RCPT and DATA runs are in flight at once. */
+	assert(room);
+	(void)room;
+}
+
 /* TLS: encrypt as much of iov[] as the TLS layer takes, then send its
  * records.  The plaintext iovecs are done when niov is 0 and every record
  * went out (on_send then goes on as after a plain send). */
@@ -197,6 +240,7 @@ static void oc_flush(struct oconn *oc)
 	oc->iov[0] = (struct iovec){oc->out, oc->out_len};
 	oc->niov = 1;
 	oc->out_inflight = oc->out_len;
+	smtp_owed_sent(&oc->owed);
 	oc_send_iov(oc);
 }
 
@@ -212,6 +256,14 @@ __attribute__((format(printf, 2, 3))) static void oc_cmd(struct oconn *oc, const
 	 * 2 KiB (paths 256, ORCPT 500, parameters). */
 	if (n > 0 && (uint32_t)n < DLV_OUT_CAP - oc->out_len)
 		oc->out_len += (uint32_t)n;
+}
+
+/* End the command being written: its line end, and one reply owed for it.
+ * Every command line ends here, so none goes out uncounted. */
+static void oc_cmd_end(struct oconn *oc, enum smtp_ask ask)
+{
+	oc_cmd(oc, "\r\n");
+	oc_ask(oc, ask, 1);
 }
 
 static bool oc_room(const struct oconn *oc)
@@ -269,12 +321,14 @@ static void oc_quit(struct oconn *oc)
 
 	if (oc->state == OC_IDLE)
 		idle_unlink(c, oc);
-	if (oc->send_inflight) {
+	/* With replies still owed, the 221 could not be told from them. */
+	if (oc->send_inflight || oc->owed.total > 0) {
 		oc_close(oc);
 		return;
 	}
 	oc->out_len = 0;
-	oc_cmd(oc, "QUIT\r\n");
+	oc_cmd(oc, "QUIT");
+	oc_cmd_end(oc, SMTP_ASK_QUIT);
 	oc->state = OC_QUIT;
 	oc_flush(oc);
 	oc_arm_recv(oc);
@@ -289,6 +343,8 @@ static void result_from_reply(struct oconn *oc, uint32_t i, const struct smtp_re
 
 	smtp_reply_status(r, status);
 	smtp_reply_diag(r, diag, sizeof(diag));
+	/* Invariant 9: only the reply to the final dot proves a delivery. */
+	assert(o != SMTP_OUTCOME_DONE || oc->state == OC_DOT);
 	oc->job->acc[i] = 2;
 	dlv_rcpt_result(oc->d, oc->job, i,
 			o == SMTP_OUTCOME_DONE	   ? 2
@@ -318,6 +374,7 @@ static void result_all_reply(struct oconn *oc, const struct smtp_reply *r, bool 
 
 	smtp_reply_status(r, status);
 	smtp_reply_diag(r, diag, sizeof(diag));
+	assert(o != SMTP_OUTCOME_DONE || oc->state == OC_DOT);
 	result_all(oc,
 		   o == SMTP_OUTCOME_DONE     ? 2
 		   : o == SMTP_OUTCOME_BOUNCE ? 5
@@ -349,8 +406,8 @@ static void oc_fail(struct oconn *oc, const char *why)
 	struct djob *job = oc->job;
 	char diag[DLV_ERR_MAX];
 
-	log_msg(LOG_INFO, "event=outbound_error shard=%u relay=%s state=%u error=\"%s\"",
-		dlv_core(oc->d)->shard, oc->hop.name, oc->state, why);
+	log_msg(LOG_INFO, "event=outbound_error shard=%u relay=%s state=%s error=\"%s\"",
+		dlv_core(oc->d)->shard, oc->hop.name, oc_state_name(oc->state), why);
 	oc->job = NULL;
 	oc_close(oc);
 	if (!job)
@@ -364,6 +421,24 @@ static void oc_fail(struct oconn *oc, const char *why)
 	result_all(oc, 4, "4.4.2", diag, false);
 	oc->job = NULL;
 	dlv_job_done(oc->d, job);
+}
+
+/* The next hop broke the reply accounting.  Nothing more it sends on this
+ * connection can be trusted to answer what it seems to, so the connection
+ * goes and the job is deferred (or tries its next hop): the hop misbehaved,
+ * so never delivered and never bounced on the strength of these bytes. */
+__attribute__((format(printf, 2, 3))) static void oc_violation(struct oconn *oc, const char *fmt,
+							       ...)
+{
+	char why[DLV_ERR_MAX];
+	va_list ap;
+	int n = snprintf(why, sizeof(why), "protocol violation: ");
+
+	assert(n > 0 && (size_t)n < sizeof(why));
+	va_start(ap, fmt);
+	vsnprintf(why + n, sizeof(why) - (size_t)n, fmt, ap);
+	va_end(ap);
+	oc_fail(oc, why);
 }
 
 /* ---- transactions ---------------------------------------------------------------- */
@@ -390,7 +465,8 @@ static void oc_idle(struct oconn *oc)
 
 static void oc_rset(struct oconn *oc)
 {
-	oc_cmd(oc, "RSET\r\n");
+	oc_cmd(oc, "RSET");
+	oc_cmd_end(oc, SMTP_ASK_RSET);
 	oc->state = OC_RSET;
 	oc_flush(oc);
 }
@@ -418,13 +494,14 @@ static void write_rcpts(struct oconn *oc)
 		}
 		if (dsn && r.orcpt.len)
 			oc_cmd(oc, " ORCPT=%.*s", (int)r.orcpt.len, r.orcpt.ptr);
-		oc_cmd(oc, "\r\n");
+		oc_cmd_end(oc, SMTP_ASK_RCPT);
 		oc->rcpt_sent++;
 		if (!oc->pipelining)
 			break;
 	}
 	if (oc->pipelining && oc->rcpt_sent == job->nrcpt && !oc->data_sent) {
-		oc_cmd(oc, "DATA\r\n");
+		oc_cmd(oc, "DATA");
+		oc_cmd_end(oc, SMTP_ASK_DATA);
 		oc->data_sent = true;
 	}
 }
@@ -490,7 +567,7 @@ static void oc_begin_tx(struct oconn *oc)
 		oc_cmd(oc, " RET=%s", e->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
 	if (dsn && e->envid.len)
 		oc_cmd(oc, " ENVID=%.*s", (int)e->envid.len, e->envid.ptr);
-	oc_cmd(oc, "\r\n");
+	oc_cmd_end(oc, SMTP_ASK_MAIL);
 	oc->state = OC_MAIL;
 	if (oc->pipelining)
 		write_rcpts(oc);
@@ -679,9 +756,13 @@ static void oc_tls_hs(struct oconn *oc)
 			return;
 		}
 		oc->tls_on = true;
-		/* RFC 3207 4.2: forget what we learnt, EHLO again. */
+		/* RFC 3207 4.2: forget what we learnt, EHLO again; nothing
+		 * received in plaintext may reach the replies inside TLS. */
+		assert(oc->owed.total == 0);
+		smtp_reply_init(&oc->rp);
 		oc->out_len = 0;
-		oc_cmd(oc, "%s %s\r\n", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
+		oc_cmd(oc, "%s %s", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
+		oc_cmd_end(oc, SMTP_ASK_EHLO);
 		smtp_ehlo_begin(&oc->caps);
 		oc->state = OC_EHLO;
 		oc_flush(oc);
@@ -708,6 +789,10 @@ static void oc_start_tls(struct oconn *oc)
 		oc_fail(oc, ctx ? "TLS session: out of memory" : "no TLS client context");
 		return;
 	}
+	/* RFC 3207 5 / CVE-2011-0411: oc_parse saw nothing after the 220; the
+	 * reply parser starts over so no partial line crosses into TLS. */
+	assert(oc->owed.total == 0 && oc->rp.fill == 0);
+	smtp_reply_init(&oc->rp);
 	oc->state = OC_TLS_HS;
 	oc_tls_hs(oc);
 }
@@ -720,7 +805,8 @@ static void oc_after_ehlo(struct oconn *oc)
 {
 	if (!oc->tls && oc->hop.tls != CONFIG_RTLS_NONE) {
 		if (oc->caps.ext & SMTP_EXT_STARTTLS) {
-			oc_cmd(oc, "STARTTLS\r\n");
+			oc_cmd(oc, "STARTTLS");
+			oc_cmd_end(oc, SMTP_ASK_STARTTLS);
 			oc->state = OC_STARTTLS;
 			oc_flush(oc);
 			return;
@@ -744,7 +830,8 @@ static void after_rcpt_replies(struct oconn *oc)
 			return;
 		}
 	} else if (oc->mail_ok && oc->naccepted) {
-		oc_cmd(oc, "DATA\r\n");
+		oc_cmd(oc, "DATA");
+		oc_cmd_end(oc, SMTP_ASK_DATA);
 		oc->data_sent = true;
 		oc->state = OC_DATA;
 		oc_flush(oc);
@@ -762,12 +849,61 @@ static void oc_ready(struct oconn *oc)
 		oc_idle(oc);
 }
 
+/* The command a reply in this state answers (SMTP_ASK_NONE: no command is
+ * in flight, as in OC_IDLE, during the handshake or while the body goes). */
+static enum smtp_ask oc_state_ask(enum oc_state st)
+{
+	switch (st) {
+	case OC_BANNER:
+		return SMTP_ASK_GREETING;
+	case OC_EHLO:
+		return SMTP_ASK_EHLO;
+	case OC_HELO:
+		return SMTP_ASK_HELO;
+	case OC_STARTTLS:
+		return SMTP_ASK_STARTTLS;
+	case OC_MAIL:
+		return SMTP_ASK_MAIL;
+	case OC_RCPT:
+		return SMTP_ASK_RCPT;
+	case OC_DATA:
+		return SMTP_ASK_DATA;
+	case OC_DOT:
+		return SMTP_ASK_DOT;
+	case OC_RSET:
+		return SMTP_ASK_RSET;
+	case OC_QUIT:
+		return SMTP_ASK_QUIT;
+	case OC_FREE:
+	case OC_CONNECTING:
+	case OC_TLS_HS:
+	case OC_IDLE:
+	case OC_BODY:
+	case OC_CLOSING:
+		return SMTP_ASK_NONE;
+	default:
+		abort();
+	}
+}
+
 static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 {
 	struct deliver_core *c = dlv_core(oc->d);
 	char diag[DLV_ERR_MAX];
 	bool ok = r->code >= 200 && r->code < 300;
+	enum smtp_ask ask = smtp_owed_take(&oc->owed);
 
+	if (ask == SMTP_ASK_NONE) {
+		/* An idle connection's 421 lands here too: it closes all the same. */
+		oc_violation(oc, "a reply (%u) when nothing was asked", r->code);
+		return;
+	}
+	/* The state machine and the owed list advance together. */
+	assert(ask == oc_state_ask((enum oc_state)oc->state));
+	if (!smtp_reply_fits(ask, r->code)) {
+		oc_violation(oc, "reply %u to %s", r->code, smtp_ask_name(ask));
+		return;
+	}
 	switch (oc->state) {
 	case OC_BANNER:
 		if (!ok) {
@@ -779,7 +915,8 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 				dlv_job_hop_failed(oc->d, job, diag);
 			return;
 		}
-		oc_cmd(oc, "%s %s\r\n", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
+		oc_cmd(oc, "%s %s", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
+		oc_cmd_end(oc, SMTP_ASK_EHLO);
 		smtp_ehlo_begin(&oc->caps);
 		oc->state = OC_EHLO;
 		oc_flush(oc);
@@ -787,7 +924,8 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 	case OC_EHLO:
 	case OC_HELO:
 		if (!ok && oc->state == OC_EHLO && !oc->hop.lmtp && r->code >= 500) {
-			oc_cmd(oc, "HELO %s\r\n", c->cfg->hostname);
+			oc_cmd(oc, "HELO %s", c->cfg->hostname);
+			oc_cmd_end(oc, SMTP_ASK_HELO);
 			smtp_ehlo_begin(&oc->caps);
 			oc->state = OC_HELO;
 			oc_flush(oc);
@@ -862,8 +1000,9 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 	}
 	case OC_DATA:
 		if (r->code == 354) {
+			/* RFC 2920 3.1: a server that accepted no RCPT fails DATA. */
 			if (!oc->mail_ok || oc->naccepted == 0) {
-				oc_fail(oc, "354 to DATA without an accepted recipient");
+				oc_violation(oc, "354 to DATA without an accepted recipient");
 				return;
 			}
 			oc_body_start(oc);
@@ -878,14 +1017,16 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		if (!oc->hop.lmtp) {
 			result_all_reply(oc, r, true);
 		} else {
-			/* RFC 2033 4.2: one reply per accepted recipient, in order. */
+			/* RFC 2033 4.2: one reply per accepted recipient, in order;
+			 * as many were owed as RCPTs were accepted. */
 			while (oc->lmtp_idx < oc->job->nrcpt && oc->job->acc[oc->lmtp_idx] != 1)
 				oc->lmtp_idx++;
-			if (oc->lmtp_idx < oc->job->nrcpt)
-				result_from_reply(oc, oc->lmtp_idx++, r);
-			if (--oc->lmtp_left)
+			assert(oc->lmtp_idx < oc->job->nrcpt);
+			result_from_reply(oc, oc->lmtp_idx++, r);
+			if (oc->owed.total > 0)
 				return;
 		}
+		assert(oc->owed.total == 0);
 		oc->msgs++;
 		oc_release_job(oc);
 		oc_idle(oc);
@@ -902,24 +1043,70 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		oc_close(oc);
 		return;
 	default:
-		/* A reply nobody asked for (an idle connection's 421). */
-		oc_close(oc);
-		return;
+		abort(); /* oc_state_ask() said a command was in flight */
 	}
 }
 
-/* Replies in buf (plaintext): each complete one goes to on_reply. */
+/* Before any reply in buf counts: are they all owed?  False when the
+ * connection was failed. */
+static bool oc_weigh(struct oconn *oc, const char *buf, size_t len)
+{
+	uint32_t replies;
+	size_t end;
+	enum smtp_ask last = smtp_owed_last(&oc->owed);
+
+	smtp_reply_count(&oc->rp, buf, len, &replies, &end);
+	switch (smtp_owed_check(&oc->owed, replies, end, len)) {
+	case SMTP_OWED_OK:
+		return true;
+	case SMTP_OWED_UNASKED:
+		oc_violation(oc, "a reply when nothing was asked");
+		return false;
+	case SMTP_OWED_SURPLUS:
+		/* RFC 3207 5: plaintext after the 220 would be read as replies
+		 * to the commands sent inside TLS (CVE-2011-0411, client side). */
+		if (last == SMTP_ASK_STARTTLS)
+			oc_violation(oc, "bytes after the reply to STARTTLS (response injection)");
+		else
+			oc_violation(
+			    oc, "more replies than commands in flight (%u owed, the last to %s)",
+			    oc->owed.budget, smtp_ask_name(last));
+		return false;
+	default:
+		abort();
+	}
+}
+
+static const char *const reply_errors[] = {
+    [SMTP_REPLY_E_NONE] = "",
+    [SMTP_REPLY_E_SYNTAX] = "bad reply code",
+    [SMTP_REPLY_E_MIXED] = "codes differ between the lines of one reply",
+    [SMTP_REPLY_E_OCTET] = "NUL or bare CR",
+    [SMTP_REPLY_E_LINE_LONG] = "line too long",
+    [SMTP_REPLY_E_LINES] = "too many lines",
+    [SMTP_REPLY_E_BYTES] = "reply too long",
+};
+
+/* Replies in buf (plaintext): weighed against the replies owed, then each
+ * complete one goes to on_reply. */
 static void oc_parse(struct oconn *oc, const char *buf, size_t len)
 {
 	size_t off = 0;
 
+	if (!oc_weigh(oc, buf, len))
+		return;
 	while (off < len && !oc->closing) {
 		struct smtp_reply_line line;
 		size_t used = 0;
 		int rc = smtp_reply_parse(&oc->rp, buf + off, len - off, &used, &line);
 
 		if (rc == SMTP_PARSE_INVALID) {
-			oc_fail(oc, "malformed reply from the next hop");
+			char why[DLV_ERR_MAX];
+
+			assert(oc->rp.error < sizeof(reply_errors) / sizeof(reply_errors[0]));
+			snprintf(why, sizeof(why), "malformed reply from the next hop (%s)",
+				 reply_errors[oc->rp.error]);
+			oc_fail(oc, why);
 			return;
 		}
 		off += used;
@@ -929,6 +1116,12 @@ static void oc_parse(struct oconn *oc, const char *buf, size_t len)
 			smtp_ehlo_line(&oc->caps, &line);
 		if (line.last)
 			on_reply(oc, &oc->rp.reply);
+		/* TLS began on that reply: oc_weigh saw nothing after it, and
+		 * nothing received in plaintext may follow into TLS. */
+		if (oc->state == OC_TLS_HS && off < len) {
+			oc_violation(oc, "bytes after the reply to STARTTLS (response injection)");
+			return;
+		}
 	}
 }
 
@@ -986,6 +1179,8 @@ static void on_recv(struct oconn *oc, int res)
 		return;
 	}
 	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
+	/* These bytes can answer only what was sent before they came. */
+	smtp_owed_recv(&oc->owed);
 	if (oc->tls)
 		oc_tls_input(oc, (size_t)res);
 	else
@@ -1042,8 +1237,12 @@ static void on_send(struct oconn *oc, int res)
 	}
 	if (oc->state == OC_BODY) {
 		if (oc->body_end) {
+			/* The dot is out: its replies are owed from now on (a
+			 * reply before this answers nothing). */
+			assert(oc->owed.total == 0 && oc->naccepted > 0);
+			oc_ask(oc, SMTP_ASK_DOT, oc->hop.lmtp ? oc->naccepted : 1);
+			smtp_owed_sent(&oc->owed);
 			oc->state = OC_DOT;
-			oc->lmtp_left = oc->naccepted;
 			oc->lmtp_idx = 0;
 			oc_arm_recv(oc);
 			return;
@@ -1067,6 +1266,9 @@ static void on_connect(struct oconn *oc, int res)
 		return;
 	}
 	snprintf(oc->tls_info, sizeof(oc->tls_info), "none");
+	/* RFC 5321 3.1: the server speaks first; that reply is owed now. */
+	oc_ask(oc, SMTP_ASK_GREETING, 1);
+	smtp_owed_sent(&oc->owed);
 	oc->state = OC_BANNER;
 	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
 	oc_arm_recv(oc);
@@ -1181,6 +1383,7 @@ bool oc_assign(struct deliver *d, struct djob *job)
 	oc->hop = *hop;
 	oc->job = job;
 	smtp_reply_init(&oc->rp);
+	smtp_owed_init(&oc->owed);
 	oc->out = malloc(DLV_OUT_CAP);
 	if (!oc->out) {
 		oc->closing = true;
@@ -1208,7 +1411,7 @@ void oc_tick(struct deliver *d)
 		if (c->now_ms >= oc->deadline_ms) {
 			char why[64];
 
-			snprintf(why, sizeof(why), "timeout (state %u)", oc->state);
+			snprintf(why, sizeof(why), "timeout (state %s)", oc_state_name(oc->state));
 			if (oc->state == OC_QUIT)
 				oc_close(oc);
 			else

@@ -8,6 +8,7 @@
 
 #include <assert.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static_assert(SMTP_REPLY_LINE_MAX >= 512, "RFC 5321 4.5.3.1.5 lines must fit");
@@ -227,6 +228,50 @@ int smtp_reply_parse(struct smtp_reply_state *st, const char *buf, size_t len, s
 	size_t raw = st->fill + n;
 	st->fill = 0;
 	return reply_line(st, st->line, raw, line);
+}
+
+/* Does the line a[0..alen) b[0..blen) (LF excluded) end a reply?  The same
+ * test as line_split's: "ddd" alone, or a space after the code. */
+static bool line_ends_reply(const char *a, size_t alen, const char *b, size_t blen)
+{
+	size_t raw = alen + blen;
+	char lastc = blen > 0 ? b[blen - 1] : (alen > 0 ? a[alen - 1] : '\0');
+	size_t n = raw > 0 && lastc == '\r' ? raw - 1 : raw;
+
+	if (n == 3)
+		return true;
+	if (n < 4)
+		return false;
+	return (3 < alen ? a[3] : b[3 - alen]) == ' ';
+}
+
+void smtp_reply_count(const struct smtp_reply_state *st, const char *buf, size_t len,
+		      uint32_t *replies, size_t *end)
+{
+	assert(st != NULL && replies != NULL && end != NULL);
+	assert(buf != NULL || len == 0);
+	size_t off = 0;
+
+	*replies = 0;
+	*end = 0;
+	/* The first line may have begun in an earlier read (st->line). */
+	const char *head = st->line;
+	size_t head_len = st->fill;
+
+	while (off < len) {
+		const char *lf = memchr(buf + off, '\n', len - off);
+		if (lf == NULL)
+			break;
+		size_t n = (size_t)(lf - (buf + off));
+		if (line_ends_reply(head, head_len, buf + off, n)) {
+			(*replies)++;
+			*end = off + n + 1;
+		}
+		head = NULL;
+		head_len = 0;
+		off += n + 1;
+	}
+	assert(*end <= len);
 }
 
 /* ---- EHLO capabilities (RFC 5321 4.1.1.1) -------------------------------- */
@@ -515,6 +560,139 @@ int smtp_lmtp_reply(struct smtp_lmtp_tally *t, uint32_t *rcpt_index)
 	*rcpt_index = t->accepted - t->remaining;
 	t->remaining--;
 	return t->remaining > 0 ? SMTP_PARSE_AGAIN : SMTP_PARSE_OK;
+}
+
+/* ---- replies owed (RFC 5321 4.3.2, RFC 2920 3.1, RFC 2033 4.2) ---------- */
+
+void smtp_owed_init(struct smtp_owed *o)
+{
+	assert(o != NULL);
+	memset(o, 0, sizeof *o);
+}
+
+bool smtp_owed_add(struct smtp_owed *o, enum smtp_ask ask, uint32_t n)
+{
+	assert(o != NULL && ask > SMTP_ASK_NONE && ask < SMTP_ASK_COUNT);
+	assert(o->runs <= SMTP_OWED_RUNS && o->total >= o->unsent);
+	if (n == 0)
+		return true;
+	if (o->total > UINT32_MAX - n)
+		return false;
+	uint32_t tail = (o->head + o->runs + SMTP_OWED_RUNS - 1u) % SMTP_OWED_RUNS;
+	if (o->runs > 0 && o->ask[tail] == ask) {
+		o->count[tail] += n; /* RCPT after RCPT: one run */
+	} else {
+		if (o->runs == SMTP_OWED_RUNS)
+			return false;
+		tail = (o->head + o->runs) % SMTP_OWED_RUNS;
+		o->ask[tail] = (uint8_t)ask;
+		o->count[tail] = n;
+		o->runs++;
+	}
+	o->total += n;
+	o->unsent += n;
+	return true;
+}
+
+void smtp_owed_sent(struct smtp_owed *o)
+{
+	assert(o != NULL);
+	o->unsent = 0;
+}
+
+void smtp_owed_recv(struct smtp_owed *o)
+{
+	assert(o != NULL && o->total >= o->unsent);
+	/* A command still in our buffer cannot have been answered yet: a reply
+	 * to it in these bytes was sent before the server saw the command. */
+	o->budget = o->total - o->unsent;
+}
+
+enum smtp_owed_verdict smtp_owed_check(const struct smtp_owed *o, uint32_t replies, size_t end,
+				       size_t len)
+{
+	assert(o != NULL && end <= len && o->budget <= o->total);
+	if (len == 0)
+		return SMTP_OWED_OK;
+	if (o->budget == 0)
+		return SMTP_OWED_UNASKED;
+	/* Equal count with bytes behind the last reply: the start of one more
+	 * (the "250 " a man in the middle appends to the 220 to STARTTLS). */
+	if (replies > o->budget || (replies == o->budget && end < len))
+		return SMTP_OWED_SURPLUS;
+	return SMTP_OWED_OK;
+}
+
+enum smtp_ask smtp_owed_take(struct smtp_owed *o)
+{
+	assert(o != NULL && o->budget <= o->total && o->total >= o->unsent);
+	if (o->budget == 0)
+		return SMTP_ASK_NONE;
+	assert(o->runs > 0 && o->count[o->head] > 0);
+	enum smtp_ask ask = (enum smtp_ask)o->ask[o->head];
+	o->budget--;
+	o->total--;
+	if (--o->count[o->head] == 0) {
+		o->head = (uint8_t)((o->head + 1u) % SMTP_OWED_RUNS);
+		o->runs--;
+	}
+	assert(o->runs > 0 || o->total == 0);
+	return ask;
+}
+
+enum smtp_ask smtp_owed_last(const struct smtp_owed *o)
+{
+	assert(o != NULL && o->budget <= o->total);
+	uint32_t left = o->budget;
+
+	for (uint32_t i = 0; left > 0 && i < o->runs; i++) {
+		uint32_t r = (o->head + i) % SMTP_OWED_RUNS;
+		if (o->count[r] >= left)
+			return (enum smtp_ask)o->ask[r];
+		left -= o->count[r];
+	}
+	return SMTP_ASK_NONE;
+}
+
+bool smtp_reply_fits(enum smtp_ask ask, uint16_t code)
+{
+	assert(ask > SMTP_ASK_NONE && ask < SMTP_ASK_COUNT);
+	unsigned cls = code / 100u;
+
+	switch (ask) {
+	case SMTP_ASK_DATA:
+		/* 4.3.2: DATA I: 354; a 250 here is the reply to something else
+		 * (an earlier RCPT), and taking it would skip the body. */
+		return code == 354 || cls == 4 || cls == 5;
+	case SMTP_ASK_STARTTLS:
+		/* RFC 3207 4: 220, or a refusal; no other 2xx starts TLS. */
+		return code == 220 || cls == 4 || cls == 5;
+	case SMTP_ASK_GREETING:
+	case SMTP_ASK_EHLO:
+	case SMTP_ASK_HELO:
+	case SMTP_ASK_MAIL:
+	case SMTP_ASK_RCPT:
+	case SMTP_ASK_DOT:
+	case SMTP_ASK_RSET:
+	case SMTP_ASK_QUIT:
+		return cls == 2 || cls == 4 || cls == 5;
+	default:
+		abort();
+	}
+}
+
+const char *smtp_ask_name(enum smtp_ask ask)
+{
+	static const char *const names[SMTP_ASK_COUNT] = {
+	    [SMTP_ASK_NONE] = "nothing",      [SMTP_ASK_GREETING] = "the greeting",
+	    [SMTP_ASK_EHLO] = "EHLO",	      [SMTP_ASK_HELO] = "HELO",
+	    [SMTP_ASK_STARTTLS] = "STARTTLS", [SMTP_ASK_MAIL] = "MAIL",
+	    [SMTP_ASK_RCPT] = "RCPT",	      [SMTP_ASK_DATA] = "DATA",
+	    [SMTP_ASK_DOT] = "the final dot", [SMTP_ASK_RSET] = "RSET",
+	    [SMTP_ASK_QUIT] = "QUIT",
+	};
+	assert((unsigned)ask < SMTP_ASK_COUNT);
+	return names[ask];
 }
 
 /* ---- classification (RFC 5321 4.2.1) ------------------------------------- */

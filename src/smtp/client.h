@@ -123,6 +123,16 @@ void smtp_reply_init(struct smtp_reply_state *st);
 int smtp_reply_parse(struct smtp_reply_state *st, const char *buf, size_t len, size_t *used,
 		     struct smtp_reply_line *line);
 
+/* How many replies complete in buf[0..len) when it is fed to st as st stands
+ * (st is not changed), so a caller can weigh a whole read against the
+ * replies it is owed before acting on any of them.  *end is the offset just
+ * past the LF of the last reply that completes (0 when none does); bytes
+ * from *end on begin a reply not yet complete.  Lines count by their shape
+ * alone ("ddd " or "ddd" ends a reply, as smtp_reply_parse reads them); a
+ * line smtp_reply_parse would refuse is left for it to refuse. */
+void smtp_reply_count(const struct smtp_reply_state *st, const char *buf, size_t len,
+		      uint32_t *replies, size_t *end);
+
 /* ---- EHLO / LHLO capabilities (RFC 5321 4.1.1.1, 2.2.2) --------------------
  *
  * Fed the lines of a 250 reply to EHLO (LHLO for LMTP: same format).  The
@@ -245,6 +255,88 @@ struct smtp_lmtp_tally {
 
 void smtp_lmtp_begin(struct smtp_lmtp_tally *t, uint32_t accepted);
 int smtp_lmtp_reply(struct smtp_lmtp_tally *t, uint32_t *rcpt_index);
+
+/* ---- replies owed (RFC 5321 4.1.1 and 4.3.2, RFC 2920 3.1, RFC 2033 4.2) --
+ *
+ * A server answers every command once, in the order the commands came (a
+ * PIPELINING group included), with one exception: LMTP answers the final dot
+ * once per recipient its RCPT accepted.  The client writes down each command
+ * as it writes it (smtp_owed_add) and takes one down per complete reply
+ * (smtp_owed_take), so every reply is matched to its command by count alone
+ * and nothing a peer sends can shift the matching without being seen:
+ *
+ *  - a reply when nothing is owed answers nothing (SMTP_ASK_NONE);
+ *  - a read that holds more complete replies than the commands already sent
+ *    are owed, or any byte after the last one owed, carries replies nobody
+ *    asked for: smtp_owed_check() says SMTP_OWED_SURPLUS before any of them
+ *    is acted on.  After the 220 to STARTTLS this is the response injection
+ *    of CVE-2011-0411 seen from the client: bytes a man in the middle put
+ *    there would be read as replies to commands sent inside TLS.
+ *  - bytes received can only answer commands already handed to a send:
+ *    smtp_owed_recv() fixes that budget when bytes arrive, so a reply sent
+ *    ahead of its command (with the previous one) is surplus too.
+ *  - smtp_reply_fits() says whether a code can answer the command at all
+ *    (a 250 to DATA, a 354 to RCPT, a 3xx to the final dot cannot).
+ *
+ * Commands of one kind in a row share a run (a PIPELINING group is at most
+ * MAIL, RCPT x n, DATA), so SMTP_OWED_RUNS bounds the kinds in flight, not
+ * the commands.  Pure; one per connection.
+ */
+enum smtp_ask {
+	SMTP_ASK_NONE = 0, /* no command: the reply answers nothing */
+	SMTP_ASK_GREETING, /* the server speaks first on connect (RFC 5321 3.1) */
+	SMTP_ASK_EHLO,	   /* EHLO or LHLO */
+	SMTP_ASK_HELO,
+	SMTP_ASK_STARTTLS,
+	SMTP_ASK_MAIL,
+	SMTP_ASK_RCPT,
+	SMTP_ASK_DATA,
+	SMTP_ASK_DOT, /* the final "." of DATA */
+	SMTP_ASK_RSET,
+	SMTP_ASK_QUIT,
+	SMTP_ASK_COUNT,
+};
+
+#define SMTP_OWED_RUNS 8
+
+enum smtp_owed_verdict {
+	SMTP_OWED_OK = 0,
+	SMTP_OWED_UNASKED, /* bytes when no reply is owed */
+	SMTP_OWED_SURPLUS, /* more replies than owed, or bytes after the last one owed */
+};
+
+struct smtp_owed {
+	uint8_t ask[SMTP_OWED_RUNS]; /* enum smtp_ask of each run, oldest at head */
+	uint32_t count[SMTP_OWED_RUNS];
+	uint8_t head, runs;
+	uint32_t total;	 /* replies owed, all runs */
+	uint32_t unsent; /* of total: commands written but not handed to a send */
+	uint32_t budget; /* replies the bytes being read may hold */
+};
+
+void smtp_owed_init(struct smtp_owed *o);
+/* n replies owed for commands just written (unsent until smtp_owed_sent).
+ * false: SMTP_OWED_RUNS runs are in flight already (a caller's bug). */
+bool smtp_owed_add(struct smtp_owed *o, enum smtp_ask ask, uint32_t n);
+/* Every command written so far has been handed to a send. */
+void smtp_owed_sent(struct smtp_owed *o);
+/* Bytes arrived: they may answer only the commands already sent. */
+void smtp_owed_recv(struct smtp_owed *o);
+/* A read of len bytes in which smtp_reply_count found replies completing,
+ * the last ending at end: may the caller act on it? */
+enum smtp_owed_verdict smtp_owed_check(const struct smtp_owed *o, uint32_t replies, size_t end,
+				       size_t len);
+/* One complete reply: the command it answers (taken off the owed list), or
+ * SMTP_ASK_NONE when the budget of this read is spent. */
+enum smtp_ask smtp_owed_take(struct smtp_owed *o);
+/* The command the last reply of the current budget answers (NONE: 0). */
+enum smtp_ask smtp_owed_last(const struct smtp_owed *o);
+/* Can code answer ask (RFC 5321 4.3.2, RFC 3207 4, RFC 2033 4.2)?  2xx, 4xx
+ * and 5xx answer everything but DATA, which takes 354, 4xx or 5xx only; no
+ * other command takes a 3xx; STARTTLS goes on only with 220. */
+bool smtp_reply_fits(enum smtp_ask ask, uint16_t code);
+/* "DATA", "RCPT", ... for logs. */
+const char *smtp_ask_name(enum smtp_ask ask);
 
 /* ---- classification (RFC 5321 4.2.1) ---------------------------------------
  *

@@ -27,9 +27,22 @@ recipient, with ctx.rcpt set, giving one reply each), "rset", "noop", "quit",
 anything else leaves the session in plain text).
 
 Rule(phase, reply=None, drop=False, delay=0, rcpt=None, sender=None,
-     times=None, skip=0, when=None):
+     times=None, skip=0, when=None, raw=False, midbody=None):
   reply   full reply line(s), e.g. "451 4.3.0 Later" ("\\n" between the lines of
-          a multi-line reply), or a callable(ctx) -> line or None (None: default)
+          a multi-line reply), or a callable(ctx) -> line or None (None: default).
+          Several complete lines ("250 Ok\\n250 Ok") are several replies: the
+          way to send a reply nobody asked for.
+  raw     True: reply is bytes sent exactly as given (no line ends added, none
+          required; b"" sends nothing), in the same write as the replies queued
+          before it.  The session decides as if it had answered with the first
+          line of those bytes.  For a misbehaving hop or a man in the middle:
+              Rule("starttls", b"220 2.0.0 Ready\\r\\n250 ", raw=True)  # bytes after the 220
+              Rule("rcpt", b"", raw=True, rcpt="b@x.example")           # a reply left out
+  midbody "data" phase only: bytes sent once the 354 went out and the first
+          octets of message data arrived (a reply in the middle of the body);
+          the session then stops reading until the hop is stopped, so the
+          client is still sending its body when those bytes reach it (give it
+          a body larger than the socket buffers, a few MiB)
   drop    True: close the connection instead of replying (replies due before it
           are sent first); "rst": the same with a TCP reset
   delay   seconds to wait before replying (or dropping)
@@ -127,11 +140,18 @@ def _norm_mid(m):
 
 class Rule:
     def __init__(self, phase, reply=None, *, drop=False, delay=0.0, rcpt=None, sender=None,
-                 times=None, skip=0, when=None):
+                 times=None, skip=0, when=None, raw=False, midbody=None):
         if phase not in PHASES:
             raise ValueError("unknown phase %r (one of %s)" % (phase, ", ".join(PHASES)))
-        if reply is not None and not callable(reply) and not re.match(r"^\d{3}", reply):
+        if raw:
+            if not isinstance(reply, (bytes, str)):
+                raise ValueError("raw needs the reply as bytes: %r" % (reply,))
+        elif reply is not None and not callable(reply) and not re.match(r"^\d{3}", reply):
             raise ValueError("reply must start with a 3-digit code: %r" % reply)
+        if midbody is not None and (phase != "data" or not isinstance(midbody, bytes)):
+            raise ValueError("midbody is bytes for the data phase")
+        self.raw = raw
+        self.midbody = midbody
         self.phase = phase
         self.reply = reply
         self.drop = drop
@@ -606,6 +626,7 @@ class _Session:
         self.banner_ok = True
         self.prev_verb = None
         self.pending_at_read = False
+        self.rule = None        # the rule that gave the last reply (_answer)
         self.tls_active = False
         self.extra_socks = []   # sockets to close at the end besides self.sock
         self._reset_txn()
@@ -632,7 +653,7 @@ class _Session:
 
     def _flush(self):
         if self.out:
-            data = "".join(self.out).encode("utf-8")
+            data = b"".join(x if isinstance(x, bytes) else x.encode("utf-8") for x in self.out)
             self.out = []
             try:
                 self.sock.sendall(data)
@@ -739,9 +760,11 @@ class _Session:
 
     def _answer(self, phase, default, **ctxkw):
         """Reply for phase: the first matching rule's, else default.  Returns the
-        reply text (queued, not yet sent); raises _Drop for a drop rule."""
+        reply text (queued, not yet sent); raises _Drop for a drop rule.  The
+        rule that answered (or None) is left in self.rule."""
         ctx = Ctx(self.srv, self.info, phase, sender=self.mail_from, rcpts=self.rcpts, **ctxkw)
         rule = self.srv._decide(phase, ctx)
+        self.rule = rule
         reply = None
         if rule is not None:
             if rule.delay:
@@ -751,6 +774,10 @@ class _Session:
                     raise _Closed()
             if rule.drop:
                 self._drop(rule.drop)
+            if rule.raw:
+                raw = rule.reply if isinstance(rule.reply, bytes) else rule.reply.encode()
+                self.out.append(raw)
+                return raw.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
             reply = rule.reply(ctx) if callable(rule.reply) else rule.reply
         if reply is None:
             reply = self._dflt(default)
@@ -1057,10 +1084,25 @@ class _Session:
             self._error("message data sent before the 354 reply (%r)" % bytes(self.buf[:40]))
         self._flush()
         self.in_data = True
+        if self.rule is not None and self.rule.midbody is not None:
+            self._midbody(self.rule.midbody)
         raw, data = self._read_data()
         self.in_data = False
         self.prev_verb = None  # the reply to the final dot is what the client waits for
         self._finish("DATA", raw, data)
+
+    def _midbody(self, data):
+        """Send data once the body has begun, then read no more until the hop
+        stops: the client meets these bytes while its body is still going out."""
+        if not self.buf:
+            self._recv()
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            pass
+        self.srv._stop.wait(self.srv.idle_timeout)
+        self.info.closed_by = "stop" if self.srv._stop.is_set() else "timeout"
+        raise _Drop()
 
     def _cmd_bdat(self, line):
         parts = line.split()

@@ -10,6 +10,11 @@
  * reply obeys its bounds, its kept text and DSN diagnostic hold only
  * printable ASCII, its enhanced code has the RFC 3463 form and class.
  * EHLO parsing of the whole input agrees with line-by-line parsing.
+ * smtp_reply_count over each piece, from the state before it, gives the
+ * replies the parser then completes in that piece and where the last ends
+ * (unless the parser refuses the piece), and leaves the state untouched;
+ * the owed list matches replies to commands in order and its verdict on a
+ * piece agrees with the counts.
  *
  * Stuffing invariants: split feeds with small iovec budgets give the same
  * bytes as one feed; iovecs are the static "." or in-order input pieces;
@@ -139,6 +144,13 @@ static void parse(const char *data, size_t size, uint64_t seed, size_t chunk_max
 			size_t chunk = 1 + (size_t)(rng_next(&seed) % chunk_max);
 			left = chunk < left ? chunk : left;
 		}
+		/* What the count says of this piece, checked once it is parsed. */
+		const char *piece = data + off;
+		size_t piece_len = left, counted_end = SIZE_MAX, parsed_end = 0;
+		uint32_t counted = UINT32_MAX, parsed = 0;
+		uint32_t fill_before = st.fill;
+		smtp_reply_count(&st, piece, piece_len, &counted, &counted_end);
+		CHECK(st.fill == fill_before && counted_end <= piece_len);
 		while (left > 0) {
 			struct smtp_reply_line line;
 			size_t used = SIZE_MAX;
@@ -156,7 +168,13 @@ static void parse(const char *data, size_t size, uint64_t seed, size_t chunk_max
 			record(o, &st, &line, &caps);
 			off += used;
 			left -= used;
+			if (line.last) {
+				parsed++;
+				parsed_end = (size_t)(data + off - piece);
+			}
 		}
+		if (o->rc != SMTP_PARSE_INVALID)
+			CHECK(counted == parsed && counted_end == parsed_end);
 	}
 	/* All bytes taken: OK (input ended on a line end) or AGAIN alike. */
 	if (o->rc == SMTP_PARSE_OK)
@@ -276,6 +294,65 @@ static void stuff_side(const char *in, size_t size, uint64_t seed)
 	free(back);
 }
 
+/* ---- replies owed ---------------------------------------------------------- */
+
+/* The input's bytes as a script for the owed list: add runs, send, receive,
+ * take.  Replies come off in the order their commands went on, never more
+ * than were sent before the read, and the counters stay consistent. */
+static void owed_side(const char *in, size_t size, uint64_t seed)
+{
+	struct smtp_owed o;
+	uint8_t fifo[256]; /* the commands, one by one, as a model */
+	size_t fh = 0, ft = 0, sent = 0;
+
+	smtp_owed_init(&o);
+	for (size_t i = 0; i < size && i < 512; i++) {
+		uint8_t b = (uint8_t)in[i];
+		switch (b % 4) {
+		case 0: {
+			enum smtp_ask ask = (enum smtp_ask)(1 + (b >> 2) % (SMTP_ASK_COUNT - 1));
+			uint32_t n = (b >> 5) % 3;
+			if (ft - fh + n > sizeof fifo)
+				break;
+			bool merges =
+			    o.runs > 0 && o.ask[(o.head + o.runs - 1u) % SMTP_OWED_RUNS] == ask;
+			bool room = n == 0 || merges || o.runs < SMTP_OWED_RUNS;
+			bool ok = smtp_owed_add(&o, ask, n);
+			CHECK(ok == room);
+			if (!ok)
+				break;
+			CHECK(o.runs <= SMTP_OWED_RUNS);
+			for (uint32_t k = 0; k < n; k++)
+				fifo[ft++ % sizeof fifo] = (uint8_t)ask;
+			break;
+		}
+		case 1:
+			smtp_owed_sent(&o);
+			sent = ft;
+			break;
+		case 2:
+			smtp_owed_recv(&o);
+			CHECK(o.budget == sent - fh);
+			break;
+		default: {
+			uint32_t budget = o.budget;
+			enum smtp_ask want =
+			    budget > 0 ? (enum smtp_ask)fifo[fh % sizeof fifo] : SMTP_ASK_NONE;
+			enum smtp_ask last = smtp_owed_last(&o);
+			CHECK(budget == 0 ? last == SMTP_ASK_NONE
+					  : last == fifo[(fh + budget - 1) % sizeof fifo]);
+			CHECK(smtp_owed_take(&o) == want);
+			if (want != SMTP_ASK_NONE)
+				fh++;
+			break;
+		}
+		}
+		CHECK(o.total == ft - fh && o.budget <= o.total && o.unsent <= o.total);
+		CHECK(fh <= sent && o.unsent == ft - sent);
+	}
+	(void)seed;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char *in = (const char *)data;
@@ -294,5 +371,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	CHECK(smtp_lmtp_reply(&t, &idx) == SMTP_PARSE_INVALID);
 	CHECK(smtp_reply_outcome((uint16_t)(seed % 600)) <= SMTP_OUTCOME_BOUNCE);
+	owed_side(in, size, seed);
 	return 0;
 }
