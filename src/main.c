@@ -221,7 +221,8 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 0;
 	}
-	log_setup(cfg->log.level, cfg->log.json);
+	if (log_setup(cfg->log.level, cfg->log.json, cfg->log.file, why, sizeof(why)) != 0)
+		fatal("%s", why);
 	if (ring_probe(why, sizeof(why)) != 0)
 		fatal("%s", why);
 	if (cfg->spool.durability == CONFIG_DURABILITY_NONE)
