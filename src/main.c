@@ -116,6 +116,13 @@ static int check_tls(const struct rmx_config *cfg, char *why, size_t why_len)
 	return rc;
 }
 
+/*
+ * Every signal an operator or a tool sends on purpose is blocked before any
+ * thread starts, so every thread inherits the mask and only the signalfd
+ * sees them: none of them kills the process (whose shard threads still hold
+ * log lines in their rings).  SIGPIPE is ignored: a control client or a
+ * log reader that went away is an error on that write, not the end.
+ */
 static int signals_block(void)
 {
 	sigset_t set;
@@ -124,8 +131,8 @@ static int signals_block(void)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
-	/* Blocked before any thread starts, so every thread inherits the mask
-	 * and only the signalfd sees them. */
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -134,6 +141,29 @@ static int signals_block(void)
 static void post_ctl(void *ctx, uint32_t shard, struct dctl_req *req)
 {
 	shard_ctl(&((struct shard *)ctx)[shard], req);
+}
+
+/* One signal; false when it asks the process to stop. */
+static bool signal_handle(uint32_t signo)
+{
+	switch (signo) {
+	case SIGHUP:
+		log_msg(LOG_WARN, "event=reload status=unsupported "
+				  "reason=\"reload is not built yet; restart to apply\"");
+		return true;
+	case SIGUSR1: /* logrotate: the file was moved, write to a new one */
+		log_reopen();
+		return true;
+	case SIGUSR2:
+		log_msg(LOG_INFO, "event=signal signal=USR2 action=ignored");
+		return true;
+	case SIGTERM:
+	case SIGINT:
+		log_msg(LOG_INFO, "event=stopping signal=%s", signo == SIGTERM ? "TERM" : "INT");
+		return false;
+	default:
+		abort(); /* only the signals of signals_block() reach the signalfd */
+	}
 }
 
 static void main_loop(const struct rmx_config *cfg, int sfd, int cfd, struct shard *shards)
@@ -148,14 +178,8 @@ static void main_loop(const struct rmx_config *cfg, int sfd, int cfd, struct sha
 			control_serve(cfd, cfg, post_ctl, shards);
 		if (!(p[0].revents & POLLIN) || read(sfd, &si, sizeof(si)) != sizeof(si))
 			continue;
-		if (si.ssi_signo == SIGHUP) {
-			log_msg(LOG_WARN, "event=reload status=unsupported "
-					  "reason=\"reload is not built yet; restart to apply\"");
-			continue;
-		}
-		log_msg(LOG_INFO, "event=stopping signal=%s",
-			si.ssi_signo == SIGTERM ? "TERM" : "INT");
-		return;
+		if (!signal_handle(si.ssi_signo))
+			return;
 	}
 }
 
