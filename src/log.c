@@ -4,7 +4,7 @@
  * buffer (one value = one field, whatever bytes it holds); line_build()
  * then gives each value its room in the line and writes it escaped for the
  * chosen format.  Per-thread single-producer/single-consumer byte rings
- * carry the shard threads' lines to the main thread.
+ * carry the shard threads' lines to whichever thread drains them.
  */
 #include "log.h"
 
@@ -902,7 +902,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	pthread_mutex_unlock(&direct_lock);
 }
 
-/* Consumer side, under direct_lock. */
+/* Consumer side, under direct_lock: one drainer at a time, whichever thread. */
 static void ring_drain(struct log_ring *r)
 {
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);

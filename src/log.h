@@ -32,9 +32,11 @@
  * truncated=true ("truncated":true).
  *
  * Threads: shard threads never write(2) themselves (invariant 3): each
- * thread that calls log_thread_ring() gets a single-producer ring the main
- * thread drains with log_drain().  Threads without a ring (main, control,
- * helpers, start-up) write directly.  A full ring drops the line and counts
+ * thread that calls log_thread_ring() gets a single-producer ring that
+ * log_drain() empties: the main loop every MAIN_POLL_MS, and a control
+ * thread around each command (so an answer follows the lines logged before
+ * it); drains hold one lock, so the rings keep one consumer at a time.
+ * Threads without a ring (main, control, helpers, start-up) write directly.  A full ring drops the line and counts
  * it; the drop count is reported by the next drain (event=log_dropped).
  *
  * Output: stderr, or the file log_setup() opened (appended to);
@@ -67,7 +69,8 @@ int log_setup(int level, bool json, const char *file, char *why, size_t why_len)
 int log_reopen(void);
 /* Give the calling thread its own ring (shard start-up); id names it. */
 int log_thread_ring(unsigned id);
-/* Main thread: write out everything queued by other threads. */
+/* Write out everything the rings hold (any thread without a ring; drains
+ * are serialised). */
 void log_drain(void);
 /* Does a line of this level get written at all? (skip formatting if not) */
 bool log_enabled(enum log_level level);

@@ -1,8 +1,9 @@
 /*
  * main — parse and check the config, recover the spool, start the shards,
- * then serve signals (signalfd), the control socket and the log drain until
- * SIGTERM/SIGINT, and stop in order: shards drain (421 to sessions, pending
- * commits finish), then the process exits 0.
+ * then serve signals (signalfd) and the log drain until SIGTERM/SIGINT (the
+ * control socket has threads of its own, control.h), and stop in order:
+ * control clients end, shards drain (421 to sessions, pending commits
+ * finish), then the process exits 0.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -166,17 +167,18 @@ static bool signal_handle(uint32_t signo)
 	}
 }
 
-static void main_loop(const struct rmx_config *cfg, int sfd, int cfd, struct shard *shards)
+/* The main thread drains the log and waits for signals; control clients are
+ * served on their own threads (control.h), so nothing here ever waits on a
+ * peer. */
+static void main_loop(int sfd)
 {
 	for (;;) {
-		struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = cfd, .events = POLLIN}};
+		struct pollfd p = {.fd = sfd, .events = POLLIN};
 		struct signalfd_siginfo si;
 
-		poll(p, 2, MAIN_POLL_MS);
+		poll(&p, 1, MAIN_POLL_MS);
 		log_drain();
-		if (p[1].revents & POLLIN)
-			control_serve(cfd, cfg, post_ctl, shards);
-		if (!(p[0].revents & POLLIN) || read(sfd, &si, sizeof(si)) != sizeof(si))
+		if (!(p.revents & POLLIN) || read(sfd, &si, sizeof(si)) != sizeof(si))
 			continue;
 		if (!signal_handle(si.ssi_signo))
 			return;
@@ -219,8 +221,9 @@ int main(int argc, char **argv)
 	bool check_only;
 	struct rmx_config *cfg = load(argc, argv, &check_only);
 	struct shard *shards;
+	struct control *ctl = NULL;
 	uint64_t *max_ids;
-	int sfd, cfd;
+	int sfd;
 
 	if (check_only) {
 		int rc = check_tls(cfg, why, sizeof(why));
@@ -258,9 +261,11 @@ int main(int argc, char **argv)
 		fatal("start-up: %s", strerror(errno));
 	if (spool_lock_root(cfg->spool.path, why, sizeof(why)) < 0)
 		fatal("%s", why);
-	/* A socket left by a process that died (kill -9): gone before the
-	 * shards start, so the socket appearing again means we are up. */
-	unlink(cfg->control.socket);
+	/* A socket left by a process that died (kill -9) is gone before the
+	 * shards start, so the socket appearing again means we are up; one in
+	 * use, or anything that is not a socket, stops the start. */
+	if (control_prepare(cfg->control.socket, why, sizeof(why)) != 0)
+		fatal("%s", why);
 	shards = calloc(cfg->shards, sizeof(*shards));
 	max_ids = calloc(cfg->shards, sizeof(*max_ids));
 	if (!shards || !max_ids)
@@ -313,13 +318,12 @@ int main(int argc, char **argv)
 			fatal("shard %u: %s", i, shards[i].why);
 	}
 	/* Last: the control socket appearing means every shard is up. */
-	cfd = control_open(cfg, why, sizeof(why));
-	if (cfd < 0)
+	if (control_start(&ctl, cfg, post_ctl, shards, why, sizeof(why)) != 0)
 		fatal("%s", why);
 	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
 		cfg->listener_count, cfg->hostname);
-	main_loop(cfg, sfd, cfd, shards);
-	control_close(cfd, cfg);
+	main_loop(sfd);
+	control_stop(ctl); /* before the shards: a client may wait for one */
 	for (uint32_t i = 0; i < cfg->shards; i++)
 		shard_stop(&shards[i]);
 	for (uint32_t i = 0; i < cfg->shards; i++) {
