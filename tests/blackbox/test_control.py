@@ -21,6 +21,7 @@ import time
 import pytest
 
 from conftest import STOP_TIMEOUT_S, submit, wait_for, wait_log
+from logparse import parse_kv
 
 CONTROL_CLIENTS_MAX = 8  # src/control.h
 CONTROL_STALL_S = 5  # CONTROL_STALL_MS
@@ -216,3 +217,31 @@ def test_clients_bounded_and_idle_ones_dropped(ringmx):
              "%d idle drops logged" % CONTROL_CLIENTS_MAX)
     assert srv.log_text().count("reason=busy") == 1
     assert srv.ctl("ping") == b"pong\n"
+
+
+# --------------------------------------------------------------------------
+# sibling: `queue list` lines carry the sender a client chose
+
+
+HOSTILE_SENDERS = [
+    '"a b=c state=held next=0 error=x"@client.example',
+    "o'brien@client.example",
+    '"q\\" size=1 \\\\"@client.example',
+    '"j\u00f6rg \u00e9"@client.example',  # SMTPUTF8
+]
+
+
+def test_queue_list_keeps_each_sender_in_its_field(server):
+    want = {}
+    for sender in HOSTILE_SENDERS:
+        params = "SMTPUTF8" if any(ord(ch) > 127 for ch in sender) else ""
+        qid = submit(server.port, b"Subject: q\r\n\r\nx\r\n", sender=sender, mail_params=params)
+        want[qid] = ("<%s>" % sender).encode("utf-8")
+    lines = server.ctl("queue", "list").split(b"\n")
+    assert lines[-1] == b"" and len(lines) - 1 == len(want), lines
+    for line in lines[:-1]:
+        qid, _, rest = line.partition(b" ")
+        pairs = parse_kv(rest)
+        assert [k for k, _ in pairs] == ["size", "from", "rcpts", "arrival", "state",
+                                         "attempts", "next", "error"], line
+        assert dict(pairs)["from"] == want[qid.decode()], line
