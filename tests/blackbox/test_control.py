@@ -12,15 +12,17 @@ CONTROL_CLIENTS_MAX clients are served at once (one more gets "ERR busy");
 a client that sends no command is dropped after the read bound."""
 
 import os
+import pty
 import select
 import signal
 import socket
 import stat
-import time
+import subprocess
+import tty
 
 import pytest
 
-from conftest import STOP_TIMEOUT_S, submit, wait_for, wait_log
+from conftest import RINGMXCTL_BIN, STOP_TIMEOUT_S, submit, wait_for, wait_log
 from logparse import parse_kv
 
 CONTROL_CLIENTS_MAX = 8  # src/control.h
@@ -245,3 +247,47 @@ def test_queue_list_keeps_each_sender_in_its_field(server):
         assert [k for k, _ in pairs] == ["size", "from", "rcpts", "arrival", "state",
                                          "attempts", "next", "error"], line
         assert dict(pairs)["from"] == want[qid.decode()], line
+
+
+# --------------------------------------------------------------------------
+# sibling: `queue show` prints a message a stranger wrote
+
+
+ESCAPES = b"Subject: \x1b]0;owned\x07\x1b[2J\r\n\r\nbody \x1b[31mred\x7f\x01\r\n"
+
+
+def ctl_on_a_terminal(srv, *args):
+    """ringmxctl's stdout on a pseudo-terminal (raw mode: no newline
+    translation); returns what the terminal got."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    try:
+        p = subprocess.run([RINGMXCTL_BIN, "-s", srv.sock_path] + list(args), stdout=slave,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=30)
+        assert p.returncode == 0, p
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal has no writer left
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+def test_queue_show_on_a_terminal_shows_control_bytes_as_text(server):
+    qid = submit(server.port, ESCAPES)
+    shown = ctl_on_a_terminal(server, "queue", "show", qid)
+    assert b"\x1b" not in shown and b"\x07" not in shown and b"\x7f" not in shown, shown
+    assert b"Subject: ^[]0;owned^G^[[2J\r\n" in shown and b"body ^[[31mred^?^A\r\n" in shown, shown
+    # a pipe gets the stored bytes
+    _, msg = server.queue_show(qid)
+    assert ESCAPES in msg, msg
