@@ -239,6 +239,7 @@ static const struct config_key config_control_keys[] = {
 static const struct config_key config_log_keys[] = {
     KEY_CHOICE("format", struct config_log, json, config_log_format_choices, 0),
     KEY_CHOICE("level", struct config_log, level, config_log_level_choices, 2),
+    KEY_STR("file", struct config_log, file, CONFIG_FILE_PATH_MAX, NULL),
     {0},
 };
 
@@ -1882,6 +1883,7 @@ void config_free(struct rmx_config *cfg)
 	free(cfg->cpu_affinity);
 	free(cfg->spool.path);
 	free(cfg->control.socket);
+	free(cfg->log.file);
 	for (uint32_t i = 0; i < cfg->route_count; i++)
 		config_route_free(&cfg->routes[i]);
 	free(cfg->routes);

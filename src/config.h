@@ -193,8 +193,9 @@ struct config_control {
 };
 
 struct config_log {
-	bool json; /* false: key=value lines (default) */
-	int level; /* 0 error, 1 warn, 2 info (default), 3 debug */
+	bool json;  /* false: key=value lines (default) */
+	int level;  /* 0 error, 1 warn, 2 info (default), 3 debug */
+	char *file; /* NULL: stderr (default); else appended to, reopened on SIGUSR1 */
 };
 
 struct rmx_config {

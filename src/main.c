@@ -1,8 +1,9 @@
 /*
  * main — parse and check the config, recover the spool, start the shards,
- * then serve signals (signalfd), the control socket and the log drain until
- * SIGTERM/SIGINT, and stop in order: shards drain (421 to sessions, pending
- * commits finish), then the process exits 0.
+ * then serve signals (signalfd) and the log drain until SIGTERM/SIGINT (the
+ * control socket has threads of its own, control.h), and stop in order:
+ * control clients end, shards drain (421 to sessions, pending commits
+ * finish), then the process exits 0.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -132,6 +133,13 @@ static void warn_log(void *arg, const char *line)
 	log_msg(LOG_WARN, "event=config_warning message=\"%s\"", line);
 }
 
+/*
+ * Every signal an operator or a tool sends on purpose is blocked before any
+ * thread starts, so every thread inherits the mask and only the signalfd
+ * sees them: none of them kills the process (whose shard threads still hold
+ * log lines in their rings).  SIGPIPE is ignored: a control client or a
+ * log reader that went away is an error on that write, not the end.
+ */
 static int signals_block(void)
 {
 	sigset_t set;
@@ -140,8 +148,8 @@ static int signals_block(void)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
-	/* Blocked before any thread starts, so every thread inherits the mask
-	 * and only the signalfd sees them. */
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -152,26 +160,44 @@ static void post_ctl(void *ctx, uint32_t shard, struct dctl_req *req)
 	shard_ctl(&((struct shard *)ctx)[shard], req);
 }
 
-static void main_loop(const struct rmx_config *cfg, int sfd, int cfd, struct shard *shards)
+/* One signal; false when it asks the process to stop. */
+static bool signal_handle(uint32_t signo)
+{
+	switch (signo) {
+	case SIGHUP:
+		log_msg(LOG_WARN, "event=reload status=unsupported "
+				  "reason=\"reload is not built yet; restart to apply\"");
+		return true;
+	case SIGUSR1: /* logrotate: the file was moved, write to a new one */
+		log_reopen();
+		return true;
+	case SIGUSR2:
+		log_msg(LOG_INFO, "event=signal signal=USR2 action=ignored");
+		return true;
+	case SIGTERM:
+	case SIGINT:
+		log_msg(LOG_INFO, "event=stopping signal=%s", signo == SIGTERM ? "TERM" : "INT");
+		return false;
+	default:
+		abort(); /* only the signals of signals_block() reach the signalfd */
+	}
+}
+
+/* The main thread drains the log and waits for signals; control clients are
+ * served on their own threads (control.h), so nothing here ever waits on a
+ * peer. */
+static void main_loop(int sfd)
 {
 	for (;;) {
-		struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = cfd, .events = POLLIN}};
+		struct pollfd p = {.fd = sfd, .events = POLLIN};
 		struct signalfd_siginfo si;
 
-		poll(p, 2, MAIN_POLL_MS);
+		poll(&p, 1, MAIN_POLL_MS);
 		log_drain();
-		if (p[1].revents & POLLIN)
-			control_serve(cfd, cfg, post_ctl, shards);
-		if (!(p[0].revents & POLLIN) || read(sfd, &si, sizeof(si)) != sizeof(si))
+		if (!(p.revents & POLLIN) || read(sfd, &si, sizeof(si)) != sizeof(si))
 			continue;
-		if (si.ssi_signo == SIGHUP) {
-			log_msg(LOG_WARN, "event=reload status=unsupported "
-					  "reason=\"reload is not built yet; restart to apply\"");
-			continue;
-		}
-		log_msg(LOG_INFO, "event=stopping signal=%s",
-			si.ssi_signo == SIGTERM ? "TERM" : "INT");
-		return;
+		if (!signal_handle(si.ssi_signo))
+			return;
 	}
 }
 
@@ -211,8 +237,9 @@ int main(int argc, char **argv)
 	bool check_only;
 	struct rmx_config *cfg = load(argc, argv, &check_only);
 	struct shard *shards;
+	struct control *ctl = NULL;
 	uint64_t *max_ids;
-	int sfd, cfd;
+	int sfd;
 
 	if (check_only) {
 		/* Everything start-up would refuse fails here too; likely
@@ -229,7 +256,8 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 0;
 	}
-	log_setup(cfg->log.level, cfg->log.json);
+	if (log_setup(cfg->log.level, cfg->log.json, cfg->log.file, why, sizeof(why)) != 0)
+		fatal("%s", why);
 	if (ring_probe(why, sizeof(why)) != 0 || preflight_check(cfg, false, why, sizeof(why)) != 0)
 		fatal("%s", why);
 	preflight_warnings(cfg, warn_log, NULL);
@@ -245,9 +273,11 @@ int main(int argc, char **argv)
 		fatal("start-up: %s", strerror(errno));
 	if (spool_lock_root(cfg->spool.path, why, sizeof(why)) < 0)
 		fatal("%s", why);
-	/* A socket left by a process that died (kill -9): gone before the
-	 * shards start, so the socket appearing again means we are up. */
-	unlink(cfg->control.socket);
+	/* A socket left by a process that died (kill -9) is gone before the
+	 * shards start, so the socket appearing again means we are up; one in
+	 * use, or anything that is not a socket, stops the start. */
+	if (control_prepare(cfg->control.socket, why, sizeof(why)) != 0)
+		fatal("%s", why);
 	shards = calloc(cfg->shards, sizeof(*shards));
 	max_ids = calloc(cfg->shards, sizeof(*max_ids));
 	if (!shards || !max_ids)
@@ -300,13 +330,12 @@ int main(int argc, char **argv)
 			fatal("shard %u: %s", i, shards[i].why);
 	}
 	/* Last: the control socket appearing means every shard is up. */
-	cfd = control_open(cfg, why, sizeof(why));
-	if (cfd < 0)
+	if (control_start(&ctl, cfg, post_ctl, shards, why, sizeof(why)) != 0)
 		fatal("%s", why);
 	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
 		cfg->listener_count, cfg->hostname);
-	main_loop(cfg, sfd, cfd, shards);
-	control_close(cfd, cfg);
+	main_loop(sfd);
+	control_stop(ctl); /* before the shards: a client may wait for one */
 	for (uint32_t i = 0; i < cfg->shards; i++)
 		shard_stop(&shards[i]);
 	for (uint32_t i = 0; i < cfg->shards; i++) {

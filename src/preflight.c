@@ -67,7 +67,9 @@ static int check_control(const struct rmx_config *cfg, char *why, size_t why_len
 
 	/* Start-up never removes anything but a stale socket at this path. */
 	if (lstat(s, &st) == 0 && !S_ISSOCK(st.st_mode)) {
-		snprintf(why, why_len, "control.socket: %s exists and is not a socket", s);
+		snprintf(why, why_len,
+			 "control.socket: %s exists and is not a socket; refusing to replace it",
+			 s);
 		return -1;
 	}
 	if (!slash)
@@ -75,6 +77,36 @@ static int check_control(const struct rmx_config *cfg, char *why, size_t why_len
 	else
 		snprintf(dir, sizeof(dir), "%.*s", slash == s ? 1 : (int)(slash - s), s);
 	return check_dir("control.socket", dir, why, why_len);
+}
+
+/* log.file is opened for appending, created if missing, in a directory
+ * that must exist (start-up does not make it). */
+static int check_log_file(const struct rmx_config *cfg, char *why, size_t why_len)
+{
+	char dir[PATH_MAX];
+	struct stat st;
+	const char *f = cfg->log.file, *slash;
+
+	if (!f)
+		return 0;
+	if (stat(f, &st) == 0) {
+		if (S_ISDIR(st.st_mode) || access(f, W_OK) != 0) {
+			snprintf(why, why_len, "log.file: %s: %s", f,
+				 S_ISDIR(st.st_mode) ? "is a directory" : strerror(errno));
+			return -1;
+		}
+		return 0;
+	}
+	slash = strrchr(f, '/');
+	if (!slash)
+		strcpy(dir, ".");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", slash == f ? 1 : (int)(slash - f), f);
+	if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || access(dir, W_OK | X_OK) != 0) {
+		snprintf(why, why_len, "log.file: %s: cannot be created in %s", f, dir);
+		return -1;
+	}
+	return 0;
 }
 
 static int check_local_bases(const struct rmx_config *cfg, char *why, size_t why_len)
@@ -152,8 +184,9 @@ static int check_users(const struct rmx_config *cfg, char *why, size_t why_len)
 int preflight_check(const struct rmx_config *cfg, bool check_only, char *why, size_t why_len)
 {
 	if (check_dir("spool.path", cfg->spool.path, why, why_len) < 0 ||
-	    check_control(cfg, why, why_len) < 0 || check_local_bases(cfg, why, why_len) < 0 ||
-	    check_users(cfg, why, why_len) < 0 || check_tls(cfg, why, why_len) < 0)
+	    check_control(cfg, why, why_len) < 0 || check_log_file(cfg, why, why_len) < 0 ||
+	    check_local_bases(cfg, why, why_len) < 0 || check_users(cfg, why, why_len) < 0 ||
+	    check_tls(cfg, why, why_len) < 0)
 		return -1;
 	/* Start-up probes the addresses itself, later (shard_listeners_probe);
 	 * a check may run beside a live server, which holds them. */

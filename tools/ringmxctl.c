@@ -3,10 +3,16 @@
  * socket and prints the answer; exit 0 on "OK", 1 on "ERR" (printed to
  * stderr), 2 on usage or connection errors.
  *
+ * Output to a terminal shows control bytes as ^X (cat -v style): `queue
+ * show` prints a message a stranger wrote, and an ESC in it would start
+ * a sequence the operator's terminal acts on.  Pipes and files get the
+ * bytes exactly as stored.
+ *
  *   ringmxctl [-s SOCKET] queue list
  *   ringmxctl [-s SOCKET] queue show ID
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,9 +53,29 @@ static int ctl_connect(const char *path)
 	return fd;
 }
 
+/* C0 controls other than TAB, LF and CR (CRLF lines), and DEL, as ^X. */
+static void put_bytes(FILE *f, bool tty, const char *p, size_t n)
+{
+	if (!tty) {
+		fwrite(p, 1, n, f);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)p[i];
+
+		if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7f) {
+			fputc('^', f);
+			fputc(c == 0x7f ? '?' : c + 0x40, f);
+		} else {
+			fputc(c, f);
+		}
+	}
+}
+
 /* Copy the answer to stdout; the first line decides the exit status. */
 static int ctl_answer(int fd)
 {
+	bool tty_out = isatty(STDOUT_FILENO), tty_err = isatty(STDERR_FILENO);
 	char buf[65536];
 	size_t have = 0;
 	ssize_t r;
@@ -70,12 +96,15 @@ static int ctl_answer(int fd)
 				have -= 3;
 			} else {
 				status = 1;
-				fwrite(buf, 1, have, stderr);
+				put_bytes(stderr, tty_err, buf, have);
 				have = 0;
 				continue;
 			}
 		}
-		fwrite(buf, 1, have, status == 0 ? stdout : stderr);
+		if (status == 0)
+			put_bytes(stdout, tty_out, buf, have);
+		else
+			put_bytes(stderr, tty_err, buf, have);
 		have = 0;
 	}
 	if (status < 0) {

@@ -1626,7 +1626,7 @@ void deliver_turn(struct deliver *d)
 __attribute__((format(printf, 2, 3))) static void ctl_printf(struct dctl_req *req, const char *fmt,
 							     ...)
 {
-	char line[1024];
+	char line[2048]; /* a queue list line: escaped sender (1 KiB) and error (512) */
 	va_list ap;
 	int n;
 
@@ -1657,9 +1657,16 @@ __attribute__((format(printf, 2, 3))) static void ctl_printf(struct dctl_req *re
 static void ctl_list_one(struct dctl_req *req, const struct qmsg *m)
 {
 	char id[SPOOL_QID_LEN + 1], next[24], err[SPOOL_STATE_ERR_MAX + 1];
+	char path[SMTP_PATH_MAX + 3], from[4 * sizeof(path) + 3];
 	size_t k = 0;
+	int n;
 
 	qid(m->id, id);
+	/* A quoted local part may hold spaces, quotes and '=': written as one
+	 * kv value (log.h's rules), so it cannot pass for more fields. */
+	n = snprintf(path, sizeof(path), "<%.*s>", (int)m->env.mail_from.len, m->env.mail_from.ptr);
+	log_kv_value(from, sizeof(from), path,
+		     n < (int)sizeof(path) ? (size_t)n : sizeof(path) - 1);
 	if (m->where == QW_DEFERRED || m->where == QW_HELD)
 		snprintf(next, sizeof(next), "%" PRId64, m->next_s);
 	else
@@ -1668,10 +1675,9 @@ static void ctl_list_one(struct dctl_req *req, const struct qmsg *m)
 		err[k++] = *p == '"' || *p == '\\' ? '\'' : *p;
 	err[k] = '\0';
 	ctl_printf(req,
-		   "%s size=%" PRIu64 " from=<%.*s> rcpts=%u arrival=%" PRId64
+		   "%s size=%" PRIu64 " from=%s rcpts=%u arrival=%" PRId64
 		   " state=%s attempts=%u next=%s error=\"%s\"\n",
-		   id, m->env.msg_len, (int)m->env.mail_from.len, m->env.mail_from.ptr,
-		   qmsg_pending(m), m->env.arrival_s,
+		   id, m->env.msg_len, from, qmsg_pending(m), m->env.arrival_s,
 		   (m->flags & SPOOL_STATE_HELD) ? "held" : where_name[m->where], m->attempts, next,
 		   err);
 }

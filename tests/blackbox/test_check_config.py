@@ -86,6 +86,9 @@ def broken_cases(tmp_path, certs):
                                                "auth": "required", "greet_pause_ms": 0}],
                                 "auth": {"users_file": a_file}},
          "listeners[0].auth"),
+        ("log_file_dir_missing", {"log": {"file": os.path.join(str(tmp_path), "no", "x.log")}},
+         "log.file"),
+        ("log_file_is_a_directory", {"log": {"file": str(tmp_path)}}, "log.file"),
         ("address_not_on_this_host", {"listeners": [{"name": "mx", "greet_pause_ms": 0,
                                                      "address": "192.0.2.77:2525"}]},
          "listeners[0] (mx)"),
@@ -95,7 +98,7 @@ def broken_cases(tmp_path, certs):
 CASE_NAMES = ["ecdsa_key_mismatch", "rsa_key_mismatch", "ca_file_not_pem", "ca_file_key_only",
               "control_dir_under_a_file", "control_socket_is_a_file", "spool_under_a_file",
               "spool_is_a_file", "maildir_under_a_file", "auth_never_offered",
-              "address_not_on_this_host"]
+              "log_file_dir_missing", "log_file_is_a_directory", "address_not_on_this_host"]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)

@@ -755,7 +755,7 @@ static void test_unknown_keys_and_types(void **state)
 	    {"{" LISTENER ", 'spool': {'fsync': true}}", "spool.fsync: unknown key"},
 	    {"{" LISTENER ", 'io': {'rings': 1}}", "io.rings: unknown key"},
 	    {"{" LISTENER ", 'control': {'path': 'x'}}", "control.path: unknown key"},
-	    {"{" LISTENER ", 'log': {'file': 'x'}}", "log.file: unknown key"},
+	    {"{" LISTENER ", 'log': {'path': 'x'}}", "log.path: unknown key"},
 	    {"{" LISTENER ", 'limits': 5}", "limits: expected a JSON object"},
 	    {"{" LISTENER ", 'spool': null}", "spool: expected a JSON object"},
 	    {"{" LISTENER ", 'io': []}", "io: expected a JSON object"},
