@@ -93,6 +93,7 @@ struct spool {
 	struct spool_stats stats;
 	struct spool_msg *pend_head; /* messages with gathered pieces */
 	struct spool_msg *wait_head; /* writers blocked on a free batch */
+	struct spool_msg *wake_head; /* waiters a completion is calling back */
 	uint32_t batch_gen;
 	bool flush_states; /* the next spool_flush writes state-only batches too */
 	struct spool_batch batches[SPOOL_BATCHES];
@@ -314,31 +315,43 @@ static void pend_unlink(struct spool *sp, struct spool_msg *m)
 	m->pend_listed = false;
 }
 
+/* Off whichever list m is on.  A message can leave the wake list while a
+ * completion walks it (an earlier callback committed or aborted it), so the
+ * walk pops from the live list rather than following saved links. */
 static void wait_unlink(struct spool *sp, struct spool_msg *m)
 {
-	if (!m->wait_listed)
+	(void)sp;
+	if (!m->wait_list)
 		return;
 	if (m->wait_prev)
 		m->wait_prev->wait_next = m->wait_next;
 	else
-		sp->wait_head = m->wait_next;
+		*m->wait_list = m->wait_next;
 	if (m->wait_next)
 		m->wait_next->wait_prev = m->wait_prev;
 	m->wait_next = m->wait_prev = NULL;
-	m->wait_listed = false;
+	m->wait_list = NULL;
+}
+
+static void wait_push(struct spool_msg **head, struct spool_msg *m)
+{
+	assert(m->wait_list == NULL);
+	m->wait_prev = NULL;
+	m->wait_next = *head;
+	if (*head)
+		(*head)->wait_prev = m;
+	*head = m;
+	m->wait_list = head;
 }
 
 void spool_msg_wait(struct spool *sp, struct spool_msg *m)
 {
 	assert(m->active && !m->committing);
-	if (m->wait_listed)
+	if (m->wait_list == &sp->wait_head)
 		return;
-	m->wait_prev = NULL;
-	m->wait_next = sp->wait_head;
-	if (sp->wait_head)
-		sp->wait_head->wait_prev = m;
-	sp->wait_head = m;
-	m->wait_listed = true;
+	/* Being woken already: it asked again, so it waits for the next one. */
+	wait_unlink(sp, m);
+	wait_push(&sp->wait_head, m);
 }
 
 /* Could a batch be opened for seg now? */
@@ -631,11 +644,20 @@ static void msg_durable(struct spool *sp, struct spool_msg *m)
 static void batch_complete(struct spool *sp, struct spool_batch *b)
 {
 	struct spool_msg *msgs[SPOOL_BATCH_RECS];
-	struct spool_msg *waiters = sp->wait_head;
 	uint32_t nmsg = b->nmsg;
 	int err = b->res;
 
 	assert(b->busy && b->seg->flying == b && nmsg <= SPOOL_BATCH_RECS);
+	assert(sp->wake_head == NULL); /* completions do not nest */
+	/* The writers waiting now are the ones this completion wakes; a
+	 * callback below may commit or abort one of them (off the list) or
+	 * register again (for the next completion). */
+	while (sp->wait_head) {
+		struct spool_msg *m = sp->wait_head;
+
+		wait_unlink(sp, m);
+		wait_push(&sp->wake_head, m);
+	}
 	if (err)
 		log_msg(LOG_ERROR, "event=spool_write shard=%u bytes=%llu error=\"%s\"", sp->shard,
 			(unsigned long long)b->len, strerror(-err));
@@ -656,11 +678,11 @@ static void batch_complete(struct spool *sp, struct spool_batch *b)
 		else if (!m->committing)
 			sp->ops->on_progress(sp->ctx, m);
 	}
-	sp->wait_head = NULL; /* detached: a callback may register again */
-	for (struct spool_msg *m = waiters, *next; m; m = next) {
-		next = m->wait_next;
-		m->wait_next = m->wait_prev = NULL;
-		m->wait_listed = false;
+	while (sp->wake_head) {
+		struct spool_msg *m = sp->wake_head;
+
+		wait_unlink(sp, m);
+		assert(m->active && !m->committing);
 		sp->ops->on_progress(sp->ctx, m);
 	}
 }

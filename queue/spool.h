@@ -65,7 +65,9 @@ struct spool_msg {
 	struct spool_msg *pend_next, *pend_prev; /* spool's list of messages with pieces */
 	bool pend_listed;
 	struct spool_msg *wait_next, *wait_prev; /* blocked on a free batch */
-	bool wait_listed;
+	/* The list m is on: the spool's waiters, or the ones a completion is
+	 * waking right now; NULL when on neither. */
+	struct spool_msg **wait_list;
 	bool committing; /* commit record placed */
 	bool active;
 	uint32_t batch_gen;	     /* last batch this message was counted in */
