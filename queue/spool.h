@@ -83,6 +83,7 @@ struct spool_msg {
 	 * (dup it to keep reading). */
 	uint64_t seg_seq;
 	int seg_fd;
+	struct spool_key seg_key;
 };
 
 /* spool_msg.owner of messages the spool's user writes itself (bounces),

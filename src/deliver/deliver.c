@@ -105,6 +105,7 @@ struct dseg {
 	uint64_t seq;
 	int fd;
 	uint32_t live;
+	struct spool_key key; /* from its head: outbound body reads check records */
 };
 
 struct deliver_loaded {
@@ -248,7 +249,8 @@ static struct dseg *seg_find(struct dseg *segs, uint32_t n, uint64_t seq)
 	return NULL;
 }
 
-static struct dseg *seg_add(struct dseg **segs, uint32_t *n, uint32_t *cap, uint64_t seq, int fd)
+static struct dseg *seg_add(struct dseg **segs, uint32_t *n, uint32_t *cap, uint64_t seq, int fd,
+			    const struct spool_key *key)
 {
 	struct dseg *s;
 
@@ -268,7 +270,7 @@ static struct dseg *seg_add(struct dseg **segs, uint32_t *n, uint32_t *cap, uint
 		at--;
 	memmove(*segs + at + 1, *segs + at, (*n - at) * sizeof(**segs));
 	s = &(*segs)[at];
-	*s = (struct dseg){.seq = seq, .fd = fd};
+	*s = (struct dseg){.seq = seq, .fd = fd, .key = *key};
 	(*n)++;
 	return s;
 }
@@ -278,6 +280,13 @@ int dlv_seg_fd(struct deliver *d, uint64_t seq)
 	struct dseg *s = seg_find(d->segs, d->nseg, seq);
 
 	return s ? s->fd : -1;
+}
+
+static void dlv_seg_key(struct deliver *d, uint64_t seq, struct spool_key *out)
+{
+	struct dseg *s = seg_find(d->segs, d->nseg, seq);
+
+	*out = s ? s->key : (struct spool_key){{0}};
 }
 
 static void seg_unref(struct deliver *d, uint64_t seq)
@@ -341,11 +350,16 @@ static void load_seg(void *ctx, uint64_t seq, uint32_t live)
 	struct dseg *s;
 	int fd;
 
+	struct spool_seg_info info = {0};
+
 	snprintf(name, sizeof(name), "%016llx.seg", (unsigned long long)seq);
 	fd = openat(ls->l->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 && ls->rc == 0)
 		ls->rc = -errno;
-	s = seg_add(&ls->l->segs, &ls->l->nseg, &ls->l->cap, seq, fd);
+	/* Recovery proved the head (start-up: a blocking read is fine). */
+	if (fd >= 0 && live && spool_seg_head_read(fd, &info) != 0 && ls->rc == 0)
+		ls->rc = -EIO;
+	s = seg_add(&ls->l->segs, &ls->l->nseg, &ls->l->cap, seq, fd, &info.key);
 	if (!s) {
 		if (fd >= 0)
 			close(fd);
@@ -499,7 +513,8 @@ static struct qmsg *enqueue(struct deliver *d, const struct spool_msg *sm)
 	if (!s) {
 		int fd = dup(sm->seg_fd);
 
-		s = fd >= 0 ? seg_add(&d->segs, &d->nseg, &d->segcap, sm->seg_seq, fd) : NULL;
+		s = fd >= 0 ? seg_add(&d->segs, &d->nseg, &d->segcap, sm->seg_seq, fd, &sm->seg_key)
+			    : NULL;
 		if (!s) {
 			if (fd >= 0)
 				close(fd);
@@ -1014,6 +1029,7 @@ static bool attempt_begin(struct deliver *d, struct qmsg *m)
 	t->m = m;
 	t->owner = d->core.shard;
 	t->segfd = dlv_seg_fd(d, m->seq);
+	dlv_seg_key(d, m->seq, &t->segkey);
 	if (!ck_ring_enqueue_mpmc(&q->ring, q->buf, t)) {
 		free(t);
 		return false;
