@@ -129,12 +129,25 @@ int spool_open(struct spool **out, const char *root, uint32_t shard, uint64_t se
 	       void *ctx, char *why, size_t why_len);
 void spool_close(struct spool *sp);
 
+/* Queue ids carry the shard that made them in their top byte. */
+#define SPOOL_ID_PREFIXES 256
+
 /* Start-up: scan every segment of <root>/<shard>, truncate torn tails, and
- * return the count of commit records and the largest message id seen
- * (new ids must be larger).  Bodies are not verified here: the queue load
- * (queue/qindex.h) does that once.  Blocking; before the shard runs. */
-int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_id, char *why,
-		  size_t why_len);
+ * return the count of commit records; max_ids[p] (SPOOL_ID_PREFIXES
+ * entries, kept across calls) is raised to the largest id seen with top
+ * byte p (new ids must be larger: a directory may hold another shard's
+ * ids once adopted).  Bodies are not verified here: the queue load
+ * (queue/qindex.h) does that once.  A segment of an older format is an
+ * error naming the file.  Blocking; before the shards run. */
+int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_ids,
+		  char *why, size_t why_len);
+
+/* Start-up, before spool_recover: the directory of every shard n >= shards
+ * (a previous run had more) is adopted by shard n % shards -- its segments
+ * renamed into that directory after the ones there, in order, the empty
+ * directory removed, each adoption logged -- so every segment on disk is
+ * loaded and delivered whatever the shard count.  0 or -errno with why. */
+int spool_adopt(const char *root, uint32_t shards, char *why, size_t why_len);
 
 /* Start-up: create the spool root and hold an exclusive lock on it for the
  * life of the process, so two ringmx processes never write one spool (with
