@@ -271,6 +271,8 @@ enum spool_rcpt_state {
 
 enum {
 	SPOOL_STATE_HELD = 1u << 0,
+	SPOOL_STATE_DELETED = 1u << 1, /* the operator deleted it: gone at load */
+	SPOOL_STATE_BOUNCE = 1u << 2,  /* the operator asked for a bounce */
 };
 
 struct spool_state {

@@ -60,16 +60,18 @@ struct spool_batch {
 	uint64_t off, len;
 	uint32_t niov, nrec, nbid, nmsg;
 	uint32_t gen;
-	bool busy;    /* submitted */
-	bool sync;    /* an fdatasync is linked behind the write */
-	bool commits; /* holds a commit record: needs the sync */
-	uint8_t cqes; /* completions still to come (write, sync) */
-	int res;      /* first error of the write or the sync */
+	bool busy;	/* submitted */
+	bool sync;	/* an fdatasync is linked behind the write */
+	bool commits;	/* holds a commit record: needs the sync */
+	bool sync_want; /* holds a record someone waits on: needs the sync */
+	uint8_t cqes;	/* completions still to come (write, sync) */
+	int res;	/* first error of the write or the sync */
 	struct iovec iov[SPOOL_BATCH_IOV];
 	struct spool_rec_hdr rec[SPOOL_BATCH_RECS];
 	uint16_t bid[SPOOL_BATCH_IOV];
-	struct spool_msg *msg[SPOOL_BATCH_RECS]; /* each message once */
-	bool data;				 /* holds chunks or commits, not only states */
+	struct spool_msg *msg[SPOOL_BATCH_RECS];   /* each message once */
+	struct spool_note *note[SPOOL_BATCH_RECS]; /* per record, or NULL */
+	bool data;				   /* holds chunks or commits, not only states */
 	uint32_t arena_len;
 	uint8_t arena[SPOOL_ARENA]; /* payloads of spool_rec_put records */
 };
@@ -426,6 +428,7 @@ static struct spool_batch *batch_get(struct spool *sp, struct spool_seg *seg)
 		b->data = false;
 		b->len = b->niov = b->nrec = b->nbid = b->nmsg = 0;
 		b->commits = false;
+		b->sync_want = false;
 		b->gen = ++sp->batch_gen;
 		seg->open = b;
 		return b;
@@ -470,11 +473,12 @@ static struct spool_batch *batch_for(struct spool *sp, struct spool_seg *seg, ui
 static void batch_add_rec(struct spool_batch *b, struct spool_msg *m, enum spool_rec_type type,
 			  const struct iovec *pay, uint32_t npay, uint32_t len, uint32_t crc)
 {
-	struct spool_rec_hdr *h = &b->rec[b->nrec++];
+	struct spool_rec_hdr *h = &b->rec[b->nrec];
 	uint64_t size = spool_rec_size(len);
 	uint32_t pad = (uint32_t)(size - sizeof(*h) - len);
 
 	assert(batch_room(b, 0, 0) && b->niov + npay + 2 <= SPOOL_BATCH_IOV);
+	b->note[b->nrec++] = NULL;
 	spool_rec_hdr_init(h, &b->seg->key, type, m->id, len, crc);
 	b->data = true;
 	b->iov[b->niov++] = (struct iovec){h, sizeof(*h)};
@@ -516,7 +520,7 @@ static void batch_submit(struct spool *sp, struct spool_batch *b)
 	b->seg->flying = b;
 	b->busy = true;
 	b->res = 0;
-	b->sync = b->commits && sp->durable;
+	b->sync = (b->commits || b->sync_want) && sp->durable;
 	b->cqes = b->sync ? 2 : 1;
 	sqe = ring_sqe(sp->ring);
 	io_uring_prep_writev(sqe, b->seg->fd, b->iov, b->niov, b->off);
@@ -704,7 +708,8 @@ static void msg_durable(struct spool *sp, struct spool_msg *m)
 static void batch_complete(struct spool *sp, struct spool_batch *b)
 {
 	struct spool_msg *msgs[SPOOL_BATCH_RECS];
-	uint32_t nmsg = b->nmsg;
+	struct spool_note *notes[SPOOL_BATCH_RECS];
+	uint32_t nmsg = b->nmsg, nnote = 0;
 	int err = b->res;
 
 	/* Written (flying), or never written because its segment is sealed. */
@@ -734,6 +739,9 @@ static void batch_complete(struct spool *sp, struct spool_batch *b)
 	for (uint32_t i = 0; i < b->nbid; i++)
 		ring_buf_put(sp->ring, b->bid[i]);
 	memcpy(msgs, b->msg, nmsg * sizeof(msgs[0]));
+	for (uint32_t i = 0; i < b->nrec; i++)
+		if (b->note[i])
+			notes[nnote++] = b->note[i];
 	if (b->busy)
 		b->seg->flying = NULL;
 	else
@@ -758,6 +766,8 @@ static void batch_complete(struct spool *sp, struct spool_batch *b)
 		assert(m->active && !m->committing);
 		sp->ops->on_progress(sp->ctx, m);
 	}
+	for (uint32_t i = 0; i < nnote; i++)
+		notes[i]->fn(notes[i], err);
 }
 
 /* End of turn on a sealed segment: its unwritten batch fails, commits
@@ -810,8 +820,8 @@ void spool_flush_states(struct spool *sp)
 	sp->flush_states = true;
 }
 
-int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
-		  uint32_t len)
+static int rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		   uint32_t len, struct spool_note *note)
 {
 	struct spool_seg *seg = &sp->segs[sp->cur];
 	struct spool_batch *b;
@@ -829,6 +839,11 @@ int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, c
 		return -EAGAIN;
 	if (len)
 		memcpy(b->arena + b->arena_len, p, len);
+	if (note) {
+		b->sync_want = true;
+		b->data = true; /* out at this turn's flush, not a second later */
+	}
+	b->note[b->nrec] = note;
 	h = &b->rec[b->nrec++];
 	spool_rec_hdr_init(h, &seg->key, type, msg_id, len, len ? spool_crc32c(0, p, len) : 0);
 	b->iov[b->niov++] = (struct iovec){h, sizeof(*h)};
@@ -842,6 +857,19 @@ int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, c
 	if (seg->tail >= sp->segment_size && sp->opening < 0)
 		seg_rotate_start(sp);
 	return 0;
+}
+
+int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		  uint32_t len)
+{
+	return rec_put(sp, type, msg_id, p, len, NULL);
+}
+
+int spool_rec_put_sync(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		       uint32_t len, struct spool_note *note)
+{
+	assert(note != NULL && note->fn != NULL);
+	return rec_put(sp, type, msg_id, p, len, note);
 }
 
 bool spool_seg_quiet(const struct spool *sp, uint64_t seq)

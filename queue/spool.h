@@ -208,6 +208,20 @@ void spool_flush(struct spool *sp);
 int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
 		  uint32_t len);
 
+/* Told when a record put with spool_rec_put_sync is on disk (res 0: written
+ * and, unless spool.durability is none, fdatasync'ed) or could not be made
+ * so (-errno).  Called from spool_complete() or spool_flush(). */
+struct spool_note {
+	void (*fn)(struct spool_note *n, int res);
+};
+
+/* spool_rec_put for a record someone waits on (an operator's command is
+ * answered only once its record is durable): its batch goes out at this
+ * turn's flush with an fdatasync, and note->fn fires once for the record.
+ * 0 or -EAGAIN (try again next turn; note not taken). */
+int spool_rec_put_sync(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		       uint32_t len, struct spool_note *note);
+
 /* Have the next spool_flush write batches that hold only state records
  * (the engine asks once a second, and on every turn while stopping). */
 void spool_flush_states(struct spool *sp);

@@ -957,10 +957,10 @@ static void shard_on_wake(struct shard *sh)
 		}
 	deliver_wake(sh->dlv); /* tickets other shards ran for us */
 	req = atomic_exchange(&sh->ctl, NULL);
-	if (req) {
-		deliver_ctl(sh->dlv, req);
+	/* A request that changed state is answered by the engine once its
+	 * records are durable (issue 8 C13). */
+	if (req && deliver_ctl(sh->dlv, req))
 		sem_post(&req->done);
-	}
 	if (atomic_load(&sh->stop) && !sh->stopping)
 		shard_begin_stop(sh);
 	shard_arm_wake(sh);

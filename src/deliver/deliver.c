@@ -1043,6 +1043,7 @@ static bool attempt_begin(struct deliver *d, struct qmsg *m)
 /* ---- finishing an attempt ---------------------------------------------------------------- */
 
 static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action action);
+static int ctl_bounce_now(struct deliver *d, struct qmsg *m);
 
 static void message_done(struct deliver *d, struct qmsg *m)
 {
@@ -1559,6 +1560,15 @@ void deliver_tick(struct deliver *d)
 	d->kick = true;
 }
 
+/* One record of m: synced and noted when an operator waits on it. */
+static int put_record(struct deliver *d, struct qmsg *m, enum spool_rec_type type, const void *p,
+		      uint32_t len)
+{
+	if (m->ctl_note)
+		return spool_rec_put_sync(d->spool, type, m->id, p, len, m->ctl_note);
+	return spool_rec_put(d->spool, type, m->id, p, len);
+}
+
 static void write_records(struct deliver *d)
 {
 	while (d->rec_head) {
@@ -1566,15 +1576,15 @@ static void write_records(struct deliver *d)
 		int rc = 0;
 
 		if (m->done_dirty) {
-			rc = spool_rec_put(d->spool, SPOOL_REC_DONE, m->id, NULL, 0);
-		} else if (m->state_dirty) {
+			rc = put_record(d, m, SPOOL_REC_DONE, NULL, 0);
+		} else if (m->state_dirty || m->ctl_note) {
 			uint32_t n = qmsg_state_encode(m, d->rec, SPOOL_STATE_MAX);
 
-			rc =
-			    n ? spool_rec_put(d->spool, SPOOL_REC_RCPT_STATE, m->id, d->rec, n) : 0;
+			rc = n ? put_record(d, m, SPOOL_REC_RCPT_STATE, d->rec, n) : 0;
 		}
 		if (rc == -EAGAIN)
 			return; /* next turn */
+		m->ctl_note = NULL;
 		d->rec_head = m->rnext;
 		if (!d->rec_head)
 			d->rec_tail = NULL;
@@ -1613,6 +1623,8 @@ void deliver_turn(struct deliver *d)
 
 		if (m->moving) /* flushed while its copy is being written */
 			list_set(d, m, QW_DEFERRED);
+		else if ((m->flags & SPOOL_STATE_BOUNCE) && !m->bounce_wait)
+			ctl_bounce_now(d, m); /* asked before a restart */
 		else if (attempt_begin(d, m))
 			queued++;
 		else
@@ -1689,10 +1701,115 @@ static void ctl_list_one(struct dctl_req *req, const struct qmsg *m)
 		   err);
 }
 
-void deliver_ctl(struct deliver *d, struct dctl_req *req)
+/* An operator's command waiting for its records: answered when the last
+ * one is durable (or failed). */
+struct dctl_wait {
+	struct spool_note note; /* first: the spool hands it back */
+	struct dctl_req *req;
+	uint32_t pending; /* records not yet durable, +1 while being set up */
+	int res;
+};
+
+static void ctl_wait_put(struct dctl_wait *w)
+{
+	if (--w->pending > 0)
+		return;
+	w->req->result = w->res;
+	sem_post(&w->req->done); /* the control thread owns req from here */
+	free(w);
+}
+
+static void ctl_note_done(struct spool_note *n, int res)
+{
+	struct dctl_wait *w = (struct dctl_wait *)n;
+
+	if (res < 0 && !w->res) {
+		w->res = res;
+		log_msg(LOG_ERROR, "event=queue_control error=\"record not durable: %s\"",
+			strerror(-res));
+	}
+	ctl_wait_put(w);
+}
+
+/* m's next record (snapshot or DONE) answers w. */
+static void ctl_wait_on(struct deliver *d, struct dctl_wait *w, struct qmsg *m)
+{
+	assert(m->ctl_note == NULL);
+	m->ctl_note = &w->note;
+	w->pending++;
+	rec_mark(d, m);
+}
+
+/* Bounce every recipient not yet delivered, now (no attempt first). */
+static int ctl_bounce_now(struct deliver *d, struct qmsg *m)
+{
+	if (!m->res)
+		m->res = calloc(m->env.rcpt_count ? m->env.rcpt_count : 1, sizeof(*m->res));
+	if (!m->res)
+		return -ENOMEM;
+	list_set(d, m, QW_ACTIVE);
+	m->bounce_all = true;
+	attempt_finish(d, m);
+	return 0;
+}
+
+static int ctl_one(struct deliver *d, struct dctl_req *req, struct qmsg *m, struct dctl_wait *w)
+{
+	/* Another command's record is still being written: one at a time, so
+	 * each OK stands for a record of its own. */
+	if (m->ctl_note && req->op != DCTL_FIND)
+		return -EBUSY;
+	switch (req->op) {
+	case DCTL_FIND:
+		return 0;
+	case DCTL_FLUSH:
+		if (m->where == QW_DEFERRED)
+			list_set(d, m, QW_READY);
+		m->next_s = 0;
+		break;
+	case DCTL_HOLD:
+		m->flags |= SPOOL_STATE_HELD;
+		if (m->where == QW_READY || m->where == QW_DEFERRED)
+			list_set(d, m, QW_HELD);
+		break;
+	case DCTL_RELEASE:
+		/* Back on its schedule, like postsuper -H; flush sends it now. */
+		m->flags &= (uint8_t)~SPOOL_STATE_HELD;
+		if (m->where == QW_HELD)
+			list_set(d, m, m->next_s > time(NULL) ? QW_DEFERRED : QW_READY);
+		break;
+	case DCTL_DELETE:
+		/* Recorded now: an attempt running may finish later, or never. */
+		m->flags |= SPOOL_STATE_DELETED;
+		m->delete_req = true;
+		if (m->where != QW_ACTIVE)
+			message_done(d, m);
+		break;
+	case DCTL_BOUNCE: {
+		int rc = 0;
+
+		m->flags |= SPOOL_STATE_BOUNCE;
+		if (m->where == QW_ACTIVE)
+			m->bounce_all = true;
+		else
+			rc = ctl_bounce_now(d, m);
+		if (rc < 0)
+			return rc;
+		break;
+	}
+	default:
+		return -EINVAL;
+	}
+	m->state_dirty = true;
+	ctl_wait_on(d, w, m);
+	return 0;
+}
+
+bool deliver_ctl(struct deliver *d, struct dctl_req *req)
 {
 	struct qmsg *m = req->id ? qindex_find(&d->ix, req->id) : NULL;
 	char id[SPOOL_QID_LEN + 1];
+	struct dctl_wait *w;
 
 	req->result = 0;
 	if (req->op == DCTL_LIST) {
@@ -1700,75 +1817,37 @@ void deliver_ctl(struct deliver *d, struct dctl_req *req)
 			for (struct qmsg *q = d->ix.table[b]; q; q = q->hnext)
 				if (q->where != QW_DONE)
 					ctl_list_one(req, q);
-		return;
+		return true;
 	}
-	if (req->op == DCTL_FLUSH && req->id == 0) {
+	if (req->op != DCTL_FLUSH || req->id != 0) {
+		if (!m || m->where == QW_DONE)
+			req->result = -ENOENT;
+		else if (m->moving && req->op != DCTL_FIND && req->op != DCTL_FLUSH)
+			req->result = -EBUSY; /* a moment: its copy is being written */
+		if (req->result || req->op == DCTL_FIND)
+			return true;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		req->result = -ENOMEM;
+		return true;
+	}
+	*w = (struct dctl_wait){.note = {.fn = ctl_note_done}, .req = req, .pending = 1};
+	if (m) {
+		qid(m->id, id);
+		w->res = ctl_one(d, req, m, w);
+		log_msg(LOG_INFO, "event=queue_control id=%s op=%d result=%d", id, (int)req->op,
+			w->res);
+	} else {
+		/* flush all: each deferred message's schedule is reset on disk too */
 		for (struct qmsg *q = d->lh[QW_DEFERRED], *next; q; q = next) {
 			next = q->next;
-			list_set(d, q, QW_READY);
+			ctl_one(d, req, q, w);
 		}
-		return;
 	}
-	if (!m || m->where == QW_DONE) {
-		req->result = -ENOENT;
-		return;
-	}
-	if (m->moving && req->op != DCTL_FIND && req->op != DCTL_FLUSH) {
-		req->result = -EBUSY; /* a moment: its copy is being written */
-		return;
-	}
-	qid(m->id, id);
-	switch (req->op) {
-	case DCTL_FIND:
-		break;
-	case DCTL_FLUSH:
-		if (m->where == QW_DEFERRED)
-			list_set(d, m, QW_READY);
-		break;
-	case DCTL_HOLD:
-		m->flags |= SPOOL_STATE_HELD;
-		if (m->where == QW_READY || m->where == QW_DEFERRED)
-			list_set(d, m, QW_HELD);
-		m->state_dirty = true;
-		rec_mark(d, m);
-		break;
-	case DCTL_RELEASE:
-		/* Back on its schedule, like postsuper -H; flush sends it now. */
-		m->flags &= (uint8_t)~SPOOL_STATE_HELD;
-		if (m->where == QW_HELD)
-			list_set(d, m, m->next_s > time(NULL) ? QW_DEFERRED : QW_READY);
-		m->state_dirty = true;
-		rec_mark(d, m);
-		break;
-	case DCTL_DELETE:
-		if (m->where == QW_ACTIVE) {
-			m->delete_req = true;
-		} else {
-			m->delete_req = true;
-			message_done(d, m);
-		}
-		break;
-	case DCTL_BOUNCE:
-		if (m->where == QW_ACTIVE) {
-			m->bounce_all = true;
-		} else {
-			if (!m->res)
-				m->res = calloc(m->env.rcpt_count ? m->env.rcpt_count : 1,
-						sizeof(*m->res));
-			if (!m->res) {
-				req->result = -ENOMEM;
-				break;
-			}
-			list_set(d, m, QW_ACTIVE);
-			m->bounce_all = true;
-			attempt_finish(d, m);
-		}
-		break;
-	default:
-		req->result = -EINVAL;
-	}
-	log_msg(LOG_INFO, "event=queue_control id=%s op=%d result=%d", id, (int)req->op,
-		req->result);
+	/* Answered by the last record's note (or now, if none was needed). */
+	ctl_wait_put(w);
+	return false;
 }
 
 /* ---- stop ----------------------------------------------------------------------------------- */

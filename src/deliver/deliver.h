@@ -122,7 +122,10 @@ void deliver_wake(struct deliver *d);
 void deliver_tick(struct deliver *d);
 /* End of every loop turn: start due work, write pending records. */
 void deliver_turn(struct deliver *d);
-void deliver_ctl(struct deliver *d, struct dctl_req *req);
+/* A control request.  true: answered (req->result set) now; false: it
+ * changed state, and the engine posts req->done itself once the records
+ * saying so are durable (an OK never comes back after a crash undone). */
+bool deliver_ctl(struct deliver *d, struct dctl_req *req);
 /* Stop: no new attempts; connections close.  busy until all is quiet. */
 void deliver_stop(struct deliver *d);
 bool deliver_busy(const struct deliver *d);
