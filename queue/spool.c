@@ -925,6 +925,7 @@ static void seg_rotate_finish(struct spool *sp)
 	seg_maybe_retire(sp, old);
 	log_msg(LOG_INFO, "event=spool_rotate shard=%u segment=%016llx", sp->shard,
 		(unsigned long long)sp->segs[idx].seq);
+	sp->ops->on_segment(sp->ctx, sp->segs[idx].seq);
 }
 
 static void seg_opened(struct spool *sp, int idx, int res)

@@ -111,6 +111,13 @@ struct spool_ops {
 	/* A write holding some of m's records completed (m not committing):
 	 * a writer waiting for spool_msg_can_write/can_commit/idle may go on. */
 	void (*on_progress)(void *ctx, struct spool_msg *m);
+	/* Segment seq exists on disk (head and directory entry durable) and is
+	 * now the current one.  Called from spool_complete() for every segment
+	 * after the first (spool_current_seq() names that one once spool_open
+	 * returned), so the spool's user knows every file it must delete once
+	 * nothing live is in it -- including one that only ever held aborted
+	 * messages and state records. */
+	void (*on_segment)(void *ctx, uint64_t seq);
 };
 
 struct spool_stats {

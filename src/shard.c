@@ -1180,8 +1180,16 @@ static void shard_on_progress(void *ctx, struct spool_msg *m)
 	conn_reap(c);
 }
 
+static void shard_on_segment(void *ctx, uint64_t seq)
+{
+	struct shard *sh = ctx;
+
+	deliver_segment(sh->dlv, seq);
+}
+
 static const struct spool_ops shard_spool_ops = {.on_durable = shard_on_durable,
-						 .on_progress = shard_on_progress};
+						 .on_progress = shard_on_progress,
+						 .on_segment = shard_on_segment};
 
 struct tls_ctx *shard_tls_server_ctx(const struct rmx_config *cfg, char *why, size_t why_len)
 {

@@ -289,6 +289,27 @@ static void dlv_seg_key(struct deliver *d, uint64_t seq, struct spool_key *out)
 	*out = s ? s->key : (struct spool_key){{0}};
 }
 
+/* Know segment seq even before (or without) a committed message in it: a
+ * segment that holds only refused messages must be reclaimed too, or a
+ * stream of refused mail fills the disk.  Its fd is opened by the first
+ * message committed there (enqueue). */
+static void seg_track(struct deliver *d, uint64_t seq)
+{
+	if (seg_find(d->segs, d->nseg, seq))
+		return;
+	if (!seg_add(&d->segs, &d->nseg, &d->segcap, seq, -1, &(struct spool_key){{0}}))
+		log_msg(LOG_ERROR,
+			"event=segment_track_failed shard=%u segment=%016llx error=\"out of "
+			"memory\" (it is deleted at the next start)",
+			d->core.shard, (unsigned long long)seq);
+}
+
+void deliver_segment(struct deliver *d, uint64_t seq)
+{
+	assert(seq > 0);
+	seg_track(d, seq);
+}
+
 static void seg_unref(struct deliver *d, uint64_t seq)
 {
 	struct dseg *s = seg_find(d->segs, d->nseg, seq);
@@ -469,6 +490,8 @@ int deliver_new(struct deliver **out, const struct deliver_params *p, struct del
 		deliver_free(d);
 		return -ENOMEM;
 	}
+	/* spool_open made it after the queue was loaded. */
+	seg_track(d, spool_current_seq(d->spool));
 	if (d->dirfd < 0) {
 		snprintf(dir, sizeof(dir), "%s/%u", cfg->spool.path, p->shard);
 		d->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -510,16 +533,16 @@ static struct qmsg *enqueue(struct deliver *d, const struct spool_msg *sm)
 	struct dseg *s = seg_find(d->segs, d->nseg, sm->seg_seq);
 	struct qmsg *m;
 
-	if (!s) {
-		int fd = dup(sm->seg_fd);
-
-		s = fd >= 0 ? seg_add(&d->segs, &d->nseg, &d->segcap, sm->seg_seq, fd, &sm->seg_key)
-			    : NULL;
-		if (!s) {
-			if (fd >= 0)
-				close(fd);
+	if (!s)
+		s = seg_add(&d->segs, &d->nseg, &d->segcap, sm->seg_seq, -1, &sm->seg_key);
+	if (!s)
+		goto fail;
+	/* The first message of a segment: keep it open for outbound reads. */
+	if (s->fd < 0) {
+		s->fd = dup(sm->seg_fd);
+		if (s->fd < 0)
 			goto fail;
-		}
+		s->key = sm->seg_key;
 	}
 	m = qindex_add(&d->ix, sm->seg_seq, sm->commit_off, sm->env_enc, sm->env_len);
 	if (!m)
