@@ -880,6 +880,12 @@ bool spool_seg_quiet(const struct spool *sp, uint64_t seq)
 	return true;
 }
 
+int spool_write_error(const struct spool *sp)
+{
+	assert(sp->segs[sp->cur].in_use && sp->segs[sp->cur].sealed <= 0);
+	return sp->segs[sp->cur].sealed;
+}
+
 uint64_t spool_current_seq(const struct spool *sp)
 {
 	return sp->segs[sp->cur].seq;

@@ -229,6 +229,13 @@ struct spool_note {
 int spool_rec_put_sync(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
 		       uint32_t len, struct spool_note *note);
 
+/* 0 while the current segment takes records; else the -errno of the write
+ * that sealed it.  Until a new segment opens (tried once a second: the
+ * disk may be full), spool_rec_put and spool_rec_put_sync only say
+ * -EAGAIN, so a caller that answers someone on a record's durability asks
+ * here first rather than wait for as long as the disk stays full. */
+int spool_write_error(const struct spool *sp);
+
 /* Have the next spool_flush write batches that hold only state records
  * (the engine asks once a second, and on every turn while stopping). */
 void spool_flush_states(struct spool *sp);

@@ -1567,6 +1567,8 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+static void ctl_expire(struct deliver *d);
+
 void deliver_tick(struct deliver *d)
 {
 	int64_t now = time(NULL);
@@ -1579,6 +1581,7 @@ void deliver_tick(struct deliver *d)
 			list_set(d, m, QW_READY);
 	}
 	move_forward(d);
+	ctl_expire(d);
 	spool_flush_states(d->spool);
 	d->kick = true;
 }
@@ -1724,6 +1727,12 @@ static void ctl_list_one(struct dctl_req *req, const struct qmsg *m)
 		   err);
 }
 
+/* How long an operator's command waits for its records to find a segment.
+ * The control socket is served by the main thread, which also takes
+ * SIGTERM: a command that is never answered keeps the process from
+ * stopping. */
+#define DLV_CTL_WAIT_MS 5000
+
 /* An operator's command waiting for its records: answered when the last
  * one is durable (or failed). */
 struct dctl_wait {
@@ -1731,6 +1740,7 @@ struct dctl_wait {
 	struct dctl_req *req;
 	uint32_t pending; /* records not yet durable, +1 while being set up */
 	int res;
+	uint64_t deadline_ms; /* records not placed in a batch by then fail it */
 };
 
 static void ctl_wait_put(struct dctl_wait *w)
@@ -1761,6 +1771,25 @@ static void ctl_wait_on(struct deliver *d, struct dctl_wait *w, struct qmsg *m)
 	m->ctl_note = &w->note;
 	w->pending++;
 	rec_mark(d, m);
+}
+
+/* A command whose records found no segment to go to (the current one was
+ * sealed by a failed write and none opens: the disk is full) is answered
+ * with the spool's error after DLV_CTL_WAIT_MS.  Its change stays in
+ * memory and its record is written once a segment takes records again;
+ * the operator was told it is not durable.  Records already in a batch
+ * are answered by their write. */
+static void ctl_expire(struct deliver *d)
+{
+	for (struct qmsg *m = d->rec_head; m; m = m->rnext) {
+		struct dctl_wait *w = (struct dctl_wait *)m->ctl_note;
+		int err = spool_write_error(d->spool);
+
+		if (!w || d->core.now_ms < w->deadline_ms)
+			continue;
+		m->ctl_note = NULL;
+		ctl_note_done(&w->note, err ? err : -EIO); /* may free w */
+	}
 }
 
 /* Bounce every recipient not yet delivered, now (no attempt first). */
@@ -1850,12 +1879,27 @@ bool deliver_ctl(struct deliver *d, struct dctl_req *req)
 		if (req->result || req->op == DCTL_FIND)
 			return true;
 	}
+	/* No segment takes records (disk full): say so now, before changing
+	 * anything, rather than promise an answer that waits on the disk. */
+	req->result = spool_write_error(d->spool);
+	if (req->result) {
+		if (m)
+			qid(m->id, id);
+		log_msg(
+		    LOG_WARN,
+		    "event=queue_control id=%s op=%d result=%d error=\"spool cannot write: %s\"",
+		    m ? id : "all", (int)req->op, req->result, strerror(-req->result));
+		return true;
+	}
 	w = calloc(1, sizeof(*w));
 	if (!w) {
 		req->result = -ENOMEM;
 		return true;
 	}
-	*w = (struct dctl_wait){.note = {.fn = ctl_note_done}, .req = req, .pending = 1};
+	*w = (struct dctl_wait){.note = {.fn = ctl_note_done},
+				.req = req,
+				.pending = 1,
+				.deadline_ms = d->core.now_ms + DLV_CTL_WAIT_MS};
 	if (m) {
 		qid(m->id, id);
 		w->res = ctl_one(d, req, m, w);
