@@ -67,7 +67,8 @@ static uint64_t seg_put(struct seg *s, enum spool_rec_type type, uint64_t id, co
 
 	spool_rec_hdr_init(&h, &s->key, type, id, len, spool_crc32c(0, p, len));
 	memcpy(s->buf + off, &h, sizeof h);
-	memcpy(s->buf + off + sizeof h, p, len);
+	if (len) /* p is NULL for DONE */
+		memcpy(s->buf + off + sizeof h, p, len);
 	return off; /* the pad is already zero */
 }
 

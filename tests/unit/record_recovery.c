@@ -896,7 +896,8 @@ static size_t forge_v1(uint8_t *out, enum spool_rec_type type, uint64_t id, cons
 	memcpy(out + 24, &zero, 4);
 	crc = spool_crc32c(0, out, 28);
 	memcpy(out + 28, &crc, 4);
-	memcpy(out + 32, p, len);
+	if (len) /* p is NULL for DONE: memcpy(dst, NULL, 0) is undefined */
+		memcpy(out + 32, p, len);
 	return spool_rec_size(len);
 }
 
@@ -909,7 +910,8 @@ static size_t forge_v2(uint8_t *out, const struct spool_key *k, enum spool_rec_t
 	memset(out, 0, spool_rec_size(len));
 	spool_rec_hdr_init(&h, k, type, id, len, spool_crc32c(0, p, len));
 	memcpy(out, &h, sizeof h);
-	memcpy(out + sizeof h, p, len);
+	if (len)
+		memcpy(out + sizeof h, p, len);
 	return spool_rec_size(len);
 }
 
