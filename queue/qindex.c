@@ -192,8 +192,15 @@ static int load_state(void *vctx, const struct spool_rec_hdr *h, const uint8_t *
 		qindex_remove(ctx->ix, m);
 		return 0;
 	}
-	if (spool_state_decode(p, h->len, &st) == 0)
-		qmsg_apply_state(m, &st);
+	if (spool_state_decode(p, h->len, &st) != 0)
+		return 0;
+	/* Deleted by the operator while an attempt ran: its DONE may not
+	 * have followed, the delete stands. */
+	if (st.flags & SPOOL_STATE_DELETED) {
+		qindex_remove(ctx->ix, m);
+		return 0;
+	}
+	qmsg_apply_state(m, &st);
 	return 0;
 }
 

@@ -37,6 +37,8 @@ struct qrcpt_res {
 	char diag[240];	 /* "smtp; 550 5.1.1 no such user" */
 };
 
+struct spool_note;
+
 struct qmsg {
 	uint64_t id;
 	uint64_t seq;	      /* segment holding its chunks and COMMIT */
@@ -60,6 +62,9 @@ struct qmsg {
 	bool delete_req;  /* operator asked for a delete */
 	bool moving;	  /* being re-written into the current segment */
 	bool rlisted;	  /* on the engine's record list */
+	/* An operator's command waits for this message's next record to be
+	 * durable (deliver.c's control); NULL when none. */
+	struct spool_note *ctl_note;
 	struct qmsg *rnext;
 	struct qmsg *hnext;
 	struct qmsg *next, *prev; /* the engine's list for `where` */

@@ -1,30 +1,50 @@
 /*
- * queue/record — the on-disk format of spool segments: record framing,
- * CRC32C, envelope encode/decode, and the blocking segment scanner used by
- * recovery (at start, before shards run) and by the control thread.
+ * queue/record — the on-disk format of spool segments: record framing and
+ * authentication, CRC32C, envelope encode/decode, and the blocking segment
+ * scanner used by recovery (at start, before shards run) and by the
+ * control thread.
  *
  * A segment is one append-only file <spool.path>/<shard>/<seq as 16 hex>.seg.
  * It is a sequence of records, each starting at an 8-byte aligned offset:
  *
  *   struct spool_rec_hdr (32 bytes, little-endian) | payload | zero pad to 8
  *
+ * Offset 0 holds the SEGMENT record (format version, and the segment's key:
+ * 16 random bytes from getrandom, made when the file is created).  Every
+ * record header carries mac = SipHash-2-4 under that key of its first 24
+ * bytes, which include the payload's CRC32C.  Message bytes from clients are
+ * stored in the same file (CHUNK payloads), so a client can write bytes
+ * shaped like records; without the key it cannot make a header verify (one
+ * chance in 2^64 per try), so bytes a client sent never pass for a record.
+ * A plain CRC keyed by prefixing the key would not do: CRC is affine, the
+ * key's contribution is one 32-bit unknown per length, the same for every
+ * record.
+ *
  * Records of several messages interleave (one shard writes many sessions'
- * bodies into the same segment, each write at an offset reserved in order,
- * completing in any order).  A message is:
+ * bodies into the same segment).  The writer keeps one batch per segment in
+ * flight, so batches tile the file in order; a failed or short write seals
+ * the segment (nothing is ever appended after it).  A message is:
  *   CHUNK* (payload = message bytes, in order, tagged with msg_id)
  *   COMMIT (payload = encoded envelope; written only after every chunk of the
  *           message completed; its msg_crc covers the concatenated chunks)
- * A message exists iff its COMMIT record is valid AND its chunks verify
- * (total length and CRC); anything else is garbage from an aborted or torn
- * transaction.  Because writes complete out of order, a crash can leave a
- * hole (zeros or garbage) *before* valid records: the scanner resynchronises
- * by trying the next 8-byte aligned offset, accepting a record only when its
- * magic, header CRC and payload CRC all match.  The "valid end" of a segment
- * is the end of the last valid record; everything after it is a torn tail to
- * truncate.
+ * A message exists iff its COMMIT record is valid AND its chunks verify:
+ * walking [first_chunk_off, commit_off) by the scan rules below, its valid
+ * CHUNK records give wire_len octets with msg_crc (a verified record running
+ * over the COMMIT breaks the walk: chunks precede their commit).
+ *
+ * Recovery scan: a crash can leave holes (pages never written back) before
+ * later records of an unsynced tail.  The scanner tries each 8-byte aligned
+ * offset where no verified header is; a header that verifies fixes the
+ * record's extent, and the scan never looks inside it again, even when the
+ * payload CRC fails (a torn record) -- the next try is at its end.  A
+ * verified header whose record runs past the end ends the scan.  The "valid
+ * end" is the end of the last wholly valid record; the rest is a torn tail
+ * to truncate.  A file whose SEGMENT record does not verify holds nothing
+ * (it was never synced); one of an older format version is refused, naming
+ * the file (-EPROTO): version 1 (unkeyed CRCs) is not read any more.
  *
  * Thread: pure functions any thread may call; the scan/read functions do
- * blocking pread() and are for the main/control thread and start-up only.
+ * blocking pread() and are for the main/control/helper threads only.
  */
 #ifndef RMX_QUEUE_RECORD_H
 #define RMX_QUEUE_RECORD_H
@@ -48,6 +68,9 @@ enum spool_rec_type {
 	SPOOL_REC_DONE = 5,
 };
 
+#define SPOOL_SEG_VERSION 2 /* 1: unkeyed header CRCs (refused) */
+#define SPOOL_KEY_LEN	  16
+
 struct spool_rec_hdr {
 	uint32_t magic;
 	uint8_t type;  /* enum spool_rec_type */
@@ -56,16 +79,43 @@ struct spool_rec_hdr {
 	uint32_t len;	  /* payload octets (before padding) */
 	uint32_t pay_crc; /* CRC32C of the payload */
 	uint64_t msg_id;  /* queue ID as a number; 0 for SEGMENT */
-	uint32_t seq;	  /* reserved, 0 */
-	uint32_t hdr_crc; /* CRC32C of the 28 bytes before it */
+	uint64_t mac;	  /* SipHash-2-4 under the segment key of the 24 bytes before */
 };
 _Static_assert(sizeof(struct spool_rec_hdr) == 32, "record header is 32 bytes");
 
+/* The segment's secret: keys every record header's MAC. */
+struct spool_key {
+	uint8_t b[SPOOL_KEY_LEN];
+};
+
+/* SEGMENT payload.  shard and seq say where the file was created; the file
+ * name is authoritative (a segment adopted by another shard keeps them). */
 struct spool_seg_info {
-	uint32_t version; /* 1 */
+	uint32_t version; /* SPOOL_SEG_VERSION */
 	uint32_t shard;
 	uint64_t seq;
+	struct spool_key key;
 };
+
+/* The first 64 bytes of every segment: its SEGMENT record. */
+struct spool_seg_head {
+	struct spool_rec_hdr hdr;
+	struct spool_seg_info info;
+};
+_Static_assert(sizeof(struct spool_seg_head) == 64, "segment head is 64 bytes");
+
+/* A fresh random key (getrandom).  0 or -errno. */
+int spool_key_new(struct spool_key *k);
+/* SipHash-2-4 (Aumasson and Bernstein) of p[0..n) under k. */
+uint64_t spool_siphash(const struct spool_key *k, const void *p, size_t n);
+/* The head of a new segment. */
+void spool_seg_head_init(struct spool_seg_head *out, uint32_t shard, uint64_t seq,
+			 const struct spool_key *k);
+/* Check the first n bytes of a segment: 0 (info filled), -EPROTO (a head of
+ * an older format version), -EINVAL (no valid head). */
+int spool_seg_head_parse(const void *p, size_t n, struct spool_seg_info *info);
+/* Read and check fd's head (blocking pread).  0, -EPROTO, -EINVAL, -errno. */
+int spool_seg_head_read(int fd, struct spool_seg_info *info);
 
 /* CRC32C (Castagnoli), chainable: crc = spool_crc32c(crc, p, n), start at 0. */
 uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n);
@@ -73,16 +123,16 @@ uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n);
 uint32_t spool_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 
 /* Fill a header for a payload of len bytes whose CRC is pay_crc. */
-void spool_rec_hdr_init(struct spool_rec_hdr *h, enum spool_rec_type type, uint64_t msg_id,
-			uint32_t len, uint32_t pay_crc);
+void spool_rec_hdr_init(struct spool_rec_hdr *h, const struct spool_key *k,
+			enum spool_rec_type type, uint64_t msg_id, uint32_t len, uint32_t pay_crc);
 /* Bytes a record with this payload occupies on disk, padding included. */
 static inline uint64_t spool_rec_size(uint32_t len)
 {
 	return (sizeof(struct spool_rec_hdr) + (uint64_t)len + SPOOL_REC_ALIGN - 1) &
 	       ~(uint64_t)(SPOOL_REC_ALIGN - 1);
 }
-/* Check magic, hdr_crc, type range and len bound. 0 or -EINVAL. */
-int spool_rec_hdr_check(const struct spool_rec_hdr *h);
+/* Check magic, mac under k, type range and len bound. 0 or -EINVAL. */
+int spool_rec_hdr_check(const struct spool_rec_hdr *h, const struct spool_key *k);
 
 /* Queue ID text <-> number. */
 void spool_qid_format(uint64_t id, char out[SPOOL_QID_LEN + 1]);
@@ -155,7 +205,8 @@ struct spool_scan_stats {
 	uint64_t valid_end; /* end of the last valid record: truncate here */
 	uint64_t file_len;
 	uint32_t records;
-	uint32_t skipped; /* invalid aligned positions resynchronised over */
+	uint32_t skipped;     /* aligned positions with no verified header, tried over */
+	uint32_t bad_records; /* verified header, payload CRC wrong: extent skipped */
 	uint32_t commits;
 	uint32_t bad_bodies; /* commits whose chunks did not verify */
 	struct spool_seg_info info;
@@ -168,13 +219,15 @@ struct spool_scan_stats {
 
 /* Scan fd from offset 0 up to limit (UINT64_MAX: the file length).  Verifies
  * each commit's body (verify_bodies=true) before calling fn with body_ok.
- * Returns 0, -errno on I/O error, or fn's non-zero return. */
+ * Returns 0, -EPROTO (older format version), -errno on I/O error, or fn's
+ * non-zero return.  No valid head: 0 with no record (valid_end 0). */
 int spool_segment_scan(int fd, uint64_t limit, bool verify_bodies, spool_scan_fn fn, void *ctx,
 		       struct spool_scan_stats *stats);
 
 /* Stream the stored bytes of one committed message (the msg_len octets, in
- * stored form) to fn in pieces.  Verifies length and CRC over the chunks;
- * returns 0, -EIO on mismatch, -errno on read error, or fn's non-zero. */
+ * stored form) to fn in pieces.  Reads the segment's key from fd's head,
+ * verifies every header and length and CRC over the chunks; returns 0, -EIO
+ * on mismatch, -errno on read error, or fn's non-zero. */
 typedef int (*spool_body_fn)(void *ctx, const char *p, size_t n);
 int spool_message_read(int fd, const struct spool_env *env, uint64_t commit_off, spool_body_fn fn,
 		       void *ctx);
@@ -218,6 +271,8 @@ enum spool_rcpt_state {
 
 enum {
 	SPOOL_STATE_HELD = 1u << 0,
+	SPOOL_STATE_DELETED = 1u << 1, /* the operator deleted it: gone at load */
+	SPOOL_STATE_BOUNCE = 1u << 2,  /* the operator asked for a bounce */
 };
 
 struct spool_state {

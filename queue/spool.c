@@ -41,6 +41,11 @@ struct spool_seg {
 	uint64_t tail;		    /* next free offset */
 	uint32_t users;		    /* messages begun here and not yet durable/aborted */
 	struct spool_batch *flying; /* the one batch being written (and synced) */
+	struct spool_key key;	    /* keys every record header (record.h) */
+	/* First failed write or sync (-errno), 0 while healthy.  A sealed
+	 * segment gets nothing more: a short write leaves part of a batch,
+	 * client bytes included, and no later record may follow it. */
+	int sealed;
 	bool in_use;
 	bool retiring; /* a newer segment took over: close when quiet */
 };
@@ -55,16 +60,18 @@ struct spool_batch {
 	uint64_t off, len;
 	uint32_t niov, nrec, nbid, nmsg;
 	uint32_t gen;
-	bool busy;    /* submitted */
-	bool sync;    /* an fdatasync is linked behind the write */
-	bool commits; /* holds a commit record: needs the sync */
-	uint8_t cqes; /* completions still to come (write, sync) */
-	int res;      /* first error of the write or the sync */
+	bool busy;	/* submitted */
+	bool sync;	/* an fdatasync is linked behind the write */
+	bool commits;	/* holds a commit record: needs the sync */
+	bool sync_want; /* holds a record someone waits on: needs the sync */
+	uint8_t cqes;	/* completions still to come (write, sync) */
+	int res;	/* first error of the write or the sync */
 	struct iovec iov[SPOOL_BATCH_IOV];
 	struct spool_rec_hdr rec[SPOOL_BATCH_RECS];
 	uint16_t bid[SPOOL_BATCH_IOV];
-	struct spool_msg *msg[SPOOL_BATCH_RECS]; /* each message once */
-	bool data;				 /* holds chunks or commits, not only states */
+	struct spool_msg *msg[SPOOL_BATCH_RECS];   /* each message once */
+	struct spool_note *note[SPOOL_BATCH_RECS]; /* per record, or NULL */
+	bool data;				   /* holds chunks or commits, not only states */
 	uint32_t arena_len;
 	uint8_t arena[SPOOL_ARENA]; /* payloads of spool_rec_put records */
 };
@@ -85,14 +92,16 @@ struct spool {
 	int open_error;
 	uint32_t inflight; /* ring ops in flight (writes, syncs, open, close) */
 	char open_name[32];
-	struct spool_rec_hdr seghdr;
-	struct spool_seg_info seginfo;
-	struct iovec seghdr_iov[2];
+	bool open_retry;	  /* the last rotation failed: reuse its file name */
+	uint64_t rotate_after_ms; /* no new rotation attempt before this */
+	struct spool_seg_head seghead;
 	uint64_t next_seq;
 	uint64_t last_id;
 	struct spool_stats stats;
 	struct spool_msg *pend_head; /* messages with gathered pieces */
 	struct spool_msg *wait_head; /* writers blocked on a free batch */
+	struct spool_msg *wake_head; /* waiters a completion is calling back */
+	struct spool_msg *doomed;    /* commits on a sealed segment: fail at flush */
 	uint32_t batch_gen;
 	bool flush_states; /* the next spool_flush writes state-only batches too */
 	struct spool_batch batches[SPOOL_BATCHES];
@@ -143,20 +152,30 @@ static uint64_t seg_max_seq(DIR *d)
 	return max;
 }
 
-static void seghdr_prepare(struct spool *sp, uint64_t seq)
+/* A new key and head for segment seg.  A key per segment, so one key
+ * learnt (from a stolen disk, say) forges nothing in any other file. */
+static int seghead_prepare(struct spool *sp, struct spool_seg *seg)
 {
-	sp->seginfo = (struct spool_seg_info){.version = 1, .shard = sp->shard, .seq = seq};
-	spool_rec_hdr_init(&sp->seghdr, SPOOL_REC_SEGMENT, 0, sizeof(sp->seginfo),
-			   spool_crc32c(0, &sp->seginfo, sizeof(sp->seginfo)));
-	sp->seghdr_iov[0] = (struct iovec){&sp->seghdr, sizeof(sp->seghdr)};
-	sp->seghdr_iov[1] = (struct iovec){&sp->seginfo, sizeof(sp->seginfo)};
+	int rc = spool_key_new(&seg->key);
+
+	if (rc < 0)
+		return rc;
+	spool_seg_head_init(&sp->seghead, sp->shard, seg->seq, &seg->key);
+	return 0;
+}
+
+static uint64_t spool_mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no system call */
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* Start-up path: create the first segment with blocking calls, made
  * durable (file and directory entry) before any message can use it. */
 static int seg_create_sync(struct spool *sp, struct spool_seg *seg, char *why, size_t why_len)
 {
-	char rec[sizeof(struct spool_rec_hdr) + sizeof(struct spool_seg_info)];
 	char name[32];
 	ssize_t w;
 
@@ -166,17 +185,19 @@ static int seg_create_sync(struct spool *sp, struct spool_seg *seg, char *why, s
 		snprintf(why, why_len, "%s/%s: %s", sp->dir, name, strerror(errno));
 		return -errno;
 	}
-	seghdr_prepare(sp, sp->next_seq);
-	memcpy(rec, &sp->seghdr, sizeof(sp->seghdr));
-	memcpy(rec + sizeof(sp->seghdr), &sp->seginfo, sizeof(sp->seginfo));
-	w = pwrite(seg->fd, rec, sizeof(rec), 0);
-	if (w != (ssize_t)sizeof(rec) || fdatasync(seg->fd) != 0 || fsync(sp->dirfd) != 0) {
+	seg->seq = sp->next_seq;
+	if (seghead_prepare(sp, seg) < 0) {
+		snprintf(why, why_len, "getrandom: %s", strerror(errno));
+		return -EIO;
+	}
+	w = pwrite(seg->fd, &sp->seghead, sizeof(sp->seghead), 0);
+	if (w != (ssize_t)sizeof(sp->seghead) || fdatasync(seg->fd) != 0 || fsync(sp->dirfd) != 0) {
 		snprintf(why, why_len, "%s/%s: cannot write segment header: %s", sp->dir, name,
 			 strerror(errno ? errno : EIO));
 		return -EIO;
 	}
-	seg->seq = sp->next_seq++;
-	seg->tail = spool_rec_size(sizeof(sp->seginfo));
+	sp->next_seq++;
+	seg->tail = sizeof(sp->seghead);
 	seg->in_use = true;
 	return 0;
 }
@@ -287,12 +308,18 @@ static void seg_rotate_start(struct spool *sp)
 		}
 	if (idx < 0)
 		return; /* all slots busy: grow the current segment instead */
+	if (spool_mono_ms() < sp->rotate_after_ms)
+		return; /* the last attempt failed a moment ago (disk full?) */
 	sp->opening = idx;
 	sp->segs[idx] =
 	    (struct spool_seg){.owner = sp, .fd = -1, .in_use = true, .seq = sp->next_seq++};
 	seg_name(sp->open_name, sizeof(sp->open_name), sp->segs[idx].seq);
 	sqe = ring_sqe(sp->ring);
-	io_uring_prep_openat(sqe, sp->dirfd, sp->open_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC,
+	/* After a failed attempt the same name is used again (O_TRUNC): its
+	 * file holds no valid head, and retrying every second must not leave a
+	 * trail of empty files. */
+	io_uring_prep_openat(sqe, sp->dirfd, sp->open_name,
+			     O_CREAT | O_RDWR | O_CLOEXEC | (sp->open_retry ? O_TRUNC : O_EXCL),
 			     0640);
 	io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_OPEN, 0, 0, (uint32_t)idx));
 	sp->inflight++;
@@ -314,31 +341,43 @@ static void pend_unlink(struct spool *sp, struct spool_msg *m)
 	m->pend_listed = false;
 }
 
+/* Off whichever list m is on.  A message can leave the wake list while a
+ * completion walks it (an earlier callback committed or aborted it), so the
+ * walk pops from the live list rather than following saved links. */
 static void wait_unlink(struct spool *sp, struct spool_msg *m)
 {
-	if (!m->wait_listed)
+	(void)sp;
+	if (!m->wait_list)
 		return;
 	if (m->wait_prev)
 		m->wait_prev->wait_next = m->wait_next;
 	else
-		sp->wait_head = m->wait_next;
+		*m->wait_list = m->wait_next;
 	if (m->wait_next)
 		m->wait_next->wait_prev = m->wait_prev;
 	m->wait_next = m->wait_prev = NULL;
-	m->wait_listed = false;
+	m->wait_list = NULL;
+}
+
+static void wait_push(struct spool_msg **head, struct spool_msg *m)
+{
+	assert(m->wait_list == NULL);
+	m->wait_prev = NULL;
+	m->wait_next = *head;
+	if (*head)
+		(*head)->wait_prev = m;
+	*head = m;
+	m->wait_list = head;
 }
 
 void spool_msg_wait(struct spool *sp, struct spool_msg *m)
 {
 	assert(m->active && !m->committing);
-	if (m->wait_listed)
+	if (m->wait_list == &sp->wait_head)
 		return;
-	m->wait_prev = NULL;
-	m->wait_next = sp->wait_head;
-	if (sp->wait_head)
-		sp->wait_head->wait_prev = m;
-	sp->wait_head = m;
-	m->wait_listed = true;
+	/* Being woken already: it asked again, so it waits for the next one. */
+	wait_unlink(sp, m);
+	wait_push(&sp->wait_head, m);
 }
 
 /* Could a batch be opened for seg now? */
@@ -358,7 +397,7 @@ void spool_msg_begin(struct spool *sp, struct spool_msg *m, uint64_t id, uint32_
 	struct spool_seg *seg = &sp->segs[sp->cur];
 
 	assert(!m->active && m->writes_inflight == 0 && !m->pend_listed);
-	if (seg->tail >= sp->segment_size && sp->opening < 0)
+	if ((seg->tail >= sp->segment_size || seg->sealed) && sp->opening < 0)
 		seg_rotate_start(sp);
 	memset(m, 0, sizeof(*m));
 	m->id = id;
@@ -389,6 +428,7 @@ static struct spool_batch *batch_get(struct spool *sp, struct spool_seg *seg)
 		b->data = false;
 		b->len = b->niov = b->nrec = b->nbid = b->nmsg = 0;
 		b->commits = false;
+		b->sync_want = false;
 		b->gen = ++sp->batch_gen;
 		seg->open = b;
 		return b;
@@ -433,12 +473,13 @@ static struct spool_batch *batch_for(struct spool *sp, struct spool_seg *seg, ui
 static void batch_add_rec(struct spool_batch *b, struct spool_msg *m, enum spool_rec_type type,
 			  const struct iovec *pay, uint32_t npay, uint32_t len, uint32_t crc)
 {
-	struct spool_rec_hdr *h = &b->rec[b->nrec++];
+	struct spool_rec_hdr *h = &b->rec[b->nrec];
 	uint64_t size = spool_rec_size(len);
 	uint32_t pad = (uint32_t)(size - sizeof(*h) - len);
 
 	assert(batch_room(b, 0, 0) && b->niov + npay + 2 <= SPOOL_BATCH_IOV);
-	spool_rec_hdr_init(h, type, m->id, len, crc);
+	b->note[b->nrec++] = NULL;
+	spool_rec_hdr_init(h, &b->seg->key, type, m->id, len, crc);
 	b->data = true;
 	b->iov[b->niov++] = (struct iovec){h, sizeof(*h)};
 	for (uint32_t i = 0; i < npay; i++)
@@ -479,7 +520,7 @@ static void batch_submit(struct spool *sp, struct spool_batch *b)
 	b->seg->flying = b;
 	b->busy = true;
 	b->res = 0;
-	b->sync = b->commits && sp->durable;
+	b->sync = (b->commits || b->sync_want) && sp->durable;
 	b->cqes = b->sync ? 2 : 1;
 	sqe = ring_sqe(sp->ring);
 	io_uring_prep_writev(sqe, b->seg->fd, b->iov, b->niov, b->off);
@@ -497,11 +538,28 @@ static void batch_submit(struct spool *sp, struct spool_batch *b)
 	sp->inflight += b->cqes;
 }
 
+/* m's segment is sealed: its gathered bytes go nowhere, and the message
+ * fails (its writer refuses it once idle). */
+static void msg_drop_pieces(struct spool *sp, struct spool_msg *m)
+{
+	for (uint32_t i = 0; i < m->npieces; i++)
+		if (m->piece_bid[i] != SPOOL_NO_BUF)
+			ring_buf_put(sp->ring, m->piece_bid[i]);
+	m->npieces = m->plen = m->pcrc = 0;
+	if (!m->io_error)
+		m->io_error = m->seg->sealed;
+	pend_unlink(sp, m);
+}
+
 /* Place m's gathered pieces now; false when no batch has room. */
 static bool msg_place_pieces(struct spool *sp, struct spool_msg *m)
 {
 	struct spool_batch *b;
 
+	if (m->seg->sealed) {
+		msg_drop_pieces(sp, m);
+		return true;
+	}
 	if (m->npieces == 0)
 		return true;
 	b = batch_for(sp, m->seg, m->npieces + 2, 1);
@@ -513,7 +571,8 @@ static bool msg_place_pieces(struct spool *sp, struct spool_msg *m)
 
 bool spool_msg_can_write(const struct spool_msg *m)
 {
-	return m->npieces < SPOOL_PIECES_MAX || seg_can_place(m->seg, m->npieces + 2, 1);
+	return m->npieces < SPOOL_PIECES_MAX || m->seg->sealed ||
+	       seg_can_place(m->seg, m->npieces + 2, 1);
 }
 
 void spool_msg_append(struct spool *sp, struct spool_msg *m, const char *p, uint32_t n,
@@ -547,7 +606,20 @@ void spool_msg_append(struct spool *sp, struct spool_msg *m, const char *p, uint
 
 bool spool_msg_can_commit(const struct spool_msg *m)
 {
-	return seg_can_place(m->seg, m->npieces + 5, 2);
+	return m->seg->sealed || seg_can_place(m->seg, m->npieces + 5, 2);
+}
+
+/* A commit on a sealed segment: nothing is written, and on_durable says so
+ * from the next spool_flush (never from the call itself). */
+static void msg_commit_doomed(struct spool *sp, struct spool_msg *m)
+{
+	msg_drop_pieces(sp, m);
+	wait_unlink(sp, m);
+	m->committing = true;
+	if (m->writes_inflight == 0) {
+		m->sync_next = sp->doomed;
+		sp->doomed = m;
+	}
 }
 
 int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *env, uint8_t *enc,
@@ -558,6 +630,10 @@ int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *en
 	size_t n;
 
 	assert(m->active && !m->committing && spool_msg_can_commit(m));
+	if (m->seg->sealed) {
+		msg_commit_doomed(sp, m);
+		return 0;
+	}
 	env->id = m->id;
 	env->wire_len = m->wire_len;
 	env->msg_crc = spool_crc32c_combine(m->crc, m->pcrc, m->plen);
@@ -621,6 +697,7 @@ static void msg_durable(struct spool *sp, struct spool_msg *m)
 	 * turn's callbacks. */
 	m->seg_seq = m->seg->seq;
 	m->seg_fd = m->seg->fd;
+	m->seg_key = m->seg->key;
 	msg_release(sp, m);
 	sp->ops->on_durable(sp->ctx, m, err);
 }
@@ -631,18 +708,44 @@ static void msg_durable(struct spool *sp, struct spool_msg *m)
 static void batch_complete(struct spool *sp, struct spool_batch *b)
 {
 	struct spool_msg *msgs[SPOOL_BATCH_RECS];
-	struct spool_msg *waiters = sp->wait_head;
-	uint32_t nmsg = b->nmsg;
+	struct spool_note *notes[SPOOL_BATCH_RECS];
+	uint32_t nmsg = b->nmsg, nnote = 0;
 	int err = b->res;
 
-	assert(b->busy && b->seg->flying == b && nmsg <= SPOOL_BATCH_RECS);
-	if (err)
-		log_msg(LOG_ERROR, "event=spool_write shard=%u bytes=%llu error=\"%s\"", sp->shard,
-			(unsigned long long)b->len, strerror(-err));
+	/* Written (flying), or never written because its segment is sealed. */
+	assert(b->busy ? b->seg->flying == b : b->seg->open == b && b->seg->sealed);
+	assert(nmsg <= SPOOL_BATCH_RECS);
+	assert(sp->wake_head == NULL); /* completions do not nest */
+	/* The writers waiting now are the ones this completion wakes; a
+	 * callback below may commit or abort one of them (off the list) or
+	 * register again (for the next completion). */
+	while (sp->wait_head) {
+		struct spool_msg *m = sp->wait_head;
+
+		wait_unlink(sp, m);
+		wait_push(&sp->wake_head, m);
+	}
+	if (err && !b->seg->sealed) {
+		/* A failed fdatasync may have dropped dirty pages it could not
+		 * write, and a short write left part of the batch: nothing is
+		 * appended after it, and nothing in it is acknowledged. */
+		b->seg->sealed = err;
+		log_msg(LOG_ERROR,
+			"event=spool_write shard=%u segment=%016llx bytes=%llu sealed=yes "
+			"error=\"%s\"",
+			sp->shard, (unsigned long long)b->seg->seq, (unsigned long long)b->len,
+			strerror(-err));
+	}
 	for (uint32_t i = 0; i < b->nbid; i++)
 		ring_buf_put(sp->ring, b->bid[i]);
 	memcpy(msgs, b->msg, nmsg * sizeof(msgs[0]));
-	b->seg->flying = NULL;
+	for (uint32_t i = 0; i < b->nrec; i++)
+		if (b->note[i])
+			notes[nnote++] = b->note[i];
+	if (b->busy)
+		b->seg->flying = NULL;
+	else
+		b->seg->open = NULL;
 	b->busy = false;
 	b->seg = NULL;
 	for (uint32_t i = 0; i < nmsg; i++) {
@@ -656,13 +759,40 @@ static void batch_complete(struct spool *sp, struct spool_batch *b)
 		else if (!m->committing)
 			sp->ops->on_progress(sp->ctx, m);
 	}
-	sp->wait_head = NULL; /* detached: a callback may register again */
-	for (struct spool_msg *m = waiters, *next; m; m = next) {
-		next = m->wait_next;
-		m->wait_next = m->wait_prev = NULL;
-		m->wait_listed = false;
+	while (sp->wake_head) {
+		struct spool_msg *m = sp->wake_head;
+
+		wait_unlink(sp, m);
+		assert(m->active && !m->committing);
 		sp->ops->on_progress(sp->ctx, m);
 	}
+	for (uint32_t i = 0; i < nnote; i++)
+		notes[i]->fn(notes[i], err);
+}
+
+/* End of turn on a sealed segment: its unwritten batch fails, commits
+ * placed on it fail, and a new segment is sought. */
+static void spool_flush_sealed(struct spool *sp)
+{
+	while (sp->doomed) {
+		struct spool_msg *m = sp->doomed;
+
+		sp->doomed = m->sync_next;
+		m->sync_next = NULL;
+		assert(m->committing && m->writes_inflight == 0 && m->io_error);
+		msg_durable(sp, m);
+	}
+	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++) {
+		struct spool_seg *seg = &sp->segs[i];
+
+		if (seg->open && !seg->flying && seg->sealed) {
+			seg->open->res = seg->sealed;
+			batch_complete(sp, seg->open);
+			seg_maybe_retire(sp, seg);
+		}
+	}
+	if (sp->segs[sp->cur].sealed && sp->opening < 0)
+		seg_rotate_start(sp);
 }
 
 void spool_flush(struct spool *sp)
@@ -674,6 +804,7 @@ void spool_flush(struct spool *sp)
 		next = m->pend_next;
 		msg_place_pieces(sp, m);
 	}
+	spool_flush_sealed(sp);
 	/* A batch of state records only waits for the next message's batch
 	 * (or spool_flush_states): each write is a hop to an io-wq worker, and
 	 * state records need no sync of their own. */
@@ -689,21 +820,32 @@ void spool_flush_states(struct spool *sp)
 	sp->flush_states = true;
 }
 
-int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
-		  uint32_t len)
+static int rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		   uint32_t len, struct spool_note *note)
 {
 	struct spool_seg *seg = &sp->segs[sp->cur];
-	struct spool_batch *b = batch_for(sp, seg, 3, 1);
+	struct spool_batch *b;
 	struct spool_rec_hdr *h;
 	uint64_t size = spool_rec_size(len);
 	uint32_t pad = (uint32_t)(size - sizeof(*h) - len);
 
+	if (seg->sealed) {
+		if (sp->opening < 0)
+			seg_rotate_start(sp);
+		return -EAGAIN; /* kept until a segment takes records again */
+	}
+	b = batch_for(sp, seg, 3, 1);
 	if (!b || b->arena_len + len > SPOOL_ARENA || !batch_room(b, 3, 1))
 		return -EAGAIN;
 	if (len)
 		memcpy(b->arena + b->arena_len, p, len);
+	if (note) {
+		b->sync_want = true;
+		b->data = true; /* out at this turn's flush, not a second later */
+	}
+	b->note[b->nrec] = note;
 	h = &b->rec[b->nrec++];
-	spool_rec_hdr_init(h, type, msg_id, len, len ? spool_crc32c(0, p, len) : 0);
+	spool_rec_hdr_init(h, &seg->key, type, msg_id, len, len ? spool_crc32c(0, p, len) : 0);
 	b->iov[b->niov++] = (struct iovec){h, sizeof(*h)};
 	if (len)
 		b->iov[b->niov++] = (struct iovec){b->arena + b->arena_len, len};
@@ -717,12 +859,31 @@ int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, c
 	return 0;
 }
 
+int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		  uint32_t len)
+{
+	return rec_put(sp, type, msg_id, p, len, NULL);
+}
+
+int spool_rec_put_sync(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		       uint32_t len, struct spool_note *note)
+{
+	assert(note != NULL && note->fn != NULL);
+	return rec_put(sp, type, msg_id, p, len, note);
+}
+
 bool spool_seg_quiet(const struct spool *sp, uint64_t seq)
 {
 	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
 		if (sp->segs[i].in_use && sp->segs[i].seq == seq)
 			return false;
 	return true;
+}
+
+int spool_write_error(const struct spool *sp)
+{
+	assert(sp->segs[sp->cur].in_use && sp->segs[sp->cur].sealed <= 0);
+	return sp->segs[sp->cur].sealed;
 }
 
 uint64_t spool_current_seq(const struct spool *sp)
@@ -751,19 +912,26 @@ static void seg_rotate_finish(struct spool *sp)
 
 	sp->opening = -1;
 	if (sp->open_error) {
-		log_msg(LOG_ERROR, "event=spool_rotate shard=%u error=\"%s\"", sp->shard,
+		log_msg(LOG_ERROR, "event=spool_rotate shard=%u segment=%016llx error=\"%s\"",
+			sp->shard, (unsigned long long)sp->segs[idx].seq,
 			strerror(-sp->open_error));
 		if (sp->segs[idx].fd >= 0)
 			close(sp->segs[idx].fd);
+		/* The name is used again by the next attempt, a second on. */
+		sp->next_seq = sp->segs[idx].seq;
+		sp->open_retry = true;
+		sp->rotate_after_ms = spool_mono_ms() + 1000;
 		sp->segs[idx] = (struct spool_seg){.owner = sp, .fd = -1};
 		return;
 	}
-	sp->segs[idx].tail = spool_rec_size(sizeof(sp->seginfo));
+	sp->open_retry = false;
+	sp->segs[idx].tail = sizeof(sp->seghead);
 	sp->cur = idx;
 	old->retiring = true;
 	seg_maybe_retire(sp, old);
 	log_msg(LOG_INFO, "event=spool_rotate shard=%u segment=%016llx", sp->shard,
 		(unsigned long long)sp->segs[idx].seq);
+	sp->ops->on_segment(sp->ctx, sp->segs[idx].seq);
 }
 
 static void seg_opened(struct spool *sp, int idx, int res)
@@ -777,9 +945,13 @@ static void seg_opened(struct spool *sp, int idx, int res)
 		return;
 	}
 	seg->fd = res;
-	seghdr_prepare(sp, seg->seq);
+	sp->open_error = seghead_prepare(sp, seg);
+	if (sp->open_error) {
+		seg_rotate_finish(sp);
+		return;
+	}
 	sqe = ring_sqe(sp->ring);
-	io_uring_prep_writev(sqe, seg->fd, sp->seghdr_iov, 2, 0);
+	io_uring_prep_write(sqe, seg->fd, &sp->seghead, sizeof(sp->seghead), 0);
 	io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_SEGHDR, 0, 0, (uint32_t)idx));
 	/* The new file's directory entry must be durable before a message
 	 * acknowledged from it relies on it. */
@@ -818,6 +990,9 @@ void spool_complete(struct spool *sp, uint64_t ud, int res)
 		break;
 	case SPOOL_OP_SEGHDR:
 	case SPOOL_OP_DIRSYNC:
+		if (ring_ud_op(ud) == SPOOL_OP_SEGHDR && res >= 0 &&
+		    res != (int)sizeof(sp->seghead))
+			res = -ENOSPC; /* a short head: disk full */
 		if (res < 0 && !sp->open_error)
 			sp->open_error = res;
 		if (--sp->open_steps == 0)
@@ -848,16 +1023,17 @@ const struct spool_stats *spool_stats(const struct spool *sp)
 
 struct recover_ctx {
 	uint64_t messages;
-	uint64_t max_id;
+	uint64_t *max_ids; /* SPOOL_ID_PREFIXES */
 };
 
 static int recover_msg(void *vctx, const struct spool_scan_msg *msg)
 {
 	struct recover_ctx *ctx = vctx;
+	uint32_t prefix = (uint32_t)(msg->env.id >> 56);
 
 	ctx->messages++; /* commits: their bodies are verified by the queue load */
-	if (msg->env.id > ctx->max_id)
-		ctx->max_id = msg->env.id;
+	if (msg->env.id > ctx->max_ids[prefix])
+		ctx->max_ids[prefix] = msg->env.id;
 	return 0;
 }
 
@@ -877,11 +1053,25 @@ static int recover_segment(int dirfd, const char *dir, const char *name, struct 
 	/* Only the valid end and the ids are needed here; the queue load
 	 * (qindex_load) verifies every body once. */
 	rc = spool_segment_scan(fd, UINT64_MAX, false, recover_msg, ctx, &st);
+	if (rc == -EPROTO) {
+		/* Nothing is deployed with format 1; its CRCs are unkeyed, so
+		 * client bytes in it could pass for records: not read at all. */
+		snprintf(why, why_len,
+			 "%s/%s: segment of an older format (unkeyed record CRCs), not read by "
+			 "this version; move it out of the spool",
+			 dir, name);
+		close(fd);
+		return rc;
+	}
 	if (rc < 0) {
 		snprintf(why, why_len, "%s/%s: scan failed: %s", dir, name, strerror(-rc));
 		close(fd);
 		return rc;
 	}
+	if (st.bad_records || st.skipped)
+		log_msg(LOG_WARN,
+			"event=spool_recover segment=%s/%s torn_records=%u skipped_bytes=%llu", dir,
+			name, st.bad_records, (unsigned long long)st.skipped * SPOOL_REC_ALIGN);
 	if (st.valid_end < st.file_len) {
 		log_msg(LOG_WARN, "event=spool_recover segment=%s/%s torn_tail=%llu valid_end=%llu",
 			dir, name, (unsigned long long)(st.file_len - st.valid_end),
@@ -898,10 +1088,10 @@ static int recover_segment(int dirfd, const char *dir, const char *name, struct 
 	return 0;
 }
 
-int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_id, char *why,
-		  size_t why_len)
+int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_ids,
+		  char *why, size_t why_len)
 {
-	struct recover_ctx ctx = {0};
+	struct recover_ctx ctx = {.max_ids = max_ids};
 	char dir[PATH_MAX];
 	struct dirent *de;
 	int dirfd, rc = 0;
@@ -911,7 +1101,6 @@ int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t
 	dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dirfd < 0) {
 		*messages = 0;
-		*max_id = 0;
 		if (errno == ENOENT)
 			return 0;
 		snprintf(why, why_len, "spool.path: %s: %s", dir, strerror(errno));
@@ -930,6 +1119,145 @@ int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t
 		fsync(dirfd);
 	close(dirfd);
 	*messages = ctx.messages;
-	*max_id = ctx.max_id;
+	return rc;
+}
+
+/* ---- adoption of the directories of shards that no longer run ------------------ */
+
+static int seq_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* The segment sequence numbers in dirfd, sorted; *out malloc'd. */
+static int seg_list(int dirfd, uint64_t **out, size_t *n)
+{
+	DIR *d = fdopendir(dup(dirfd));
+	size_t cap = 0;
+	struct dirent *de;
+
+	*out = NULL;
+	*n = 0;
+	if (!d)
+		return -errno;
+	while ((de = readdir(d)) != NULL) {
+		unsigned long long seq;
+		char tail[8];
+
+		if (sscanf(de->d_name, "%16llx.se%1s", &seq, tail) != 2)
+			continue;
+		if (*n == cap) {
+			uint64_t *t = realloc(*out, (cap = cap ? cap * 2 : 64) * sizeof(*t));
+
+			if (!t) {
+				closedir(d);
+				return -ENOMEM;
+			}
+			*out = t;
+		}
+		(*out)[(*n)++] = seq;
+	}
+	closedir(d);
+	qsort(*out, *n, sizeof(**out), seq_cmp);
+	return 0;
+}
+
+/* Move every segment of <root>/<from> to <root>/<to>, in sequence order,
+ * numbered after the last one there.  Records only refer to messages of
+ * older segments of their own directory, so a directory appended as a
+ * block after another keeps every reference pointing backwards; a crash
+ * half-way leaves the rest to be appended after the part already moved. */
+static int adopt_dir(int rootfd, const char *root, uint32_t from, uint32_t shards, char *why,
+		     size_t why_len)
+{
+	char src[16], dst[16], name[32], nname[32];
+	uint64_t *have = NULL, *move = NULL, next = 0;
+	size_t nhave = 0, nmove = 0;
+	uint32_t to = from % shards;
+	int sfd, dfd, rc;
+
+	snprintf(src, sizeof(src), "%u", from);
+	snprintf(dst, sizeof(dst), "%u", to);
+	if (mkdirat(rootfd, dst, 0750) != 0 && errno != EEXIST)
+		goto fail_errno;
+	sfd = openat(rootfd, src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	dfd = openat(rootfd, dst, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sfd < 0 || dfd < 0) {
+		rc = -errno;
+		snprintf(why, why_len, "spool.path: %s/%s: %s", root, sfd < 0 ? src : dst,
+			 strerror(-rc));
+		goto out;
+	}
+	rc = seg_list(dfd, &have, &nhave);
+	if (rc == 0)
+		rc = seg_list(sfd, &move, &nmove);
+	if (rc < 0) {
+		snprintf(why, why_len, "spool.path: %s: %s", root, strerror(-rc));
+		goto out;
+	}
+	next = nhave ? have[nhave - 1] + 1 : 1;
+	for (size_t i = 0; i < nmove; i++, next++) {
+		seg_name(name, sizeof(name), move[i]);
+		seg_name(nname, sizeof(nname), next);
+		if (renameat2(sfd, name, dfd, nname, RENAME_NOREPLACE) != 0) {
+			rc = -errno;
+			snprintf(why, why_len, "spool.path: adopting %s/%s/%s as %s/%s/%s: %s",
+				 root, src, name, root, dst, nname, strerror(-rc));
+			goto out;
+		}
+	}
+	if (fsync(dfd) != 0 || fsync(sfd) != 0) {
+		rc = -errno;
+		snprintf(why, why_len, "spool.path: %s: fsync: %s", root, strerror(-rc));
+		goto out;
+	}
+	log_msg(LOG_WARN, "event=spool_adopt from=%s/%s to=%s/%s segments=%zu shards=%u", root, src,
+		root, dst, nmove, shards);
+	if (unlinkat(rootfd, src, AT_REMOVEDIR) != 0)
+		log_msg(LOG_WARN, "event=spool_adopt dir=%s/%s error=\"not removed: %s\"", root,
+			src, strerror(errno));
+	rc = 0;
+out:
+	free(have);
+	free(move);
+	if (sfd >= 0)
+		close(sfd);
+	if (dfd >= 0)
+		close(dfd);
+	return rc;
+fail_errno:
+	rc = -errno;
+	snprintf(why, why_len, "spool.path: %s/%s: %s", root, dst, strerror(-rc));
+	return rc;
+}
+
+int spool_adopt(const char *root, uint32_t shards, char *why, size_t why_len)
+{
+	int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	DIR *d;
+	int rc = 0;
+
+	assert(shards > 0);
+	if (rootfd < 0) {
+		snprintf(why, why_len, "spool.path: %s: %s", root, strerror(errno));
+		return -errno;
+	}
+	d = fdopendir(dup(rootfd));
+	while (d && rc == 0 && (de = readdir(d)) != NULL) {
+		char *end;
+		unsigned long n = strtoul(de->d_name, &end, 10);
+
+		if (de->d_name[0] < '0' || de->d_name[0] > '9' || *end || n > 255 || n < shards)
+			continue;
+		rc = adopt_dir(rootfd, root, (uint32_t)n, shards, why, why_len);
+	}
+	if (d)
+		closedir(d);
+	if (rc == 0)
+		fsync(rootfd);
+	close(rootfd);
 	return rc;
 }

@@ -65,7 +65,9 @@ struct spool_msg {
 	struct spool_msg *pend_next, *pend_prev; /* spool's list of messages with pieces */
 	bool pend_listed;
 	struct spool_msg *wait_next, *wait_prev; /* blocked on a free batch */
-	bool wait_listed;
+	/* The list m is on: the spool's waiters, or the ones a completion is
+	 * waking right now; NULL when on neither. */
+	struct spool_msg **wait_list;
 	bool committing; /* commit record placed */
 	bool active;
 	uint32_t batch_gen;	     /* last batch this message was counted in */
@@ -81,6 +83,7 @@ struct spool_msg {
 	 * (dup it to keep reading). */
 	uint64_t seg_seq;
 	int seg_fd;
+	struct spool_key seg_key;
 };
 
 /* spool_msg.owner of messages the spool's user writes itself (bounces),
@@ -108,6 +111,13 @@ struct spool_ops {
 	/* A write holding some of m's records completed (m not committing):
 	 * a writer waiting for spool_msg_can_write/can_commit/idle may go on. */
 	void (*on_progress)(void *ctx, struct spool_msg *m);
+	/* Segment seq exists on disk (head and directory entry durable) and is
+	 * now the current one.  Called from spool_complete() for every segment
+	 * after the first (spool_current_seq() names that one once spool_open
+	 * returned), so the spool's user knows every file it must delete once
+	 * nothing live is in it -- including one that only ever held aborted
+	 * messages and state records. */
+	void (*on_segment)(void *ctx, uint64_t seq);
 };
 
 struct spool_stats {
@@ -126,12 +136,25 @@ int spool_open(struct spool **out, const char *root, uint32_t shard, uint64_t se
 	       void *ctx, char *why, size_t why_len);
 void spool_close(struct spool *sp);
 
+/* Queue ids carry the shard that made them in their top byte. */
+#define SPOOL_ID_PREFIXES 256
+
 /* Start-up: scan every segment of <root>/<shard>, truncate torn tails, and
- * return the count of commit records and the largest message id seen
- * (new ids must be larger).  Bodies are not verified here: the queue load
- * (queue/qindex.h) does that once.  Blocking; before the shard runs. */
-int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_id, char *why,
-		  size_t why_len);
+ * return the count of commit records; max_ids[p] (SPOOL_ID_PREFIXES
+ * entries, kept across calls) is raised to the largest id seen with top
+ * byte p (new ids must be larger: a directory may hold another shard's
+ * ids once adopted).  Bodies are not verified here: the queue load
+ * (queue/qindex.h) does that once.  A segment of an older format is an
+ * error naming the file.  Blocking; before the shards run. */
+int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t *max_ids,
+		  char *why, size_t why_len);
+
+/* Start-up, before spool_recover: the directory of every shard n >= shards
+ * (a previous run had more) is adopted by shard n % shards -- its segments
+ * renamed into that directory after the ones there, in order, the empty
+ * directory removed, each adoption logged -- so every segment on disk is
+ * loaded and delivered whatever the shard count.  0 or -errno with why. */
+int spool_adopt(const char *root, uint32_t shards, char *why, size_t why_len);
 
 /* Start-up: create the spool root and hold an exclusive lock on it for the
  * life of the process, so two ringmx processes never write one spool (with
@@ -191,6 +214,27 @@ void spool_flush(struct spool *sp);
  * 0 or -EAGAIN (no batch room this turn: try again next turn). */
 int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
 		  uint32_t len);
+
+/* Told when a record put with spool_rec_put_sync is on disk (res 0: written
+ * and, unless spool.durability is none, fdatasync'ed) or could not be made
+ * so (-errno).  Called from spool_complete() or spool_flush(). */
+struct spool_note {
+	void (*fn)(struct spool_note *n, int res);
+};
+
+/* spool_rec_put for a record someone waits on (an operator's command is
+ * answered only once its record is durable): its batch goes out at this
+ * turn's flush with an fdatasync, and note->fn fires once for the record.
+ * 0 or -EAGAIN (try again next turn; note not taken). */
+int spool_rec_put_sync(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
+		       uint32_t len, struct spool_note *note);
+
+/* 0 while the current segment takes records; else the -errno of the write
+ * that sealed it.  Until a new segment opens (tried once a second: the
+ * disk may be full), spool_rec_put and spool_rec_put_sync only say
+ * -EAGAIN, so a caller that answers someone on a record's durability asks
+ * here first rather than wait for as long as the disk stays full. */
+int spool_write_error(const struct spool *sp);
 
 /* Have the next spool_flush write batches that hold only state records
  * (the engine asks once a second, and on every turn while stopping). */

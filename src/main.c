@@ -38,31 +38,27 @@ static void usage(FILE *f)
 		"       ringmx --check-config FILE  validate FILE and exit 0 (ok) or 1\n");
 }
 
-/* Recover every shard directory present, including those of a previous
- * run with more shards, and return the largest id per shard in max_ids. */
+/* Adopt the directories of shards that no longer run (a previous run had
+ * more), then recover every shard directory, and return the largest id
+ * per shard in max_ids (ids of every directory count: an adopted one holds
+ * other shards' ids). */
 static void recover_spool(const struct rmx_config *cfg, uint64_t *max_ids)
 {
+	uint64_t prefix_max[SPOOL_ID_PREFIXES] = {0};
 	char why[512];
 	uint64_t total = 0;
-	DIR *d = opendir(cfg->spool.path);
-	struct dirent *de;
 
-	while (d && (de = readdir(d)) != NULL) {
-		uint64_t msgs, max_id;
-		char *end;
-		unsigned long shard = strtoul(de->d_name, &end, 10);
+	if (spool_adopt(cfg->spool.path, cfg->shards, why, sizeof(why)) != 0)
+		fatal("spool adoption failed: %s", why);
+	for (uint32_t shard = 0; shard < cfg->shards; shard++) {
+		uint64_t msgs;
 
-		if (de->d_name[0] < '0' || de->d_name[0] > '9' || *end || shard > 255)
-			continue;
-		if (spool_recover(cfg->spool.path, (uint32_t)shard, &msgs, &max_id, why,
-				  sizeof(why)) != 0)
+		if (spool_recover(cfg->spool.path, shard, &msgs, prefix_max, why, sizeof(why)) != 0)
 			fatal("spool recovery failed: %s", why);
-		if (shard < cfg->shards)
-			max_ids[shard] = max_id;
 		total += msgs;
 	}
-	if (d)
-		closedir(d);
+	for (uint32_t shard = 0; shard < cfg->shards && shard < SPOOL_ID_PREFIXES; shard++)
+		max_ids[shard] = prefix_max[shard];
 	log_msg(LOG_INFO, "event=spool_recovered path=%s commits=%llu", cfg->spool.path,
 		(unsigned long long)total);
 }

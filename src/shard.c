@@ -1199,10 +1199,10 @@ static void shard_on_wake(struct shard *sh)
 		}
 	deliver_wake(sh->dlv); /* tickets other shards ran for us */
 	req = atomic_exchange(&sh->ctl, NULL);
-	if (req) {
-		deliver_ctl(sh->dlv, req);
+	/* A request that changed state is answered by the engine once its
+	 * records are durable (issue 8 C13). */
+	if (req && deliver_ctl(sh->dlv, req))
 		sem_post(&req->done);
-	}
 	if (atomic_load(&sh->stop) && !sh->stopping)
 		shard_begin_stop(sh);
 	shard_arm_wake(sh);
@@ -1460,8 +1460,16 @@ static void shard_on_progress(void *ctx, struct spool_msg *m)
 	conn_reap(c);
 }
 
+static void shard_on_segment(void *ctx, uint64_t seq)
+{
+	struct shard *sh = ctx;
+
+	deliver_segment(sh->dlv, seq);
+}
+
 static const struct spool_ops shard_spool_ops = {.on_durable = shard_on_durable,
-						 .on_progress = shard_on_progress};
+						 .on_progress = shard_on_progress,
+						 .on_segment = shard_on_segment};
 
 struct tls_ctx *shard_tls_server_ctx(const struct rmx_config *cfg, char *why, size_t why_len)
 {

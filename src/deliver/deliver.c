@@ -105,6 +105,7 @@ struct dseg {
 	uint64_t seq;
 	int fd;
 	uint32_t live;
+	struct spool_key key; /* from its head: outbound body reads check records */
 };
 
 struct deliver_loaded {
@@ -248,7 +249,8 @@ static struct dseg *seg_find(struct dseg *segs, uint32_t n, uint64_t seq)
 	return NULL;
 }
 
-static struct dseg *seg_add(struct dseg **segs, uint32_t *n, uint32_t *cap, uint64_t seq, int fd)
+static struct dseg *seg_add(struct dseg **segs, uint32_t *n, uint32_t *cap, uint64_t seq, int fd,
+			    const struct spool_key *key)
 {
 	struct dseg *s;
 
@@ -268,7 +270,7 @@ static struct dseg *seg_add(struct dseg **segs, uint32_t *n, uint32_t *cap, uint
 		at--;
 	memmove(*segs + at + 1, *segs + at, (*n - at) * sizeof(**segs));
 	s = &(*segs)[at];
-	*s = (struct dseg){.seq = seq, .fd = fd};
+	*s = (struct dseg){.seq = seq, .fd = fd, .key = *key};
 	(*n)++;
 	return s;
 }
@@ -278,6 +280,34 @@ int dlv_seg_fd(struct deliver *d, uint64_t seq)
 	struct dseg *s = seg_find(d->segs, d->nseg, seq);
 
 	return s ? s->fd : -1;
+}
+
+static void dlv_seg_key(struct deliver *d, uint64_t seq, struct spool_key *out)
+{
+	struct dseg *s = seg_find(d->segs, d->nseg, seq);
+
+	*out = s ? s->key : (struct spool_key){{0}};
+}
+
+/* Know segment seq even before (or without) a committed message in it: a
+ * segment that holds only refused messages must be reclaimed too, or a
+ * stream of refused mail fills the disk.  Its fd is opened by the first
+ * message committed there (enqueue). */
+static void seg_track(struct deliver *d, uint64_t seq)
+{
+	if (seg_find(d->segs, d->nseg, seq))
+		return;
+	if (!seg_add(&d->segs, &d->nseg, &d->segcap, seq, -1, &(struct spool_key){{0}}))
+		log_msg(LOG_ERROR,
+			"event=segment_track_failed shard=%u segment=%016llx error=\"out of "
+			"memory\" (it is deleted at the next start)",
+			d->core.shard, (unsigned long long)seq);
+}
+
+void deliver_segment(struct deliver *d, uint64_t seq)
+{
+	assert(seq > 0);
+	seg_track(d, seq);
 }
 
 static void seg_unref(struct deliver *d, uint64_t seq)
@@ -341,11 +371,16 @@ static void load_seg(void *ctx, uint64_t seq, uint32_t live)
 	struct dseg *s;
 	int fd;
 
+	struct spool_seg_info info = {0};
+
 	snprintf(name, sizeof(name), "%016llx.seg", (unsigned long long)seq);
 	fd = openat(ls->l->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 && ls->rc == 0)
 		ls->rc = -errno;
-	s = seg_add(&ls->l->segs, &ls->l->nseg, &ls->l->cap, seq, fd);
+	/* Recovery proved the head (start-up: a blocking read is fine). */
+	if (fd >= 0 && live && spool_seg_head_read(fd, &info) != 0 && ls->rc == 0)
+		ls->rc = -EIO;
+	s = seg_add(&ls->l->segs, &ls->l->nseg, &ls->l->cap, seq, fd, &info.key);
 	if (!s) {
 		if (fd >= 0)
 			close(fd);
@@ -455,6 +490,8 @@ int deliver_new(struct deliver **out, const struct deliver_params *p, struct del
 		deliver_free(d);
 		return -ENOMEM;
 	}
+	/* spool_open made it after the queue was loaded. */
+	seg_track(d, spool_current_seq(d->spool));
 	if (d->dirfd < 0) {
 		snprintf(dir, sizeof(dir), "%s/%u", cfg->spool.path, p->shard);
 		d->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -496,15 +533,16 @@ static struct qmsg *enqueue(struct deliver *d, const struct spool_msg *sm)
 	struct dseg *s = seg_find(d->segs, d->nseg, sm->seg_seq);
 	struct qmsg *m;
 
-	if (!s) {
-		int fd = dup(sm->seg_fd);
-
-		s = fd >= 0 ? seg_add(&d->segs, &d->nseg, &d->segcap, sm->seg_seq, fd) : NULL;
-		if (!s) {
-			if (fd >= 0)
-				close(fd);
+	if (!s)
+		s = seg_add(&d->segs, &d->nseg, &d->segcap, sm->seg_seq, -1, &sm->seg_key);
+	if (!s)
+		goto fail;
+	/* The first message of a segment: keep it open for outbound reads. */
+	if (s->fd < 0) {
+		s->fd = dup(sm->seg_fd);
+		if (s->fd < 0)
 			goto fail;
-		}
+		s->key = sm->seg_key;
 	}
 	m = qindex_add(&d->ix, sm->seg_seq, sm->commit_off, sm->env_enc, sm->env_len);
 	if (!m)
@@ -1014,6 +1052,7 @@ static bool attempt_begin(struct deliver *d, struct qmsg *m)
 	t->m = m;
 	t->owner = d->core.shard;
 	t->segfd = dlv_seg_fd(d, m->seq);
+	dlv_seg_key(d, m->seq, &t->segkey);
 	if (!ck_ring_enqueue_mpmc(&q->ring, q->buf, t)) {
 		free(t);
 		return false;
@@ -1027,6 +1066,7 @@ static bool attempt_begin(struct deliver *d, struct qmsg *m)
 /* ---- finishing an attempt ---------------------------------------------------------------- */
 
 static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action action);
+static int ctl_bounce_now(struct deliver *d, struct qmsg *m);
 
 static void message_done(struct deliver *d, struct qmsg *m)
 {
@@ -1530,6 +1570,8 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+static void ctl_expire(struct deliver *d);
+
 void deliver_tick(struct deliver *d)
 {
 	int64_t now = time(NULL);
@@ -1542,8 +1584,18 @@ void deliver_tick(struct deliver *d)
 			list_set(d, m, QW_READY);
 	}
 	move_forward(d);
+	ctl_expire(d);
 	spool_flush_states(d->spool);
 	d->kick = true;
+}
+
+/* One record of m: synced and noted when an operator waits on it. */
+static int put_record(struct deliver *d, struct qmsg *m, enum spool_rec_type type, const void *p,
+		      uint32_t len)
+{
+	if (m->ctl_note)
+		return spool_rec_put_sync(d->spool, type, m->id, p, len, m->ctl_note);
+	return spool_rec_put(d->spool, type, m->id, p, len);
 }
 
 static void write_records(struct deliver *d)
@@ -1553,15 +1605,15 @@ static void write_records(struct deliver *d)
 		int rc = 0;
 
 		if (m->done_dirty) {
-			rc = spool_rec_put(d->spool, SPOOL_REC_DONE, m->id, NULL, 0);
-		} else if (m->state_dirty) {
+			rc = put_record(d, m, SPOOL_REC_DONE, NULL, 0);
+		} else if (m->state_dirty || m->ctl_note) {
 			uint32_t n = qmsg_state_encode(m, d->rec, SPOOL_STATE_MAX);
 
-			rc =
-			    n ? spool_rec_put(d->spool, SPOOL_REC_RCPT_STATE, m->id, d->rec, n) : 0;
+			rc = n ? put_record(d, m, SPOOL_REC_RCPT_STATE, d->rec, n) : 0;
 		}
 		if (rc == -EAGAIN)
 			return; /* next turn */
+		m->ctl_note = NULL;
 		d->rec_head = m->rnext;
 		if (!d->rec_head)
 			d->rec_tail = NULL;
@@ -1600,6 +1652,8 @@ void deliver_turn(struct deliver *d)
 
 		if (m->moving) /* flushed while its copy is being written */
 			list_set(d, m, QW_DEFERRED);
+		else if ((m->flags & SPOOL_STATE_BOUNCE) && !m->bounce_wait)
+			ctl_bounce_now(d, m); /* asked before a restart */
 		else if (attempt_begin(d, m))
 			queued++;
 		else
@@ -1682,10 +1736,141 @@ static void ctl_list_one(struct dctl_req *req, const struct qmsg *m)
 		   err);
 }
 
-void deliver_ctl(struct deliver *d, struct dctl_req *req)
+/* How long an operator's command waits for its records to find a segment.
+ * The control socket is served by the main thread, which also takes
+ * SIGTERM: a command that is never answered keeps the process from
+ * stopping. */
+#define DLV_CTL_WAIT_MS 5000
+
+/* An operator's command waiting for its records: answered when the last
+ * one is durable (or failed). */
+struct dctl_wait {
+	struct spool_note note; /* first: the spool hands it back */
+	struct dctl_req *req;
+	uint32_t pending; /* records not yet durable, +1 while being set up */
+	int res;
+	uint64_t deadline_ms; /* records not placed in a batch by then fail it */
+};
+
+static void ctl_wait_put(struct dctl_wait *w)
+{
+	if (--w->pending > 0)
+		return;
+	w->req->result = w->res;
+	sem_post(&w->req->done); /* the control thread owns req from here */
+	free(w);
+}
+
+static void ctl_note_done(struct spool_note *n, int res)
+{
+	struct dctl_wait *w = (struct dctl_wait *)n;
+
+	if (res < 0 && !w->res) {
+		w->res = res;
+		log_msg(LOG_ERROR, "event=queue_control error=\"record not durable: %s\"",
+			strerror(-res));
+	}
+	ctl_wait_put(w);
+}
+
+/* m's next record (snapshot or DONE) answers w. */
+static void ctl_wait_on(struct deliver *d, struct dctl_wait *w, struct qmsg *m)
+{
+	assert(m->ctl_note == NULL);
+	m->ctl_note = &w->note;
+	w->pending++;
+	rec_mark(d, m);
+}
+
+/* A command whose records found no segment to go to (the current one was
+ * sealed by a failed write and none opens: the disk is full) is answered
+ * with the spool's error after DLV_CTL_WAIT_MS.  Its change stays in
+ * memory and its record is written once a segment takes records again;
+ * the operator was told it is not durable.  Records already in a batch
+ * are answered by their write. */
+static void ctl_expire(struct deliver *d)
+{
+	for (struct qmsg *m = d->rec_head; m; m = m->rnext) {
+		struct dctl_wait *w = (struct dctl_wait *)m->ctl_note;
+		int err = spool_write_error(d->spool);
+
+		if (!w || d->core.now_ms < w->deadline_ms)
+			continue;
+		m->ctl_note = NULL;
+		ctl_note_done(&w->note, err ? err : -EIO); /* may free w */
+	}
+}
+
+/* Bounce every recipient not yet delivered, now (no attempt first). */
+static int ctl_bounce_now(struct deliver *d, struct qmsg *m)
+{
+	if (!m->res)
+		m->res = calloc(m->env.rcpt_count ? m->env.rcpt_count : 1, sizeof(*m->res));
+	if (!m->res)
+		return -ENOMEM;
+	list_set(d, m, QW_ACTIVE);
+	m->bounce_all = true;
+	attempt_finish(d, m);
+	return 0;
+}
+
+static int ctl_one(struct deliver *d, struct dctl_req *req, struct qmsg *m, struct dctl_wait *w)
+{
+	/* Another command's record is still being written: one at a time, so
+	 * each OK stands for a record of its own. */
+	if (m->ctl_note && req->op != DCTL_FIND)
+		return -EBUSY;
+	switch (req->op) {
+	case DCTL_FIND:
+		return 0;
+	case DCTL_FLUSH:
+		if (m->where == QW_DEFERRED)
+			list_set(d, m, QW_READY);
+		m->next_s = 0;
+		break;
+	case DCTL_HOLD:
+		m->flags |= SPOOL_STATE_HELD;
+		if (m->where == QW_READY || m->where == QW_DEFERRED)
+			list_set(d, m, QW_HELD);
+		break;
+	case DCTL_RELEASE:
+		/* Back on its schedule, like postsuper -H; flush sends it now. */
+		m->flags &= (uint8_t)~SPOOL_STATE_HELD;
+		if (m->where == QW_HELD)
+			list_set(d, m, m->next_s > time(NULL) ? QW_DEFERRED : QW_READY);
+		break;
+	case DCTL_DELETE:
+		/* Recorded now: an attempt running may finish later, or never. */
+		m->flags |= SPOOL_STATE_DELETED;
+		m->delete_req = true;
+		if (m->where != QW_ACTIVE)
+			message_done(d, m);
+		break;
+	case DCTL_BOUNCE: {
+		int rc = 0;
+
+		m->flags |= SPOOL_STATE_BOUNCE;
+		if (m->where == QW_ACTIVE)
+			m->bounce_all = true;
+		else
+			rc = ctl_bounce_now(d, m);
+		if (rc < 0)
+			return rc;
+		break;
+	}
+	default:
+		return -EINVAL;
+	}
+	m->state_dirty = true;
+	ctl_wait_on(d, w, m);
+	return 0;
+}
+
+bool deliver_ctl(struct deliver *d, struct dctl_req *req)
 {
 	struct qmsg *m = req->id ? qindex_find(&d->ix, req->id) : NULL;
 	char id[SPOOL_QID_LEN + 1];
+	struct dctl_wait *w;
 
 	req->result = 0;
 	if (req->op == DCTL_LIST) {
@@ -1693,75 +1878,52 @@ void deliver_ctl(struct deliver *d, struct dctl_req *req)
 			for (struct qmsg *q = d->ix.table[b]; q; q = q->hnext)
 				if (q->where != QW_DONE)
 					ctl_list_one(req, q);
-		return;
+		return true;
 	}
-	if (req->op == DCTL_FLUSH && req->id == 0) {
+	if (req->op != DCTL_FLUSH || req->id != 0) {
+		if (!m || m->where == QW_DONE)
+			req->result = -ENOENT;
+		else if (m->moving && req->op != DCTL_FIND && req->op != DCTL_FLUSH)
+			req->result = -EBUSY; /* a moment: its copy is being written */
+		if (req->result || req->op == DCTL_FIND)
+			return true;
+	}
+	/* No segment takes records (disk full): say so now, before changing
+	 * anything, rather than promise an answer that waits on the disk. */
+	req->result = spool_write_error(d->spool);
+	if (req->result) {
+		if (m)
+			qid(m->id, id);
+		log_msg(
+		    LOG_WARN,
+		    "event=queue_control id=%s op=%d result=%d error=\"spool cannot write: %s\"",
+		    m ? id : "all", (int)req->op, req->result, strerror(-req->result));
+		return true;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		req->result = -ENOMEM;
+		return true;
+	}
+	*w = (struct dctl_wait){.note = {.fn = ctl_note_done},
+				.req = req,
+				.pending = 1,
+				.deadline_ms = d->core.now_ms + DLV_CTL_WAIT_MS};
+	if (m) {
+		qid(m->id, id);
+		w->res = ctl_one(d, req, m, w);
+		log_msg(LOG_INFO, "event=queue_control id=%s op=%d result=%d", id, (int)req->op,
+			w->res);
+	} else {
+		/* flush all: each deferred message's schedule is reset on disk too */
 		for (struct qmsg *q = d->lh[QW_DEFERRED], *next; q; q = next) {
 			next = q->next;
-			list_set(d, q, QW_READY);
+			ctl_one(d, req, q, w);
 		}
-		return;
 	}
-	if (!m || m->where == QW_DONE) {
-		req->result = -ENOENT;
-		return;
-	}
-	if (m->moving && req->op != DCTL_FIND && req->op != DCTL_FLUSH) {
-		req->result = -EBUSY; /* a moment: its copy is being written */
-		return;
-	}
-	qid(m->id, id);
-	switch (req->op) {
-	case DCTL_FIND:
-		break;
-	case DCTL_FLUSH:
-		if (m->where == QW_DEFERRED)
-			list_set(d, m, QW_READY);
-		break;
-	case DCTL_HOLD:
-		m->flags |= SPOOL_STATE_HELD;
-		if (m->where == QW_READY || m->where == QW_DEFERRED)
-			list_set(d, m, QW_HELD);
-		m->state_dirty = true;
-		rec_mark(d, m);
-		break;
-	case DCTL_RELEASE:
-		/* Back on its schedule, like postsuper -H; flush sends it now. */
-		m->flags &= (uint8_t)~SPOOL_STATE_HELD;
-		if (m->where == QW_HELD)
-			list_set(d, m, m->next_s > time(NULL) ? QW_DEFERRED : QW_READY);
-		m->state_dirty = true;
-		rec_mark(d, m);
-		break;
-	case DCTL_DELETE:
-		if (m->where == QW_ACTIVE) {
-			m->delete_req = true;
-		} else {
-			m->delete_req = true;
-			message_done(d, m);
-		}
-		break;
-	case DCTL_BOUNCE:
-		if (m->where == QW_ACTIVE) {
-			m->bounce_all = true;
-		} else {
-			if (!m->res)
-				m->res = calloc(m->env.rcpt_count ? m->env.rcpt_count : 1,
-						sizeof(*m->res));
-			if (!m->res) {
-				req->result = -ENOMEM;
-				break;
-			}
-			list_set(d, m, QW_ACTIVE);
-			m->bounce_all = true;
-			attempt_finish(d, m);
-		}
-		break;
-	default:
-		req->result = -EINVAL;
-	}
-	log_msg(LOG_INFO, "event=queue_control id=%s op=%d result=%d", id, (int)req->op,
-		req->result);
+	/* Answered by the last record's note (or now, if none was needed). */
+	ctl_wait_put(w);
+	return false;
 }
 
 /* ---- stop ----------------------------------------------------------------------------------- */

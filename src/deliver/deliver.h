@@ -111,6 +111,10 @@ void deliver_free(struct deliver *d);
 
 /* A received message's commit is durable. */
 void deliver_committed(struct deliver *d, const struct spool_msg *m);
+/* The spool opened segment seq (spool_ops.on_segment): it is deleted once
+ * it is old and nothing live is in it, even if no message ever commits
+ * there (every message written to it was refused). */
+void deliver_segment(struct deliver *d, uint64_t seq);
 /* A spool message of the engine's own (owner SPOOL_OWNER_ENGINE). */
 void deliver_spool_durable(struct deliver *d, struct spool_msg *m, int res);
 void deliver_spool_progress(struct deliver *d, struct spool_msg *m);
@@ -122,7 +126,10 @@ void deliver_wake(struct deliver *d);
 void deliver_tick(struct deliver *d);
 /* End of every loop turn: start due work, write pending records. */
 void deliver_turn(struct deliver *d);
-void deliver_ctl(struct deliver *d, struct dctl_req *req);
+/* A control request.  true: answered (req->result set) now; false: it
+ * changed state, and the engine posts req->done itself once the records
+ * saying so are durable (an OK never comes back after a crash undone). */
+bool deliver_ctl(struct deliver *d, struct dctl_req *req);
 /* Stop: no new attempts; connections close.  busy until all is quiet. */
 void deliver_stop(struct deliver *d);
 bool deliver_busy(const struct deliver *d);

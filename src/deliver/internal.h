@@ -35,11 +35,12 @@ struct dhop {
  * fills it; the shard that runs it writes only m->res[] (the per-recipient
  * answers) and hands it back. */
 struct dticket {
-	struct qmsg *m;	 /* the owner's entry: immutable fields and res[] only */
-	uint32_t owner;	 /* shard */
-	int segfd;	 /* the owner's fd of m's segment (reads are position-based) */
-	uint32_t jobs;	 /* jobs of this attempt not finished (runner's) */
-	uint32_t runner; /* shard that ran it, for the log */
+	struct qmsg *m;		 /* the owner's entry: immutable fields and res[] only */
+	uint32_t owner;		 /* shard */
+	int segfd;		 /* the owner's fd of m's segment (reads are position-based) */
+	struct spool_key segkey; /* that segment's key: its record headers verify under it */
+	uint32_t jobs;		 /* jobs of this attempt not finished (runner's) */
+	uint32_t runner;	 /* shard that ran it, for the log */
 };
 
 /* Recipients of one message that go to one next hop (list) together. */

@@ -674,8 +674,11 @@ static void oc_pump(struct oconn *oc)
 		struct spool_rec_hdr h;
 
 		memcpy(&h, oc->win + (oc->pos - oc->win_off), sizeof(h));
-		if (spool_rec_hdr_check(&h) != 0) {
-			oc->pos += SPOOL_REC_ALIGN; /* a hole left by a crash: resync */
+		/* Damage: resynchronise at the next aligned offset.  Only a
+		 * header made under the segment's key counts (record.h), so
+		 * bytes a client sent are never taken for a chunk. */
+		if (spool_rec_hdr_check(&h, &oc->job->t->segkey) != 0) {
+			oc->pos += SPOOL_REC_ALIGN;
 			continue;
 		}
 		if (h.type == SPOOL_REC_CHUNK && h.msg_id == m->id) {

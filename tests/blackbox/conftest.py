@@ -345,6 +345,11 @@ class Server:
 
     def start(self, wait=True):
         assert self.proc is None, "server already running"
+        if self.exit_codes and os.path.exists(self.sock_path):
+            # A previous process of this Server was reaped (known dead) and
+            # left its socket file (kill -9 does): wait_ready must wait for
+            # the new process's socket, not find the old one.
+            os.unlink(self.sock_path)
         self.starts += 1
         log_path = os.path.join(self.dir, "stderr.%d.log" % self.starts)
         self.log_paths.append(log_path)
@@ -374,9 +379,21 @@ class Server:
                 continue
             self._polite_quit(s)
             break
-        wait_for(lambda: os.path.exists(self.sock_path) or self.proc.poll() is not None,
+        wait_for(lambda: self._ctl_listening() or self.proc.poll() is not None,
                  max(1.0, deadline - time.monotonic()), "control socket %s" % self.sock_path)
         assert self.proc.poll() is None, "ringmx exited during start-up:\n" + self.log_tail()
+
+    def _ctl_listening(self):
+        """The control socket takes connections.  Its file appears at bind(),
+        a moment before listen(): a connect in between is refused."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.sock_path)
+            return True  # closed at once: the server reads EOF, runs nothing
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     @staticmethod
     def _polite_quit(s):

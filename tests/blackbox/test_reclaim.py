@@ -10,8 +10,8 @@ queued with its bytes intact (same queue ID), and it survives a restart."""
 import glob
 import os
 
-from conftest import (delivery_overrides, make_message, route, strip_received, submit,
-                      wait_for, wait_log, wait_state)
+from conftest import (SMTPClient, delivery_overrides, log_events, make_message, route,
+                      strip_received, submit, wait_for, wait_log, wait_state)
 from nexthop import Rule, nexthop  # noqa: F401
 
 STUCK = "stuck@accepted.example"
@@ -66,3 +66,45 @@ def test_segments_reclaimed_and_deferred_message_moved_forward(ringmx, nexthop):
     assert strip_received(t.data)[1] == stuck_body
     assert [r.lower() for r in t.delivered] == [STUCK]
     wait_for(lambda: srv.queue_list() == {}, 30, "an empty queue")
+
+
+REFUSED = 16                # messages of ~600 KB, each refused: ~9.6 MB, several rotations
+
+
+def refused_body(i):
+    """A ~600 KB message whose last line has a bare LF: 554 5.6.0 at the end
+    of data, after its bytes went to the spool (SMTP smuggling,
+    CVE-2023-51764)."""
+    return (b"Subject: refused %d\r\nMessage-ID: <refused-%d@client.example>\r\n\r\n" % (i, i)
+            + BODY_LINE * 6000 + b"bare\nlf\r\n")
+
+
+def test_segments_of_refused_mail_reclaimed(ringmx):
+    # Issue 8: a segment no committed message ever landed in was never
+    # known to the delivery engine, so it was never deleted while the
+    # server ran: a stream of refused mail filled the disk.
+    srv = ringmx({"shards": 1, "spool": {"segment_size": 1 << 20}})
+    spool_dir = os.path.join(srv.config["spool"]["path"], "0")
+    for i in range(REFUSED):
+        c = SMTPClient(srv.port, timeout=30)
+        try:
+            r = c.send_message(refused_body(i))
+            assert r.startswith("554 5.6.0"), "refused message %d: %r" % (i, r)
+            c.cmd("QUIT")
+        finally:
+            c.close()
+    wait_for(lambda: len(log_events(srv, "spool_rotate")) >= 3, 30,
+             "three segment rotations (have %r)" % log_events(srv, "spool_rotate"))
+    # Only the current segment (and the one it took over from, until it is
+    # closed) may stay: nothing live is in any of them.
+    wait_for(lambda: len(segments(srv)) <= 2, 30,
+             "segments of refused mail reclaimed (have %r)" % segments(srv))
+    assert all(os.path.dirname(p) == spool_dir for p in segments(srv)), segments(srv)
+    assert srv.queue_list() == {}
+    # Mail still flows into the segment that is left.
+    c = SMTPClient(srv.port, timeout=30)
+    try:
+        r = c.send_message(make_message("after@client.example", "after"))
+        assert r.code == 250, r
+    finally:
+        c.close()

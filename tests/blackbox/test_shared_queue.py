@@ -11,7 +11,7 @@ empty; the log names the shard that delivered each recipient."""
 import re
 
 from conftest import (SMTPClient, delivery_overrides, dot_stuff, make_message, queued_id,
-                      route, strip_received, wait_queue_empty)
+                      route, strip_received, wait_for, wait_queue_empty)
 from nexthop import Rule, nexthop  # noqa: F401
 
 N = 24
@@ -43,8 +43,14 @@ def test_other_shard_delivers_when_the_owner_is_busy(ringmx, nexthop):
         assert len(got) == 1, "%s arrived %d times" % (mid, len(got))
         assert strip_received(got[0].data)[1] == body
     owner = int(owners.pop(), 16)
-    runners = [int(m) for m in re.findall(r"event=delivered id=[0-9A-F]{16} rcpt=<[^>]*> "
-                                          r"shard=(\d+)", srv.log_text())]
+
+    def runners():
+        return [int(m) for m in re.findall(r"event=delivered id=[0-9A-F]{16} rcpt=<[^>]*> "
+                                           r"shard=(\d+)", srv.log_text())]
+    # The main thread writes the shards' log lines out between control
+    # requests: the last one may land just after the queue is seen empty.
+    wait_for(lambda: len(runners()) >= N, 10, "%d delivered lines in the log" % N)
+    runners = runners()
     assert len(runners) == N, runners
     assert any(r != owner for r in runners), \
         "every message was delivered by its owning shard %d: %r" % (owner, runners)

@@ -10,7 +10,9 @@ import tempfile
 
 import pytest
 
-from conftest import RINGMX_BIN, SMTPClient, dot_stuff, queued_id, strip_received
+from conftest import (RINGMX_BIN, SMTPClient, delivery_overrides, dot_stuff, queued_id, route,
+                      strip_received, wait_for, wait_state)
+from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
 
 def _body(i, size):
@@ -89,6 +91,61 @@ def test_full_disk_refuses_and_loses_nothing(ringmx, tiny_fs):
             os.unlink(os.path.join(root, f))
     r = _send(srv.port, _body(999, 10_000))
     assert r.code == 250, r
+
+
+def _fill(srv):
+    """Send 100 KB messages until the disk refuses one; the acked ones."""
+    acked = {}
+    for i in range(80):  # 80 x 100 KB cannot fit in 4 MiB
+        body = _body(i, 100_000)
+        r = _send(srv.port, body)
+        if r.code != 250:
+            assert r.startswith("452 4.3.1") or r.startswith("451 4.3.0"), r
+            return acked
+        acked[queued_id(r)] = body
+    raise AssertionError("the disk never filled")
+
+
+def test_control_answered_when_the_disk_is_full(ringmx, nexthop, tiny_fs):
+    # Issue 8: a queue command is answered once its record is durable.  With
+    # the disk full the segment is sealed and no new one opens, so the
+    # record never found a place and ringmxctl waited for ever -- and with
+    # it the main thread, which also takes SIGTERM.
+    ballast = os.path.join(tiny_fs, "ballast")
+    with open(ballast, "wb") as f:
+        f.write(b"\0" * (1 << 20))
+    nh = nexthop(rules=[Rule("message", "451 4.3.0 not now")])
+    srv = ringmx(delivery_overrides(
+        [route(["accepted.example"], nh)], delivery={"retry_s": [3600]}, shards=1,
+        spool={"path": os.path.join(tiny_fs, "spool"), "segment_size": 1 << 20}))
+    first = queued_id(_send(srv.port, _body(0, 1000)))
+    wait_state(srv, first, "deferred")
+    acked = _fill(srv)
+    # Records may still fit in the segment's last page; the one that does
+    # not seals it (after a 452 it is sealed already).  Each is answered.
+    for _ in range(300):
+        r = srv.ctl_run("queue", "hold", first, timeout=20)
+        if r.returncode != 0:
+            break
+    err = r.stderr.decode(errors="replace")
+    assert err.startswith("ERR hold: No space left on device"), (r.returncode, err)
+    state = srv.queue_list()[first]["state"]
+    # From now on no segment takes records: refused at once, nothing changed.
+    for op in ("release", "delete", "bounce", "flush", "hold"):
+        r = srv.ctl_run("queue", op, first, timeout=20)
+        err = r.stderr.decode(errors="replace")
+        assert r.returncode == 1 and err.startswith("ERR %s: No space left on device" % op), \
+            "queue %s with the disk full: rc=%d %r" % (op, r.returncode, err)
+    wait_for(lambda: "spool cannot write" in srv.all_logs(), 10, "the refusals logged")
+    assert srv.queue_list()[first]["state"] == state, "a refused command changed state"
+    # Room again: a segment opens (retried once a second) and commands work.
+    os.unlink(ballast)
+    wait_for(lambda: srv.ctl_run("queue", "hold", first).returncode == 0, 30,
+             "queue hold once the disk has room")
+    srv.restart()
+    listed = srv.queue_list()
+    assert listed[first]["state"] == "held", listed[first]
+    assert set(acked) <= set(listed), "acknowledged mail lost"
 
 
 def test_second_process_on_the_same_spool_is_refused(ringmx):

@@ -8,7 +8,8 @@
 # unstuffing) and data_portable (the same driver with the scanner's portable
 # word-at-a-time path instead of SSE2, so neither path goes unfuzzed),
 # reply (the outbound client's reply parser, EHLO and dot-stuffing),
-# record (spool envelope codec, segment scanner and message reader), sasl
+# record (spool format 2: segment head, tagged records, the recovery scan,
+# the message reader, the envelope and state codecs), sasl
 # (AUTH PLAIN/LOGIN exchanges and strict base64) and users (the users_file
 # parser, with crypt_rn stubbed in the driver).
 # The seed corpora are copied to a temporary directory: nothing is written

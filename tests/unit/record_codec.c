@@ -99,13 +99,43 @@ static void crc_unaligned_starts(void **state)
 
 /* ---- record header ------------------------------------------------------- */
 
+static const struct spool_key key1 = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}};
+
+/* The reference vectors of the SipHash paper (appendix A): key 00..0f,
+ * messages 00, 00 01, ...: the empty one and the 15-byte one. */
+static void siphash_vectors(void **state)
+{
+	(void)state;
+	struct spool_key k;
+	uint8_t m[64];
+
+	for (int i = 0; i < 16; i++)
+		k.b[i] = (uint8_t)i;
+	for (int i = 0; i < 64; i++)
+		m[i] = (uint8_t)i;
+	assert_int_equal(spool_siphash(&k, m, 0), 0x726fdb47dd0e0e31ull);
+	assert_int_equal(spool_siphash(&k, m, 15), 0xa129ca6149be45e5ull);
+	assert_int_equal(spool_siphash(&k, m, 8), 0x93f5f5799a932462ull);
+	assert_int_equal(spool_siphash(&k, m, 63), 0x958a324ceb064572ull);
+}
+
+static void key_new_is_random(void **state)
+{
+	(void)state;
+	struct spool_key a, b;
+
+	assert_int_equal(spool_key_new(&a), 0);
+	assert_int_equal(spool_key_new(&b), 0);
+	assert_memory_not_equal(&a, &b, sizeof a);
+}
+
 static void hdr_init_check(void **state)
 {
 	(void)state;
 	struct spool_rec_hdr h;
 
-	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 0x0123456789abcdefu, 1000, 0xdeadbeefu);
-	assert_int_equal(spool_rec_hdr_check(&h), 0);
+	spool_rec_hdr_init(&h, &key1, SPOOL_REC_CHUNK, 0x0123456789abcdefu, 1000, 0xdeadbeefu);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), 0);
 	assert_int_equal(h.magic, SPOOL_REC_MAGIC);
 	assert_int_equal(h.type, SPOOL_REC_CHUNK);
 	assert_int_equal(h.flags, 0);
@@ -113,17 +143,16 @@ static void hdr_init_check(void **state)
 	assert_int_equal(h.len, 1000);
 	assert_int_equal(h.pay_crc, 0xdeadbeefu);
 	assert_int_equal(h.msg_id, 0x0123456789abcdefu);
-	assert_int_equal(h.seq, 0);
-	assert_int_equal(h.hdr_crc, spool_crc32c(0, &h, 28));
+	assert_int_equal(h.mac, spool_siphash(&key1, &h, 24));
 	/* "RMXR" as the first four bytes on disk */
 	assert_memory_equal(&h, "RMXR", 4);
 
 	for (int t = SPOOL_REC_SEGMENT; t <= SPOOL_REC_DONE; t++) {
-		spool_rec_hdr_init(&h, (enum spool_rec_type)t, 1, 0, 0);
-		assert_int_equal(spool_rec_hdr_check(&h), 0);
+		spool_rec_hdr_init(&h, &key1, (enum spool_rec_type)t, 1, 0, 0);
+		assert_int_equal(spool_rec_hdr_check(&h, &key1), 0);
 	}
-	spool_rec_hdr_init(&h, SPOOL_REC_COMMIT, 1, SPOOL_REC_PAYLOAD_MAX, 0);
-	assert_int_equal(spool_rec_hdr_check(&h), 0);
+	spool_rec_hdr_init(&h, &key1, SPOOL_REC_COMMIT, 1, SPOOL_REC_PAYLOAD_MAX, 0);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), 0);
 }
 
 static void hdr_every_bit_flip_detected(void **state)
@@ -131,49 +160,111 @@ static void hdr_every_bit_flip_detected(void **state)
 	(void)state;
 	struct spool_rec_hdr h, bad;
 
-	spool_rec_hdr_init(&h, SPOOL_REC_COMMIT, 0xfedcba9876543210u, 4242, 0x1234abcdu);
+	spool_rec_hdr_init(&h, &key1, SPOOL_REC_COMMIT, 0xfedcba9876543210u, 4242, 0x1234abcdu);
 	for (size_t byte = 0; byte < sizeof h; byte++) {
 		for (int bit = 0; bit < 8; bit++) {
 			memcpy(&bad, &h, sizeof h);
 			((uint8_t *)&bad)[byte] ^= (uint8_t)(1u << bit);
-			assert_int_equal(spool_rec_hdr_check(&bad), -EINVAL);
+			assert_int_equal(spool_rec_hdr_check(&bad, &key1), -EINVAL);
 		}
 	}
 }
 
-/* Corruptions that come with a matching hdr_crc: only the field checks stop them. */
+/* A header is only good under its own segment's key: one made with another
+ * key (an attacker's guess: zeros, or any other) never verifies, and the
+ * version-1 framing (unkeyed CRC32C) does not either. */
+static void hdr_other_key_rejected(void **state)
+{
+	(void)state;
+	struct spool_key zero = {{0}}, k2 = key1;
+	struct spool_rec_hdr h;
+
+	k2.b[15] ^= 1;
+	spool_rec_hdr_init(&h, &zero, SPOOL_REC_DONE, 42, 0, 0);
+	assert_int_equal(spool_rec_hdr_check(&h, &zero), 0);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
+	spool_rec_hdr_init(&h, &k2, SPOOL_REC_DONE, 42, 0, 0);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
+	/* Version 1: CRC32C of the first 28 bytes in the last four. */
+	spool_rec_hdr_init(&h, &key1, SPOOL_REC_DONE, 42, 0, 0);
+	h.mac = 0;
+	uint32_t crc = spool_crc32c(0, &h, 28);
+	memcpy((uint8_t *)&h + 28, &crc, 4);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
+}
+
+/* Corruptions that come with a matching MAC (a writer's bug, not an
+ * attacker): only the field checks stop them. */
 static void hdr_field_checks(void **state)
 {
 	(void)state;
 	struct spool_rec_hdr h;
 
-	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 9, 10, 0);
+	spool_rec_hdr_init(&h, &key1, SPOOL_REC_CHUNK, 9, 10, 0);
 	h.magic = 0x52584d53u;
-	h.hdr_crc = spool_crc32c(0, &h, 28);
-	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	h.mac = spool_siphash(&key1, &h, 24);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
 
-	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 9, 10, 0);
+	spool_rec_hdr_init(&h, &key1, SPOOL_REC_CHUNK, 9, 10, 0);
 	h.type = 0;
-	h.hdr_crc = spool_crc32c(0, &h, 28);
-	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	h.mac = spool_siphash(&key1, &h, 24);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
 	h.type = SPOOL_REC_DONE + 1;
-	h.hdr_crc = spool_crc32c(0, &h, 28);
-	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	h.mac = spool_siphash(&key1, &h, 24);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
 	h.type = 0xff;
-	h.hdr_crc = spool_crc32c(0, &h, 28);
-	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	h.mac = spool_siphash(&key1, &h, 24);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
 
-	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 9, 10, 0);
+	spool_rec_hdr_init(&h, &key1, SPOOL_REC_CHUNK, 9, 10, 0);
 	h.len = SPOOL_REC_PAYLOAD_MAX + 1;
-	h.hdr_crc = spool_crc32c(0, &h, 28);
-	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	h.mac = spool_siphash(&key1, &h, 24);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
 	h.len = UINT32_MAX;
-	h.hdr_crc = spool_crc32c(0, &h, 28);
-	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	h.mac = spool_siphash(&key1, &h, 24);
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
 
-	spool_rec_hdr_init(&h, SPOOL_REC_CHUNK, 9, 10, 0);
-	h.hdr_crc ^= 1;
-	assert_int_equal(spool_rec_hdr_check(&h), -EINVAL);
+	spool_rec_hdr_init(&h, &key1, SPOOL_REC_CHUNK, 9, 10, 0);
+	h.mac ^= 1;
+	assert_int_equal(spool_rec_hdr_check(&h, &key1), -EINVAL);
+}
+
+/* The segment head: parsed back, any flipped bit refused, and a version-1
+ * head told apart from garbage (refused by name, not ignored). */
+static void seg_head_parse(void **state)
+{
+	(void)state;
+	struct spool_seg_head hd, bad;
+	struct spool_seg_info info;
+
+	spool_seg_head_init(&hd, 3, 0x1234, &key1);
+	assert_int_equal(spool_seg_head_parse(&hd, sizeof hd, &info), 0);
+	assert_int_equal(info.version, SPOOL_SEG_VERSION);
+	assert_int_equal(info.shard, 3);
+	assert_int_equal(info.seq, 0x1234);
+	assert_memory_equal(&info.key, &key1, sizeof key1);
+	assert_int_equal(spool_seg_head_parse(&hd, sizeof hd - 1, &info), -EINVAL);
+	for (size_t byte = 0; byte < sizeof hd; byte++) {
+		memcpy(&bad, &hd, sizeof hd);
+		((uint8_t *)&bad)[byte] ^= 0x10;
+		assert_int_equal(spool_seg_head_parse(&bad, sizeof bad, &info), -EINVAL);
+	}
+	/* A version-1 head: 28-byte CRC header, 16-byte info {1, shard, seq}. */
+	uint8_t v1[48] = {0};
+	uint32_t magic = SPOOL_REC_MAGIC, len = 16, one = 1, crc;
+	memcpy(v1, &magic, 4);
+	v1[4] = SPOOL_REC_SEGMENT;
+	memcpy(v1 + 8, &len, 4);
+	memcpy(v1 + 32, &one, 4);
+	crc = spool_crc32c(0, v1 + 32, 16);
+	memcpy(v1 + 12, &crc, 4);
+	crc = spool_crc32c(0, v1, 28);
+	memcpy(v1 + 28, &crc, 4);
+	assert_int_equal(spool_seg_head_parse(v1, sizeof v1, &info), -EPROTO);
+	v1[40] ^= 1; /* still a v1 head: its payload CRC is not what tells it */
+	assert_int_equal(spool_seg_head_parse(v1, sizeof v1, &info), -EPROTO);
+	v1[0] ^= 1;
+	assert_int_equal(spool_seg_head_parse(v1, sizeof v1, &info), -EINVAL);
 }
 
 static void rec_size_and_pad(void **state)
@@ -544,9 +635,13 @@ int main(void)
 	    cmocka_unit_test(crc_chaining),
 	    cmocka_unit_test(crc_combine_matches_whole),
 	    cmocka_unit_test(crc_unaligned_starts),
+	    cmocka_unit_test(siphash_vectors),
+	    cmocka_unit_test(key_new_is_random),
 	    cmocka_unit_test(hdr_init_check),
 	    cmocka_unit_test(hdr_every_bit_flip_detected),
+	    cmocka_unit_test(hdr_other_key_rejected),
 	    cmocka_unit_test(hdr_field_checks),
+	    cmocka_unit_test(seg_head_parse),
 	    cmocka_unit_test(rec_size_and_pad),
 	    cmocka_unit_test(qid_round_trip),
 	    cmocka_unit_test(qid_rejects),

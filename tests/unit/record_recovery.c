@@ -23,7 +23,11 @@ struct fx {
 	char path[96];
 	int fd;
 	uint64_t off; /* next record offset the "writer" reserves */
+	struct spool_key key;
 };
+
+/* Helpers that only see the fd use the key of the fixture being run. */
+static struct spool_key cur_key;
 
 static int fx_setup(void **state)
 {
@@ -34,6 +38,8 @@ static int fx_setup(void **state)
 	snprintf(f->path, sizeof f->path, "%s/0000000000000001.seg", f->dir);
 	f->fd = open(f->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	assert_true(f->fd >= 0);
+	assert_int_equal(spool_key_new(&f->key), 0);
+	cur_key = f->key;
 	*state = f;
 	return 0;
 }
@@ -67,7 +73,7 @@ static void rec_write(int fd, uint64_t off, enum spool_rec_type type, uint64_t i
 	static const uint8_t zeros[8];
 	struct spool_rec_hdr h;
 
-	spool_rec_hdr_init(&h, type, id, len, spool_crc32c(0, p, len));
+	spool_rec_hdr_init(&h, &cur_key, type, id, len, spool_crc32c(0, p, len));
 	pwrite_all(fd, &h, sizeof h, off);
 	pwrite_all(fd, p, len, off + sizeof h);
 	pwrite_all(fd, zeros, spool_rec_pad(len), off + sizeof h + len);
@@ -91,14 +97,18 @@ static uint64_t put_rec(struct fx *f, enum spool_rec_type type, uint64_t id, con
 
 static void put_segment(struct fx *f)
 {
-	struct spool_seg_info info = {.version = 1, .shard = 3, .seq = 0x1234};
-	assert_int_equal(put_rec(f, SPOOL_REC_SEGMENT, 0, &info, sizeof info), 0);
+	struct spool_seg_head hd;
+
+	assert_int_equal(f->off, 0);
+	spool_seg_head_init(&hd, 3, 0x1234, &f->key);
+	pwrite_all(f->fd, &hd, sizeof hd, 0);
+	f->off = sizeof hd;
 }
 
 /* A SEGMENT record that is not first: it must not be taken as the segment's. */
 static void put_segment_at(struct fx *f)
 {
-	struct spool_seg_info info = {.version = 1, .shard = 9, .seq = 9};
+	struct spool_seg_info info = {.version = SPOOL_SEG_VERSION, .shard = 9, .seq = 9};
 	put_rec(f, SPOOL_REC_SEGMENT, 0, &info, sizeof info);
 }
 
@@ -307,7 +317,7 @@ static void interleaved_three_messages(void **state)
 	assert_int_equal(st.bad_envs, 0);
 	assert_int_equal(st.records, 1 + 2 + 6 + 3 + 3); /* seg, b, a, c chunks, commits */
 	assert_true(st.has_info);
-	assert_int_equal(st.info.version, 1);
+	assert_int_equal(st.info.version, SPOOL_SEG_VERSION);
 	assert_int_equal(st.info.shard, 3);
 	assert_int_equal(st.info.seq, 0x1234);
 	expect_body(f, &a);
@@ -426,11 +436,13 @@ static void zeroed_chunk_fails_body(void **state)
 	tmsg_free(&b);
 }
 
-/* Plant a header whose own CRC is right but whose payload CRC is not. */
+/* Plant a header made under a guessed key (zeros): well formed, magic and
+ * all, but not the segment's. */
 static void plant_fake_header(uint8_t *g, size_t at, uint32_t len)
 {
+	static const struct spool_key guess;
 	struct spool_rec_hdr h;
-	spool_rec_hdr_init(&h, SPOOL_REC_COMMIT, 0xbad, len, 0x0badf00du);
+	spool_rec_hdr_init(&h, &guess, SPOOL_REC_COMMIT, 0xbad, len, 0x0badf00du);
 	memcpy(g + at, &h, sizeof h);
 }
 
@@ -657,7 +669,10 @@ static void message_read_detects_damage(void **state)
 	assert_int_equal(scan(f, UINT64_MAX, &col, &st), 0);
 	assert_int_equal(col.n, 1);
 	expect_found(&col, 0, &a, false);
-	assert_int_equal(st.skipped, spool_rec_size(1000) / 8);
+	/* Its header still verifies: the extent is skipped whole, never
+	 * searched for records. */
+	assert_int_equal(st.skipped, 0);
+	assert_int_equal(st.bad_records, 1);
 	tmsg_free(&a);
 }
 
@@ -767,16 +782,32 @@ static void empty_and_headless_files(void **state)
 	assert_int_equal(st.records + st.skipped + st.commits, 0);
 	assert_false(st.has_info);
 
-	/* No SEGMENT record first: messages still count, has_info says so. */
+	/* No head first: no key, so nothing in the file is trusted (it was
+	 * never synced: the head is written and synced before any record). */
 	tmsg_init(&a, 0xa, 10);
+	f->off = sizeof(struct spool_seg_head);
 	put_all_chunks(f, &a, 100);
 	put_commit(f, &a);
 	put_segment_at(f);
 	assert_int_equal(scan(f, UINT64_MAX, &col, &st), 0);
 	assert_false(st.has_info);
-	assert_int_equal(col.n, 1);
-	expect_found(&col, 0, &a, true);
-	assert_int_equal(st.records, 3);
+	assert_int_equal(col.n, 0);
+	assert_int_equal(st.records, 0);
+	assert_int_equal(st.valid_end, 0);
+	/* A head of format version 1 (unkeyed CRCs) is refused, not ignored. */
+	uint8_t v1[48] = {0};
+	uint32_t magic = SPOOL_REC_MAGIC, len = 16, one = 1, crc;
+	memcpy(v1, &magic, 4);
+	v1[4] = SPOOL_REC_SEGMENT;
+	memcpy(v1 + 8, &len, 4);
+	memcpy(v1 + 32, &one, 4);
+	crc = spool_crc32c(0, v1, 28);
+	memcpy(v1 + 28, &crc, 4);
+	pwrite_all(f->fd, v1, sizeof v1, 0);
+	assert_int_equal(scan(f, UINT64_MAX, &col, &st), -EPROTO);
+	assert_int_equal(col.n, 0);
+	assert_int_equal(ftruncate(f->fd, sizeof v1), 0);
+	assert_int_equal(scan(f, UINT64_MAX, &col, &st), -EPROTO);
 	tmsg_free(&a);
 }
 
@@ -788,7 +819,7 @@ static void hdr_over(int fd, uint64_t off, enum spool_rec_type type, uint64_t id
 
 	assert_non_null(p);
 	assert_int_equal(pread(fd, p, len, (off_t)(off + sizeof h)), (ssize_t)len);
-	spool_rec_hdr_init(&h, type, id, len, spool_crc32c(0, p, len));
+	spool_rec_hdr_init(&h, &cur_key, type, id, len, spool_crc32c(0, p, len));
 	pwrite_all(fd, &h, sizeof h, off);
 	free(p);
 }
@@ -797,8 +828,9 @@ static void hdr_over(int fd, uint64_t off, enum spool_rec_type type, uint64_t id
  * the scanner met it walking the chunks from first_chunk_off and jumped past
  * the commit, while spool_message_read (which reads nothing at or past
  * commit_off) resynchronised inside it; body_ok and the reader disagreed
- * both ways.  Found by tests/fuzz/fuzz_record.c.  Chunks precede their
- * commit, so such a record is not one of them, for both walkers. */
+ * both ways.  Found by tests/fuzz/fuzz_record.c.  The writer never makes
+ * such records (they need the key); the two walkers must agree anyway: a
+ * verified record over the COMMIT breaks the walk for both. */
 static void chunk_walk_stops_at_commit(void **state)
 {
 	static const uint8_t tail[8];
@@ -820,8 +852,10 @@ static void chunk_walk_stops_at_commit(void **state)
 	hdr_over(f->fd, q, SPOOL_REC_CHUNK, 0x51, (uint32_t)(c - q - 32));
 	assert_int_equal(scan(f, UINT64_MAX, &col, &st), 0);
 	assert_int_equal(col.n, 1);
-	expect_found(&col, 0, &a, true);
-	expect_body(f, &a);
+	/* Q's extent covers K: the walk never looks inside it. */
+	expect_found(&col, 0, &a, false);
+	assert_int_equal(read_msg(f, &a, &a.env, &s), -EIO);
+	free(s.p);
 
 	/* Q { K1, R.hdr, K2 } C, R's payload = K2 C tail: K2 is one chunk too many. */
 	assert_int_equal(ftruncate(f->fd, 0), 0);
@@ -844,6 +878,191 @@ static void chunk_walk_stops_at_commit(void **state)
 	tmsg_free(&a);
 }
 
+/* ---- forged records in a client's body (issue 8, C10) ------------------------ */
+
+/* A version-1 record (unkeyed CRC32C framing): what an attacker who read
+ * the old record.h would write. */
+static size_t forge_v1(uint8_t *out, enum spool_rec_type type, uint64_t id, const void *p,
+		       uint32_t len)
+{
+	uint32_t magic = SPOOL_REC_MAGIC, crc = spool_crc32c(0, p, len), zero = 0;
+
+	memset(out, 0, spool_rec_size(len));
+	memcpy(out, &magic, 4);
+	out[4] = (uint8_t)type;
+	memcpy(out + 8, &len, 4);
+	memcpy(out + 12, &crc, 4);
+	memcpy(out + 16, &id, 8);
+	memcpy(out + 24, &zero, 4);
+	crc = spool_crc32c(0, out, 28);
+	memcpy(out + 28, &crc, 4);
+	if (len) /* p is NULL for DONE: memcpy(dst, NULL, 0) is undefined */
+		memcpy(out + 32, p, len);
+	return spool_rec_size(len);
+}
+
+/* The same records in the current framing under a guessed key. */
+static size_t forge_v2(uint8_t *out, const struct spool_key *k, enum spool_rec_type type,
+		       uint64_t id, const void *p, uint32_t len)
+{
+	struct spool_rec_hdr h;
+
+	memset(out, 0, spool_rec_size(len));
+	spool_rec_hdr_init(&h, k, type, id, len, spool_crc32c(0, p, len));
+	memcpy(out, &h, sizeof h);
+	if (len)
+		memcpy(out + sizeof h, p, len);
+	return spool_rec_size(len);
+}
+
+#define VICTIM 0x1111u
+#define FORGED 0xf0f0u
+#define OTHER  0x2222u
+
+/* A body made of records: DONE for the victim (would delete acknowledged
+ * mail) and CHUNK+COMMIT of a message to a recipient the attacker picks
+ * (would skip relay policy), in both framings, 8-aligned so any resync
+ * lands on them. */
+static size_t forged_body(uint8_t *out, size_t cap)
+{
+	static const struct spool_key zero;
+	const uint8_t bodies[] = "Subject: forged\r\n\r\nhi\r\n.\r\n";
+	uint32_t blen = sizeof bodies - 1;
+	char rcpt[] = "victim@elsewhere.example";
+	struct spool_rcpt r = {.addr = {rcpt, (uint32_t)strlen(rcpt)}};
+	uint8_t env[512];
+	size_t n = 0;
+
+	for (int v = 0; v < 2 && n + 2048 <= cap; v++) {
+		uint64_t chunk_off = 0; /* the attacker cannot know it; any will do */
+		struct spool_env e = {.id = FORGED,
+				      .msg_len = blen - 3,
+				      .wire_len = blen,
+				      .msg_crc = spool_crc32c(0, bodies, blen),
+				      .first_chunk_off = chunk_off,
+				      .flags = SPOOL_ENV_STUFFED,
+				      .mail_from = {"from@example.org", 16},
+				      .rcpt_count = 1,
+				      .rcpts = &r};
+		size_t elen = spool_env_encode(&e, env, sizeof env);
+		assert_true(elen > 0);
+		n += v ? forge_v2(out + n, &zero, SPOOL_REC_DONE, VICTIM, NULL, 0)
+		       : forge_v1(out + n, SPOOL_REC_DONE, VICTIM, NULL, 0);
+		n += v ? forge_v2(out + n, &zero, SPOOL_REC_CHUNK, FORGED, bodies, blen)
+		       : forge_v1(out + n, SPOOL_REC_CHUNK, FORGED, bodies, blen);
+		n += v ? forge_v2(out + n, &zero, SPOOL_REC_COMMIT, FORGED, env, (uint32_t)elen)
+		       : forge_v1(out + n, SPOOL_REC_COMMIT, FORGED, env, (uint32_t)elen);
+	}
+	return n;
+}
+
+struct seen {
+	int done_victim, done_other, commits_forged, commits_victim, commits_bad_off;
+	const uint64_t *commit_offs;
+	int ncommit;
+};
+
+static int seen_commit(void *ctx, const struct spool_scan_msg *msg)
+{
+	struct seen *s = ctx;
+	bool known = false;
+
+	for (int i = 0; i < s->ncommit; i++)
+		known |= msg->commit_off == s->commit_offs[i];
+	s->commits_bad_off += !known;
+	s->commits_forged += msg->env.id == FORGED;
+	s->commits_victim += msg->env.id == VICTIM && msg->body_ok;
+	return 0;
+}
+
+static int seen_state(void *ctx, const struct spool_rec_hdr *h, const uint8_t *p)
+{
+	struct seen *s = ctx;
+
+	(void)p;
+	s->done_victim += h->type == SPOOL_REC_DONE && h->msg_id == VICTIM;
+	s->done_other += h->type == SPOOL_REC_DONE && h->msg_id == OTHER;
+	return 0;
+}
+
+static struct seen scan_seen(struct fx *f, const uint64_t *offs, int n)
+{
+	struct seen s = {.commit_offs = offs, .ncommit = n};
+	struct spool_scan_stats st;
+
+	assert_int_equal(
+	    spool_segment_scan_states(f->fd, UINT64_MAX, true, seen_commit, seen_state, &s, &st),
+	    0);
+	return s;
+}
+
+/* The attack: a victim's message is acknowledged; the attacker's body is
+ * records.  Whatever happens to the file afterwards -- cut at any offset (a
+ * torn tail), the attacker's chunk header lost (a hole before later valid
+ * records), any byte flipped -- the scan yields only records that were
+ * written as records: never the forged DONE, never the forged message. */
+static void forged_body_never_loaded(void **state)
+{
+	struct fx *f = *state;
+	struct tmsg victim, att;
+	uint8_t body[4096];
+	size_t blen = forged_body(body, sizeof body);
+	uint64_t offs[2];
+
+	tmsg_init(&victim, VICTIM, 300);
+	put_segment(f);
+	put_all_chunks(f, &victim, 4096);
+	offs[0] = put_commit(f, &victim);
+	att = (struct tmsg){.id = 0xa77, .msg_len = blen, .wire_len = blen + 3};
+	att.wire = malloc(att.wire_len);
+	assert_non_null(att.wire);
+	memcpy(att.wire, body, blen);
+	memcpy(att.wire + blen, ".\r\n", 3);
+	uint64_t att_chunk = put_chunk(f, &att, att.wire_len);
+	offs[1] = put_commit(f, &att);
+	put_rec(f, SPOOL_REC_DONE, OTHER, NULL, 0); /* a real state record after it */
+	uint64_t end = f->off;
+	uint8_t *image = malloc(end);
+	assert_non_null(image);
+	assert_int_equal(pread(f->fd, image, end, 0), (ssize_t)end);
+
+	struct seen s = scan_seen(f, offs, 2);
+	assert_int_equal(s.commits_victim, 1);
+	assert_int_equal(s.done_other, 1);
+	assert_int_equal(s.done_victim + s.commits_forged + s.commits_bad_off, 0);
+
+	/* The attacker's chunk header lost; everything after it intact. */
+	uint8_t zeros[32] = {0};
+	pwrite_all(f->fd, zeros, sizeof zeros, att_chunk);
+	s = scan_seen(f, offs, 2);
+	assert_int_equal(s.commits_victim, 1);
+	assert_int_equal(s.done_other, 1);
+	assert_int_equal(s.done_victim + s.commits_forged + s.commits_bad_off, 0);
+
+	/* Cut at every offset, with and without the chunk header. */
+	for (int hole = 0; hole < 2; hole++)
+		for (uint64_t t = 0; t <= end; t++) {
+			pwrite_all(f->fd, image, end, 0);
+			if (hole)
+				pwrite_all(f->fd, zeros, sizeof zeros, att_chunk);
+			assert_int_equal(ftruncate(f->fd, (off_t)t), 0);
+			s = scan_seen(f, offs, 2);
+			assert_int_equal(s.done_victim + s.commits_forged + s.commits_bad_off, 0);
+			assert_int_equal(s.commits_victim, t >= att_chunk ? 1 : 0);
+		}
+	/* Any one byte flipped. */
+	for (uint64_t at = 0; at < end; at++) {
+		pwrite_all(f->fd, image, end, 0);
+		uint8_t b = image[at] ^ 0x01;
+		pwrite_all(f->fd, &b, 1, at);
+		s = scan_seen(f, offs, 2);
+		assert_int_equal(s.done_victim + s.commits_forged + s.commits_bad_off, 0);
+	}
+	free(image);
+	tmsg_free(&victim);
+	tmsg_free(&att);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -861,6 +1080,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(stop_limit_and_no_verify, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(empty_and_headless_files, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(chunk_walk_stops_at_commit, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(forged_body_never_loaded, fx_setup, fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
