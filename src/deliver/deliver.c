@@ -300,7 +300,7 @@ static void seg_track(struct deliver *d, uint64_t seq)
 	if (!seg_add(&d->segs, &d->nseg, &d->segcap, seq, -1, &(struct spool_key){{0}}))
 		log_msg(LOG_ERROR,
 			"event=segment_track_failed shard=%u segment=%016llx error=\"out of "
-			"memory\" (it is deleted at the next start)",
+			"memory\" note=\"it is deleted at the next start\"",
 			d->core.shard, (unsigned long long)seq);
 }
 

@@ -387,9 +387,16 @@ class Server:
         """The control socket takes connections.  Its file appears at bind(),
         a moment before listen(): a connect in between is refused."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
         try:
             s.connect(self.sock_path)
-            return True  # closed at once: the server reads EOF, runs nothing
+            # No command: the server reads EOF and runs nothing.  Reading to
+            # its EOF means its control slot is free again, so a test that
+            # counts control clients starts from none.
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(4096):
+                pass
+            return True
         except OSError:
             return False
         finally:
