@@ -283,7 +283,8 @@ def test_retry_after_4xx_at_message_then_delivered(ringmx, nexthop):
     txns = [x for x in nh.transactions() if (x.message_id or "").strip("<>") == mid]
     assert [x.replies[0][1][:3] for x in txns] == ["451", "451", "250"], \
         "expected two 451s then a 250: %r" % txns
-    assert len(log_events(srv, "deferred", qid)) >= 2, "two deferrals, not both logged"
+    wait_for(lambda: len(log_events(srv, "deferred", qid)) >= 2, DELIVERY_TIMEOUT_S,
+             "two deferrals logged")
     wait_log(srv, "delivered", qid)
     assert dsn_transactions(bounce) == []
 
