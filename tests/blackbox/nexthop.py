@@ -335,6 +335,7 @@ class NextHop:
             self.max_active = 0
             self.mail_commands = 0
             self.aborted_data = 0   # connections that ended inside message data
+            self._queued_ids = 0    # last "queued as NH..." number given
 
     @property
     def address(self):
@@ -592,6 +593,13 @@ class NextHop:
                     continue
                 return r
         return None
+
+    def _next_queued_id(self):
+        """The number for a "queued as NH..." reply: taken under the lock, so
+        sessions answering at once never share one."""
+        with self._cond:
+            self._queued_ids += 1
+            return self._queued_ids
 
     def _store(self, txn, info):
         txn.message_id  # parse outside the lock
@@ -910,7 +918,7 @@ class _Session:
                     if reply.startswith("2"):
                         txn.delivered.append(r)
             else:
-                n = self.srv.transaction_count + 1
+                n = self.srv._next_queued_id()
                 reply = self._answer("message", problem or "250 2.0.0 Ok: queued as NH%06d" % n,
                                      data=data)
                 txn.replies.append((None, reply))

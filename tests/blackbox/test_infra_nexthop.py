@@ -193,6 +193,34 @@ def test_bdat_without_chunking_is_an_error(nexthop):
     assert any("CHUNKING was not offered" in e for e in nh.errors())
 
 
+def test_sessions_answering_at_once_get_distinct_queued_ids(nexthop):
+    # Two sessions end their data before either is stored: each "queued as"
+    # number must still be its own (it was the count of stored ones + 1).
+    both = threading.Barrier(2, timeout=20)
+
+    def together(ctx):
+        both.wait()
+        return None  # the default 250 ... queued as NH...
+
+    nh = nexthop(rules=[Rule("message", together)])
+    replies = []
+
+    def send(i):
+        with smtplib.SMTP("127.0.0.1", nh.port, timeout=20) as s:
+            s.ehlo("client.example")
+            s.mail("a@client.example")
+            s.rcpt("b@accepted.example")
+            replies.append(s.data(msg("together-%d@test" % i))[1].decode())
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(replies) == 2, replies
+    assert all(r.startswith("2.0.0 Ok: queued as NH") for r in replies), replies
+    assert replies[0] != replies[1], replies
+
+
 # --------------------------------------------------------------------------
 # programmable behaviour
 
