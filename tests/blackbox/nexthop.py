@@ -1296,6 +1296,10 @@ def main(argv=None):
                     help="offer STARTTLS with this certificate chain and key (PEM files)")
     a = ap.parse_args(argv)
     rules = [_parse_reply_spec(s) for s in a.reply] + [_parse_reply_spec(s, True) for s in a.drop]
+    # Before the ready line: whoever reads it may stop us by PID at once.
+    done = threading.Event()
+    for sig in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(sig, lambda *_: done.set())
     nh = NextHop(lmtp=a.lmtp, host=a.host, port=a.port, size=a.size,
                  pipelining=not a.no_pipelining, eightbitmime=not getattr(a, "no_8bitmime"),
                  smtputf8=not a.no_smtputf8, dsn=not a.no_dsn, chunking=not a.no_chunking,
@@ -1303,9 +1307,6 @@ def main(argv=None):
                  store_dir=a.store, tls=tuple(a.tls) if a.tls else None).start()
     print("nexthop: %s on %s%s" % ("LMTP" if a.lmtp else "SMTP", nh.address,
                                    " with STARTTLS" if a.tls else ""), flush=True)
-    done = threading.Event()
-    for sig in (_signal.SIGINT, _signal.SIGTERM):
-        _signal.signal(sig, lambda *_: done.set())
     shown = 0
     while not done.is_set():
         try:

@@ -741,6 +741,23 @@ def test_other_loopback_address():
             socket.create_connection(("127.0.0.4", nh.port), timeout=2).close()
 
 
+def test_cli_stops_cleanly_as_soon_as_it_is_ready():
+    # The ready line promises that SIGTERM is handled (exit 0): a harness stops
+    # it by PID right after reading that line.  Several rounds, as the window
+    # before the handlers are installed is short.
+    for i in range(10):
+        p = subprocess.Popen([sys.executable, os.path.join(HERE, "nexthop.py"), "--port",
+                              str(free_port())], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            line = p.stdout.readline().decode()
+            assert line.startswith("nexthop: SMTP on 127.0.0.1:"), line
+        finally:
+            p.terminate()  # by PID
+            out, _ = p.communicate(timeout=10)
+        assert p.returncode == 0, "round %d: exit %r %r" % (i, p.returncode, out)
+
+
 def test_cli(tmp_path):
     port = free_port()
     store = str(tmp_path / "cli")
