@@ -1308,11 +1308,9 @@ def main(argv=None):
     print("nexthop: %s on %s%s" % ("LMTP" if a.lmtp else "SMTP", nh.address,
                                    " with STARTTLS" if a.tls else ""), flush=True)
     shown = 0
-    while not done.is_set():
-        try:
-            nh.wait_until(lambda s: len(s._txns) > shown, 0.5)
-        except AssertionError:
-            continue
+
+    def show_new():
+        nonlocal shown
         for t in nh.transactions()[shown:]:
             print("#%d conn %d from=<%s> rcpts=%s %s%s %d bytes id=%s -> %s" % (
                 t.id, t.conn_id, t.mail_from, t.rcpts, t.via,
@@ -1320,7 +1318,14 @@ def main(argv=None):
                 len(t.data), t.message_id,
                 "; ".join(r for _, r in t.replies) or "(dropped)"), flush=True)
             shown = t.id
+    while not done.is_set():
+        try:
+            nh.wait_until(lambda s: len(s._txns) > shown, 0.5)
+        except AssertionError:
+            continue
+        show_new()
     nh.stop()
+    show_new()  # stored before the stop but not shown yet: every one is printed
     for e in nh.errors():
         print("protocol error: " + e)
     for e in nh.tls_errors():

@@ -758,6 +758,34 @@ def test_cli_stops_cleanly_as_soon_as_it_is_ready():
         assert p.returncode == 0, "round %d: exit %r %r" % (i, p.returncode, out)
 
 
+def test_cli_prints_every_transaction_before_it_exits():
+    # Nobody reads its output while the mail flows, so the pipe fills and the
+    # CLI falls behind (each line carries a ~900-byte Message-ID); stopped
+    # then, it still prints every stored transaction on its way out.
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, "nexthop.py"), "--port",
+                          str(free_port())], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    n = 100
+    try:
+        line = p.stdout.readline().decode()
+        assert line.startswith("nexthop: SMTP on 127.0.0.1:"), line
+        c = SMTPClient(int(line.split(":")[2]))
+        ehlo(c)
+        for i in range(n):
+            c.expect("MAIL FROM:<a@client.example>", "250")
+            c.expect("RCPT TO:<b@accepted.example>", "250")
+            c.expect("DATA", "354")
+            c.send(msg("%s-%d@test" % ("x" * 900, i)) + ".\r\n")
+            assert c.reply().code == 250
+        c.close()
+    finally:
+        p.terminate()  # by PID
+        out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out[-2000:]
+    missing = [i for i in range(n) if b"-%d@test>" % i not in out]
+    assert not missing, "transactions not printed: %r" % missing
+
+
 def test_cli(tmp_path):
     port = free_port()
     store = str(tmp_path / "cli")
