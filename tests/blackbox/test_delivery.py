@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from conftest import (DELIVERY_TIMEOUT_S, HOSTNAME, check_dsn, delivery_overrides,
-                      dot_stuff, dsn_transactions, free_port, log_events, make_message,
+                      dot_stuff, dsn_transactions, log_events, make_message,
                       parse_queue_time, queued_id, route, strip_received, submit, wait_dsn,
                       wait_for, wait_log, wait_queue, wait_queue_empty, wait_state)
 from dnszone import _free_udp_tcp_port, dns  # noqa: F401  (dns is a fixture)
@@ -226,9 +226,9 @@ def test_lmtp_per_recipient_results(ringmx, nexthop):
 # failover
 
 
-def test_failover_first_hop_refuses_connections(ringmx, nexthop):
+def test_failover_first_hop_refuses_connections(ringmx, nexthop, closed_port):
     second = nexthop()
-    closed = free_port()  # nothing listens there
+    closed = closed_port()  # nothing listens there, nor will
     srv, nh, _ = gateway(ringmx, nexthop, relay=["backup.example"], routes=[
         route("backup.example", ["smtp://127.0.0.1:%d" % closed, second])])
     mid = new_mid("failover-closed")
@@ -255,8 +255,8 @@ def test_failover_first_hop_421_at_connect(ringmx, nexthop):
         "a transaction was attempted after a 421 greeting"
 
 
-def test_all_hops_down_deferred(ringmx, nexthop):
-    a, b = free_port(), free_port()
+def test_all_hops_down_deferred(ringmx, nexthop, closed_port):
+    a, b = closed_port(), closed_port()
     srv, _, bounce = gateway(ringmx, nexthop, relay=["backup.example"], routes=[
         route("backup.example", ["smtp://127.0.0.1:%d" % a, "smtp://127.0.0.1:%d" % b])])
     qid = submit(srv.port, make_message(new_mid("down"), "down"), SENDER, ["x@backup.example"])

@@ -1,0 +1,34 @@
+"""The harness's ports (conftest.py): a test that needs "nothing listens here"
+must keep it so while it runs, even with other test runs on the machine."""
+
+import socket
+
+import pytest
+
+from conftest import closed_port, free_port  # noqa: F401  (closed_port is a fixture)
+
+
+def _stranger_listens(port):
+    """Another process's next hop taking the port (NextHop binds the same way)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def test_free_port_can_be_taken_by_anyone():
+    # Why free_port() is not "nothing listens there": it is free for anyone.
+    assert _stranger_listens(free_port())
+
+
+def test_closed_port_refuses_and_cannot_be_taken(closed_port):
+    port = closed_port()
+    assert not _stranger_listens(port), "another process could listen on the closed port"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
