@@ -478,6 +478,37 @@ def _factory_fixture(result):
 
 
 @pytest.fixture
+def closed_dns_port():
+    """closed_dns_port() -> a loopback port where nothing answers DNS until the
+    test ends: UDP gets "port unreachable", TCP a reset.  _free_udp_tcp_port()
+    is free only for a moment (another test run's NSD may bind it next); this
+    one stays held: a TCP socket bound but not listening, and a UDP socket
+    bound and connected elsewhere, so the kernel gives it no other sender's
+    datagrams.  Neither sets SO_REUSEADDR: nobody else can bind the port."""
+    held = []
+
+    def make():
+        for _ in range(50):
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(t)
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(u)
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # UDP side taken: another port
+            u.connect(("127.0.0.1", 9))  # never sends; only filters what it receives
+            return port
+        raise RuntimeError("no loopback port free for both UDP and TCP")
+
+    yield make
+    for s in held:
+        s.close()
+
+
+@pytest.fixture
 def dns_server():
     """dns_server(records) -> started DnsServer; all stopped at teardown."""
     yield from _factory_fixture(lambda s: s)

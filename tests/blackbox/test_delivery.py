@@ -20,7 +20,7 @@ from conftest import (DELIVERY_TIMEOUT_S, HOSTNAME, check_dsn, delivery_override
                       dot_stuff, dsn_transactions, log_events, make_message,
                       parse_queue_time, queued_id, route, strip_received, submit, wait_dsn,
                       wait_for, wait_log, wait_queue, wait_queue_empty, wait_state)
-from dnszone import _free_udp_tcp_port, dns  # noqa: F401  (dns is a fixture)
+from dnszone import closed_dns_port, dns  # noqa: F401  (fixtures)
 from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
 SENDER = "sender@sender.example"
@@ -716,8 +716,8 @@ def test_nxdomain_bounces(ringmx, nexthop, dns):
     wait_log(srv, "bounced", qid)
 
 
-def test_dns_server_down_defers(ringmx, nexthop):
-    port = _free_udp_tcp_port()  # nothing answers there
+def test_dns_server_down_defers(ringmx, nexthop, closed_dns_port):
+    port = closed_dns_port()  # nothing answers there, nor will
     srv, bounce = mx_gateway(ringmx, nexthop, "127.0.0.1:%d" % port, ["mx.example"],
                              timeout_ms=200, tries=1)
     qid = submit(srv.port, make_message(new_mid("dnsdown"), "dns down"), SENDER,

@@ -1,11 +1,12 @@
-"""The harness's ports (conftest.py): a test that needs "nothing listens here"
-must keep it so while it runs, even with other test runs on the machine."""
+"""The harness's ports (conftest.py, dnszone.py): a test that needs "nothing listens
+here" must keep it so while it runs, even with other test runs on the machine."""
 
 import socket
 
 import pytest
 
 from conftest import closed_port, free_port  # noqa: F401  (closed_port is a fixture)
+from dnszone import closed_dns_port, query  # noqa: F401  (closed_dns_port is a fixture)
 
 
 def _stranger_listens(port):
@@ -32,3 +33,19 @@ def test_closed_port_refuses_and_cannot_be_taken(closed_port):
     assert not _stranger_listens(port), "another process could listen on the closed port"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_closed_dns_port_refuses_and_cannot_be_taken(closed_dns_port):
+    port = closed_dns_port()
+    assert not _stranger_listens(port), "another process could listen on the TCP side"
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with pytest.raises(OSError):
+            u.bind(("127.0.0.1", port))
+    finally:
+        u.close()
+    with pytest.raises(ConnectionRefusedError):  # ICMP port unreachable, not silence
+        query("127.0.0.1:%d" % port, "mx.example", "MX", timeout=5)
+    with pytest.raises(ConnectionRefusedError):
+        query("127.0.0.1:%d" % port, "mx.example", "MX", tcp=True, timeout=5)
