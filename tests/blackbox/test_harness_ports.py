@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from conftest import closed_port, free_port  # noqa: F401  (closed_port is a fixture)
+from conftest import free_port
 from dnszone import closed_dns_port, query  # noqa: F401  (closed_dns_port is a fixture)
 
 
