@@ -1331,6 +1331,12 @@ static bool shard_done(struct shard *sh)
 		return false;
 	if (sh->now_ms >= sh->stop_deadline_ms)
 		return true;
+	/* A multishot accept still in the ring holds its listener: closed then,
+	 * the socket lives on until the kernel tears the ring down, after exit,
+	 * and a restart finds the address in use.  Wait for its cancellation. */
+	for (uint32_t i = 0; i < sh->cfg->listener_count; i++)
+		if (sh->listeners[i].armed)
+			return false;
 	return sh->active_count == 0 && !spool_busy(sh->spool) && !deliver_busy(sh->dlv);
 }
 

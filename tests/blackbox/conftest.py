@@ -607,6 +607,25 @@ def client_factory():
         c.close()
 
 
+@pytest.fixture
+def closed_port():
+    """closed_port() -> a loopback port that refuses connections until the test
+    ends.  A free_port() number is only free for a moment: another test run on
+    the machine may listen there next.  This one stays bound (no SO_REUSEADDR,
+    so nobody else can bind it) and never listens, so a SYN gets a reset."""
+    held = []
+
+    def make():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.append(s)
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+    yield make
+    for s in held:
+        s.close()
+
+
 # --------------------------------------------------------------------------
 # delivery helpers (test_delivery.py, test_local_delivery.py,
 # test_delivery_crash.py)

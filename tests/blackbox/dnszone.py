@@ -18,7 +18,7 @@ NXDOMAIN for any other name, as a real DNS tree would.
     srv.start()
     srv.address            # "127.0.0.1:PORT" (for ringmx's "dns": {"servers": [...]})
     query(srv.address, "mx.example", "MX").answers  # [("MX", 10, "mail1.mx.example"), ...]
-    srv.update({...})      # rewrite the zone, reload (SIGHUP), wait until it is served
+    srv.update({...})      # rewrite the zone, reload (SIGHUP), wait until only it is served
     srv.stop()
 
 Record tuples: ("A", ip) ("AAAA", ip) ("MX", pref, host) ("CNAME", host)
@@ -382,18 +382,54 @@ class DnsServer:
                 break
         raise AssertionError("nsd exited during start-up (port %d):\n%s" % (self.port, self.log_tail()))
 
+    def _server_pids(self):
+        """PIDs of the query-answering processes ("nsd: server N") under our nsd."""
+        parents, names = {}, {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    stat = f.read()
+            except OSError:
+                continue  # gone meanwhile
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z":  # a zombie answers nothing
+                parents[int(d)], names[int(d)] = int(fields[1]), comm
+        out = set()
+        for pid, name in names.items():
+            if not name.startswith("nsd: server"):
+                continue
+            p = pid
+            while p in parents and p != self.proc.pid:
+                p = parents[p]
+            if p == self.proc.pid:
+                out.add(pid)
+        return out
+
     def update(self, records):
-        """Replace every record and wait until NSD serves the new zone."""
+        """Replace every record and wait until NSD serves the new zone, and only it.
+
+        On SIGHUP NSD starts new server processes with the new zone and only
+        then tells the old ones to quit, so for a while both read the same
+        sockets and a query may get either zone.  One answer with the new
+        serial is therefore not enough: wait until the old servers are gone."""
         assert self.proc is not None, "DNS server not running"
+        old = self._server_pids()
+        assert old, "no 'nsd: server' process under nsd pid %d: cannot tell when a reload " \
+            "is complete (NSD process names changed?)" % self.proc.pid
         self.records = dict(records)
         self.serial += 1
         self._write_zone()
         self.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._serving(self.serial):
+        while not self._serving(self.serial) or old & self._server_pids():
             if self.proc.poll() is not None or time.monotonic() >= deadline:
-                raise AssertionError("nsd did not serve zone serial %d:\n%s"
-                                     % (self.serial, self.log_tail()))
+                raise AssertionError("nsd did not serve only zone serial %d (old servers "
+                                     "still running: %r):\n%s"
+                                     % (self.serial, sorted(old & self._server_pids()),
+                                        self.log_tail()))
             time.sleep(0.02)  # poll interval of the reload probe
 
     def stop(self):
@@ -439,6 +475,37 @@ def _factory_fixture(result):
     finally:
         for s in servers:
             s.stop()
+
+
+@pytest.fixture
+def closed_dns_port():
+    """closed_dns_port() -> a loopback port where nothing answers DNS until the
+    test ends: UDP gets "port unreachable", TCP a reset.  _free_udp_tcp_port()
+    is free only for a moment (another test run's NSD may bind it next); this
+    one stays held: a TCP socket bound but not listening, and a UDP socket
+    bound and connected elsewhere, so the kernel gives it no other sender's
+    datagrams.  Neither sets SO_REUSEADDR: nobody else can bind the port."""
+    held = []
+
+    def make():
+        for _ in range(50):
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(t)
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(u)
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # UDP side taken: another port
+            u.connect(("127.0.0.1", 9))  # never sends; only filters what it receives
+            return port
+        raise RuntimeError("no loopback port free for both UDP and TCP")
+
+    yield make
+    for s in held:
+        s.close()
 
 
 @pytest.fixture

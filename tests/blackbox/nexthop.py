@@ -335,6 +335,7 @@ class NextHop:
             self.max_active = 0
             self.mail_commands = 0
             self.aborted_data = 0   # connections that ended inside message data
+            self._queued_ids = 0    # last "queued as NH..." number given
 
     @property
     def address(self):
@@ -592,6 +593,13 @@ class NextHop:
                     continue
                 return r
         return None
+
+    def _next_queued_id(self):
+        """The number for a "queued as NH..." reply: taken under the lock, so
+        sessions answering at once never share one."""
+        with self._cond:
+            self._queued_ids += 1
+            return self._queued_ids
 
     def _store(self, txn, info):
         txn.message_id  # parse outside the lock
@@ -910,7 +918,7 @@ class _Session:
                     if reply.startswith("2"):
                         txn.delivered.append(r)
             else:
-                n = self.srv.transaction_count + 1
+                n = self.srv._next_queued_id()
                 reply = self._answer("message", problem or "250 2.0.0 Ok: queued as NH%06d" % n,
                                      data=data)
                 txn.replies.append((None, reply))
@@ -1288,6 +1296,10 @@ def main(argv=None):
                     help="offer STARTTLS with this certificate chain and key (PEM files)")
     a = ap.parse_args(argv)
     rules = [_parse_reply_spec(s) for s in a.reply] + [_parse_reply_spec(s, True) for s in a.drop]
+    # Before the ready line: whoever reads it may stop us by PID at once.
+    done = threading.Event()
+    for sig in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(sig, lambda *_: done.set())
     nh = NextHop(lmtp=a.lmtp, host=a.host, port=a.port, size=a.size,
                  pipelining=not a.no_pipelining, eightbitmime=not getattr(a, "no_8bitmime"),
                  smtputf8=not a.no_smtputf8, dsn=not a.no_dsn, chunking=not a.no_chunking,
@@ -1295,15 +1307,10 @@ def main(argv=None):
                  store_dir=a.store, tls=tuple(a.tls) if a.tls else None).start()
     print("nexthop: %s on %s%s" % ("LMTP" if a.lmtp else "SMTP", nh.address,
                                    " with STARTTLS" if a.tls else ""), flush=True)
-    done = threading.Event()
-    for sig in (_signal.SIGINT, _signal.SIGTERM):
-        _signal.signal(sig, lambda *_: done.set())
     shown = 0
-    while not done.is_set():
-        try:
-            nh.wait_until(lambda s: len(s._txns) > shown, 0.5)
-        except AssertionError:
-            continue
+
+    def show_new():
+        nonlocal shown
         for t in nh.transactions()[shown:]:
             print("#%d conn %d from=<%s> rcpts=%s %s%s %d bytes id=%s -> %s" % (
                 t.id, t.conn_id, t.mail_from, t.rcpts, t.via,
@@ -1311,7 +1318,14 @@ def main(argv=None):
                 len(t.data), t.message_id,
                 "; ".join(r for _, r in t.replies) or "(dropped)"), flush=True)
             shown = t.id
+    while not done.is_set():
+        try:
+            nh.wait_until(lambda s: len(s._txns) > shown, 0.5)
+        except AssertionError:
+            continue
+        show_new()
     nh.stop()
+    show_new()  # stored before the stop but not shown yet: every one is printed
     for e in nh.errors():
         print("protocol error: " + e)
     for e in nh.tls_errors():

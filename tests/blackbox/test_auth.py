@@ -89,6 +89,9 @@ def test_auth_success_and_relay(ringmx, certs, tmp_path, mech):
     assert " with ESMTPSA id " in received, received
     assert "authenticated as alice" in received, received
     assert env_get(env, "auth") == ["alice"] or "alice" in str(env), env
+    # Shard log lines reach the file through the main thread (log.h); after
+    # an orderly stop every one is written, so the absences below mean it.
+    assert srv.stop() == 0, srv.log_tail()
     assert "event=auth client=127.0.0.1 user=\"alice\" result=ok" in srv.log_text()
     assert USERS["alice"] not in srv.log_text()
     assert base64.b64encode(b"\0alice\0correct horse").decode() not in srv.log_text()
@@ -113,6 +116,7 @@ def test_auth_failures_then_blocked(ringmx, certs, tmp_path):
     with tls_client(srv, certs) as s:
         code, _ = s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0alice\0correct horse").decode())
         assert code == 421
+    assert srv.stop() == 0, srv.log_tail()  # every queued log line written
     assert srv.log_text().count("result=failed") == 3
 
 

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import RINGMX_BIN, SANITIZER_MARKERS
-from dnszone import _free_udp_tcp_port, dns  # noqa: F401  (dns is a fixture)
+from dnszone import closed_dns_port, dns  # noqa: F401  (fixtures)
 
 PROBE = os.environ.get("RINGMX_DNS_PROBE") or os.path.join(
     os.path.dirname(os.path.abspath(RINGMX_BIN)), "tests", "dns_probe")
@@ -233,8 +233,8 @@ def test_server_that_does_not_answer_is_tempfail_within_timeout(silent_udp):
     assert bound * 0.8 <= elapsed < bound + 3.0, elapsed
 
 
-def test_nothing_listening_is_tempfail():
-    r, elapsed = probe("127.0.0.1:%d" % _free_udp_tcp_port(), ["mx.example"])
+def test_nothing_listening_is_tempfail(closed_dns_port):
+    r, elapsed = probe("127.0.0.1:%d" % closed_dns_port(), ["mx.example"])
     assert r[0].status == "TEMPFAIL", r
     assert elapsed < 5.0
 

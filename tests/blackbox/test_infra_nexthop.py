@@ -193,6 +193,34 @@ def test_bdat_without_chunking_is_an_error(nexthop):
     assert any("CHUNKING was not offered" in e for e in nh.errors())
 
 
+def test_sessions_answering_at_once_get_distinct_queued_ids(nexthop):
+    # Two sessions end their data before either is stored: each "queued as"
+    # number must still be its own (it was the count of stored ones + 1).
+    both = threading.Barrier(2, timeout=20)
+
+    def together(ctx):
+        both.wait()
+        return None  # the default 250 ... queued as NH...
+
+    nh = nexthop(rules=[Rule("message", together)])
+    replies = []
+
+    def send(i):
+        with smtplib.SMTP("127.0.0.1", nh.port, timeout=20) as s:
+            s.ehlo("client.example")
+            s.mail("a@client.example")
+            s.rcpt("b@accepted.example")
+            replies.append(s.data(msg("together-%d@test" % i))[1].decode())
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(replies) == 2, replies
+    assert all(r.startswith("2.0.0 Ok: queued as NH") for r in replies), replies
+    assert replies[0] != replies[1], replies
+
+
 # --------------------------------------------------------------------------
 # programmable behaviour
 
@@ -711,6 +739,51 @@ def test_other_loopback_address():
         c.close()
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.4", nh.port), timeout=2).close()
+
+
+def test_cli_stops_cleanly_as_soon_as_it_is_ready():
+    # The ready line promises that SIGTERM is handled (exit 0): a harness stops
+    # it by PID right after reading that line.  Several rounds, as the window
+    # before the handlers are installed is short.
+    for i in range(10):
+        p = subprocess.Popen([sys.executable, os.path.join(HERE, "nexthop.py"), "--port",
+                              str(free_port())], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            line = p.stdout.readline().decode()
+            assert line.startswith("nexthop: SMTP on 127.0.0.1:"), line
+        finally:
+            p.terminate()  # by PID
+            out, _ = p.communicate(timeout=10)
+        assert p.returncode == 0, "round %d: exit %r %r" % (i, p.returncode, out)
+
+
+def test_cli_prints_every_transaction_before_it_exits():
+    # Nobody reads its output while the mail flows, so the pipe fills and the
+    # CLI falls behind (each line carries a ~900-byte Message-ID); stopped
+    # then, it still prints every stored transaction on its way out.
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, "nexthop.py"), "--port",
+                          str(free_port())], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    n = 100
+    try:
+        line = p.stdout.readline().decode()
+        assert line.startswith("nexthop: SMTP on 127.0.0.1:"), line
+        c = SMTPClient(int(line.split(":")[2]))
+        ehlo(c)
+        for i in range(n):
+            c.expect("MAIL FROM:<a@client.example>", "250")
+            c.expect("RCPT TO:<b@accepted.example>", "250")
+            c.expect("DATA", "354")
+            c.send(msg("%s-%d@test" % ("x" * 900, i)) + ".\r\n")
+            assert c.reply().code == 250
+        c.close()
+    finally:
+        p.terminate()  # by PID
+        out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out[-2000:]
+    missing = [i for i in range(n) if b"-%d@test>" % i not in out]
+    assert not missing, "transactions not printed: %r" % missing
 
 
 def test_cli(tmp_path):

@@ -102,3 +102,28 @@ def test_restart_many_times_keeps_queue(server):
         c.close()
         server.restart()
         assert set(server.queue_list()) == set(ids)
+
+
+def _bindable(port):
+    """What a new ringmx's start-up probe does: bind the address without
+    SO_REUSEPORT.  It fails while any socket still listens there."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def test_address_free_once_exited_so_a_restart_starts(server):
+    # An accept left in a shard's ring kept the listening socket alive after
+    # exit, until the kernel tore the ring down: a restart at once then
+    # refused to start ("address already in use").  Many rounds: whether the
+    # teardown had run by the time the next process probed varied.
+    for i in range(20):
+        _wait_exit(server, signal.SIGTERM if i % 2 else signal.SIGINT)
+        assert _bindable(server.port), "round %d: the address is still held after exit" % i
+        server.start()

@@ -79,7 +79,8 @@ def test_starttls_smtplib_both_versions_and_received(ringmx, certs, version):
     want = "TLSv1.3" if version == ssl.TLSVersion.TLSv1_3 else "TLSv1.2"
     assert re.search(r"\(using %s with cipher [A-Z0-9_-]+\)" % want, received), received
     assert " with ESMTPS id " in received, received
-    assert re.search(r"event=tls client=127\.0\.0\.1 version=%s" % want, srv.log_text())
+    wait_for(lambda: re.search(r"event=tls client=127\.0\.0\.1 version=%s" % want,
+                               srv.log_text()), 10, "the event=tls line (logs are written async)")
 
 
 def test_state_forgotten_after_starttls(ringmx, certs):
