@@ -818,7 +818,12 @@ static void conn_on_decide_timer(struct conn *c)
 {
 	c->inflight--;
 	c->decide_armed = false;
-	if (c->io == CONN_ACTIVE)
+	/* A closed session (a stash overrun or shutdown while it waited) may
+	 * stay ACTIVE for as long as its 421 takes to go out: it takes no
+	 * decision any more.  Finishing MAIL or the message in state QUIT
+	 * would be an illegal transition, and the assert would take the
+	 * whole server down for one client that does not read. */
+	if (c->io == CONN_ACTIVE && !c->close_wanted)
 		smtp_session_decided(c);
 }
 
@@ -1193,7 +1198,8 @@ static void shard_on_wake(struct shard *sh)
 			if (!c || c->gen != gen || c->io == CONN_FREE)
 				continue;
 			c->inflight--;
-			if (c->io == CONN_ACTIVE)
+			/* As for a decision: a closed session answers no AUTH. */
+			if (c->io == CONN_ACTIVE && !c->close_wanted)
 				smtp_session_auth_done(c, done[i].result);
 			conn_reap(c);
 		}
