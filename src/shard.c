@@ -239,6 +239,7 @@ static void conn_send_started(struct conn *c)
 	assert(!c->send_inflight);
 	c->send_inflight = true;
 	c->inflight++;
+	c->send_started_ms = sh->now_ms;
 	c->send_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.idle_s * 1000u;
 }
 
@@ -620,9 +621,16 @@ static bool conn_wants_park(const struct conn *c)
 	case SMTP_WAIT_AUTH:
 		return true;
 	case SMTP_WAIT_NONE:
-		/* Replies unread: the session parses no command until they go. */
+		/* Replies unread: the session parses no command until they go.
+		 * A full buffer alone does not say so: the replies of a large
+		 * pipelined group fill it while the send is in flight, and
+		 * parking a client that reads them would squeeze its pending
+		 * commands into the stash and close it when they do not fit
+		 * (RFC 2920 3.2).  So only a send unfinished for CONN_UNREAD_MS
+		 * counts; the tick parks it then. */
 		return c->s.state != SMTP_S_DATA && c->s.state != SMTP_S_BDAT &&
-		       c->s.state != SMTP_S_NEW && conn_out_free(c) < SMTP_REPLY_MAX;
+		       c->s.state != SMTP_S_NEW && conn_out_free(c) < SMTP_REPLY_MAX &&
+		       c->send_inflight && c->shard->now_ms - c->send_started_ms >= CONN_UNREAD_MS;
 	case SMTP_WAIT_SPOOL:
 	case SMTP_WAIT_COMMIT:
 		return false; /* ended by our own disk I/O, not by the client */
@@ -1122,6 +1130,10 @@ static void shard_on_tick(struct shard *sh)
 			log_msg(LOG_INFO, "event=send_timeout shard=%u client=%s state=%s", sh->id,
 				c->peer_ip, c->close_wanted ? "closing" : "open");
 			conn_shutdown_io(c);
+			continue;
+		}
+		if (c->io == CONN_ACTIVE && !c->parked && conn_wants_park(c)) {
+			conn_process_input(c); /* a client that stopped reading: parked */
 			continue;
 		}
 		/* A message being committed or a decision being waited for is
