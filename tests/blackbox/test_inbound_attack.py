@@ -25,7 +25,7 @@ import threading
 
 import pytest
 
-from conftest import SMTPClient, wait_for, wait_log
+from conftest import SMTPClient, queued_id, wait_for, wait_log
 
 FRESH_TIMEOUT_S = 5.0
 
@@ -324,3 +324,24 @@ def test_clients_that_stop_reading_give_back_their_buffers(ringmx, stuck_clients
     # All of it has left the clients, so the server received it.
     wait_for(lambda: all(_outq(h.sock) == 0 for h in hogs), 30, "the hogs' input sent")
     assert_fresh_client_served(s, "four clients that do not read, 16 receive buffers")
+
+
+# ------------------------------------------- A3: the replies due before a 421
+#
+# A pipelined group: a message (BDAT LAST), then a tarpitted MAIL and more
+# input than the stash.  The overrun's 421 must come after the replies
+# already due -- the 250 of the message queued in the same group above all:
+# a client that never sees it sends the message again (a duplicate).
+
+def test_overrun_keeps_the_queued_reply(ringmx, client_factory):
+    s = ringmx({"shards": 1, "limits": {"error_delay_ms": 1000, "soft_errors": 1}})
+    c = client_factory(s.port)
+    c.ehlo()
+    c.send(b"MAIL FROM:<a@client.example>\r\nRCPT TO:<r@accepted.example>\r\n"
+           b"BDAT 5 LAST\r\nhello"
+           b"XYZZY\r\nMAIL FROM:<b@client.example>\r\n" + JUNK)
+    replies = [r.last for r in c.replies_until_closed()]
+    assert len(replies) == 5 and replies[4].startswith("421 4.7.0"), replies
+    qid = queued_id(replies[2])  # the message's 250, not dropped for the 421
+    assert replies[3].startswith("500"), replies
+    assert list(s.queue_list()) == [qid]
