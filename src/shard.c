@@ -1183,8 +1183,13 @@ static void shard_begin_stop(struct shard *sh)
 	for (struct conn *c = sh->active, *next; c; c = next) {
 		next = c->next;
 		/* A message being made durable finishes first: its 250 goes
-		 * out, then the 421 (smtp_session_durable checks stopping). */
-		if (c->io == CONN_ACTIVE && c->s.state != SMTP_S_COMMIT)
+		 * out, then the 421 (smtp_session_durable checks stopping).
+		 * One still waiting for its data-stage decision (a tarpit of up
+		 * to a minute) is not being made durable: it is closed like any
+		 * waiting session, or it would hold the shard for the whole
+		 * grace and then be dropped without a reply. */
+		if (c->io == CONN_ACTIVE &&
+		    (c->s.state != SMTP_S_COMMIT || c->s.wait == SMTP_WAIT_FILTER))
 			smtp_session_timeout(c, reply);
 	}
 }

@@ -345,3 +345,25 @@ def test_overrun_keeps_the_queued_reply(ringmx, client_factory):
     qid = queued_id(replies[2])  # the message's 250, not dropped for the 421
     assert replies[3].startswith("500"), replies
     assert list(s.queue_list()) == [qid]
+
+
+# ---------------------------------------------- A4: SIGTERM and a tarpitted message
+#
+# A message whose data-stage decision is tarpitted is not being committed
+# yet: shutdown must close it with 421 like any waiting session, not keep
+# the process for its whole grace period and drop it without a word.
+
+def test_sigterm_closes_a_tarpitted_message(ringmx, client_factory):
+    s = ringmx({"shards": 1, "limits": {"error_delay_ms": 60000, "soft_errors": 1}})
+    c = client_factory(s.port, timeout=30)
+    c.ehlo()
+    c.expect("MAIL FROM:<a@client.example>", "250")
+    c.expect("RCPT TO:<r@accepted.example>", "250")
+    assert c.cmd("XYZZY").code == 500
+    c.send(b"BDAT 5 LAST\r\nhello")
+    wait_log(s, "decision_pending")
+    s.proc.send_signal(signal.SIGTERM)
+    replies = [r.last for r in c.replies_until_closed(timeout=30)]
+    assert replies and replies[-1].startswith("421 4.3.2"), \
+        "a tarpitted message at shutdown got %r, expected 421" % replies
+    assert s.stop(timeout=30) == 0
