@@ -25,7 +25,8 @@ import threading
 
 import pytest
 
-from conftest import SMTPClient, queued_id, wait_for, wait_log
+from conftest import SMTPClient, queued_id, strip_received, wait_for, wait_log
+from tlsutil import certs, client_context, recv_reply  # noqa: F401
 
 FRESH_TIMEOUT_S = 5.0
 
@@ -367,3 +368,95 @@ def test_sigterm_closes_a_tarpitted_message(ringmx, client_factory):
     assert replies and replies[-1].startswith("421 4.3.2"), \
         "a tarpitted message at shutdown got %r, expected 421" % replies
     assert s.stop(timeout=30) == 0
+
+
+# -------------------------------------------------- A5: what the stash holds
+#
+# Input that arrives while a session is parked waits in its stash and is fed
+# when the wait ends.  It must be fed as what the session expects then: body
+# bytes of a BDAT chunk stay body bytes, commands after STARTTLS are
+# discarded (CVE-2011-0411), never run inside TLS.
+
+TARPIT_SHORT = {"shards": 1, "limits": {"error_delay_ms": 300, "soft_errors": 1}}
+
+
+def test_bdat_body_in_the_stash_is_stored_verbatim(ringmx, client_factory):
+    s = ringmx(TARPIT_SHORT)
+    c = client_factory(s.port, timeout=30)
+    c.ehlo()
+    assert c.cmd("XYZZY").code == 500  # every decision is tarpitted from now on
+    # Body bytes that read as commands, a dot line, a lone "." chunk edge.
+    body1 = b"Subject: x\r\n\r\nQUIT\r\nRSET\r\nMAIL FROM:<evil@client.example>\r\n.\r\n"
+    body2 = b"STARTTLS\r\n.\r\nDATA\r\n"
+    c.send(b"MAIL FROM:<a@client.example>\r\nRCPT TO:<r@accepted.example>\r\n"
+           b"BDAT %d\r\n" % len(body1) + body1 + b"BDAT %d LAST\r\n" % len(body2) + body2 +
+           b"NOOP\r\n")
+    rs = c.replies(5, timeout=30)
+    assert [r.code for r in rs] == [250, 250, 250, 250, 250], rs
+    assert rs[2].last == "250 2.0.0 %d octets received" % len(body1), rs
+    qid = queued_id(rs[3])
+    _, msg = s.queue_show(qid)
+    assert strip_received(msg)[1] == body1 + body2, "stored body differs: %r" % msg[-200:]
+    assert "decision_pending" in s.log_text(), "nothing was parked"
+
+
+def test_starttls_injection_in_the_stash_discarded(ringmx, certs):
+    cert, key = certs.leaf("mx.test")
+    s = ringmx(dict(TARPIT_SHORT, tls={"certificates": [
+        {"cert": cert, "key": key, "names": ["mx.test"]}]}))
+    c = SMTPClient(s.port, timeout=30)
+    try:
+        c.ehlo()
+        assert c.cmd("XYZZY").code == 500
+        # The EHLO parks the session; STARTTLS and the injected MAIL wait in
+        # its stash (one write: they share a packet).
+        c.send(b"EHLO again.example\r\nSTARTTLS\r\nMAIL FROM:<evil@client.example>\r\n")
+        rs = c.replies(2)
+        assert rs[0].code == 250 and rs[1].last == "220 2.0.0 Ready to start TLS", rs
+        assert not c.buf, "bytes after the 220: %r" % c.buf
+        t = client_context(ca=certs.ca).wrap_socket(c.sock, server_hostname="mx.test")
+        t.sendall(b"EHLO tls.example\r\n")
+        assert recv_reply(t, timeout=20)[0].startswith("250-")
+        t.sendall(b"RCPT TO:<r@accepted.example>\r\n")
+        lines = recv_reply(t, timeout=20)
+        assert lines[0].startswith("503 "), "the injected MAIL ran inside TLS: %r" % lines
+        t.close()
+        wait_log(s, "starttls_injection")
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("state", ["greeted", "mail", "after_refused_chunk", "rcpt_tls"])
+def test_huge_bdat_in_every_state_is_refused_at_once(ringmx, certs, state):
+    cert, key = certs.leaf("mx.test")
+    s = ringmx({"shards": 1, "limits": {"message_size": 10000},
+                "tls": {"certificates": [{"cert": cert, "key": key, "names": ["mx.test"]}]}})
+    c = SMTPClient(s.port, timeout=30)
+    try:
+        if state != "greeted":
+            c.ehlo()
+        if state == "mail":
+            c.expect("MAIL FROM:<a@client.example>", "250")
+        if state == "after_refused_chunk":
+            c.send(b"BDAT 3\r\nabc")  # refused (no transaction), its bytes read
+            assert c.reply().code == 503
+        if state == "rcpt_tls":
+            c.send(b"STARTTLS\r\n")
+            assert c.reply().code == 220
+            t = client_context(ca=certs.ca).wrap_socket(c.sock, server_hostname="mx.test")
+            t.sendall(b"EHLO tls.example\r\nMAIL FROM:<a@client.example>\r\n"
+                      b"RCPT TO:<r@accepted.example>\r\nBDAT 99999999999 LAST\r\n")
+            data = b""
+            while True:
+                chunk = t.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            assert data.rstrip().split(b"\r\n")[-1].startswith(b"552 5.3.4"), data
+            return
+        c.send(b"BDAT 18446744073709551615 LAST\r\n")
+        rs = [r.last for r in c.replies_until_closed()]
+        assert [r[:9] for r in rs] == ["552 5.3.4"], rs
+        assert_fresh_client_served(s, "BDAT 2^64-1 in state %s" % state)
+    finally:
+        c.close()
