@@ -30,6 +30,7 @@
 #define SHARD_TICK_MS	    1000
 #define SHARD_STOP_GRACE_MS 10000
 #define SHARD_FD_SPARE	    4096 /* outbound, spool, listeners, eventfds, files */
+#define SHARD_PROBE_WAIT_MS 3000 /* how long a listener address may stay "in use" */
 
 /* ---- process-wide connection accounting ---------------------------------
  * The total and the per-client-IP counts are shared by all shards: the
@@ -1411,6 +1412,25 @@ fail:
 	return -1;
 }
 
+/* Bind the address once without SO_REUSEPORT: 0, or -errno (-EADDRINUSE:
+ * someone listens on it).  SO_REUSEADDR only lets us past our own
+ * TIME_WAIT sockets; a listening socket still refuses the bind. */
+static int listener_probe_bind(const struct config_listener *l)
+{
+	int one = 1, rc = 0;
+	int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+		rc = -errno;
+	if (rc == 0 && l->addr.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (rc == 0 && bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) != 0)
+		rc = -errno;
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
 /* SO_REUSEPORT lets any process of the same user join a port and take a
  * share of its connections: a second ringmx on another spool, or anything
  * else.  So before the shards bind with it, each address is bound once
@@ -1420,19 +1440,18 @@ int shard_listeners_probe(const struct rmx_config *cfg, bool in_use_ok, char *wh
 {
 	for (uint32_t i = 0; i < cfg->listener_count; i++) {
 		const struct config_listener *l = &cfg->listeners[i];
-		int one = 1, rc = 0;
-		int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		int rc = listener_probe_bind(l);
 
-		/* SO_REUSEADDR only lets us past our own TIME_WAIT sockets; a
-		 * listening socket still refuses the bind. */
-		if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
-			rc = -errno;
-		if (rc == 0 && l->addr.ss_family == AF_INET6)
-			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-		if (rc == 0 && bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) != 0)
-			rc = -errno;
-		if (fd >= 0)
-			close(fd);
+		/* A restart: the instance before us may hold its listening
+		 * sockets for a moment after it exited (io_uring releases the
+		 * requests that hold them from a kernel worker once the process
+		 * is gone).  So "in use" must last before it means another
+		 * process; start-up may wait. */
+		for (uint32_t ms = 0; rc == -EADDRINUSE && !in_use_ok && ms < SHARD_PROBE_WAIT_MS;
+		     ms += 20) {
+			usleep(20 * 1000);
+			rc = listener_probe_bind(l);
+		}
 		if (rc == -EADDRINUSE && in_use_ok)
 			continue;
 		if (rc == -EADDRINUSE) {

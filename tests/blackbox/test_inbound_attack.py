@@ -460,3 +460,21 @@ def test_huge_bdat_in_every_state_is_refused_at_once(ringmx, certs, state):
         assert_fresh_client_served(s, "BDAT 2^64-1 in state %s" % state)
     finally:
         c.close()
+
+
+# ----------------------------------------------- A7: the listener probe at start
+#
+# The probe refuses to start when another process holds a listener address.
+# The previous instance of this very server is not another process: its
+# listening sockets may outlive it by a few milliseconds (io_uring tears its
+# ring down, and the requests holding them, after the process is gone), so a
+# restart (systemctl restart) must not be refused.
+
+def test_quick_restarts_are_not_refused(ringmx):
+    s = ringmx({"shards": 2})
+    for i in range(8):
+        c = SMTPClient(s.port)
+        c.ehlo()  # a session in progress at each stop
+        s.restart()
+        c.close()
+    assert_fresh_client_served(s, "eight quick restarts")
