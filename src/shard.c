@@ -771,8 +771,17 @@ static bool conn_unpark(struct conn *c)
 
 static bool conn_wants_recv(const struct conn *c)
 {
-	return c->io == CONN_ACTIVE && !c->close_wanted && !c->parked && c->recv_stopped &&
-	       !c->recv_armed && c->inq_count < CONN_INQ_MAX / 2;
+	return c->io == CONN_ACTIVE && !c->close_wanted && !c->parked && !c->peer_eof &&
+	       c->recv_stopped && !c->recv_armed && c->inq_count < CONN_INQ_MAX / 2;
+}
+
+/* After the client's FIN: every byte it sent was fed and the session waits
+ * for nothing, so nothing more will be answered. */
+static bool conn_input_answered(const struct conn *c)
+{
+	return c->peer_eof && c->io == CONN_ACTIVE && !c->close_wanted && !c->parked &&
+	       c->inq_count == 0 && c->pq_count == 0 && c->s.wait == SMTP_WAIT_NONE &&
+	       !(c->tls && c->shard->user_starved); /* plaintext still in the TLS layer */
 }
 
 static void conn_process_input(struct conn *c)
@@ -800,6 +809,8 @@ static void conn_process_input(struct conn *c)
 	c->in_feed = false;
 	if (conn_wants_recv(c))
 		conn_arm_recv(c);
+	else if (conn_input_answered(c))
+		conn_close(c);
 	conn_send(c);
 }
 
@@ -887,7 +898,17 @@ static void conn_on_recv(struct conn *c, struct io_uring_cqe *cqe)
 		conn_process_input(c); /* re-arms once the held input drains */
 		return;
 	}
-	/* EOF or error: the client is gone; pending output is moot. */
+	if (res == 0) {
+		/* FIN: the client shut down its sending side, which RFC 5321
+		 * 4.1.1.10 allows once QUIT is sent; it still reads.  What it
+		 * sent is answered first (a reply dropped here may be the 250
+		 * of a message being committed: the client would send it
+		 * again), then the connection closes (conn_input_answered). */
+		c->peer_eof = true;
+		conn_process_input(c);
+		return;
+	}
+	/* An error: the client is gone; pending output is moot. */
 	conn_drop_output(c);
 	conn_want_close(c);
 	if (!c->send_inflight)

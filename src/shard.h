@@ -90,6 +90,7 @@ struct conn {
 	uint32_t inflight; /* ring ops that name this slot */
 	bool recv_armed;
 	bool recv_stopped; /* cancelled for backpressure; re-arm on drain */
+	bool peer_eof;	   /* the client sent FIN: answer its input, then close */
 	bool send_inflight;
 	bool close_wanted; /* close once output is flushed */
 	bool in_feed;

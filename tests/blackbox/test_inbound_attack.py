@@ -462,6 +462,41 @@ def test_huge_bdat_in_every_state_is_refused_at_once(ringmx, certs, state):
         c.close()
 
 
+# --------------------------------------------- A6: a client that half-closes
+#
+# RFC 5321 4.1.1.10: a client may close once it has sent QUIT; one that only
+# shuts down its sending side (FIN) still reads the replies.  The server
+# must answer everything it received before the FIN: dropping the replies
+# when the message is already being committed leaves it queued while the
+# client, never seeing its 250, sends it again.
+
+HALF_CLOSE = [
+    ("bdat", {}, b""),
+    ("data", {}, None),
+    ("tarpitted", {"limits": {"error_delay_ms": 300, "soft_errors": 1}}, b"XYZZY\r\n"),
+]
+
+
+@pytest.mark.parametrize("kind,over,before", HALF_CLOSE, ids=[k for k, _, _ in HALF_CLOSE])
+def test_half_closed_client_gets_every_reply(ringmx, client_factory, kind, over, before):
+    s = ringmx(dict({"shards": 1}, **over))
+    c = client_factory(s.port, timeout=30)
+    c.ehlo()
+    if kind == "data":
+        group = (b"MAIL FROM:<a@client.example>\r\nRCPT TO:<r@accepted.example>\r\nDATA\r\n"
+                 b"Subject: h\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+        codes = [250, 250, 354, 250, 221]
+    else:
+        group = before + (b"MAIL FROM:<a@client.example>\r\nRCPT TO:<r@accepted.example>\r\n"
+                          b"BDAT 7 LAST\r\nhello\r\nQUIT\r\n")
+        codes = ([500] if before else []) + [250, 250, 250, 221]
+    c.send(group)
+    c.sock.shutdown(socket.SHUT_WR)
+    rs = c.replies_until_closed()
+    assert [r.code for r in rs] == codes, "replies after a FIN: %r" % [r.last for r in rs]
+    assert list(s.queue_list()) == [queued_id(rs[-2])]
+
+
 # ----------------------------------------------- A7: the listener probe at start
 #
 # The probe refuses to start when another process holds a listener address.
