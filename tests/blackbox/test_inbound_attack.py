@@ -513,3 +513,42 @@ def test_quick_restarts_are_not_refused(ringmx):
         s.restart()
         c.close()
     assert_fresh_client_served(s, "eight quick restarts")
+
+
+# ------------------------------------------------- A8: more parked clients than buffers
+
+def test_parked_clients_all_resume_when_user_buffers_run_out(ringmx, tmp_path):
+    """60 clients park while their password is checked, each with a message
+    and 12 KB of commands pipelined behind AUTH.  On resume each stash goes
+    into one of only 16 user buffers, held while the message commits: many
+    find none (checked once with a log line there: ~40 of 60) and must be
+    retried, never forgotten; all get every reply in order."""
+    users = tmp_path / "users"
+    h = subprocess.run(["openssl", "passwd", "-6", "pw"], capture_output=True, check=True,
+                       timeout=30).stdout.decode().strip()
+    users.write_text("alice:%s\n" % h)
+    s = ringmx({"shards": 1, "io": {"recv_buffers": 16}, "auth": {"users_file": str(users)},
+                "limits": {"connections_per_ip": 100},
+                "listeners": [{"name": "mx", "greet_pause_ms": 0, "tls": "none",
+                               "auth": "optional", "auth_plaintext": True}]})
+    clients = []
+    try:
+        for _ in range(60):
+            c = SMTPClient(s.port, timeout=60)
+            clients.append(c)
+            c.ehlo()
+        for i, c in enumerate(clients):
+            c.send(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0pw") + b"\r\n"
+                   b"MAIL FROM:<c%d@client.example>\r\nRCPT TO:<r@accepted.example>\r\n"
+                   b"BDAT 8 LAST\r\nclient%02d" % (i, i) + b"NOOP\r\n" * 2000 + b"QUIT\r\n")
+        qids = set()
+        for i, c in enumerate(clients):
+            rs = c.replies_until_closed(timeout=60)
+            codes = [r.code for r in rs]
+            assert codes == [235, 250, 250, 250] + [250] * 2000 + [221], \
+                "client %d: %r" % (i, codes[:8])
+            qids.add(queued_id(rs[3]))
+        assert set(s.queue_list()) == qids and len(qids) == 60
+    finally:
+        for c in clients:
+            c.close()
