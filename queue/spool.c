@@ -631,7 +631,7 @@ static void msg_durable(struct spool *sp, struct spool_msg *m)
 static void batch_complete(struct spool *sp, struct spool_batch *b)
 {
 	struct spool_msg *msgs[SPOOL_BATCH_RECS];
-	struct spool_msg *waiters = sp->wait_head;
+	struct spool_msg *waiters;
 	uint32_t nmsg = b->nmsg;
 	int err = b->res;
 
@@ -656,6 +656,11 @@ static void batch_complete(struct spool *sp, struct spool_batch *b)
 		else if (!m->committing)
 			sp->ops->on_progress(sp->ctx, m);
 	}
+	/* Taken only now: the callbacks above may have committed or dropped a
+	 * waiting message (it left the list then), and one taken before would
+	 * be told of progress it no longer waits for -- a committing message
+	 * (the session asserts) or a released one. */
+	waiters = sp->wait_head;
 	sp->wait_head = NULL; /* detached: a callback may register again */
 	for (struct spool_msg *m = waiters, *next; m; m = next) {
 		next = m->wait_next;
