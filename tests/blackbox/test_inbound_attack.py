@@ -28,6 +28,8 @@ import pytest
 from conftest import SMTPClient, queued_id, strip_received, wait_for, wait_log
 from tlsutil import certs, client_context, recv_reply  # noqa: F401
 
+import test_ipv6_clients
+
 FRESH_TIMEOUT_S = 5.0
 
 
@@ -552,3 +554,49 @@ def test_parked_clients_all_resume_when_user_buffers_run_out(ringmx, tmp_path):
     finally:
         for c in clients:
             c.close()
+
+
+# ------------------------------------------------------ A9: the IPv6 /64 count
+#
+# Clients of one /64 come and go, refused or not, closing before or after
+# the banner: the /64's count must come back to zero each time (never leak,
+# never go below), so the limit still admits exactly connections_per_ip.
+
+V6_CHURN = test_ipv6_clients.PRELUDE + r'''
+import random
+s, port6 = server({"limits": {"connections_per_ip": 2}})
+try:
+    rnd = random.Random(7)
+    srcs = ["2001:db8:1::a", "2001:db8:1::b", "2001:db8:1::c", "2001:db8:1:0:ffff::d"]
+
+    def both_slots():
+        """Two clients of the /64 admitted (the last round's may still be
+        leaving: retried until they are gone)."""
+        a = v6_client(port6, rnd.choice(srcs))
+        b = v6_client(port6, rnd.choice(srcs))
+        if a.banner.code == 220 and b.banner.code == 220:
+            return [a, b]
+        a.close(); b.close()
+        return None
+    for round_ in range(30):
+        held = conftest.wait_for(both_slots, 10, "both slots of the /64, round %d" % round_)
+        for _ in range(rnd.randint(0, 2)):  # more of the same /64: refused
+            c = v6_client(port6, rnd.choice(srcs))
+            assert c.banner.startswith("421 4.7.0"), c.banner
+            held.append(c)
+        for c in held:  # leave in different ways
+            if rnd.random() < 0.5:
+                c.send(b"QUIT\r\n")
+            c.close()
+    # After all of it, exactly two again.
+    held = conftest.wait_for(both_slots, 10, "both slots at the end")
+    third = v6_client(port6, srcs[2])
+    assert third.banner.startswith("421 4.7.0"), third.banner
+finally:
+    finish(s)
+print("INNER OK")
+'''
+
+
+def test_ipv6_64_count_never_leaks():
+    test_ipv6_clients.run_in_netns(V6_CHURN)
