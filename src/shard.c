@@ -30,6 +30,7 @@
 #define SHARD_TICK_MS	    1000
 #define SHARD_STOP_GRACE_MS 10000
 #define SHARD_FD_SPARE	    4096 /* outbound, spool, listeners, eventfds, files */
+#define SHARD_PROBE_WAIT_MS 3000 /* how long a listener address may stay "in use" */
 
 /* ---- process-wide connection accounting ---------------------------------
  * The total and the per-client-IP counts are shared by all shards: the
@@ -239,6 +240,7 @@ static void conn_send_started(struct conn *c)
 	assert(!c->send_inflight);
 	c->send_inflight = true;
 	c->inflight++;
+	c->send_started_ms = sh->now_ms;
 	c->send_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.idle_s * 1000u;
 }
 
@@ -620,9 +622,16 @@ static bool conn_wants_park(const struct conn *c)
 	case SMTP_WAIT_AUTH:
 		return true;
 	case SMTP_WAIT_NONE:
-		/* Replies unread: the session parses no command until they go. */
+		/* Replies unread: the session parses no command until they go.
+		 * A full buffer alone does not say so: the replies of a large
+		 * pipelined group fill it while the send is in flight, and
+		 * parking a client that reads them would squeeze its pending
+		 * commands into the stash and close it when they do not fit
+		 * (RFC 2920 3.2).  So only a send unfinished for CONN_UNREAD_MS
+		 * counts; the tick parks it then. */
 		return c->s.state != SMTP_S_DATA && c->s.state != SMTP_S_BDAT &&
-		       c->s.state != SMTP_S_NEW && conn_out_free(c) < SMTP_REPLY_MAX;
+		       c->s.state != SMTP_S_NEW && conn_out_free(c) < SMTP_REPLY_MAX &&
+		       c->send_inflight && c->shard->now_ms - c->send_started_ms >= CONN_UNREAD_MS;
 	case SMTP_WAIT_SPOOL:
 	case SMTP_WAIT_COMMIT:
 		return false; /* ended by our own disk I/O, not by the client */
@@ -762,8 +771,17 @@ static bool conn_unpark(struct conn *c)
 
 static bool conn_wants_recv(const struct conn *c)
 {
-	return c->io == CONN_ACTIVE && !c->close_wanted && !c->parked && c->recv_stopped &&
-	       !c->recv_armed && c->inq_count < CONN_INQ_MAX / 2;
+	return c->io == CONN_ACTIVE && !c->close_wanted && !c->parked && !c->peer_eof &&
+	       c->recv_stopped && !c->recv_armed && c->inq_count < CONN_INQ_MAX / 2;
+}
+
+/* After the client's FIN: every byte it sent was fed and the session waits
+ * for nothing, so nothing more will be answered. */
+static bool conn_input_answered(const struct conn *c)
+{
+	return c->peer_eof && c->io == CONN_ACTIVE && !c->close_wanted && !c->parked &&
+	       c->inq_count == 0 && c->pq_count == 0 && c->s.wait == SMTP_WAIT_NONE &&
+	       !(c->tls && c->shard->user_starved); /* plaintext still in the TLS layer */
 }
 
 static void conn_process_input(struct conn *c)
@@ -791,6 +809,8 @@ static void conn_process_input(struct conn *c)
 	c->in_feed = false;
 	if (conn_wants_recv(c))
 		conn_arm_recv(c);
+	else if (conn_input_answered(c))
+		conn_close(c);
 	conn_send(c);
 }
 
@@ -818,7 +838,12 @@ static void conn_on_decide_timer(struct conn *c)
 {
 	c->inflight--;
 	c->decide_armed = false;
-	if (c->io == CONN_ACTIVE)
+	/* A closed session (a stash overrun or shutdown while it waited) may
+	 * stay ACTIVE for as long as its 421 takes to go out: it takes no
+	 * decision any more.  Finishing MAIL or the message in state QUIT
+	 * would be an illegal transition, and the assert would take the
+	 * whole server down for one client that does not read. */
+	if (c->io == CONN_ACTIVE && !c->close_wanted)
 		smtp_session_decided(c);
 }
 
@@ -873,7 +898,17 @@ static void conn_on_recv(struct conn *c, struct io_uring_cqe *cqe)
 		conn_process_input(c); /* re-arms once the held input drains */
 		return;
 	}
-	/* EOF or error: the client is gone; pending output is moot. */
+	if (res == 0) {
+		/* FIN: the client shut down its sending side, which RFC 5321
+		 * 4.1.1.10 allows once QUIT is sent; it still reads.  What it
+		 * sent is answered first (a reply dropped here may be the 250
+		 * of a message being committed: the client would send it
+		 * again), then the connection closes (conn_input_answered). */
+		c->peer_eof = true;
+		conn_process_input(c);
+		return;
+	}
+	/* An error: the client is gone; pending output is moot. */
 	conn_drop_output(c);
 	conn_want_close(c);
 	if (!c->send_inflight)
@@ -1119,6 +1154,10 @@ static void shard_on_tick(struct shard *sh)
 			conn_shutdown_io(c);
 			continue;
 		}
+		if (c->io == CONN_ACTIVE && !c->parked && conn_wants_park(c)) {
+			conn_process_input(c); /* a client that stopped reading: parked */
+			continue;
+		}
 		/* A message being committed or a decision being waited for is
 		 * bounded by its own I/O and timers, not by the client. */
 		if (c->io != CONN_ACTIVE || c->s.state == SMTP_S_COMMIT ||
@@ -1166,8 +1205,13 @@ static void shard_begin_stop(struct shard *sh)
 	for (struct conn *c = sh->active, *next; c; c = next) {
 		next = c->next;
 		/* A message being made durable finishes first: its 250 goes
-		 * out, then the 421 (smtp_session_durable checks stopping). */
-		if (c->io == CONN_ACTIVE && c->s.state != SMTP_S_COMMIT)
+		 * out, then the 421 (smtp_session_durable checks stopping).
+		 * One still waiting for its data-stage decision (a tarpit of up
+		 * to a minute) is not being made durable: it is closed like any
+		 * waiting session, or it would hold the shard for the whole
+		 * grace and then be dropped without a reply. */
+		if (c->io == CONN_ACTIVE &&
+		    (c->s.state != SMTP_S_COMMIT || c->s.wait == SMTP_WAIT_FILTER))
 			smtp_session_timeout(c, reply);
 	}
 }
@@ -1193,7 +1237,8 @@ static void shard_on_wake(struct shard *sh)
 			if (!c || c->gen != gen || c->io == CONN_FREE)
 				continue;
 			c->inflight--;
-			if (c->io == CONN_ACTIVE)
+			/* As for a decision: a closed session answers no AUTH. */
+			if (c->io == CONN_ACTIVE && !c->close_wanted)
 				smtp_session_auth_done(c, done[i].result);
 			conn_reap(c);
 		}
@@ -1394,6 +1439,25 @@ fail:
 	return -1;
 }
 
+/* Bind the address once without SO_REUSEPORT: 0, or -errno (-EADDRINUSE:
+ * someone listens on it).  SO_REUSEADDR only lets us past our own
+ * TIME_WAIT sockets; a listening socket still refuses the bind. */
+static int listener_probe_bind(const struct config_listener *l)
+{
+	int one = 1, rc = 0;
+	int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+		rc = -errno;
+	if (rc == 0 && l->addr.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (rc == 0 && bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) != 0)
+		rc = -errno;
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
 /* SO_REUSEPORT lets any process of the same user join a port and take a
  * share of its connections: a second ringmx on another spool, or anything
  * else.  So before the shards bind with it, each address is bound once
@@ -1403,19 +1467,18 @@ int shard_listeners_probe(const struct rmx_config *cfg, bool in_use_ok, char *wh
 {
 	for (uint32_t i = 0; i < cfg->listener_count; i++) {
 		const struct config_listener *l = &cfg->listeners[i];
-		int one = 1, rc = 0;
-		int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		int rc = listener_probe_bind(l);
 
-		/* SO_REUSEADDR only lets us past our own TIME_WAIT sockets; a
-		 * listening socket still refuses the bind. */
-		if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
-			rc = -errno;
-		if (rc == 0 && l->addr.ss_family == AF_INET6)
-			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-		if (rc == 0 && bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) != 0)
-			rc = -errno;
-		if (fd >= 0)
-			close(fd);
+		/* A restart: the instance before us may hold its listening
+		 * sockets for a moment after it exited (io_uring releases the
+		 * requests that hold them from a kernel worker once the process
+		 * is gone).  So "in use" must last before it means another
+		 * process; start-up may wait. */
+		for (uint32_t ms = 0; rc == -EADDRINUSE && !in_use_ok && ms < SHARD_PROBE_WAIT_MS;
+		     ms += 20) {
+			usleep(20 * 1000);
+			rc = listener_probe_bind(l);
+		}
 		if (rc == -EADDRINUSE && in_use_ok)
 			continue;
 		if (rc == -EADDRINUSE) {

@@ -39,6 +39,9 @@
 #define CONN_STASH_MAX 16384
 /* How long output may take to go out once the connection is closing. */
 #define CONN_CLOSE_LINGER_MS 10000
+/* Output full and the send in flight unfinished for this long: the client
+ * does not read its replies (one that does gets them within milliseconds). */
+#define CONN_UNREAD_MS 1000
 /* IPv6 clients are counted per /64 (RFC 6177: one site or subscriber). */
 #define CONN_V6_PREFIX_LEN 64
 
@@ -87,6 +90,7 @@ struct conn {
 	uint32_t inflight; /* ring ops that name this slot */
 	bool recv_armed;
 	bool recv_stopped; /* cancelled for backpressure; re-arm on drain */
+	bool peer_eof;	   /* the client sent FIN: answer its input, then close */
 	bool send_inflight;
 	bool close_wanted; /* close once output is flushed */
 	bool in_feed;
@@ -122,6 +126,7 @@ struct conn {
 	uint16_t peer_port;
 	uint64_t idle_deadline_ms;
 	uint64_t session_deadline_ms;
+	uint64_t send_started_ms;   /* when the send in flight began */
 	uint64_t send_deadline_ms;  /* the send in flight must finish by then */
 	uint64_t close_deadline_ms; /* closing: output flushed by then, or dropped */
 	struct __kernel_timespec greet_ts;

@@ -330,7 +330,10 @@ void smtp_session_timeout(struct conn *c, const char *reply)
 {
 	log_msg(LOG_INFO, "event=timeout client=%s state=%s reply=\"%.40s\"", c->peer_ip,
 		state_names[c->s.state], reply);
-	conn_drop_output(c); /* nothing still unsent matters more than the 421 */
+	/* Replies already due go out first, the 421 after them when it fits.
+	 * One of them may be the 250 of a message queued in the same
+	 * pipelined group: a client that never sees it (a stash overrun, a
+	 * shutdown) sends the message again. */
 	if (conn_out_free(c) >= strlen(reply) + 2)
 		conn_reply(c, reply);
 	session_close(c);
