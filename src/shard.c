@@ -27,10 +27,11 @@
 #include "log.h"
 #include "tls/tls.h"
 
-#define SHARD_TICK_MS	    1000
-#define SHARD_STOP_GRACE_MS 10000
-#define SHARD_FD_SPARE	    4096 /* outbound, spool, listeners, eventfds, files */
-#define SHARD_PROBE_WAIT_MS 3000 /* how long a listener address may stay "in use" */
+#define SHARD_TICK_MS	     1000
+#define SHARD_STOP_GRACE_MS  10000
+#define SHARD_STOP_LINGER_MS 2000 /* output of a closing client at shutdown */
+#define SHARD_FD_SPARE	     4096 /* outbound, spool, listeners, eventfds, files */
+#define SHARD_PROBE_WAIT_MS  3000 /* how long a listener address may stay "in use" */
 
 /* ---- process-wide connection accounting ---------------------------------
  * The total and the per-client-IP counts are shared by all shards: the
@@ -789,14 +790,16 @@ static void conn_process_input(struct conn *c)
 	if (c->in_feed)
 		return;
 	c->in_feed = true;
-	bool live = c->io == CONN_ACTIVE && !c->close_wanted;
-
-	if (c->parked && live && !conn_wants_park(c))
+	/* While parked, whatever arrived before the recv stopped goes into the
+	 * stash first: the stash is the oldest input, so unparking puts it in
+	 * front of an empty queue (a send completing with more to send ends an
+	 * unread-replies park without passing here, and a data completion
+	 * posted before the cancel may follow it in the same batch). */
+	if (c->parked && c->io == CONN_ACTIVE && !c->close_wanted)
+		conn_park_absorb(c);
+	if (c->parked && c->io == CONN_ACTIVE && !c->close_wanted && !conn_wants_park(c))
 		conn_unpark(c);
-	if (c->parked) {
-		if (live) /* what arrived before the recv stopped */
-			conn_park_absorb(c);
-	} else {
+	if (!c->parked) {
 		if (c->tls)
 			conn_tls_input(c);
 		else
@@ -1213,6 +1216,11 @@ static void shard_begin_stop(struct shard *sh)
 		if (c->io == CONN_ACTIVE &&
 		    (c->s.state != SMTP_S_COMMIT || c->s.wait == SMTP_WAIT_FILTER))
 			smtp_session_timeout(c, reply);
+		/* A client that does not read its 421 gets SHARD_STOP_LINGER_MS,
+		 * not the whole grace: the stop waits for no one's socket. */
+		if (c->io == CONN_ACTIVE && c->close_wanted &&
+		    c->close_deadline_ms > sh->now_ms + SHARD_STOP_LINGER_MS)
+			c->close_deadline_ms = sh->now_ms + SHARD_STOP_LINGER_MS;
 	}
 }
 
