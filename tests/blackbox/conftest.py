@@ -589,6 +589,28 @@ def ringmx(request):
 
 
 @pytest.fixture
+def tmpfs():
+    """tmpfs(size_mb) -> a fresh tmpfs of that size (a full disk made on
+    demand); unmounted at teardown.  Skips the test where root cannot mount."""
+    mounts = []
+
+    def make(size_mb):
+        d = tempfile.mkdtemp(prefix="rmxfs")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dm" % size_mb, "tmpfs", d],
+                           capture_output=True)
+        if r.returncode != 0:
+            shutil.rmtree(d, ignore_errors=True)
+            pytest.skip("cannot mount a tmpfs here: %s" % r.stderr.decode(errors="replace"))
+        mounts.append(d)
+        return d
+
+    yield make
+    for d in mounts:
+        subprocess.run(["umount", "-l", d], capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def server(ringmx):
     return ringmx()
 
