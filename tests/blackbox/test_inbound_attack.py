@@ -10,10 +10,14 @@ at a time and watches the server's socket (ss) until the send buffer is at the
 kernel's hard cap (net.ipv4.tcp_wmem max, so autotuning cannot grow it again)
 and a send of it is seen blocked, with the server's own output buffer far from
 full; a command sent then is parsed while the send in flight cannot finish.
-Servers it is used with log at debug level (it watches for its probes)."""
+Servers it is used with log at debug level (it watches for its probes).
+Those tests run in a network namespace whose TCP send buffers are 4 KiB
+(small_buffers_net), so the fill takes a few rounds even on a loaded machine."""
 
 import base64
+import ctypes
 import fcntl
+import os
 import re
 import shutil
 import signal
@@ -179,8 +183,38 @@ class StuckClient:
         self.sock.close()
 
 
+CLONE_NEWNET = 0x40000000
+SMALL_TCP_MEM = "4096 4096 4096"
+
+
 @pytest.fixture
-def stuck_clients():
+def small_buffers_net():
+    """Run the test in a network namespace of its own whose TCP buffers are
+    4 KiB and cannot grow (net.ipv4.tcp_wmem/tcp_rmem are per namespace).
+    Filling a stuck client then takes a few rounds, not megabytes: on a
+    loaded machine a long fill outlasted the server's send deadline and its
+    parking of clients that do not read.  The server, ss and the clients
+    started in the test body inherit it; the test process goes back after."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        if libc.unshare(CLONE_NEWNET) != 0:
+            pytest.skip("cannot make a network namespace: %s" % os.strerror(ctypes.get_errno()))
+        try:
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=30)
+            with open("/proc/sys/net/ipv4/tcp_wmem", "w") as f:
+                f.write(SMALL_TCP_MEM)
+            with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+                assert f.read().split() == SMALL_TCP_MEM.split(), "tcp_wmem is not per namespace"
+            yield
+        finally:
+            assert libc.setns(home, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
+    finally:
+        os.close(home)
+
+
+@pytest.fixture
+def stuck_clients(small_buffers_net):
     made = []
 
     def make(server):
