@@ -27,6 +27,8 @@ static const char boundary_alphabet[] = "0123456789abcdefghijklmnopqrstuvwxyz";
 #define BOUNDARY_CHOICES (sizeof boundary_alphabet - 1)
 _Static_assert(BOUNDARY_CHOICES <= 64, "candidate set is a uint64_t");
 
+static bool str_ascii(struct spool_str s);
+
 /* ---- notify decision ----------------------------------------------------- */
 
 bool dsn_should_notify(uint8_t notify, enum dsn_action action, bool delay_default)
@@ -68,8 +70,12 @@ void dsn_bounce_env(const struct spool_env *orig, const struct dsn_info *info,
 	*rcpt = (struct spool_rcpt){.addr = orig->mail_from, .notify = SMTP_NOTIFY_NEVER};
 	*out = (struct spool_env){0};
 	out->mail_from = (struct spool_str){.ptr = "", .len = 0};
-	out->flags =
-	    (info->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0) | (info->body_8bit ? SPOOL_ENV_8BIT : 0);
+	/* The DSN's own header section is the builder's ASCII plus To: the
+	 * sender: with an ASCII sender it needs no SMTPUTF8 at a hop that
+	 * lacks it (RFC 6531 3.4; the RFC 6533 parts travel as 8-bit body). */
+	out->flags = (info->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0) |
+		     (info->body_8bit ? SPOOL_ENV_8BIT : 0) |
+		     (str_ascii(orig->mail_from) ? SPOOL_ENV_HDR_ASCII : 0);
 	out->body_type = (uint8_t)(info->body_8bit ? SMTP_BODY_8BITMIME : SMTP_BODY_7BIT);
 	out->ret = SMTP_RET_UNSPEC;
 	out->rcpt_count = 1;

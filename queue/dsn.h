@@ -60,8 +60,10 @@
  *
  * The bounce's envelope (RFC 5321 4.5.5): null reverse-path
  * (DSN_MAIL_FROM), one recipient, the original sender; BODY=8BITMIME when
- * info.body_8bit, SMTPUTF8 when info.smtputf8.  dsn_bounce_env() fills
- * those fields.  Never build a DSN for a message whose sender is null
+ * info.body_8bit, SMTPUTF8 when info.smtputf8, and SPOOL_ENV_HDR_ASCII when
+ * the sender's address is ASCII (the DSN's only header field that is not
+ * the builder's own ASCII is To:), so an ASCII-addressed DSN is not refused
+ * by a hop without SMTPUTF8.  dsn_bounce_env() fills those fields.  Never build a DSN for a message whose sender is null
  * (dsn_needed() says false): a failed bounce is logged and dropped (double
  * bounce), never bounced again.
  *

@@ -35,6 +35,7 @@ struct smtp_tx {
 	bool begun;	   /* spool_msg_begin done */
 	bool data_decided; /* the data stage's decision is in */
 	bool smtputf8;
+	bool received_8bit; /* our Received: field is not ASCII (an AUTH name, a "for" address) */
 	uint8_t body_type;
 	uint8_t ret;
 	uint64_t size_declared;
@@ -721,7 +722,11 @@ static void tx_begin_message(struct conn *c, bool dot)
 	tx->begun = true;
 	spool_qid_format(tx->msg.id, tx->qid);
 	smtp_data_begin(&c->s.ds, dot);
-	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)tx_received_header(c), SPOOL_NO_BUF);
+	size_t n = tx_received_header(c);
+	tx->received_8bit = false;
+	for (size_t i = 0; i < n; i++)
+		tx->received_8bit |= (unsigned char)tx->received[i] >= 0x80;
+	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)n, SPOOL_NO_BUF);
 }
 
 static void cmd_data(struct conn *c)
@@ -927,9 +932,12 @@ static void tx_commit(struct conn *c)
 
 	env.arrival_s = time(NULL);
 	env.msg_len = dot ? wire - 3 : wire;
+	/* Our Received: field is part of the stored header section: an 8-bit
+	 * AUTH name or "for" address in it counts like the client's octets. */
+	bool hdr_8bit = (c->s.ds.flags & SMTP_DATA_8BIT_HEADER) || tx->received_8bit;
 	env.flags = (dot ? SPOOL_ENV_STUFFED : 0) |
-		    (c->s.ds.flags & SMTP_DATA_8BIT ? SPOOL_ENV_8BIT : 0) |
-		    (tx->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0);
+		    ((c->s.ds.flags & SMTP_DATA_8BIT) || hdr_8bit ? SPOOL_ENV_8BIT : 0) |
+		    (tx->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0) | (hdr_8bit ? 0 : SPOOL_ENV_HDR_ASCII);
 	env.body_type = tx->body_type;
 	env.ret = tx->ret;
 	env.size_declared = tx->size_declared;

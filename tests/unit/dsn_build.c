@@ -1044,9 +1044,13 @@ static void bounce_envelope(void **state)
 	assert_ptr_equal(be.rcpts, &br);
 	assert_memory_equal(br.addr.ptr, "alice@example.org", 17);
 	assert_int_equal(br.notify, SMTP_NOTIFY_NEVER);
-	assert_int_equal(be.flags, SPOOL_ENV_SMTPUTF8 | SPOOL_ENV_8BIT);
+	assert_int_equal(be.flags, SPOOL_ENV_SMTPUTF8 | SPOOL_ENV_8BIT | SPOOL_ENV_HDR_ASCII);
 	assert_int_equal(be.body_type, SMTP_BODY_8BITMIME);
 	assert_string_equal(DSN_MAIL_FROM, "");
+	/* A non-ASCII sender is in the DSN's To: and envelope: it needs SMTPUTF8. */
+	f.env.mail_from = (struct spool_str){"j\xc3\xb6rg@example.org", 17};
+	dsn_bounce_env(&f.env, &f.info, &be, &br);
+	assert_int_equal(be.flags, SPOOL_ENV_SMTPUTF8 | SPOOL_ENV_8BIT);
 	fx_free(&f);
 }
 
