@@ -43,6 +43,11 @@
  *     are not ASCII are typed "utf-8;" (utf-8-addr-unitext: '\', '+' and
  *     '=' become \x{HEX}).  Otherwise parts 1 and 2 are 7-bit; part 3 is
  *     labelled 8bit only when the embedded bytes have 8-bit octets.
+ *   - Original-Envelope-Id and Original-Recipient show the ENVID and the
+ *     ORCPT address xtext-decoded (RFC 3464 2.2.1, 2.3.1); a value that
+ *     decodes to a control or non-ASCII octet is shown as given (xtext is
+ *     visible ASCII), a "utf-8;" ORCPT always is (RFC 6533 3).
+ *   - Diagnostic-Code keeps UTF-8 reply text in the RFC 6533 form only.
  *   - Part 3 is the original byte for byte (after unstuffing): its lines are
  *     whatever the server accepted; the builder's bounds apply to what it
  *     writes itself.
