@@ -35,6 +35,9 @@ struct qrcpt_res {
 	uint8_t cls;	 /* this attempt: 0 no answer yet, 2, 4 or 5 */
 	char status[12]; /* "5.1.1" */
 	char diag[240];	 /* "smtp; 550 5.1.1 no such user" */
+	/* RFC 3464 2.3.5 Remote-MTA, "" if none: the MX host's name, or the
+	 * hop's address literal "[192.0.2.1]" / "[IPv6:2001:db8::1]". */
+	char mta[256];
 };
 
 struct spool_note;

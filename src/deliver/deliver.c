@@ -575,13 +575,57 @@ static const char *rcpt_domain(const struct spool_rcpt *r, const char *fallback,
 	return fallback;
 }
 
+/* Copy s into out[cap] NUL-terminated, cut before a UTF-8 character that
+ * does not fit whole (a reply may hold UTF-8; the DSN keeps it). */
+static void copy_text(char *out, size_t cap, const char *s)
+{
+	size_t n = strlen(s), k = n < cap ? n : cap - 1;
+
+	if (k < n) {
+		while (k > 0 && ((unsigned char)s[k] & 0xc0) == 0x80)
+			k--;
+	}
+	memcpy(out, s, k);
+	out[k] = '\0';
+}
+
 static void set_res(struct qmsg *m, uint32_t r, int cls, const char *status, const char *diag)
 {
 	struct qrcpt_res *res = &m->res[r];
 
 	res->cls = (uint8_t)cls;
+	res->mta[0] = '\0';
 	snprintf(res->status, sizeof(res->status), "%s", status);
-	snprintf(res->diag, sizeof(res->diag), "%s", diag);
+	copy_text(res->diag, sizeof(res->diag), diag);
+}
+
+static_assert(sizeof(((struct qrcpt_res *)0)->mta) >= sizeof(((struct dhop *)0)->host) &&
+		  sizeof(((struct qrcpt_res *)0)->mta) >= INET6_ADDRSTRLEN + 7,
+	      "qrcpt_res.mta holds an MX name and an IPv6 address literal");
+
+/* RFC 3464 2.3.5: the MTA that answered for the job's recipients: the MX
+ * host's name when reached through MX, else the address literal of the
+ * hop in RFC 5321 4.1.3 form.  None for local delivery, or when no hop
+ * was reached (every one failed: the job is past its last). */
+static void job_remote_mta(const struct djob *job, char *out, size_t cap)
+{
+	char ip[INET6_ADDRSTRLEN] = "";
+
+	out[0] = '\0';
+	if (job->cur >= job->nhops)
+		return;
+	const struct dhop *h = &job->hops[job->cur];
+	if (job->route->hops[0].kind == CONFIG_HOP_MX) {
+		snprintf(out, cap, "%s", h->host);
+	} else if (h->addr.ss_family == AF_INET6) {
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&h->addr)->sin6_addr, ip,
+			  sizeof(ip));
+		snprintf(out, cap, "[IPv6:%s]", ip);
+	} else {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)&h->addr)->sin_addr, ip,
+			  sizeof(ip));
+		snprintf(out, cap, "[%s]", ip);
+	}
 }
 
 static void attempt_finish(struct deliver *d, struct qmsg *m);
@@ -597,6 +641,7 @@ void dlv_rcpt_result(struct deliver *d, struct djob *job, uint32_t i, int cls, c
 	char id[SPOOL_QID_LEN + 1];
 
 	set_res(m, r, cls, status, diag);
+	job_remote_mta(job, m->res[r].mta, sizeof(m->res[r].mta));
 	spool_env_rcpt(&m->env, r, &rc);
 	qid(m->id, id);
 	log_msg(LOG_INFO,
@@ -1268,6 +1313,7 @@ static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action acti
 		    .action = action,
 		    .status = m->res[r].status[0] ? m->res[r].status : "4.0.0",
 		    .diag = {m->res[r].diag, (uint32_t)strlen(m->res[r].diag)},
+		    .remote_mta = {m->res[r].mta, (uint32_t)strlen(m->res[r].mta)},
 		    .last_attempt_s = time(NULL),
 		    .retry_until_s = action == DSN_ACTION_DELAYED
 					 ? m->env.arrival_s + d->core.cfg->delivery.max_age_s

@@ -11,7 +11,7 @@
   "delivered" for LMTP and Maildir/mbox (the final delivery).  A DSN hop
   gets NOTIFY passed on and no report comes from ringmx.
 - DSN details (RFC 3464, RFC 6533): UTF-8 reply text kept in the UTF-8
-  report and '?' in the 7-bit one, ORCPT and ENVID shown xtext-decoded,
+  report and '?' in the 7-bit one (controls never), ORCPT and ENVID shown xtext-decoded,
   Remote-MTA for the hop that answered.
 
 Every server routes "sender.example" to a second next hop, so the DSNs can
@@ -19,12 +19,14 @@ be read there (a DSN is the transaction whose MAIL FROM is <>)."""
 
 import itertools
 import os
+import re
 
 import pytest
 
 from conftest import (DELIVERY_TIMEOUT_S, check_dsn, delivery_overrides, dsn_transactions,
                       make_message, route, strip_received, submit, wait_dsn, wait_log,
                       wait_queue_empty)
+from dnszone import dns  # noqa: F401  (fixture)
 from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
 SENDER = "sender@sender.example"
@@ -46,6 +48,13 @@ def gateway(ringmx, nexthop, hop=None, bounce_hop=None, routes=(), relay=(), del
     rts = list(routes) + [route("accepted.example", nh), route("sender.example", bounce)]
     srv = ringmx(delivery_overrides(rts, relay, delivery, **extra))
     return srv, nh, bounce
+
+
+def _rcpt_params(t, rcpt):
+    for k, v in t.rcpt_params.items():
+        if k.lower() == rcpt.lower():
+            return v
+    raise AssertionError("no RCPT %s in %r" % (rcpt, t.rcpt_params))
 
 
 UTF8_BODY_HEADERS = (b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -160,3 +169,127 @@ def test_dsn_of_ascii_smtputf8_message_reaches_hop_without_smtputf8(ringmx, next
     assert d.recipient(RCPT)["status"] == "5.1.1"
     wait_queue_empty(srv)
     wait_log(srv, "bounced", qid)
+
+
+# --------------------------------------------------------------------------
+# item 8: DSN details
+
+U8_REPLY = "550 5.2.2 Postfach voll \u2013 M\u00fcller"
+
+
+def test_utf8_reply_kept_in_utf8_dsn(ringmx, nexthop):
+    """UTF-8 reply text reaches the RFC 6533 report as UTF-8; what a hop
+    could use to reach a terminal or add a field never does: C0 and C1
+    controls (U+009B is CSI), malformed octets."""
+    raw = U8_REPLY.encode() + b" \xc2\x9b31m\x1b[0m \xff\xc3\r\n"
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"rules": [Rule("rcpt", raw, raw=True)]})
+    submit(srv.port, make_message(new_mid("u8reply"), "ascii", UTF8_BODY, UTF8_BODY_HEADERS),
+           SENDER, [RCPT], mail_params="SMTPUTF8 BODY=8BITMIME")
+    [txn] = wait_dsn(bounce, SENDER)
+    d = check_dsn(txn, SENDER)
+    assert d.part_types[1] == "message/global-delivery-status", d.part_types
+    diag = re.sub(rb"\r\n[ \t]+", b" ", txn.data)
+    want = "Diagnostic-Code: smtp; 550 5.2.2 Postfach voll \u2013 M\u00fcller ??31m?[0m ??\r\n"
+    assert want.encode() in diag, "the UTF-8 reply text is not in the UTF-8 report: %r" % txn.data
+    assert b"\xc2\x9b" not in txn.data and b"\x1b" not in txn.data, txn.data
+    wait_queue_empty(srv)
+
+
+def test_utf8_reply_sanitised_in_7bit_dsn(ringmx, nexthop):
+    """The 7-bit report stays 7-bit: one '?' per character, no raw octets;
+    control bytes and malformed UTF-8 from the hop never get through."""
+    raw = (U8_REPLY.encode() + b" \xff\x1b[31m\xc3\r\n")
+    srv, nh, bounce = gateway(ringmx, nexthop,
+                              hop={"rules": [Rule("rcpt", raw, raw=True)]})
+    submit(srv.port, make_message(new_mid("u8seven"), "ascii"), SENDER, [RCPT])
+    [txn] = wait_dsn(bounce, SENDER)
+    d = check_dsn(txn, SENDER)
+    assert d.part_types[1] == "message/delivery-status", d.part_types
+    assert not re.search(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]", txn.data), \
+        "8-bit or control octets in a 7-bit DSN: %r" % txn.data
+    r = d.recipient(RCPT)
+    assert r.get("diagnostic-code") == \
+        "smtp; 550 5.2.2 Postfach voll ? M?ller ??[31m?", r
+    wait_queue_empty(srv)
+
+
+def test_envid_orcpt_decoded_in_bounce(ringmx, nexthop):
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"rules": [
+        Rule("rcpt", "550 5.1.1 No such user")]})
+    submit(srv.port, make_message(new_mid("xtext"), "xtext"), SENDER, [RCPT],
+           mail_params="ENVID=ENV-1a+2Bx+3Dy",
+           rcpt_params={RCPT: "ORCPT=rfc822;orig+2Btag+3Dz@accepted.example"})
+    [txn] = wait_dsn(bounce, SENDER)
+    d = check_dsn(txn, SENDER)
+    assert d.per_message.get("original-envelope-id") == "ENV-1a+x=y", d.per_message
+    r = d.recipient(RCPT)
+    assert r.get("original-recipient") == "rfc822;orig+tag=z@accepted.example", r
+    assert r.get("remote-mta") == "dns; [127.0.0.1]", r
+    wait_queue_empty(srv)
+
+
+def test_envid_with_control_bytes_not_decoded(ringmx, nexthop):
+    """An ENVID or ORCPT that decodes to CR LF is shown as sent (xtext is
+    visible ASCII): no header field can be injected into the report."""
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"rules": [
+        Rule("rcpt", "550 5.1.1 No such user")]})
+    submit(srv.port, make_message(new_mid("xtextbad"), "xtext"), SENDER, [RCPT],
+           mail_params="ENVID=a+0D+0ABcc:+20x@evil.example",
+           rcpt_params={RCPT: "ORCPT=rfc822;b+0D+0AX-Evil:+20y@accepted.example"})
+    [txn] = wait_dsn(bounce, SENDER)
+    d = check_dsn(txn, SENDER)
+    assert d.per_message.get("original-envelope-id") == "a+0D+0ABcc:+20x@evil.example"
+    assert d.recipient(RCPT).get("original-recipient") == \
+        "rfc822;b+0D+0AX-Evil:+20y@accepted.example"
+    assert b"\r\nBcc:" not in txn.data and b"\r\nX-Evil:" not in txn.data
+    wait_queue_empty(srv)
+
+
+@pytest.mark.parametrize("lmtp", [False, True], ids=["smtp", "lmtp"])
+def test_remote_mta_ipv6_route(ringmx, nexthop, lmtp):
+    try:
+        nh = nexthop(host="::1", lmtp=lmtp, rules=[Rule("rcpt", "550 5.1.1 No such user")])
+    except OSError as e:
+        pytest.skip("no IPv6 loopback: %s" % e)
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides(
+        [route("accepted.example", "%s://[::1]:%d" % ("lmtp" if lmtp else "smtp", nh.port)),
+         route("sender.example", bounce)]))
+    submit(srv.port, make_message(new_mid("v6"), "v6"), SENDER, [RCPT])
+    [txn] = wait_dsn(bounce, SENDER)
+    r = check_dsn(txn, SENDER).recipient(RCPT)
+    assert r.get("remote-mta") == "dns; [IPv6:::1]", r
+    wait_queue_empty(srv)
+
+
+def test_remote_mta_mx_name(ringmx, nexthop, dns):
+    try:
+        mx = nexthop(host="127.0.0.2", port=25, rules=[Rule("rcpt", "550 5.1.1 No such user")])
+    except OSError as e:
+        pytest.skip("cannot listen on 127.0.0.2:25 for the MX host: %s" % e)
+    addr = dns({"mx.example": [("MX", 10, "mail.mx.example")],
+                "mail.mx.example": [("A", "127.0.0.2")]})
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides([route("sender.example", bounce), route("*", "mx")],
+                                    ["mx.example"],
+                                    dns={"servers": [addr], "timeout_ms": 1000, "tries": 2}))
+    submit(srv.port, make_message(new_mid("mxname"), "mx"), SENDER, ["x@mx.example"])
+    [txn] = wait_dsn(bounce, SENDER)
+    r = check_dsn(txn, SENDER).recipient("x@mx.example")
+    assert r.get("remote-mta") == "dns; mail.mx.example", r
+    wait_queue_empty(srv)
+
+
+def test_no_remote_mta_when_no_hop_answered(ringmx, nexthop, closed_port):
+    """Remote-MTA names the MTA that answered; when none did, there is none."""
+    port = closed_port()
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides(
+        [route("accepted.example", "smtp://127.0.0.1:%d" % port),
+         route("sender.example", bounce)], delivery={"retry_s": [1], "max_age_s": 2}))
+    submit(srv.port, make_message(new_mid("nohop"), "no hop"), SENDER, [RCPT])
+    [txn] = wait_dsn(bounce, SENDER, timeout=DELIVERY_TIMEOUT_S + 10)
+    r = check_dsn(txn, SENDER).recipient(RCPT)
+    assert r["action"].lower() == "failed" and "remote-mta" not in r, r
+    wait_queue_empty(srv)
+
