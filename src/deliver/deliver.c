@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1229,16 +1230,25 @@ static int bounce_source(void *ctx, spool_body_fn sink, void *sink_ctx)
 	return spool_message_read(b->segfd, &b->orig->env, b->orig->commit_off, sink, sink_ctx);
 }
 
+/* A nonce for the DSN's Message-ID and boundary: one the sender cannot
+ * guess (dsn.h), so it cannot fill the message with every boundary there
+ * could be.  Helper thread: getrandom may block until the pool is ready. */
+static uint64_t bounce_nonce(const struct qmsg *m)
+{
+	uint64_t v;
+
+	if (getrandom(&v, sizeof(v), 0) == (ssize_t)sizeof(v))
+		return v;
+	return ((uint64_t)rand() << 32) ^ (uint64_t)rand() ^ m->id ^ (uint64_t)time(NULL);
+}
+
 static int bounce_job(void *arg)
 {
 	struct dbounce *b = arg;
 	const struct rmx_config *cfg = b->d->core.cfg;
-	uint64_t nonce = ((uint64_t)rand() << 32) ^ (uint64_t)rand() ^ b->orig->id;
 	struct dsn_params p = {
 	    .reporting_mta = cfg->hostname,
 	    .msgid_domain = cfg->hostname,
-	    .now_s = time(NULL),
-	    .nonce = nonce,
 	    .env = &b->orig->env,
 	    .results = b->results,
 	    .result_count = b->n,
@@ -1249,7 +1259,16 @@ static int bounce_job(void *arg)
 	    .write_ctx = b,
 	};
 
-	b->rc = dsn_build(&p, &b->info);
+	/* -EEXIST: every boundary with this nonce is in the message (only
+	 * possible by chance or with a guessed nonce): a new one. */
+	for (int i = 0; i < 4; i++) {
+		p.now_s = time(NULL);
+		p.nonce = bounce_nonce(b->orig);
+		b->len = 0;
+		b->rc = dsn_build(&p, &b->info);
+		if (b->rc != -EEXIST)
+			break;
+	}
 	return b->rc;
 }
 
