@@ -121,6 +121,16 @@ struct dunlink {
 	char name[DLV_NAME_MAX];
 };
 
+/* What one DSN of ours reports. */
+enum dlv_report {
+	/* An attempt's failed recipients.  They are final only once it is
+	 * durable (report_settle). */
+	DLV_REPORT_OUTCOME = 1,
+	DLV_REPORT_DELAY, /* delivery.delay_notice_s: still being retried */
+};
+
+#define DLV_NO_RESUME UINT32_MAX
+
 /* A bounce being built (helper) and committed (spool). */
 struct dbounce {
 	struct spool_msg sm; /* first: the spool hands it back */
@@ -129,7 +139,10 @@ struct dbounce {
 	uint32_t *rcpt;
 	uint32_t n;
 	struct dsn_rcpt_result *results;
-	enum dsn_action action;
+	enum dlv_report kind;
+	/* DSN_RCPT_MAX results per DSN: the recipient to go on from with the
+	 * next one once this one is durable, or DLV_NO_RESUME. */
+	uint32_t resume;
 	bool move; /* not a bounce: orig re-written forward */
 	struct spool_rcpt *mrcpt;
 	uint32_t mn;
@@ -1111,7 +1124,7 @@ static bool attempt_begin(struct deliver *d, struct qmsg *m)
 
 /* ---- finishing an attempt ---------------------------------------------------------------- */
 
-static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action action);
+static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind, uint32_t from);
 static int ctl_bounce_now(struct deliver *d, struct qmsg *m);
 
 static void message_done(struct deliver *d, struct qmsg *m)
@@ -1153,7 +1166,7 @@ static void settle(struct deliver *d, struct qmsg *m)
 	list_set(d, m, (m->flags & SPOOL_STATE_HELD) ? QW_HELD : QW_DEFERRED);
 	if (dc->delay_notice_s && !m->delay_sent && now - m->env.arrival_s >= dc->delay_notice_s) {
 		m->delay_sent = true;
-		bounce_start(d, m, DSN_ACTION_DELAYED);
+		report_start(d, m, DLV_REPORT_DELAY, 0);
 	}
 }
 
@@ -1173,7 +1186,7 @@ static void attempt_finish(struct deliver *d, struct qmsg *m)
 	const struct config_delivery *dc = &d->core.cfg->delivery;
 	int64_t now = time(NULL);
 	bool expired = now - m->env.arrival_s >= (int64_t)dc->max_age_s;
-	bool any_bounce = false;
+	bool any_report = false;
 
 	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
 		struct qrcpt_res *res = &m->res[r];
@@ -1195,15 +1208,15 @@ static void attempt_finish(struct deliver *d, struct qmsg *m)
 				snprintf(res->status, sizeof(res->status), "4.4.7");
 			log_bounced(m, r, "expired");
 		}
-		any_bounce |= res->cls == 5;
+		any_report |= res->cls == 5;
 	}
 	m->bounce_all = false;
 	if (m->delete_req) {
 		message_done(d, m);
 		return;
 	}
-	if (any_bounce) {
-		bounce_start(d, m, DSN_ACTION_FAILED);
+	if (any_report) {
+		report_start(d, m, DLV_REPORT_OUTCOME, 0);
 		return;
 	}
 	settle(d, m);
@@ -1281,9 +1294,9 @@ static void bounce_free(struct dbounce *b)
 	free(b);
 }
 
-/* Mark the bounced recipients final and settle the message.  ok=false:
- * the bounce could not be queued; they stay pending and are retried. */
-static void bounce_settle(struct deliver *d, struct qmsg *m, bool ok)
+/* The attempt's failure report is queued (ok), or could not be: then its
+ * recipients stay pending and are tried again.  The message is settled. */
+static void report_settle(struct deliver *d, struct qmsg *m, bool ok)
 {
 	m->bounce_wait = false;
 	for (uint32_t r = 0; r < m->env.rcpt_count; r++)
@@ -1293,83 +1306,137 @@ static void bounce_settle(struct deliver *d, struct qmsg *m, bool ok)
 	settle(d, m);
 }
 
-static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action action)
+/* Recipient r's line in a report of this kind, or false when it gets none. */
+static bool report_result(const struct deliver *d, const struct qmsg *m, uint32_t r,
+			  enum dlv_report kind, struct dsn_rcpt_result *out)
+{
+	const struct qrcpt_res *res = &m->res[r];
+	struct spool_rcpt rc;
+	enum dsn_action action;
+	const char *status = res->status;
+
+	if (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED)
+		return false;
+	if (kind == DLV_REPORT_DELAY && m->rst[r] == SPOOL_RCPT_DEFERRED)
+		action = DSN_ACTION_DELAYED;
+	else if (kind == DLV_REPORT_OUTCOME && res->cls == 5)
+		action = DSN_ACTION_FAILED;
+	else
+		return false;
+	spool_env_rcpt(&m->env, r, &rc);
+	/* Delay notices come only when delivery.delay_notice_s is set: then a
+	 * recipient without NOTIFY gets one too (RFC 3461 4.1 leaves that
+	 * default to the server). */
+	if (!dsn_should_notify(rc.notify, action, true))
+		return false;
+	if (!status[0])
+		status = "4.0.0";
+	*out = (struct dsn_rcpt_result){
+	    .rcpt = r,
+	    .action = action,
+	    .status = status,
+	    .diag = {res->diag, (uint32_t)strlen(res->diag)},
+	    .remote_mta = {res->mta, (uint32_t)strlen(res->mta)},
+	    .last_attempt_s = time(NULL),
+	    .retry_until_s = action == DSN_ACTION_DELAYED
+				 ? m->env.arrival_s + d->core.cfg->delivery.max_age_s
+				 : 0,
+	};
+	return true;
+}
+
+/* A report is finished: it needed no DSN, its DSN is durable (ok), or it
+ * could not be queued.  A delay notice changes no recipient: the message
+ * goes back to waiting for its next attempt (or is dropped if the operator
+ * deleted it meanwhile). */
+static void report_none(struct deliver *d, struct qmsg *m, enum dlv_report kind, bool ok)
+{
+	if (kind == DLV_REPORT_OUTCOME) {
+		report_settle(d, m, ok);
+		return;
+	}
+	m->bounce_wait = false;
+	if (m->delete_req)
+		message_done(d, m);
+	else
+		list_set(d, m, (m->flags & SPOOL_STATE_HELD) ? QW_HELD : QW_DEFERRED);
+}
+
+/* Build (helper) and queue the DSN of this kind for m's recipients from
+ * index `from` on, at most DSN_RCPT_MAX of them; the rest follow in the
+ * next DSN once this one is durable (report_durable). */
+static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind, uint32_t from)
 {
 	char id[SPOOL_QID_LEN + 1];
-	struct dbounce *b;
-	uint32_t n = 0;
+	uint32_t cap = m->env.rcpt_count < DSN_RCPT_MAX ? m->env.rcpt_count : DSN_RCPT_MAX;
+	struct dbounce *b = calloc(1, sizeof(*b));
+	uint32_t n = 0, r = from;
 
-	qid(m->id, id);
-	bool need = dsn_needed(&m->env);
-
-	b = calloc(1, sizeof(*b));
 	if (b) {
-		b->rcpt = malloc(m->env.rcpt_count * sizeof(uint32_t));
-		b->results = calloc(m->env.rcpt_count, sizeof(*b->results));
+		b->rcpt = malloc((cap ? cap : 1) * sizeof(uint32_t));
+		b->results = calloc(cap ? cap : 1, sizeof(*b->results));
 	}
 	if (!b || !b->rcpt || !b->results) {
 		if (b)
 			bounce_free(b);
-		if (action == DSN_ACTION_FAILED)
-			bounce_settle(d, m, false);
+		report_none(d, m, kind, false);
 		return;
 	}
-	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
-		struct spool_rcpt rc;
-		bool want = action == DSN_ACTION_FAILED ? m->res[r].cls == 5
-							: m->rst[r] == SPOOL_RCPT_DEFERRED;
-
-		if (!want || (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED))
-			continue;
-		spool_env_rcpt(&m->env, r, &rc);
-		/* Delay notices reach this only when delivery.delay_notice_s is
-		 * set: then a recipient without NOTIFY gets one too (RFC 3461
-		 * 4.1 leaves that default to the server). */
-		if (!dsn_should_notify(rc.notify, action, true))
-			continue;
-		b->results[n] = (struct dsn_rcpt_result){
-		    .rcpt = r,
-		    .action = action,
-		    .status = m->res[r].status[0] ? m->res[r].status : "4.0.0",
-		    .diag = {m->res[r].diag, (uint32_t)strlen(m->res[r].diag)},
-		    .remote_mta = {m->res[r].mta, (uint32_t)strlen(m->res[r].mta)},
-		    .last_attempt_s = time(NULL),
-		    .retry_until_s = action == DSN_ACTION_DELAYED
-					 ? m->env.arrival_s + d->core.cfg->delivery.max_age_s
-					 : 0,
-		};
-		b->rcpt[n++] = r;
-	}
-	if (!need || n == 0) {
-		if (action == DSN_ACTION_FAILED) {
-			if (!need)
-				log_msg(LOG_INFO,
-					"event=double_bounce id=%s reason=\"null sender: no DSN\"",
-					id);
-			bounce_free(b);
-			bounce_settle(d, m, true);
-		} else {
-			bounce_free(b);
-		}
+	for (; r < m->env.rcpt_count && n < cap && dsn_needed(&m->env); r++)
+		if (report_result(d, m, r, kind, &b->results[n]))
+			b->rcpt[n++] = r;
+	if (n == 0) {
+		qid(m->id, id);
+		if (!dsn_needed(&m->env) && kind == DLV_REPORT_OUTCOME)
+			log_msg(LOG_INFO,
+				"event=double_bounce id=%s reason=\"null sender: no DSN\"", id);
+		bounce_free(b);
+		report_none(d, m, kind, true);
 		return;
 	}
 	b->d = d;
 	b->orig = m;
 	b->n = n;
-	b->action = action;
+	b->kind = kind;
+	b->resume = r < m->env.rcpt_count ? r : DLV_NO_RESUME;
 	b->segfd = dlv_seg_fd(d, m->seq);
 	if (hpool_submit_job(d->pool, d->core.shard, 2, bounce_job, b) < 0) {
 		bounce_free(b);
-		if (action == DSN_ACTION_FAILED)
-			bounce_settle(d, m, false);
+		report_none(d, m, kind, false);
 		return;
 	}
 	d->helper_jobs++;
 	d->bounces++;
-	if (action == DSN_ACTION_FAILED) {
-		m->bounce_wait = true;
-		list_set(d, m, QW_ACTIVE);
+	/* The helper reads m: no attempt, delete or reclaim may finish and
+	 * free it meanwhile (a delay notice too, which used to leave it
+	 * deferred and so exposed). */
+	m->bounce_wait = true;
+	list_set(d, m, QW_ACTIVE);
+}
+
+/* This DSN is durable (ok) or failed.  Its recipients are final; the next
+ * DSN_RCPT_MAX go next, or the message is settled. */
+static void report_durable(struct deliver *d, struct dbounce *b, bool ok)
+{
+	struct qmsg *m = b->orig;
+
+	if (!ok) {
+		report_none(d, m, b->kind, false);
+		return;
 	}
+	for (uint32_t i = 0; b->kind == DLV_REPORT_OUTCOME && i < b->n; i++)
+		m->rst[b->rcpt[i]] = SPOOL_RCPT_BOUNCED;
+	if (b->resume != DLV_NO_RESUME)
+		report_start(d, m, b->kind, b->resume);
+	else
+		report_none(d, m, b->kind, true);
+}
+
+static const char *report_word(const struct dbounce *b)
+{
+	if (b->kind == DLV_REPORT_DELAY)
+		return "delayed";
+	return "failed";
 }
 
 /* A built bounce goes into the spool as a message of ours; its
@@ -1410,8 +1477,8 @@ static bool bounce_commit(struct deliver *d, struct dbounce *b)
 		if (b->move) {
 			b->orig->moving = false;
 			d->moves--;
-		} else if (b->action == DSN_ACTION_FAILED) {
-			bounce_settle(d, b->orig, false);
+		} else {
+			report_durable(d, b, false);
 		}
 		d->bounces--;
 		bounce_free(b);
@@ -1427,8 +1494,7 @@ static void bounce_built(struct deliver *d, struct dbounce *b)
 		qid(b->orig->id, id);
 		log_msg(LOG_ERROR, "event=bounce_failed id=%s error=\"%s\"", id,
 			strerror(b->rc < 0 ? -b->rc : EFBIG));
-		if (b->action == DSN_ACTION_FAILED)
-			bounce_settle(d, b->orig, false);
+		report_durable(d, b, false);
 		d->bounces--;
 		bounce_free(b);
 		return;
@@ -1495,13 +1561,12 @@ void deliver_spool_durable(struct deliver *d, struct spool_msg *sm, int res)
 	sm->committing = false;
 	if (res == 0) {
 		log_msg(LOG_INFO, "event=bounce_queued id=%s dsn=%s action=%s rcpts=%u", id, nid,
-			b->action == DSN_ACTION_FAILED ? "failed" : "delayed", b->n);
+			report_word(b), b->n);
 		enqueue(d, sm);
 	} else {
 		log_msg(LOG_ERROR, "event=bounce_failed id=%s error=\"%s\"", id, strerror(-res));
 	}
-	if (b->action == DSN_ACTION_FAILED)
-		bounce_settle(d, b->orig, res == 0);
+	report_durable(d, b, res == 0);
 	d->bounces--;
 	bounce_free(b);
 }

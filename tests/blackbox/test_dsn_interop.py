@@ -23,7 +23,7 @@ import re
 
 import pytest
 
-from conftest import (DELIVERY_TIMEOUT_S, check_dsn, delivery_overrides, dsn_transactions,
+from conftest import (DELIVERY_TIMEOUT_S, Dsn, check_dsn, delivery_overrides, dsn_transactions,
                       make_message, route, strip_received, submit, wait_dsn, wait_log,
                       wait_queue_empty)
 from dnszone import dns  # noqa: F401  (fixture)
@@ -293,3 +293,24 @@ def test_no_remote_mta_when_no_hop_answered(ringmx, nexthop, closed_port):
     assert r["action"].lower() == "failed" and "remote-mta" not in r, r
     wait_queue_empty(srv)
 
+
+def test_more_recipients_than_one_dsn_holds(ringmx, nexthop):
+    """DSN_RCPT_MAX (1000) results fit one DSN: 1100 refused recipients get
+    two DSNs, one after the other, and the message leaves the queue (it
+    used to fail to build, -E2BIG, and stay queued for ever)."""
+    n = 1100
+    rcpts = ["u%04d@accepted.example" % i for i in range(n)]
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"rules": [
+        Rule("rcpt", "550 5.1.1 No such user")]}, limits={"recipients": n})
+    qid = submit(srv.port, make_message(new_mid("many"), "many"), SENDER, rcpts, timeout=60)
+    txns = wait_dsn(bounce, SENDER, n=2)
+    got = []
+    for t in txns:
+        d = check_dsn(t, SENDER)
+        assert all(r["action"].lower() == "failed" for r in d.recipients)
+        got.append(len(d.recipients))
+    assert sorted(got) == [n - 1000, 1000], got
+    assert sorted(r for t in txns for r in Dsn(t.data).final_recipients()) == rcpts
+    wait_queue_empty(srv)
+    assert len(dsn_transactions(bounce)) == 2
+    wait_log(srv, "done", qid)
