@@ -123,8 +123,10 @@ struct dunlink {
 
 /* What one DSN of ours reports. */
 enum dlv_report {
-	/* An attempt's failed recipients.  They are final only once it is
-	 * durable (report_settle). */
+	/* An attempt's final answers: failed recipients and, when NOTIFY
+	 * asked for SUCCESS and the hop could not report it, delivered or
+	 * relayed ones (RFC 3461 5.2.2.2).  Its recipients are final only
+	 * once it is durable (report_settle). */
 	DLV_REPORT_OUTCOME = 1,
 	DLV_REPORT_DELAY, /* delivery.delay_notice_s: still being retried */
 };
@@ -140,6 +142,7 @@ struct dbounce {
 	uint32_t n;
 	struct dsn_rcpt_result *results;
 	enum dlv_report kind;
+	uint32_t nfail, nsucc; /* results that are failures / successes */
 	/* DSN_RCPT_MAX results per DSN: the recipient to go on from with the
 	 * next one once this one is durable, or DLV_NO_RESUME. */
 	uint32_t resume;
@@ -608,6 +611,7 @@ static void set_res(struct qmsg *m, uint32_t r, int cls, const char *status, con
 	struct qrcpt_res *res = &m->res[r];
 
 	res->cls = (uint8_t)cls;
+	res->success = QRCPT_SUCCESS_NONE;
 	res->mta[0] = '\0';
 	snprintf(res->status, sizeof(res->status), "%s", status);
 	copy_text(res->diag, sizeof(res->diag), diag);
@@ -642,6 +646,54 @@ static void job_remote_mta(const struct djob *job, char *out, size_t cap)
 	}
 }
 
+/* RFC 3461 5.2.2.2 and 4.1: who reports a success.  A hop that offered
+ * DSN got NOTIFY and reports itself; otherwise we do: "relayed" when an
+ * SMTP hop took it, "delivered" when LMTP or a mailbox was the final
+ * delivery. */
+static enum qrcpt_success job_success(const struct djob *job)
+{
+	enum config_hop_kind kind = job->route->hops[0].kind;
+
+	if (kind == CONFIG_HOP_MAILDIR || kind == CONFIG_HOP_MBOX)
+		return QRCPT_SUCCESS_DELIVERED;
+	assert(job->cur < job->nhops);
+	if (job->hop_dsn)
+		return QRCPT_SUCCESS_NONE;
+	return job->hops[job->cur].lmtp ? QRCPT_SUCCESS_DELIVERED : QRCPT_SUCCESS_RELAYED;
+}
+
+static enum dsn_action success_action(enum qrcpt_success s)
+{
+	switch (s) {
+	case QRCPT_SUCCESS_DELIVERED:
+		return DSN_ACTION_DELIVERED;
+	case QRCPT_SUCCESS_RELAYED:
+		return DSN_ACTION_RELAYED;
+	case QRCPT_SUCCESS_NONE:
+		break;
+	}
+	abort(); /* callers ask only for a success we report */
+}
+
+static bool action_is_success(enum dsn_action a)
+{
+	return a == DSN_ACTION_DELIVERED || a == DSN_ACTION_RELAYED || a == DSN_ACTION_EXPANDED;
+}
+
+/* Does recipient r, delivered in this attempt, get a success report from
+ * us?  Only when its NOTIFY asked for SUCCESS (RFC 3461 4.1) and the hop
+ * could not report it itself; never for the null sender. */
+static bool success_reported(const struct qmsg *m, uint32_t r)
+{
+	const struct qrcpt_res *res = &m->res[r];
+	struct spool_rcpt rc;
+
+	if (res->cls != 2 || res->success == QRCPT_SUCCESS_NONE || !dsn_needed(&m->env) ||
+	    spool_env_rcpt(&m->env, r, &rc) != 0)
+		return false;
+	return dsn_should_notify(rc.notify, success_action(res->success), false);
+}
+
 static void attempt_finish(struct deliver *d, struct qmsg *m);
 static void job_go(struct deliver *d, struct djob *job);
 static void ticket_done(struct deliver *d, struct dticket *t);
@@ -656,6 +708,8 @@ void dlv_rcpt_result(struct deliver *d, struct djob *job, uint32_t i, int cls, c
 
 	set_res(m, r, cls, status, diag);
 	job_remote_mta(job, m->res[r].mta, sizeof(m->res[r].mta));
+	if (cls == 2)
+		m->res[r].success = (uint8_t)job_success(job);
 	spool_env_rcpt(&m->env, r, &rc);
 	qid(m->id, id);
 	log_msg(LOG_INFO,
@@ -1058,8 +1112,10 @@ static void ticket_apply(struct deliver *d, struct dticket *t)
 
 	free(t);
 	d->tickets_out--;
+	/* A delivery whose success we report stays pending until that report
+	 * is durable, as a bounce does (report_settle). */
 	for (uint32_t i = 0; i < m->env.rcpt_count; i++)
-		if (m->res[i].cls == 2)
+		if (m->res[i].cls == 2 && !success_reported(m, i))
 			m->rst[i] = SPOOL_RCPT_DELIVERED;
 	attempt_finish(d, m);
 }
@@ -1208,7 +1264,9 @@ static void attempt_finish(struct deliver *d, struct qmsg *m)
 				snprintf(res->status, sizeof(res->status), "4.4.7");
 			log_bounced(m, r, "expired");
 		}
-		any_report |= res->cls == 5;
+		/* Still pending with a 2xx: its success is to be reported
+		 * (ticket_apply made the others final). */
+		any_report |= res->cls == 5 || res->cls == 2;
 	}
 	m->bounce_all = false;
 	if (m->delete_req) {
@@ -1259,14 +1317,20 @@ static int bounce_job(void *arg)
 {
 	struct dbounce *b = arg;
 	const struct rmx_config *cfg = b->d->core.cfg;
+	/* RFC 3461 4.3: RET asks for the content in a failed DSN; a report of
+	 * successes alone returns the header section. */
+	struct spool_env env = b->orig->env;
+
+	if (b->kind == DLV_REPORT_OUTCOME && b->nfail == 0)
+		env.ret = SMTP_RET_HDRS;
 	struct dsn_params p = {
 	    .reporting_mta = cfg->hostname,
 	    .msgid_domain = cfg->hostname,
-	    .env = &b->orig->env,
+	    .env = &env,
 	    .results = b->results,
 	    .result_count = b->n,
 	    /* Bounded: a DSN carrying a whole huge message is itself huge. */
-	    .source = b->orig->env.msg_len <= (8u << 20) ? bounce_source : NULL,
+	    .source = env.msg_len <= (8u << 20) ? bounce_source : NULL,
 	    .source_ctx = b,
 	    .write = bounce_sink,
 	    .write_ctx = b,
@@ -1294,15 +1358,35 @@ static void bounce_free(struct dbounce *b)
 	free(b);
 }
 
-/* The attempt's failure report is queued (ok), or could not be: then its
- * recipients stay pending and are tried again.  The message is settled. */
+/* The attempt's outcome report is queued (ok), or could not be: the
+ * recipients still pending become final and the message is settled.  A
+ * failure whose report could not be queued stays pending and is tried
+ * again; a delivery is final whatever became of its report, since
+ * delivering it again would duplicate the mail (logged). */
 static void report_settle(struct deliver *d, struct qmsg *m, bool ok)
 {
+	uint32_t lost = 0;
+
 	m->bounce_wait = false;
-	for (uint32_t r = 0; r < m->env.rcpt_count; r++)
-		if ((m->rst[r] == SPOOL_RCPT_PENDING || m->rst[r] == SPOOL_RCPT_DEFERRED) &&
-		    m->res[r].cls == 5 && ok)
+	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
+		if (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED)
+			continue;
+		if (m->res[r].cls == 5 && ok) {
 			m->rst[r] = SPOOL_RCPT_BOUNCED;
+		} else if (m->res[r].cls == 2) {
+			m->rst[r] = SPOOL_RCPT_DELIVERED;
+			lost += success_reported(m, r) && !ok;
+		}
+	}
+	if (lost) {
+		char id[SPOOL_QID_LEN + 1];
+
+		qid(m->id, id);
+		log_msg(LOG_ERROR,
+			"event=success_dsn_failed id=%s rcpts=%u note=\"delivered; the "
+			"NOTIFY=SUCCESS report could not be queued\"",
+			id, lost);
+	}
 	settle(d, m);
 }
 
@@ -1321,6 +1405,8 @@ static bool report_result(const struct deliver *d, const struct qmsg *m, uint32_
 		action = DSN_ACTION_DELAYED;
 	else if (kind == DLV_REPORT_OUTCOME && res->cls == 5)
 		action = DSN_ACTION_FAILED;
+	else if (kind == DLV_REPORT_OUTCOME && success_reported(m, r))
+		action = success_action(res->success);
 	else
 		return false;
 	spool_env_rcpt(&m->env, r, &rc);
@@ -1329,8 +1415,8 @@ static bool report_result(const struct deliver *d, const struct qmsg *m, uint32_
 	 * default to the server). */
 	if (!dsn_should_notify(rc.notify, action, true))
 		return false;
-	if (!status[0])
-		status = "4.0.0";
+	if (!status[0] || (action_is_success(action) && status[0] != '2'))
+		status = action_is_success(action) ? "2.0.0" : "4.0.0";
 	*out = (struct dsn_rcpt_result){
 	    .rcpt = r,
 	    .action = action,
@@ -1383,8 +1469,11 @@ static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind
 		return;
 	}
 	for (; r < m->env.rcpt_count && n < cap && dsn_needed(&m->env); r++)
-		if (report_result(d, m, r, kind, &b->results[n]))
+		if (report_result(d, m, r, kind, &b->results[n])) {
+			b->nfail += b->results[n].action == DSN_ACTION_FAILED;
+			b->nsucc += action_is_success(b->results[n].action);
 			b->rcpt[n++] = r;
+		}
 	if (n == 0) {
 		qid(m->id, id);
 		if (!dsn_needed(&m->env) && kind == DLV_REPORT_OUTCOME)
@@ -1425,7 +1514,9 @@ static void report_durable(struct deliver *d, struct dbounce *b, bool ok)
 		return;
 	}
 	for (uint32_t i = 0; b->kind == DLV_REPORT_OUTCOME && i < b->n; i++)
-		m->rst[b->rcpt[i]] = SPOOL_RCPT_BOUNCED;
+		m->rst[b->rcpt[i]] = b->results[i].action == DSN_ACTION_FAILED
+					 ? SPOOL_RCPT_BOUNCED
+					 : SPOOL_RCPT_DELIVERED;
 	if (b->resume != DLV_NO_RESUME)
 		report_start(d, m, b->kind, b->resume);
 	else
@@ -1436,7 +1527,7 @@ static const char *report_word(const struct dbounce *b)
 {
 	if (b->kind == DLV_REPORT_DELAY)
 		return "delayed";
-	return "failed";
+	return b->nsucc == 0 ? "failed" : b->nfail == 0 ? "success" : "failed,success";
 }
 
 /* A built bounce goes into the spool as a message of ours; its

@@ -579,6 +579,7 @@ static void oc_begin_tx(struct oconn *oc)
 	memset(job->acc, 0, job->nrcpt);
 	job->started = true;
 	snprintf(job->tls_info, sizeof(job->tls_info), "%s", oc->tls_info);
+	job->hop_dsn = dsn;
 	if (!tx_check(oc)) {
 		oc_release_job(oc);
 		oc_idle(oc);

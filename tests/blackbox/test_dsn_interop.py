@@ -11,7 +11,7 @@
   "delivered" for LMTP and Maildir/mbox (the final delivery).  A DSN hop
   gets NOTIFY passed on and no report comes from ringmx.
 - DSN details (RFC 3464, RFC 6533): UTF-8 reply text kept in the UTF-8
-  report and '?' in the 7-bit one (controls never), ORCPT and ENVID shown xtext-decoded,
+  report and '?' in the 7-bit one, ORCPT and ENVID shown xtext-decoded,
   Remote-MTA for the hop that answered.
 
 Every server routes "sender.example" to a second next hop, so the DSNs can
@@ -169,6 +169,127 @@ def test_dsn_of_ascii_smtputf8_message_reaches_hop_without_smtputf8(ringmx, next
     assert d.recipient(RCPT)["status"] == "5.1.1"
     wait_queue_empty(srv)
     wait_log(srv, "bounced", qid)
+
+
+# --------------------------------------------------------------------------
+# item 3: NOTIFY=SUCCESS where the next hop cannot report it
+
+
+def log_order(srv, first, second):
+    """True when the log line matching regex `first` comes before the one
+    matching `second` (both must be there)."""
+    text = srv.log_text()
+    a, b = re.search(first, text), re.search(second, text)
+    assert a and b, "log lacks %r or %r:\n%s" % (first, second, srv.log_tail())
+    return a.start() < b.start()
+
+
+def check_success_dsn(d, rcpt, action):
+    r = d.recipient(rcpt)
+    assert r["action"].lower() == action, "expected Action: %s: %r" % (action, r)
+    assert r["status"].startswith("2."), r
+    assert d.msg["Subject"] == "Successful Mail Delivery Report", d.msg["Subject"]
+    # RFC 3461 4.3: RET asks for the content of a failed DSN only
+    assert d.returned_type == "text/rfc822-headers", d.part_types
+    return r
+
+
+@pytest.mark.parametrize("lmtp,action", [(False, "relayed"), (True, "delivered")],
+                         ids=["smtp-relayed", "lmtp-delivered"])
+def test_notify_success_hop_without_dsn(ringmx, nexthop, lmtp, action):
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"dsn": False, "lmtp": lmtp})
+    mid = new_mid("succ")
+    qid = submit(srv.port, make_message(mid, "success report", b"body only RET=FULL returns\r\n"),
+                 SENDER, [RCPT, "quiet@accepted.example"], mail_params="RET=FULL ENVID=ENV-1a+2Bx",
+                 rcpt_params={RCPT: "NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;orig+2Btag@accepted.example"})
+    [t] = nh.wait_message_id(mid, DELIVERY_TIMEOUT_S)
+    assert "NOTIFY" not in _rcpt_params(t, RCPT), "DSN parameters sent to a hop without DSN"
+    [txn] = wait_dsn(bounce, SENDER)
+    d = check_dsn(txn, SENDER)
+    assert d.final_recipients() == [RCPT], \
+        "only the NOTIFY=SUCCESS recipient is reported: %r" % d.recipients
+    r = check_success_dsn(d, RCPT, action)
+    assert r.get("remote-mta") == "dns; [127.0.0.1]", r
+    assert r.get("original-recipient") == "rfc822;orig+tag@accepted.example", r
+    assert d.per_message.get("original-envelope-id") == "ENV-1a+x", d.per_message
+    assert b"body only RET=FULL returns" not in d.returned_bytes()
+    assert b"Message-ID: <%s>" % mid.encode() in d.returned_bytes()
+    wait_queue_empty(srv)
+    # Durable before done: the report is queued before the original's
+    # recipients are final (so a crash repeats the delivery, never loses it)
+    assert log_order(srv, r"event=bounce_queued id=%s .*action=success" % qid,
+                     r"event=done id=%s" % qid)
+    assert len(dsn_transactions(bounce)) == 1, dsn_transactions(bounce)
+    assert len(nh.by_message_id(mid)) == 1, "delivered more than once"
+
+
+def test_notify_success_passed_to_dsn_hop(ringmx, nexthop):
+    """A hop that offers DSN gets NOTIFY and reports itself: no DSN from us."""
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"dsn": True})
+    mid = new_mid("succdsn")
+    qid = submit(srv.port, make_message(mid, "dsn hop"), SENDER, [RCPT],
+                 rcpt_params={RCPT: "NOTIFY=SUCCESS"})
+    [t] = nh.wait_message_id(mid, DELIVERY_TIMEOUT_S)
+    assert (_rcpt_params(t, RCPT).get("NOTIFY") or "").upper() == "SUCCESS"
+    wait_queue_empty(srv)
+    wait_log(srv, "done", qid)
+    # a DSN is queued before its original is done: with the queue empty, a
+    # DSN would have arrived by now
+    assert dsn_transactions(bounce) == [] and bounce.connection_count == 0
+
+
+@pytest.mark.parametrize("sender,params", [
+    ("", "NOTIFY=SUCCESS"),                # null sender: never a DSN
+    (SENDER, "NOTIFY=FAILURE,DELAY"),      # SUCCESS not asked for
+    (SENDER, ""),                          # no NOTIFY: failures only
+    (SENDER, "NOTIFY=NEVER"),
+], ids=["null-sender", "notify-failure", "no-notify", "notify-never"])
+def test_no_success_dsn(ringmx, nexthop, sender, params):
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"dsn": False})
+    mid = new_mid("nosucc")
+    qid = submit(srv.port, make_message(mid, "no report", sender=sender or "x@client.example"),
+                 sender, [RCPT], rcpt_params={RCPT: params})
+    nh.wait_message_id(mid, DELIVERY_TIMEOUT_S)
+    wait_queue_empty(srv)
+    wait_log(srv, "done", qid)
+    assert dsn_transactions(bounce) == [] and bounce.connection_count == 0, \
+        bounce.transactions()
+
+
+def test_success_and_failure_in_one_report(ringmx, nexthop):
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"dsn": False, "rules": [
+        Rule("rcpt", "550 5.1.1 No such user", rcpt="nouser@accepted.example")]})
+    mid = new_mid("mixed")
+    submit(srv.port, make_message(mid, "mixed", b"the body\r\n"), SENDER,
+           [RCPT, "nouser@accepted.example"], mail_params="RET=FULL",
+           rcpt_params={RCPT: "NOTIFY=SUCCESS,FAILURE"})
+    [txn] = wait_dsn(bounce, SENDER)
+    d = check_dsn(txn, SENDER)
+    assert d.final_recipients() == ["nouser@accepted.example", RCPT], d.recipients
+    assert d.recipient(RCPT)["action"].lower() == "relayed"
+    assert d.recipient("nouser@accepted.example")["action"].lower() == "failed"
+    assert d.returned_type == "message/rfc822", "RET=FULL applies to the failure"
+    wait_queue_empty(srv)
+    assert len(dsn_transactions(bounce)) == 1
+
+
+@pytest.mark.parametrize("kind", ["maildir", "mbox"])
+def test_notify_success_local_delivery(ringmx, nexthop, tmp_path, kind):
+    base = str(tmp_path / kind)
+    os.makedirs(base)
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides([route("local.example", "%s:%s" % (kind, base)),
+                                     route("sender.example", bounce)], ["local.example"]))
+    mid = new_mid("succlocal")
+    qid = submit(srv.port, make_message(mid, "local", to="alice@local.example"), SENDER,
+                 ["alice@local.example"], rcpt_params={"alice@local.example": "NOTIFY=SUCCESS"})
+    [txn] = wait_dsn(bounce, SENDER)
+    d = check_dsn(txn, SENDER)
+    r = check_success_dsn(d, "alice@local.example", "delivered")
+    assert "remote-mta" not in r, "no remote MTA for a local delivery: %r" % r
+    wait_queue_empty(srv)
+    wait_log(srv, "delivered", qid)
+    assert log_order(srv, r"event=bounce_queued id=%s " % qid, r"event=done id=%s" % qid)
 
 
 # --------------------------------------------------------------------------
