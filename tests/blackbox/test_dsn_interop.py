@@ -398,6 +398,7 @@ def test_remote_mta_mx_name(ringmx, nexthop, dns):
     [txn] = wait_dsn(bounce, SENDER)
     r = check_dsn(txn, SENDER).recipient("x@mx.example")
     assert r.get("remote-mta") == "dns; mail.mx.example", r
+    assert mx.connection_count >= 1, "the refusal did not come from the MX host"
     wait_queue_empty(srv)
 
 
