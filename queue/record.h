@@ -153,7 +153,7 @@ enum {
 	 * is all ASCII: looked at on receipt.  With ASCII addresses too, an
 	 * SMTPUTF8 message does not need SMTPUTF8 at the next hop (RFC 6531
 	 * 3.4).  Absent (older spools): not known, taken as not ASCII. */
-	SPOOL_ENV_HDR_ASCII = 1u << 3,
+	SPOOL_ENV_HDR_ASCII = 1u << 4,
 };
 
 struct spool_rcpt {
