@@ -672,6 +672,34 @@ static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
 		rcpt_finish(c, cmd);
 }
 
+/* The authenticated user as our Received: field shows it, in out[cap]
+ * (cap >= 2), at most cap - 1 octets.  A users_file name may hold any
+ * octet but space and controls; only printable ASCII goes in, '(' ')' and
+ * '\\' quoted (RFC 5322 3.2.2: they would end or escape the comment), each
+ * other character (UTF-8) as one '?': our own trace field must not be what
+ * makes a message need SMTPUTF8 (RFC 6531 3.4) or carry 8-bit header
+ * octets to a hop that did not ask for them.  The log has the name. */
+static void received_user(char *out, size_t cap, const char *user)
+{
+	size_t n = strlen(user), k = 0;
+
+	assert(cap >= 2);
+	for (size_t i = 0; i < n;) {
+		unsigned char ch = (unsigned char)user[i];
+		bool quote = ch == '(' || ch == ')' || ch == '\\';
+		size_t len = ch < 0x80 ? 1 : smtp_utf8_len(user + i, n - i);
+
+		if (k + 1 + quote >= cap)
+			break;
+		if (quote)
+			out[k++] = '\\';
+		out[k++] = ch > ' ' && ch < 0x7f ? (char)ch : '?';
+		i += len ? len : 1;
+	}
+	out[k] = '\0';
+	assert(k < cap);
+}
+
 /* RFC 5321 4.4 trace header.  The "with" value follows RFC 3848 and RFC
  * 6531 4.3; "for" names the recipient only when there is exactly one, so a
  * copy never discloses the others.  Returns its length. */
@@ -699,9 +727,13 @@ static size_t tx_received_header(struct conn *c)
 	if (tlsv)
 		snprintf(tls, sizeof(tls), "\r\n\t(using %s with cipher %.100s)", tlsv,
 			 conn_tls_cipher(c));
-	if (c->s.authed) /* RFC 4954 does not require it; admins expect it */
+	if (c->s.authed) { /* RFC 4954 does not require it; admins expect it */
+		char user[61];
+
+		received_user(user, sizeof(user), c->s.auth_user);
 		snprintf(tls + strlen(tls), sizeof(tls) - strlen(tls),
-			 "\r\n\t(authenticated as %.60s)", c->s.auth_user);
+			 "\r\n\t(authenticated as %s)", user);
+	}
 	/* RFC 5321 4.1.3: an IPv6 address literal is tagged "IPv6:". */
 	snprintf(lit, sizeof(lit), "[%s%s]", c->peer.ss_family == AF_INET6 ? "IPv6:" : "",
 		 c->peer_ip);

@@ -17,15 +17,17 @@
 Every server routes "sender.example" to a second next hop, so the DSNs can
 be read there (a DSN is the transaction whose MAIL FROM is <>)."""
 
+import base64
 import itertools
 import os
 import re
+import subprocess
 
 import pytest
 
-from conftest import (DELIVERY_TIMEOUT_S, Dsn, check_dsn, delivery_overrides, dsn_transactions,
-                      make_message, route, strip_received, submit, wait_dsn, wait_log,
-                      wait_queue_empty)
+from conftest import (DELIVERY_TIMEOUT_S, Dsn, SMTPClient, check_dsn, delivery_overrides,
+                      dsn_transactions, make_message, route, strip_received, submit, wait_dsn,
+                      wait_log, wait_queue_empty)
 from dnszone import dns  # noqa: F401  (fixture)
 from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
@@ -169,6 +171,66 @@ def test_dsn_of_ascii_smtputf8_message_reaches_hop_without_smtputf8(ringmx, next
     assert d.recipient(RCPT)["status"] == "5.1.1"
     wait_queue_empty(srv)
     wait_log(srv, "bounced", qid)
+
+
+# Our own Received: field names the authenticated user.  A users_file name
+# may be UTF-8 or hold '(' ')' '\\': shown as ASCII, quoted, so the trace
+# field we add never makes a message 8-bit or needing SMTPUTF8, and never
+# ends its comment early.
+AUTH_USERS = {"j\u00f6rg": "pw-j", "a)b(c\\d": "pw-a"}
+
+
+def auth_gateway(ringmx, nexthop, tmp_path):
+    users = tmp_path / "users"
+    lines = []
+    for name, pw in AUTH_USERS.items():
+        h = subprocess.run(["openssl", "passwd", "-6", pw], capture_output=True,
+                           check=True).stdout.decode().strip()
+        lines.append("%s:%s\n" % (name, h))
+    users.write_bytes("".join(lines).encode("utf-8"))
+    nh = nexthop(smtputf8=False)
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides(
+        [route("accepted.example", nh), route("sender.example", bounce)],
+        auth={"users_file": str(users), "failure_delay_ms": 0},
+        listeners=[{"name": "mx", "greet_pause_ms": 0, "tls": "none", "auth": "optional",
+                    "auth_plaintext": True}]))
+    return srv, nh, bounce
+
+
+def submit_as(port, user, body, mail_params=""):
+    c = SMTPClient(port, timeout=20)
+    try:
+        c.ehlo()
+        plain = b"\0" + user.encode("utf-8") + b"\0" + AUTH_USERS[user].encode()
+        c.expect("AUTH PLAIN " + base64.b64encode(plain).decode(), "235")
+        c.expect("MAIL FROM:<%s>%s" % (SENDER, " " + mail_params if mail_params else ""), "250")
+        c.expect("RCPT TO:<%s>" % RCPT, "250")
+        c.expect("DATA", "354")
+        c.send(body + b".\r\n")
+        c.reply()
+        c.cmd("QUIT")
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("user,shown", [("j\u00f6rg", "j?rg"), ("a)b(c\\d", "a\\)b\\(c\\\\d")],
+                         ids=["utf8-name", "parens"])
+@pytest.mark.parametrize("params", ["", "SMTPUTF8"], ids=["plain", "smtputf8"])
+def test_received_auth_user_stays_ascii(ringmx, nexthop, tmp_path, user, shown, params):
+    """The message is all ASCII but for the user name we add: it goes to the
+    hop without SMTPUTF8 as 7-bit mail, neither bounced 5.6.7 nor sent with
+    8-bit header octets, and the name is shown so the comment stays one."""
+    srv, nh, bounce = auth_gateway(ringmx, nexthop, tmp_path)
+    mid = new_mid("authrcv")
+    submit_as(srv.port, user, make_message(mid, "ascii"), params)
+    [t] = nh.wait_message_id(mid, DELIVERY_TIMEOUT_S)
+    received = strip_received(t.data)[0]
+    assert all(b < 0x80 for b in t.data), "8-bit octets in an ASCII message: %r" % received
+    assert ("(authenticated as %s)" % shown).encode() in received, received
+    assert "BODY" not in t.mail_params and "SMTPUTF8" not in t.mail_params, t.mail_params
+    wait_queue_empty(srv)
+    assert dsn_transactions(bounce) == []
 
 
 # --------------------------------------------------------------------------
