@@ -27,6 +27,8 @@ static const char boundary_alphabet[] = "0123456789abcdefghijklmnopqrstuvwxyz";
 #define BOUNDARY_CHOICES (sizeof boundary_alphabet - 1)
 _Static_assert(BOUNDARY_CHOICES <= 64, "candidate set is a uint64_t");
 
+static bool str_ascii(struct spool_str s);
+
 /* ---- notify decision ----------------------------------------------------- */
 
 bool dsn_should_notify(uint8_t notify, enum dsn_action action, bool delay_default)
@@ -68,8 +70,12 @@ void dsn_bounce_env(const struct spool_env *orig, const struct dsn_info *info,
 	*rcpt = (struct spool_rcpt){.addr = orig->mail_from, .notify = SMTP_NOTIFY_NEVER};
 	*out = (struct spool_env){0};
 	out->mail_from = (struct spool_str){.ptr = "", .len = 0};
-	out->flags =
-	    (info->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0) | (info->body_8bit ? SPOOL_ENV_8BIT : 0);
+	/* The DSN's own header section is the builder's ASCII plus To: the
+	 * sender: with an ASCII sender it needs no SMTPUTF8 at a hop that
+	 * lacks it (RFC 6531 3.4; the RFC 6533 parts travel as 8-bit body). */
+	out->flags = (info->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0) |
+		     (info->body_8bit ? SPOOL_ENV_8BIT : 0) |
+		     (str_ascii(orig->mail_from) ? SPOOL_ENV_HDR_ASCII : 0);
 	out->body_type = (uint8_t)(info->body_8bit ? SMTP_BODY_8BITMIME : SMTP_BODY_7BIT);
 	out->ret = SMTP_RET_UNSPEC;
 	out->rcpt_count = 1;
@@ -861,6 +867,26 @@ static void write_orcpt(struct out *o, struct spool_str v)
 	out_str(o, "\r\n");
 }
 
+/* RFC 3464 2.2.1 / RFC 3461 4.4: the ENVID travels as xtext and the report
+ * shows it decoded ("ENV-1a+2Bx" is "ENV-1a+x"), as Postfix does.  A value
+ * that is not xtext is left out; one that decodes to a control or non-ASCII
+ * octet is shown as given, which is safe (xtext is visible ASCII) and still
+ * identifies the message to its sender. */
+static void write_envid(struct out *o, struct spool_str v)
+{
+	char dec[SMTP_ENVID_MAX];
+	size_t n = 0;
+
+	if (v.len == 0 || v.len > SMTP_ENVID_MAX || !smtp_xtext_valid(v.ptr, v.len))
+		return;
+	out_str(o, "Original-Envelope-Id: ");
+	if (xtext_decode(v.ptr, v.len, dec, &n))
+		out_put(o, dec, n);
+	else
+		out_put(o, v.ptr, v.len);
+	out_str(o, "\r\n");
+}
+
 /* One per-recipient block (RFC 3464 2.3, fields in its ABNF order),
  * preceded by its blank line. */
 static void status_rcpt(struct out *o, const struct build *b, const struct dsn_rcpt_result *r)
@@ -904,10 +930,7 @@ static void write_status(struct out *o, const struct build *b)
 			b->global);
 	/* Field order is RFC 3464 2.2's per-message-fields ABNF; extension
 	 * fields (the queue ID, for operators) come last. */
-	/* RFC 3464 2.2.1: the ENVID as the sender gave it (xtext). */
-	if (env->envid.len != 0 && env->envid.len <= SMTP_ENVID_MAX &&
-	    smtp_xtext_valid(env->envid.ptr, env->envid.len))
-		out_fmt(o, "Original-Envelope-Id: %.*s\r\n", (int)env->envid.len, env->envid.ptr);
+	write_envid(o, env->envid);
 	out_fmt(o, "Reporting-MTA: dns; %s\r\n", p->reporting_mta);
 	if (env->arrival_s > 0)
 		out_fmt(o, "Arrival-Date: %s\r\n", date_str(d, env->arrival_s));

@@ -43,6 +43,11 @@
  *     are not ASCII are typed "utf-8;" (utf-8-addr-unitext: '\', '+' and
  *     '=' become \x{HEX}).  Otherwise parts 1 and 2 are 7-bit; part 3 is
  *     labelled 8bit only when the embedded bytes have 8-bit octets.
+ *   - Original-Envelope-Id and Original-Recipient show the ENVID and the
+ *     ORCPT address xtext-decoded (RFC 3464 2.2.1, 2.3.1); a value that
+ *     decodes to a control or non-ASCII octet is shown as given (xtext is
+ *     visible ASCII), a "utf-8;" ORCPT always is (RFC 6533 3).
+ *   - Diagnostic-Code keeps UTF-8 reply text in the RFC 6533 form only.
  *   - Part 3 is the original byte for byte (after unstuffing): its lines are
  *     whatever the server accepted; the builder's bounds apply to what it
  *     writes itself.
@@ -60,8 +65,10 @@
  *
  * The bounce's envelope (RFC 5321 4.5.5): null reverse-path
  * (DSN_MAIL_FROM), one recipient, the original sender; BODY=8BITMIME when
- * info.body_8bit, SMTPUTF8 when info.smtputf8.  dsn_bounce_env() fills
- * those fields.  Never build a DSN for a message whose sender is null
+ * info.body_8bit, SMTPUTF8 when info.smtputf8, and SPOOL_ENV_HDR_ASCII when
+ * the sender's address is ASCII (the DSN's only header field that is not
+ * the builder's own ASCII is To:), so an ASCII-addressed DSN is not refused
+ * by a hop without SMTPUTF8.  dsn_bounce_env() fills those fields.  Never build a DSN for a message whose sender is null
  * (dsn_needed() says false): a failed bounce is logged and dropped (double
  * bounce), never bounced again.
  *

@@ -30,11 +30,23 @@ enum qmsg_where {
 	QW_DONE,     /* finished: records being written, then freed */
 };
 
+/* Who reports a recipient's delivery to a sender who asked with
+ * NOTIFY=SUCCESS (RFC 3461 5.2.2.2). */
+enum qrcpt_success {
+	QRCPT_SUCCESS_NONE = 0,	 /* not delivered, or the hop took NOTIFY and reports */
+	QRCPT_SUCCESS_DELIVERED, /* we do, "delivered": LMTP without DSN, Maildir, mbox */
+	QRCPT_SUCCESS_RELAYED,	 /* we do, "relayed": an SMTP hop without DSN */
+};
+
 /* One recipient's outcome of the current attempt, kept for the DSN. */
 struct qrcpt_res {
 	uint8_t cls;	 /* this attempt: 0 no answer yet, 2, 4 or 5 */
+	uint8_t success; /* cls 2: enum qrcpt_success */
 	char status[12]; /* "5.1.1" */
 	char diag[240];	 /* "smtp; 550 5.1.1 no such user" */
+	/* RFC 3464 2.3.5 Remote-MTA, "" if none: the MX host's name, or the
+	 * hop's address literal "[192.0.2.1]" / "[IPv6:2001:db8::1]". */
+	char mta[256];
 };
 
 struct spool_note;

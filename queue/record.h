@@ -149,6 +149,11 @@ enum {
 	SPOOL_ENV_STUFFED = 1u << 0,  /* bytes are DATA wire form (dot-stuffed) */
 	SPOOL_ENV_8BIT = 1u << 1,     /* message has non-ASCII octets */
 	SPOOL_ENV_SMTPUTF8 = 1u << 2, /* MAIL ... SMTPUTF8 */
+	/* The header section as stored (the Received: field we add included)
+	 * is all ASCII: looked at on receipt.  With ASCII addresses too, an
+	 * SMTPUTF8 message does not need SMTPUTF8 at the next hop (RFC 6531
+	 * 3.4).  Absent (older spools): not known, taken as not ASCII. */
+	SPOOL_ENV_HDR_ASCII = 1u << 4,
 };
 
 struct spool_rcpt {

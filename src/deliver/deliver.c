@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -120,6 +121,18 @@ struct dunlink {
 	char name[DLV_NAME_MAX];
 };
 
+/* What one DSN of ours reports. */
+enum dlv_report {
+	/* An attempt's final answers: failed recipients and, when NOTIFY
+	 * asked for SUCCESS and the hop could not report it, delivered or
+	 * relayed ones (RFC 3461 5.2.2.2).  Its recipients are final only
+	 * once it is durable (report_settle). */
+	DLV_REPORT_OUTCOME = 1,
+	DLV_REPORT_DELAY, /* delivery.delay_notice_s: still being retried */
+};
+
+#define DLV_NO_RESUME UINT32_MAX
+
 /* A bounce being built (helper) and committed (spool). */
 struct dbounce {
 	struct spool_msg sm; /* first: the spool hands it back */
@@ -128,7 +141,11 @@ struct dbounce {
 	uint32_t *rcpt;
 	uint32_t n;
 	struct dsn_rcpt_result *results;
-	enum dsn_action action;
+	enum dlv_report kind;
+	uint32_t nfail, nsucc; /* results that are failures / successes */
+	/* DSN_RCPT_MAX results per DSN: the recipient to go on from with the
+	 * next one once this one is durable, or DLV_NO_RESUME. */
+	uint32_t resume;
 	bool move; /* not a bounce: orig re-written forward */
 	struct spool_rcpt *mrcpt;
 	uint32_t mn;
@@ -575,13 +592,106 @@ static const char *rcpt_domain(const struct spool_rcpt *r, const char *fallback,
 	return fallback;
 }
 
+/* Copy s into out[cap] NUL-terminated, cut before a UTF-8 character that
+ * does not fit whole (a reply may hold UTF-8; the DSN keeps it). */
+static void copy_text(char *out, size_t cap, const char *s)
+{
+	size_t n = strlen(s), k = n < cap ? n : cap - 1;
+
+	if (k < n) {
+		while (k > 0 && ((unsigned char)s[k] & 0xc0) == 0x80)
+			k--;
+	}
+	memcpy(out, s, k);
+	out[k] = '\0';
+}
+
 static void set_res(struct qmsg *m, uint32_t r, int cls, const char *status, const char *diag)
 {
 	struct qrcpt_res *res = &m->res[r];
 
 	res->cls = (uint8_t)cls;
+	res->success = QRCPT_SUCCESS_NONE;
+	res->mta[0] = '\0';
 	snprintf(res->status, sizeof(res->status), "%s", status);
-	snprintf(res->diag, sizeof(res->diag), "%s", diag);
+	copy_text(res->diag, sizeof(res->diag), diag);
+}
+
+static_assert(sizeof(((struct qrcpt_res *)0)->mta) >= sizeof(((struct dhop *)0)->host) &&
+		  sizeof(((struct qrcpt_res *)0)->mta) >= INET6_ADDRSTRLEN + 7,
+	      "qrcpt_res.mta holds an MX name and an IPv6 address literal");
+
+/* RFC 3464 2.3.5: the MTA that answered for the job's recipients: the MX
+ * host's name when reached through MX, else the address literal of the
+ * hop in RFC 5321 4.1.3 form.  None for local delivery, or when no hop
+ * was reached (every one failed: the job is past its last). */
+static void job_remote_mta(const struct djob *job, char *out, size_t cap)
+{
+	char ip[INET6_ADDRSTRLEN] = "";
+
+	out[0] = '\0';
+	if (job->cur >= job->nhops)
+		return;
+	const struct dhop *h = &job->hops[job->cur];
+	if (job->route->hops[0].kind == CONFIG_HOP_MX) {
+		snprintf(out, cap, "%s", h->host);
+	} else if (h->addr.ss_family == AF_INET6) {
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&h->addr)->sin6_addr, ip,
+			  sizeof(ip));
+		snprintf(out, cap, "[IPv6:%s]", ip);
+	} else {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)&h->addr)->sin_addr, ip,
+			  sizeof(ip));
+		snprintf(out, cap, "[%s]", ip);
+	}
+}
+
+/* RFC 3461 5.2.2.2 and 4.1: who reports a success.  A hop that offered
+ * DSN got NOTIFY and reports itself; otherwise we do: "relayed" when an
+ * SMTP hop took it, "delivered" when LMTP or a mailbox was the final
+ * delivery. */
+static enum qrcpt_success job_success(const struct djob *job)
+{
+	enum config_hop_kind kind = job->route->hops[0].kind;
+
+	if (kind == CONFIG_HOP_MAILDIR || kind == CONFIG_HOP_MBOX)
+		return QRCPT_SUCCESS_DELIVERED;
+	assert(job->cur < job->nhops);
+	if (job->hop_dsn)
+		return QRCPT_SUCCESS_NONE;
+	return job->hops[job->cur].lmtp ? QRCPT_SUCCESS_DELIVERED : QRCPT_SUCCESS_RELAYED;
+}
+
+static enum dsn_action success_action(enum qrcpt_success s)
+{
+	switch (s) {
+	case QRCPT_SUCCESS_DELIVERED:
+		return DSN_ACTION_DELIVERED;
+	case QRCPT_SUCCESS_RELAYED:
+		return DSN_ACTION_RELAYED;
+	case QRCPT_SUCCESS_NONE:
+		break;
+	}
+	abort(); /* callers ask only for a success we report */
+}
+
+static bool action_is_success(enum dsn_action a)
+{
+	return a == DSN_ACTION_DELIVERED || a == DSN_ACTION_RELAYED || a == DSN_ACTION_EXPANDED;
+}
+
+/* Does recipient r, delivered in this attempt, get a success report from
+ * us?  Only when its NOTIFY asked for SUCCESS (RFC 3461 4.1) and the hop
+ * could not report it itself; never for the null sender. */
+static bool success_reported(const struct qmsg *m, uint32_t r)
+{
+	const struct qrcpt_res *res = &m->res[r];
+	struct spool_rcpt rc;
+
+	if (res->cls != 2 || res->success == QRCPT_SUCCESS_NONE || !dsn_needed(&m->env) ||
+	    spool_env_rcpt(&m->env, r, &rc) != 0)
+		return false;
+	return dsn_should_notify(rc.notify, success_action(res->success), false);
 }
 
 static void attempt_finish(struct deliver *d, struct qmsg *m);
@@ -597,6 +707,9 @@ void dlv_rcpt_result(struct deliver *d, struct djob *job, uint32_t i, int cls, c
 	char id[SPOOL_QID_LEN + 1];
 
 	set_res(m, r, cls, status, diag);
+	job_remote_mta(job, m->res[r].mta, sizeof(m->res[r].mta));
+	if (cls == 2)
+		m->res[r].success = (uint8_t)job_success(job);
 	spool_env_rcpt(&m->env, r, &rc);
 	qid(m->id, id);
 	log_msg(LOG_INFO,
@@ -999,8 +1112,10 @@ static void ticket_apply(struct deliver *d, struct dticket *t)
 
 	free(t);
 	d->tickets_out--;
+	/* A delivery whose success we report stays pending until that report
+	 * is durable, as a bounce does (report_settle). */
 	for (uint32_t i = 0; i < m->env.rcpt_count; i++)
-		if (m->res[i].cls == 2)
+		if (m->res[i].cls == 2 && !success_reported(m, i))
 			m->rst[i] = SPOOL_RCPT_DELIVERED;
 	attempt_finish(d, m);
 }
@@ -1065,7 +1180,7 @@ static bool attempt_begin(struct deliver *d, struct qmsg *m)
 
 /* ---- finishing an attempt ---------------------------------------------------------------- */
 
-static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action action);
+static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind, uint32_t from);
 static int ctl_bounce_now(struct deliver *d, struct qmsg *m);
 
 static void message_done(struct deliver *d, struct qmsg *m)
@@ -1107,7 +1222,7 @@ static void settle(struct deliver *d, struct qmsg *m)
 	list_set(d, m, (m->flags & SPOOL_STATE_HELD) ? QW_HELD : QW_DEFERRED);
 	if (dc->delay_notice_s && !m->delay_sent && now - m->env.arrival_s >= dc->delay_notice_s) {
 		m->delay_sent = true;
-		bounce_start(d, m, DSN_ACTION_DELAYED);
+		report_start(d, m, DLV_REPORT_DELAY, 0);
 	}
 }
 
@@ -1127,7 +1242,7 @@ static void attempt_finish(struct deliver *d, struct qmsg *m)
 	const struct config_delivery *dc = &d->core.cfg->delivery;
 	int64_t now = time(NULL);
 	bool expired = now - m->env.arrival_s >= (int64_t)dc->max_age_s;
-	bool any_bounce = false;
+	bool any_report = false;
 
 	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
 		struct qrcpt_res *res = &m->res[r];
@@ -1149,15 +1264,17 @@ static void attempt_finish(struct deliver *d, struct qmsg *m)
 				snprintf(res->status, sizeof(res->status), "4.4.7");
 			log_bounced(m, r, "expired");
 		}
-		any_bounce |= res->cls == 5;
+		/* Still pending with a 2xx: its success is to be reported
+		 * (ticket_apply made the others final). */
+		any_report |= res->cls == 5 || res->cls == 2;
 	}
 	m->bounce_all = false;
 	if (m->delete_req) {
 		message_done(d, m);
 		return;
 	}
-	if (any_bounce) {
-		bounce_start(d, m, DSN_ACTION_FAILED);
+	if (any_report) {
+		report_start(d, m, DLV_REPORT_OUTCOME, 0);
 		return;
 	}
 	settle(d, m);
@@ -1184,27 +1301,51 @@ static int bounce_source(void *ctx, spool_body_fn sink, void *sink_ctx)
 	return spool_message_read(b->segfd, &b->orig->env, b->orig->commit_off, sink, sink_ctx);
 }
 
+/* A nonce for the DSN's Message-ID and boundary: one the sender cannot
+ * guess (dsn.h), so it cannot fill the message with every boundary there
+ * could be.  Helper thread: getrandom may block until the pool is ready. */
+static uint64_t bounce_nonce(const struct qmsg *m)
+{
+	uint64_t v;
+
+	if (getrandom(&v, sizeof(v), 0) == (ssize_t)sizeof(v))
+		return v;
+	return ((uint64_t)rand() << 32) ^ (uint64_t)rand() ^ m->id ^ (uint64_t)time(NULL);
+}
+
 static int bounce_job(void *arg)
 {
 	struct dbounce *b = arg;
 	const struct rmx_config *cfg = b->d->core.cfg;
-	uint64_t nonce = ((uint64_t)rand() << 32) ^ (uint64_t)rand() ^ b->orig->id;
+	/* RFC 3461 4.3: RET asks for the content in a failed DSN; a report of
+	 * successes alone returns the header section. */
+	struct spool_env env = b->orig->env;
+
+	if (b->kind == DLV_REPORT_OUTCOME && b->nfail == 0)
+		env.ret = SMTP_RET_HDRS;
 	struct dsn_params p = {
 	    .reporting_mta = cfg->hostname,
 	    .msgid_domain = cfg->hostname,
-	    .now_s = time(NULL),
-	    .nonce = nonce,
-	    .env = &b->orig->env,
+	    .env = &env,
 	    .results = b->results,
 	    .result_count = b->n,
 	    /* Bounded: a DSN carrying a whole huge message is itself huge. */
-	    .source = b->orig->env.msg_len <= (8u << 20) ? bounce_source : NULL,
+	    .source = env.msg_len <= (8u << 20) ? bounce_source : NULL,
 	    .source_ctx = b,
 	    .write = bounce_sink,
 	    .write_ctx = b,
 	};
 
-	b->rc = dsn_build(&p, &b->info);
+	/* -EEXIST: every boundary with this nonce is in the message (only
+	 * possible by chance or with a guessed nonce): a new one. */
+	for (int i = 0; i < 4; i++) {
+		p.now_s = time(NULL);
+		p.nonce = bounce_nonce(b->orig);
+		b->len = 0;
+		b->rc = dsn_build(&p, &b->info);
+		if (b->rc != -EEXIST)
+			break;
+	}
 	return b->rc;
 }
 
@@ -1217,94 +1358,176 @@ static void bounce_free(struct dbounce *b)
 	free(b);
 }
 
-/* Mark the bounced recipients final and settle the message.  ok=false:
- * the bounce could not be queued; they stay pending and are retried. */
-static void bounce_settle(struct deliver *d, struct qmsg *m, bool ok)
+/* The attempt's outcome report is queued (ok), or could not be: the
+ * recipients still pending become final and the message is settled.  A
+ * failure whose report could not be queued stays pending and is tried
+ * again; a delivery is final whatever became of its report, since
+ * delivering it again would duplicate the mail (logged). */
+static void report_settle(struct deliver *d, struct qmsg *m, bool ok)
 {
+	uint32_t lost = 0;
+
 	m->bounce_wait = false;
-	for (uint32_t r = 0; r < m->env.rcpt_count; r++)
-		if ((m->rst[r] == SPOOL_RCPT_PENDING || m->rst[r] == SPOOL_RCPT_DEFERRED) &&
-		    m->res[r].cls == 5 && ok)
+	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
+		if (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED)
+			continue;
+		if (m->res[r].cls == 5 && ok) {
 			m->rst[r] = SPOOL_RCPT_BOUNCED;
+		} else if (m->res[r].cls == 2) {
+			m->rst[r] = SPOOL_RCPT_DELIVERED;
+			lost += success_reported(m, r) && !ok;
+		}
+	}
+	if (lost) {
+		char id[SPOOL_QID_LEN + 1];
+
+		qid(m->id, id);
+		log_msg(LOG_ERROR,
+			"event=success_dsn_failed id=%s rcpts=%u note=\"delivered; the "
+			"NOTIFY=SUCCESS report could not be queued\"",
+			id, lost);
+	}
 	settle(d, m);
 }
 
-static void bounce_start(struct deliver *d, struct qmsg *m, enum dsn_action action)
+/* Recipient r's line in a report of this kind, or false when it gets none. */
+static bool report_result(const struct deliver *d, const struct qmsg *m, uint32_t r,
+			  enum dlv_report kind, struct dsn_rcpt_result *out)
+{
+	const struct qrcpt_res *res = &m->res[r];
+	struct spool_rcpt rc;
+	enum dsn_action action;
+	const char *status = res->status;
+
+	if (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED)
+		return false;
+	if (kind == DLV_REPORT_DELAY && m->rst[r] == SPOOL_RCPT_DEFERRED)
+		action = DSN_ACTION_DELAYED;
+	else if (kind == DLV_REPORT_OUTCOME && res->cls == 5)
+		action = DSN_ACTION_FAILED;
+	else if (kind == DLV_REPORT_OUTCOME && success_reported(m, r))
+		action = success_action(res->success);
+	else
+		return false;
+	spool_env_rcpt(&m->env, r, &rc);
+	/* Delay notices come only when delivery.delay_notice_s is set: then a
+	 * recipient without NOTIFY gets one too (RFC 3461 4.1 leaves that
+	 * default to the server). */
+	if (!dsn_should_notify(rc.notify, action, true))
+		return false;
+	if (!status[0] || (action_is_success(action) && status[0] != '2'))
+		status = action_is_success(action) ? "2.0.0" : "4.0.0";
+	*out = (struct dsn_rcpt_result){
+	    .rcpt = r,
+	    .action = action,
+	    .status = status,
+	    .diag = {res->diag, (uint32_t)strlen(res->diag)},
+	    .remote_mta = {res->mta, (uint32_t)strlen(res->mta)},
+	    .last_attempt_s = time(NULL),
+	    .retry_until_s = action == DSN_ACTION_DELAYED
+				 ? m->env.arrival_s + d->core.cfg->delivery.max_age_s
+				 : 0,
+	};
+	return true;
+}
+
+/* A report is finished: it needed no DSN, its DSN is durable (ok), or it
+ * could not be queued.  A delay notice changes no recipient: the message
+ * goes back to waiting for its next attempt (or is dropped if the operator
+ * deleted it meanwhile). */
+static void report_none(struct deliver *d, struct qmsg *m, enum dlv_report kind, bool ok)
+{
+	if (kind == DLV_REPORT_OUTCOME) {
+		report_settle(d, m, ok);
+		return;
+	}
+	m->bounce_wait = false;
+	if (m->delete_req)
+		message_done(d, m);
+	else
+		list_set(d, m, (m->flags & SPOOL_STATE_HELD) ? QW_HELD : QW_DEFERRED);
+}
+
+/* Build (helper) and queue the DSN of this kind for m's recipients from
+ * index `from` on, at most DSN_RCPT_MAX of them; the rest follow in the
+ * next DSN once this one is durable (report_durable). */
+static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind, uint32_t from)
 {
 	char id[SPOOL_QID_LEN + 1];
-	struct dbounce *b;
-	uint32_t n = 0;
+	uint32_t cap = m->env.rcpt_count < DSN_RCPT_MAX ? m->env.rcpt_count : DSN_RCPT_MAX;
+	struct dbounce *b = calloc(1, sizeof(*b));
+	uint32_t n = 0, r = from;
 
-	qid(m->id, id);
-	bool need = dsn_needed(&m->env);
-
-	b = calloc(1, sizeof(*b));
 	if (b) {
-		b->rcpt = malloc(m->env.rcpt_count * sizeof(uint32_t));
-		b->results = calloc(m->env.rcpt_count, sizeof(*b->results));
+		b->rcpt = malloc((cap ? cap : 1) * sizeof(uint32_t));
+		b->results = calloc(cap ? cap : 1, sizeof(*b->results));
 	}
 	if (!b || !b->rcpt || !b->results) {
 		if (b)
 			bounce_free(b);
-		if (action == DSN_ACTION_FAILED)
-			bounce_settle(d, m, false);
+		report_none(d, m, kind, false);
 		return;
 	}
-	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
-		struct spool_rcpt rc;
-		bool want = action == DSN_ACTION_FAILED ? m->res[r].cls == 5
-							: m->rst[r] == SPOOL_RCPT_DEFERRED;
-
-		if (!want || (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED))
-			continue;
-		spool_env_rcpt(&m->env, r, &rc);
-		/* Delay notices reach this only when delivery.delay_notice_s is
-		 * set: then a recipient without NOTIFY gets one too (RFC 3461
-		 * 4.1 leaves that default to the server). */
-		if (!dsn_should_notify(rc.notify, action, true))
-			continue;
-		b->results[n] = (struct dsn_rcpt_result){
-		    .rcpt = r,
-		    .action = action,
-		    .status = m->res[r].status[0] ? m->res[r].status : "4.0.0",
-		    .diag = {m->res[r].diag, (uint32_t)strlen(m->res[r].diag)},
-		    .last_attempt_s = time(NULL),
-		    .retry_until_s = action == DSN_ACTION_DELAYED
-					 ? m->env.arrival_s + d->core.cfg->delivery.max_age_s
-					 : 0,
-		};
-		b->rcpt[n++] = r;
-	}
-	if (!need || n == 0) {
-		if (action == DSN_ACTION_FAILED) {
-			if (!need)
-				log_msg(LOG_INFO,
-					"event=double_bounce id=%s reason=\"null sender: no DSN\"",
-					id);
-			bounce_free(b);
-			bounce_settle(d, m, true);
-		} else {
-			bounce_free(b);
+	for (; r < m->env.rcpt_count && n < cap && dsn_needed(&m->env); r++)
+		if (report_result(d, m, r, kind, &b->results[n])) {
+			b->nfail += b->results[n].action == DSN_ACTION_FAILED;
+			b->nsucc += action_is_success(b->results[n].action);
+			b->rcpt[n++] = r;
 		}
+	if (n == 0) {
+		qid(m->id, id);
+		if (!dsn_needed(&m->env) && kind == DLV_REPORT_OUTCOME)
+			log_msg(LOG_INFO,
+				"event=double_bounce id=%s reason=\"null sender: no DSN\"", id);
+		bounce_free(b);
+		report_none(d, m, kind, true);
 		return;
 	}
 	b->d = d;
 	b->orig = m;
 	b->n = n;
-	b->action = action;
+	b->kind = kind;
+	b->resume = r < m->env.rcpt_count ? r : DLV_NO_RESUME;
 	b->segfd = dlv_seg_fd(d, m->seq);
 	if (hpool_submit_job(d->pool, d->core.shard, 2, bounce_job, b) < 0) {
 		bounce_free(b);
-		if (action == DSN_ACTION_FAILED)
-			bounce_settle(d, m, false);
+		report_none(d, m, kind, false);
 		return;
 	}
 	d->helper_jobs++;
 	d->bounces++;
-	if (action == DSN_ACTION_FAILED) {
-		m->bounce_wait = true;
-		list_set(d, m, QW_ACTIVE);
+	/* The helper reads m: no attempt, delete or reclaim may finish and
+	 * free it meanwhile (a delay notice too, which used to leave it
+	 * deferred and so exposed). */
+	m->bounce_wait = true;
+	list_set(d, m, QW_ACTIVE);
+}
+
+/* This DSN is durable (ok) or failed.  Its recipients are final; the next
+ * DSN_RCPT_MAX go next, or the message is settled. */
+static void report_durable(struct deliver *d, struct dbounce *b, bool ok)
+{
+	struct qmsg *m = b->orig;
+
+	if (!ok) {
+		report_none(d, m, b->kind, false);
+		return;
 	}
+	for (uint32_t i = 0; b->kind == DLV_REPORT_OUTCOME && i < b->n; i++)
+		m->rst[b->rcpt[i]] = b->results[i].action == DSN_ACTION_FAILED
+					 ? SPOOL_RCPT_BOUNCED
+					 : SPOOL_RCPT_DELIVERED;
+	if (b->resume != DLV_NO_RESUME)
+		report_start(d, m, b->kind, b->resume);
+	else
+		report_none(d, m, b->kind, true);
+}
+
+static const char *report_word(const struct dbounce *b)
+{
+	if (b->kind == DLV_REPORT_DELAY)
+		return "delayed";
+	return b->nsucc == 0 ? "failed" : b->nfail == 0 ? "success" : "failed,success";
 }
 
 /* A built bounce goes into the spool as a message of ours; its
@@ -1345,8 +1568,8 @@ static bool bounce_commit(struct deliver *d, struct dbounce *b)
 		if (b->move) {
 			b->orig->moving = false;
 			d->moves--;
-		} else if (b->action == DSN_ACTION_FAILED) {
-			bounce_settle(d, b->orig, false);
+		} else {
+			report_durable(d, b, false);
 		}
 		d->bounces--;
 		bounce_free(b);
@@ -1362,8 +1585,7 @@ static void bounce_built(struct deliver *d, struct dbounce *b)
 		qid(b->orig->id, id);
 		log_msg(LOG_ERROR, "event=bounce_failed id=%s error=\"%s\"", id,
 			strerror(b->rc < 0 ? -b->rc : EFBIG));
-		if (b->action == DSN_ACTION_FAILED)
-			bounce_settle(d, b->orig, false);
+		report_durable(d, b, false);
 		d->bounces--;
 		bounce_free(b);
 		return;
@@ -1430,13 +1652,12 @@ void deliver_spool_durable(struct deliver *d, struct spool_msg *sm, int res)
 	sm->committing = false;
 	if (res == 0) {
 		log_msg(LOG_INFO, "event=bounce_queued id=%s dsn=%s action=%s rcpts=%u", id, nid,
-			b->action == DSN_ACTION_FAILED ? "failed" : "delayed", b->n);
+			report_word(b), b->n);
 		enqueue(d, sm);
 	} else {
 		log_msg(LOG_ERROR, "event=bounce_failed id=%s error=\"%s\"", id, strerror(-res));
 	}
-	if (b->action == DSN_ACTION_FAILED)
-		bounce_settle(d, b->orig, res == 0);
+	report_durable(d, b, res == 0);
 	d->bounces--;
 	bounce_free(b);
 }

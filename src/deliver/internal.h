@@ -58,6 +58,7 @@ struct djob {
 	struct dhop hops[DLV_HOPS_MAX];
 	uint32_t nhops, cur;
 	bool dns_wait, waiting, started;
+	bool hop_dsn; /* the hop of the transaction offered DSN: it took NOTIFY */
 	char last_err[DLV_ERR_MAX];
 	struct djob *next, *prev; /* the engine's wait list */
 };

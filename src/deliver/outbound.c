@@ -506,6 +506,38 @@ static void write_rcpts(struct oconn *oc)
 	}
 }
 
+static bool str_ascii(struct spool_str s)
+{
+	for (uint32_t i = 0; i < s.len; i++)
+		if ((unsigned char)s.ptr[i] >= 0x80)
+			return false;
+	return true;
+}
+
+/* RFC 6531 3.4: a message sent with SMTPUTF8 needs it at the next hop only
+ * when the reverse-path, a forward-path of this transaction or its header
+ * section is not ASCII; an all-ASCII one goes on as plain SMTP (Dovecot 2.3
+ * LMTP does not offer SMTPUTF8).  The header section was looked at on
+ * receipt (SPOOL_ENV_HDR_ASCII).  One that really needs it is bounced
+ * where SMTPUTF8 is missing: no downgrade (RFC 6530 ff.) is built. */
+static bool tx_needs_smtputf8(const struct oconn *oc)
+{
+	const struct djob *job = oc->job;
+	const struct spool_env *e = &job->m->env;
+
+	if (!(e->flags & SPOOL_ENV_SMTPUTF8))
+		return false;
+	if (!(e->flags & SPOOL_ENV_HDR_ASCII) || !str_ascii(e->mail_from))
+		return true;
+	for (uint32_t i = 0; i < job->nrcpt; i++) {
+		struct spool_rcpt r;
+
+		if (spool_env_rcpt(e, job->rcpt[i], &r) != 0 || !str_ascii(r.addr))
+			return true;
+	}
+	return false;
+}
+
 /* The job's message against the next hop's capabilities (RFC 1870, 6152,
  * 6531): a message it cannot take is bounced here, never altered. */
 static bool tx_check(struct oconn *oc)
@@ -521,7 +553,7 @@ static bool tx_check(struct oconn *oc)
 		result_all(oc, 5, "5.3.4", diag, false);
 		return false;
 	}
-	if ((e->flags & SPOOL_ENV_SMTPUTF8) && !(oc->caps.ext & SMTP_EXT_SMTPUTF8)) {
+	if (!(oc->caps.ext & SMTP_EXT_SMTPUTF8) && tx_needs_smtputf8(oc)) {
 		snprintf(diag, sizeof(diag),
 			 "X-ringmx; the message needs SMTPUTF8, which %s does not offer",
 			 oc->hop.name);
@@ -547,6 +579,7 @@ static void oc_begin_tx(struct oconn *oc)
 	memset(job->acc, 0, job->nrcpt);
 	job->started = true;
 	snprintf(job->tls_info, sizeof(job->tls_info), "%s", oc->tls_info);
+	job->hop_dsn = dsn;
 	if (!tx_check(oc)) {
 		oc_release_job(oc);
 		oc_idle(oc);
@@ -559,7 +592,9 @@ static void oc_begin_tx(struct oconn *oc)
 	oc_cmd(oc, "MAIL FROM:<%.*s>", (int)e->mail_from.len, e->mail_from.ptr);
 	if ((e->flags & SPOOL_ENV_8BIT) || e->body_type == SMTP_BODY_8BITMIME)
 		oc_cmd(oc, " BODY=8BITMIME");
-	if (e->flags & SPOOL_ENV_SMTPUTF8)
+	/* Passed on where offered; left out where not (tx_check let the
+	 * message through only if it does not need it). */
+	if ((e->flags & SPOOL_ENV_SMTPUTF8) && (oc->caps.ext & SMTP_EXT_SMTPUTF8))
 		oc_cmd(oc, " SMTPUTF8");
 	if (oc->caps.ext & SMTP_EXT_SIZE)
 		oc_cmd(oc, " SIZE=%llu", (unsigned long long)e->msg_len);

@@ -89,20 +89,44 @@ static size_t esc_len_at(const char *t, size_t n, uint16_t code)
 	return i;
 }
 
-/* Append printable ASCII to the kept text; anything else becomes '?' so the
- * text can go into a DSN field (RFC 3464 2.3.6 is US-ASCII) or a log line
- * without letting the peer inject line breaks or control sequences. */
+/* The length of the character at t[0..n) the kept text may hold as it is,
+ * or 0: printable ASCII, and well-formed UTF-8 (an SMTPUTF8 server may
+ * answer in UTF-8, which the RFC 6533 report carries) other than the C1
+ * controls U+0080..U+009F, which some terminals take as escape sequences
+ * just as they take ESC. */
+static size_t text_char_len(const char *t, size_t n)
+{
+	uint8_t c = (uint8_t)t[0];
+
+	if (c < 0x80)
+		return c >= 0x20 && c < 0x7f ? 1 : 0;
+	if (c == 0xc2 && n >= 2 && (uint8_t)t[1] < 0xa0)
+		return 0;
+	return smtp_utf8_len(t, n);
+}
+
+/* Append to the kept text: what text_char_len() allows as it is, any other
+ * octet as '?', so the peer can inject no line break, control sequence or
+ * malformed UTF-8 (the 7-bit report and the kv log escape even the UTF-8).
+ * A character that does not fit whole is left out. */
 static void text_append(struct smtp_reply *r, const char *t, size_t n)
 {
-	size_t room = SMTP_REPLY_TEXT_MAX - r->text_len;
-	if (n > room) {
-		n = room;
-		r->flags |= SMTP_REPLY_TEXT_TRUNCATED;
+	for (size_t i = 0; i < n;) {
+		size_t len = text_char_len(t + i, n - i);
+		size_t put = len ? len : 1;
+
+		if (put > (size_t)(SMTP_REPLY_TEXT_MAX - r->text_len)) {
+			r->flags |= SMTP_REPLY_TEXT_TRUNCATED;
+			return;
+		}
+		if (len)
+			memcpy(r->text + r->text_len, t + i, put);
+		else
+			r->text[r->text_len] = '?';
+		r->text_len += (uint16_t)put;
+		i += put;
 	}
-	for (size_t i = 0; i < n; i++) {
-		uint8_t c = (uint8_t)t[i];
-		r->text[r->text_len++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-	}
+	assert(r->text_len <= SMTP_REPLY_TEXT_MAX);
 }
 
 /* Keep one line's text.  The enhanced code comes from the first line; RFC
@@ -720,7 +744,18 @@ size_t smtp_reply_diag(const struct smtp_reply *r, char *out, size_t cap)
 	int n = snprintf(out, cap, "smtp; %u%s%.*s", (unsigned)r->code, r->text_len > 0 ? " " : "",
 			 (int)r->text_len, r->text);
 	assert(n > 0);
-	return (size_t)n < cap ? (size_t)n : cap - 1;
+	size_t k = (size_t)n < cap ? (size_t)n : cap - 1;
+	/* Cut before a UTF-8 character the room split, never inside it. */
+	if (k < (size_t)n) {
+		size_t lead = k;
+		while (lead > 0 && ((uint8_t)out[lead - 1] & 0xc0) == 0x80)
+			lead--;
+		if (lead > 0 && (uint8_t)out[lead - 1] >= 0xc0 &&
+		    smtp_utf8_len(out + lead - 1, k - (lead - 1)) == 0)
+			k = lead - 1;
+		out[k] = '\0';
+	}
+	return k;
 }
 
 size_t smtp_reply_status(const struct smtp_reply *r, char out[SMTP_ESC_MAX + 1])

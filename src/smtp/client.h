@@ -94,9 +94,12 @@ struct smtp_reply_line {
 
 /* The summary of one reply, copied (bounded) so it outlives the buffers the
  * reply arrived in.  text joins the lines' text with one space; an enhanced
- * code repeated at the start of continuation lines is dropped; octets other
- * than printable ASCII become '?', so it can go into a DSN or a log line as
- * it is.  Not NUL-terminated. */
+ * code repeated at the start of continuation lines is dropped; printable
+ * ASCII and well-formed UTF-8 (RFC 3629) but C1 controls are kept, every
+ * other octet becomes '?' (no CR, LF or other control), so it can go into a DSN (whose
+ * builder keeps UTF-8 only in the RFC 6533 form) or a log line (escaped
+ * there).  A cut at SMTP_REPLY_TEXT_MAX never splits a character.  Not
+ * NUL-terminated. */
 struct smtp_reply {
 	uint16_t code;			/* 200..559 */
 	uint16_t lines;			/* lines in the reply */
@@ -354,8 +357,9 @@ enum smtp_outcome {
 enum smtp_outcome smtp_reply_outcome(uint16_t code);
 
 /* RFC 3464 2.3.6 Diagnostic-Code, "smtp; 550 5.1.1 <x>: unknown user",
- * written NUL-terminated into out[0..cap) (truncated to fit; cap >= 1);
- * returns its length.  No CR, LF or non-printable octets. */
+ * written NUL-terminated into out[0..cap) (truncated to fit, never inside a
+ * UTF-8 character; cap >= 1); returns its length.  No CR, LF or other
+ * control octets; UTF-8 as reply.text has it. */
 size_t smtp_reply_diag(const struct smtp_reply *r, char *out, size_t cap);
 
 /* RFC 3464 2.3.4 Status: the reply's enhanced code when it has one, else

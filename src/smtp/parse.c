@@ -103,6 +103,13 @@ static size_t utf8_seq_len(const uint8_t *p, const uint8_t *end)
 	return n;
 }
 
+size_t smtp_utf8_len(const char *p, size_t n)
+{
+	assert(p != NULL && n > 0);
+	const uint8_t *u = (const uint8_t *)p;
+	return u[0] < 0x80 ? 1 : utf8_seq_len(u, u + n);
+}
+
 /* 1 to 20 digits that fit in 64 bits (SIZE, BDAT): more is refused rather
  * than wrapped, so a huge size can never turn into a small one. */
 #define SMTP_U64_DIGITS_MAX 20
@@ -986,7 +993,7 @@ static inline void data_octet(struct smtp_data_state *s, uint8_t c)
 	if (c == '\0')
 		s->flags |= SMTP_DATA_NUL;
 	if (c >= 0x80)
-		s->flags |= SMTP_DATA_8BIT;
+		s->flags |= s->in_header ? SMTP_DATA_8BIT | SMTP_DATA_8BIT_HEADER : SMTP_DATA_8BIT;
 	if (s->hdr_match != HDR_NO_MATCH)
 		data_hdr_match(s, c);
 }
@@ -1134,12 +1141,14 @@ int smtp_data_scan(struct smtp_data_state *st, const char *buf, size_t len, size
 	}
 	const uint8_t *start = (const uint8_t *)buf, *p = start, *end = start + len;
 	struct smtp_data_state s = *st; /* a local copy stays in registers */
-	uint64_t acc = 0;
+	uint64_t acc = 0, hacc = 0;	/* octets skipped in the body / the header section */
 	int rc = SMTP_PARSE_AGAIN;
 
 	while (p < end) {
 		if (s.phase == PH_TEXT && s.hdr_match == HDR_NO_MATCH) {
-			const uint8_t *q = data_skip(p, end, &acc);
+			/* A skip never crosses a line end, so it lies wholly in
+			 * the header section or wholly after it. */
+			const uint8_t *q = data_skip(p, end, s.in_header ? &hacc : &acc);
 			data_line_grow(&s, (size_t)(q - p));
 			p = q;
 			if (p == end)
@@ -1150,8 +1159,10 @@ int smtp_data_scan(struct smtp_data_state *st, const char *buf, size_t len, size
 			break;
 		}
 	}
-	if (acc & 0x8080808080808080u)
+	if ((acc | hacc) & 0x8080808080808080u)
 		s.flags |= SMTP_DATA_8BIT;
+	if (hacc & 0x8080808080808080u)
+		s.flags |= SMTP_DATA_8BIT_HEADER;
 	assert((rc == SMTP_PARSE_OK) == (s.phase == PH_END));
 	*used = (size_t)(p - start);
 	s.wire_len += *used;

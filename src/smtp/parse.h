@@ -194,6 +194,11 @@ size_t smtp_cmd_line_max(enum smtp_verb verb);
  * upper-case hex digits, other octets 33..126 except '+' and '='. */
 bool smtp_xtext_valid(const char *s, size_t len);
 
+/* Length of the well-formed UTF-8 character at p[0..n) (RFC 3629 4: no
+ * overlong forms, no surrogates, nothing past U+10FFFF): 1 for ASCII, 2..4,
+ * or 0 when the octets there are not one.  n >= 1. */
+size_t smtp_utf8_len(const char *p, size_t n);
+
 /* ---- message body --------------------------------------------------------
  *
  * smtp_data_scan() walks body bytes as they arrive.  In DATA mode (dot=true)
@@ -213,7 +218,9 @@ bool smtp_xtext_valid(const char *s, size_t len);
  * as stored is wire_len - 3 bytes for DATA.  Also tracked: the longest line
  * (flag LONG_LINE past SMTP_TEXT_LINE_MAX incl. CRLF), the header section
  * (up to the first empty line) and the number of "Received:" header fields
- * in it (case-insensitive, at line start), and non-ASCII octets (8BIT).
+ * in it (case-insensitive, at line start), and non-ASCII octets (8BIT;
+ * 8BIT_HEADER too when one is in the header section: RFC 6532 header fields,
+ * which only an SMTPUTF8 hop may be sent, RFC 6531 3.4).
  */
 enum {
 	SMTP_DATA_BARE_CR = 1u << 0,
@@ -221,6 +228,7 @@ enum {
 	SMTP_DATA_NUL = 1u << 2,
 	SMTP_DATA_LONG_LINE = 1u << 3,
 	SMTP_DATA_8BIT = 1u << 4,
+	SMTP_DATA_8BIT_HEADER = 1u << 5,
 };
 
 struct smtp_data_state {

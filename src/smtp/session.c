@@ -35,6 +35,7 @@ struct smtp_tx {
 	bool begun;	   /* spool_msg_begin done */
 	bool data_decided; /* the data stage's decision is in */
 	bool smtputf8;
+	bool received_8bit; /* our Received: field is not ASCII (an AUTH name, a "for" address) */
 	uint8_t body_type;
 	uint8_t ret;
 	uint64_t size_declared;
@@ -671,6 +672,34 @@ static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
 		rcpt_finish(c, cmd);
 }
 
+/* The authenticated user as our Received: field shows it, in out[cap]
+ * (cap >= 2), at most cap - 1 octets.  A users_file name may hold any
+ * octet but space and controls; only printable ASCII goes in, '(' ')' and
+ * '\\' quoted (RFC 5322 3.2.2: they would end or escape the comment), each
+ * other character (UTF-8) as one '?': our own trace field must not be what
+ * makes a message need SMTPUTF8 (RFC 6531 3.4) or carry 8-bit header
+ * octets to a hop that did not ask for them.  The log has the name. */
+static void received_user(char *out, size_t cap, const char *user)
+{
+	size_t n = strlen(user), k = 0;
+
+	assert(cap >= 2);
+	for (size_t i = 0; i < n;) {
+		unsigned char ch = (unsigned char)user[i];
+		bool quote = ch == '(' || ch == ')' || ch == '\\';
+		size_t len = ch < 0x80 ? 1 : smtp_utf8_len(user + i, n - i);
+
+		if (k + 1 + quote >= cap)
+			break;
+		if (quote)
+			out[k++] = '\\';
+		out[k++] = ch > ' ' && ch < 0x7f ? (char)ch : '?';
+		i += len ? len : 1;
+	}
+	out[k] = '\0';
+	assert(k < cap);
+}
+
 /* RFC 5321 4.4 trace header.  The "with" value follows RFC 3848 and RFC
  * 6531 4.3; "for" names the recipient only when there is exactly one, so a
  * copy never discloses the others.  Returns its length. */
@@ -698,9 +727,13 @@ static size_t tx_received_header(struct conn *c)
 	if (tlsv)
 		snprintf(tls, sizeof(tls), "\r\n\t(using %s with cipher %.100s)", tlsv,
 			 conn_tls_cipher(c));
-	if (c->s.authed) /* RFC 4954 does not require it; admins expect it */
+	if (c->s.authed) { /* RFC 4954 does not require it; admins expect it */
+		char user[61];
+
+		received_user(user, sizeof(user), c->s.auth_user);
 		snprintf(tls + strlen(tls), sizeof(tls) - strlen(tls),
-			 "\r\n\t(authenticated as %.60s)", c->s.auth_user);
+			 "\r\n\t(authenticated as %s)", user);
+	}
 	/* RFC 5321 4.1.3: an IPv6 address literal is tagged "IPv6:". */
 	snprintf(lit, sizeof(lit), "[%s%s]", c->peer.ss_family == AF_INET6 ? "IPv6:" : "",
 		 c->peer_ip);
@@ -721,7 +754,11 @@ static void tx_begin_message(struct conn *c, bool dot)
 	tx->begun = true;
 	spool_qid_format(tx->msg.id, tx->qid);
 	smtp_data_begin(&c->s.ds, dot);
-	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)tx_received_header(c), SPOOL_NO_BUF);
+	size_t n = tx_received_header(c);
+	tx->received_8bit = false;
+	for (size_t i = 0; i < n; i++)
+		tx->received_8bit |= (unsigned char)tx->received[i] >= 0x80;
+	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)n, SPOOL_NO_BUF);
 }
 
 static void cmd_data(struct conn *c)
@@ -927,9 +964,12 @@ static void tx_commit(struct conn *c)
 
 	env.arrival_s = time(NULL);
 	env.msg_len = dot ? wire - 3 : wire;
+	/* Our Received: field is part of the stored header section: an 8-bit
+	 * AUTH name or "for" address in it counts like the client's octets. */
+	bool hdr_8bit = (c->s.ds.flags & SMTP_DATA_8BIT_HEADER) || tx->received_8bit;
 	env.flags = (dot ? SPOOL_ENV_STUFFED : 0) |
-		    (c->s.ds.flags & SMTP_DATA_8BIT ? SPOOL_ENV_8BIT : 0) |
-		    (tx->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0);
+		    ((c->s.ds.flags & SMTP_DATA_8BIT) || hdr_8bit ? SPOOL_ENV_8BIT : 0) |
+		    (tx->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0) | (hdr_8bit ? 0 : SPOOL_ENV_HDR_ASCII);
 	env.body_type = tx->body_type;
 	env.ret = tx->ret;
 	env.size_declared = tx->size_declared;

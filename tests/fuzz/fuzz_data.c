@@ -5,8 +5,8 @@
  * position, wire_len and every tracked field.  A plain, slow oracle then
  * recomputes the same answers: the end is the first CRLF "." CRLF of
  * CRLF + body; a bare CR is a CR followed by something other than LF; a bare
- * LF is an LF not after CR; lines, header section and "Received:" count as
- * documented in parse.h.  In DATA mode the stored bytes are also unstuffed
+ * LF is an LF not after CR; lines, header section (and 8-bit octets in it)
+ * and "Received:" count as documented in parse.h.  In DATA mode the stored bytes are also unstuffed
  * whole, split and in place, with identical results.
  */
 #ifndef _GNU_SOURCE
@@ -128,6 +128,9 @@ static void oracle_lines(const uint8_t *c, size_t n, bool dot, struct smtp_data_
 			e->flags |= SMTP_DATA_LONG_LINE;
 		if (e->in_header && starts_received(c + s, t - s))
 			e->received_count++;
+		for (size_t k = s; e->in_header && k < t; k++)
+			if (c[k] >= 0x80)
+				e->flags |= SMTP_DATA_8BIT_HEADER;
 		if (lf == NULL) {
 			e->line_len = (uint32_t)(t - s);
 			break;

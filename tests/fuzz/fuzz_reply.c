@@ -8,7 +8,8 @@
  * bytes of that call or the state's own line buffer; the lines, replies and
  * final verdict do not depend on how the bytes were split; a completed
  * reply obeys its bounds, its kept text and DSN diagnostic hold only
- * printable ASCII, its enhanced code has the RFC 3463 form and class.
+ * printable ASCII and well-formed UTF-8 (no C0 or C1 control, no character
+ * cut), its enhanced code has the RFC 3463 form and class.
  * EHLO parsing of the whole input agrees with line-by-line parsing.
  * smtp_reply_count over each piece, from the state before it, gives the
  * replies the parser then completes in that piece and where the last ends
@@ -73,11 +74,17 @@ static uint64_t fnv(const char *p, size_t n)
 	return h;
 }
 
+/* Printable ASCII and whole, well-formed UTF-8 characters, no C1 control. */
 static bool printable(const char *p, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
-		if ((uint8_t)p[i] < 0x20 || (uint8_t)p[i] >= 0x7f)
+	for (size_t i = 0; i < n;) {
+		uint8_t c = (uint8_t)p[i];
+		size_t len = smtp_utf8_len(p + i, n - i);
+		if (len == 0 || (c < 0x80 && (c < 0x20 || c == 0x7f)) ||
+		    (c == 0xc2 && (uint8_t)p[i + 1] < 0xa0))
 			return false;
+		i += len;
+	}
 	return true;
 }
 
@@ -95,6 +102,13 @@ static void check_reply(const struct smtp_reply *r)
 	}
 	size_t n = smtp_reply_diag(r, diag, sizeof diag);
 	CHECK(n == strlen(diag) && strncmp(diag, "smtp; ", 6) == 0 && printable(diag, n));
+	/* Cut short: a prefix of the whole, never inside a character. */
+	for (size_t cap = 1; cap <= 24; cap++) {
+		char small[24];
+		size_t k = smtp_reply_diag(r, small, cap);
+		CHECK(k < cap && k == strlen(small) && k <= n && memcmp(small, diag, k) == 0);
+		CHECK(printable(small, k) && k + 4 >= (cap - 1 < n ? cap - 1 : n));
+	}
 	n = smtp_reply_status(r, status);
 	CHECK(n >= 5 && n <= SMTP_ESC_MAX && n == strlen(status));
 }

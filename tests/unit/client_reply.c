@@ -551,10 +551,32 @@ static void test_bytes_bound(void **state)
 static void test_kept_text_sanitized(void **state)
 {
 	(void)state;
-	const struct run *r = PARSE("550 5.7.1 caf\xc3\xa9\tand\x7f\x01 bell\r\n");
-	kept_is(&r->rep[0], "5.7.1 caf??\?and?? bell");
+	/* Well-formed UTF-8 is kept (an SMTPUTF8 server's text, for the RFC
+	 * 6533 report); controls become '?'. */
+	const struct run *r = PARSE("550 5.7.1 caf\xc3\xa9\tand\x7f\x01 bell \xe2\x80\x93 "
+				    "\xf0\x9f\x93\xab\r\n");
+	kept_is(&r->rep[0], "5.7.1 caf\xc3\xa9?and?? bell \xe2\x80\x93 \xf0\x9f\x93\xab");
 	/* The line's own slice is the raw text. */
-	text_is(r, 0, "5.7.1 caf\xc3\xa9\tand\x7f\x01 bell");
+	text_is(r, 0, "5.7.1 caf\xc3\xa9\tand\x7f\x01 bell \xe2\x80\x93 \xf0\x9f\x93\xab");
+	/* Malformed UTF-8 is '?' octet by octet: a lone continuation, an
+	 * overlong '/', a surrogate, past U+10FFFF, Latin-1, a sequence cut
+	 * short by the next character and by the line end. */
+	r = PARSE("550 a\x80"
+		  "b\xc0\xaf"
+		  "c\xed\xa0\x80"
+		  "d\xf4\x90\x80\x80"
+		  "e\xe9"
+		  "t\xe2\x80"
+		  "x\xe2\x80\r\n");
+	kept_is(&r->rep[0], "a?b??c???d????e?t??x??");
+	/* Multi-line: each line's text is checked on its own. */
+	r = PARSE("550-M\xc3\xbcller\r\n550 \xc3\r\n");
+	kept_is(&r->rep[0], "M\xc3\xbcller ?");
+	/* C1 controls are well-formed UTF-8 but controls all the same (U+009B
+	 * is a terminal's CSI); U+00A0 is not one. */
+	r = PARSE("550 a\xc2\x9b"
+		  "31m \xc2\x85x\xc2\xa0y\r\n");
+	kept_is(&r->rep[0], "a??31m ??x\xc2\xa0y");
 }
 
 /* ---- EHLO ----------------------------------------------------------------- */
@@ -793,6 +815,42 @@ static void test_diag(void **state)
 	assert_string_equal(out, "smtp; 554 a?[31m b");
 }
 
+/* The SMTP_REPLY_TEXT_MAX cut and smtp_reply_diag's cut never split a
+ * UTF-8 character. */
+static void test_kept_text_utf8_cut(void **state)
+{
+	(void)state;
+	char line[SMTP_REPLY_TEXT_MAX + 64], out[64];
+	size_t n = 0;
+
+	/* "550 " then 'x' until one octet short of the bound, then a 2-octet
+	 * character: it does not fit and is left out whole. */
+	n += (size_t)snprintf(line, sizeof line, "550 ");
+	memset(line + n, 'x', SMTP_REPLY_TEXT_MAX - 1);
+	n += SMTP_REPLY_TEXT_MAX - 1;
+	memcpy(line + n, "\xc3\xa9\r\n", 4);
+	n += 4;
+	line[n] = '\0';
+	const struct run *r = parse_checked(line, n);
+	assert_int_equal(r->rep[0].text_len, SMTP_REPLY_TEXT_MAX - 1);
+	assert_true(r->rep[0].flags & SMTP_REPLY_TEXT_TRUNCATED);
+	/* One more room: it fits exactly. */
+	memmove(line + 5, line + 6, n - 6);
+	n--;
+	r = parse_checked(line, n);
+	assert_int_equal(r->rep[0].text_len, SMTP_REPLY_TEXT_MAX);
+	assert_memory_equal(r->rep[0].text + SMTP_REPLY_TEXT_MAX - 2, "\xc3\xa9", 2);
+
+	/* "smtp; 550 " is 10 octets; the euro sign takes 3. */
+	const struct smtp_reply *rep = one_reply("550 ab\xe2\x82\xac\r\n");
+	assert_int_equal(smtp_reply_diag(rep, out, 13), 12);
+	assert_string_equal(out, "smtp; 550 ab");
+	assert_int_equal(smtp_reply_diag(rep, out, 14), 12);
+	assert_int_equal(smtp_reply_diag(rep, out, 15), 12);
+	assert_int_equal(smtp_reply_diag(rep, out, 16), 15);
+	assert_string_equal(out, "smtp; 550 ab\xe2\x82\xac");
+}
+
 static void status_is(const char *in, const char *want)
 {
 	char out[SMTP_ESC_MAX + 1];
@@ -833,6 +891,7 @@ int main(void)
 	    cmocka_unit_test(test_lines_bound),
 	    cmocka_unit_test(test_bytes_bound),
 	    cmocka_unit_test(test_kept_text_sanitized),
+	    cmocka_unit_test(test_kept_text_utf8_cut),
 	    cmocka_unit_test(test_ehlo_postfix),
 	    cmocka_unit_test(test_ehlo_exchange),
 	    cmocka_unit_test(test_ehlo_gmail),

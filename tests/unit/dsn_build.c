@@ -418,7 +418,7 @@ static void failed_hdrs_envid_orcpt(void **state)
 	assert_true(part_has_header(&f, 3, "Content-Type: text/rfc822-headers"));
 	assert_false(has_line(f.out.buf, f.out.len, "Content-Transfer-Encoding: 8bit"));
 	assert_part_equals(&f, 2,
-			   "Original-Envelope-Id: env+2B1\r\n"
+			   "Original-Envelope-Id: env+1\r\n"
 			   "Reporting-MTA: dns; mx.ringmx.test\r\n"
 			   "Arrival-Date: Tue, 14 Nov 2023 22:00:00 +0000\r\n"
 			   "X-Ringmx-Queue-ID: " QID "\r\n"
@@ -1020,12 +1020,62 @@ static void hostile_fields(void **state)
 	assert_null(strstr(f.out.buf, "Original-Envelope-Id"));
 	assert_null(strstr(f.out.buf, "\r\nBcc"));
 	fx_free(&f);
+	/* An ENVID that decodes to CR LF, a NUL or 8-bit octets is shown as
+	 * the sender gave it: visible ASCII, no field can be injected. */
+	static const char *const raw_envids[] = {"e+0D+0ABcc:+20x@y", "e+00", "e+C3+A9", "e+7F"};
+	for (size_t i = 0; i < sizeof raw_envids / sizeof raw_envids[0]; i++) {
+		char want[128];
+		fx_init(&f, orig_msg, sizeof orig_msg - 1);
+		f.env.envid = (struct spool_str){raw_envids[i], (uint32_t)strlen(raw_envids[i])};
+		assert_int_equal(build(&f), 0);
+		snprintf(want, sizeof want, "Original-Envelope-Id: %s", raw_envids[i]);
+		assert_true(has_line(f.out.buf, f.out.len, want));
+		assert_null(strstr(f.out.buf, "\r\nBcc"));
+		fx_free(&f);
+	}
 	/* utf-8 ORCPT is reported as given (RFC 6533 3). */
 	fx_init(&f, orig_msg, sizeof orig_msg - 1);
 	f.rcpts[0].orcpt = (struct spool_str){"utf-8;j\\x{F6}rg@x", 17};
 	assert_int_equal(build(&f), 0);
 	assert_true(has_line(f.out.buf, f.out.len, "Original-Recipient: utf-8;j\\x{F6}rg@x"));
 	fx_free(&f);
+}
+
+/* RFC 3464 2.2.1, 2.3.1: ENVID and ORCPT are shown xtext-decoded, as
+ * deployed MTAs (Postfix) show them. */
+static void xtext_decoded(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *envid, *envid_shown, *orcpt, *orcpt_shown;
+	} cases[] = {
+	    {"ENV-1a+2Bx", "ENV-1a+x", "rfc822;orig+2Btag@example.net",
+	     "rfc822;orig+tag@example.net"},
+	    {"a+3Db+20c", "a=b c", "RFC822;x+3Dy+20z@example.net", "RFC822;x=y z@example.net"},
+	    {"plain.id-42", "plain.id-42", "rfc822;bob@example.net", "rfc822;bob@example.net"},
+	    /* lower-case hex is not xtext (RFC 3461 4): shown as given */
+	    {"x+2b", NULL, "rfc822;a+2bb@example.net", "rfc822;a+2bb@example.net"},
+	};
+	struct fx f;
+
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char want[256];
+		fx_init(&f, orig_msg, sizeof orig_msg - 1);
+		f.env.envid = (struct spool_str){cases[i].envid, (uint32_t)strlen(cases[i].envid)};
+		f.rcpts[0].orcpt =
+		    (struct spool_str){cases[i].orcpt, (uint32_t)strlen(cases[i].orcpt)};
+		assert_int_equal(build(&f), 0);
+		if (cases[i].envid_shown) {
+			snprintf(want, sizeof want, "Original-Envelope-Id: %s",
+				 cases[i].envid_shown);
+			assert_true(has_line(f.out.buf, f.out.len, want));
+		} else {
+			assert_null(strstr(f.out.buf, "Original-Envelope-Id"));
+		}
+		snprintf(want, sizeof want, "Original-Recipient: %s", cases[i].orcpt_shown);
+		assert_true(has_line(f.out.buf, f.out.len, want));
+		fx_free(&f);
+	}
 }
 
 static void bounce_envelope(void **state)
@@ -1044,9 +1094,13 @@ static void bounce_envelope(void **state)
 	assert_ptr_equal(be.rcpts, &br);
 	assert_memory_equal(br.addr.ptr, "alice@example.org", 17);
 	assert_int_equal(br.notify, SMTP_NOTIFY_NEVER);
-	assert_int_equal(be.flags, SPOOL_ENV_SMTPUTF8 | SPOOL_ENV_8BIT);
+	assert_int_equal(be.flags, SPOOL_ENV_SMTPUTF8 | SPOOL_ENV_8BIT | SPOOL_ENV_HDR_ASCII);
 	assert_int_equal(be.body_type, SMTP_BODY_8BITMIME);
 	assert_string_equal(DSN_MAIL_FROM, "");
+	/* A non-ASCII sender is in the DSN's To: and envelope: it needs SMTPUTF8. */
+	f.env.mail_from = (struct spool_str){"j\xc3\xb6rg@example.org", 17};
+	dsn_bounce_env(&f.env, &f.info, &be, &br);
+	assert_int_equal(be.flags, SPOOL_ENV_SMTPUTF8 | SPOOL_ENV_8BIT);
 	fx_free(&f);
 }
 
@@ -1070,6 +1124,7 @@ int main(void)
 	    cmocka_unit_test(params_refused),
 	    cmocka_unit_test(io_errors),
 	    cmocka_unit_test(hostile_fields),
+	    cmocka_unit_test(xtext_decoded),
 	    cmocka_unit_test(bounce_envelope),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -213,9 +213,9 @@ static void test_nul_and_8bit(void **state)
 	r = SCAN("\0\r\n.\r\n", true);
 	assert_int_equal(r.st.flags, SMTP_DATA_NUL);
 	r = SCAN("Subject: caf\xc3\xa9\r\n\r\n.\r\n", true);
-	assert_int_equal(r.st.flags, SMTP_DATA_8BIT);
-	r = SCAN("\xff\r\n.\r\n", true);
-	assert_int_equal(r.st.flags, SMTP_DATA_8BIT);
+	assert_int_equal(r.st.flags, SMTP_DATA_8BIT | SMTP_DATA_8BIT_HEADER);
+	r = SCAN("\xff\r\n.\r\n", true); /* no empty line: all of it is header */
+	assert_int_equal(r.st.flags, SMTP_DATA_8BIT | SMTP_DATA_8BIT_HEADER);
 	/* Deep inside a long line, on the word-at-a-time path. */
 	r = SCAN("\r\n0123456789abcdef0123456789abcdef0123456789\x80"
 		 "bcdef0123456789abcdef\r\n.\r\n",
@@ -223,6 +223,44 @@ static void test_nul_and_8bit(void **state)
 	assert_int_equal(r.st.flags, SMTP_DATA_8BIT);
 	r = SCAN("\r\n0123456789abcdef0123456789abcdef0123456789abcdef01234567\r\n.\r\n", true);
 	assert_int_equal(r.st.flags, 0);
+}
+
+/* RFC 6531 3.4 / RFC 6532: only 8-bit octets before the first empty line
+ * make the message need SMTPUTF8; 8-bit in the body needs 8BITMIME alone.
+ * Each case is also split at every offset and fed byte by byte. */
+static void test_8bit_header(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *msg;
+		uint32_t flags;
+	} cases[] = {
+	    /* ASCII header section, UTF-8 body (short line, then the word loop) */
+	    {"Subject: plain\r\n\r\nGr\xc3\xbc\xc3\x9f\x65\r\n.\r\n", SMTP_DATA_8BIT},
+	    {"Subject: plain\r\n\r\n0123456789abcdef0123456789abcdef\xe2\x80\x93"
+	     "0123456789abcdef\r\n.\r\n",
+	     SMTP_DATA_8BIT},
+	    /* 8-bit in a field: on the byte path (start of line) and deep in a
+	     * long line (the word loop), and in a folded continuation */
+	    {"\xc3\xa9: x\r\n\r\nbody\r\n.\r\n", SMTP_DATA_8BIT | SMTP_DATA_8BIT_HEADER},
+	    {"Subject: 0123456789abcdef0123456789abcdef0123\xc3\xa9\r\n\r\nb\r\n.\r\n",
+	     SMTP_DATA_8BIT | SMTP_DATA_8BIT_HEADER},
+	    {"Subject: a\r\n\tfolded 0123456789abcdef0123456789 M\xc3\xbcller\r\n\r\n.\r\n",
+	     SMTP_DATA_8BIT | SMTP_DATA_8BIT_HEADER},
+	    /* "Received:"-like start (matched byte by byte) then 8-bit */
+	    {"Received: from h\xc3\xa9\r\n\r\n.\r\n", SMTP_DATA_8BIT | SMTP_DATA_8BIT_HEADER},
+	    /* all ASCII; and 8-bit only after the empty line that ends the section */
+	    {"Subject: plain\r\n\r\nbody\r\n.\r\n", 0},
+	    {"Subject: x\r\n\r\n\xff\r\n\r\nSubject: \xff\r\n.\r\n", SMTP_DATA_8BIT},
+	};
+
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct result r = scan_checked(cases[i].msg, strlen(cases[i].msg), true);
+		assert_int_equal(r.rc, SMTP_PARSE_OK);
+		assert_int_equal(r.st.flags, cases[i].flags);
+		r = scan_checked(cases[i].msg, strlen(cases[i].msg) - 3, false); /* BDAT */
+		assert_int_equal(r.st.flags, cases[i].flags);
+	}
 }
 
 /* Build "<prefix><n x 'x'>\r\n.\r\n" into buf; returns its length. */
@@ -428,19 +466,13 @@ static void test_scan_then_unstuff(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_simple_end),
-	    cmocka_unit_test(test_again),
-	    cmocka_unit_test(test_empty_message),
-	    cmocka_unit_test(test_after_end),
-	    cmocka_unit_test(test_smuggling_variants),
-	    cmocka_unit_test(test_bare_cr_then_real_end),
-	    cmocka_unit_test(test_nul_and_8bit),
-	    cmocka_unit_test(test_line_bound),
-	    cmocka_unit_test(test_received_count),
-	    cmocka_unit_test(test_bdat_mode),
-	    cmocka_unit_test(test_accumulates),
-	    cmocka_unit_test(test_many_line_lengths),
-	    cmocka_unit_test(test_unstuff),
+	    cmocka_unit_test(test_simple_end),	       cmocka_unit_test(test_again),
+	    cmocka_unit_test(test_empty_message),      cmocka_unit_test(test_after_end),
+	    cmocka_unit_test(test_smuggling_variants), cmocka_unit_test(test_bare_cr_then_real_end),
+	    cmocka_unit_test(test_nul_and_8bit),       cmocka_unit_test(test_8bit_header),
+	    cmocka_unit_test(test_line_bound),	       cmocka_unit_test(test_received_count),
+	    cmocka_unit_test(test_bdat_mode),	       cmocka_unit_test(test_accumulates),
+	    cmocka_unit_test(test_many_line_lengths),  cmocka_unit_test(test_unstuff),
 	    cmocka_unit_test(test_scan_then_unstuff),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
