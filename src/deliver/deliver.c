@@ -1731,7 +1731,7 @@ static void ctl_list_one(struct dctl_req *req, const struct qmsg *m)
 	ctl_printf(req,
 		   "%s size=%" PRIu64 " from=%s rcpts=%u arrival=%" PRId64
 		   " state=%s attempts=%u next=%s error=\"%s\"\n",
-		   id, m->env.msg_len, from, qmsg_pending(m), m->env.arrival_s,
+		   id, spool_env_size(&m->env), from, qmsg_pending(m), m->env.arrival_s,
 		   (m->flags & SPOOL_STATE_HELD) ? "held" : where_name[m->where], m->attempts, next,
 		   err);
 }

@@ -513,10 +513,12 @@ static bool tx_check(struct oconn *oc)
 	const struct spool_env *e = &oc->job->m->env;
 	char diag[DLV_ERR_MAX];
 
-	if (oc->caps.size_max && e->msg_len > oc->caps.size_max) {
+	/* RFC 1870 6: the size without dot-stuffing; a message exactly at
+	 * the hop's limit goes. */
+	if (oc->caps.size_max && spool_env_size(e) > oc->caps.size_max) {
 		snprintf(diag, sizeof(diag),
 			 "X-ringmx; message of %llu octets exceeds %s's limit of %llu",
-			 (unsigned long long)e->msg_len, oc->hop.name,
+			 (unsigned long long)spool_env_size(e), oc->hop.name,
 			 (unsigned long long)oc->caps.size_max);
 		result_all(oc, 5, "5.3.4", diag, false);
 		return false;
@@ -562,7 +564,7 @@ static void oc_begin_tx(struct oconn *oc)
 	if (e->flags & SPOOL_ENV_SMTPUTF8)
 		oc_cmd(oc, " SMTPUTF8");
 	if (oc->caps.ext & SMTP_EXT_SIZE)
-		oc_cmd(oc, " SIZE=%llu", (unsigned long long)e->msg_len);
+		oc_cmd(oc, " SIZE=%llu", (unsigned long long)spool_env_size(e));
 	if (dsn && e->ret)
 		oc_cmd(oc, " RET=%s", e->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
 	if (dsn && e->envid.len)
