@@ -639,6 +639,12 @@ void dlv_job_hop_failed(struct deliver *d, struct djob *job, const char *why)
 	job_go(d, job);
 }
 
+void dlv_job_again(struct deliver *d, struct djob *job)
+{
+	assert(job->cur < job->nhops);
+	job_go(d, job);
+}
+
 void dlv_conn_freed(struct deliver *d)
 {
 	d->kick = true;
