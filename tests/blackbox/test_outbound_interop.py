@@ -20,6 +20,7 @@ The programmable next hop (nexthop.py) plays each hop.  Schedules are slow
 once" is seen as an empty queue, never as a time."""
 
 import itertools
+import json
 import math
 import os
 import re
@@ -221,7 +222,7 @@ def test_503_retried_at_once_on_fresh_connection(ringmx, nexthop, where, pipelin
                   "the out-of-step connection to close")
     assert conns[0].closed_by == "client", "the out-of-step connection was kept: %r" % conns
     assert nh.message_ids()[mid] == 1
-    errs = log_events(srv, "outbound_error")
+    errs = wait_log(srv, "outbound_error")
     assert any("503" in e and "out of step" in e for e in errs), errs
     assert dsn_transactions(bounce) == []
 
@@ -303,8 +304,9 @@ def test_too_many_recipients_continue_at_once(ringmx, nexthop, hop, reply):
     qid = submit_many(srv.port, body, SENDER, rcpts)
     # slow retries: a recipient left for the schedule would keep it queued
     wait_queue_empty(srv)
-    assert not log_events(srv, "deferred", qid), "recipients waited for the retry schedule"
+    # the done line comes after any deferral: wait for it, then look
     assert attempts_logged(srv, qid) == 1
+    assert not log_events(srv, "deferred", qid), "recipients waited for the retry schedule"
     txns = txns_of(nh, mid)
     assert len(txns) == math.ceil(n / limit), \
         "%d transactions for %d recipients at %d each" % (len(txns), n, limit)
@@ -318,7 +320,7 @@ def test_too_many_recipients_continue_at_once(ringmx, nexthop, hop, reply):
         [len(t.rcpt_attempts) for t in txns]
     assert len({t.conn_id for t in txns}) == 1, "the overflow left the connection"
     assert dsn_transactions(bounce) == []
-    assert log_events(srv, "outbound_rcpt_limit"), "the hop's limit was not logged"
+    assert wait_log(srv, "outbound_rcpt_limit"), "the hop's limit was not logged"
 
 
 def test_too_many_recipients_then_messages_per_connection(ringmx, nexthop):
@@ -363,7 +365,7 @@ def test_overflow_and_a_full_mailbox(ringmx, nexthop):
     delivered_once(txns, [r for r in rcpts if r != full])
     offered = [a[0].lower() for t in txns for a in t.rcpt_attempts]
     assert offered.count(full) == 1, "the full mailbox was offered %d times" % offered.count(full)
-    [line] = log_events(srv, "deferred", qid)
+    [line] = wait_log(srv, "deferred", qid)   # logs lag the queue list
     assert full in line and "452 4.2.2" in line, line
 
 
@@ -385,7 +387,10 @@ def test_overflow_stops_when_a_transaction_takes_nobody(ringmx, nexthop):
     assert len(t.delivered) == limit
     assert nh.mail_commands == 2, \
         "expected the first transaction and one that took nobody, got %d MAILs" % nh.mail_commands
-    deferred = log_events(srv, "deferred", qid)
+    # logs lag the queue list: wait for every deferral line
+    deferred = wait_for(lambda: [x for x in [log_events(srv, "deferred", qid)]
+                                 if len(x) >= n - limit], DELIVERY_TIMEOUT_S,
+                        "%d deferral lines" % (n - limit))[0]
     assert len(deferred) == n - limit and all("status=4.5.3" in x for x in deferred), deferred[:2]
 
 
@@ -489,3 +494,68 @@ def test_own_size_limit_counts_no_stuffing(ringmx, nexthop, client_factory):
     assert r.code == 250, "a message of exactly message_size octets refused: %r" % r
     r = c.send_message(dot_stuff(over), SENDER, [RCPT], ehlo=False)
     assert r.code == 552, "a message one octet over message_size: %r" % r
+
+
+# --------------------------------------------------------------------------
+# ringmx as the next hop of ringmx: the limits one side announces and
+# enforces are the ones the other side respects (items 4 and 7 end to end)
+
+def chain(ringmx, nexthop, downstream_limits, downstream_start=True):
+    """upstream -> downstream -> sink.  The upstream takes 1,000 recipients;
+    the downstream has downstream_limits (its default takes 100).  Returns
+    (upstream, downstream, sink, bounce hop)."""
+    sink, bounce = nexthop(), nexthop()
+    down = ringmx(delivery_overrides([route("accepted.example", sink)],
+                                     delivery=SLOW_RETRY, limits=downstream_limits),
+                  start=downstream_start)
+    up = ringmx(delivery_overrides([route("accepted.example", "smtp://127.0.0.1:%d" % down.port),
+                                    route("sender.example", bounce)],
+                                   delivery=SLOW_RETRY, limits={"recipients": 1000}))
+    return up, down, sink, bounce
+
+
+def test_chain_downstream_recipient_limit(ringmx, nexthop):
+    """The downstream ringmx answers "452 4.5.3" past its 100 recipients:
+    the upstream hands it 250 in three transactions, in one attempt."""
+    n = 250
+    up, down, sink, bounce = chain(ringmx, nexthop, {"recipients": 100})
+    rcpts = rcpt_list(n)
+    mid = new_mid("chain-many")
+    body = make_message(mid, "through two gateways")
+    qid = submit_many(up.port, body, SENDER, rcpts)
+    wait_queue_empty(up)
+    assert attempts_logged(up, qid) == 1
+    assert not log_events(up, "deferred", qid), "recipients waited for the retry schedule"
+    wait_queue_empty(down)
+    # logs lag the queue list: wait for the downstream's queued lines
+    queued = wait_for(lambda: [x for x in [log_events(down, "queued")] if len(x) >= 3],
+                      DELIVERY_TIMEOUT_S, "the downstream's queued lines")[0]
+    assert len(queued) == math.ceil(n / 100), queued
+    txns = txns_of(sink, mid)
+    delivered_once(txns, rcpts)
+    for t in txns:
+        _, rest = strip_received(t.data)   # the downstream's
+        assert strip_received(rest)[1] == body   # the upstream's
+    assert dsn_transactions(bounce) == []
+
+
+def test_chain_message_exactly_at_downstream_size(ringmx, nexthop):
+    """The downstream's message_size is exactly the size of the message
+    (as the upstream relays it, stuffed lines and all): it goes through."""
+    up, down, sink, bounce = chain(ringmx, nexthop, {}, downstream_start=False)
+    mid = new_mid("chain-size")
+    body = make_message(mid, "exactly at the limit downstream", DOTTED)
+    qid = submit(up.port, body, SENDER, [RCPT])
+    size = int(wait_state(up, qid, "deferred")["size"])   # the downstream is not up yet
+    down.config["limits"]["message_size"] = size
+    with open(down.config_path, "w") as f:
+        json.dump(down.config, f, indent=2)
+    down.start()
+    up.ctl("queue", "flush")
+    [t] = sink.wait_message_id(mid, DELIVERY_TIMEOUT_S)
+    _, rest = strip_received(t.data)
+    received_up, rest = strip_received(rest)
+    assert rest == body
+    assert len(received_up) + len(body) == size, "the upstream's size is not the message's"
+    wait_log(up, "delivered", qid)
+    assert dsn_transactions(bounce) == []
