@@ -402,13 +402,14 @@ int spool_qid_parse(const char *s, size_t len, uint64_t *id)
 
 /* ---- envelope codec ---------------------------------------------------------
  *
- * Version 1, all integers little-endian:
+ * Version 2, all integers little-endian:
  *
- *    0 u8  version (1)         1 u8  body_type      2 u8 ret     3 u8 zero
+ *    0 u8  version (2)         1 u8  body_type      2 u8 ret     3 u8 zero
  *    4 u32 flags               8 u64 id            16 i64 arrival_s
  *   24 u64 msg_len            32 u64 wire_len      40 u64 first_chunk_off
  *   48 u64 size_declared      56 u32 msg_crc       60 u32 rcpt_count
- *   64 six strings, each u16 length + bytes: listener, client_addr, helo,
+ *   64 u64 stuff_len
+ *   72 six strings, each u16 length + bytes: listener, client_addr, helo,
  *      mail_from, envid, auth_user
  *      rcpt table: rcpt_count x { u32 heap offset, u16 addr len,
  *                                 u16 orcpt len, u8 notify }
@@ -418,9 +419,12 @@ int spool_qid_parse(const char *s, size_t len, uint64_t *id)
  * thousands of recipients without re-parsing the envelope each time.  Decode
  * insists on the canonical form (offsets contiguous, heap ends exactly at the
  * payload end), so every byte is accounted for and trailing bytes fail.
+ *
+ * Version 1 is version 2 without stuff_len (the strings at 64); a spool
+ * written before it is read with stuff_len 0, its sizes as they were.
  */
 
-#define ENV_FIXED_LEN	   64
+#define ENV_FIXED_LEN	   72
 #define ENV_RCPT_ENTRY_LEN 9
 
 struct enc {
@@ -489,6 +493,8 @@ size_t spool_env_encode(const struct spool_env *env, uint8_t *out, size_t cap)
 	assert(env != NULL && (out != NULL || cap == 0));
 	assert(env->rcpt_count == 0 || env->rcpts != NULL);
 	assert(env->msg_len <= env->wire_len);
+	assert(env->stuff_len <= env->msg_len &&
+	       (env->stuff_len == 0 || (env->flags & SPOOL_ENV_STUFFED)));
 	struct enc e = {.p = out, .cap = cap < SPOOL_ENV_MAX ? cap : SPOOL_ENV_MAX};
 
 	enc_le(&e, SPOOL_ENV_VERSION, 1);
@@ -504,6 +510,7 @@ size_t spool_env_encode(const struct spool_env *env, uint8_t *out, size_t cap)
 	enc_le(&e, env->size_declared, 8);
 	enc_le(&e, env->msg_crc, 4);
 	enc_le(&e, env->rcpt_count, 4);
+	enc_le(&e, env->stuff_len, 8);
 	assert(e.full || e.len == ENV_FIXED_LEN);
 	enc_str(&e, env->listener);
 	enc_str(&e, env->client_addr);
@@ -589,7 +596,10 @@ int spool_env_decode(const uint8_t *p, size_t len, struct spool_env *env)
 	assert(env != NULL);
 	struct dec d = {.p = p, .len = len};
 
-	if (len > SPOOL_ENV_MAX || dec_le(&d, 1) != SPOOL_ENV_VERSION)
+	if (len > SPOOL_ENV_MAX)
+		return -EINVAL;
+	uint64_t version = dec_le(&d, 1);
+	if (version != 1 && version != SPOOL_ENV_VERSION)
 		return -EINVAL;
 	*env = (struct spool_env){0};
 	env->body_type = (uint8_t)dec_le(&d, 1);
@@ -605,6 +615,8 @@ int spool_env_decode(const uint8_t *p, size_t len, struct spool_env *env)
 	env->size_declared = dec_le(&d, 8);
 	env->msg_crc = (uint32_t)dec_le(&d, 4);
 	env->rcpt_count = (uint32_t)dec_le(&d, 4);
+	if (version >= 2)
+		env->stuff_len = dec_le(&d, 8);
 	env->listener = dec_str(&d);
 	env->client_addr = dec_str(&d);
 	env->helo = dec_str(&d);
@@ -614,6 +626,12 @@ int spool_env_decode(const uint8_t *p, size_t len, struct spool_env *env)
 	/* msg_len > wire_len would make spool_message_read hand out bytes that
 	 * do not exist; refuse it here rather than trust a later check. */
 	if (d.bad || env->msg_len > env->wire_len || dec_rcpts(&d, env))
+		return -EINVAL;
+	/* Stuffing is in DATA-received bytes only and never more than they
+	 * are; a body without its final CRLF came with BDAT (DATA's has it). */
+	bool stuffed = env->flags & SPOOL_ENV_STUFFED;
+	if (env->stuff_len > env->msg_len || (env->stuff_len && !stuffed) ||
+	    (stuffed && (env->flags & SPOOL_ENV_NO_FINAL_CRLF)))
 		return -EINVAL;
 	assert(d.pos == len);
 	return 0;

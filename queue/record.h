@@ -149,6 +149,9 @@ enum {
 	SPOOL_ENV_STUFFED = 1u << 0,  /* bytes are DATA wire form (dot-stuffed) */
 	SPOOL_ENV_8BIT = 1u << 1,     /* message has non-ASCII octets */
 	SPOOL_ENV_SMTPUTF8 = 1u << 2, /* MAIL ... SMTPUTF8 */
+	/* A BDAT body whose last line has no CRLF: relayed with DATA it gains
+	 * one (RFC 5321 4.1.1.4), two octets its size must count. */
+	SPOOL_ENV_NO_FINAL_CRLF = 1u << 3,
 	/* The header section as stored (the Received: field we add included)
 	 * is all ASCII: looked at on receipt.  With ASCII addresses too, an
 	 * SMTPUTF8 message does not need SMTPUTF8 at the next hop (RFC 6531
@@ -168,6 +171,7 @@ struct spool_env {
 	uint64_t msg_len;	  /* message octets as stored (the wire bytes minus
 				     the DATA terminator) */
 	uint64_t wire_len;	  /* total chunk payload octets */
+	uint64_t stuff_len;	  /* of msg_len, stuffing dots (STUFFED only; version 2) */
 	uint32_t msg_crc;	  /* CRC32C over all chunk payloads, in order */
 	uint64_t first_chunk_off; /* segment offset of the first CHUNK record */
 	uint32_t flags;		  /* SPOOL_ENV_* */
@@ -182,6 +186,14 @@ struct spool_env {
 	const uint8_t *rcpt_data; /* decode: start of the encoded recipients */
 	uint32_t rcpt_data_len;
 };
+
+/* The message's size as RFC 1870 counts it and as it is relayed with DATA:
+ * the stored octets without their dot-stuffing, plus the CRLF a body that
+ * lacks one gains.  SIZE= and every logged size use this. */
+static inline uint64_t spool_env_size(const struct spool_env *env)
+{
+	return env->msg_len - env->stuff_len + (env->flags & SPOOL_ENV_NO_FINAL_CRLF ? 2 : 0);
+}
 
 /* Encode into out[0..cap). Returns bytes written, or 0 when it does not fit
  * (or exceeds SPOOL_ENV_MAX). */
@@ -239,8 +251,9 @@ int spool_message_read(int fd, const struct spool_env *env, uint64_t commit_off,
 
 /* ---- additions ----------------------------------------------------------- */
 
-/* Envelope encoding version written by spool_env_encode (first payload byte). */
-#define SPOOL_ENV_VERSION 1
+/* Envelope encoding version written by spool_env_encode (first payload byte).
+ * Version 1 (no stuff_len) is still read, with stuff_len 0. */
+#define SPOOL_ENV_VERSION 2
 /* The scanner reads the file in blocks of this size (one allocation per call);
  * records larger than it are streamed, not buffered whole. */
 #define SPOOL_SCAN_BUF_SIZE (1u << 20)

@@ -335,7 +335,7 @@ static void show_envelope(struct out *o, const struct spool_env *e, const char *
 
 	out_printf(o, "id: %s\n", qid);
 	out_printf(o, "arrival: %" PRId64 "\n", e->arrival_s);
-	out_printf(o, "size: %" PRIu64 "\n", e->msg_len);
+	out_printf(o, "size: %" PRIu64 "\n", spool_env_size(e));
 	show_str(o, "listener", &e->listener);
 	show_str(o, "client", &e->client_addr);
 	show_str(o, "helo", &e->helo);

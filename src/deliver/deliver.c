@@ -752,6 +752,12 @@ void dlv_job_hop_failed(struct deliver *d, struct djob *job, const char *why)
 	job_go(d, job);
 }
 
+void dlv_job_again(struct deliver *d, struct djob *job)
+{
+	assert(job->cur < job->nhops);
+	job_go(d, job);
+}
+
 void dlv_conn_freed(struct deliver *d)
 {
 	d->kick = true;
@@ -1952,7 +1958,7 @@ static void ctl_list_one(struct dctl_req *req, const struct qmsg *m)
 	ctl_printf(req,
 		   "%s size=%" PRIu64 " from=%s rcpts=%u arrival=%" PRId64
 		   " state=%s attempts=%u next=%s error=\"%s\"\n",
-		   id, m->env.msg_len, from, qmsg_pending(m), m->env.arrival_s,
+		   id, spool_env_size(&m->env), from, qmsg_pending(m), m->env.arrival_s,
 		   (m->flags & SPOOL_STATE_HELD) ? "held" : where_name[m->where], m->attempts, next,
 		   err);
 }

@@ -43,6 +43,17 @@ struct dticket {
 	uint32_t runner;	 /* shard that ran it, for the log */
 };
 
+/* Where each recipient of a job stands (djob.acc[]).  One job may take
+ * several transactions: recipients over the hop's limit per transaction
+ * ("too many recipients", RFC 5321 4.5.3.1.10) go in the next one, and
+ * after a 503 the ones without an answer go again on a fresh connection. */
+enum dlv_rcpt_tx {
+	DLV_RT_OPEN = 0, /* no answer yet: goes in the next transaction */
+	DLV_RT_SENT,	 /* its RCPT is in this transaction, the reply due */
+	DLV_RT_ACCEPTED, /* RCPT took it: the reply to the final dot answers it */
+	DLV_RT_DONE,	 /* answered (dlv_rcpt_result): in no later transaction */
+};
+
 /* Recipients of one message that go to one next hop (list) together. */
 struct djob {
 	struct deliver *d;
@@ -53,12 +64,16 @@ struct djob {
 	const struct config_route *route;
 	char domain[SMTP_DOMAIN_MAX + 1];
 	uint32_t *rcpt; /* indexes into the envelope's recipients */
-	uint8_t *acc;	/* per rcpt[]: accepted by RCPT in this transaction */
+	uint8_t *acc;	/* per rcpt[]: enum dlv_rcpt_tx */
 	uint32_t nrcpt;
 	struct dhop hops[DLV_HOPS_MAX];
 	uint32_t nhops, cur;
 	bool dns_wait, waiting, started;
 	bool hop_dsn; /* the hop of the transaction offered DSN: it took NOTIFY */
+	/* A 503 showed a connection to the hop out of step: the next
+	 * transaction goes on a new connection (fresh), and only once
+	 * (restarted) — a second 503 defers. */
+	bool fresh, restarted;
 	char last_err[DLV_ERR_MAX];
 	struct djob *next, *prev; /* the engine's wait list */
 };
@@ -107,7 +122,14 @@ struct oconn {
 	struct smtp_owed owed;
 	/* transaction: replies come back in the order commands went out */
 	uint32_t rcpt_sent, rcpt_replies, naccepted, lmtp_idx;
+	uint32_t tx_rcpts;    /* RCPTs this transaction sends (its open recipients, capped) */
+	uint32_t wcur, rcur;  /* job indexes: the next RCPT to write, the next reply's */
+	uint32_t tx_answered; /* recipients this transaction answered (its progress) */
+	uint32_t rcpt_max;    /* RCPTs the hop took before "too many" (0: no limit seen) */
 	bool mail_ok, data_sent, pipelining;
+	bool overflow;	 /* a RCPT was over the hop's limit: the rest go in the next */
+	bool dot_failed; /* a reply to the final dot was not 2xx: RSET before reuse */
+	char over_status[SMTP_ESC_MAX + 1], over_diag[DLV_ERR_MAX]; /* that RCPT's reply */
 	/* output */
 	char *out;
 	uint32_t out_len;
@@ -150,8 +172,13 @@ void dlv_rcpt_result(struct deliver *d, struct djob *job, uint32_t i, int cls, c
 /* The job's connection attempt to its current hop failed before any
  * recipient had an answer: try the next hop or defer. */
 void dlv_job_hop_failed(struct deliver *d, struct djob *job, const char *why);
-/* Every recipient of the job has its answer. */
+/* Every recipient of the job has its answer (the ones still open are
+ * deferred). */
 void dlv_job_done(struct deliver *d, struct djob *job);
+/* The job's recipients without an answer go in a new transaction to its
+ * current hop: on an idle connection, or a new one (job->fresh: a new one
+ * only), now or when the hop's connection limit lets it. */
+void dlv_job_again(struct deliver *d, struct djob *job);
 /* A connection slot freed or went idle: waiting jobs may go. */
 void dlv_conn_freed(struct deliver *d);
 int dlv_seg_fd(struct deliver *d, uint64_t seq);

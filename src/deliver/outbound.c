@@ -15,6 +15,15 @@
  * Connections are kept idle for reuse up to messages_per_connection
  * messages; an idle one is closed after DLV_IDLE_MS.
  *
+ * Transactions: a connection goes back to the pool only in a known state.
+ * Any refusal inside a transaction (MAIL, every RCPT, DATA, the final dot)
+ * is followed by RSET and its 250 — a hop may keep a refused transaction
+ * open — or the connection is closed.  A 503 inside a transaction shows the
+ * hop out of step with us, never a verdict on the message: the connection
+ * is closed and the job goes again at once on a fresh one.  Recipients a
+ * hop will not take in one transaction ("too many recipients", RFC 5321
+ * 4.5.3.1.10) go in the next one at once, in the same attempt.
+ *
  * Replies (invariant 9): every command written is written down in oc->owed
  * (smtp/client.h), every complete reply is taken off it before it is acted
  * on, and a read is weighed whole before any reply in it counts.  A reply
@@ -345,7 +354,9 @@ static void result_from_reply(struct oconn *oc, uint32_t i, const struct smtp_re
 	smtp_reply_diag(r, diag, sizeof(diag));
 	/* Invariant 9: only the reply to the final dot proves a delivery. */
 	assert(o != SMTP_OUTCOME_DONE || oc->state == OC_DOT);
-	oc->job->acc[i] = 2;
+	assert(oc->job->acc[i] != DLV_RT_DONE);
+	oc->job->acc[i] = DLV_RT_DONE;
+	oc->tx_answered++;
 	dlv_rcpt_result(oc->d, oc->job, i,
 			o == SMTP_OUTCOME_DONE	   ? 2
 			: o == SMTP_OUTCOME_BOUNCE ? 5
@@ -360,9 +371,10 @@ static void result_all(struct oconn *oc, int cls, const char *status, const char
 	struct djob *job = oc->job;
 
 	for (uint32_t i = 0; i < job->nrcpt; i++) {
-		if (job->acc[i] == 2 || (accepted_only && job->acc[i] != 1))
+		if (job->acc[i] == DLV_RT_DONE || (accepted_only && job->acc[i] != DLV_RT_ACCEPTED))
 			continue;
-		job->acc[i] = 2;
+		job->acc[i] = DLV_RT_DONE;
+		oc->tx_answered++;
 		dlv_rcpt_result(oc->d, job, i, cls, status, diag);
 	}
 }
@@ -385,7 +397,15 @@ static void result_all_reply(struct oconn *oc, const struct smtp_reply *r, bool 
 static bool job_answered_any(const struct djob *job)
 {
 	for (uint32_t i = 0; i < job->nrcpt; i++)
-		if (job->acc[i] == 2)
+		if (job->acc[i] == DLV_RT_DONE)
+			return true;
+	return false;
+}
+
+static bool job_open_any(const struct djob *job)
+{
+	for (uint32_t i = 0; i < job->nrcpt; i++)
+		if (job->acc[i] != DLV_RT_DONE)
 			return true;
 	return false;
 }
@@ -471,16 +491,22 @@ static void oc_rset(struct oconn *oc)
 	oc_flush(oc);
 }
 
+/* RCPTs for the transaction's open recipients, in job order: one without
+ * PIPELINING, else as many as the buffer takes, and DATA after the last. */
 static void write_rcpts(struct oconn *oc)
 {
 	struct djob *job = oc->job;
 	const struct spool_env *e = &job->m->env;
 	bool dsn = oc->caps.ext & SMTP_EXT_DSN;
 
-	while (oc->rcpt_sent < job->nrcpt && oc_room(oc)) {
+	while (oc->rcpt_sent < oc->tx_rcpts && oc_room(oc)) {
 		struct spool_rcpt r;
 
-		spool_env_rcpt(e, job->rcpt[oc->rcpt_sent], &r);
+		while (job->acc[oc->wcur] != DLV_RT_OPEN)
+			oc->wcur++;
+		assert(oc->wcur < job->nrcpt);
+		job->acc[oc->wcur] = DLV_RT_SENT;
+		spool_env_rcpt(e, job->rcpt[oc->wcur++], &r);
 		oc_cmd(oc, "RCPT TO:<%.*s>", (int)r.addr.len, r.addr.ptr);
 		if (dsn && r.notify) {
 			static const char *const names[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
@@ -499,7 +525,7 @@ static void write_rcpts(struct oconn *oc)
 		if (!oc->pipelining)
 			break;
 	}
-	if (oc->pipelining && oc->rcpt_sent == job->nrcpt && !oc->data_sent) {
+	if (oc->pipelining && oc->rcpt_sent == oc->tx_rcpts && !oc->data_sent) {
 		oc_cmd(oc, "DATA");
 		oc_cmd_end(oc, SMTP_ASK_DATA);
 		oc->data_sent = true;
@@ -545,10 +571,12 @@ static bool tx_check(struct oconn *oc)
 	const struct spool_env *e = &oc->job->m->env;
 	char diag[DLV_ERR_MAX];
 
-	if (oc->caps.size_max && e->msg_len > oc->caps.size_max) {
+	/* RFC 1870 6: the size without dot-stuffing; a message exactly at
+	 * the hop's limit goes. */
+	if (oc->caps.size_max && spool_env_size(e) > oc->caps.size_max) {
 		snprintf(diag, sizeof(diag),
 			 "X-ringmx; message of %llu octets exceeds %s's limit of %llu",
-			 (unsigned long long)e->msg_len, oc->hop.name,
+			 (unsigned long long)spool_env_size(e), oc->hop.name,
 			 (unsigned long long)oc->caps.size_max);
 		result_all(oc, 5, "5.3.4", diag, false);
 		return false;
@@ -576,7 +604,8 @@ static void oc_begin_tx(struct oconn *oc)
 	const struct spool_env *e = &job->m->env;
 	bool dsn = oc->caps.ext & SMTP_EXT_DSN;
 
-	memset(job->acc, 0, job->nrcpt);
+	uint32_t open = 0;
+
 	job->started = true;
 	snprintf(job->tls_info, sizeof(job->tls_info), "%s", oc->tls_info);
 	job->hop_dsn = dsn;
@@ -585,8 +614,20 @@ static void oc_begin_tx(struct oconn *oc)
 		oc_idle(oc);
 		return;
 	}
-	oc->rcpt_sent = oc->rcpt_replies = oc->naccepted = 0;
-	oc->mail_ok = oc->data_sent = false;
+	/* Whatever an earlier transaction left unanswered (a connection
+	 * lost, a 503) goes again; answered recipients never do. */
+	for (uint32_t i = 0; i < job->nrcpt; i++)
+		if (job->acc[i] != DLV_RT_DONE) {
+			job->acc[i] = DLV_RT_OPEN;
+			open++;
+		}
+	assert(open > 0);
+	/* A hop that said "too many recipients" on this connection gets no
+	 * more than it took then: the rest go in the next transaction. */
+	oc->tx_rcpts = oc->rcpt_max && open > oc->rcpt_max ? oc->rcpt_max : open;
+	oc->rcpt_sent = oc->rcpt_replies = oc->naccepted = oc->tx_answered = 0;
+	oc->wcur = oc->rcur = 0;
+	oc->mail_ok = oc->data_sent = oc->overflow = oc->dot_failed = false;
 	oc->pipelining = (oc->caps.ext & SMTP_EXT_PIPELINING) != 0;
 	oc->out_len = 0;
 	oc_cmd(oc, "MAIL FROM:<%.*s>", (int)e->mail_from.len, e->mail_from.ptr);
@@ -597,7 +638,7 @@ static void oc_begin_tx(struct oconn *oc)
 	if ((e->flags & SPOOL_ENV_SMTPUTF8) && (oc->caps.ext & SMTP_EXT_SMTPUTF8))
 		oc_cmd(oc, " SMTPUTF8");
 	if (oc->caps.ext & SMTP_EXT_SIZE)
-		oc_cmd(oc, " SIZE=%llu", (unsigned long long)e->msg_len);
+		oc_cmd(oc, " SIZE=%llu", (unsigned long long)spool_env_size(e));
 	if (dsn && e->ret)
 		oc_cmd(oc, " RET=%s", e->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
 	if (dsn && e->envid.len)
@@ -860,6 +901,175 @@ static void oc_after_ehlo(struct oconn *oc)
 
 /* ---- replies -------------------------------------------------------------------- */
 
+/* The open recipients get this answer (their transaction can do no more). */
+static void result_open(struct oconn *oc, int cls, const char *status, const char *diag)
+{
+	struct djob *job = oc->job;
+
+	for (uint32_t i = 0; i < job->nrcpt; i++)
+		if (job->acc[i] == DLV_RT_OPEN) {
+			job->acc[i] = DLV_RT_DONE;
+			dlv_rcpt_result(oc->d, job, i, cls, status, diag);
+		}
+}
+
+/* The transaction is over and the connection is in a known state: idle
+ * (reusable) or to be given up.  Recipients the hop would not take this
+ * time ("too many recipients") go in the next transaction at once — on
+ * this connection while it may carry more messages — and never wait for
+ * the retry schedule nor count as an attempt (RFC 5321 4.5.3.1.10).  Each
+ * transaction must answer someone to earn the next, so a hop that takes
+ * nobody cannot keep us going: then they are deferred with its reply. */
+static void oc_tx_end(struct oconn *oc, bool reusable)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	struct djob *job = oc->job;
+	bool again = job && oc->tx_answered > 0 && !c->stopping && job_open_any(job);
+
+	if (job && !again && oc->overflow)
+		result_open(oc, 4, oc->over_status, oc->over_diag);
+	if (again && reusable && oc->msgs < c->cfg->delivery.messages_per_connection) {
+		oc_begin_tx(oc);
+		return;
+	}
+	oc->job = NULL;
+	if (reusable)
+		oc_idle(oc);
+	else
+		oc_quit(oc);
+	if (!job)
+		return;
+	if (again)
+		dlv_job_again(oc->d, job);
+	else
+		dlv_job_done(oc->d, job);
+}
+
+/* A 503 ("bad sequence of commands", RFC 5321 4.2.3) inside a transaction:
+ * the hop's idea of the transaction is not ours, as when a server keeps
+ * the previous one open after refusing its data (Postfix does after an
+ * smtpd_end_of_data_restrictions reject) and our MAIL is "nested".  It
+ * says nothing about the message, so it is never a bounce.  Nothing more
+ * on this connection can be trusted, so it is closed, and the recipients
+ * without an answer go again at once on a new connection; a second 503
+ * for the same job defers them. */
+static void oc_out_of_step(struct oconn *oc, enum smtp_ask ask, const struct smtp_reply *r)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	struct djob *job = oc->job;
+	char diag[DLV_ERR_MAX], status[SMTP_ESC_MAX + 1];
+
+	assert(r->code == 503 && job != NULL);
+	smtp_reply_diag(r, diag, sizeof(diag));
+	log_msg(LOG_INFO,
+		"event=outbound_error shard=%u relay=%s state=%s error=\"%s to %s: the next hop is "
+		"out of step with the transaction\"",
+		c->shard, oc->hop.name, oc_state_name(oc->state), diag, smtp_ask_name(ask));
+	oc->job = NULL;
+	oc_close(oc);
+	if (!job->restarted && !c->stopping) {
+		job->restarted = true;
+		job->fresh = true;
+		dlv_job_again(oc->d, job);
+		return;
+	}
+	smtp_reply_status(r, status);
+	status[0] = '4'; /* "5.5.1": the sequence, not the message */
+	oc->job = job;
+	result_all(oc, 4, status, diag, false);
+	oc->job = NULL;
+	dlv_job_done(oc->d, job);
+}
+
+/* Does a 503 to this command show the hop out of step?  Not when it is the
+ * expected answer: RCPT after a refused MAIL, DATA with no recipient taken
+ * (RFC 2920 3.1 has the server fail DATA then; some say 503). */
+static bool oc_503_out_of_step(const struct oconn *oc, enum smtp_ask ask)
+{
+	switch (ask) {
+	case SMTP_ASK_MAIL:
+	case SMTP_ASK_DOT:
+		return true;
+	case SMTP_ASK_RCPT:
+		return oc->mail_ok;
+	case SMTP_ASK_DATA:
+		return oc->mail_ok && oc->naccepted > 0;
+	default:
+		return false; /* the handshake, RSET, QUIT: their failure closes anyway */
+	}
+}
+
+static void after_rcpt_replies(struct oconn *oc);
+
+/* The job index of the recipient the next RCPT reply is for. */
+static uint32_t oc_next_replied(struct oconn *oc)
+{
+	const struct djob *job = oc->job;
+
+	while (oc->rcur < job->nrcpt && job->acc[oc->rcur] != DLV_RT_SENT)
+		oc->rcur++;
+	assert(oc->rcur < job->nrcpt);
+	return oc->rcur++;
+}
+
+/* A RCPT over the hop's limit: the recipient stays open for the next
+ * transaction, no more RCPTs go in this one, and the connection remembers
+ * how many the hop took (RFC 5321 4.5.3.1.8 says at least 100 must be). */
+static void oc_rcpt_overflow(struct oconn *oc, uint32_t i, const struct smtp_reply *r)
+{
+	uint32_t took = oc->rcpt_replies - 1;
+
+	oc->job->acc[i] = DLV_RT_OPEN;
+	oc->tx_rcpts = oc->rcpt_sent;
+	if (oc->overflow)
+		return;
+	oc->overflow = true;
+	smtp_reply_status(r, oc->over_status);
+	oc->over_status[0] = '4'; /* a 552 here is temporary too (4.5.3.1.10) */
+	smtp_reply_diag(r, oc->over_diag, sizeof(oc->over_diag));
+	if (took > 0 && (oc->rcpt_max == 0 || took < oc->rcpt_max)) {
+		oc->rcpt_max = took;
+		log_msg(LOG_INFO,
+			"event=outbound_rcpt_limit shard=%u relay=%s rcpts=%u reply=\"%s\"",
+			dlv_core(oc->d)->shard, oc->hop.name, took, oc->over_diag);
+	}
+}
+
+static void oc_rcpt_reply(struct oconn *oc, const struct smtp_reply *r)
+{
+	bool ok = r->code >= 200 && r->code < 300;
+
+	oc->rcpt_replies++;
+	if (oc->mail_ok) {
+		uint32_t i = oc_next_replied(oc);
+
+		if (ok) {
+			oc->job->acc[i] = DLV_RT_ACCEPTED;
+			oc->naccepted++;
+		} else if (smtp_reply_rcpt_overflow(r)) {
+			oc_rcpt_overflow(oc, i, r);
+		} else {
+			result_from_reply(oc, i, r);
+		}
+	}
+	if (oc->mail_ok && oc->rcpt_replies < oc->tx_rcpts) {
+		/* The next RCPT, or (PIPELINING) the rest that did not fit the
+		 * buffer, or DATA after the last of them. */
+		if (!oc->pipelining || oc->rcpt_sent < oc->tx_rcpts || !oc->data_sent) {
+			write_rcpts(oc);
+			oc_flush(oc);
+		}
+		return;
+	}
+	if (oc->rcpt_replies < oc->rcpt_sent)
+		return;
+	if (oc->pipelining && !oc->data_sent && oc->mail_ok && oc->naccepted) {
+		write_rcpts(oc); /* DATA: the group stopped at an overflow */
+		oc_flush(oc);
+	}
+	after_rcpt_replies(oc);
+}
+
 static void after_rcpt_replies(struct oconn *oc)
 {
 	if (oc->pipelining) {
@@ -942,6 +1152,10 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		oc_violation(oc, "reply %u to %s", r->code, smtp_ask_name(ask));
 		return;
 	}
+	if (r->code == 503 && oc_503_out_of_step(oc, ask)) {
+		oc_out_of_step(oc, ask, r);
+		return;
+	}
 	switch (oc->state) {
 	case OC_BANNER:
 		if (!ok) {
@@ -1010,32 +1224,9 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 			oc_flush(oc);
 		}
 		return;
-	case OC_RCPT: {
-		uint32_t i = oc->rcpt_replies++;
-
-		if (oc->mail_ok) {
-			if (ok) {
-				oc->job->acc[i] = 1;
-				oc->naccepted++;
-			} else {
-				result_from_reply(oc, i, r);
-			}
-		}
-		if (oc->rcpt_replies < oc->job->nrcpt && oc->mail_ok) {
-			if (!oc->pipelining) {
-				write_rcpts(oc);
-				oc_flush(oc);
-			} else if (oc->rcpt_sent < oc->job->nrcpt || !oc->data_sent) {
-				write_rcpts(oc); /* the rest that did not fit the buffer */
-				oc_flush(oc);
-			}
-			return;
-		}
-		if (oc->rcpt_replies < oc->rcpt_sent)
-			return;
-		after_rcpt_replies(oc);
+	case OC_RCPT:
+		oc_rcpt_reply(oc, r);
 		return;
-	}
 	case OC_DATA:
 		if (r->code == 354) {
 			/* RFC 2920 3.1: a server that accepted no RCPT fails DATA. */
@@ -1052,12 +1243,14 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		oc_rset(oc);
 		return;
 	case OC_DOT:
+		oc->dot_failed |= !ok;
 		if (!oc->hop.lmtp) {
 			result_all_reply(oc, r, true);
 		} else {
 			/* RFC 2033 4.2: one reply per accepted recipient, in order;
 			 * as many were owed as RCPTs were accepted. */
-			while (oc->lmtp_idx < oc->job->nrcpt && oc->job->acc[oc->lmtp_idx] != 1)
+			while (oc->lmtp_idx < oc->job->nrcpt &&
+			       oc->job->acc[oc->lmtp_idx] != DLV_RT_ACCEPTED)
 				oc->lmtp_idx++;
 			assert(oc->lmtp_idx < oc->job->nrcpt);
 			result_from_reply(oc, oc->lmtp_idx++, r);
@@ -1066,16 +1259,19 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		}
 		assert(oc->owed.total == 0);
 		oc->msgs++;
-		oc_release_job(oc);
-		oc_idle(oc);
-		return;
-	case OC_RSET:
-		oc_release_job(oc);
-		if (!ok) {
-			oc_quit(oc);
+		/* A refused message may leave the transaction open on the hop
+		 * (Postfix after an smtpd_end_of_data_restrictions reject): the
+		 * next MAIL would be "nested" and refused.  RSET, and its 250,
+		 * before the connection carries anything else. */
+		if (oc->dot_failed && oc->msgs < c->cfg->delivery.messages_per_connection &&
+		    !c->stopping) {
+			oc_rset(oc);
 			return;
 		}
-		oc_idle(oc);
+		oc_tx_end(oc, !oc->dot_failed);
+		return;
+	case OC_RSET:
+		oc_tx_end(oc, ok);
 		return;
 	case OC_QUIT:
 		oc_close(oc);
@@ -1388,7 +1584,7 @@ bool oc_assign(struct deliver *d, struct djob *job)
 	uint32_t count = 0;
 	struct oconn *oc;
 
-	for (oc = c->oc_idle; oc; oc = oc->next)
+	for (oc = c->oc_idle; oc && !job->fresh; oc = oc->next)
 		if (hop_eq(&oc->hop, hop)) {
 			idle_unlink(c, oc);
 			oc->job = job;
@@ -1398,8 +1594,16 @@ bool oc_assign(struct deliver *d, struct djob *job)
 	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++)
 		count +=
 		    c->oc[i].state != OC_FREE && !c->oc[i].closing && hop_eq(&c->oc[i].hop, hop);
-	if (count >= hop_limit(c))
+	if (count >= hop_limit(c)) {
+		/* A job that needs a new connection makes room: an idle one to
+		 * the hop may be out of step as the last one was. */
+		for (oc = c->oc_idle; oc && job->fresh; oc = oc->next)
+			if (hop_eq(&oc->hop, hop)) {
+				oc_quit(oc);
+				break;
+			}
 		return false;
+	}
 	if (c->oc_free_count == 0) {
 		/* Make room: the longest idle connection to another hop goes. */
 		struct oconn *last = c->oc_idle;
@@ -1420,6 +1624,7 @@ bool oc_assign(struct deliver *d, struct djob *job)
 	oc->fd = -1;
 	oc->hop = *hop;
 	oc->job = job;
+	job->fresh = false;
 	smtp_reply_init(&oc->rp);
 	smtp_owed_init(&oc->owed);
 	oc->out = malloc(DLV_OUT_CAP);

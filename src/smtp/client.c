@@ -737,6 +737,34 @@ enum smtp_outcome smtp_reply_outcome(uint16_t code)
 	}
 }
 
+/* Case-insensitive: does lit occur in p[0..n)? */
+static bool ci_contains(const char *p, size_t n, const char *lit)
+{
+	size_t k = strlen(lit);
+
+	for (size_t i = 0; k <= n && i <= n - k; i++) {
+		size_t j = 0;
+
+		while (j < k && ch_lower((uint8_t)p[i + j]) == (uint8_t)lit[j])
+			j++;
+		if (j == k)
+			return true;
+	}
+	return false;
+}
+
+bool smtp_reply_rcpt_overflow(const struct smtp_reply *r)
+{
+	assert(r != NULL && r->esc_len <= SMTP_ESC_MAX && r->text_len <= SMTP_REPLY_TEXT_MAX);
+	if (r->code != 452 && r->code != 552)
+		return false;
+	/* RFC 3463 3.6: X.5.3 is "too many recipients"; its class digit
+	 * matches the code's (esc_len_at checked that). */
+	if (r->esc_len > 0)
+		return strcmp(r->esc + 1, ".5.3") == 0;
+	return r->code == 452 || ci_contains(r->text, r->text_len, "too many recipients");
+}
+
 size_t smtp_reply_diag(const struct smtp_reply *r, char *out, size_t cap)
 {
 	assert(r != NULL && out != NULL && cap >= 1);

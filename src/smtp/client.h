@@ -356,6 +356,16 @@ enum smtp_outcome {
 
 enum smtp_outcome smtp_reply_outcome(uint16_t code);
 
+/* Is this reply to RCPT the hop's limit on recipients per transaction ("too
+ * many recipients", RFC 5321 4.5.3.1.10), not a verdict on the recipient?
+ * Then the recipient goes in the next transaction, at once.  452 is the
+ * code for it, unless its enhanced code names another cause (4.2.2 mailbox
+ * full, 4.3.1 out of storage); a 552 counts only with X.5.3 (RFC 3463 "too
+ * many recipients") or those words in its text: RFC 821 gave 552 to this
+ * case and 4.5.3.1.10 asks clients to read it as temporary, but a 552
+ * without either is "exceeded storage allocation", a real refusal. */
+bool smtp_reply_rcpt_overflow(const struct smtp_reply *r);
+
 /* RFC 3464 2.3.6 Diagnostic-Code, "smtp; 550 5.1.1 <x>: unknown user",
  * written NUL-terminated into out[0..cap) (truncated to fit, never inside a
  * UTF-8 character; cap >= 1); returns its length.  No CR, LF or other

@@ -1037,16 +1037,19 @@ static inline bool data_byte(struct smtp_data_state *s, uint8_t c)
 		}
 		break;
 	case PH_DOT:
-		if (c == '\r')
+		if (c == '\r') {
 			s->phase = PH_DOT_CR;
-		else
+		} else {
+			s->stuff_len++; /* the line goes on: the dot was stuffing */
 			data_text(s, c);
+		}
 		return false;
 	case PH_DOT_CR:
 		if (c == '\n') {
 			s->phase = PH_END;
 			return true;
 		}
+		s->stuff_len++; /* ".\r" and more: stuffing, then a bare CR */
 		break;
 	default:
 		abort();
@@ -1169,6 +1172,27 @@ int smtp_data_scan(struct smtp_data_state *st, const char *buf, size_t len, size
 	*st = s;
 	assert(*used <= len);
 	return rc;
+}
+
+uint64_t smtp_data_size(const struct smtp_data_state *st)
+{
+	assert(st != NULL);
+	/* Octets held back: a "." at the start of a line, ".\r" after it, or
+	 * the whole terminator once it is complete. */
+	uint64_t held = st->phase == PH_DOT	 ? 1
+			: st->phase == PH_DOT_CR ? 2
+			: st->phase == PH_END	 ? 3
+						 : 0;
+
+	assert(st->wire_len >= st->stuff_len + held);
+	return st->wire_len - st->stuff_len - held;
+}
+
+bool smtp_data_ends_line(const struct smtp_data_state *st)
+{
+	assert(st != NULL);
+	/* PH_BOL: at the start, or after CRLF (the terminator too). */
+	return st->phase == PH_BOL || st->phase == PH_END;
 }
 
 /* ---- dot-unstuffing (RFC 5321 4.5.2) ------------------------------------ */

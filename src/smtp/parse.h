@@ -215,7 +215,9 @@ size_t smtp_utf8_len(const char *p, size_t n);
  * problems are flags, answered after the end.
  *
  * st->wire_len counts every byte consumed (terminator included); the message
- * as stored is wire_len - 3 bytes for DATA.  Also tracked: the longest line
+ * as stored is wire_len - 3 bytes for DATA.  st->stuff_len counts the
+ * stuffing dots among them (RFC 5321 4.5.2: a "." that begins a line and is
+ * not the terminator's; the receiver drops it).  Also tracked: the longest line
  * (flag LONG_LINE past SMTP_TEXT_LINE_MAX incl. CRLF), the header section
  * (up to the first empty line) and the number of "Received:" header fields
  * in it (case-insensitive, at line start), and non-ASCII octets (8BIT;
@@ -233,6 +235,7 @@ enum {
 
 struct smtp_data_state {
 	uint64_t wire_len;	 /* bytes consumed so far */
+	uint64_t stuff_len;	 /* of them, stuffing dots (DATA mode) */
 	uint32_t line_len;	 /* octets in the current line, CRLF excluded */
 	uint32_t received_count; /* "Received:" fields in the header section */
 	uint32_t flags;		 /* SMTP_DATA_* */
@@ -244,6 +247,14 @@ struct smtp_data_state {
 
 void smtp_data_begin(struct smtp_data_state *st, bool dot);
 int smtp_data_scan(struct smtp_data_state *st, const char *buf, size_t len, size_t *used);
+/* The message octets consumed so far as RFC 1870 counts them: no stuffing
+ * dot, none of the terminator, nor the "." or ".\r" at the end of what was
+ * fed that may still turn out to begin it — so a size limit checked after
+ * any call (however the bytes were split) counts only the message. */
+uint64_t smtp_data_size(const struct smtp_data_state *st);
+/* The bytes so far are empty or end with CRLF (a body relayed with DATA
+ * gains a CRLF otherwise, RFC 5321 4.1.1.4). */
+bool smtp_data_ends_line(const struct smtp_data_state *st);
 
 /* Undo dot-stuffing of stored DATA bytes (a line starting ".." loses one
  * dot).  *line_start carries "at the start of a line" across calls (start

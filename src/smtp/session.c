@@ -39,6 +39,7 @@ struct smtp_tx {
 	uint8_t body_type;
 	uint8_t ret;
 	uint64_t size_declared;
+	uint64_t size; /* at commit: spool_env_size(), the size logged */
 	struct spool_str mail_from, envid, auth;
 	uint32_t rcpt_count;
 	uint32_t env_size;	/* running estimate of the encoded envelope */
@@ -964,10 +965,14 @@ static void tx_commit(struct conn *c)
 
 	env.arrival_s = time(NULL);
 	env.msg_len = dot ? wire - 3 : wire;
+	/* What SIZE= and the logs say (RFC 1870): the stuffing is ours to
+	 * drop, not the message's. */
+	env.stuff_len = c->s.ds.stuff_len;
 	/* Our Received: field is part of the stored header section: an 8-bit
 	 * AUTH name or "for" address in it counts like the client's octets. */
 	bool hdr_8bit = (c->s.ds.flags & SMTP_DATA_8BIT_HEADER) || tx->received_8bit;
 	env.flags = (dot ? SPOOL_ENV_STUFFED : 0) |
+		    (smtp_data_ends_line(&c->s.ds) ? 0 : SPOOL_ENV_NO_FINAL_CRLF) |
 		    ((c->s.ds.flags & SMTP_DATA_8BIT) || hdr_8bit ? SPOOL_ENV_8BIT : 0) |
 		    (tx->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0) | (hdr_8bit ? 0 : SPOOL_ENV_HDR_ASCII);
 	env.body_type = tx->body_type;
@@ -982,6 +987,7 @@ static void tx_commit(struct conn *c)
 	    (struct spool_str){c->s.auth_user, c->s.authed ? (uint32_t)strlen(c->s.auth_user) : 0};
 	env.rcpt_count = tx->rcpt_count;
 	env.rcpts = tx->rcpts;
+	tx->size = spool_env_size(&env);
 	if (spool_msg_commit(c->shard->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
 		tx->fail_reply = "452 4.3.1 Error: envelope too large";
 		spool_msg_abort(c->shard->spool, &tx->msg);
@@ -1096,7 +1102,9 @@ static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid
 		return 0;
 	}
 	rc = smtp_data_scan(&s->ds, p, want, &used);
-	if (!s->sink && s->ds.wire_len - (rc == SMTP_PARSE_OK && s->ds.dot ? 3 : 0) > limit) {
+	/* RFC 1870 counts neither the stuffing nor the terminator, however
+	 * the bytes were split (a message exactly at the limit is taken). */
+	if (!s->sink && smtp_data_size(&s->ds) > limit) {
 		/* Over the size limit: keep reading to the real end, write
 		 * nothing more, refuse then (RFC 1870 6.1). */
 		tx->fail_reply = "552 5.3.4 Error: message size exceeds fixed limit";
@@ -1195,7 +1203,7 @@ void smtp_session_durable(struct conn *c, int res)
 	if (res == 0) {
 		log_msg(LOG_INFO, "event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu",
 			tx->qid, c->peer_ip, (int)tx->mail_from.len, tx->mail_from.ptr,
-			tx->rcpt_count, (unsigned long long)tx->msg.wire_len);
+			tx->rcpt_count, (unsigned long long)tx->size);
 		if (c->io == CONN_ACTIVE)
 			conn_replyf(c, "250 2.0.0 Ok: queued as %s", tx->qid);
 	} else {

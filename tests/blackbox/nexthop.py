@@ -27,7 +27,7 @@ recipient, with ctx.rcpt set, giving one reply each), "rset", "noop", "quit",
 anything else leaves the session in plain text).
 
 Rule(phase, reply=None, drop=False, delay=0, rcpt=None, sender=None,
-     times=None, skip=0, when=None, raw=False, midbody=None):
+     times=None, skip=0, when=None, raw=False, midbody=None, keep_txn=False):
   reply   full reply line(s), e.g. "451 4.3.0 Later" ("\\n" between the lines of
           a multi-line reply), or a callable(ctx) -> line or None (None: default).
           Several complete lines ("250 Ok\\n250 Ok") are several replies: the
@@ -43,6 +43,10 @@ Rule(phase, reply=None, drop=False, delay=0, rcpt=None, sender=None,
           the session then stops reading until the hop is stopped, so the
           client is still sending its body when those bytes reach it (give it
           a body larger than the socket buffers, a few MiB)
+  keep_txn "message" phase only: the transaction stays open after this reply
+          (sender, recipients), as Postfix leaves it after an
+          smtpd_end_of_data_restrictions reject: a MAIL before RSET then gets
+          "503 5.5.1 Error: nested MAIL command"
   drop    True: close the connection instead of replying (replies due before it
           are sent first); "rst": the same with a TCP reset
   delay   seconds to wait before replying (or dropping)
@@ -140,7 +144,7 @@ def _norm_mid(m):
 
 class Rule:
     def __init__(self, phase, reply=None, *, drop=False, delay=0.0, rcpt=None, sender=None,
-                 times=None, skip=0, when=None, raw=False, midbody=None):
+                 times=None, skip=0, when=None, raw=False, midbody=None, keep_txn=False):
         if phase not in PHASES:
             raise ValueError("unknown phase %r (one of %s)" % (phase, ", ".join(PHASES)))
         if raw:
@@ -150,6 +154,9 @@ class Rule:
             raise ValueError("reply must start with a 3-digit code: %r" % reply)
         if midbody is not None and (phase != "data" or not isinstance(midbody, bytes)):
             raise ValueError("midbody is bytes for the data phase")
+        if keep_txn and phase != "message":
+            raise ValueError("keep_txn is for the message phase")
+        self.keep_txn = keep_txn
         self.raw = raw
         self.midbody = midbody
         self.phase = phase
@@ -909,11 +916,13 @@ class _Session:
         txn.tls_version = self.info.tls_version
         txn.tls_cipher = self.info.tls_cipher
         problem = self._check_content(raw, data, via)
+        keep = False
         try:
             if self.srv.lmtp:
                 for i, r in enumerate(txn.rcpts):
                     reply = self._answer("message", problem or "250 2.1.5 <%s> Ok: delivered" % r,
                                          rcpt=r, data=data)
+                    keep |= self.rule is not None and self.rule.keep_txn
                     txn.replies.append((r, reply))
                     if reply.startswith("2"):
                         txn.delivered.append(r)
@@ -921,6 +930,7 @@ class _Session:
                 n = self.srv._next_queued_id()
                 reply = self._answer("message", problem or "250 2.0.0 Ok: queued as NH%06d" % n,
                                      data=data)
+                keep = self.rule is not None and self.rule.keep_txn
                 txn.replies.append((None, reply))
                 if reply.startswith("2"):
                     txn.delivered = list(txn.rcpts)
@@ -930,7 +940,11 @@ class _Session:
             self.srv._store(txn, self.info)
             raise
         self.srv._store(txn, self.info)
-        self._reset_txn()
+        if keep:
+            self.chunks = []  # the data is gone; MAIL and RCPTs stay, as in Postfix
+            self.bdat_buf = bytearray()
+        else:
+            self._reset_txn()
         if any(r[1].startswith("421") for r in txn.replies):
             self._close_421()
 

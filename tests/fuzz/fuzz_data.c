@@ -6,7 +6,11 @@
  * recomputes the same answers: the end is the first CRLF "." CRLF of
  * CRLF + body; a bare CR is a CR followed by something other than LF; a bare
  * LF is an LF not after CR; lines, header section (and 8-bit octets in it)
- * and "Received:" count as documented in parse.h.  In DATA mode the stored bytes are also unstuffed
+ * and "Received:" count as documented in parse.h; stuffing dots are the "."
+ * that begins a line (at the start or after CRLF) and is not the
+ * terminator's, and the size is the bytes less those and less the
+ * terminator or the "." / ".\r" that may still begin it.  In DATA mode the
+ * stored bytes are also unstuffed
  * whole, split and in place, with identical results.
  */
 #ifndef _GNU_SOURCE
@@ -61,6 +65,9 @@ static void same(const struct run *a, const struct run *b)
 {
 	CHECK(a->rc == b->rc && a->used == b->used);
 	CHECK(a->st.wire_len == b->st.wire_len && a->st.flags == b->st.flags);
+	CHECK(a->st.stuff_len == b->st.stuff_len);
+	CHECK(smtp_data_size(&a->st) == smtp_data_size(&b->st));
+	CHECK(smtp_data_ends_line(&a->st) == smtp_data_ends_line(&b->st));
 	CHECK(a->st.line_len == b->st.line_len);
 	CHECK(a->st.received_count == b->st.received_count);
 	CHECK(a->st.in_header == b->st.in_header && a->st.phase == b->st.phase);
@@ -142,6 +149,31 @@ static void oracle_lines(const uint8_t *c, size_t n, bool dot, struct smtp_data_
 	}
 }
 
+static bool at_bol(const uint8_t *c, size_t s)
+{
+	return s == 0 || (s >= 2 && c[s - 2] == '\r' && c[s - 1] == '\n');
+}
+
+/* Stuffing dots in c[0..u) and the octets held back at its end (the
+ * terminator, or what may still begin it). */
+static void oracle_stuffing(const uint8_t *c, size_t u, bool dot, bool end, uint64_t *stuff,
+			    uint64_t *held)
+{
+	*stuff = *held = 0;
+	if (!dot)
+		return;
+	for (size_t s = 0; s < u; s++) {
+		if (c[s] != '.' || !at_bol(c, s))
+			continue;
+		if (s + 1 == u || (c[s + 1] == '\r' && s + 2 == u))
+			*held = u - s; /* "." or ".\r" at the very end */
+		else if (!(c[s + 1] == '\r' && c[s + 2] == '\n'))
+			(*stuff)++;
+	}
+	if (end)
+		*held = 3;
+}
+
 static void check_oracle(const uint8_t *b, size_t n, bool dot, const struct run *r)
 {
 	size_t end = oracle_end(b, n, dot);
@@ -152,6 +184,13 @@ static void check_oracle(const uint8_t *b, size_t n, bool dot, const struct run 
 	e.flags = oracle_flags(b, r->used);
 	oracle_lines(b, end ? end - 3 : n, dot, &e);
 	CHECK(r->st.flags == e.flags);
+	uint64_t stuff, held;
+	oracle_stuffing(b, r->used, dot, end != 0, &stuff, &held);
+	CHECK(r->st.stuff_len == stuff);
+	CHECK(smtp_data_size(&r->st) == r->used - stuff - held);
+	CHECK(smtp_data_ends_line(&r->st) ==
+	      (end != 0 || r->used == 0 ||
+	       (r->used >= 2 && b[r->used - 2] == '\r' && b[r->used - 1] == '\n')));
 	CHECK(r->st.received_count == e.received_count);
 	CHECK(r->st.in_header == e.in_header);
 	if (!end)
@@ -200,7 +239,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	same(&whole, &split);
 	same(&whole, &bytes);
 	check_oracle((const uint8_t *)body, n, dot, &whole);
-	if (dot && whole.rc == SMTP_PARSE_OK)
+	if (dot && whole.rc == SMTP_PARSE_OK) {
 		check_unstuff(body, whole.used - 3, cut);
+		CHECK(whole.st.stuff_len <= whole.used - 3);
+	}
 	return 0;
 }

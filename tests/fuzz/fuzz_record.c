@@ -63,16 +63,18 @@
 /* Body walks are quadratic in the worst case; the bound keeps every
  * execution in the millisecond range.  The scanner's 1 MiB window never
  * refills at these sizes: record_recovery.c's block-edge tests cover that. */
-#define INPUT_MAX	 65536
-#define HDR_LEN		 sizeof(struct spool_rec_hdr)
-#define HEAD_LEN	 sizeof(struct spool_seg_head)
-#define TAG_LEN		 offsetof(struct spool_rec_hdr, mac) /* the bytes a tag covers */
-#define YIELD_MAX	 (INPUT_MAX / HDR_LEN + 1)
-#define SCAN_STOP	 0x5eed /* callback return that stops a scan */
-#define ENV_ID_OFF	 8	/* envelope field offsets (record.c's codec table) */
-#define ENV_MSG_LEN_OFF	 24
-#define ENV_WIRE_LEN_OFF 32
-#define ENV_MSG_CRC_OFF	 56
+#define INPUT_MAX	  65536
+#define HDR_LEN		  sizeof(struct spool_rec_hdr)
+#define HEAD_LEN	  sizeof(struct spool_seg_head)
+#define TAG_LEN		  offsetof(struct spool_rec_hdr, mac) /* the bytes a tag covers */
+#define YIELD_MAX	  (INPUT_MAX / HDR_LEN + 1)
+#define SCAN_STOP	  0x5eed /* callback return that stops a scan */
+#define ENV_ID_OFF	  8	 /* envelope field offsets (record.c's codec table) */
+#define ENV_MSG_LEN_OFF	  24
+#define ENV_WIRE_LEN_OFF  32
+#define ENV_MSG_CRC_OFF	  56
+#define ENV_STUFF_LEN_OFF 64 /* version 2 */
+#define ENV_V1_GROWTH	  8  /* version 2 adds stuff_len after the fixed fields */
 
 size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
 
@@ -309,6 +311,7 @@ static void env_same(const struct spool_env *a, const void *abase, const struct 
 {
 	CHECK(a->id == b->id && a->arrival_s == b->arrival_s && a->msg_len == b->msg_len);
 	CHECK(a->wire_len == b->wire_len && a->msg_crc == b->msg_crc);
+	CHECK(a->stuff_len == b->stuff_len);
 	CHECK(a->first_chunk_off == b->first_chunk_off && a->flags == b->flags);
 	CHECK(a->body_type == b->body_type && a->ret == b->ret);
 	CHECK(a->size_declared == b->size_declared && a->rcpt_count == b->rcpt_count);
@@ -329,8 +332,29 @@ static void env_same(const struct spool_env *a, const void *abase, const struct 
 	}
 }
 
+/* A version 1 envelope p[0..n) re-encodes as version 2: the same bytes
+ * with stuff_len 0 after the fixed fields (or not at all past the bound). */
+static void env_v1_upgrade(const struct spool_env *e, const struct spool_env *copy,
+			   const uint8_t *p, size_t n)
+{
+	static uint8_t out[SPOOL_ENV_MAX], want[SPOOL_ENV_MAX];
+
+	CHECK(e->stuff_len == 0);
+	if (n + ENV_V1_GROWTH > SPOOL_ENV_MAX) {
+		CHECK(spool_env_encode(copy, out, sizeof out) == 0);
+		return;
+	}
+	memcpy(want, p, ENV_STUFF_LEN_OFF);
+	want[0] = SPOOL_ENV_VERSION;
+	memset(want + ENV_STUFF_LEN_OFF, 0, ENV_V1_GROWTH);
+	memcpy(want + ENV_STUFF_LEN_OFF + ENV_V1_GROWTH, p + ENV_STUFF_LEN_OFF,
+	       n - ENV_STUFF_LEN_OFF);
+	CHECK(spool_env_encode(copy, out, sizeof out) == n + ENV_V1_GROWTH);
+	CHECK(memcmp(out, want, n + ENV_V1_GROWTH) == 0);
+}
+
 /* e was decoded from a copy of p[0..n) at ebase (or from p itself):
- * re-encoding gives back exactly those bytes. */
+ * re-encoding gives back exactly those bytes (version 1: see above). */
 static void env_round_trip(const struct spool_env *e, const uint8_t *ebase, const uint8_t *p,
 			   size_t n)
 {
@@ -343,6 +367,12 @@ static void env_round_trip(const struct spool_env *e, const uint8_t *ebase, cons
 	for (uint32_t i = 0; i < e->rcpt_count; i++)
 		CHECK(spool_env_rcpt(e, i, &rcpts[i]) == 0);
 	copy.rcpts = rcpts;
+	CHECK(spool_env_size(e) <= e->msg_len + 2);
+	if (p[0] == 1) {
+		env_v1_upgrade(e, &copy, p, n);
+		CHECK(spool_env_decode(p, n - 1, &again) == -EINVAL);
+		return;
+	}
 	CHECK(spool_env_encode(&copy, out, sizeof out) == n);
 	CHECK(memcmp(out, p, n) == 0);
 	CHECK(spool_env_encode(&copy, out, n - 1) == 0);
@@ -707,6 +737,8 @@ static void body_repair(uint8_t *data, size_t size, const struct spool_key *k, u
 	}
 	uint64_t msg_len = env.msg_len <= total ? env.msg_len : total;
 	memcpy(pay + ENV_MSG_LEN_OFF, &msg_len, 8);
+	if (pay[0] >= 2 && env.stuff_len > msg_len) /* stuffing is within the message */
+		memcpy(pay + ENV_STUFF_LEN_OFF, &msg_len, 8);
 	memcpy(pay + ENV_WIRE_LEN_OFF, &total, 8);
 	memcpy(pay + ENV_MSG_CRC_OFF, &crc, 4);
 	h.pay_crc = spool_crc32c(0, pay, h.len);

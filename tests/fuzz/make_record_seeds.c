@@ -149,6 +149,7 @@ static size_t env_fill(const struct msg *m, uint64_t first_off, const struct spo
 	    .arrival_s = 1700000000 + (int64_t)m->id,
 	    .msg_len = m->msg_len,
 	    .wire_len = m->wire_len,
+	    .stuff_len = m->msg_len / 16, /* some stuffing dots (version 2) */
 	    .msg_crc = spool_crc32c(0, m->wire, m->wire_len),
 	    .first_chunk_off = first_off,
 	    .flags = SPOOL_ENV_STUFFED,

@@ -851,6 +851,36 @@ static void test_kept_text_utf8_cut(void **state)
 	assert_string_equal(out, "smtp; 550 ab\xe2\x82\xac");
 }
 
+/* RFC 5321 4.5.3.1.10: "too many recipients" is the hop's limit per
+ * transaction (the recipient goes in the next one), not a refusal. */
+static void test_rcpt_overflow(void **state)
+{
+	(void)state;
+	static const char *const yes[] = {
+	    "452 4.5.3 Error: too many recipients\r\n",
+	    "452 Too many recipients\r\n", /* 452 is the code for it (no enhanced code) */
+	    "452 Requested action not taken\r\n",
+	    "552 5.5.3 Too many recipients\r\n", /* RFC 821's code: temporary all the same */
+	    "552 Too many Recipients for this message\r\n",
+	    "452-4.5.3 first\r\n452 4.5.3 second\r\n",
+	};
+	static const char *const no[] = {
+	    "452 4.2.2 Mailbox full\r\n", /* a cause of its own */
+	    "452 4.3.1 Insufficient system storage\r\n",
+	    "552 5.2.2 Mailbox over quota\r\n",
+	    "552 Requested mail action aborted: exceeded storage allocation\r\n",
+	    "451 4.5.3 Too many recipients\r\n", /* only 452 and 552 say it */
+	    "550 5.5.3 Too many recipients\r\n",
+	    "250 2.1.5 Ok\r\n",
+	    "503 5.5.1 Error: nested MAIL command\r\n",
+	};
+
+	for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+		assert_true(smtp_reply_rcpt_overflow(one_reply(yes[i])));
+	for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+		assert_false(smtp_reply_rcpt_overflow(one_reply(no[i])));
+}
+
 static void status_is(const char *in, const char *want)
 {
 	char out[SMTP_ESC_MAX + 1];
@@ -903,6 +933,7 @@ int main(void)
 	    cmocka_unit_test(test_lmtp_after_data),
 	    cmocka_unit_test(test_outcome),
 	    cmocka_unit_test(test_diag),
+	    cmocka_unit_test(test_rcpt_overflow),
 	    cmocka_unit_test(test_status),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

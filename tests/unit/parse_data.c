@@ -1,4 +1,4 @@
-/* Pins smtp_data_scan (end of data, smuggling flags, lines, headers, splits) and smtp_unstuff. */
+/* Pins smtp_data_scan (end of data, smuggling flags, lines, headers, splits, size), smtp_unstuff. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,6 +48,7 @@ static void same(const struct result *a, const struct result *b)
 	assert_int_equal(a->rc, b->rc);
 	assert_int_equal(a->used, b->used);
 	assert_true(a->st.wire_len == b->st.wire_len);
+	assert_true(a->st.stuff_len == b->st.stuff_len);
 	assert_int_equal(a->st.flags, b->st.flags);
 	assert_int_equal(a->st.received_count, b->st.received_count);
 	assert_int_equal(a->st.line_len, b->st.line_len);
@@ -463,6 +464,50 @@ static void test_scan_then_unstuff(void **state)
 	assert_memory_equal(out, orig, n);
 }
 
+/* RFC 1870 size: the stuffing dots and the terminator are not the message,
+ * and a dot held at the end of a piece (it may begin the terminator) is not
+ * counted yet, so the size never runs ahead of the message, however split. */
+static void test_size_without_stuffing(void **state)
+{
+	(void)state;
+	static const char wire[] = "Subject: dots\r\n\r\n..leading\r\n...\r\nmid.dle\r\n.\r\n";
+	static const char orig[] = "Subject: dots\r\n\r\n.leading\r\n..\r\nmid.dle\r\n";
+	const size_t n = sizeof wire - 1, want = sizeof orig - 1;
+	struct result r = SCAN(wire, true);
+	struct smtp_data_state st;
+	uint64_t prev = 0;
+
+	assert_int_equal(r.rc, SMTP_PARSE_OK);
+	assert_true(r.st.stuff_len == 2);
+	assert_true(smtp_data_size(&r.st) == want);
+	assert_true(smtp_data_ends_line(&r.st));
+	smtp_data_begin(&st, true);
+	for (size_t i = 0; i < n; i++) {
+		size_t used;
+
+		smtp_data_scan(&st, wire + i, 1, &used);
+		assert_true(smtp_data_size(&st) >= prev && smtp_data_size(&st) <= want);
+		prev = smtp_data_size(&st);
+	}
+	assert_true(prev == want);
+
+	/* ".\r" then not LF: the dot was stuffing (the message is refused for
+	 * the bare CR anyway). */
+	r = SCAN(".\rX\r\n.\r\n", true);
+	assert_true(r.st.stuff_len == 1 && smtp_data_size(&r.st) == 4);
+	r = SCAN(".\r\n", true);
+	assert_true(r.st.stuff_len == 0 && smtp_data_size(&r.st) == 0);
+
+	/* BDAT: no stuffing, nothing held; a last line without CRLF is seen. */
+	r = SCAN("..x\r\n.", false);
+	assert_true(r.st.stuff_len == 0 && smtp_data_size(&r.st) == 6);
+	assert_false(smtp_data_ends_line(&r.st));
+	r = SCAN("abc\r\n", false);
+	assert_true(smtp_data_ends_line(&r.st));
+	smtp_data_begin(&st, false);
+	assert_true(smtp_data_ends_line(&st) && smtp_data_size(&st) == 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -474,6 +519,7 @@ int main(void)
 	    cmocka_unit_test(test_bdat_mode),	       cmocka_unit_test(test_accumulates),
 	    cmocka_unit_test(test_many_line_lengths),  cmocka_unit_test(test_unstuff),
 	    cmocka_unit_test(test_scan_then_unstuff),
+	    cmocka_unit_test(test_size_without_stuffing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

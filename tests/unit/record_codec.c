@@ -348,6 +348,7 @@ static struct spool_env env_sample(const struct spool_rcpt *rcpts, uint32_t n)
 	    .arrival_s = -5, /* signed on purpose: must survive the u64 framing */
 	    .msg_len = 1000,
 	    .wire_len = 1003,
+	    .stuff_len = 7,
 	    .msg_crc = 0xcafebabeu,
 	    .first_chunk_off = 0x100000008u,
 	    .flags = SPOOL_ENV_STUFFED | SPOOL_ENV_SMTPUTF8,
@@ -378,6 +379,7 @@ static void env_equal(const struct spool_env *in, const struct spool_env *out)
 	assert_true(out->arrival_s == in->arrival_s);
 	assert_int_equal(out->msg_len, in->msg_len);
 	assert_int_equal(out->wire_len, in->wire_len);
+	assert_int_equal(out->stuff_len, in->stuff_len);
 	assert_int_equal(out->msg_crc, in->msg_crc);
 	assert_int_equal(out->first_chunk_off, in->first_chunk_off);
 	assert_int_equal(out->flags, in->flags);
@@ -464,7 +466,7 @@ static void env_empty_and_long_strings(void **state)
 
 	env.listener = env.client_addr = env.helo = env.mail_from = env.envid = env.auth_user =
 	    (struct spool_str){0};
-	env.msg_len = env.wire_len = 0;
+	env.msg_len = env.wire_len = env.stuff_len = 0;
 	env_round_trip(&env);
 
 	env = env_sample(&r, 1);
@@ -525,12 +527,12 @@ static void env_bound_and_cap(void **state)
 	free(buf);
 }
 
-/* Version 1 byte for byte, so a format change is a deliberate act. */
-static void env_v1_golden(void **state)
+/* Version 2 byte for byte, so a format change is a deliberate act. */
+static void env_v2_golden(void **state)
 {
 	(void)state;
 	static const uint8_t want[] = {
-	    1,	  8,	2,    0,    0x05, 0,	0,    0,	      /* version body ret 0 flags */
+	    2,	  8,	2,    0,    0x05, 0,	0,    0,	      /* version body ret 0 flags */
 	    0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,	      /* id */
 	    0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,	      /* arrival -2 */
 	    3,	  0,	0,    0,    0,	  0,	0,    0,	      /* msg_len */
@@ -538,6 +540,7 @@ static void env_v1_golden(void **state)
 	    0x28, 0,	0,    0,    0,	  0,	0,    0,	      /* first_chunk_off */
 	    9,	  0,	0,    0,    0,	  0,	0,    0,	      /* size_declared */
 	    0x78, 0x56, 0x34, 0x12, 1,	  0,	0,    0,	      /* msg_crc rcpt_count */
+	    2,	  0,	0,    0,    0,	  0,	0,    0,	      /* stuff_len */
 	    1,	  0,	'L',  0,    0,	  2,	0,    'h',  'o',      /* listener client helo */
 	    3,	  0,	's',  '@',  'x',  0,	0,    1,    0,	 'u', /* from envid auth */
 	    0,	  0,	0,    0,    3,	  0,	1,    0,    6,	      /* rcpt table */
@@ -549,6 +552,7 @@ static void env_v1_golden(void **state)
 	    .arrival_s = -2,
 	    .msg_len = 3,
 	    .wire_len = 6,
+	    .stuff_len = 2,
 	    .msg_crc = 0x12345678u,
 	    .first_chunk_off = 0x28,
 	    .flags = SPOOL_ENV_STUFFED | SPOOL_ENV_SMTPUTF8,
@@ -566,6 +570,55 @@ static void env_v1_golden(void **state)
 
 	assert_int_equal(spool_env_encode(&env, buf, sizeof buf), sizeof want);
 	assert_memory_equal(buf, want, sizeof want);
+}
+
+/* A spool written before version 2 is still read: stuff_len 0, the
+ * strings at offset 64. */
+static void env_v1_still_read(void **state)
+{
+	(void)state;
+	static const uint8_t v1[] = {
+	    1,	  8,	2,    0,    0x05, 0,	0,    0,	      /* version body ret 0 flags */
+	    0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,	      /* id */
+	    0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,	      /* arrival -2 */
+	    3,	  0,	0,    0,    0,	  0,	0,    0,	      /* msg_len */
+	    6,	  0,	0,    0,    0,	  0,	0,    0,	      /* wire_len */
+	    0x28, 0,	0,    0,    0,	  0,	0,    0,	      /* first_chunk_off */
+	    9,	  0,	0,    0,    0,	  0,	0,    0,	      /* size_declared */
+	    0x78, 0x56, 0x34, 0x12, 1,	  0,	0,    0,	      /* msg_crc rcpt_count */
+	    1,	  0,	'L',  0,    0,	  2,	0,    'h',  'o',      /* listener client helo */
+	    3,	  0,	's',  '@',  'x',  0,	0,    1,    0,	 'u', /* from envid auth */
+	    0,	  0,	0,    0,    3,	  0,	1,    0,    6,	      /* rcpt table */
+	    'r',  '@',	'x',  'o',				      /* heap */
+	};
+	struct spool_env out;
+	struct spool_rcpt r;
+
+	assert_int_equal(spool_env_decode(v1, sizeof v1, &out), 0);
+	assert_int_equal(out.msg_len, 3);
+	assert_int_equal(out.stuff_len, 0);
+	assert_int_equal(spool_env_size(&out), 3);
+	assert_int_equal(out.size_declared, 9);
+	str_equal(out.helo, S("ho"));
+	str_equal(out.auth_user, S("u"));
+	assert_int_equal(spool_env_rcpt(&out, 0, &r), 0);
+	str_equal(r.addr, S("r@x"));
+	assert_int_equal(spool_env_decode(v1, sizeof v1 - 1, &out), -EINVAL);
+}
+
+/* RFC 1870 size: stored octets less their stuffing, plus the CRLF DATA adds
+ * to a BDAT body without one. */
+static void env_size(void **state)
+{
+	(void)state;
+	struct spool_env e = {
+	    .msg_len = 100, .wire_len = 103, .stuff_len = 9, .flags = SPOOL_ENV_STUFFED};
+
+	assert_int_equal(spool_env_size(&e), 91);
+	e = (struct spool_env){.msg_len = 100, .wire_len = 100};
+	assert_int_equal(spool_env_size(&e), 100);
+	e.flags = SPOOL_ENV_NO_FINAL_CRLF;
+	assert_int_equal(spool_env_size(&e), 102);
 }
 
 static size_t env_small(uint8_t *buf, size_t cap)
@@ -595,13 +648,16 @@ static void env_rejects_malformed(void **state)
 		assert_int_equal(spool_env_decode(bad, n, &out), -EINVAL);                         \
 	} while (0)
 	DAMAGED(0, 0);		   /* version 0 */
-	DAMAGED(0, 2);		   /* a future version */
+	DAMAGED(0, 3);		   /* a future version */
 	DAMAGED(3, 1);		   /* reserved byte */
+	DAMAGED(4, 0x04);	   /* stuff_len without STUFFED */
+	DAMAGED(4, 0x0d);	   /* STUFFED (DATA) yet no final CRLF */
+	DAMAGED(65, 0x04);	   /* stuff_len 1031 > msg_len 1000 */
 	DAMAGED(24, 0xff);	   /* msg_len > wire_len */
 	DAMAGED(60, 3);		   /* rcpt_count larger than the table */
 	DAMAGED(60, 1);		   /* smaller: table bytes become heap bytes */
 	DAMAGED(63, 0x40);	   /* huge rcpt_count must not wrap */
-	DAMAGED(64, 200);	   /* listener length past the end */
+	DAMAGED(72, 200);	   /* listener length past the end */
 	DAMAGED(table, 1);	   /* first heap offset not 0 */
 	DAMAGED(table + 9, 4);	   /* second offset not contiguous */
 	DAMAGED(table + 4, 4);	   /* addr length overlaps the next */
@@ -648,7 +704,9 @@ int main(void)
 	    cmocka_unit_test(env_round_trip_0_1_100),
 	    cmocka_unit_test(env_empty_and_long_strings),
 	    cmocka_unit_test(env_bound_and_cap),
-	    cmocka_unit_test(env_v1_golden),
+	    cmocka_unit_test(env_v2_golden),
+	    cmocka_unit_test(env_v1_still_read),
+	    cmocka_unit_test(env_size),
 	    cmocka_unit_test(env_rejects_malformed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
