@@ -473,80 +473,123 @@ static void conn_tls_failed(struct conn *c, const char *stage)
 		conn_shutdown_io(c);
 }
 
-/* TLS input: ciphertext from inq into the TLS layer, the handshake, then
- * plaintext into user buffers (pq) and from there into the session. */
-static void conn_tls_input(struct conn *c)
+/* TLS plaintext already decrypted (pq) into the session.  false: the
+ * session paused, or the connection is closing. */
+static bool conn_tls_feed_session(struct conn *c)
 {
 	struct shard *sh = c->shard;
 
-	while (c->io == CONN_ACTIVE && !c->close_wanted) {
-		bool progress = false;
+	while (c->pq_count && c->io == CONN_ACTIVE && !c->close_wanted) {
+		struct conn_inbuf *e = &c->pq[c->pq_head];
+		char *p = ring_buf_ptr(&sh->ring, e->bid) + e->off;
+		size_t used = smtp_session_feed(c, p, e->len - e->off, e->bid);
 
-		while (c->pq_count && c->io == CONN_ACTIVE && !c->close_wanted) {
-			struct conn_inbuf *e = &c->pq[c->pq_head];
-			char *p = ring_buf_ptr(&sh->ring, e->bid) + e->off;
-			size_t used = smtp_session_feed(c, p, e->len - e->off, e->bid);
+		assert(used <= e->len - e->off);
+		e->off += (uint32_t)used;
+		if (e->off < e->len)
+			return false; /* paused: resumed by conn_resume() */
+		ring_buf_put(&sh->ring, e->bid);
+		c->pq_head = (c->pq_head + 1) % CONN_PQ_MAX;
+		c->pq_count--;
+	}
+	return c->io == CONN_ACTIVE && !c->close_wanted;
+}
 
-			e->off += (uint32_t)used;
-			if (e->off < e->len)
-				return; /* paused: resumed by conn_resume() */
-			ring_buf_put(&sh->ring, e->bid);
-			c->pq_head = (c->pq_head + 1) % CONN_PQ_MAX;
-			c->pq_count--;
-		}
-		if (c->io != CONN_ACTIVE || c->close_wanted)
-			return;
-		while (c->inq_count) {
-			struct conn_inbuf *e = &c->inq[c->inq_head];
-			size_t k = tls_conn_feed(c->tls, ring_buf_ptr(&sh->ring, e->bid) + e->off,
-						 e->len - e->off);
+/* Held ciphertext (inq) into the TLS layer, as much as it has room for. */
+static void conn_tls_feed_layer(struct conn *c)
+{
+	struct shard *sh = c->shard;
 
-			e->off += (uint32_t)k;
-			progress |= k > 0;
-			if (e->off < e->len)
-				break; /* the TLS layer is full */
-			conn_inq_pop(c);
-		}
+	while (c->inq_count) {
+		struct conn_inbuf *e = &c->inq[c->inq_head];
+		size_t k = tls_conn_feed(c->tls, ring_buf_ptr(&sh->ring, e->bid) + e->off,
+					 e->len - e->off);
+
+		e->off += (uint32_t)k;
+		if (e->off < e->len)
+			return; /* the TLS layer is full */
+		conn_inq_pop(c);
+	}
+}
+
+/* The layer answered -EAGAIN: it used every byte it was fed (tls.h), so
+ * while ciphertext is held it has room for more, and the caller goes on.
+ * Stopping here instead would strand the held buffers: nothing else
+ * resumes a connection whose input is all received (issue 9, item 2). */
+static bool conn_tls_wants_more(const struct conn *c)
+{
+	if (c->inq_count == 0)
+		return false; /* resumed by the next receive */
+	assert(tls_conn_in_free(c->tls) > 0);
+	return true;
+}
+
+static void conn_tls_established(struct conn *c)
+{
+	c->tls_mode = CONN_TLS_ON;
+	log_msg(LOG_INFO, "event=tls client=%s version=%s cipher=%s sni=%s", c->peer_ip,
+		tls_conn_version(c->tls), tls_conn_cipher(c->tls),
+		tls_conn_sni(c->tls) ? tls_conn_sni(c->tls) : "-");
+	if (c->s.state == SMTP_S_NEW) /* implicit TLS: greet now */
+		smtp_session_greet(c);
+}
+
+/* Decrypt into a user buffer at the tail of pq: what tls_conn_read()
+ * returns (> 0 bytes queued, 0 at the client's close_notify, -errno), or
+ * -ENOMEM when no user buffer is free (retried when one comes back). */
+static ssize_t conn_tls_decrypt(struct conn *c)
+{
+	struct shard *sh = c->shard;
+	int bid = ring_buf_alloc(&sh->ring);
+
+	if (bid < 0) {
+		sh->user_starved = true;
+		return -ENOMEM;
+	}
+	ssize_t n =
+	    tls_conn_read(c->tls, ring_buf_ptr(&sh->ring, (uint16_t)bid), sh->ring.buf_size);
+
+	if (n <= 0) {
+		ring_buf_put(&sh->ring, (uint16_t)bid);
+		return n;
+	}
+	c->pq[(c->pq_head + c->pq_count) % CONN_PQ_MAX] =
+	    (struct conn_inbuf){.bid = (uint16_t)bid, .off = 0, .len = (uint32_t)n};
+	c->pq_count++;
+	return n;
+}
+
+/* TLS input: ciphertext from inq into the TLS layer, the handshake, then
+ * plaintext into user buffers (pq) and from there into the session.  Every
+ * turn of the loop feeds the session, feeds the layer or decrypts; it ends
+ * when the session pauses, pq is full, no user buffer is free, or every
+ * held byte went into the layer and it wants more. */
+static void conn_tls_input(struct conn *c)
+{
+	while (conn_tls_feed_session(c)) {
+		conn_tls_feed_layer(c);
 		if (c->tls_mode == CONN_TLS_HANDSHAKE) {
 			int rc = tls_conn_handshake(c->tls);
 
 			if (rc == 0) {
-				c->tls_mode = CONN_TLS_ON;
-				log_msg(LOG_INFO, "event=tls client=%s version=%s cipher=%s sni=%s",
-					c->peer_ip, tls_conn_version(c->tls),
-					tls_conn_cipher(c->tls),
-					tls_conn_sni(c->tls) ? tls_conn_sni(c->tls) : "-");
-				if (c->s.state == SMTP_S_NEW) /* implicit TLS: greet now */
-					smtp_session_greet(c);
+				conn_tls_established(c);
 				continue;
 			}
-			if (rc == -EAGAIN && progress)
+			if (rc == -EAGAIN && conn_tls_wants_more(c))
 				continue;
-			if (rc == -EAGAIN || rc == -ENOBUFS)
-				return; /* more input, or output flushed first */
-			conn_tls_failed(c, "handshake");
-			return;
+			if (rc != -EAGAIN && rc != -ENOBUFS)
+				conn_tls_failed(c, "handshake");
+			return; /* more input, or the output flushed first */
 		}
 		if (c->pq_count == CONN_PQ_MAX)
 			return;
-		int bid = ring_buf_alloc(&sh->ring);
+		ssize_t n = conn_tls_decrypt(c);
 
-		if (bid < 0) {
-			sh->user_starved = true; /* retried when buffers come back */
-			return;
-		}
-		ssize_t n = tls_conn_read(c->tls, ring_buf_ptr(&sh->ring, (uint16_t)bid),
-					  sh->ring.buf_size);
-		if (n > 0) {
-			c->pq[(c->pq_head + c->pq_count) % CONN_PQ_MAX] =
-			    (struct conn_inbuf){.bid = (uint16_t)bid, .off = 0, .len = (uint32_t)n};
-			c->pq_count++;
+		if (n > 0)
 			continue;
-		}
-		ring_buf_put(&sh->ring, (uint16_t)bid);
-		if (n == -EAGAIN && progress)
+		if (n == -EAGAIN && conn_tls_wants_more(c))
 			continue;
-		if (n == -EAGAIN || n == -ENOBUFS)
+		if (n == -EAGAIN || n == -ENOBUFS || n == -ENOMEM)
 			return;
 		if (n == 0) { /* close_notify: the client is done */
 			conn_drop_output(c);
