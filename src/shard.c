@@ -207,17 +207,44 @@ static uint64_t conn_ud(const struct conn *c, uint8_t op)
 	return ring_ud(op, 0, c->gen, c->slot);
 }
 
+static void conn_recv_enter(struct conn *c, enum conn_recv next)
+{
+	static const bool legal[CONN_RECV_COUNT][CONN_RECV_COUNT] = {
+	    [CONN_RECV_IDLE] = {[CONN_RECV_ARMED] = true},
+	    [CONN_RECV_ARMED] =
+		{[CONN_RECV_IDLE] = true, [CONN_RECV_CANCELLING] = true, [CONN_RECV_NOBUFS] = true},
+	    [CONN_RECV_CANCELLING] = {[CONN_RECV_IDLE] = true},
+	    [CONN_RECV_NOBUFS] = {[CONN_RECV_IDLE] = true},
+	};
+
+	assert(c->recv < CONN_RECV_COUNT && next < CONN_RECV_COUNT);
+	assert(legal[c->recv][next]);
+	c->recv = next;
+}
+
+/* One recv into a provided buffer (len 0: the whole buffer).  Armed only
+ * below the cap, so the buffer it may take keeps inq within bounds. */
 static void conn_arm_recv(struct conn *c)
 {
 	struct io_uring_sqe *sqe = ring_sqe(&c->shard->ring);
 
-	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	assert(c->inq_count < c->shard->inq_cap);
+	io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = RING_BGID;
 	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_RECV));
-	c->recv_armed = true;
-	c->recv_stopped = false;
+	conn_recv_enter(c, CONN_RECV_ARMED);
 	c->inflight++;
+}
+
+/* Parking or closing: the recv in flight must not take another buffer. */
+static void conn_cancel_recv(struct conn *c)
+{
+	if (c->recv != CONN_RECV_ARMED)
+		return;
+	ring_prep_cancel(&c->shard->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
+	c->inflight++;
+	conn_recv_enter(c, CONN_RECV_CANCELLING);
 }
 
 static void conn_shutdown_io(struct conn *c);
@@ -354,10 +381,7 @@ static void conn_shutdown_io(struct conn *c)
 
 	assert(c->io == CONN_ACTIVE);
 	c->io = CONN_CLOSING;
-	if (c->recv_armed) {
-		ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
-		c->inflight++;
-	}
+	conn_cancel_recv(c);
 	if (c->greet_armed) {
 		ring_prep_cancel(&sh->ring, conn_ud(c, OP_GREET), conn_ud(c, OP_CANCEL));
 		c->inflight++;
@@ -766,16 +790,8 @@ static void conn_park_absorb(struct conn *c)
 
 static void conn_park(struct conn *c)
 {
-	struct shard *sh = c->shard;
-
-	if (!c->parked) {
-		c->parked = true;
-		if (c->recv_armed && !c->recv_stopped) {
-			ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
-			c->inflight++;
-		}
-		c->recv_stopped = true;
-	}
+	c->parked = true;
+	conn_cancel_recv(c);
 	conn_park_absorb(c);
 }
 
@@ -816,7 +832,7 @@ static bool conn_unpark(struct conn *c)
 static bool conn_wants_recv(const struct conn *c)
 {
 	return c->io == CONN_ACTIVE && !c->close_wanted && !c->parked && !c->peer_eof &&
-	       c->recv_stopped && !c->recv_armed && c->inq_count < CONN_INQ_MAX / 2;
+	       c->recv == CONN_RECV_IDLE && c->inq_count < c->shard->inq_cap;
 }
 
 /* After the client's FIN: every byte it sent was fed and the session waits
@@ -893,55 +909,52 @@ static void conn_on_decide_timer(struct conn *c)
 		smtp_session_decided(c);
 }
 
+/* Bytes arrived in provided buffer bid: queued and fed. */
+static void conn_on_data(struct conn *c, uint16_t bid, uint32_t len)
+{
+	struct shard *sh = c->shard;
+
+	ring_buf_taken(&sh->ring, bid);
+	if (c->io != CONN_ACTIVE) {
+		ring_buf_put(&sh->ring, bid);
+		return;
+	}
+	/* The recv was armed below the cap; unparking puts one entry into an
+	 * empty queue while none is armed, and the cap is two or more. */
+	assert(c->inq_count < sh->inq_cap);
+	c->inq[(c->inq_head + c->inq_count) % CONN_INQ_MAX] =
+	    (struct conn_inbuf){.bid = bid, .off = 0, .len = len};
+	c->inq_count++;
+	c->idle_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.idle_s * 1000u;
+	conn_process_input(c); /* armed again there while it holds less than the cap */
+}
+
 static void conn_on_recv(struct conn *c, struct io_uring_cqe *cqe)
 {
 	struct shard *sh = c->shard;
 	int res = cqe->res;
 
-	if (!(cqe->flags & IORING_CQE_F_MORE)) {
-		c->recv_armed = false;
-		c->inflight--;
-	}
-	if (res > 0) {
-		uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-
-		assert(cqe->flags & IORING_CQE_F_BUFFER);
-		ring_buf_taken(&sh->ring, bid);
-		if (c->io != CONN_ACTIVE || c->inq_count == CONN_INQ_MAX) {
-			if (c->io == CONN_ACTIVE) {
-				log_msg(LOG_WARN, "event=input_overrun shard=%u client=%s", sh->id,
-					c->peer_ip);
-				conn_close(c);
-			}
-			ring_buf_put(&sh->ring, bid);
-			return;
-		}
-		c->inq[(c->inq_head + c->inq_count) % CONN_INQ_MAX] =
-		    (struct conn_inbuf){.bid = bid, .off = 0, .len = (uint32_t)res};
-		c->inq_count++;
-		c->idle_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.idle_s * 1000u;
-		/* Paused with buffers piling up: stop receiving (backpressure)
-		 * rather than hold more of the shared buffer ring. */
-		if (c->inq_count >= CONN_INQ_MAX / 2 && c->recv_armed && !c->recv_stopped) {
-			ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
-			c->inflight++;
-			c->recv_stopped = true;
-		}
-		conn_process_input(c);
-		return;
-	}
-	if (c->io != CONN_ACTIVE)
-		return;
-	if (res == -ENOBUFS) {
-		/* Out of receive buffers: backpressure, not an error.  Re-armed
-		 * at the end of the loop turn once buffers came back. */
-		c->recv_stopped = true;
+	assert(c->recv == CONN_RECV_ARMED || c->recv == CONN_RECV_CANCELLING);
+	assert(!(cqe->flags & IORING_CQE_F_MORE)); /* single-shot */
+	c->inflight--;
+	if (res == -ENOBUFS && c->recv == CONN_RECV_ARMED) {
+		/* Out of receive buffers: backpressure, not an error.  Armed
+		 * again at the end of a loop turn once buffers came back. */
+		conn_recv_enter(c, CONN_RECV_NOBUFS);
 		sh->ring.buf_exhausted = true;
 		sh->recv_enobufs++;
 		return;
 	}
-	if (res == -ECANCELED && c->recv_stopped) {
-		conn_process_input(c); /* re-arms once the held input drains */
+	conn_recv_enter(c, CONN_RECV_IDLE);
+	if (res > 0) {
+		assert(cqe->flags & IORING_CQE_F_BUFFER);
+		conn_on_data(c, (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT), (uint32_t)res);
+		return;
+	}
+	if (c->io != CONN_ACTIVE)
+		return;
+	if (res == -ECANCELED || res == -ENOBUFS) {
+		conn_process_input(c); /* parked (armed again on unpark), or unparked since */
 		return;
 	}
 	if (res == 0) {
@@ -1403,7 +1416,7 @@ static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 	}
 }
 
-/* ENOBUFS ended some multishot recvs; buffers came back since.  And TLS
+/* Some recvs found no free buffer; buffers came back since.  And TLS
  * connections that found no user buffer for plaintext go on. */
 static void shard_rearm_starved(struct shard *sh)
 {
@@ -1416,9 +1429,13 @@ static void shard_rearm_starved(struct shard *sh)
 	if (!sh->ring.buf_exhausted || sh->ring.buf_free == 0)
 		return;
 	sh->ring.buf_exhausted = false;
-	for (struct conn *c = sh->active; c; c = c->next)
+	for (struct conn *c = sh->active; c; c = c->next) {
+		if (c->recv != CONN_RECV_NOBUFS)
+			continue;
+		conn_recv_enter(c, CONN_RECV_IDLE);
 		if (conn_wants_recv(c))
 			conn_arm_recv(c);
+	}
 }
 
 static bool shard_done(struct shard *sh)
@@ -1636,6 +1653,11 @@ static int shard_setup(struct shard *sh)
 		       cfg->io.recv_buffer_size, sh->why, sizeof(sh->why));
 	if (rc < 0)
 		return rc;
+	/* No connection holds more than an eighth of the pool (invariant 8);
+	 * io.recv_buffers is at least 16, so that is two buffers or more. */
+	sh->inq_cap =
+	    cfg->io.recv_buffers / 8 < CONN_INQ_MAX ? cfg->io.recv_buffers / 8 : CONN_INQ_MAX;
+	assert(sh->inq_cap >= 2);
 	rc = spool_open(&sh->spool, cfg->spool.path, sh->id, cfg->spool.segment_size,
 			cfg->spool.durability == CONFIG_DURABILITY_FSYNC, sh->first_id, &sh->ring,
 			&shard_spool_ops, sh, sh->why, sizeof(sh->why));
