@@ -1472,12 +1472,17 @@ static void shard_loop(struct shard *sh)
 			n++;
 		}
 		io_uring_cq_advance(&sh->ring.uring, n);
-		/* Delivery first: its records ride this turn's batches.  Group
-		 * commit: everything committed in this turn shares one fdatasync
-		 * per segment. */
+		/* Starved connections first: the body bytes they feed now hold
+		 * the buffers they were given, and only a submitted batch gives
+		 * them back.  Fed after the flush, those bytes would wait for
+		 * the next completion, and with every buffer held by them there
+		 * may be none before the tick (issue 9, item 2: TLS uploads
+		 * crawling at one batch per tick).  Delivery next: its records
+		 * ride this turn's batches.  Group commit: everything committed
+		 * in this turn shares one fdatasync per segment. */
+		shard_rearm_starved(sh);
 		deliver_turn(sh->dlv);
 		spool_flush(sh->spool);
-		shard_rearm_starved(sh);
 	}
 }
 
