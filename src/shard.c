@@ -273,7 +273,12 @@ static void conn_send_started(struct conn *c)
 }
 
 /* TLS output: what the session wrote is encrypted (as much as the TLS
- * layer takes), then its records go out from the TLS layer's buffer. */
+ * layer takes), then its records go out from the TLS layer's buffer.  A
+ * session that is closing ends with close_notify behind its last reply
+ * (RFC 8446 6.1, RFC 5246 7.2.1): a strict client takes a TLS stream that
+ * just stops for a truncation attack (Exim: "TLS connection was
+ * non-properly terminated").  It is queued once (tls_conn_shutdown() then
+ * answers 0 and adds nothing); -ENOBUFS: after the send in flight. */
 static void conn_send_tls(struct conn *c)
 {
 	struct io_uring_sqe *sqe;
@@ -295,6 +300,8 @@ static void conn_send_tls(struct conn *c)
 			return;
 		}
 	}
+	if (c->tls_mode == CONN_TLS_ON && c->close_wanted && c->out_len == 0)
+		(void)tls_conn_shutdown(c->tls); /* -EPROTO: the session failed, no alert */
 	if (!tls_conn_out(c->tls, &p, &len) || len == 0)
 		return;
 	sqe = ring_sqe(&c->shard->ring);
@@ -402,6 +409,8 @@ static void conn_shutdown_io(struct conn *c)
 	c->inflight++;
 }
 
+/* What is queued goes out first (and a TLS session's close_notify behind
+ * it, conn_send_tls), then the socket closes (conn_on_send). */
 void conn_close(struct conn *c)
 {
 	if (c->io != CONN_ACTIVE)
@@ -409,11 +418,9 @@ void conn_close(struct conn *c)
 	conn_want_close(c);
 	if (c->send_inflight)
 		return;
-	if (c->out_len || conn_tls_out_pending(c)) {
-		conn_send(c);
-		if (c->send_inflight)
-			return;
-	}
+	conn_send(c);
+	if (c->send_inflight)
+		return;
 	conn_shutdown_io(c);
 }
 
@@ -615,11 +622,9 @@ static void conn_tls_input(struct conn *c)
 			continue;
 		if (n == -EAGAIN || n == -ENOBUFS || n == -ENOMEM)
 			return;
-		if (n == 0) { /* close_notify: the client is done */
+		if (n == 0) { /* close_notify: the client is done, ours answers it */
 			conn_drop_output(c);
-			conn_want_close(c);
-			if (!c->send_inflight)
-				conn_shutdown_io(c);
+			conn_close(c);
 			return;
 		}
 		conn_tls_failed(c, "read");
@@ -995,8 +1000,8 @@ static void conn_on_send(struct conn *c, int res)
 			c->tls_plain_out -=
 			    (uint32_t)res < c->tls_plain_out ? (uint32_t)res : c->tls_plain_out;
 	}
-	if (c->out_len || conn_tls_out_pending(c)) {
-		conn_send(c);
+	if (c->out_len || conn_tls_out_pending(c) || c->close_wanted) {
+		conn_send(c); /* closing: a TLS session's close_notify too */
 		if (c->send_inflight)
 			return;
 	}
