@@ -10,7 +10,7 @@
  * so a completion for a slot that was closed and reused is recognised by its
  * stale generation and dropped (STYLE 4).
  *
- * Provided buffers: a multishot recv picks a buffer; the completion names
+ * Provided buffers: a recv picks a buffer; the completion names
  * it (IORING_CQE_F_BUFFER).  The receiver holds one reference; every write
  * that sends bytes straight from the buffer (the spool) takes one more.  The
  * buffer returns to the kernel in exactly one place, ring_buf_put(), when
@@ -41,7 +41,7 @@ struct ring {
 	uint16_t *user_free;
 	uint32_t user_free_count;
 	uint32_t pending;   /* SQEs prepared but not submitted */
-	bool buf_exhausted; /* a multishot recv ended with ENOBUFS */
+	bool buf_exhausted; /* a recv found no free buffer (ENOBUFS) */
 };
 
 /* Check once, at start, that this kernel gives us what we need:

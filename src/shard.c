@@ -207,17 +207,44 @@ static uint64_t conn_ud(const struct conn *c, uint8_t op)
 	return ring_ud(op, 0, c->gen, c->slot);
 }
 
+static void conn_recv_enter(struct conn *c, enum conn_recv next)
+{
+	static const bool legal[CONN_RECV_COUNT][CONN_RECV_COUNT] = {
+	    [CONN_RECV_IDLE] = {[CONN_RECV_ARMED] = true},
+	    [CONN_RECV_ARMED] =
+		{[CONN_RECV_IDLE] = true, [CONN_RECV_CANCELLING] = true, [CONN_RECV_NOBUFS] = true},
+	    [CONN_RECV_CANCELLING] = {[CONN_RECV_IDLE] = true},
+	    [CONN_RECV_NOBUFS] = {[CONN_RECV_IDLE] = true},
+	};
+
+	assert(c->recv < CONN_RECV_COUNT && next < CONN_RECV_COUNT);
+	assert(legal[c->recv][next]);
+	c->recv = next;
+}
+
+/* One recv into a provided buffer (len 0: the whole buffer).  Armed only
+ * below the cap, so the buffer it may take keeps inq within bounds. */
 static void conn_arm_recv(struct conn *c)
 {
 	struct io_uring_sqe *sqe = ring_sqe(&c->shard->ring);
 
-	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	assert(c->inq_count < c->shard->inq_cap);
+	io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = RING_BGID;
 	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_RECV));
-	c->recv_armed = true;
-	c->recv_stopped = false;
+	conn_recv_enter(c, CONN_RECV_ARMED);
 	c->inflight++;
+}
+
+/* Parking or closing: the recv in flight must not take another buffer. */
+static void conn_cancel_recv(struct conn *c)
+{
+	if (c->recv != CONN_RECV_ARMED)
+		return;
+	ring_prep_cancel(&c->shard->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
+	c->inflight++;
+	conn_recv_enter(c, CONN_RECV_CANCELLING);
 }
 
 static void conn_shutdown_io(struct conn *c);
@@ -246,7 +273,12 @@ static void conn_send_started(struct conn *c)
 }
 
 /* TLS output: what the session wrote is encrypted (as much as the TLS
- * layer takes), then its records go out from the TLS layer's buffer. */
+ * layer takes), then its records go out from the TLS layer's buffer.  A
+ * session that is closing ends with close_notify behind its last reply
+ * (RFC 8446 6.1, RFC 5246 7.2.1): a strict client takes a TLS stream that
+ * just stops for a truncation attack (Exim: "TLS connection was
+ * non-properly terminated").  It is queued once (tls_conn_shutdown() then
+ * answers 0 and adds nothing); -ENOBUFS: after the send in flight. */
 static void conn_send_tls(struct conn *c)
 {
 	struct io_uring_sqe *sqe;
@@ -268,6 +300,8 @@ static void conn_send_tls(struct conn *c)
 			return;
 		}
 	}
+	if (c->tls_mode == CONN_TLS_ON && c->close_wanted && c->out_len == 0)
+		(void)tls_conn_shutdown(c->tls); /* -EPROTO: the session failed, no alert */
 	if (!tls_conn_out(c->tls, &p, &len) || len == 0)
 		return;
 	sqe = ring_sqe(&c->shard->ring);
@@ -354,10 +388,7 @@ static void conn_shutdown_io(struct conn *c)
 
 	assert(c->io == CONN_ACTIVE);
 	c->io = CONN_CLOSING;
-	if (c->recv_armed) {
-		ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
-		c->inflight++;
-	}
+	conn_cancel_recv(c);
 	if (c->greet_armed) {
 		ring_prep_cancel(&sh->ring, conn_ud(c, OP_GREET), conn_ud(c, OP_CANCEL));
 		c->inflight++;
@@ -378,6 +409,8 @@ static void conn_shutdown_io(struct conn *c)
 	c->inflight++;
 }
 
+/* What is queued goes out first (and a TLS session's close_notify behind
+ * it, conn_send_tls), then the socket closes (conn_on_send). */
 void conn_close(struct conn *c)
 {
 	if (c->io != CONN_ACTIVE)
@@ -385,11 +418,9 @@ void conn_close(struct conn *c)
 	conn_want_close(c);
 	if (c->send_inflight)
 		return;
-	if (c->out_len || conn_tls_out_pending(c)) {
-		conn_send(c);
-		if (c->send_inflight)
-			return;
-	}
+	conn_send(c);
+	if (c->send_inflight)
+		return;
 	conn_shutdown_io(c);
 }
 
@@ -473,86 +504,127 @@ static void conn_tls_failed(struct conn *c, const char *stage)
 		conn_shutdown_io(c);
 }
 
-/* TLS input: ciphertext from inq into the TLS layer, the handshake, then
- * plaintext into user buffers (pq) and from there into the session. */
-static void conn_tls_input(struct conn *c)
+/* TLS plaintext already decrypted (pq) into the session.  false: the
+ * session paused, or the connection is closing. */
+static bool conn_tls_feed_session(struct conn *c)
 {
 	struct shard *sh = c->shard;
 
-	while (c->io == CONN_ACTIVE && !c->close_wanted) {
-		bool progress = false;
+	while (c->pq_count && c->io == CONN_ACTIVE && !c->close_wanted) {
+		struct conn_inbuf *e = &c->pq[c->pq_head];
+		char *p = ring_buf_ptr(&sh->ring, e->bid) + e->off;
+		size_t used = smtp_session_feed(c, p, e->len - e->off, e->bid);
 
-		while (c->pq_count && c->io == CONN_ACTIVE && !c->close_wanted) {
-			struct conn_inbuf *e = &c->pq[c->pq_head];
-			char *p = ring_buf_ptr(&sh->ring, e->bid) + e->off;
-			size_t used = smtp_session_feed(c, p, e->len - e->off, e->bid);
+		assert(used <= e->len - e->off);
+		e->off += (uint32_t)used;
+		if (e->off < e->len)
+			return false; /* paused: resumed by conn_resume() */
+		ring_buf_put(&sh->ring, e->bid);
+		c->pq_head = (c->pq_head + 1) % CONN_PQ_MAX;
+		c->pq_count--;
+	}
+	return c->io == CONN_ACTIVE && !c->close_wanted;
+}
 
-			e->off += (uint32_t)used;
-			if (e->off < e->len)
-				return; /* paused: resumed by conn_resume() */
-			ring_buf_put(&sh->ring, e->bid);
-			c->pq_head = (c->pq_head + 1) % CONN_PQ_MAX;
-			c->pq_count--;
-		}
-		if (c->io != CONN_ACTIVE || c->close_wanted)
-			return;
-		while (c->inq_count) {
-			struct conn_inbuf *e = &c->inq[c->inq_head];
-			size_t k = tls_conn_feed(c->tls, ring_buf_ptr(&sh->ring, e->bid) + e->off,
-						 e->len - e->off);
+/* Held ciphertext (inq) into the TLS layer, as much as it has room for. */
+static void conn_tls_feed_layer(struct conn *c)
+{
+	struct shard *sh = c->shard;
 
-			e->off += (uint32_t)k;
-			progress |= k > 0;
-			if (e->off < e->len)
-				break; /* the TLS layer is full */
-			conn_inq_pop(c);
-		}
+	while (c->inq_count) {
+		struct conn_inbuf *e = &c->inq[c->inq_head];
+		size_t k = tls_conn_feed(c->tls, ring_buf_ptr(&sh->ring, e->bid) + e->off,
+					 e->len - e->off);
+
+		e->off += (uint32_t)k;
+		if (e->off < e->len)
+			return; /* the TLS layer is full */
+		conn_inq_pop(c);
+	}
+}
+
+/* The layer answered -EAGAIN: it used every byte it was fed (tls.h), so
+ * while ciphertext is held it has room for more, and the caller goes on.
+ * Stopping here instead would strand the held buffers: nothing else
+ * resumes a connection whose input is all received (issue 9, item 2). */
+static bool conn_tls_wants_more(const struct conn *c)
+{
+	if (c->inq_count == 0)
+		return false; /* resumed by the next receive */
+	assert(tls_conn_in_free(c->tls) > 0);
+	return true;
+}
+
+static void conn_tls_established(struct conn *c)
+{
+	c->tls_mode = CONN_TLS_ON;
+	log_msg(LOG_INFO, "event=tls client=%s version=%s cipher=%s sni=%s", c->peer_ip,
+		tls_conn_version(c->tls), tls_conn_cipher(c->tls),
+		tls_conn_sni(c->tls) ? tls_conn_sni(c->tls) : "-");
+	if (c->s.state == SMTP_S_NEW) /* implicit TLS: greet now */
+		smtp_session_greet(c);
+}
+
+/* Decrypt into a user buffer at the tail of pq: what tls_conn_read()
+ * returns (> 0 bytes queued, 0 at the client's close_notify, -errno), or
+ * -ENOMEM when no user buffer is free (retried when one comes back). */
+static ssize_t conn_tls_decrypt(struct conn *c)
+{
+	struct shard *sh = c->shard;
+	int bid = ring_buf_alloc(&sh->ring);
+
+	if (bid < 0) {
+		sh->user_starved = true;
+		return -ENOMEM;
+	}
+	ssize_t n =
+	    tls_conn_read(c->tls, ring_buf_ptr(&sh->ring, (uint16_t)bid), sh->ring.buf_size);
+
+	if (n <= 0) {
+		ring_buf_put(&sh->ring, (uint16_t)bid);
+		return n;
+	}
+	c->pq[(c->pq_head + c->pq_count) % CONN_PQ_MAX] =
+	    (struct conn_inbuf){.bid = (uint16_t)bid, .off = 0, .len = (uint32_t)n};
+	c->pq_count++;
+	return n;
+}
+
+/* TLS input: ciphertext from inq into the TLS layer, the handshake, then
+ * plaintext into user buffers (pq) and from there into the session.  Every
+ * turn of the loop feeds the session, feeds the layer or decrypts; it ends
+ * when the session pauses, pq is full, no user buffer is free, or every
+ * held byte went into the layer and it wants more. */
+static void conn_tls_input(struct conn *c)
+{
+	while (conn_tls_feed_session(c)) {
+		conn_tls_feed_layer(c);
 		if (c->tls_mode == CONN_TLS_HANDSHAKE) {
 			int rc = tls_conn_handshake(c->tls);
 
 			if (rc == 0) {
-				c->tls_mode = CONN_TLS_ON;
-				log_msg(LOG_INFO, "event=tls client=%s version=%s cipher=%s sni=%s",
-					c->peer_ip, tls_conn_version(c->tls),
-					tls_conn_cipher(c->tls),
-					tls_conn_sni(c->tls) ? tls_conn_sni(c->tls) : "-");
-				if (c->s.state == SMTP_S_NEW) /* implicit TLS: greet now */
-					smtp_session_greet(c);
+				conn_tls_established(c);
 				continue;
 			}
-			if (rc == -EAGAIN && progress)
+			if (rc == -EAGAIN && conn_tls_wants_more(c))
 				continue;
-			if (rc == -EAGAIN || rc == -ENOBUFS)
-				return; /* more input, or output flushed first */
-			conn_tls_failed(c, "handshake");
-			return;
+			if (rc != -EAGAIN && rc != -ENOBUFS)
+				conn_tls_failed(c, "handshake");
+			return; /* more input, or the output flushed first */
 		}
 		if (c->pq_count == CONN_PQ_MAX)
 			return;
-		int bid = ring_buf_alloc(&sh->ring);
+		ssize_t n = conn_tls_decrypt(c);
 
-		if (bid < 0) {
-			sh->user_starved = true; /* retried when buffers come back */
-			return;
-		}
-		ssize_t n = tls_conn_read(c->tls, ring_buf_ptr(&sh->ring, (uint16_t)bid),
-					  sh->ring.buf_size);
-		if (n > 0) {
-			c->pq[(c->pq_head + c->pq_count) % CONN_PQ_MAX] =
-			    (struct conn_inbuf){.bid = (uint16_t)bid, .off = 0, .len = (uint32_t)n};
-			c->pq_count++;
+		if (n > 0)
 			continue;
-		}
-		ring_buf_put(&sh->ring, (uint16_t)bid);
-		if (n == -EAGAIN && progress)
+		if (n == -EAGAIN && conn_tls_wants_more(c))
 			continue;
-		if (n == -EAGAIN || n == -ENOBUFS)
+		if (n == -EAGAIN || n == -ENOBUFS || n == -ENOMEM)
 			return;
-		if (n == 0) { /* close_notify: the client is done */
+		if (n == 0) { /* close_notify: the client is done, ours answers it */
 			conn_drop_output(c);
-			conn_want_close(c);
-			if (!c->send_inflight)
-				conn_shutdown_io(c);
+			conn_close(c);
 			return;
 		}
 		conn_tls_failed(c, "read");
@@ -723,16 +795,8 @@ static void conn_park_absorb(struct conn *c)
 
 static void conn_park(struct conn *c)
 {
-	struct shard *sh = c->shard;
-
-	if (!c->parked) {
-		c->parked = true;
-		if (c->recv_armed && !c->recv_stopped) {
-			ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
-			c->inflight++;
-		}
-		c->recv_stopped = true;
-	}
+	c->parked = true;
+	conn_cancel_recv(c);
 	conn_park_absorb(c);
 }
 
@@ -773,7 +837,7 @@ static bool conn_unpark(struct conn *c)
 static bool conn_wants_recv(const struct conn *c)
 {
 	return c->io == CONN_ACTIVE && !c->close_wanted && !c->parked && !c->peer_eof &&
-	       c->recv_stopped && !c->recv_armed && c->inq_count < CONN_INQ_MAX / 2;
+	       c->recv == CONN_RECV_IDLE && c->inq_count < c->shard->inq_cap;
 }
 
 /* After the client's FIN: every byte it sent was fed and the session waits
@@ -850,55 +914,52 @@ static void conn_on_decide_timer(struct conn *c)
 		smtp_session_decided(c);
 }
 
+/* Bytes arrived in provided buffer bid: queued and fed. */
+static void conn_on_data(struct conn *c, uint16_t bid, uint32_t len)
+{
+	struct shard *sh = c->shard;
+
+	ring_buf_taken(&sh->ring, bid);
+	if (c->io != CONN_ACTIVE) {
+		ring_buf_put(&sh->ring, bid);
+		return;
+	}
+	/* The recv was armed below the cap; unparking puts one entry into an
+	 * empty queue while none is armed, and the cap is two or more. */
+	assert(c->inq_count < sh->inq_cap);
+	c->inq[(c->inq_head + c->inq_count) % CONN_INQ_MAX] =
+	    (struct conn_inbuf){.bid = bid, .off = 0, .len = len};
+	c->inq_count++;
+	c->idle_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.idle_s * 1000u;
+	conn_process_input(c); /* armed again there while it holds less than the cap */
+}
+
 static void conn_on_recv(struct conn *c, struct io_uring_cqe *cqe)
 {
 	struct shard *sh = c->shard;
 	int res = cqe->res;
 
-	if (!(cqe->flags & IORING_CQE_F_MORE)) {
-		c->recv_armed = false;
-		c->inflight--;
-	}
-	if (res > 0) {
-		uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-
-		assert(cqe->flags & IORING_CQE_F_BUFFER);
-		ring_buf_taken(&sh->ring, bid);
-		if (c->io != CONN_ACTIVE || c->inq_count == CONN_INQ_MAX) {
-			if (c->io == CONN_ACTIVE) {
-				log_msg(LOG_WARN, "event=input_overrun shard=%u client=%s", sh->id,
-					c->peer_ip);
-				conn_close(c);
-			}
-			ring_buf_put(&sh->ring, bid);
-			return;
-		}
-		c->inq[(c->inq_head + c->inq_count) % CONN_INQ_MAX] =
-		    (struct conn_inbuf){.bid = bid, .off = 0, .len = (uint32_t)res};
-		c->inq_count++;
-		c->idle_deadline_ms = sh->now_ms + (uint64_t)sh->cfg->limits.idle_s * 1000u;
-		/* Paused with buffers piling up: stop receiving (backpressure)
-		 * rather than hold more of the shared buffer ring. */
-		if (c->inq_count >= CONN_INQ_MAX / 2 && c->recv_armed && !c->recv_stopped) {
-			ring_prep_cancel(&sh->ring, conn_ud(c, OP_RECV), conn_ud(c, OP_CANCEL));
-			c->inflight++;
-			c->recv_stopped = true;
-		}
-		conn_process_input(c);
-		return;
-	}
-	if (c->io != CONN_ACTIVE)
-		return;
-	if (res == -ENOBUFS) {
-		/* Out of receive buffers: backpressure, not an error.  Re-armed
-		 * at the end of the loop turn once buffers came back. */
-		c->recv_stopped = true;
+	assert(c->recv == CONN_RECV_ARMED || c->recv == CONN_RECV_CANCELLING);
+	assert(!(cqe->flags & IORING_CQE_F_MORE)); /* single-shot */
+	c->inflight--;
+	if (res == -ENOBUFS && c->recv == CONN_RECV_ARMED) {
+		/* Out of receive buffers: backpressure, not an error.  Armed
+		 * again at the end of a loop turn once buffers came back. */
+		conn_recv_enter(c, CONN_RECV_NOBUFS);
 		sh->ring.buf_exhausted = true;
 		sh->recv_enobufs++;
 		return;
 	}
-	if (res == -ECANCELED && c->recv_stopped) {
-		conn_process_input(c); /* re-arms once the held input drains */
+	conn_recv_enter(c, CONN_RECV_IDLE);
+	if (res > 0) {
+		assert(cqe->flags & IORING_CQE_F_BUFFER);
+		conn_on_data(c, (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT), (uint32_t)res);
+		return;
+	}
+	if (c->io != CONN_ACTIVE)
+		return;
+	if (res == -ECANCELED || res == -ENOBUFS) {
+		conn_process_input(c); /* parked (armed again on unpark), or unparked since */
 		return;
 	}
 	if (res == 0) {
@@ -939,8 +1000,8 @@ static void conn_on_send(struct conn *c, int res)
 			c->tls_plain_out -=
 			    (uint32_t)res < c->tls_plain_out ? (uint32_t)res : c->tls_plain_out;
 	}
-	if (c->out_len || conn_tls_out_pending(c)) {
-		conn_send(c);
+	if (c->out_len || conn_tls_out_pending(c) || c->close_wanted) {
+		conn_send(c); /* closing: a TLS session's close_notify too */
 		if (c->send_inflight)
 			return;
 	}
@@ -1360,7 +1421,7 @@ static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 	}
 }
 
-/* ENOBUFS ended some multishot recvs; buffers came back since.  And TLS
+/* Some recvs found no free buffer; buffers came back since.  And TLS
  * connections that found no user buffer for plaintext go on. */
 static void shard_rearm_starved(struct shard *sh)
 {
@@ -1373,9 +1434,13 @@ static void shard_rearm_starved(struct shard *sh)
 	if (!sh->ring.buf_exhausted || sh->ring.buf_free == 0)
 		return;
 	sh->ring.buf_exhausted = false;
-	for (struct conn *c = sh->active; c; c = c->next)
+	for (struct conn *c = sh->active; c; c = c->next) {
+		if (c->recv != CONN_RECV_NOBUFS)
+			continue;
+		conn_recv_enter(c, CONN_RECV_IDLE);
 		if (conn_wants_recv(c))
 			conn_arm_recv(c);
+	}
 }
 
 static bool shard_done(struct shard *sh)
@@ -1412,12 +1477,17 @@ static void shard_loop(struct shard *sh)
 			n++;
 		}
 		io_uring_cq_advance(&sh->ring.uring, n);
-		/* Delivery first: its records ride this turn's batches.  Group
-		 * commit: everything committed in this turn shares one fdatasync
-		 * per segment. */
+		/* Starved connections first: the body bytes they feed now hold
+		 * the buffers they were given, and only a submitted batch gives
+		 * them back.  Fed after the flush, those bytes would wait for
+		 * the next completion, and with every buffer held by them there
+		 * may be none before the tick (issue 9, item 2: TLS uploads
+		 * crawling at one batch per tick).  Delivery next: its records
+		 * ride this turn's batches.  Group commit: everything committed
+		 * in this turn shares one fdatasync per segment. */
+		shard_rearm_starved(sh);
 		deliver_turn(sh->dlv);
 		spool_flush(sh->spool);
-		shard_rearm_starved(sh);
 	}
 }
 
@@ -1593,6 +1663,11 @@ static int shard_setup(struct shard *sh)
 		       cfg->io.recv_buffer_size, sh->why, sizeof(sh->why));
 	if (rc < 0)
 		return rc;
+	/* No connection holds more than an eighth of the pool (invariant 8);
+	 * io.recv_buffers is at least 16, so that is two buffers or more. */
+	sh->inq_cap =
+	    cfg->io.recv_buffers / 8 < CONN_INQ_MAX ? cfg->io.recv_buffers / 8 : CONN_INQ_MAX;
+	assert(sh->inq_cap >= 2);
 	rc = spool_open(&sh->spool, cfg->spool.path, sh->id, cfg->spool.segment_size,
 			cfg->spool.durability == CONFIG_DURABILITY_FSYNC, sh->first_id, &sh->ring,
 			&shard_spool_ops, sh, sh->why, sizeof(sh->why));

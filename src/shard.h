@@ -30,8 +30,11 @@
 #include "ring/ring.h"
 #include "smtp/session.h"
 
-#define CONN_OUT_MAX  4096 /* reply bytes buffered per connection */
-#define CONN_INQ_MAX  8	   /* receive buffers held per paused connection */
+#define CONN_OUT_MAX 4096 /* reply bytes buffered per connection */
+/* Receive buffers one connection may hold: shard->inq_cap, an eighth of
+ * io.recv_buffers but at most CONN_INQ_MAX.  Exact, because each recv
+ * takes one buffer at most and is armed only below the cap. */
+#define CONN_INQ_MAX  8
 #define CONN_PEER_MAX 64
 #define CONN_PQ_MAX   4 /* decrypted buffers held per TLS connection */
 /* Input a parked connection keeps in its own memory (at most one receive
@@ -79,6 +82,19 @@ enum conn_io {
 	CONN_CLOSING, /* closing: wait for in-flight ops, then reap */
 };
 
+/* The connection's receive.  Single-shot on purpose: a multishot recv
+ * posts as many completions per loop turn as the client has data and the
+ * pool has buffers, so one connection could take the whole pool before
+ * its backpressure cancel is even submitted (issue 9, item 2).  One recv
+ * in flight takes one buffer at most, so inq can never overflow. */
+enum conn_recv {
+	CONN_RECV_IDLE = 0,   /* none in flight: armed when the input path wants more */
+	CONN_RECV_ARMED,      /* one recv in flight */
+	CONN_RECV_CANCELLING, /* parked or closing: cancelled, its completion is due */
+	CONN_RECV_NOBUFS,     /* it found no free buffer: armed again once one is back */
+	CONN_RECV_COUNT,
+};
+
 struct shard;
 
 struct conn {
@@ -88,9 +104,8 @@ struct conn {
 	enum conn_io io;
 	int fd;
 	uint32_t inflight; /* ring ops that name this slot */
-	bool recv_armed;
-	bool recv_stopped; /* cancelled for backpressure; re-arm on drain */
-	bool peer_eof;	   /* the client sent FIN: answer its input, then close */
+	enum conn_recv recv;
+	bool peer_eof; /* the client sent FIN: answer its input, then close */
 	bool send_inflight;
 	bool close_wanted; /* close once output is flushed */
 	bool in_feed;
@@ -164,7 +179,8 @@ struct shard {
 	uint64_t wake_buf;
 	struct __kernel_timespec tick_ts;
 	uint64_t now_ms;
-	uint64_t recv_enobufs; /* multishot recvs ended by buffer exhaustion */
+	uint64_t recv_enobufs; /* recvs that found no free buffer */
+	uint32_t inq_cap;      /* receive buffers one connection may hold */
 	uint64_t first_id;
 	struct deliver *dlv;
 	struct deliver_loaded *loaded; /* handed to the engine at setup */

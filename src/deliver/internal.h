@@ -94,6 +94,7 @@ enum oc_state {
 	OC_DOT,
 	OC_RSET,
 	OC_QUIT,
+	OC_TLS_CLOSE, /* QUIT answered: our close_notify goes out, then the close */
 	OC_CLOSING,
 };
 

@@ -65,6 +65,7 @@ static const char *oc_state_name(uint8_t st)
 	    [OC_DOT] = "dot",
 	    [OC_RSET] = "rset",
 	    [OC_QUIT] = "quit",
+	    [OC_TLS_CLOSE] = "tls_close",
 	    [OC_CLOSING] = "closing",
 	};
 	assert(st < sizeof(names) / sizeof(names[0]) && names[st] != NULL);
@@ -341,6 +342,23 @@ static void oc_quit(struct oconn *oc)
 	oc->state = OC_QUIT;
 	oc_flush(oc);
 	oc_arm_recv(oc);
+}
+
+/* QUIT was answered, or the hop ended the session first.  A TLS session
+ * ends with our close_notify (RFC 8446 6.1, RFC 5246 7.2.1): without it a
+ * strict hop cannot tell the end from a truncation (Exim logs "TLS
+ * connection was non-properly terminated").  The socket closes once the
+ * alert is out; a plain session closes at once. */
+static void oc_quit_done(struct oconn *oc)
+{
+	assert(oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE);
+	if (oc->state == OC_QUIT && oc->tls_on && tls_conn_shutdown(oc->tls) == 0) {
+		oc->state = OC_TLS_CLOSE;
+		if (!oc->send_inflight)
+			oc_tls_send(oc);
+	}
+	if (oc->state != OC_TLS_CLOSE || !oc->send_inflight)
+		oc_close(oc); /* else on_send closes it */
 }
 
 /* ---- results ------------------------------------------------------------------- */
@@ -1127,6 +1145,7 @@ static enum smtp_ask oc_state_ask(enum oc_state st)
 	case OC_TLS_HS:
 	case OC_IDLE:
 	case OC_BODY:
+	case OC_TLS_CLOSE:
 	case OC_CLOSING:
 		return SMTP_ASK_NONE;
 	default:
@@ -1274,7 +1293,7 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		oc_tx_end(oc, ok);
 		return;
 	case OC_QUIT:
-		oc_close(oc);
+		oc_quit_done(oc);
 		return;
 	default:
 		abort(); /* oc_state_ask() said a command was in flight */
@@ -1388,7 +1407,9 @@ static void oc_tls_input(struct oconn *oc, size_t n)
 				return;
 			continue;
 		}
-		if (oc->state == OC_QUIT || oc->state == OC_IDLE)
+		if (oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE)
+			oc_quit_done(oc);
+		else if (oc->state == OC_IDLE)
 			oc_close(oc);
 		else
 			oc_fail(oc,
@@ -1405,7 +1426,11 @@ static void on_recv(struct oconn *oc, int res)
 	if (oc->closing)
 		return;
 	if (res <= 0) {
-		if (oc->state == OC_QUIT || oc->state == OC_IDLE) {
+		if (oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE) {
+			oc_quit_done(oc);
+			return;
+		}
+		if (oc->state == OC_IDLE) {
 			oc_close(oc);
 			return;
 		}
@@ -1486,6 +1511,10 @@ static void on_send(struct oconn *oc, int res)
 	}
 	if (oc->state == OC_QUIT)
 		return;
+	if (oc->state == OC_TLS_CLOSE) {
+		oc_close(oc); /* the close_notify is out */
+		return;
+	}
 	oc_flush(oc);
 }
 
@@ -1655,7 +1684,7 @@ void oc_tick(struct deliver *d)
 			char why[64];
 
 			snprintf(why, sizeof(why), "timeout (state %s)", oc_state_name(oc->state));
-			if (oc->state == OC_QUIT)
+			if (oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE)
 				oc_close(oc);
 			else
 				oc_fail(oc, why);

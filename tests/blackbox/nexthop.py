@@ -78,6 +78,11 @@ STARTTLS (RFC 3207), server side:
   connection is then closed, closed_by "tls"; nh.tls_errors() lists them; a
   failed handshake is not a protocol error of the client).  Every Transaction
   has tls_version / tls_cipher of the connection it came over (None: plain).
+  After the 221 to QUIT on a TLS session the hop sends its close_notify and
+  waits for the client's: info.tls_shutdown is "close_notify" when it came,
+  else what ended the session instead ("SSLEOFError: ..." for a client that
+  just closed the socket; told apart only with the hop's own context, not
+  with a ready SSLContext passed as tls).
 
 Protocol findings about the client are recorded per connection and in
 nh.errors() (violations: pipelining not offered or past a command that must end
@@ -286,6 +291,7 @@ class ConnInfo:
         self.tls_version = None     # after a STARTTLS handshake: "TLSv1.2", "TLSv1.3"
         self.tls_cipher = None      # OpenSSL cipher name, e.g. "TLS_AES_256_GCM_SHA384"
         self.tls_error = None       # str: why the STARTTLS handshake failed
+        self.tls_shutdown = None    # after QUIT on TLS: "close_notify", or what came instead
 
     def __repr__(self):
         return "ConnInfo(#%d cmds=%d txns=%d pipelined=%d tls=%s closed_by=%s errors=%r)" % (
@@ -434,6 +440,9 @@ class NextHop:
             certfile, keyfile = self.tls
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(certfile, keyfile)
+            # Python sets this by default: an EOF without close_notify would
+            # pass for one, and info.tls_shutdown could not tell them apart.
+            ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
         if self.tls_min_version is not None:
             ctx.minimum_version = self.tls_min_version
         if self.tls_max_version is not None:
@@ -984,6 +993,7 @@ class _Session:
                 self._answer("quit", "221 2.0.0 Bye")
                 self._flush()
                 self.info.closed_by = "quit"
+                self._tls_shutdown()
                 return
             handler = getattr(self, "_cmd_" + verb.lower(), None)
             if handler is None or verb.startswith("_"):
@@ -1244,6 +1254,20 @@ class _Session:
         self.info.helo = None
         self._reset_txn()
         self.prev_verb = None
+
+    def _tls_shutdown(self):
+        """After the 221 of a TLS session: close_notify both ways (RFC 8446
+        6.1); records whether the client's came (stop() ends the wait)."""
+        if not self.tls_active:
+            return
+        try:
+            self.sock.unwrap()
+            result = "close_notify"
+        except (OSError, ValueError) as e:  # ssl.SSLEOFError, resets, timeouts
+            result = "%s: %s" % (type(e).__name__, e)
+        with self.srv._cond:
+            self.info.tls_shutdown = result
+            self.srv._cond.notify_all()
 
     def _cmd_auth(self, line):
         self._queue(self._dflt("502 5.5.1 Error: AUTH not offered"))

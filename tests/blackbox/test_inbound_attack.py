@@ -241,6 +241,11 @@ def stuck_clients(small_buffers_net):
 TARPIT = {"shards": 1, "log": {"level": "debug"}, "limits": {"error_delay_ms": 500, "soft_errors": 1, "idle_s": 8,
                                   "commands": 10000000}}
 JUNK = b"NOOP\r\n" * 3500  # more than the 16 KiB stash
+# Each recv takes one buffer, and a parked connection's recv is cancelled at
+# once: what it holds when it parks is the rest of the buffer its waiting
+# command came in.  So for that to overflow the stash, the buffer must be
+# larger than the stash (the one write of pipeline and JUNK lands in it).
+OVERRUN_IO = {"recv_buffer_size": 65536}
 
 LATE_DECISIONS = [
     ("mail", b"XYZZY\r\nMAIL FROM:<a@client.example>\r\n"),
@@ -251,7 +256,7 @@ LATE_DECISIONS = [
 
 @pytest.mark.parametrize("stage,pipeline", LATE_DECISIONS, ids=[s for s, _ in LATE_DECISIONS])
 def test_overrun_while_tarpitted_and_unread(ringmx, stuck_clients, stage, pipeline):
-    s = ringmx(TARPIT)
+    s = ringmx(dict(TARPIT, io=OVERRUN_IO))
     c = stuck_clients(s)
     c.send(pipeline + JUNK)
     wait_log(s, "input_overrun")
@@ -281,7 +286,7 @@ def test_auth_result_of_a_closed_session_is_dropped(ringmx, stuck_clients, tmp_p
     h = subprocess.run(["openssl", "passwd", "-6", "pw"], capture_output=True, check=True,
                        timeout=30).stdout.decode().strip()
     users.write_text("alice:%s\n" % h)
-    s = ringmx({"shards": 1, "log": {"level": "debug"},
+    s = ringmx({"shards": 1, "log": {"level": "debug"}, "io": OVERRUN_IO,
                 "limits": {"idle_s": 8, "commands": 10000000},
                 "auth": {"users_file": str(users)},
                 "listeners": [{"name": "mx", "greet_pause_ms": 0, "tls": "none",
