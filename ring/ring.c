@@ -36,7 +36,7 @@ static const struct {
     {IORING_OP_NOP, "nop"},
 };
 
-/* Multishot recv with provided buffer rings arrived in Linux 6.0. */
+/* Multishot accept and recv into provided buffer rings: Linux 6.0. */
 static int kernel_at_least(int major, int minor)
 {
 	struct utsname u;
@@ -79,14 +79,14 @@ int ring_probe(char *why, size_t why_len)
 	io_uring_free_probe(probe);
 	io_uring_queue_exit(&r);
 	if (!kernel_at_least(6, 0)) {
-		snprintf(why, why_len, "io_uring multishot recv needs Linux 6.0 or later");
+		snprintf(why, why_len, "io_uring provided-buffer recv needs Linux 6.0 or later");
 		return -ENOSYS;
 	}
 	return 0;
 }
 
 /* SINGLE_ISSUER + DEFER_TASKRUN (6.1): only the shard thread submits, and
- * completion work runs when it waits, so a burst of multishot recvs is
+ * completion work runs when it waits, so a burst of completions is
  * handled in one batch instead of interrupting the thread per packet.
  * Older kernels fall back to COOP_TASKRUN, then to no flags. */
 static int ring_queue_init(struct ring *r, uint32_t sq_entries)
@@ -101,7 +101,7 @@ static int ring_queue_init(struct ring *r, uint32_t sq_entries)
 	for (size_t i = 0; i < sizeof(flag_sets) / sizeof(flag_sets[0]); i++) {
 		struct io_uring_params p = {0};
 
-		/* Multishot recv can post many CQEs per SQE: a CQ four times
+		/* Multishot accept can post many CQEs per SQE: a CQ four times
 		 * the SQ keeps overflow (still lossless with FEAT_NODROP, but
 		 * slow) rare. */
 		p.flags = flag_sets[i] | IORING_SETUP_CQSIZE;

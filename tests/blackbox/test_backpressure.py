@@ -1,6 +1,6 @@
 """Receive-buffer exhaustion is backpressure, not an error: with a provided
 buffer ring far smaller than the data in flight, every message still
-arrives intact (multishot recv ends with ENOBUFS and is re-armed once
+arrives intact (a recv that finds no buffer ends with ENOBUFS and is re-armed once
 buffers come back)."""
 
 import hashlib
