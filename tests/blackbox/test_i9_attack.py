@@ -1,0 +1,90 @@
+"""Attacks on the issue 9 work (outbound transactions, DSNs, sizes) that
+found defects: each test failed before its fix.
+
+- A BDAT body whose last octet is CR has no final CRLF (the case
+  SPOOL_ENV_NO_FINAL_CRLF was made for), but that CR is bare (RFC 5321
+  2.3.8): it was taken, and relayed with DATA as "\\r\\r\\n.\\r\\n", a bare CR
+  at the next hop, which strict servers refuse.  It is refused like any
+  other bare CR."""
+
+import itertools
+import os
+
+import pytest
+
+from conftest import SMTPClient, delivery_overrides, make_message, queued_id, route
+from nexthop import nexthop  # noqa: F401  (nexthop is a fixture)
+
+SENDER = "sender@sender.example"
+RCPT = "rcpt@accepted.example"
+SLOW_RETRY = {"retry_s": [3600], "max_age_s": 86400}
+_seq = itertools.count(1)
+
+
+def new_mid(tag):
+    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_seq))
+
+
+def gateway(ringmx, nexthop, hop=None, delivery=None, **extra):
+    """accepted.example to a fresh next hop, sender.example to a bounce hop;
+    slow retries.  Returns (server, hop, bounce hop)."""
+    nh = nexthop(**(hop or {}))
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides([route("accepted.example", nh),
+                                     route("sender.example", bounce)],
+                                    delivery=dict(SLOW_RETRY, **(delivery or {})), **extra))
+    return srv, nh, bounce
+
+
+def bdat(port, chunks):
+    """One transaction whose message goes in BDAT chunks (the last one LAST);
+    returns the reply to the last chunk."""
+    c = SMTPClient(port)
+    try:
+        c.ehlo()
+        c.expect("MAIL FROM:<%s>" % SENDER, "250")
+        c.expect("RCPT TO:<%s>" % RCPT, "250")
+        for i, ch in enumerate(chunks):
+            last = i == len(chunks) - 1
+            c.send(b"BDAT %d%s\r\n" % (len(ch), b" LAST" if last else b"") + ch)
+            r = c.reply()
+            if not last:
+                assert r.code == 250, r
+        c.cmd("QUIT")
+        return r
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------
+# a BDAT body that ends with CR
+
+
+@pytest.mark.parametrize("chunks", [
+    [b"abc\r"],                # the last line's CR without its LF
+    [b"abc\r\n.\r"],           # a "." line, as a smuggling attempt would end
+    [b"abc\r\n", b"\r"],       # the CR alone in the LAST chunk
+], ids=["text-cr", "dot-cr", "cr-chunk"])
+def test_bdat_ending_in_cr_is_a_bare_cr(ringmx, nexthop, chunks):
+    srv, nh, _ = gateway(ringmx, nexthop)
+    mid = new_mid("bdat-cr")
+    chunks = [make_message(mid) + chunks[0]] + chunks[1:]
+    r = bdat(srv.port, chunks)
+    assert r.code == 554 and r.enhanced == "5.6.0", r
+    assert "bare CR" in r.last, r
+    # Refused, so nothing is queued and nothing reaches the hop (the hop
+    # fixture fails the test on any bare CR it sees).
+    assert srv.queue_list() == {}
+    assert nh.transactions() == []
+
+
+def test_bdat_cr_then_lf_in_the_next_chunk_is_crlf(ringmx, nexthop):
+    """The CR of a CRLF split between chunks is no bare CR."""
+    srv, nh, _ = gateway(ringmx, nexthop)
+    mid = new_mid("bdat-split-crlf")
+    body = make_message(mid) + b"abc\r\n"
+    r = bdat(srv.port, [body[:-1], body[-1:]])
+    assert r.code == 250, r
+    qid = queued_id(r)
+    [t] = nh.wait_message_id(mid, 30)
+    assert t.data.endswith(b"abc\r\n") and qid
