@@ -146,7 +146,8 @@ struct dbounce {
 	/* DSN_RCPT_MAX results per DSN: the recipient to go on from with the
 	 * next one once this one is durable, or DLV_NO_RESUME. */
 	uint32_t resume;
-	bool move; /* not a bounce: orig re-written forward */
+	bool follow_on; /* not the first DSN of a split report */
+	bool move;	/* not a bounce: orig re-written forward */
 	struct spool_rcpt *mrcpt;
 	uint32_t mn;
 	int segfd;
@@ -1329,6 +1330,11 @@ static int bounce_job(void *arg)
 
 	if (b->kind == DLV_REPORT_OUTCOME && b->nfail == 0)
 		env.ret = SMTP_RET_HDRS;
+	/* A report split over several DSNs returns the content once, in the
+	 * first: otherwise one message to many refused recipients comes back
+	 * to its (perhaps forged) sender as many full copies. */
+	if (b->follow_on)
+		env.ret = SMTP_RET_HDRS;
 	struct dsn_params p = {
 	    .reporting_mta = cfg->hostname,
 	    .msgid_domain = cfg->hostname,
@@ -1494,6 +1500,7 @@ static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind
 	b->n = n;
 	b->kind = kind;
 	b->resume = r < m->env.rcpt_count ? r : DLV_NO_RESUME;
+	b->follow_on = from > 0;
 	b->segfd = dlv_seg_fd(d, m->seq);
 	if (hpool_submit_job(d->pool, d->core.shard, 2, bounce_job, b) < 0) {
 		bounce_free(b);

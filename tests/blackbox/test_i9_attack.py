@@ -5,15 +5,21 @@ found defects: each test failed before its fix.
   SPOOL_ENV_NO_FINAL_CRLF was made for), but that CR is bare (RFC 5321
   2.3.8): it was taken, and relayed with DATA as "\\r\\r\\n.\\r\\n", a bare CR
   at the next hop, which strict servers refuse.  It is refused like any
-  other bare CR."""
+  other bare CR.
+- A report too large for one DSN is split at DSN_RCPT_MAX recipients; each
+  part carried the whole message under RET=FULL, so one message to many
+  refused recipients came back to its (possibly forged) sender as many
+  full copies: a backscatter amplifier.  The content goes back once, in
+  the first DSN; the others return the header section."""
 
 import itertools
 import os
 
 import pytest
 
-from conftest import SMTPClient, delivery_overrides, make_message, queued_id, route
-from nexthop import nexthop  # noqa: F401  (nexthop is a fixture)
+from conftest import (SMTPClient, check_dsn, delivery_overrides, make_message, queued_id, route,
+                      submit, wait_dsn, wait_queue_empty)
+from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
 SENDER = "sender@sender.example"
 RCPT = "rcpt@accepted.example"
@@ -88,3 +94,32 @@ def test_bdat_cr_then_lf_in_the_next_chunk_is_crlf(ringmx, nexthop):
     qid = queued_id(r)
     [t] = nh.wait_message_id(mid, 30)
     assert t.data.endswith(b"abc\r\n") and qid
+
+
+# --------------------------------------------------------------------------
+# a report split over several DSNs returns the content once
+
+
+def test_split_report_returns_the_message_once(ringmx, nexthop):
+    n = 1100   # two DSNs: 1000 and 100
+    rcpts = ["u%04d@accepted.example" % i for i in range(n)]
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"rules": [
+        Rule("rcpt", "550 5.1.1 No such user")]}, limits={"recipients": n})
+    mid = new_mid("split-ret")
+    big = b"".join(b"line %05d of the body that must come back only once\r\n" % i
+                   for i in range(2000))
+    submit(srv.port, make_message(mid, "many refused", big), SENDER, rcpts,
+           mail_params="RET=FULL", timeout=60)
+    txns = wait_dsn(bounce, SENDER, n=2)
+    dsns = [check_dsn(t, SENDER) for t in txns]
+    assert sorted(len(d.recipients) for d in dsns) == [100, 1000]
+    full = [d for d in dsns if d.returned_type == "message/rfc822"]
+    assert len(full) == 1, "RET=FULL content returned %d times: %r" % (
+        len(full), [d.returned_type for d in dsns])
+    assert big in full[0].raw
+    for d in dsns:
+        if d is not full[0]:
+            assert d.returned_type == "text/rfc822-headers", d.part_types
+            assert b"Message-ID: <%s>" % mid.encode() in d.returned_bytes()
+            assert b"line 00000 of the body" not in d.raw
+    wait_queue_empty(srv)
