@@ -17,8 +17,11 @@ import os
 
 import pytest
 
-from conftest import (SMTPClient, check_dsn, delivery_overrides, make_message, queued_id, route,
-                      submit, wait_dsn, wait_queue_empty)
+import re
+
+from conftest import (SMTPClient, check_dsn, delivery_overrides, dot_stuff, log_events,
+                      make_message, queued_id, route, submit, wait_dsn, wait_log,
+                      wait_queue_empty, wait_state)
 from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
 SENDER = "sender@sender.example"
@@ -123,3 +126,81 @@ def test_split_report_returns_the_message_once(ringmx, nexthop):
             assert b"Message-ID: <%s>" % mid.encode() in d.returned_bytes()
             assert b"line 00000 of the body" not in d.raw
     wait_queue_empty(srv)
+
+
+# --------------------------------------------------------------------------
+# recipients over the limit, at a hop that takes one message per connection
+
+
+def submit_many(port, body, rcpts):
+    """One DATA transaction with many recipients, pipelined (RFC 2920)."""
+    c = SMTPClient(port, timeout=60)
+    try:
+        c.ehlo()
+        cmds = ["MAIL FROM:<%s>" % SENDER] + ["RCPT TO:<%s>" % r for r in rcpts]
+        c.send("".join(x + "\r\n" for x in cmds))
+        for x, r in zip(cmds, c.replies(len(cmds))):
+            assert r.code == 250, "%s: %r" % (x, r)
+        c.expect("DATA", "354")
+        c.send(dot_stuff(body) + b".\r\n")
+        qid = queued_id(c.reply())
+        c.cmd("QUIT")
+        return qid
+    finally:
+        c.close()
+
+
+def attempts_logged(srv, qid):
+    [line] = wait_log(srv, "done", qid)
+    return int(re.search(r"\battempts=(\d+)", line).group(1))
+
+
+LIMIT = 2
+RCPTS = ["r%d@accepted.example" % i for i in range(7)]
+
+
+def over_limit():
+    return Rule("rcpt", "452 4.5.3 Error: too many recipients",
+                when=lambda ctx: len(ctx.rcpts) >= LIMIT)
+
+
+ONE_PER_CONN = {
+    "421": lambda: Rule("mail", "421 4.3.2 Too many messages for this connection",
+                        when=lambda ctx: ctx.conn.transactions >= 1),
+    "close": lambda: Rule("mail", drop=True, when=lambda ctx: ctx.conn.transactions >= 1),
+}
+
+
+@pytest.mark.parametrize("how", sorted(ONE_PER_CONN))
+def test_overflow_goes_on_at_a_hop_of_one_message_per_connection(ringmx, nexthop, how):
+    srv, nh, _ = gateway(ringmx, nexthop, limits={"recipients": len(RCPTS)},
+                         hop={"rules": [over_limit(), ONE_PER_CONN[how]()]})
+    mid = new_mid("one-per-conn-" + how)
+    qid = submit_many(srv.port, make_message(mid, "one message per connection"), RCPTS)
+    wait_queue_empty(srv)   # slow retries: a deferral would keep it queued
+    assert attempts_logged(srv, qid) == 1
+    assert not log_events(srv, "deferred", qid), "recipients waited for the retry schedule"
+    txns = [t for t in nh.messages() if (t.message_id or "").strip("<>") == mid]
+    got = sorted(r.lower() for t in txns for r in t.delivered)
+    assert got == sorted(RCPTS), "delivered %r" % got
+    # one transaction per connection, each with what the hop takes
+    assert len(txns) == 4 and len({t.conn_id for t in txns}) == 4, txns
+    assert all(len(t.delivered) <= LIMIT for t in txns), txns
+
+
+def test_hop_that_takes_nobody_on_a_fresh_connection_is_deferred(ringmx, nexthop):
+    """Going again is earned by progress: a hop that refuses every MAIL after
+    its first transaction gets one fresh connection, then the rest wait."""
+    srv, nh, _ = gateway(ringmx, nexthop, limits={"recipients": len(RCPTS)}, hop={"rules": [
+        over_limit(),
+        Rule("mail", "421 4.3.2 Busy", when=lambda ctx: ctx.server.message_count >= 1)]})
+    mid = new_mid("one-then-none")
+    qid = submit_many(srv.port, make_message(mid, "then nobody"), RCPTS)
+    f = wait_state(srv, qid, "deferred")
+    assert f["attempts"] == "1" and f["rcpts"] == str(len(RCPTS) - LIMIT), f
+    assert "421" in f.get("error", ""), f
+    [t] = [t for t in nh.messages() if (t.message_id or "").strip("<>") == mid]
+    assert len(t.delivered) == LIMIT
+    # the first transaction, its continuation, and one on a fresh connection
+    assert nh.mail_commands == 3, nh.mail_commands
+    assert nh.connection_count == 2, nh.connections()
