@@ -10,7 +10,8 @@ found defects: each test failed before its fix.
   part carried the whole message under RET=FULL, so one message to many
   refused recipients came back to its (possibly forged) sender as many
   full copies: a backscatter amplifier.  The content goes back once, in
-  the first DSN; the others return the header section."""
+  the first DSN that reports a failure; the others return the header
+  section."""
 
 import itertools
 import os
@@ -125,6 +126,29 @@ def test_split_report_returns_the_message_once(ringmx, nexthop):
             assert d.returned_type == "text/rfc822-headers", d.part_types
             assert b"Message-ID: <%s>" % mid.encode() in d.returned_bytes()
             assert b"line 00000 of the body" not in d.raw
+    wait_queue_empty(srv)
+
+
+def test_split_report_returns_the_message_with_the_first_failure(ringmx, nexthop):
+    """The content goes back once, but it does go back: when the first DSN
+    reports successes only (which carry the header section), the first one
+    with a failure returns it."""
+    n, ok = 1100, 1000
+    rcpts = ["u%04d@accepted.example" % i for i in range(n)]
+    srv, nh, bounce = gateway(ringmx, nexthop, hop={"dsn": False, "rules": [
+        Rule("rcpt", "550 5.1.1 No such user", rcpt=rcpts[ok:])]}, limits={"recipients": n})
+    mid = new_mid("split-ret-fail")
+    submit(srv.port, make_message(mid, "relayed, then refused", b"the body to return\r\n"),
+           SENDER, rcpts, mail_params="RET=FULL",
+           rcpt_params={r: "NOTIFY=SUCCESS,FAILURE" for r in rcpts}, timeout=60)
+    dsns = [check_dsn(t, SENDER) for t in wait_dsn(bounce, SENDER, n=2)]
+    by_action = {tuple(sorted({r["action"].lower() for r in d.recipients})): d for d in dsns}
+    assert sorted(by_action) == [("failed",), ("relayed",)], sorted(by_action)
+    assert len(by_action[("relayed",)].recipients) == ok
+    assert by_action[("relayed",)].returned_type == "text/rfc822-headers"
+    failed = by_action[("failed",)]
+    assert failed.returned_type == "message/rfc822", failed.part_types
+    assert b"the body to return" in failed.raw
     wait_queue_empty(srv)
 
 
