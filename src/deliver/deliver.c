@@ -146,6 +146,9 @@ struct dbounce {
 	/* DSN_RCPT_MAX results per DSN: the recipient to go on from with the
 	 * next one once this one is durable, or DLV_NO_RESUME. */
 	uint32_t resume;
+	/* A split report: an earlier DSN of it returned the content (RET=FULL)
+	 * / this one does. */
+	bool content_sent, returns_content;
 	bool move; /* not a bounce: orig re-written forward */
 	struct spool_rcpt *mrcpt;
 	uint32_t mn;
@@ -1186,7 +1189,8 @@ static bool attempt_begin(struct deliver *d, struct qmsg *m)
 
 /* ---- finishing an attempt ---------------------------------------------------------------- */
 
-static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind, uint32_t from);
+static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind, uint32_t from,
+			 bool content_sent);
 static int ctl_bounce_now(struct deliver *d, struct qmsg *m);
 
 static void message_done(struct deliver *d, struct qmsg *m)
@@ -1228,7 +1232,7 @@ static void settle(struct deliver *d, struct qmsg *m)
 	list_set(d, m, (m->flags & SPOOL_STATE_HELD) ? QW_HELD : QW_DEFERRED);
 	if (dc->delay_notice_s && !m->delay_sent && now - m->env.arrival_s >= dc->delay_notice_s) {
 		m->delay_sent = true;
-		report_start(d, m, DLV_REPORT_DELAY, 0);
+		report_start(d, m, DLV_REPORT_DELAY, 0, false);
 	}
 }
 
@@ -1280,7 +1284,7 @@ static void attempt_finish(struct deliver *d, struct qmsg *m)
 		return;
 	}
 	if (any_report) {
-		report_start(d, m, DLV_REPORT_OUTCOME, 0);
+		report_start(d, m, DLV_REPORT_OUTCOME, 0, false);
 		return;
 	}
 	settle(d, m);
@@ -1329,6 +1333,13 @@ static int bounce_job(void *arg)
 
 	if (b->kind == DLV_REPORT_OUTCOME && b->nfail == 0)
 		env.ret = SMTP_RET_HDRS;
+	/* A report split over several DSNs returns the content once, in the
+	 * first that asks for it: otherwise one message to many refused
+	 * recipients comes back to its (perhaps forged) sender as many full
+	 * copies. */
+	if (b->content_sent)
+		env.ret = SMTP_RET_HDRS;
+	b->returns_content = env.ret == SMTP_RET_FULL;
 	struct dsn_params p = {
 	    .reporting_mta = cfg->hostname,
 	    .msgid_domain = cfg->hostname,
@@ -1456,8 +1467,10 @@ static void report_none(struct deliver *d, struct qmsg *m, enum dlv_report kind,
 
 /* Build (helper) and queue the DSN of this kind for m's recipients from
  * index `from` on, at most DSN_RCPT_MAX of them; the rest follow in the
- * next DSN once this one is durable (report_durable). */
-static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind, uint32_t from)
+ * next DSN once this one is durable (report_durable); content_sent: an
+ * earlier one of them returned the content. */
+static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind, uint32_t from,
+			 bool content_sent)
 {
 	char id[SPOOL_QID_LEN + 1];
 	uint32_t cap = m->env.rcpt_count < DSN_RCPT_MAX ? m->env.rcpt_count : DSN_RCPT_MAX;
@@ -1494,6 +1507,7 @@ static void report_start(struct deliver *d, struct qmsg *m, enum dlv_report kind
 	b->n = n;
 	b->kind = kind;
 	b->resume = r < m->env.rcpt_count ? r : DLV_NO_RESUME;
+	b->content_sent = content_sent;
 	b->segfd = dlv_seg_fd(d, m->seq);
 	if (hpool_submit_job(d->pool, d->core.shard, 2, bounce_job, b) < 0) {
 		bounce_free(b);
@@ -1524,7 +1538,7 @@ static void report_durable(struct deliver *d, struct dbounce *b, bool ok)
 					 ? SPOOL_RCPT_BOUNCED
 					 : SPOOL_RCPT_DELIVERED;
 	if (b->resume != DLV_NO_RESUME)
-		report_start(d, m, b->kind, b->resume);
+		report_start(d, m, b->kind, b->resume, b->content_sent || b->returns_content);
 	else
 		report_none(d, m, b->kind, true);
 }

@@ -74,6 +74,10 @@ struct djob {
 	 * transaction goes on a new connection (fresh), and only once
 	 * (restarted) — a second 503 defers. */
 	bool fresh, restarted;
+	/* A hop ended an overflow transaction before any data (one message
+	 * per connection): it went again on a fresh connection, and may not
+	 * again until a transaction takes someone. */
+	bool cont_lost;
 	char last_err[DLV_ERR_MAX];
 	struct djob *next, *prev; /* the engine's wait list */
 };

@@ -22,7 +22,9 @@
  * hop out of step with us, never a verdict on the message: the connection
  * is closed and the job goes again at once on a fresh one.  Recipients a
  * hop will not take in one transaction ("too many recipients", RFC 5321
- * 4.5.3.1.10) go in the next one at once, in the same attempt.
+ * 4.5.3.1.10) go in the next one at once, in the same attempt (on a fresh
+ * connection when the hop ends that one before any data: a 421 or a
+ * close, one message per connection).
  *
  * Replies (invariant 9): every command written is written down in oc->owed
  * (smtp/client.h), every complete reply is taken off it before it is acted
@@ -437,6 +439,36 @@ static void oc_release_job(struct oconn *oc)
 		dlv_job_done(oc->d, job);
 }
 
+/* Recipients over the hop's limit go in the next transaction on the same
+ * connection (oc_tx_end).  A hop that takes one message per connection
+ * ends that one instead, with a 421 or by closing (Exchange's
+ * MaxMessagesPerConnection, Exim's smtp_accept_max_per_connection, on a
+ * pooled connection near its count).  No message data went in it, so its
+ * recipients go again at once on a fresh connection, as the next attempt
+ * would send them; only once until a transaction takes someone, so a hop
+ * that takes nobody on fresh connections either cannot keep us going.
+ * False when this is not such a transaction (the caller goes on). */
+static bool oc_continuation_lost(struct oconn *oc, const char *why)
+{
+	struct deliver_core *c = dlv_core(oc->d);
+	struct djob *job = oc->job;
+
+	if (!job || job->cont_lost || c->stopping || oc->tx_answered > 0 || !job_answered_any(job))
+		return false;
+	if (oc->state != OC_MAIL && oc->state != OC_RCPT && oc->state != OC_DATA)
+		return false; /* the body went (or may have): its fate is unknown */
+	log_msg(LOG_INFO,
+		"event=outbound_error shard=%u relay=%s state=%s error=\"%s\" note=\"the next "
+		"transaction goes on a fresh connection\"",
+		c->shard, oc->hop.name, oc_state_name(oc->state), why);
+	oc->job = NULL;
+	oc_close(oc);
+	job->cont_lost = true;
+	job->fresh = true;
+	dlv_job_again(oc->d, job);
+	return true;
+}
+
 /* The connection broke (or timed out): its job's open recipients are
  * deferred, or the job moves to its next hop if nothing was answered yet. */
 static void oc_fail(struct oconn *oc, const char *why)
@@ -444,6 +476,8 @@ static void oc_fail(struct oconn *oc, const char *why)
 	struct djob *job = oc->job;
 	char diag[DLV_ERR_MAX];
 
+	if (oc_continuation_lost(oc, why))
+		return;
 	log_msg(LOG_INFO, "event=outbound_error shard=%u relay=%s state=%s error=\"%s\"",
 		dlv_core(oc->d)->shard, oc->hop.name, oc_state_name(oc->state), why);
 	oc->job = NULL;
@@ -944,6 +978,9 @@ static void oc_tx_end(struct oconn *oc, bool reusable)
 	struct djob *job = oc->job;
 	bool again = job && oc->tx_answered > 0 && !c->stopping && job_open_any(job);
 
+	if (job && oc->tx_answered > 0)
+		job->cont_lost = false; /* progress: oc_continuation_lost may go again */
+
 	if (job && !again && oc->overflow)
 		result_open(oc, 4, oc->over_status, oc->over_diag);
 	if (again && reusable && oc->msgs < c->cfg->delivery.messages_per_connection) {
@@ -1174,6 +1211,13 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 	if (r->code == 503 && oc_503_out_of_step(oc, ask)) {
 		oc_out_of_step(oc, ask, r);
 		return;
+	}
+	/* 421: the hop closes the channel (RFC 5321 3.8), maybe only because
+	 * it takes one message per connection. */
+	if (r->code == 421) {
+		smtp_reply_diag(r, diag, sizeof(diag));
+		if (oc_continuation_lost(oc, diag))
+			return;
 	}
 	switch (oc->state) {
 	case OC_BANNER:

@@ -1195,6 +1195,12 @@ bool smtp_data_ends_line(const struct smtp_data_state *st)
 	return st->phase == PH_BOL || st->phase == PH_END;
 }
 
+bool smtp_data_ends_cr(const struct smtp_data_state *st)
+{
+	assert(st != NULL);
+	return st->phase == PH_CR;
+}
+
 /* ---- dot-unstuffing (RFC 5321 4.5.2) ------------------------------------ */
 
 /* out may equal in: the output never runs ahead of the input. */

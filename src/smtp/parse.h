@@ -255,6 +255,10 @@ uint64_t smtp_data_size(const struct smtp_data_state *st);
 /* The bytes so far are empty or end with CRLF (a body relayed with DATA
  * gains a CRLF otherwise, RFC 5321 4.1.1.4). */
 bool smtp_data_ends_line(const struct smtp_data_state *st);
+/* The bytes so far end with a CR whose LF has not come.  At the real end
+ * of BDAT data (RFC 3030: no terminator follows) that CR is bare (RFC 5321
+ * 2.3.8): relayed with DATA it would reach the next hop as "\r\r\n.\r\n". */
+bool smtp_data_ends_cr(const struct smtp_data_state *st);
 
 /* Undo dot-stuffing of stored DATA bytes (a line starting ".." loses one
  * dot).  *line_start carries "at the start of a line" across calls (start

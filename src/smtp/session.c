@@ -944,7 +944,8 @@ static const char *tx_verdict(struct conn *c)
 
 	if (tx->fail_reply)
 		return tx->fail_reply;
-	if (ds->flags & (SMTP_DATA_BARE_CR | SMTP_DATA_BARE_LF))
+	/* A CR as the last octet of BDAT data is bare too: no LF can follow. */
+	if ((ds->flags & (SMTP_DATA_BARE_CR | SMTP_DATA_BARE_LF)) || smtp_data_ends_cr(ds))
 		return "554 5.6.0 Error: bare CR or LF in message (RFC 5321 2.3.8)";
 	if (ds->flags & SMTP_DATA_NUL)
 		return "554 5.6.0 Error: NUL character in message";

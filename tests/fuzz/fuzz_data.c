@@ -68,6 +68,7 @@ static void same(const struct run *a, const struct run *b)
 	CHECK(a->st.stuff_len == b->st.stuff_len);
 	CHECK(smtp_data_size(&a->st) == smtp_data_size(&b->st));
 	CHECK(smtp_data_ends_line(&a->st) == smtp_data_ends_line(&b->st));
+	CHECK(smtp_data_ends_cr(&a->st) == smtp_data_ends_cr(&b->st));
 	CHECK(a->st.line_len == b->st.line_len);
 	CHECK(a->st.received_count == b->st.received_count);
 	CHECK(a->st.in_header == b->st.in_header && a->st.phase == b->st.phase);
@@ -191,6 +192,10 @@ static void check_oracle(const uint8_t *b, size_t n, bool dot, const struct run 
 	CHECK(smtp_data_ends_line(&r->st) ==
 	      (end != 0 || r->used == 0 ||
 	       (r->used >= 2 && b[r->used - 2] == '\r' && b[r->used - 1] == '\n')));
+	/* BDAT: a last CR is pending, neither a line end nor yet a bare CR
+	 * (in DATA a "." line's CR may be the terminator's instead). */
+	if (!dot)
+		CHECK(smtp_data_ends_cr(&r->st) == (r->used >= 1 && b[r->used - 1] == '\r'));
 	CHECK(r->st.received_count == e.received_count);
 	CHECK(r->st.in_header == e.in_header);
 	if (!end)

@@ -503,7 +503,11 @@ static void test_size_without_stuffing(void **state)
 	assert_true(r.st.stuff_len == 0 && smtp_data_size(&r.st) == 6);
 	assert_false(smtp_data_ends_line(&r.st));
 	r = SCAN("abc\r\n", false);
-	assert_true(smtp_data_ends_line(&r.st));
+	assert_true(smtp_data_ends_line(&r.st) && !smtp_data_ends_cr(&r.st));
+	/* A CR the data ends with: bare at the real end of BDAT data. */
+	r = SCAN("abc\r", false);
+	assert_true(smtp_data_ends_cr(&r.st) && !smtp_data_ends_line(&r.st));
+	assert_false(r.st.flags & SMTP_DATA_BARE_CR);
 	smtp_data_begin(&st, false);
 	assert_true(smtp_data_ends_line(&st) && smtp_data_size(&st) == 0);
 }
