@@ -522,8 +522,7 @@ int main(void)
 	    cmocka_unit_test(test_line_bound),	       cmocka_unit_test(test_received_count),
 	    cmocka_unit_test(test_bdat_mode),	       cmocka_unit_test(test_accumulates),
 	    cmocka_unit_test(test_many_line_lengths),  cmocka_unit_test(test_unstuff),
-	    cmocka_unit_test(test_scan_then_unstuff),
-	    cmocka_unit_test(test_size_without_stuffing),
+	    cmocka_unit_test(test_scan_then_unstuff),  cmocka_unit_test(test_size_without_stuffing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
