@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from conftest import (check_dsn, queued_id, strip_received, submit, wait_dsn, wait_for,
+from conftest import (check_dsn, strip_received, submit, wait_dsn, wait_for,
                       wait_log, wait_queue, wait_queue_empty, wait_state, SMTPClient, dot_stuff)
 from nexthop import nexthop  # noqa: F401  (fixture)
 from peers import (SENDER, gateway, header_names, lf, peer_message, postfix,  # noqa: F401
