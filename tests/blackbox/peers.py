@@ -380,6 +380,18 @@ class PostfixPeer:
     def log_tail(self, n=40):
         return _tail(self.log_path, n)
 
+    def wait_log(self, pattern, n=1, timeout=30.0):
+        """Wait until the instance's log matches the regex at least n times;
+        returns every match (findall).  Daemons log through postlogd, a
+        moment after the fact, so a test waits for lines, never reads once."""
+        rx = re.compile(pattern)
+        try:
+            return wait_for(lambda: len(rx.findall(self.log_text())) >= n and
+                            rx.findall(self.log_text()), timeout,
+                            "%d postfix log line(s) /%s/" % (n, pattern), interval=0.05)
+        except AssertionError as e:
+            raise AssertionError("%s\n--- postfix log ---\n%s" % (e, self.log_tail())) from None
+
     def queue_files(self):
         """Files in the queue that still wait for delivery."""
         out = []

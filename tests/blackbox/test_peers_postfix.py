@@ -65,8 +65,7 @@ def test_ringmx_to_postfix_maildir_bytes_exact(ringmx, nexthop, postfix):
     wait_queue_empty(srv)
     wait_log(srv, "delivered", qid)
     # one transaction with both recipients (Postfix logs nrcpt=2 for it)
-    assert re.search(r"from=<%s>, size=\d+, nrcpt=2 " % re.escape(SENDER), pf.log_text()), \
-        pf.log_tail()
+    pf.wait_log(r"from=<%s>, size=\d+, nrcpt=2 " % re.escape(SENDER))
     assert bounce.transaction_count == 0, bounce.transactions()
 
 
@@ -102,9 +101,9 @@ def test_postfix_recipient_limit_all_delivered_once(ringmx, nexthop, postfix):
         [stored] = pf.wait_messages(rcpt, 1)
         check_postfix_copy(stored, msg, pf)
     # Postfix took the message in transactions of at most 2 recipients
-    nrcpt = [int(n) for n in re.findall(r"from=<%s>, size=\d+, nrcpt=(\d+) " % re.escape(SENDER),
-                                        pf.log_text())]
-    assert sorted(nrcpt) == [1, 2, 2], "the limit was not what split the message: %r\n%s" % (
+    nrcpt = sorted(int(n) for n in pf.wait_log(r"from=<%s>, size=\d+, nrcpt=(\d+) "
+                                               % re.escape(SENDER), n=3))
+    assert nrcpt == [1, 2, 2], "the limit was not what split the message: %r\n%s" % (
         nrcpt, pf.log_tail())
     wait_log(srv, "delivered", qid)
     assert bounce.transaction_count == 0, bounce.transactions()
@@ -156,7 +155,7 @@ def test_postfix_451_at_end_of_data_defers(ringmx, nexthop, postfix):
     qid = submit(srv.port, msg, blocked, [ALICE], mail_params="BODY=8BITMIME")
     f = wait_state(srv, qid, "deferred")
     assert "451 4.7.1" in f.get("error", "") and "Held at end of data" in f["error"], f
-    assert "END-OF-MESSAGE" in pf.log_text(), pf.log_tail()
+    pf.wait_log(r"reject: END-OF-MESSAGE from .*: 451 4\.7\.1 ")
     assert pf.messages(ALICE) == [] and bounce.transaction_count == 0
 
 
@@ -235,10 +234,9 @@ def test_postfix_relays_into_ringmx_over_starttls(ringmx, postfix, certs):
         c.close()
     qid = wait_one_queued(srv)
     check_relayed_copy(srv, qid, msg, pf)
-    wait_for(lambda: re.search(r"status=sent \(250 2\.0\.0 Ok: queued as %s\)" % qid,
-                               pf.log_text()), 30, "Postfix logging the handover")
-    assert re.search(r"(Trusted|Untrusted|Verified) TLS connection established to "
-                     r"127\.0\.0\.1\[127\.0\.0\.1\]:%d" % srv.port, pf.log_text()), pf.log_tail()
+    pf.wait_log(r"status=sent \(250 2\.0\.0 Ok: queued as %s\)" % qid)
+    pf.wait_log(r"(Trusted|Untrusted|Verified) TLS connection established to "
+                r"127\.0\.0\.1\[127\.0\.0\.1\]:%d" % srv.port)
     assert pf.queue_files() == []
 
 
