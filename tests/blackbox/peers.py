@@ -28,7 +28,6 @@ with what was sent (CRLF turned to LF).
 """
 
 import ctypes
-import grp
 import os
 import pwd
 import re
@@ -154,29 +153,34 @@ def wait_banner(port, proc, what, log_tail):
         time.sleep(0.05)  # poll interval of the connect loop
 
 
-def stop_process(proc, timeout=STOP_TIMEOUT_S):
-    """SIGTERM the peer by its PID, wait, SIGKILL its process group (it is the
-    group's leader: start_new_session) when it does not go."""
-    if proc.poll() is not None:
-        return proc.returncode
+def _kill_group(pgid):
     try:
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+
+
+def stop_process(proc, timeout=STOP_TIMEOUT_S):
+    """SIGTERM the peer's master by its PID and wait; its process group (the
+    master leads it: start_new_session) gets SIGKILL if the master does not
+    go, and afterwards for any child that outlived it."""
+    if proc.poll() is None:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.send_signal(signal.SIGTERM)
         except ProcessLookupError:
             pass
-        return proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.wait(timeout=10)
+    _kill_group(proc.pid)
+    return proc.returncode
 
 
-def _chown(path, user, group=None):
+def _chown(path, user):
     pw = pwd.getpwnam(user)
-    gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
-    os.chown(path, pw.pw_uid, gid)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
 def _tail(path, n=40):
