@@ -17,8 +17,14 @@ dir of its own and stopped by its PID at teardown.
 
 A peer whose package is missing, or that cannot start on this machine (not
 root, a start-up error), skips the test and says why: never a silent pass.
-Every process started here is its own session leader (so it never signals
-the test runner's process group) and gets SIGKILL if the test runner dies.
+A peer is ready when it greets on its port with its own host name (unique
+per instance); one whose port another program took meanwhile is started
+again on another port.  Every process started here is its own session
+leader (so it never signals the test runner's process group) and gets
+SIGKILL if the test runner dies; at teardown the master gets SIGTERM by its
+PID, then its whole process group SIGKILL, whether the test passed or not.
+Nothing here reads or changes the system's Postfix or Dovecot (their config,
+queue, or running daemons).
 
 Bytes: Maildir files (Postfix virtual, Dovecot) hold the message with LF line
 ends and the store's own trace fields on top (Return-Path, Delivered-To,
@@ -31,6 +37,7 @@ import ctypes
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -42,7 +49,8 @@ import pytest
 
 from conftest import HOSTNAME, free_port, wait_for
 
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 60.0  # an upper bound only: a loaded machine starts slowly
+START_ATTEMPTS = 3  # starts on a fresh port when the last one was taken meanwhile
 STOP_TIMEOUT_S = 10.0
 
 POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
@@ -122,18 +130,12 @@ def require_root(what):
         pytest.skip("%s needs root to run a private instance (its processes change user)" % what)
 
 
-def port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
-        return True
-    except OSError:
-        return False
-
-
-def wait_banner(port, proc, what, log_tail):
-    """Wait until the peer answers on port with a 2xx greeting; fails (with
-    its log) if the process exits first."""
+def wait_banner(port, proc, what, log_tail, hostname):
+    """Wait until the peer answers on port with its own 220 greeting (one
+    that names `hostname`: not another program's that took the port).
+    Returns None, or why the peer did not start (with its log)."""
     deadline = time.monotonic() + START_TIMEOUT_S
+    banner = b"220 " + hostname.encode() + b" "
     while True:
         rc = proc.poll()
         if rc is not None:
@@ -142,15 +144,35 @@ def wait_banner(port, proc, what, log_tail):
             with socket.create_connection(("127.0.0.1", port), timeout=5.0) as s:
                 s.settimeout(5.0)
                 line = s.recv(512)
-                if line.startswith(b"220"):
+                if line.startswith(banner):
                     s.sendall(b"QUIT\r\n")
                     return None
         except OSError:
             pass
         if time.monotonic() >= deadline:
-            return "%s did not greet on port %d within %.0fs:\n%s" % (
-                what, port, START_TIMEOUT_S, log_tail())
+            return "%s did not greet as %s on port %d within %.0fs:\n%s" % (
+                what, hostname, port, START_TIMEOUT_S, log_tail())
         time.sleep(0.05)  # poll interval of the connect loop
+
+
+def port_in_use(port):
+    """After a peer failed to start: is its port held by another program?
+    free_port() only knows that the port was free a moment ago, so another
+    program may have bound it since; the peer is then started again on
+    another port.  (Postfix's master reports a failed bind only to syslog.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def peer_hostname(name):
+    """A host name for one instance, unique so that its greeting and its
+    Received: fields cannot be mistaken for another instance's."""
+    return "%s-%s.peer.test" % (name, secrets.token_hex(3))
 
 
 def _kill_group(pgid):
@@ -176,6 +198,20 @@ def stop_process(proc, timeout=STOP_TIMEOUT_S):
             proc.wait(timeout=10)
     _kill_group(proc.pid)
     return proc.returncode
+
+
+def stop_peers(peers):
+    """Fixture teardown: stop every peer (even when one of them fails to),
+    then remove its temp dir unless RINGMX_KEEP=1."""
+    errors = []
+    for p in peers:
+        try:
+            p.stop()
+        except Exception as e:  # noqa: BLE001 (the others are stopped all the same)
+            errors.append("%s in %s: %r" % (type(p).__name__, p.dir, e))
+        if os.environ.get("RINGMX_KEEP") != "1":
+            shutil.rmtree(p.dir, ignore_errors=True)
+    assert not errors, "peers that did not stop: %s" % errors
 
 
 def _chown(path, user):
@@ -287,8 +323,8 @@ class PostfixPeer:
             os.mkdir(d, 0o755)
         _chown(self.data, "postfix")
         _chown(self.mail, "nobody")
-        self.port = free_port()
-        self.hostname = name + ".peer.test"
+        self.port = None  # chosen at start()
+        self.hostname = peer_hostname(name)
         self.domains = list(domains)
         self.users = list(users)
         self.proc = None
@@ -348,8 +384,6 @@ class PostfixPeer:
         with open(os.path.join(self.conf, "main.cf"), "w") as f:
             for k, v in cfg.items():
                 f.write("%s = %s\n" % (k, v))
-        with open(os.path.join(self.conf, "master.cf"), "w") as f:
-            f.write(POSTFIX_MASTER_CF.format(port=self.port))
 
     @staticmethod
     def _rel(addr):
@@ -406,24 +440,43 @@ class PostfixPeer:
 
     def start(self):
         # `postfix check` makes the queue's subdirectories with the owners
-        # and modes the daemons expect (postfix-script set-permissions).
+        # and modes the daemons expect (post-install create-missing, the
+        # documented way to set up a second instance); it reads only this
+        # instance's config and touches only its directories.
+        self._write_master_cf(free_port())
         r = subprocess.run([POSTFIX_CMD, "-c", self.conf, "check"], capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=120)
         if r.returncode != 0:
             pytest.skip("postfix check failed for a private instance: %s %s\n%s"
                         % (r.stdout, r.stderr, self.log_tail()))
-        # master -d stays in the foreground; its own session, so that its
-        # SIGTERM to its process group reaches its children and nothing else.
-        self._out = open(os.path.join(self.dir, "master.out"), "wb")
+        for attempt in range(START_ATTEMPTS):
+            if attempt:
+                self._write_master_cf(free_port())
+            err = self._start_master()
+            if err is None:
+                return self
+            self.stop()
+            if not port_in_use(self.port):
+                break
+            err += "\n(port %d was taken by another program)" % self.port
+        pytest.skip("postfix private instance cannot start here: " + err)
+
+    def _write_master_cf(self, port):
+        self.port = port
+        with open(os.path.join(self.conf, "master.cf"), "w") as f:
+            f.write(POSTFIX_MASTER_CF.format(port=port))
+
+    def _start_master(self):
+        """Start master(8) in the foreground (-d); its own session, so that
+        its SIGTERM to its process group reaches its children and nothing
+        else.  Returns None once it greets, else why not."""
+        self._out = open(os.path.join(self.dir, "master.out"), "ab")
         self.proc = subprocess.Popen([POSTFIX_MASTER, "-c", self.conf, "-d"],
                                      stdin=subprocess.DEVNULL, stdout=self._out,
                                      stderr=subprocess.STDOUT, cwd=self.dir,
                                      start_new_session=True, preexec_fn=_die_with_parent)
-        err = wait_banner(self.port, self.proc, "postfix master", self._start_log)
-        if err:
-            self.stop()
-            pytest.skip("postfix private instance cannot start here: " + err)
-        return self
+        return wait_banner(self.port, self.proc, "postfix master", self._start_log,
+                           self.hostname)
 
     def _start_log(self):
         return self.log_tail() + "\n" + _tail(os.path.join(self.dir, "master.out"))
@@ -431,10 +484,11 @@ class PostfixPeer:
     def stop(self):
         if self.proc is None:
             return None
-        rc = stop_process(self.proc)
-        self.proc = None
-        self._out.close()
-        return rc
+        try:
+            return stop_process(self.proc)
+        finally:
+            self.proc = None
+            self._out.close()
 
     def sendmail(self, sender, rcpts, message, timeout=30):
         """Inject with this instance's sendmail(1) (postdrop, then pickup)."""
@@ -455,10 +509,7 @@ def postfix():
         return p.start()
 
     yield make
-    for p in peers:
-        p.stop()
-        if os.environ.get("RINGMX_KEEP") != "1":
-            shutil.rmtree(p.dir, ignore_errors=True)
+    stop_peers(peers)
 
 
 # --------------------------------------------------------------------------
@@ -524,8 +575,9 @@ class DovecotPeer:
     def __init__(self, users, extra="", name="dc"):
         self.dir = tempfile.mkdtemp(prefix="rmx" + name)
         os.chmod(self.dir, 0o755)  # the mail user walks into it
-        self.port = free_port()
-        self.hostname = name + ".peer.test"
+        self.port = None  # chosen at start()
+        self.hostname = peer_hostname(name)
+        self.extra = extra
         self.log_path = os.path.join(self.dir, "dovecot.log")
         self.users = dict(users)
         self.uid = pwd.getpwnam("nobody").pw_uid
@@ -538,11 +590,14 @@ class DovecotPeer:
             _chown(h, "nobody")
         self.write_users()
         self.conf = os.path.join(self.dir, "dovecot.conf")
-        with open(self.conf, "w") as f:
-            f.write(DOVECOT_CONF.format(port=self.port, dir=self.dir, hostname=self.hostname,
-                                        instance="rmx-" + os.path.basename(self.dir),
-                                        extra=extra))
         self.proc = None
+
+    def _write_conf(self, port):
+        self.port = port
+        with open(self.conf, "w") as f:
+            f.write(DOVECOT_CONF.format(port=port, dir=self.dir, hostname=self.hostname,
+                                        instance="rmx-" + os.path.basename(self.dir),
+                                        extra=self.extra))
 
     def home(self, addr):
         return os.path.join(self.dir, "home", addr.lower())
@@ -613,25 +668,37 @@ class DovecotPeer:
         return _tail(self.log_path, n)
 
     def start(self):
-        self._out = open(os.path.join(self.dir, "dovecot.out"), "wb")
+        for _ in range(START_ATTEMPTS):
+            self._write_conf(free_port())
+            err = self._start_master()
+            if err is None:
+                return self
+            self.stop()
+            if not port_in_use(self.port):
+                break
+            err += "\n(port %d was taken by another program)" % self.port
+        pytest.skip("dovecot private instance cannot start here: " + err)
+
+    def _start_master(self):
+        """dovecot -F: the master in the foreground, its own session (its
+        children are in its process group).  Returns None once LMTP greets,
+        else why not."""
+        self._out = open(os.path.join(self.dir, "dovecot.out"), "ab")
         self.proc = subprocess.Popen([DOVECOT_CMD, "-F", "-c", self.conf],
                                      stdin=subprocess.DEVNULL, stdout=self._out,
                                      stderr=subprocess.STDOUT, cwd=self.dir,
                                      start_new_session=True, preexec_fn=_die_with_parent)
-        err = wait_banner(self.port, self.proc, "dovecot", lambda: self.log_tail() + "\n"
-                          + _tail(os.path.join(self.dir, "dovecot.out")))
-        if err:
-            self.stop()
-            pytest.skip("dovecot private instance cannot start here: " + err)
-        return self
+        return wait_banner(self.port, self.proc, "dovecot", lambda: self.log_tail() + "\n"
+                           + _tail(os.path.join(self.dir, "dovecot.out")), self.hostname)
 
     def stop(self):
         if self.proc is None:
             return None
-        rc = stop_process(self.proc)
-        self.proc = None
-        self._out.close()
-        return rc
+        try:
+            return stop_process(self.proc)
+        finally:
+            self.proc = None
+            self._out.close()
 
 
 @pytest.fixture
@@ -647,10 +714,7 @@ def dovecot():
         return p.start()
 
     yield make
-    for p in peers:
-        p.stop()
-        if os.environ.get("RINGMX_KEEP") != "1":
-            shutil.rmtree(p.dir, ignore_errors=True)
+    stop_peers(peers)
 
 
 # --------------------------------------------------------------------------
