@@ -30,10 +30,18 @@ echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-se
 echo "msmtp msmtp/apparmor boolean false" | debconf-set-selections
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends $missing
-# Debian starts these as system services on install; the tests start their own
-# on free loopback ports, so stop the system copies to keep the machine quiet,
-# and disable them so a reboot does not bring them back (dovecot would hold
-# ports 24/110/143 and the LMTP tests would not know which dovecot answered).
-for s in redis-server memcached postfix nsd dovecot.socket dovecot; do
+# Debian starts some of these as system services on install; the tests start
+# their own on free loopback ports.  Stop and disable the services of the
+# packages installed just now (a reboot must not bring them back: a system
+# dovecot would hold ports 24/110/143).  A service of a package the machine
+# already had is its owner's (a system postfix that carries the host's mail):
+# left as it is, the tests never touch it.
+for ps in redis-server:redis-server memcached:memcached postfix:postfix nsd:nsd \
+	dovecot-core:dovecot.socket dovecot-core:dovecot; do
+	case " $missing " in
+	*" ${ps%%:*} "*) ;;
+	*) continue ;;
+	esac
+	s=${ps#*:}
 	systemctl disable --now "$s" 2>/dev/null || service "${s%.socket}" stop 2>/dev/null || true
 done
