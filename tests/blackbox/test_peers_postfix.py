@@ -300,7 +300,8 @@ def test_postfix_relays_into_ringmx_over_starttls(ringmx, postfix, certs):
     pf.wait_log(r"status=sent \(250 2\.0\.0 Ok: queued as %s\)" % qid)
     pf.wait_log(r"Verified TLS connection established to "
                 r"127\.0\.0\.1\[127\.0\.0\.1\]:%d" % srv.port)
-    assert pf.queue_files() == []
+    # qmgr removes the queue file after the smtp agent logged status=sent
+    wait_for(lambda: pf.queue_files() == [], 30, "Postfix's queue empty")
 
 
 def test_postfix_sendmail_into_ringmx_over_starttls(ringmx, postfix, certs):
