@@ -113,8 +113,9 @@ def test_msmtp_starttls_session_ends_cleanly(ringmx, certs, tmp_path, need_msmtp
                        capture_output=True, timeout=60)
     out = (r.stdout + r.stderr).decode(errors="replace")
     assert r.returncode == 0, out
-    assert re.search(r"(?m)^\s*AUTH:\s.*PLAIN", out) or "PLAIN" in out, out
-    assert "TLS session parameters" in out, out
+    assert re.search(r"Supported authentication methods:\s+PLAIN LOGIN\b", out), out
+    assert re.search(r"TLS session parameters:\s+\(TLS1\.[23]\)", out), out
+    assert re.search(r"Subject:\s+CN=mx\.test\s", out), out
     assert not re.search(r"(?i)TLS.*(error|warning)|non-properly terminated", out), out
 
 
