@@ -119,8 +119,6 @@ def test_msmtp_starttls_session_ends_cleanly(ringmx, certs, tmp_path, need_msmtp
     assert not re.search(r"(?i)TLS.*(error|warning)|non-properly terminated", out), out
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 6: no TLS close_notify after 221: the server "
-                   "closes TCP under the TLS session")
 def test_tls_close_notify_after_221(ringmx, certs, tmp_path):
     """After 221 the server ends TLS with close_notify (RFC 8446 6.1) before
     closing TCP, so a client can tell the end from a cut (a truncation

@@ -134,8 +134,6 @@ def test_dovecot_temporary_failures_defer_then_deliver_once(ringmx, nexthop, dov
     assert bounce.transaction_count == 0, bounce.transactions()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 5: SMTPUTF8 flag with Dovecot: a message "
-                   "taken with SMTPUTF8 but all ASCII bounces 5.6.7 at a hop without SMTPUTF8")
 def test_dovecot_ascii_message_taken_with_smtputf8(ringmx, nexthop, dovecot):
     """Dovecot 2.3's LMTP does not offer SMTPUTF8.  A message whose envelope
     and header are all ASCII does not need it (RFC 6531 3.4 forbids only
@@ -167,8 +165,6 @@ def test_dovecot_utf8_address_bounces_5_6_7(ringmx, nexthop, dovecot):
     assert "saved mail" not in dc.log_text(), dc.log_tail()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 3: NOTIFY=SUCCESS is ignored: no success DSN "
-                   "for a delivery to a hop that does not offer DSN")
 def test_dovecot_notify_success_gives_delivered_dsn(ringmx, nexthop, dovecot):
     """RCPT ... NOTIFY=SUCCESS, delivered into Dovecot (a final delivery over
     LMTP, a hop without DSN): RFC 3461 5.2.2 / 6.2 ask the last DSN-aware MTA

@@ -112,8 +112,6 @@ def test_postfix_recipient_limit_all_delivered_once(ringmx, nexthop, postfix):
         assert len(pf.messages(rcpt)) == 1, rcpt
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 4: the recipients after a 452 4.5.3 "
-                   "wait for the retry schedule, counted as a failed attempt")
 def test_postfix_recipient_limit_overflow_sent_at_once(ringmx, nexthop, postfix):
     """The same 452 4.5.3 with an hour between retries: RFC 5321 4.5.3.1.10
     asks the client to send the overflow in a new transaction, so every
@@ -137,8 +135,6 @@ def test_postfix_recipient_limit_overflow_sent_at_once(ringmx, nexthop, postfix)
     assert bounce.transaction_count == 0, bounce.transactions()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 7: SIZE= counts the dot-stuffing of a "
-                   "DATA-received message, so a peer refuses a message under its limit")
 def test_postfix_message_size_limit_counts_the_real_size(ringmx, nexthop, postfix):
     """RFC 1870 4: SIZE= is the size of the message, not of its stuffed
     transmission.  Postfix refuses at MAIL a SIZE= above its
@@ -228,9 +224,6 @@ def test_postfix_554_at_end_of_data_bounces(ringmx, nexthop, postfix):
     assert pf.messages(ALICE) == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 1: after a non-2xx reply to the end of "
-                   "data ringmx reuses the connection without RSET; Postfix answers 503 to the "
-                   "next MAIL and ringmx bounces that message")
 @pytest.mark.parametrize("reply", ["451 4.7.1 Held at end of data, later",
                                    "554 5.7.1 Refused at end of data"])
 def test_postfix_next_message_after_end_of_data_reject(ringmx, nexthop, postfix, reply):
@@ -344,8 +337,6 @@ def test_postfix_sendmail_into_ringmx_over_starttls(ringmx, postfix, certs):
 BIG_UPLOADS = 4
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 2: a TLS upload with small "
-                   "io.recv_buffers is cut off (input_overrun) instead of throttled")
 def test_postfix_large_upload_over_starttls_small_recv_buffers(ringmx, postfix, certs):
     """Postfix relays four 4 MB messages into ringmx over STARTTLS, side by
     side, ringmx at the smallest io.recv_buffers it accepts (16 x 4 KiB);
