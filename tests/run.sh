@@ -139,18 +139,20 @@ for b in build-ci build-asan; do
 done
 
 # ---------------------------------------------------------------- 4. black-box
-# count_junit XML: prints "passed failed" (errors and failures both fail;
-# a test with an error in teardown counts once, as failed).
+# count_junit XML: prints "passed failed skipped" (errors and failures both
+# fail; a test with an error in teardown counts once, as failed), then each
+# failed test (stderr) and each skipped one with its reason (stdout): a peer
+# that cannot start on this machine is seen, never a silent pass.
 count_junit() {
 	"$PYTHON" - "$1" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 passed = failed = 0
-names = []
+names, skips = [], []
 try:
     root = ET.parse(sys.argv[1]).getroot()
 except Exception as e:
-    print("0 1")
+    print("0 1 0")
     print("unreadable junit xml: %s" % e, file=sys.stderr)
     sys.exit(0)
 for tc in root.iter("testcase"):
@@ -160,12 +162,15 @@ for tc in root.iter("testcase"):
         failed += 1
         names.append(name)
     elif "skipped" in tags:
-        continue
+        why = tc.find("skipped").get("message", "")
+        skips.append("SKIPPED %s: %s" % (name, " ".join(why.split())[:300]))
     else:
         passed += 1
-print(passed, failed)
+print(passed, failed, len(skips))
 for n in names:
     print("FAILED " + n, file=sys.stderr)
+for s in skips:
+    print(s)
 EOF
 }
 
@@ -186,8 +191,10 @@ for b in build-ci build-asan; do
 		--junitxml="$xml" >"$log" 2>&1
 	rc=$?
 	if [ -f "$xml" ]; then
-		read -r p f < <(count_junit "$xml" 2>"$LOGS/pytest-$b.failed")
-		echo "pytest $b: $p passed, $f failed"
+		count_junit "$xml" >"$LOGS/pytest-$b.counts" 2>"$LOGS/pytest-$b.failed"
+		read -r p f sk <"$LOGS/pytest-$b.counts"
+		echo "pytest $b: $p passed, $f failed, $sk skipped"
+		tail -n +2 "$LOGS/pytest-$b.counts"
 		pass "pytest $b" "$p"
 		[ "$f" -gt 0 ] && fail "pytest $b" "$f"
 		if [ "$f" -eq 0 ] && [ "$rc" -ne 0 ]; then
