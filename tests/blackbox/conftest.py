@@ -21,6 +21,7 @@ import ctypes
 import email
 import email.parser
 import email.policy
+import itertools
 import json
 import os
 import re
@@ -717,6 +718,33 @@ def submit(port, body, sender="sender@sender.example", rcpts=("rcpt@accepted.exa
         return qid
     finally:
         c.close()
+
+
+def submit_pipelined(port, body, sender, rcpts):
+    """One DATA transaction with many recipients, pipelined (RFC 2920); its
+    queue ID."""
+    c = SMTPClient(port, timeout=60)
+    try:
+        c.ehlo()
+        cmds = ["MAIL FROM:<%s>" % sender] + ["RCPT TO:<%s>" % r for r in rcpts]
+        c.send("".join(x + "\r\n" for x in cmds))
+        for x, r in zip(cmds, c.replies(len(cmds))):
+            assert r.code == 250, "%s: %r" % (x, r)
+        c.expect("DATA", "354")
+        c.send(dot_stuff(body) + b".\r\n")
+        qid = queued_id(c.reply())
+        c.cmd("QUIT")
+        return qid
+    finally:
+        c.close()
+
+
+_mid_seq = itertools.count(1)
+
+
+def new_mid(tag):
+    """A Message-ID unique in this run."""
+    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_mid_seq))
 
 
 def wait_queue(server, pred, timeout, what):

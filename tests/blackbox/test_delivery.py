@@ -9,8 +9,6 @@ second next hop, so bounces can be read there: a DSN is the transaction whose
 MAIL FROM is <>.  Schedules are short (retry_s [1]) unless a test needs a
 message to stay deferred (retry_s [3600], then `queue flush`)."""
 
-import itertools
-import os
 import re
 import threading
 
@@ -20,6 +18,7 @@ from conftest import (DELIVERY_TIMEOUT_S, HOSTNAME, check_dsn, delivery_override
                       dot_stuff, dsn_transactions, log_events, make_message,
                       parse_queue_time, queued_id, route, strip_received, submit, wait_dsn,
                       wait_for, wait_log, wait_queue, wait_queue_empty, wait_state)
+from conftest import new_mid
 from dnszone import closed_dns_port, dns  # noqa: F401  (fixtures)
 from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
@@ -28,11 +27,6 @@ RCPT = "rcpt@accepted.example"
 # A message deferred once stays deferred for the test (next attempt in an
 # hour, well inside max_age_s) until a queue command moves it.
 SLOW_RETRY = {"retry_s": [3600], "max_age_s": 86400}
-_seq = itertools.count(1)
-
-
-def new_mid(tag):
-    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_seq))
 
 
 def gateway(ringmx, nexthop, hop=None, routes=(), relay=(), delivery=None, dns_cfg=None,

@@ -18,7 +18,6 @@ Every server routes "sender.example" to a second next hop, so the DSNs can
 be read there (a DSN is the transaction whose MAIL FROM is <>)."""
 
 import base64
-import itertools
 import os
 import re
 import subprocess
@@ -28,16 +27,12 @@ import pytest
 from conftest import (DELIVERY_TIMEOUT_S, Dsn, SMTPClient, check_dsn, delivery_overrides,
                       dsn_transactions, make_message, route, strip_received, submit, wait_dsn,
                       wait_log, wait_queue_empty)
+from conftest import new_mid
 from dnszone import dns  # noqa: F401  (fixture)
 from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
 SENDER = "sender@sender.example"
 RCPT = "rcpt@accepted.example"
-_seq = itertools.count(1)
-
-
-def new_mid(tag):
-    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_seq))
 
 
 def gateway(ringmx, nexthop, hop=None, bounce_hop=None, routes=(), relay=(), delivery=None,

@@ -13,26 +13,20 @@ found defects: each test failed before its fix.
   the first DSN that reports a failure; the others return the header
   section."""
 
-import itertools
-import os
 
 import pytest
 
 import re
 
-from conftest import (SMTPClient, check_dsn, delivery_overrides, dot_stuff, log_events,
+from conftest import (SMTPClient, check_dsn, delivery_overrides, log_events,
                       make_message, queued_id, route, submit, wait_dsn, wait_log,
                       wait_queue_empty, wait_state)
+from conftest import new_mid, submit_pipelined
 from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
 SENDER = "sender@sender.example"
 RCPT = "rcpt@accepted.example"
 SLOW_RETRY = {"retry_s": [3600], "max_age_s": 86400}
-_seq = itertools.count(1)
-
-
-def new_mid(tag):
-    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_seq))
 
 
 def gateway(ringmx, nexthop, hop=None, delivery=None, **extra):
@@ -156,24 +150,6 @@ def test_split_report_returns_the_message_with_the_first_failure(ringmx, nexthop
 # recipients over the limit, at a hop that takes one message per connection
 
 
-def submit_many(port, body, rcpts):
-    """One DATA transaction with many recipients, pipelined (RFC 2920)."""
-    c = SMTPClient(port, timeout=60)
-    try:
-        c.ehlo()
-        cmds = ["MAIL FROM:<%s>" % SENDER] + ["RCPT TO:<%s>" % r for r in rcpts]
-        c.send("".join(x + "\r\n" for x in cmds))
-        for x, r in zip(cmds, c.replies(len(cmds))):
-            assert r.code == 250, "%s: %r" % (x, r)
-        c.expect("DATA", "354")
-        c.send(dot_stuff(body) + b".\r\n")
-        qid = queued_id(c.reply())
-        c.cmd("QUIT")
-        return qid
-    finally:
-        c.close()
-
-
 def attempts_logged(srv, qid):
     [line] = wait_log(srv, "done", qid)
     return int(re.search(r"\battempts=(\d+)", line).group(1))
@@ -200,7 +176,7 @@ def test_overflow_goes_on_at_a_hop_of_one_message_per_connection(ringmx, nexthop
     srv, nh, _ = gateway(ringmx, nexthop, limits={"recipients": len(RCPTS)},
                          hop={"rules": [over_limit(), ONE_PER_CONN[how]()]})
     mid = new_mid("one-per-conn-" + how)
-    qid = submit_many(srv.port, make_message(mid, "one message per connection"), RCPTS)
+    qid = submit_pipelined(srv.port, make_message(mid, "one message per connection"), SENDER, RCPTS)
     wait_queue_empty(srv)   # slow retries: a deferral would keep it queued
     assert attempts_logged(srv, qid) == 1
     assert not log_events(srv, "deferred", qid), "recipients waited for the retry schedule"
@@ -219,7 +195,7 @@ def test_hop_that_takes_nobody_on_a_fresh_connection_is_deferred(ringmx, nexthop
         over_limit(),
         Rule("mail", "421 4.3.2 Busy", when=lambda ctx: ctx.server.message_count >= 1)]})
     mid = new_mid("one-then-none")
-    qid = submit_many(srv.port, make_message(mid, "then nobody"), RCPTS)
+    qid = submit_pipelined(srv.port, make_message(mid, "then nobody"), SENDER, RCPTS)
     f = wait_state(srv, qid, "deferred")
     assert f["attempts"] == "1" and f["rcpts"] == str(len(RCPTS) - LIMIT), f
     assert "421" in f.get("error", ""), f

@@ -4,17 +4,16 @@ BASE/<domain>/<local>/{tmp,new,cur}, mbox at BASE/<domain>/<local>; each
 message gets Return-Path and Delivered-To prepended and LF line ends; mbox
 quotes From_ lines (mboxrd).  The spool ends empty."""
 
-import itertools
 import mailbox
 import os
 import re
 
 from conftest import (DELIVERY_TIMEOUT_S, delivery_overrides, lf, make_message, route, submit,
                       wait_for, wait_log, wait_queue_empty)
+from conftest import new_mid
 from nexthop import nexthop  # noqa: F401  (nexthop is a fixture)
 
 SENDER = "sender@sender.example"
-_seq = itertools.count(1)
 
 BODY = (b"Line one.\r\n"
         b".leading dot, stuffed on the wire\r\n"
@@ -22,10 +21,6 @@ BODY = (b"Line one.\r\n"
         b"\r\n"
         b"trailing space \r\n"
         b"last line\r\n")
-
-
-def new_mid(tag):
-    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_seq))
 
 
 def local_server(ringmx, base, kind, domain, extra_routes=(), relay=()):

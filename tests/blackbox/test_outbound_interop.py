@@ -19,10 +19,8 @@ The programmable next hop (nexthop.py) plays each hop.  Schedules are slow
 (retry_s [3600]): a message deferred here stays deferred, so "delivered at
 once" is seen as an empty queue, never as a time."""
 
-import itertools
 import json
 import math
-import os
 import re
 import threading
 
@@ -32,16 +30,12 @@ from conftest import (DELIVERY_TIMEOUT_S, SMTPClient, delivery_overrides, dot_st
                       dsn_transactions, log_events, make_message, queued_id, route,
                       strip_received, submit, wait_dsn, wait_for, wait_log, wait_queue_empty,
                       wait_state)
+from conftest import new_mid, submit_pipelined
 from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 
 SENDER = "sender@sender.example"
 RCPT = "rcpt@accepted.example"
 SLOW_RETRY = {"retry_s": [3600], "max_age_s": 86400}
-_seq = itertools.count(1)
-
-
-def new_mid(tag):
-    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_seq))
 
 
 def gateway(ringmx, nexthop, hop=None, delivery=None, limits=None, shards=None):
@@ -249,24 +243,6 @@ def test_503_twice_defers_never_bounces(ringmx, nexthop):
 # --------------------------------------------------------------------------
 # item 4: recipients over the hop's limit go in the next transactions at once
 
-def submit_many(port, body, sender, rcpts):
-    """One DATA transaction with many recipients, pipelined (RFC 2920)."""
-    c = SMTPClient(port, timeout=60)
-    try:
-        c.ehlo()
-        cmds = ["MAIL FROM:<%s>" % sender] + ["RCPT TO:<%s>" % r for r in rcpts]
-        c.send("".join(x + "\r\n" for x in cmds))
-        for x, r in zip(cmds, c.replies(len(cmds))):
-            assert r.code == 250, "%s: %r" % (x, r)
-        c.expect("DATA", "354")
-        c.send(dot_stuff(body) + b".\r\n")
-        qid = queued_id(c.reply())
-        c.cmd("QUIT")
-        return qid
-    finally:
-        c.close()
-
-
 def rcpt_list(n, tag="r"):
     return ["%s%04d@accepted.example" % (tag, i) for i in range(n)]
 
@@ -301,7 +277,7 @@ def test_too_many_recipients_continue_at_once(ringmx, nexthop, hop, reply):
     rcpts = rcpt_list(n)
     mid = new_mid("many")
     body = make_message(mid, "a thousand recipients")
-    qid = submit_many(srv.port, body, SENDER, rcpts)
+    qid = submit_pipelined(srv.port, body, SENDER, rcpts)
     # slow retries: a recipient left for the schedule would keep it queued
     wait_queue_empty(srv)
     # the done line comes after any deferral: wait for it, then look
@@ -332,7 +308,7 @@ def test_too_many_recipients_then_messages_per_connection(ringmx, nexthop):
                          hop={"rules": [over_limit(limit, "452 4.5.3 Error: too many recipients")]})
     rcpts = rcpt_list(n)
     mid = new_mid("many-conns")
-    qid = submit_many(srv.port, make_message(mid, "many over few"), SENDER, rcpts)
+    qid = submit_pipelined(srv.port, make_message(mid, "many over few"), SENDER, rcpts)
     wait_queue_empty(srv)
     assert attempts_logged(srv, qid) == 1
     txns = txns_of(nh, mid)
@@ -356,7 +332,7 @@ def test_overflow_and_a_full_mailbox(ringmx, nexthop):
         Rule("rcpt", "452 4.2.2 Mailbox full", rcpt=full),
         over_limit(limit, "452 4.5.3 Error: too many recipients")]})
     mid = new_mid("full")
-    qid = submit_many(srv.port, make_message(mid, "one full mailbox"), SENDER, rcpts)
+    qid = submit_pipelined(srv.port, make_message(mid, "one full mailbox"), SENDER, rcpts)
     f = wait_state(srv, qid, "deferred")
     assert f["attempts"] == "1" and f["rcpts"] == "1", f
     assert "452 4.2.2" in f.get("error", ""), f
@@ -379,7 +355,7 @@ def test_overflow_stops_when_a_transaction_takes_nobody(ringmx, nexthop):
              when=lambda ctx: len(ctx.rcpts) >= limit or ctx.conn.transactions >= 1)]})
     rcpts = rcpt_list(n)
     mid = new_mid("stuck")
-    qid = submit_many(srv.port, make_message(mid, "a hop that stops taking"), SENDER, rcpts)
+    qid = submit_pipelined(srv.port, make_message(mid, "a hop that stops taking"), SENDER, rcpts)
     f = wait_state(srv, qid, "deferred")
     assert f["attempts"] == "1" and f["rcpts"] == str(n - limit), f
     assert "452 4.5.3" in f.get("error", ""), f
@@ -522,7 +498,7 @@ def test_chain_downstream_recipient_limit(ringmx, nexthop):
     rcpts = rcpt_list(n)
     mid = new_mid("chain-many")
     body = make_message(mid, "through two gateways")
-    qid = submit_many(up.port, body, SENDER, rcpts)
+    qid = submit_pipelined(up.port, body, SENDER, rcpts)
     wait_queue_empty(up)
     assert attempts_logged(up, qid) == 1
     assert not log_events(up, "deferred", qid), "recipients waited for the retry schedule"

@@ -10,14 +10,13 @@ The programmable next hop (nexthop.py) plays the attacker: raw rules put
 bytes on the wire exactly as given, multi-line rule replies add replies
 nobody asked for, midbody sends a reply while the body is going out."""
 
-import itertools
-import os
 import re
 
 import pytest
 
 from conftest import (DELIVERY_TIMEOUT_S, delivery_overrides, log_events, make_message, route,
                       strip_received, submit, wait_log, wait_queue_empty, wait_state)
+from conftest import new_mid
 from nexthop import Rule, nexthop  # noqa: F401  (nexthop is a fixture)
 from tlsutil import certs  # noqa: F401  (certs is a fixture)
 
@@ -26,11 +25,6 @@ RCPT = "rcpt@accepted.example"
 # A deferred message stays deferred (next try in an hour) until `queue flush`.
 SLOW_RETRY = {"retry_s": [3600], "max_age_s": 86400}
 VIOLATION = "protocol violation"
-_seq = itertools.count(1)
-
-
-def new_mid(tag):
-    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_seq))
 
 
 def start(ringmx, nexthop, rules, hop=None, tls=None, certs=None, limits=None):

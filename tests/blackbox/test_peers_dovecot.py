@@ -6,13 +6,12 @@ the message, so one message meets every outcome at once: saved, unknown user
 and a mailbox it cannot write (451).  Delivered copies are compared byte for
 byte with what was sent."""
 
-import itertools
 import os
 import re
 
-import pytest
 
 from conftest import check_dsn, submit, wait_dsn, wait_for, wait_log, wait_queue_empty, wait_state
+from conftest import new_mid
 from nexthop import nexthop  # noqa: F401  (fixture)
 from peers import (SENDER, dovecot, gateway, header_names, lf, peer_message,  # noqa: F401
                    stored_message)
@@ -26,11 +25,6 @@ FULL_TEMP = "full-temp@lmtp.example"
 LOCKED = "locked@lmtp.example"
 SLOW_RETRY = {"retry_s": [3600], "max_age_s": 86400}
 TINY_QUOTA = {"quota_rule": "*:storage=1K"}  # smaller than any test message
-_seq = itertools.count(1)
-
-
-def new_mid(tag):
-    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_seq))
 
 
 def check_dovecot_copy(stored, msg, dc, rcpt):

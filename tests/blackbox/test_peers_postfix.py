@@ -6,8 +6,6 @@ Postfix as the client that relays into ringmx over STARTTLS (SMTP into it,
 and its sendmail(1)).  Every delivered message is compared byte for byte
 with what was sent: dot-leading lines, a 998-octet line, every 8-bit octet."""
 
-import itertools
-import os
 import re
 import time
 
@@ -15,6 +13,7 @@ import pytest
 
 from conftest import (check_dsn, strip_received, submit, wait_dsn, wait_for,
                       wait_log, wait_queue, wait_queue_empty, wait_state, SMTPClient, dot_stuff)
+from conftest import new_mid
 from nexthop import nexthop  # noqa: F401  (fixture)
 from peers import (SENDER, gateway, header_names, lf, maildir_files, peer_message,  # noqa: F401
                    postfix, stored_message)
@@ -28,11 +27,6 @@ DAVE = "dave@dest.example"
 ERIN = "erin@dest.example"
 USERS = [ALICE, BOB, CAROL, DAVE, ERIN]
 SLOW_RETRY = {"retry_s": [3600], "max_age_s": 86400}
-_seq = itertools.count(1)
-
-
-def new_mid(tag):
-    return "%s-%d-%d@client.example" % (tag, os.getpid(), next(_seq))
 
 
 def check_postfix_copy(stored, msg, pf):
