@@ -299,7 +299,32 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class PostfixPeer:
+class _Peer:
+    """What Postfix and Dovecot instances share: their log, and waiting for
+    mail in a Maildir (messages(addr) is the subclass's)."""
+
+    kind = "peer"
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n=40):
+        return _tail(self.log_path, n)
+
+    def wait_messages(self, addr, n, timeout=30.0):
+        try:
+            wait_for(lambda: len(self.messages(addr)) >= n, timeout,
+                     "%d message(s) in %s's Maildir" % (n, addr), interval=0.05)
+        except AssertionError as e:
+            raise AssertionError("%s\n--- %s log ---\n%s" % (e, self.kind, self.log_tail())) from None
+        return self.messages(addr)
+
+
+class PostfixPeer(_Peer):
     """A private Postfix instance on 127.0.0.1:port.
 
     domains       delivered by virtual(8) to Maildirs: mailbox(addr) is the
@@ -309,6 +334,8 @@ class PostfixPeer:
     maps          {name: "key value\\n..."}: texthash maps in the config dir,
                   named in main as texthash:{config}/name
     """
+
+    kind = "postfix"
 
     def __init__(self, domains=(), users=(), relayhost=None, main=None, maps=None,
                  name="pf"):
@@ -396,27 +423,9 @@ class PostfixPeer:
     def messages(self, addr):
         return read_maildir(self.mailbox(addr))
 
-    def wait_messages(self, addr, n, timeout=30.0):
-        try:
-            wait_for(lambda: len(maildir_files(self.mailbox(addr))) >= n, timeout,
-                     "%d message(s) in %s's Maildir" % (n, addr), interval=0.05)
-        except AssertionError as e:
-            raise AssertionError("%s\n--- postfix log ---\n%s" % (e, self.log_tail())) from None
-        return self.messages(addr)
-
     @property
     def url(self):
         return "smtp://127.0.0.1:%d" % self.port
-
-    def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, n=40):
-        return _tail(self.log_path, n)
 
     def wait_log(self, pattern, n=1, timeout=30.0):
         """Wait until the instance's log matches the regex at least n times;
@@ -564,13 +573,15 @@ service lmtp {{
 """
 
 
-class DovecotPeer:
+class DovecotPeer(_Peer):
     """A private Dovecot with an LMTP listener on 127.0.0.1:port.
 
     users  {addr: {extra userdb fields}}: each gets a Maildir under the
            temp dir, owned by nobody; e.g. {"quota_rule": "*:storage=1K"}.
            Any other recipient is unknown (Dovecot answers 550 at RCPT).
     extra  more dovecot.conf text"""
+
+    kind = "dovecot"
 
     def __init__(self, users, extra="", name="dc"):
         self.dir = tempfile.mkdtemp(prefix="rmx" + name)
@@ -645,27 +656,9 @@ class DovecotPeer:
         """Messages Dovecot saved for addr (not a filler)."""
         return read_maildir(self.maildir(addr), skip=".filler.")
 
-    def wait_messages(self, addr, n, timeout=30.0):
-        try:
-            wait_for(lambda: len(self.messages(addr)) >= n, timeout,
-                     "%d message(s) in %s's Maildir" % (n, addr), interval=0.05)
-        except AssertionError as e:
-            raise AssertionError("%s\n--- dovecot log ---\n%s" % (e, self.log_tail())) from None
-        return self.messages(addr)
-
     @property
     def url(self):
         return "lmtp://127.0.0.1:%d" % self.port
-
-    def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, n=40):
-        return _tail(self.log_path, n)
 
     def start(self):
         for _ in range(START_ATTEMPTS):
