@@ -151,6 +151,9 @@ struct oconn {
 	uint32_t chunk_pad, crc;
 	bool stuffed, body_end;
 	struct smtp_stuff_state stuff;
+	/* TLS: in[in_off, in_len) is received ciphertext the TLS layer has not
+	 * taken yet; recv is re-armed (into in[]) only once it is all taken. */
+	uint32_t in_off, in_len;
 	/* input */
 	struct smtp_reply_state rp;
 	char in[DLV_IN_CAP];

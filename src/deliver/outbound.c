@@ -164,7 +164,7 @@ static void oc_arm_recv(struct oconn *oc)
 	struct deliver_core *c = dlv_core(oc->d);
 	struct io_uring_sqe *sqe;
 
-	if (oc->recv_armed || oc->closing)
+	if (oc->recv_armed || oc->closing || oc->in_off < oc->in_len)
 		return;
 	sqe = ring_sqe(c->ring);
 	io_uring_prep_recv(sqe, oc->fd, oc->in, sizeof(oc->in), 0);
@@ -1423,19 +1423,28 @@ static void oc_parse(struct oconn *oc, const char *buf, size_t len)
 }
 
 /* Ciphertext in oc->in: through the TLS layer (the handshake, or records
- * to decrypt) and the plaintext to the reply parser. */
-static void oc_tls_input(struct oconn *oc, size_t n)
+ * to decrypt) and the plaintext to the reply parser.  When the layer takes
+ * nothing more until its output is sent (-ENOBUFS: a hop flooding key
+ * update requests and not reading, or our own output backed up), the rest
+ * stays in in[] and the send's completion comes back here (oc_complete):
+ * no turn of the loop without progress. */
+static void oc_tls_input(struct oconn *oc)
 {
 	char plain[4096];
-	size_t off = 0;
 
 	while (!oc->closing) {
-		if (off < n)
-			off += tls_conn_feed(oc->tls, oc->in + off, n - off);
+		size_t took = 0;
+
+		if (oc->in_off < oc->in_len) {
+			took = tls_conn_feed(oc->tls, oc->in + oc->in_off, oc->in_len - oc->in_off);
+			oc->in_off += (uint32_t)took;
+		}
+		bool fed = oc->in_off == oc->in_len;
+
 		if (oc->state == OC_TLS_HS) {
 			oc_tls_hs(oc);
 			if (oc->closing || oc->state == OC_TLS_HS) {
-				if (off >= n || oc->closing)
+				if (fed || oc->closing || took == 0)
 					return;
 				continue;
 			}
@@ -1446,8 +1455,13 @@ static void oc_tls_input(struct oconn *oc, size_t n)
 			oc_parse(oc, plain, (size_t)r);
 			continue;
 		}
-		if (r == -EAGAIN || r == -ENOBUFS) {
-			if (off >= n)
+		if (r == -ENOBUFS) {
+			if (!oc->send_inflight)
+				oc_tls_send(oc);
+			return;
+		}
+		if (r == -EAGAIN) {
+			if (fed)
 				return;
 			continue;
 		}
@@ -1484,10 +1498,13 @@ static void on_recv(struct oconn *oc, int res)
 	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
 	/* These bytes can answer only what was sent before they came. */
 	smtp_owed_recv(&oc->owed);
-	if (oc->tls)
-		oc_tls_input(oc, (size_t)res);
-	else
+	if (oc->tls) {
+		oc->in_off = 0;
+		oc->in_len = (uint32_t)res;
+		oc_tls_input(oc);
+	} else {
 		oc_parse(oc, oc->in, (size_t)res);
+	}
 	if (!oc->closing && oc->state != OC_FREE)
 		oc_arm_recv(oc);
 }
@@ -1600,6 +1617,12 @@ void oc_complete(struct deliver *d, uint64_t ud, int res)
 		break;
 	case DLV_OP_SEND:
 		on_send(oc, res);
+		if (oc->tls && oc->in_off < oc->in_len && !oc->send_inflight && !oc->closing) {
+			/* Input waited for this send (oc_tls_input). */
+			oc_tls_input(oc);
+			if (!oc->closing && oc->state != OC_FREE)
+				oc_arm_recv(oc);
+		}
 		break;
 	case DLV_OP_READ:
 		oc->read_inflight = false;

@@ -49,6 +49,15 @@ static_assert(TLS_CONN_IN_MAX <= INT_MAX && TLS_CONN_OUT_MAX <= INT_MAX,
 /* Room for a cipher list read back from wolfSSL (about 60 names). */
 #define TLS_CIPHERS_MAX 4096
 static_assert(TLS_CONN_OUT_MAX > TLS_ALERT_RECORD_MAX, "out buffer holds an alert");
+/* Free room of out[] that reading needs once the session is open: whatever
+ * wolfSSL reads next (at most all of in[]) may make it answer (a TLS 1.3
+ * KeyUpdate with update_requested is answered by a record of its own size,
+ * an alert by a close_notify), and every answer must fit.  wolfSSL must
+ * never be left holding output it could not hand over: with its own output
+ * pending, wolfSSL 5.5.4 went on to read past its output buffer (a client
+ * flooding key update requests and never reading crashed the server). */
+#define TLS_READ_OUT_ROOM (TLS_CONN_IN_MAX + TLS_ALERT_RECORD_MAX)
+static_assert(TLS_CONN_OUT_MAX > TLS_READ_OUT_ROOM, "out buffer holds the answers to in[]");
 
 struct tls_cert {
 	size_t name_count;
@@ -82,6 +91,7 @@ struct tls_conn {
 	bool peer_unverified; /* some check failed (chain, name, date) */
 	int verify_err;	      /* the first such failure, for tls_conn_error() */
 	size_t write_pending; /* plaintext bytes of a record wolfSSL holds */
+	bool read_held;	      /* input refused: out[] lacks TLS_READ_OUT_ROOM */
 	const char *version;  /* static strings from wolfSSL's tables */
 	const char *cipher;
 	char sni[TLS_NAME_MAX + 1];
@@ -192,6 +202,12 @@ static int tls_io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
 	size_t have = c->in_len - c->in_head;
 	if (have == 0)
 		return WOLFSSL_CBIO_ERR_WANT_READ;
+	if (c->state == TLS_ST_OPEN && TLS_CONN_OUT_MAX - c->out_len < TLS_READ_OUT_ROOM) {
+		/* No input until the output is sent: tls_conn_read() says
+		 * -ENOBUFS.  A peer that sends and never reads stops here. */
+		c->read_held = true;
+		return WOLFSSL_CBIO_ERR_WANT_READ;
+	}
 	size_t n = have < (size_t)sz ? have : (size_t)sz;
 	memcpy(buf, c->in + c->in_head, n);
 	c->in_head += n;
@@ -823,6 +839,7 @@ ssize_t tls_conn_read(struct tls_conn *c, void *buf, size_t cap)
 	assert(c->state == TLS_ST_OPEN);
 	if (c->peer_closed)
 		return 0;
+	c->read_held = false;
 	int rc = wolfSSL_read(c->ssl, buf, cap > INT_MAX ? INT_MAX : (int)cap);
 	if (rc > 0)
 		return rc;
@@ -830,7 +847,8 @@ ssize_t tls_conn_read(struct tls_conn *c, void *buf, size_t cap)
 		c->peer_closed = true;
 		return 0;
 	}
-	return tls_conn_again(c, rc);
+	int err = tls_conn_again(c, rc);
+	return err == -EAGAIN && c->read_held ? -ENOBUFS : err;
 }
 
 /* Plaintext bytes (<= len) whose record fits the free room of out[], so

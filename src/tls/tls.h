@@ -40,7 +40,10 @@
  *   -EAGAIN    wolfSSL WANT_READ (every fed byte is used), or a server
  *              still waiting for the rest of the first record: feed more
  *   -ENOBUFS   wolfSSL WANT_WRITE: the ciphertext-out buffer is full; flush
- *              it and call again (tls_conn_write: with the same bytes)
+ *              it and call again (tls_conn_write: with the same bytes).
+ *              tls_conn_read() also says it when the out buffer lacks room
+ *              for what reading on could make wolfSSL answer: send first,
+ *              read after the send completed (not in a loop before it)
  *   -EACCES    client role: the peer certificate failed verification and
  *              the context asked for verification (route tls "verify")
  *   -EPROTO    anything else: bad record, failed handshake, alert received.
