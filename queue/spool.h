@@ -32,6 +32,7 @@
 #include <sys/uio.h>
 
 #include "queue/record.h"
+#include "ring/ops.h"
 #include "ring/ring.h"
 
 #define SPOOL_PIECES_MAX   16		  /* pieces gathered before a chunk must be written */
@@ -102,6 +103,8 @@ enum {
 };
 #define SPOOL_OP_FIRST SPOOL_OP_WRITE
 #define SPOOL_OP_LAST  SPOOL_OP_CLOSE
+static_assert(SPOOL_OP_FIRST >= OPS_SPOOL_FIRST && SPOOL_OP_LAST <= OPS_SPOOL_LAST,
+	      "spool ops inside the spool's range (ring/ops.h)");
 
 struct spool_ops {
 	/* The message is durable (res 0) or could not be made so (res -errno).

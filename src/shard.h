@@ -27,6 +27,7 @@
 #include "config.h"
 #include "deliver/deliver.h"
 #include "queue/spool.h"
+#include "ring/ops.h"
 #include "ring/ring.h"
 #include "smtp/session.h"
 
@@ -59,9 +60,10 @@ struct tls_ctx;
 struct auth_users;
 struct auth_throttle;
 
-/* Ring op codes (user_data op byte).  Spool ops live in spool.h (0x40+). */
+/* Ring op codes (user_data op byte) of the shard's own completions, inside
+ * its range of the op registry (ring/ops.h). */
 enum shard_op {
-	OP_ACCEPT = 1,
+	OP_ACCEPT = OPS_SHARD_FIRST,
 	OP_RECV,
 	OP_SEND,
 	OP_CLOSE,
@@ -74,7 +76,9 @@ enum shard_op {
 	OP_CANCEL,
 	OP_LISTEN_CANCEL,
 	OP_DECIDE_TIMER, /* a pending decision's wait (filters/flt.h) */
+	OP_END,
 };
+static_assert(OP_END - 1 <= OPS_SHARD_LAST, "shard ops inside the shard's range");
 
 enum conn_io {
 	CONN_FREE = 0,

@@ -8,9 +8,9 @@
  * deliver_load() (main thread, start-up, blocking) and deliver_ctl_post()
  * (the control thread: it hands a request over and waits for it).
  *
- * Ring ops 0x60-0x6f are ours (deliver_op_owned); the DNS resolver's ops
- * (0x50-0x5f) are routed here too.  Every such completion goes to
- * deliver_complete().
+ * Ring ops of the delivery range of the op registry (ring/ops.h) are ours;
+ * the DNS resolver's ops are routed here too (the resolver serves
+ * delivery).  Every such completion goes to deliver_complete().
  *
  * Durability: a message is added when its commit is durable.  Each change
  * of a recipient's state is a RCPT_STATE snapshot record in the current
@@ -28,25 +28,23 @@
 #include "config.h"
 #include "queue/qindex.h"
 #include "queue/spool.h"
+#include "ring/ops.h"
 #include "ring/ring.h"
 
+/* Ring op codes of this module, inside its range of the op registry
+ * (ring/ops.h). */
 enum {
-	DLV_OP_CONNECT = 0x60,
-	DLV_OP_SEND = 0x61,
-	DLV_OP_RECV = 0x62,
-	DLV_OP_READ = 0x63,
-	DLV_OP_CLOSE = 0x64,
-	DLV_OP_CANCEL = 0x65,
-	DLV_OP_UNLINK = 0x66,
-	DLV_OP_SEGCLOSE = 0x67,
+	DLV_OP_CONNECT = OPS_DLV_FIRST,
+	DLV_OP_SEND,
+	DLV_OP_RECV,
+	DLV_OP_READ,
+	DLV_OP_CLOSE,
+	DLV_OP_CANCEL,
+	DLV_OP_UNLINK,
+	DLV_OP_SEGCLOSE,
+	DLV_OP_END,
 };
-#define DLV_OP_FIRST 0x60
-#define DLV_OP_LAST  0x6f
-
-static inline bool deliver_op_owned(uint8_t op)
-{
-	return (op >= DLV_OP_FIRST && op <= DLV_OP_LAST) || (op >= 0x50 && op <= 0x5f);
-}
+static_assert(DLV_OP_END - 1 <= OPS_DLV_LAST, "delivery ops inside the delivery range");
 
 struct hpool;
 struct hpool_done;

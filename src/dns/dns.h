@@ -17,10 +17,10 @@
  *
  * Ring: the ops below (user_data op byte; slot = socket index, gen = that
  * socket's generation) are submitted through ring_sqe() and left for the
- * caller's next submit.  Every completion whose op is in
- * [DNS_OP_FIRST, DNS_OP_LAST] must go to dns_complete(); a completion for a
- * socket that was closed and replaced is recognised by its generation and
- * dropped.  0x50-0x5f are reserved for this module.
+ * caller's next submit.  Every completion whose op is in the resolver's
+ * range of the op registry (ring/ops.h, dns_op_owned()) must go to
+ * dns_complete(); a completion for a socket that was closed and replaced is
+ * recognised by its generation and dropped.
  *
  * Callbacks: the result callback fires from dns_complete() (or from
  * dns_shutdown()), never from dns_resolve_mx(): even an answer c-ares has
@@ -65,6 +65,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "ring/ops.h"
 #include "ring/ring.h"
 
 #define DNS_QUERIES_MAX 64
@@ -74,19 +75,20 @@
 #define DNS_NAME_MAX	253
 #define DNS_WHY_MAX	160
 
-/* Ring op codes (user_data op byte) of this module's completions. */
+/* Ring op codes (user_data op byte) of this module's completions, inside
+ * its range of the op registry (ring/ops.h); all go to dns_complete(). */
 enum {
-	DNS_OP_POLL = 0x50,   /* readiness of a c-ares socket; slot/gen name it */
-	DNS_OP_TIMER = 0x51,  /* c-ares's clock; gen names the arming */
-	DNS_OP_CANCEL = 0x52, /* a cancel of one of ours; nothing to do but count */
-	DNS_OP_WAKE = 0x53,   /* NOP: deliver results that were ready at once */
+	DNS_OP_POLL = OPS_DNS_FIRST, /* readiness of a c-ares socket; slot/gen name it */
+	DNS_OP_TIMER,		     /* c-ares's clock; gen names the arming */
+	DNS_OP_CANCEL,		     /* a cancel of one of ours; nothing to do but count */
+	DNS_OP_WAKE,		     /* NOP: deliver results that were ready at once */
+	DNS_OP_END,
 };
-#define DNS_OP_FIRST DNS_OP_POLL
-#define DNS_OP_LAST  0x5f
+static_assert(DNS_OP_END - 1 <= OPS_DNS_LAST, "dns ops inside the resolver's range");
 
 static inline bool dns_op_owned(uint8_t op)
 {
-	return op >= DNS_OP_FIRST && op <= DNS_OP_LAST;
+	return ops_owner(op) == OPS_OWNER_DNS;
 }
 
 enum dns_status {
