@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "auth/pool.h"
+#include "hpool/hpool.h"
 #include "auth/throttle.h"
 #include "auth/users.h"
 #include "config.h"

@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "auth/pool.h"
+#include "hpool/hpool.h"
 #include "log.h"
 #include "tls/tls.h"
 

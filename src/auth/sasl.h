@@ -14,7 +14,7 @@
  *   SASL_AGAIN    send st->reply (a "334 ..." challenge) and pass the next
  *                 line to sasl_step();
  *   SASL_OK       credentials complete: read them with sasl_creds(), copy
- *                 them into the verification request (auth/pool.h), then
+ *                 them into the verification request (hpool/hpool.h), then
  *                 call sasl_clear() at once;
  *   SASL_INVALID  send st->reply; the exchange is over and the state is
  *                 already cleared.

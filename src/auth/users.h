@@ -54,7 +54,7 @@
  * Threads: load/parse on the main thread (it reads a file and allocates);
  * verify BLOCKS for as long as the hash takes (tens of ms by design) and
  * allocates inside libxcrypt (yescrypt's memory), so it runs on helper
- * threads only (auth/pool.h), never on a shard (ARCHITECTURE.md
+ * threads only (hpool/hpool.h), never on a shard (ARCHITECTURE.md
  * invariant 3).  Each verify uses about 33 KiB of stack (struct crypt_data)
  * and zeroes it, including its copy of the password, before returning.
  */

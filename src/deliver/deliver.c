@@ -30,12 +30,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "auth/pool.h"
+#include "hpool/hpool.h"
 #include "deliver/internal.h"
 #include "dns/dns.h"
 #include "local/local.h"
 #include "log.h"
-#include "queue/dsn.h"
+#include "mail/dsn.h"
 
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and
  * log lines of bounded size). */

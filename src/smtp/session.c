@@ -8,7 +8,7 @@
  * thing waited for (output space, a spool write slot, the commit) arrives.
  */
 #include "smtp/session.h"
-#include "auth/pool.h"
+#include "hpool/hpool.h"
 #include "auth/sasl.h"
 #include "auth/throttle.h"
 #include "auth/users.h"

@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "queue/dsn.h"
+#include "mail/dsn.h"
 #include "smtp/parse.h"
 
 extern char **environ;

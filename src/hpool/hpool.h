@@ -1,10 +1,9 @@
 /*
- * auth/pool — the helper-thread pool (ARCHITECTURE.md, "helper threads"):
- * a fixed set of threads for work that has no io_uring form.  Its first
- * user is SMTP AUTH (password hashing, issue 4 section 4); libspf2,
- * libmemcached, local delivery and DSN building will submit generic jobs
- * to the same pool.  Prefix hpool_ ("helper pool"); the module lives in
- * auth/ until its second user arrives.
+ * hpool — the helper-thread pool (ARCHITECTURE.md, "helper threads"): a
+ * fixed set of threads for work that has no io_uring form.  Its users are
+ * SMTP AUTH (password hashing) and delivery (local delivery, DSN building,
+ * spool moves); libspf2 and libmemcached will submit generic jobs to the
+ * same pool.  Prefix hpool_ ("helper pool").
  *
  * Shape:
  *     shard i --submit--> [request ring, ck_ring MPMC, queue_size slots]
@@ -76,8 +75,8 @@
  * slot free, so it holds queue_size - 1), HPOOL_INFLIGHT_MAX slots per
  * shard.  Memory: about 560 octets per slot plus 8 per ring entry.
  */
-#ifndef RMX_AUTH_POOL_H
-#define RMX_AUTH_POOL_H
+#ifndef RMX_HPOOL_H
+#define RMX_HPOOL_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
-/* auth/pool — helper-thread pool over ck_ring; contract in pool.h. */
-#include "auth/pool.h"
+/* hpool — helper-thread pool over ck_ring; contract in hpool.h. */
+#include "hpool/hpool.h"
 
 #include <assert.h>
 #include <ck_ring.h>

@@ -1,5 +1,5 @@
 /*
- * queue/dsn — delivery status notifications: the notify decision (RFC 3461
+ * mail/dsn — delivery status notifications: the notify decision (RFC 3461
  * 4.1) and the builder of the DSN message itself, a multipart/report
  * (RFC 6522, ex RFC 3462) carrying a message/delivery-status part
  * (RFC 3464), or its internationalized form (RFC 6533) for SMTPUTF8 mail.
@@ -74,8 +74,8 @@
  *
  * Return style: 0 or -errno.
  */
-#ifndef RMX_QUEUE_DSN_H
-#define RMX_QUEUE_DSN_H
+#ifndef RMX_MAIL_DSN_H
+#define RMX_MAIL_DSN_H
 
 #include <stdbool.h>
 #include <stddef.h>

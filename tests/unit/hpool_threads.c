@@ -17,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "auth/pool.h"
+#include "hpool/hpool.h"
 #include "auth/users.h"
 
 /* Under ThreadSanitizer: ck_ring copies ring entries with plain memcpy and

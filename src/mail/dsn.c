@@ -1,11 +1,11 @@
 /*
- * queue/dsn — the notify decision and the DSN builder; see queue/dsn.h for
+ * mail/dsn — the notify decision and the DSN builder; see mail/dsn.h for
  * the contract.  Two passes over the original: pass 1 (scan_*) measures what
  * part 3 will hold and picks a boundary that no embedded line can collide
  * with; pass 2 (emit_*) copies it.  Everything else is written from the
  * envelope and the results.
  */
-#include "queue/dsn.h"
+#include "mail/dsn.h"
 
 #include <assert.h>
 #include <errno.h>
