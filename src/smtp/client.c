@@ -700,6 +700,8 @@ bool smtp_reply_fits(enum smtp_ask ask, uint16_t code)
 	case SMTP_ASK_RSET:
 	case SMTP_ASK_QUIT:
 		return cls == 2 || cls == 4 || cls == 5;
+	case SMTP_ASK_NONE:
+	case SMTP_ASK_COUNT:
 	default:
 		abort();
 	}

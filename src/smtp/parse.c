@@ -1240,7 +1240,19 @@ size_t smtp_cmd_line_max(enum smtp_verb verb)
 		/* RFC 4954 4: an initial response may be long; ours (PLAIN with
 		 * the largest identities) fits the scan bound. */
 		return SMTP_LINE_SCAN_MAX;
-	default:
-		return SMTP_CMD_LINE_MAX;
+	case SMTP_VERB_UNKNOWN:
+	case SMTP_VERB_HELO:
+	case SMTP_VERB_EHLO:
+	case SMTP_VERB_DATA:
+	case SMTP_VERB_BDAT:
+	case SMTP_VERB_RSET:
+	case SMTP_VERB_NOOP:
+	case SMTP_VERB_QUIT:
+	case SMTP_VERB_VRFY:
+	case SMTP_VERB_EXPN:
+	case SMTP_VERB_HELP:
+	case SMTP_VERB_STARTTLS:
+		break;
 	}
+	return SMTP_CMD_LINE_MAX;
 }

@@ -1149,7 +1149,10 @@ size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 			break;
 		case SMTP_S_QUIT:
 			return n;
-		default:
+		case SMTP_S_GREETED:
+		case SMTP_S_READY:
+		case SMTP_S_MAIL:
+		case SMTP_S_RCPT:
 			/* Pipelined commands wait for earlier writes of this
 			 * transaction, and for room for their reply. */
 			if (s->tx && !spool_msg_idle(&s->tx->msg)) {
