@@ -17,11 +17,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "hpool/hpool.h"
 #include "auth/throttle.h"
 #include "auth/users.h"
 #include "config.h"
 #include "control.h"
+#include "hpool/hpool.h"
 #include "log.h"
 #include "preflight.h"
 #include "queue/spool.h"

@@ -30,9 +30,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "hpool/hpool.h"
 #include "deliver/internal.h"
 #include "dns/dns.h"
+#include "hpool/hpool.h"
 #include "local/local.h"
 #include "log.h"
 #include "mail/dsn.h"

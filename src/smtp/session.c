@@ -8,10 +8,10 @@
  * thing waited for (output space, a spool write slot, the commit) arrives.
  */
 #include "smtp/session.h"
-#include "hpool/hpool.h"
 #include "auth/sasl.h"
 #include "auth/throttle.h"
 #include "auth/users.h"
+#include "hpool/hpool.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -17,8 +17,8 @@
 
 #include <cmocka.h>
 
-#include "hpool/hpool.h"
 #include "auth/users.h"
+#include "hpool/hpool.h"
 
 /* Under ThreadSanitizer: ck_ring copies ring entries with plain memcpy and
  * orders them with ck_pr fences written in inline assembly, which TSan
