@@ -1,7 +1,7 @@
 #!/bin/bash
 # perf/bench.sh - ringmx vs Postfix vs the load-path ceiling, side by side in one run.
 #
-# MODE=relay (default, issue 3): relay end to end.
+# MODE=relay (default): relay end to end.
 #   ceiling  smtp-source straight into smtp-sink (127.0.0.1:2526): the load path
 #            without any gateway in between
 #   postfix  the Postfix 3.7 peer (127.0.0.1:2525, durable queue, relays to the sink)
@@ -11,9 +11,9 @@
 #   start of smtp-source to the last arrival; CPU is per relayed message. After every
 #   ringmx run its queue must drain to empty (ringmxctl queue list), checked and reported.
 #   Cases (SIZE:SESSIONS[:MSGS]): 100 KB at 4, 8, 16 sessions and 5 KB at 100 sessions.
-# MODE=accept (issue 2, section 7): the old accept-only benchmark: ringmx has no
+# MODE=accept: the old accept-only benchmark: ringmx has no
 #   routes, keeps what it accepts, and only its ACCEPT rate counts (100 KB, 4/8/16).
-# MODE=tls (issue 4): STARTTLS. 100 KB messages at 16 sessions, one message per
+# MODE=tls: STARTTLS. 100 KB messages at 16 sessions, one message per
 #   connection, sent by perf/tls_load.py (Python; smtp-source cannot do TLS) to
 #   ringmx (tls.certificates) and to the Postfix peer, which gets TLS for the run
 #   (smtpd_tls_* and a tlsmgr service in its runtime config copy under $PEERS_WORK,

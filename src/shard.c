@@ -546,7 +546,7 @@ static void conn_tls_feed_layer(struct conn *c)
 /* The layer answered -EAGAIN: it used every byte it was fed (tls.h), so
  * while ciphertext is held it has room for more, and the caller goes on.
  * Stopping here instead would strand the held buffers: nothing else
- * resumes a connection whose input is all received (issue 9, item 2). */
+ * resumes a connection whose input is all received. */
 static bool conn_tls_wants_more(const struct conn *c)
 {
 	if (c->inq_count == 0)
@@ -1314,7 +1314,7 @@ static void shard_on_wake(struct shard *sh)
 	deliver_wake(sh->dlv); /* tickets other shards ran for us */
 	req = atomic_exchange(&sh->ctl, NULL);
 	/* A request that changed state is answered by the engine once its
-	 * records are durable (issue 8 C13). */
+	 * records are durable. */
 	if (req && deliver_ctl(sh->dlv, req))
 		sem_post(&req->done);
 	if (atomic_load(&sh->stop) && !sh->stopping)
@@ -1501,7 +1501,7 @@ static void shard_loop(struct shard *sh)
 		 * the buffers they were given, and only a submitted batch gives
 		 * them back.  Fed after the flush, those bytes would wait for
 		 * the next completion, and with every buffer held by them there
-		 * may be none before the tick (issue 9, item 2: TLS uploads
+		 * may be none before the tick (TLS uploads
 		 * crawling at one batch per tick).  Delivery next: its records
 		 * ride this turn's batches.  Group commit: everything committed
 		 * in this turn shares one fdatasync per segment. */

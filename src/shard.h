@@ -89,7 +89,7 @@ enum conn_io {
 /* The connection's receive.  Single-shot on purpose: a multishot recv
  * posts as many completions per loop turn as the client has data and the
  * pool has buffers, so one connection could take the whole pool before
- * its backpressure cancel is even submitted (issue 9, item 2).  One recv
+ * its backpressure cancel is even submitted.  One recv
  * in flight takes one buffer at most, so inq can never overflow. */
 enum conn_recv {
 	CONN_RECV_IDLE = 0,   /* none in flight: armed when the input path wants more */

@@ -1,6 +1,5 @@
 /*
- * auth/throttle — failed AUTH attempts per client address (issue 4,
- * section 4: "failures counted per client IP with a growing delay and a
+ * auth/throttle — failed AUTH attempts per client address ( * section 4: "failures counted per client IP with a growing delay and a
  * limit (535 5.7.8, then 421)").  This is the data structure; the session
  * applies it:
  *     at AUTH:            check(); blocked -> "421 4.7.0 Too many

@@ -1,5 +1,5 @@
 /*
- * auth/users — the users_file of SMTP AUTH (issue 4, section 4) and the
+ * auth/users — the users_file of SMTP AUTH and the
  * password check against it.
  *
  * File format, one entry per line:

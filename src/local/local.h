@@ -1,5 +1,5 @@
 /*
- * local — final delivery into Maildir and mbox (issue 3, section 5).
+ * local — final delivery into Maildir and mbox.
  *
  * Threads: every call here BLOCKS (open, mkdir, write, fsync, rename, lock
  * waits of up to LOCAL_LOCK_WAIT_MS).  Call it from a helper thread only,

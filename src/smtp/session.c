@@ -348,7 +348,7 @@ static const struct config_listener *listener_of(const struct conn *c)
 	return c->shard->listeners[c->listener].cfg;
 }
 
-/* RFC 4954 4 and issue 4: AUTH only inside TLS, unless the listener
+/* RFC 4954 4: AUTH only inside TLS, unless the listener
  * allows it in plaintext (loopback only, for tests). */
 static bool auth_offered(const struct conn *c)
 {

@@ -1,4 +1,4 @@
-"""SMTP AUTH (RFC 4954) on submission listeners (issue 4, section 4), with
+"""SMTP AUTH (RFC 4954) on submission listeners, with
 Python's smtplib over STARTTLS and implicit TLS: PLAIN and LOGIN against a
 users_file (SHA-512 and bcrypt hashes made here), every failure path, the
 per-address failure throttle (535 5.7.8, then 421), AUTH refused without

@@ -1,6 +1,6 @@
 """--check-config fails on everything start-up would refuse (so its "config ok"
 can be trusted), and warns, one line each and still exit 0, about settings
-that load but are probably wrong (issue 8, E17).
+that load but are probably wrong.
 
 Every broken case is run both ways: --check-config must exit 1 naming the
 key, and a real start must fail too (what --check-config refuses must really

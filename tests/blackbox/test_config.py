@@ -40,7 +40,7 @@ def test_check_config_valid(tmp_path):
 
 
 def test_check_config_full_issue_example(tmp_path):
-    # The example of issue 2, keys and names exactly as documented there.
+    # The documented example config, keys and names exactly as documented.
     cfg = {
         "hostname": "gw.test",
         "shards": 2,

@@ -1,4 +1,4 @@
-"""The control socket (issue 8, item 15).
+"""The control socket.
 
 The socket file: whatever is at the path and is not a socket (a regular
 file, a directory, a symlink) is refused and left alone; a socket another

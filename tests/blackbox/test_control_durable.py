@@ -1,4 +1,4 @@
-"""Issue 8, C13: a queue control command is answered OK only once its record
+"""A queue control command is answered OK only once its record
 is durable.  Each command below is followed at once by kill -9; after the
 restart the state it announced is there."""
 

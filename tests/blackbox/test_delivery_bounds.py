@@ -1,4 +1,4 @@
-"""Bounds of the delivery engine and bad input to queue control (issue 3):
+"""Bounds of the delivery engine and bad input to queue control:
 messages_per_connection ends a connection (QUIT) after exactly that many
 messages; queue commands without an ID, with a malformed or unknown one, or
 an unknown verb get a clear error and a non-zero exit."""

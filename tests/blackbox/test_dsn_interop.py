@@ -1,5 +1,5 @@
-"""Interoperability of DSNs and SMTPUTF8 with real next hops (issue 9, items
-3, 5 and 8), end to end through the real binary:
+"""Interoperability of DSNs and SMTPUTF8 with real next hops, end to end
+through the real binary:
 
 - SMTPUTF8 (RFC 6531 3.4): a message sent with SMTPUTF8 needs it at the next
   hop only when an envelope address of that transaction or its header

@@ -1,4 +1,4 @@
-"""Large uploads at every receive-buffer setting (issue 9, item 2).
+"""Large uploads at every receive-buffer setting.
 
 Any io.recv_buffers and io.recv_buffer_size the config accepts must carry a
 message of any size over every transport (plaintext, STARTTLS, implicit

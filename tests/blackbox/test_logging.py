@@ -1,5 +1,5 @@
-"""Log lines carry peer-chosen text as values, never as structure (issue 8,
-item 6).  A real server, in the kv and in the json format, is fed hostile
+"""Log lines carry peer-chosen text as values, never as structure.
+A real server, in the kv and in the json format, is fed hostile
 text through every channel a peer controls that reaches a log line: the
 AUTH LOGIN user name (CR LF, quotes, backslashes, '=', UTF-8, invalid UTF-8,
 escape sequences, a name long enough to cut the line), quoted local parts

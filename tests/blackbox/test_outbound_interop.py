@@ -1,5 +1,4 @@
-"""Outbound interoperability (issue 9, items 1, 4 and 7): what real next hops
-do that a client must expect.
+"""Outbound interoperability: what real next hops do that a client must expect.
 
 - A hop may keep the transaction open after refusing the message at its end
   (Postfix after an smtpd_end_of_data_restrictions reject): the pooled

@@ -1,4 +1,4 @@
-"""Outbound reply accounting (issue 8, items 8 and 9; invariant 9): a next hop
+"""Outbound reply accounting (invariant 9): a next hop
 or a man in the middle that sends bytes the client did not ask for can never
 make a message count as delivered.  Each reply is matched against the
 commands in flight; a reply with none in flight, more replies than commands,

@@ -1,4 +1,4 @@
-"""Outbound STARTTLS to next hops per route policy (issue 4, section 3): a
+"""Outbound STARTTLS to next hops per route policy: a
 next hop with its own certificate (made by the test suite), each policy of
 routes[].tls, and the TLS result logged per delivery."""
 

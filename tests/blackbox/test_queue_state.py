@@ -1,4 +1,4 @@
-"""Queue state across restarts and delay notices (issue 3, sections 2 and 4).
+"""Queue state across restarts and delay notices.
 
 - A deferred message keeps its attempts, next attempt and last error across a
   restart (the RCPT_STATE records), and a recipient already delivered is not

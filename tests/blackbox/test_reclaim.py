@@ -1,6 +1,6 @@
 """Spool reclaim: segments are deleted once every message in them is finished,
 and a message deferred for long is moved forward so it does not pin old
-segments.  Disk use stays bounded by what is really queued (issue 3, section 2).
+segments.  Disk use stays bounded by what is really queued.
 
 The soak: one message whose recipient is always deferred, then a stream of
 messages that are delivered, over many 1 MiB segments.  The segment files left
@@ -80,7 +80,7 @@ def refused_body(i):
 
 
 def test_segments_of_refused_mail_reclaimed(ringmx):
-    # Issue 8: a segment no committed message ever landed in was never
+    # A segment no committed message ever landed in was never
     # known to the delivery engine, so it was never deleted while the
     # server ran: a stream of refused mail filled the disk.
     srv = ringmx({"shards": 1, "spool": {"segment_size": 1 << 20}})

@@ -1,4 +1,4 @@
-"""Issue 8, C12: every segment on disk is loaded, whatever the shard count.
+"""Every segment on disk is loaded, whatever the shard count.
 
 Mail is queued (deferred: the next hop answers 451) under 2 shards, then
 under 1, then under 3.  Each change of `shards` restarts the server; the

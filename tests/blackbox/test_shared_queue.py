@@ -1,4 +1,4 @@
-"""The shared delivery queue (issue 3, section 2): attempts go on one
+"""The shared delivery queue: attempts go on one
 lock-free queue that every shard takes from, so one shard's mail is also
 delivered by the other shard's outbound connections when its own are busy.
 

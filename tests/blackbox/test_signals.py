@@ -1,4 +1,4 @@
-"""Signals an operator or a tool sends (issue 8, item 16): SIGHUP, SIGUSR1,
+"""Signals an operator or a tool sends: SIGHUP, SIGUSR1,
 SIGUSR2 and SIGPIPE never stop the server nor lose the log lines its shard
 threads still hold; SIGHUP says reload is not built; SIGUSR1 reopens
 log.file (logrotate: move the file, then signal) and every line lands in

@@ -100,7 +100,7 @@ def _fill(srv):
 
 
 def test_control_answered_when_the_disk_is_full(ringmx, nexthop, tiny_fs):
-    # Issue 8: a queue command is answered once its record is durable.  With
+    # A queue command is answered once its record is durable.  With
     # the disk full the segment is sealed and no new one opens, so the
     # record never found a place and ringmxctl waited for ever -- and with
     # it the main thread, which also takes SIGTERM.

@@ -1,4 +1,4 @@
-"""Issue 8, C10: bytes a client sends can never pass for spool records.
+"""Bytes a client sends can never pass for spool records.
 
 The attack: a client's message body is made of well-formed records -- a
 DONE for a message that was acknowledged (it would be deleted unsent) and a

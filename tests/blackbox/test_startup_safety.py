@@ -1,6 +1,6 @@
 """Start-up must not share a listening address with anyone: SO_REUSEPORT would
 let the kernel split the address's connections between ringmx and the other
-process (issue 8, D14)."""
+process."""
 
 import json
 import os

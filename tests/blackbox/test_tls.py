@@ -1,4 +1,4 @@
-"""Inbound TLS (issue 4, section 2): STARTTLS (RFC 3207) and implicit TLS
+"""Inbound TLS: STARTTLS (RFC 3207) and implicit TLS
 (RFC 8314) with real clients: Python's ssl/smtplib, openssl s_client and
 swaks.  Certificates come from tlsutil (made per test session)."""
 

@@ -1,4 +1,4 @@
-"""TLS sessions end with close_notify, both ways (issue 9, item 6).
+"""TLS sessions end with close_notify, both ways.
 
 RFC 8446 6.1 and RFC 5246 7.2.1: each side sends close_notify before it
 closes its end, so the peer can tell the end of the session from a

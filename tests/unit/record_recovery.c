@@ -878,7 +878,7 @@ static void chunk_walk_stops_at_commit(void **state)
 	tmsg_free(&a);
 }
 
-/* ---- forged records in a client's body (issue 8, C10) ------------------------ */
+/* ---- forged records in a client's body ------------------------------------ */
 
 /* A version-1 record (unkeyed CRC32C framing): what an attacker who read
  * the old record.h would write. */

@@ -1,5 +1,5 @@
-"""Attacks on the issue 9 work (outbound transactions, DSNs, sizes) that
-found defects: each test failed before its fix.
+"""Attacks on outbound transactions, DSNs and message sizes that found
+defects: each test failed before its fix.
 
 - A BDAT body whose last octet is CR has no final CRLF (the case
   SPOOL_ENV_NO_FINAL_CRLF was made for), but that CR is bare (RFC 5321
