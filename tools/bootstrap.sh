@@ -7,7 +7,8 @@ PKGS="build-essential meson ninja-build pkg-config clang clang-format
 libclang-rt-14-dev liburing-dev libwolfssl-dev libck-dev libjson-c-dev
 libhiredis-dev libmemcached-dev libspf2-dev libc-ares-dev libpcre2-dev
 libcmocka-dev python3 python3-pytest redis-server memcached postfix swaks libnet-ssleay-perl
-openssl procps nsd bind9-dnsutils dovecot-core dovecot-lmtpd msmtp"
+openssl procps nsd bind9-dnsutils dovecot-core dovecot-lmtpd msmtp
+universal-ctags"
 
 missing=""
 for p in $PKGS; do
