@@ -1298,7 +1298,8 @@ static void shard_on_wake(struct shard *sh)
 				deliver_helper_done(sh->dlv, &done[i]);
 				continue;
 			}
-			/* A password check: the cookie names the connection. */
+			/* An inline job is AUTH's password check (the only one):
+			 * the cookie names the connection. */
 			uint32_t slot = (uint32_t)done[i].cookie;
 			uint16_t gen = (uint16_t)(done[i].cookie >> 32);
 			struct conn *c = slot < sh->conn_max ? &sh->conns[slot] : NULL;

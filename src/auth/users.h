@@ -120,4 +120,18 @@ uint32_t auth_users_count(const struct auth_users *u);
 int auth_users_verify(const struct auth_users *u, const char *user, size_t user_len,
 		      const char *pass, size_t pass_len);
 
+struct hpool;
+
+/* Queue auth_users_verify() on the helper pool (hpool/hpool.h) as an
+ * inline job for shard: user and pass are copied into the pool's slot (the
+ * caller zeroes its own copy right after) and a reference on u is taken;
+ * the helper zeroes the password and drops the reference as soon as the
+ * check ran or was cancelled.  The completion's result is an enum
+ * auth_verify_rc, -errno from crypt (answer 454 4.7.0), or -ECANCELED.
+ * Returns 0, or -EAGAIN / -ESHUTDOWN / -EINVAL as hpool_submit_inline()
+ * (user over AUTH_USER_MAX or pass over AUTH_PASS_MAX octets: -EINVAL).
+ * Shard thread. */
+int auth_users_submit_verify(struct hpool *p, uint32_t shard, uint64_t cookie, struct auth_users *u,
+			     const char *user, size_t user_len, const char *pass, size_t pass_len);
+
 #endif

@@ -15,8 +15,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "auth/users.h"
-
 /* ThreadSanitizer cannot see ck_pr's fences (inline assembly), so it would
  * report every request handed over through a ring as a race.  The hand-over
  * is a release by the producer before the enqueue and an acquire by the
@@ -41,16 +39,17 @@ void __tsan_release(void *addr);
 
 struct hpool_req {
 	uint64_t cookie;
-	struct auth_users *users; /* VERIFY_PASSWORD: a reference, dropped by the helper */
-	hpool_job_fn fn;	  /* JOB */
-	void *arg;		  /* JOB */
+	hpool_job_fn fn;     /* JOB */
+	void *arg;	     /* JOB */
+	hpool_inline_fn inl; /* INLINE */
 	uint32_t shard;
 	uint32_t index; /* in its shard's reqs */
 	int result;
 	uint8_t kind;
-	uint16_t user_len, pass_len;
-	char user[AUTH_USER_MAX];
-	char pass[AUTH_PASS_MAX]; /* zeroed by the helper once the hash ran */
+	uint16_t data_len; /* INLINE: octets of data[] in use; 0 once zeroed */
+	/* INLINE: the caller's data, copied at submit; zeroed by the helper
+	 * as soon as the job ran (it may hold a password). */
+	_Alignas(max_align_t) unsigned char data[HPOOL_DATA_MAX];
 };
 
 struct hpool_shard {
@@ -134,16 +133,14 @@ static void hpool_run(struct hpool *p, struct hpool_req *r)
 {
 	bool cancel = atomic_load(&p->cancel);
 	switch (r->kind) {
-	case HPOOL_VERIFY_PASSWORD:
-		r->result = cancel ? -ECANCELED
-				   : auth_users_verify(r->users, r->user, r->user_len, r->pass,
-						       r->pass_len);
-		/* The password is not needed past this point: do not let it sit
-		 * in the slot until the shard reaps. */
-		explicit_bzero(r->pass, sizeof(r->pass));
-		r->pass_len = 0;
-		auth_users_unref(r->users);
-		r->users = NULL;
+	case HPOOL_INLINE:
+		/* Called even when cancelled: data may hold references only
+		 * the job knows how to drop. */
+		r->result = r->inl(r->data, cancel);
+		/* What data held (a password) is not needed past this point:
+		 * do not let it sit in the slot until the shard reaps. */
+		explicit_bzero(r->data, r->data_len);
+		r->data_len = 0;
 		break;
 	case HPOOL_JOB:
 		r->result = cancel ? -ECANCELED : r->fn(r->arg);
@@ -298,32 +295,29 @@ static int hpool_enqueue(struct hpool *p, struct hpool_req *r)
 	return rc;
 }
 
-int hpool_submit_verify(struct hpool *p, uint32_t shard, uint64_t cookie, struct auth_users *users,
-			const char *user, size_t user_len, const char *pass, size_t pass_len)
+int hpool_submit_inline(struct hpool *p, uint32_t shard, uint64_t cookie, hpool_inline_fn fn,
+			const void *data, size_t len)
 {
-	assert(p != NULL && users != NULL);
-	if (shard >= p->cfg.shards || user_len > AUTH_USER_MAX || pass_len > AUTH_PASS_MAX)
+	assert(p != NULL && fn != NULL && (data != NULL || len == 0));
+	if (shard >= p->cfg.shards || len > HPOOL_DATA_MAX)
 		return -EINVAL;
 	struct hpool_shard *s = &p->shards[shard];
 	struct hpool_req *r = hpool_slot_take(s);
 	if (r == NULL)
 		return -EAGAIN;
-	r->kind = HPOOL_VERIFY_PASSWORD;
+	assert(r->data_len == 0);
+	r->kind = HPOOL_INLINE;
 	r->cookie = cookie;
-	r->users = auth_users_ref(users);
+	r->inl = fn;
 	r->fn = NULL;
 	r->arg = NULL;
-	r->user_len = (uint16_t)user_len;
-	r->pass_len = (uint16_t)pass_len;
-	if (user_len > 0)
-		memcpy(r->user, user, user_len);
-	if (pass_len > 0)
-		memcpy(r->pass, pass, pass_len);
+	r->data_len = (uint16_t)len;
+	if (len > 0)
+		memcpy(r->data, data, len);
 	int rc = hpool_enqueue(p, r);
 	if (rc != 0) {
-		explicit_bzero(r->pass, sizeof(r->pass));
-		auth_users_unref(r->users);
-		r->users = NULL;
+		explicit_bzero(r->data, r->data_len);
+		r->data_len = 0;
 		hpool_slot_put(p, s, r);
 	}
 	return rc;
@@ -340,10 +334,10 @@ int hpool_submit_job(struct hpool *p, uint32_t shard, uint64_t cookie, hpool_job
 		return -EAGAIN;
 	r->kind = HPOOL_JOB;
 	r->cookie = cookie;
-	r->users = NULL;
+	r->inl = NULL;
 	r->fn = fn;
 	r->arg = arg;
-	r->user_len = r->pass_len = 0;
+	assert(r->data_len == 0);
 	int rc = hpool_enqueue(p, r);
 	if (rc != 0)
 		hpool_slot_put(p, s, r);
@@ -358,7 +352,7 @@ uint32_t hpool_reap(struct hpool *p, uint32_t shard, struct hpool_done *out, uin
 	struct hpool_req *r;
 	while (n < max && ck_ring_dequeue_mpsc(&s->done, s->done_buf, &r)) {
 		hpool_handover_acquire(r);
-		assert(r->shard == shard && r->pass_len == 0 && r->users == NULL);
+		assert(r->shard == shard && r->data_len == 0);
 		out[n++] = (struct hpool_done){
 		    .cookie = r->cookie, .arg = r->arg, .result = r->result, .kind = r->kind};
 		hpool_slot_put(p, s, r);

@@ -43,21 +43,23 @@
  * none is lost.  A shard without an eventfd (fd -1) polls with reap.
  *
  * Ownership:
- *   - VERIFY_PASSWORD: the pool copies user and password into the slot
- *     (the caller zeroes its own copy, sasl_clear, right after submit) and
- *     takes a reference on the users table; the helper zeroes the password
- *     and drops the reference as soon as the check ran (or was cancelled),
- *     before the completion is posted.
+ *   - INLINE: the pool copies the caller's data (up to HPOOL_DATA_MAX
+ *     octets) into the slot, so the caller keeps nothing past the submit
+ *     (a password: AUTH zeroes its own copy right after).  fn(data,
+ *     cancelled) runs once on a helper, also when cancelled, so it can
+ *     drop what data holds (references); the helper then zeroes the copy,
+ *     before the completion is posted.  The pool knows nothing of what
+ *     the data means (AUTH's password check is one such job, auth/users.h).
  *   - JOB: fn(arg) runs once on a helper; arg stays the caller's and comes
  *     back in struct hpool_done, so the shard frees it after reaping.
  *
- * Results (struct hpool_done.result): VERIFY_PASSWORD: enum
- * auth_verify_rc, or -errno from crypt (answer 454 4.7.0); JOB: what fn
- * returned; either kind: -ECANCELED when hpool_stop(CANCEL) dropped it
- * before it ran.
+ * Results (struct hpool_done.result): what fn returned.  A JOB dropped by
+ * hpool_stop(CANCEL) before it ran completes with -ECANCELED; an INLINE
+ * job is called with cancelled = true and returns what it likes (by
+ * convention -ECANCELED).
  *
  * Backpressure: submit returns -EAGAIN when the request ring is full or
- * the shard has shard_inflight requests out (the session answers 454 4.7.0
+ * the shard has shard_inflight requests out (AUTH answers 454 4.7.0
  * "Temporary authentication failure", RFC 4954 6), -ESHUTDOWN after
  * hpool_stop began, -EINVAL for out-of-bound arguments.
  *
@@ -68,29 +70,33 @@
  * afterwards every accepted request has its completion in its shard's
  * ring (and the eventfd was written): shards may still reap until
  * hpool_destroy().  Completions never reaped are dropped by destroy (their
- * passwords are already zeroed; a JOB's arg is then the owner's problem).
+ * inline data is already zeroed; a JOB's arg is then the owner's problem).
  *
  * Limits: HPOOL_THREADS_MAX threads, HPOOL_SHARDS_MAX shards,
  * HPOOL_QUEUE_MAX request ring slots (a power of two; ck_ring keeps one
  * slot free, so it holds queue_size - 1), HPOOL_INFLIGHT_MAX slots per
- * shard.  Memory: about 560 octets per slot plus 8 per ring entry.
+ * shard, HPOOL_DATA_MAX octets of inline data.  Memory: about 600 octets
+ * per slot plus 8 per ring entry.
  */
 #ifndef RMX_HPOOL_H
 #define RMX_HPOOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-struct auth_users;
 struct hpool;
 
 #define HPOOL_THREADS_MAX  64
 #define HPOOL_SHARDS_MAX   256
 #define HPOOL_QUEUE_MAX	   (1u << 16)
 #define HPOOL_INFLIGHT_MAX (1u << 14)
+/* Inline data of one request: room for a user name and a password of 255
+ * octets each with their lengths and a reference (auth/users.h asserts). */
+#define HPOOL_DATA_MAX 560
 
 enum hpool_kind {
-	HPOOL_VERIFY_PASSWORD = 1,
+	HPOOL_INLINE = 1,
 	HPOOL_JOB = 2,
 };
 
@@ -109,10 +115,13 @@ struct hpool_config {
 /* A blocking job; runs on a helper thread.  Its return value is passed
  * back unchanged (by convention 0 or -errno). */
 typedef int (*hpool_job_fn)(void *arg);
+/* An inline job: data is the pool's copy of what the caller gave (aligned
+ * for any type); cancelled: hpool_stop(CANCEL) dropped it before it ran. */
+typedef int (*hpool_inline_fn)(void *data, bool cancelled);
 
 struct hpool_done {
 	uint64_t cookie; /* as given to submit: the shard's connection slot + generation */
-	void *arg;	 /* JOB: its arg; VERIFY_PASSWORD: NULL */
+	void *arg;	 /* JOB: its arg; INLINE: NULL */
 	int result;	 /* see "Results" */
 	uint8_t kind;	 /* enum hpool_kind */
 };
@@ -126,13 +135,13 @@ int hpool_create(const struct hpool_config *cfg, struct hpool **out);
  * own efd and never closes it. */
 int hpool_shard_attach(struct hpool *p, uint32_t shard, int efd);
 
-/* Queue a password check of user/pass (octet strings up to AUTH_USER_MAX
- * and AUTH_PASS_MAX) against users (a reference is taken).  Returns 0 or
- * -EAGAIN / -ESHUTDOWN / -EINVAL (see "Backpressure"). */
-int hpool_submit_verify(struct hpool *p, uint32_t shard, uint64_t cookie, struct auth_users *users,
-			const char *user, size_t user_len, const char *pass, size_t pass_len);
+/* Queue fn on a helper with a copy of data[0, len) (len <= HPOOL_DATA_MAX).
+ * Returns 0 or -EAGAIN / -ESHUTDOWN / -EINVAL (see "Backpressure"); on an
+ * error nothing was queued and fn is never called. */
+int hpool_submit_inline(struct hpool *p, uint32_t shard, uint64_t cookie, hpool_inline_fn fn,
+			const void *data, size_t len);
 
-/* Queue fn(arg) on a helper.  Returns as hpool_submit_verify. */
+/* Queue fn(arg) on a helper.  Returns as hpool_submit_inline. */
 int hpool_submit_job(struct hpool *p, uint32_t shard, uint64_t cookie, hpool_job_fn fn, void *arg);
 
 /* Move up to max completions of shard into out and free their slots.

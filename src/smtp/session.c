@@ -418,8 +418,8 @@ static void auth_verify(struct conn *c)
 
 	sasl_creds(c->s.sasl, &cr);
 	snprintf(c->s.auth_user, sizeof(c->s.auth_user), "%.*s", (int)cr.authcid_len, cr.authcid);
-	rc = hpool_submit_verify(c->shard->pool, c->shard->id, cookie, c->shard->users, cr.authcid,
-				 cr.authcid_len, cr.passwd, cr.passwd_len);
+	rc = auth_users_submit_verify(c->shard->pool, c->shard->id, cookie, c->shard->users,
+				      cr.authcid, cr.authcid_len, cr.passwd, cr.passwd_len);
 	auth_end(c);
 	if (rc < 0) {
 		c->s.auth_user[0] = '\0';

@@ -166,7 +166,8 @@ static int shard_submit(struct fake_shard *s, uint32_t seq)
 	if (s->idx % 2 == 1 && seq % 3 == 0)
 		u = "bob", pw = "bob-pw";
 	uint64_t cookie = (uint64_t)s->idx << 32 | seq;
-	return hpool_submit_verify(s->p, s->idx, cookie, s->users, u, strlen(u), pw, strlen(pw));
+	return auth_users_submit_verify(s->p, s->idx, cookie, s->users, u, strlen(u), pw,
+					strlen(pw));
 }
 
 static void shard_reap(struct fake_shard *s)
@@ -177,7 +178,7 @@ static void shard_reap(struct fake_shard *s)
 		for (uint32_t i = 0; i < n; i++) {
 			uint32_t shard = (uint32_t)(d[i].cookie >> 32), seq = (uint32_t)d[i].cookie;
 			if (shard != s->idx || seq >= PER_SHARD || s->seen[seq] ||
-			    d[i].kind != HPOOL_VERIFY_PASSWORD || d[i].result != expected(seq) ||
+			    d[i].kind != HPOOL_INLINE || d[i].result != expected(seq) ||
 			    d[i].arg != NULL) {
 				s->errors++;
 				continue;
@@ -291,6 +292,50 @@ static void test_no_eventfd_polls(void **state)
 	hpool_destroy(p);
 }
 
+/* An inline job runs on the pool's own copy of its data: what the caller
+ * does to its buffer after the submit does not reach the job. */
+struct inline_data {
+	uint32_t magic;
+	char text[16];
+};
+
+static int inline_job(void *data, bool cancelled)
+{
+	const struct inline_data *d = data;
+	if (cancelled)
+		return -ECANCELED;
+	return d->magic == 0xfeedu && strcmp(d->text, "kept") == 0 ? 7 : -EBADMSG;
+}
+
+static void test_inline_job_runs_on_a_copy(void **state)
+{
+	(void)state;
+	struct hpool *p = make_pool(1, 1, 4, 4);
+	int efd = make_efd();
+	hpool_shard_attach(p, 0, efd);
+	struct gate g;
+	gate_init(&g);
+	assert_int_equal(hpool_submit_job(p, 0, 0, gate_job, &g), 0);
+	sem_wait(&g.started); /* the inline job waits until the buffer is changed */
+	struct inline_data in = {.magic = 0xfeedu, .text = "kept"};
+	assert_int_equal(hpool_submit_inline(p, 0, 9, inline_job, &in, sizeof(in)), 0);
+	memset(&in, 0, sizeof(in));
+	sem_post(&g.release);
+	struct hpool_done d[2];
+	uint64_t wakes = 0;
+	assert_int_equal(reap_n(p, efd, d, 2, &wakes), 2);
+	assert_int_equal(d[1].cookie, 9);
+	assert_int_equal(d[1].kind, HPOOL_INLINE);
+	assert_int_equal(d[1].result, 7);
+	assert_null(d[1].arg);
+	/* Too much data is refused, and nothing runs. */
+	static char big[HPOOL_DATA_MAX + 1];
+	assert_int_equal(hpool_submit_inline(p, 0, 10, inline_job, big, sizeof(big)), -EINVAL);
+	hpool_destroy(p);
+	gate_destroy(&g);
+	close(efd);
+}
+
 /* ---- bounds ----------------------------------------------------------------------- */
 
 /* queue_size 4 holds 3 (ck_ring keeps a slot free): with the only helper
@@ -309,14 +354,15 @@ static void test_request_ring_full(void **state)
 		assert_int_equal(hpool_submit_job(p, 0, (uint64_t)i, count_job, (void *)i), 0);
 	assert_int_equal(hpool_submit_job(p, 0, 4, count_job, NULL), -EAGAIN);
 	struct auth_users *users = test_users();
-	assert_int_equal(hpool_submit_verify(p, 0, 5, users, "alice", 5, "alice-pw", 8), -EAGAIN);
+	assert_int_equal(auth_users_submit_verify(p, 0, 5, users, "alice", 5, "alice-pw", 8),
+			 -EAGAIN);
 	sem_post(&g.release);
 	struct hpool_done d[4];
 	uint64_t wakes = 0;
 	assert_int_equal(reap_n(p, efd, d, 4, &wakes), 4);
 	assert_int_equal(d[0].result, 42);
 	/* Room again. */
-	assert_int_equal(hpool_submit_verify(p, 0, 6, users, "alice", 5, "alice-pw", 8), 0);
+	assert_int_equal(auth_users_submit_verify(p, 0, 6, users, "alice", 5, "alice-pw", 8), 0);
 	assert_int_equal(reap_n(p, efd, d, 1, &wakes), 1);
 	assert_int_equal(d[0].cookie, 6);
 	assert_int_equal(d[0].result, AUTH_VERIFY_OK);
@@ -376,8 +422,9 @@ static void test_bad_arguments(void **state)
 	char big[AUTH_PASS_MAX + 1] = {0};
 	assert_int_equal(hpool_shard_attach(p, 1, -1), -EINVAL);
 	assert_int_equal(hpool_submit_job(p, 1, 0, count_job, NULL), -EINVAL);
-	assert_int_equal(hpool_submit_verify(p, 0, 0, users, "u", 1, big, sizeof(big)), -EINVAL);
-	assert_int_equal(hpool_submit_verify(p, 0, 0, users, big, AUTH_USER_MAX + 1, "p", 1),
+	assert_int_equal(auth_users_submit_verify(p, 0, 0, users, "u", 1, big, sizeof(big)),
+			 -EINVAL);
+	assert_int_equal(auth_users_submit_verify(p, 0, 0, users, big, AUTH_USER_MAX + 1, "p", 1),
 			 -EINVAL);
 	hpool_destroy(p);
 	auth_users_unref(users);
@@ -413,8 +460,8 @@ static void stop_with_work_in_flight(enum hpool_stop_mode mode)
 	sem_wait(&g.started);
 	for (intptr_t i = 1; i <= 5; i++)
 		assert_int_equal(hpool_submit_job(p, 0, (uint64_t)i, count_job, (void *)i), 0);
-	assert_int_equal(hpool_submit_verify(p, 0, 6, users, "alice", 5, "alice-pw", 8), 0);
-	assert_int_equal(hpool_submit_verify(p, 0, 7, users, "bob", 3, "nope", 4), 0);
+	assert_int_equal(auth_users_submit_verify(p, 0, 6, users, "alice", 5, "alice-pw", 8), 0);
+	assert_int_equal(auth_users_submit_verify(p, 0, 7, users, "bob", 3, "nope", 4), 0);
 	pthread_t th;
 	struct stopper st = {.p = p, .mode = mode};
 	assert_int_equal(pthread_create(&th, NULL, stop_main, &st), 0);
@@ -425,7 +472,7 @@ static void stop_with_work_in_flight(enum hpool_stop_mode mode)
 		usleep(200);
 	}
 	assert_int_equal(rc, ESHUTDOWN);
-	assert_int_equal(hpool_submit_verify(p, 0, 99, users, "alice", 5, "alice-pw", 8),
+	assert_int_equal(auth_users_submit_verify(p, 0, 99, users, "alice", 5, "alice-pw", 8),
 			 -ESHUTDOWN);
 	sem_post(&g.release);
 	assert_int_equal(pthread_join(th, NULL), 0);
@@ -474,7 +521,7 @@ static void test_reload_while_in_flight(void **state)
 	hpool_shard_attach(p, 0, efd);
 	struct auth_users *old = test_users();
 	for (uint64_t i = 0; i < 8; i++)
-		assert_int_equal(hpool_submit_verify(p, 0, i, old, "bob", 3, "bob-pw", 6), 0);
+		assert_int_equal(auth_users_submit_verify(p, 0, i, old, "bob", 3, "bob-pw", 6), 0);
 	auth_users_unref(old);
 	struct hpool_done d[8];
 	uint64_t wakes = 0;
@@ -493,7 +540,8 @@ static void test_destroy_unreaped(void **state)
 	struct auth_users *users = test_users();
 	for (uint64_t i = 0; i < 6; i++)
 		assert_int_equal(
-		    hpool_submit_verify(p, (uint32_t)(i % 2), i, users, "alice", 5, "x", 1), 0);
+		    auth_users_submit_verify(p, (uint32_t)(i % 2), i, users, "alice", 5, "x", 1),
+		    0);
 	hpool_destroy(p);
 	auth_users_unref(users);
 }
@@ -503,6 +551,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_two_shards_many_verifications),
 	    cmocka_unit_test(test_generic_jobs),
+	    cmocka_unit_test(test_inline_job_runs_on_a_copy),
 	    cmocka_unit_test(test_no_eventfd_polls),
 	    cmocka_unit_test(test_request_ring_full),
 	    cmocka_unit_test(test_shard_inflight_max),
