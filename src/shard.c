@@ -1117,7 +1117,7 @@ static void shard_on_accept(struct shard *sh, uint32_t li, struct io_uring_cqe *
 	c = conn_new(sh, fd, li);
 	c->peer = ss;
 	peer_format(c);
-	smtp_session_init(c);
+	smtp_session_init(c, &sh->env);
 	log_msg(LOG_DEBUG, "event=connect shard=%u client=%s port=%u listener=%s", sh->id,
 		c->peer_ip, c->peer_port, sh->listeners[li].cfg->name);
 	if (sh->listeners[li].cfg->tls == CONFIG_TLS_IMPLICIT) {
@@ -1662,6 +1662,25 @@ struct tls_ctx *shard_tls_server_ctx(const struct rmx_config *cfg, char *why, si
 	return tls_ctx_new(&tp, why, why_len);
 }
 
+/* What the sessions of this shard may use of it (smtp/session.h). */
+static void shard_env_init(struct shard *sh)
+{
+	struct smtp_env *e = &sh->env;
+
+	*e = (struct smtp_env){.cfg = sh->cfg,
+			       .spool = sh->spool,
+			       .txpool = sh->txpool,
+			       .pool = sh->pool,
+			       .pool_shard = sh->id,
+			       .users = sh->users,
+			       .throttle = sh->throttle,
+			       .tls_ctx = sh->tls_ctx,
+			       .now_ms = &sh->now_ms,
+			       .stopping = &sh->stopping};
+	for (uint32_t i = 0; i < sh->cfg->listener_count; i++)
+		e->listeners[i] = sh->listeners[i].cfg;
+}
+
 static int shard_setup(struct shard *sh)
 {
 	const struct rmx_config *cfg = sh->cfg;
@@ -1744,6 +1763,7 @@ static int shard_setup(struct shard *sh)
 	if (sh->wake_fd < 0)
 		return -errno;
 	deliver_shared_set_wake(sh->shared, sh->id, sh->wake_fd);
+	shard_env_init(sh);
 	return hpool_shard_attach(sh->pool, sh->id, sh->wake_fd);
 }
 

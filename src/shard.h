@@ -193,6 +193,7 @@ struct shard {
 	struct tls_ctx *tls_ctx;	/* NULL: no certificates */
 	struct auth_users *users;	/* shared, read-only; NULL: no users_file */
 	struct auth_throttle *throttle; /* shared by all shards */
+	struct smtp_env env;		/* what its sessions may use of it */
 	bool user_starved;		/* a connection waits for a user buffer */
 	_Atomic(struct dctl_req *) ctl; /* a control request to answer */
 	_Atomic bool stop;

@@ -132,7 +132,7 @@ static void smtp_enter_state(struct conn *c, enum smtp_state next)
 
 static const struct rmx_config *cfg_of(const struct conn *c)
 {
-	return c->shard->cfg;
+	return c->s.env->cfg;
 }
 
 /* Resume input unless we are inside the feed loop (which goes on by itself). */
@@ -200,7 +200,7 @@ static bool arena_path(struct smtp_tx *tx, const struct smtp_path *path, struct 
 
 static struct smtp_tx *tx_take(struct conn *c)
 {
-	struct smtp_tx_pool *p = c->shard->txpool;
+	struct smtp_tx_pool *p = c->s.env->txpool;
 	struct smtp_tx *tx = p->free;
 
 	if (!tx)
@@ -215,13 +215,13 @@ static struct smtp_tx *tx_take(struct conn *c)
 static void tx_release(struct conn *c)
 {
 	struct smtp_tx *tx = c->s.tx;
-	struct smtp_tx_pool *p = c->shard->txpool;
+	struct smtp_tx_pool *p = c->s.env->txpool;
 
 	if (!tx)
 		return;
 	assert(tx->msg.writes_inflight == 0);
 	if (tx->begun && tx->msg.active && !tx->msg.committing)
-		spool_msg_abort(c->shard->spool, &tx->msg);
+		spool_msg_abort(c->s.env->spool, &tx->msg);
 	tx->next_free = p->free;
 	p->free = tx;
 	c->s.tx = NULL;
@@ -292,16 +292,18 @@ static bool verdict_refused(struct conn *c)
 
 /* ---- greeting ------------------------------------------------------------------ */
 
-void smtp_session_init(struct conn *c)
+void smtp_session_init(struct conn *c, const struct smtp_env *env)
 {
+	assert(env != NULL && env->cfg != NULL && env->spool != NULL && env->txpool != NULL);
 	memset(&c->s, 0, sizeof(c->s));
+	c->s.env = env;
 	c->s.state = SMTP_S_NEW;
 	smtp_line_reset(&c->s.ls);
 }
 
 static void greet_finish(struct conn *c)
 {
-	const struct config_listener *l = c->shard->listeners[c->listener].cfg;
+	const struct config_listener *l = c->s.env->listeners[c->listener];
 
 	smtp_enter_state(c, SMTP_S_GREETED);
 	if (c->s.verdict.action != FLT_ACCEPT) {
@@ -345,22 +347,22 @@ void smtp_session_timeout(struct conn *c, const char *reply)
 
 static const struct config_listener *listener_of(const struct conn *c)
 {
-	return c->shard->listeners[c->listener].cfg;
+	return c->s.env->listeners[c->listener];
 }
 
 /* RFC 4954 4: AUTH only inside TLS, unless the listener
  * allows it in plaintext (loopback only, for tests). */
 static bool auth_offered(const struct conn *c)
 {
-	const struct config_listener *l = c->shard->listeners[c->listener].cfg;
+	const struct config_listener *l = c->s.env->listeners[c->listener];
 
-	return l->auth != CONFIG_AUTH_NONE && c->shard->users && !c->s.authed &&
+	return l->auth != CONFIG_AUTH_NONE && c->s.env->users && !c->s.authed &&
 	       (c->tls_mode == CONN_TLS_ON || l->auth_plaintext);
 }
 
 static bool starttls_offered(const struct conn *c)
 {
-	return listener_of(c)->tls == CONFIG_TLS_STARTTLS && c->shard->tls_ctx && !c->tls;
+	return listener_of(c)->tls == CONFIG_TLS_STARTTLS && c->s.env->tls_ctx && !c->tls;
 }
 
 /* RFC 3207 4: STARTTLS takes no argument, not inside a transaction, once.
@@ -368,7 +370,7 @@ static bool starttls_offered(const struct conn *c)
  * again, no transaction survives. */
 static void cmd_starttls(struct conn *c, const struct smtp_cmd *cmd)
 {
-	if (listener_of(c)->tls != CONFIG_TLS_STARTTLS || !c->shard->tls_ctx)
+	if (listener_of(c)->tls != CONFIG_TLS_STARTTLS || !c->s.env->tls_ctx)
 		return session_error(c, "502 5.5.1 Error: command not implemented");
 	if (c->tls)
 		return session_error(c, "503 5.5.1 Error: TLS already active");
@@ -418,7 +420,7 @@ static void auth_verify(struct conn *c)
 
 	sasl_creds(c->s.sasl, &cr);
 	snprintf(c->s.auth_user, sizeof(c->s.auth_user), "%.*s", (int)cr.authcid_len, cr.authcid);
-	rc = auth_users_submit_verify(c->shard->pool, c->shard->id, cookie, c->shard->users,
+	rc = auth_users_submit_verify(c->s.env->pool, c->s.env->pool_shard, cookie, c->s.env->users,
 				      cr.authcid, cr.authcid_len, cr.passwd, cr.passwd_len);
 	auth_end(c);
 	if (rc < 0) {
@@ -459,7 +461,7 @@ static void cmd_auth(struct conn *c, const struct smtp_cmd *cmd)
 	const struct config_listener *l = listener_of(c);
 	struct auth_throttle_verdict v;
 
-	if (l->auth == CONFIG_AUTH_NONE || !c->shard->users)
+	if (l->auth == CONFIG_AUTH_NONE || !c->s.env->users)
 		return session_error(c, "502 5.5.1 Error: command not implemented");
 	if (c->tls_mode != CONN_TLS_ON && !l->auth_plaintext)
 		return session_error(c, "538 5.7.11 Encryption required for requested "
@@ -470,8 +472,8 @@ static void cmd_auth(struct conn *c, const struct smtp_cmd *cmd)
 		return session_error(c, "503 5.5.1 Error: already authenticated");
 	if (c->s.state != SMTP_S_READY)
 		return session_error(c, "503 5.5.1 Error: AUTH not allowed during a transaction");
-	if (auth_throttle_check(c->shard->throttle, (struct sockaddr *)&c->peer,
-				shard_now_ms(c->shard), &v) == 0 &&
+	if (auth_throttle_check(c->s.env->throttle, (struct sockaddr *)&c->peer, *c->s.env->now_ms,
+				&v) == 0 &&
 	    v.blocked) {
 		log_msg(LOG_INFO, "event=auth_blocked client=%s failures=%u", c->peer_ip,
 			v.failures);
@@ -522,8 +524,7 @@ void smtp_session_auth_done(struct conn *c, int rc)
 		s->auth_user);
 	s->auth_user[0] = '\0';
 	s->errors++;
-	auth_throttle_fail(c->shard->throttle, (struct sockaddr *)&c->peer, shard_now_ms(c->shard),
-			   &v);
+	auth_throttle_fail(c->s.env->throttle, (struct sockaddr *)&c->peer, *c->s.env->now_ms, &v);
 	s->auth_blocked = v.blocked;
 	if (v.delay_ms) {
 		/* The 535 waits: guessing gets slower with every failure. */
@@ -749,7 +750,7 @@ static size_t tx_received_header(struct conn *c)
 static void tx_begin_message(struct conn *c, bool dot)
 {
 	struct smtp_tx *tx = c->s.tx;
-	struct spool *sp = c->shard->spool;
+	struct spool *sp = c->s.env->spool;
 
 	spool_msg_begin(sp, &tx->msg, spool_next_id(sp), c->slot, c->gen);
 	tx->begun = true;
@@ -960,7 +961,7 @@ static void tx_commit(struct conn *c)
 {
 	struct smtp_tx *tx = c->s.tx;
 	struct spool_env env = {0};
-	const char *l = c->shard->listeners[c->listener].cfg->name;
+	const char *l = c->s.env->listeners[c->listener]->name;
 	bool dot = c->s.ds.dot;
 	uint64_t wire = tx->msg.wire_len;
 
@@ -989,9 +990,9 @@ static void tx_commit(struct conn *c)
 	env.rcpt_count = tx->rcpt_count;
 	env.rcpts = tx->rcpts;
 	tx->size = spool_env_size(&env);
-	if (spool_msg_commit(c->shard->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
+	if (spool_msg_commit(c->s.env->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
 		tx->fail_reply = "452 4.3.1 Error: envelope too large";
-		spool_msg_abort(c->shard->spool, &tx->msg);
+		spool_msg_abort(c->s.env->spool, &tx->msg);
 		conn_reply(c, tx->fail_reply);
 		tx_release(c);
 		smtp_enter_state(c, SMTP_S_READY);
@@ -1040,7 +1041,7 @@ static void tx_try_finish(struct conn *c)
 		if (spool_msg_can_commit(&tx->msg))
 			tx_commit(c);
 		else
-			spool_msg_wait(c->shard->spool, &tx->msg); /* retried on progress */
+			spool_msg_wait(c->s.env->spool, &tx->msg); /* retried on progress */
 		return;
 	}
 	if (!spool_msg_idle(&tx->msg))
@@ -1099,7 +1100,7 @@ static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid
 		want = (size_t)s->bdat_left;
 	if (!s->sink && !spool_msg_can_write(&tx->msg)) {
 		s->wait = SMTP_WAIT_SPOOL;
-		spool_msg_wait(c->shard->spool, &tx->msg);
+		spool_msg_wait(c->s.env->spool, &tx->msg);
 		return 0;
 	}
 	rc = smtp_data_scan(&s->ds, p, want, &used);
@@ -1112,7 +1113,7 @@ static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid
 		s->sink = true;
 	}
 	if (!s->sink && used)
-		spool_msg_append(c->shard->spool, &tx->msg, p, (uint32_t)used, bid);
+		spool_msg_append(c->s.env->spool, &tx->msg, p, (uint32_t)used, bid);
 	if (s->state == SMTP_S_DATA) {
 		if (rc == SMTP_PARSE_OK)
 			session_end_of_data(c);
@@ -1224,7 +1225,7 @@ void smtp_session_durable(struct conn *c, int res)
 	smtp_enter_state(c, SMTP_S_READY);
 	if (c->io != CONN_ACTIVE)
 		return;
-	if (c->shard->stopping) {
+	if (*c->s.env->stopping) {
 		conn_replyf(c, "421 4.3.2 %s Service shutting down", cfg_of(c)->hostname);
 		session_close(c);
 		return;

@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "filters/flt.h"
 #include "queue/spool.h"
 #include "smtp/parse.h"
@@ -49,6 +50,32 @@ enum smtp_wait {
 struct smtp_tx;
 struct conn;
 struct sasl_state;
+struct rmx_config;
+struct config_listener;
+struct hpool;
+struct auth_users;
+struct auth_throttle;
+struct tls_ctx;
+struct smtp_tx_pool;
+
+/* What a session may use of the shard that runs it, handed over at
+ * smtp_session_init(): the session reaches nothing else of the shard.
+ * The shard owns all of it and keeps it for as long as it has
+ * connections; the session only reads the fields (the objects they point
+ * to are used through their own modules). */
+struct smtp_env {
+	const struct rmx_config *cfg;
+	const struct config_listener *listeners[CONFIG_LISTENERS_MAX]; /* by conn->listener */
+	struct spool *spool;
+	struct smtp_tx_pool *txpool;
+	struct hpool *pool;	  /* helper threads: password checks */
+	uint32_t pool_shard;	  /* this shard's index in the pool */
+	struct auth_users *users; /* NULL: no users_file */
+	struct auth_throttle *throttle;
+	struct tls_ctx *tls_ctx; /* NULL: no certificates */
+	const uint64_t *now_ms;	 /* the shard's loop clock */
+	const bool *stopping;	 /* the shard is shutting down */
+};
 
 struct smtp_session {
 	enum smtp_state state;
@@ -82,15 +109,15 @@ struct smtp_session {
 	bool auth_blocked;	 /* after the delayed 535: 421 and close */
 	struct sasl_state *sasl; /* during an exchange only */
 	char auth_user[SMTP_AUTH_USER_MAX + 1];
+	const struct smtp_env *env;
 };
 
 /* Pool of transactions, sized at start (invariant 4). */
-struct smtp_tx_pool;
 struct smtp_tx_pool *smtp_tx_pool_new(uint32_t count, uint32_t rcpt_max);
 void smtp_tx_pool_free(struct smtp_tx_pool *p);
 
 /* Called by the shard. */
-void smtp_session_init(struct conn *c);
+void smtp_session_init(struct conn *c, const struct smtp_env *env);
 void smtp_session_greet(struct conn *c); /* send the banner */
 size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid);
 /* Some spool write of the transaction completed (not yet committing). */
