@@ -693,6 +693,7 @@ static bool conn_wants_park(const struct conn *c)
 	switch (c->s.wait) {
 	case SMTP_WAIT_FILTER:
 	case SMTP_WAIT_AUTH:
+	case SMTP_WAIT_AUTH_DELAY:
 		return true;
 	case SMTP_WAIT_NONE:
 		/* Replies unread: the session parses no command until they go.
@@ -1225,7 +1226,8 @@ static void shard_on_tick(struct shard *sh)
 		/* A message being committed or a decision being waited for is
 		 * bounded by its own I/O and timers, not by the client. */
 		if (c->io != CONN_ACTIVE || c->s.state == SMTP_S_COMMIT ||
-		    c->s.wait == SMTP_WAIT_FILTER || c->s.wait == SMTP_WAIT_AUTH)
+		    c->s.wait == SMTP_WAIT_FILTER || c->s.wait == SMTP_WAIT_AUTH ||
+		    c->s.wait == SMTP_WAIT_AUTH_DELAY)
 			continue;
 		if (c->tls_mode == CONN_TLS_HANDSHAKE && sh->now_ms >= c->tls_deadline_ms) {
 			log_msg(LOG_INFO,

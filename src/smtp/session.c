@@ -274,7 +274,7 @@ static bool session_decide(struct conn *c, enum flt_stage stage, struct flt_inpu
 	if (s->cur_line && s->cur_line != s->line)
 		memmove(s->line, s->cur_line, s->cur_len);
 	s->pending_len = s->cur_line ? s->cur_len : 0;
-	s->pending_stage = (uint8_t)stage;
+	s->pending_stage = stage;
 	s->wait = SMTP_WAIT_FILTER;
 	log_msg(LOG_INFO, "event=decision_pending client=%s stage=%s wait_ms=%u errors=%u",
 		c->peer_ip, stage_names[stage], s->verdict.delay_ms, s->errors);
@@ -528,8 +528,7 @@ void smtp_session_auth_done(struct conn *c, int rc)
 	s->auth_blocked = v.blocked;
 	if (v.delay_ms) {
 		/* The 535 waits: guessing gets slower with every failure. */
-		s->wait = SMTP_WAIT_AUTH;
-		s->pending_stage = 0xff;
+		s->wait = SMTP_WAIT_AUTH_DELAY;
 		conn_timer(c, v.delay_ms);
 		return;
 	}
@@ -1249,13 +1248,12 @@ void smtp_session_release(struct conn *c)
 void smtp_session_decided(struct conn *c)
 {
 	struct smtp_session *s = &c->s;
-	enum flt_stage stage = (enum flt_stage)s->pending_stage;
+	enum flt_stage stage = s->pending_stage;
 	struct smtp_cmd cmd;
 
-	if (s->wait == SMTP_WAIT_AUTH && s->pending_stage == 0xff) {
+	if (s->wait == SMTP_WAIT_AUTH_DELAY) {
 		/* The delay after a failed AUTH is over. */
 		s->wait = SMTP_WAIT_NONE;
-		s->pending_stage = 0;
 		auth_failed_reply(c);
 		if (c->io == CONN_ACTIVE && s->wait == SMTP_WAIT_NONE)
 			conn_resume(c);

@@ -39,10 +39,11 @@ enum smtp_state {
 
 enum smtp_wait {
 	SMTP_WAIT_NONE = 0,
-	SMTP_WAIT_FILTER, /* a filter decision is pending */
-	SMTP_WAIT_SPOOL,  /* all write slots busy */
-	SMTP_WAIT_COMMIT, /* message being made durable */
-	SMTP_WAIT_AUTH,	  /* a password check, or the delay after a failure */
+	SMTP_WAIT_FILTER,     /* a filter decision is pending */
+	SMTP_WAIT_SPOOL,      /* all write slots busy */
+	SMTP_WAIT_COMMIT,     /* message being made durable */
+	SMTP_WAIT_AUTH,	      /* a password check on a helper thread */
+	SMTP_WAIT_AUTH_DELAY, /* the delay before a failed AUTH's 535 (conn_timer) */
 };
 
 #define SMTP_AUTH_USER_MAX 255
@@ -102,7 +103,7 @@ struct smtp_session {
 	const char *cur_line; /* the command being executed, while it runs */
 	uint32_t cur_len;
 	uint32_t pending_len; /* SMTP_WAIT_FILTER: the command kept in line[] */
-	uint8_t pending_stage;
+	enum flt_stage pending_stage;
 	/* AUTH (RFC 4954). */
 	bool authed;
 	bool in_auth;		 /* the next line is a SASL response */
@@ -127,8 +128,9 @@ void smtp_session_durable(struct conn *c, int res);
 void smtp_session_timeout(struct conn *c, const char *reply);
 /* The client sent bytes before the banner: 554 and close. */
 void smtp_session_early(struct conn *c);
-/* The wait of a pending decision (SMTP_WAIT_FILTER) is over: finish the
- * stage that asked and resume input. */
+/* The timer of a wait is over: a pending decision (SMTP_WAIT_FILTER), whose
+ * stage is finished now, or the delay before a failed AUTH's 535
+ * (SMTP_WAIT_AUTH_DELAY).  Input resumes. */
 void smtp_session_decided(struct conn *c);
 /* A password check finished: rc is enum auth_verify_rc or -errno. */
 void smtp_session_auth_done(struct conn *c, int rc);
