@@ -18,6 +18,14 @@ static char body[N][1500];
 static struct spool_msg msg[N];
 static uint8_t enc[N][512];
 
+/* Each test starts with messages never begun (spool_msg_begin asserts it). */
+static int reset(void **state)
+{
+	(void)state;
+	memset(msg, 0, sizeof(msg));
+	return 0;
+}
+
 static void write_turn(struct spt *t, uint32_t from, uint32_t to)
 {
 	for (uint32_t i = from; i < to; i++) {
@@ -169,10 +177,10 @@ static void sync_note_waits_for_the_sync(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(one_sync_per_turn),
-	    cmocka_unit_test(later_turns_share_the_next_sync),
-	    cmocka_unit_test(durability_none_has_no_sync),
-	    cmocka_unit_test(sync_note_waits_for_the_sync),
+	    cmocka_unit_test_setup(one_sync_per_turn, reset),
+	    cmocka_unit_test_setup(later_turns_share_the_next_sync, reset),
+	    cmocka_unit_test_setup(durability_none_has_no_sync, reset),
+	    cmocka_unit_test_setup(sync_note_waits_for_the_sync, reset),
 	};
 
 	spt_require_io_uring();
