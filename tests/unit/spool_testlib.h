@@ -54,8 +54,9 @@ void spt_require_io_uring(void);
 
 /* A ring, and a spool on a new directory under /tmp (shard SPT_SHARD). */
 void spt_open(struct spt *t, uint64_t segment_size, bool durable);
-/* Close the spool (nothing may be in flight) and the ring, and remove the
- * directory with everything in it. */
+/* Close the spool (nothing may be in flight; t->sp NULL if the test
+ * closed it already) and the ring, and remove the directory with
+ * everything in it. */
 void spt_close(struct spt *t);
 
 /* SQEs prepared and not yet completed on the ring. */
@@ -70,6 +71,9 @@ uint32_t spt_hand(struct spt *t, uint8_t op, int res_override);
  * each round (writes before syncs, opens before heads): the same calls
  * whatever order the kernel completed things in. */
 void spt_drain(struct spt *t);
+/* Loop turns (spool_flush, spt_drain) until the spool is idle: every
+ * message begun must be committed or aborted. */
+void spt_settle(struct spt *t);
 
 /* Begin message m with a fresh id and append body (caller memory). */
 void spt_msg_write(struct spt *t, struct spool_msg *m, const char *body, uint32_t len);
@@ -81,7 +85,7 @@ int spt_durable_index(const struct spt *t, const struct spool_msg *m);
 
 /* What a scan of one segment file found. */
 struct spt_scan {
-	uint32_t commits, bodies_ok;
+	uint32_t commits, bodies_ok, states;
 	uint64_t ids[SPT_MAX_CB];
 	uint64_t wire_len[SPT_MAX_CB];
 	struct spool_scan_stats st;
