@@ -167,9 +167,12 @@ void spt_drain(struct spt *t)
 void spt_settle(struct spt *t)
 {
 	/* A batch that filled up leaves the next one open for a later turn,
-	 * so a few turns may be needed; a bound, not a hang, if one is stuck. */
+	 * so a few turns may be needed; a bound, not a hang, if one is stuck.
+	 * State records wait for spool_flush_states, as the engine asks on
+	 * every turn while stopping. */
 	for (int turn = 0; spool_busy(t->sp); turn++) {
 		assert_true(turn < 64);
+		spool_flush_states(t->sp);
 		spool_flush(t->sp);
 		spt_drain(t);
 	}

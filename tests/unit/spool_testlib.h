@@ -71,8 +71,8 @@ uint32_t spt_hand(struct spt *t, uint8_t op, int res_override);
  * each round (writes before syncs, opens before heads): the same calls
  * whatever order the kernel completed things in. */
 void spt_drain(struct spt *t);
-/* Loop turns (spool_flush, spt_drain) until the spool is idle: every
- * message begun must be committed or aborted. */
+/* Loop turns (spool_flush_states, spool_flush, spt_drain) until the spool
+ * is idle: every message begun must be committed or aborted. */
 void spt_settle(struct spt *t);
 
 /* Begin message m with a fresh id and append body (caller memory). */
