@@ -212,10 +212,10 @@ static void segment_slots_are_bounded(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup(writer_waits_for_a_full_batch, reset),
-	    cmocka_unit_test_setup(committer_waits_for_a_full_batch, reset),
-	    cmocka_unit_test_setup(state_record_refused_when_full, reset),
-	    cmocka_unit_test_setup(segment_slots_are_bounded, reset),
+	    cmocka_unit_test_setup_teardown(writer_waits_for_a_full_batch, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(committer_waits_for_a_full_batch, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(state_record_refused_when_full, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(segment_slots_are_bounded, reset, spt_teardown),
 	};
 
 	spt_require_io_uring();

@@ -177,10 +177,10 @@ static void sync_note_waits_for_the_sync(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup(one_sync_per_turn, reset),
-	    cmocka_unit_test_setup(later_turns_share_the_next_sync, reset),
-	    cmocka_unit_test_setup(durability_none_has_no_sync, reset),
-	    cmocka_unit_test_setup(sync_note_waits_for_the_sync, reset),
+	    cmocka_unit_test_setup_teardown(one_sync_per_turn, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(later_turns_share_the_next_sync, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(durability_none_has_no_sync, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(sync_note_waits_for_the_sync, reset, spt_teardown),
 	};
 
 	spt_require_io_uring();

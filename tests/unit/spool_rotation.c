@@ -162,8 +162,8 @@ static int reset(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup(rotation_keeps_every_message, reset),
-	    cmocka_unit_test_setup(state_records_rotate_too, reset),
+	    cmocka_unit_test_setup_teardown(rotation_keeps_every_message, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(state_records_rotate_too, reset, spt_teardown),
 	};
 
 	spt_require_io_uring();

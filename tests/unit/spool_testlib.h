@@ -58,6 +58,9 @@ void spt_open(struct spt *t, uint64_t segment_size, bool durable);
  * closed it already) and the ring, and remove the directory with
  * everything in it. */
 void spt_close(struct spt *t);
+/* cmocka teardown: after a failed test, close and remove what spt_open
+ * made (nothing when the test reached spt_close). */
+int spt_teardown(void **state);
 
 /* SQEs prepared and not yet completed on the ring. */
 uint32_t spt_outstanding(struct spt *t);

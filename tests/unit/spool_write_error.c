@@ -193,10 +193,10 @@ static void real_short_write_fails_the_batch(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup(write_error_fails_the_batch, reset),
-	    cmocka_unit_test_setup(short_write_fails_the_batch, reset),
-	    cmocka_unit_test_setup(sync_error_fails_the_batch, reset),
-	    cmocka_unit_test_setup(real_short_write_fails_the_batch, reset),
+	    cmocka_unit_test_setup_teardown(write_error_fails_the_batch, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(short_write_fails_the_batch, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(sync_error_fails_the_batch, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(real_short_write_fails_the_batch, reset, spt_teardown),
 	};
 
 	spt_require_io_uring();
