@@ -43,6 +43,28 @@ static void rotate_by_hand(struct spt *t, uint64_t seq1)
 	assert_int_equal(spool_current_seq(t->sp), seq1 + 1);
 }
 
+/* On disk: each segment has its head (the scan finds it by the seq in
+ * it) and its messages, bodies intact. */
+static void assert_on_disk(const struct spt *t, uint64_t seq1)
+{
+	struct spt_scan s1, s2;
+
+	spt_scan_segment(t, seq1, &s1);
+	spt_scan_segment(t, seq1 + 1, &s2);
+	assert_true(s2.st.has_info);
+	assert_int_equal(s2.st.info.version, SPOOL_SEG_VERSION);
+	assert_int_equal(s2.st.info.shard, SPT_SHARD);
+	assert_int_equal(s1.commits, 3);
+	assert_int_equal(s1.bodies_ok, 3);
+	assert_int_equal(s1.ids[0], msg[A].id);
+	assert_int_equal(s1.ids[1], msg[B].id);
+	assert_int_equal(s1.ids[2], msg[E].id);
+	assert_int_equal(s2.commits, 1);
+	assert_int_equal(s2.bodies_ok, 1);
+	assert_int_equal(s2.ids[0], msg[C].id);
+	assert_int_equal(s2.wire_len[0], 2000);
+}
+
 static void rotation_keeps_every_message(void **state)
 {
 	struct spt t;
@@ -91,24 +113,7 @@ static void rotation_keeps_every_message(void **state)
 	assert_int_equal(t.durable_res[3], 0);
 	assert_int_equal(t.durable_seq[3], seq1 + 1);
 
-	/* On disk: each segment has its head (the scan finds it by the seq
-	 * in it) and its messages, bodies intact. */
-	struct spt_scan s1, s2;
-
-	spt_scan_segment(&t, seq1, &s1);
-	spt_scan_segment(&t, seq1 + 1, &s2);
-	assert_true(s2.st.has_info);
-	assert_int_equal(s2.st.info.version, SPOOL_SEG_VERSION);
-	assert_int_equal(s2.st.info.shard, SPT_SHARD);
-	assert_int_equal(s1.commits, 3);
-	assert_int_equal(s1.bodies_ok, 3);
-	assert_int_equal(s1.ids[0], msg[A].id);
-	assert_int_equal(s1.ids[1], msg[B].id);
-	assert_int_equal(s1.ids[2], msg[E].id);
-	assert_int_equal(s2.commits, 1);
-	assert_int_equal(s2.bodies_ok, 1);
-	assert_int_equal(s2.ids[0], msg[C].id);
-	assert_int_equal(s2.wire_len[0], 2000);
+	assert_on_disk(&t, seq1);
 
 	/* And start-up recovery counts all four, ids above every one. */
 	spool_close(t.sp);
