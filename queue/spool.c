@@ -26,8 +26,14 @@
 
 #define SPOOL_BATCH_IOV	 1024 /* IOV_MAX */
 #define SPOOL_BATCH_RECS 256
-#define SPOOL_BATCHES	 4     /* per shard: one in flight and one filling per segment */
-#define SPOOL_ARENA	 32768 /* bytes of copied small records (states) per batch */
+#define SPOOL_BATCHES	 4 /* per shard: one in flight and one filling per segment */
+/* Bytes of copied small records (states) per batch.  At least the largest
+ * state record (one octet per recipient, limits.recipients up to 100,000):
+ * with 32 KiB, the state of a message with more than ~32,000 recipients
+ * never fitted, spool_rec_put said "try again next turn" for ever, and
+ * every state record queued behind it waited with it. */
+#define SPOOL_ARENA 131072
+static_assert(SPOOL_STATE_MAX <= SPOOL_ARENA, "a state record fits an empty batch's arena");
 
 struct spool_batch;
 
@@ -469,6 +475,18 @@ static struct spool_batch *batch_for(struct spool *sp, struct spool_seg *seg, ui
 	return b;
 }
 
+/* A record that batch_for() made room for did not go in after all: an
+ * empty batch must not stay open (batch_submit() needs records), so it is
+ * given back as if never opened. */
+static void batch_unget(struct spool_batch *b)
+{
+	if (b->nrec > 0 || b->niov > 0)
+		return;
+	assert(b->len == 0 && !b->busy && b->seg != NULL && b->seg->open == b);
+	b->seg->open = NULL;
+	b->seg = NULL;
+}
+
 /* Place one record (header + payload iovecs + pad) at the batch's end. */
 static void batch_add_rec(struct spool_batch *b, struct spool_msg *m, enum spool_rec_type type,
 			  const struct iovec *pay, uint32_t npay, uint32_t len, uint32_t crc)
@@ -642,8 +660,10 @@ int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *en
 	/* No chunk placed yet: the first one goes at the batch's end now. */
 	env->first_chunk_off = m->wire_len == m->plen ? b->seg->tail : m->first_off;
 	n = spool_env_encode(env, enc, enc_cap);
-	if (n == 0)
+	if (n == 0) {
+		batch_unget(b);
 		return -ENOSPC;
+	}
 	m->env_enc = enc;
 	m->env_len = (uint32_t)n;
 	if (m->npieces)
@@ -834,8 +854,14 @@ static int rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, 
 			seg_rotate_start(sp);
 		return -EAGAIN; /* kept until a segment takes records again */
 	}
+	if (len > SPOOL_ARENA)
+		return -E2BIG; /* would never fit: waiting would not help */
 	b = batch_for(sp, seg, 3, 1);
-	if (!b || b->arena_len + len > SPOOL_ARENA || !batch_room(b, 3, 1))
+	if (b && (b->arena_len + len > SPOOL_ARENA || !batch_room(b, 3, 1))) {
+		batch_unget(b);
+		return -EAGAIN;
+	}
+	if (!b)
 		return -EAGAIN;
 	if (len)
 		memcpy(b->arena + b->arena_len, p, len);

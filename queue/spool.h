@@ -214,7 +214,9 @@ void spool_flush(struct spool *sp);
  * message data, or the next spool_flush after spool_flush_states(), and no
  * callback fires for it (it is synced by the next commit's fdatasync, or by
  * none: losing it to a crash means a delivery is repeated, never lost).
- * 0 or -EAGAIN (no batch room this turn: try again next turn). */
+ * 0 or -EAGAIN (no batch room this turn: try again next turn), -E2BIG for
+ * a payload over the batch arena (128 KiB; every state record fits it,
+ * SPOOL_STATE_MAX), which no turn could take. */
 int spool_rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, const void *p,
 		  uint32_t len);
 

@@ -165,6 +165,30 @@ static void state_record_refused_when_full(void **state)
 	spt_close(&t);
 }
 
+/* The state record of the largest message the config allows (one octet
+ * per recipient, SPOOL_STATE_MAX) goes in and lands; a payload no batch
+ * could ever hold is refused for good (-E2BIG), not "next turn" for ever. */
+static void largest_state_record_fits(void **state)
+{
+	static uint8_t rec[SPOOL_STATE_MAX + 1];
+	struct spt t;
+
+	(void)state;
+	memset(rec, 3, sizeof(rec));
+	spt_open(&t, 1 << 24, true);
+	assert_int_equal(spool_rec_put(t.sp, SPOOL_REC_DONE, SPT_FIRST_ID, rec, SPOOL_STATE_MAX),
+			 0);
+	assert_int_equal(spool_rec_put(t.sp, SPOOL_REC_DONE, SPT_FIRST_ID, rec, 1 << 20), -E2BIG);
+	spool_flush_states(t.sp);
+	spt_settle(&t);
+
+	struct spt_scan sc;
+
+	spt_scan_segment(&t, spool_current_seq(t.sp), &sc);
+	assert_int_equal(sc.states, 1);
+	spt_close(&t);
+}
+
 /* SPOOL_SEGMENTS_MAX segments open at once: with every slot held by a
  * message still being received, a full segment is not rotated but grows
  * (spool.c), and rotation resumes once a slot frees up. */
@@ -215,6 +239,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(writer_waits_for_a_full_batch, reset, spt_teardown),
 	    cmocka_unit_test_setup_teardown(committer_waits_for_a_full_batch, reset, spt_teardown),
 	    cmocka_unit_test_setup_teardown(state_record_refused_when_full, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(largest_state_record_fits, reset, spt_teardown),
 	    cmocka_unit_test_setup_teardown(segment_slots_are_bounded, reset, spt_teardown),
 	};
 

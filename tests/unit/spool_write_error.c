@@ -190,6 +190,41 @@ static void real_short_write_fails_the_batch(void **state)
 	spt_close(&t);
 }
 
+/* An envelope that does not fit the caller's buffer is refused (-ENOSPC)
+ * before anything of it is placed: the message is aborted as the session
+ * does, and the spool goes on.  The batch the commit had opened for it
+ * stayed open and empty, and the next flush asserted on it. */
+static void oversized_envelope_refused(void **state)
+{
+	struct spt t;
+	uint8_t tiny[8];
+	struct spool_rcpt r = {.addr = {"a@x.example", 11}};
+	struct spool_env env = {.arrival_s = 1795377841,
+				.mail_from = {"s@y.example", 11},
+				.rcpt_count = 1,
+				.rcpts = &r};
+
+	(void)state;
+	spt_open(&t, 1 << 20, true);
+	memset(body[0], 'q', sizeof(body[0]));
+	spt_msg_write(&t, &msg[0], body[0], sizeof(body[0]));
+	env.msg_len = msg[0].wire_len;
+	assert_int_equal(spool_msg_commit(t.sp, &msg[0], &env, tiny, sizeof(tiny)), -ENOSPC);
+	spool_msg_abort(t.sp, &msg[0]);
+	spool_flush_states(t.sp);
+	spool_flush(t.sp);
+	spt_drain(&t);
+	assert_int_equal(t.ndurable, 0);
+	write_turn(&t, 1, 2);
+	spool_flush(t.sp);
+	spt_drain(&t);
+	assert_int_equal(t.ndurable, 1);
+	assert_int_equal(t.durable_res[0], 0);
+	assert_ptr_equal(t.durable[0], &msg[1]);
+	assert_false(spool_busy(t.sp));
+	spt_close(&t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -197,6 +232,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(short_write_fails_the_batch, reset, spt_teardown),
 	    cmocka_unit_test_setup_teardown(sync_error_fails_the_batch, reset, spt_teardown),
 	    cmocka_unit_test_setup_teardown(real_short_write_fails_the_batch, reset, spt_teardown),
+	    cmocka_unit_test_setup_teardown(oversized_envelope_refused, reset, spt_teardown),
 	};
 
 	spt_require_io_uring();
