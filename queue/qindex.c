@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "queue/spool.h"
 
 #define QINDEX_INIT_SIZE 1024
 
@@ -227,10 +228,9 @@ int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_
 		return errno == ENOENT ? 0 : -errno;
 	d = fdopendir(dup(dirfd));
 	while (d && (de = readdir(d)) != NULL) {
-		unsigned long long seq;
-		char tail[8];
+		uint64_t seq;
 
-		if (sscanf(de->d_name, "%16llx.se%1s", &seq, tail) != 2)
+		if (!spool_seg_parse(de->d_name, &seq))
 			continue;
 		if (n == cap) {
 			uint64_t *t = realloc(seqs, (cap = cap ? cap * 2 : 64) * sizeof(*t));
@@ -248,10 +248,10 @@ int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		struct load_ctx lc = {.ix = ix, .seq = seqs[i]};
 		struct spool_scan_stats st;
-		char name[32];
+		char name[SPOOL_SEG_NAME_MAX];
 		int fd;
 
-		snprintf(name, sizeof(name), "%016llx.seg", (unsigned long long)seqs[i]);
+		spool_seg_name(seqs[i], name);
 		fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
 		if (fd < 0) {
 			rc = -errno;

@@ -42,7 +42,6 @@
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
 #define DLV_UNLINKS_MAX 8
-#define DLV_NAME_MAX	32
 #define DLV_RING_SIZE	65536 /* tickets on the shared queue, and per completion ring */
 #define DLV_RUN_MIN	8     /* tickets one shard runs at once, at least */
 #define DLV_SHARDS_MAX	256
@@ -118,7 +117,7 @@ struct deliver_loaded {
 
 struct dunlink {
 	bool busy;
-	char name[DLV_NAME_MAX];
+	char name[SPOOL_SEG_NAME_MAX];
 };
 
 /* What one DSN of ours reports. */
@@ -355,8 +354,7 @@ static void seg_reclaim(struct deliver *d)
 			if (!d->unl[i].busy) {
 				u = &d->unl[i];
 				sqe = ring_sqe(d->core.ring);
-				snprintf(u->name, sizeof(u->name), "%016llx.seg",
-					 (unsigned long long)s->seq);
+				spool_seg_name(s->seq, u->name);
 				io_uring_prep_unlinkat(sqe, d->dirfd, u->name, 0);
 				io_uring_sqe_set_data64(sqe, ring_ud(DLV_OP_UNLINK, 0, 0, i));
 				u->busy = true;
@@ -387,13 +385,13 @@ struct load_segs {
 static void load_seg(void *ctx, uint64_t seq, uint32_t live)
 {
 	struct load_segs *ls = ctx;
-	char name[DLV_NAME_MAX];
+	char name[SPOOL_SEG_NAME_MAX];
 	struct dseg *s;
 	int fd;
 
 	struct spool_seg_info info = {0};
 
-	snprintf(name, sizeof(name), "%016llx.seg", (unsigned long long)seq);
+	spool_seg_name(seq, name);
 	fd = openat(ls->l->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 && ls->rc == 0)
 		ls->rc = -errno;
