@@ -15,7 +15,6 @@
 #include "deliver/deliver.h"
 
 #include <arpa/inet.h>
-#include <ck_ring.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +34,7 @@
 #include "dns/dns.h"
 #include "local/local.h"
 #include "log.h"
+#include "queue/dqueue.h"
 #include "queue/dsn.h"
 
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and
@@ -42,63 +42,34 @@
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
 #define DLV_UNLINKS_MAX 8
-#define DLV_RING_SIZE	65536 /* tickets on the shared queue, and per completion ring */
-#define DLV_RUN_MIN	8     /* tickets one shard runs at once, at least */
-#define DLV_SHARDS_MAX	256
 
-struct dring {
-	ck_ring_t ring;
-	ck_ring_buffer_t *buf;
-};
-
+/* The shards and main know the shared queue by the engine's name. */
 struct deliver_shared {
-	struct dring queue;		   /* tickets waiting for any shard */
-	struct dring done[DLV_SHARDS_MAX]; /* per owner: tickets handed back */
-	_Atomic int wake[DLV_SHARDS_MAX];  /* owners' eventfds */
-	uint32_t shards;
+	struct dq_shared *q;
 };
-
-static int dring_init(struct dring *r)
-{
-	r->buf = calloc(DLV_RING_SIZE, sizeof(r->buf[0]));
-	if (!r->buf)
-		return -ENOMEM;
-	ck_ring_init(&r->ring, DLV_RING_SIZE);
-	return 0;
-}
 
 struct deliver_shared *deliver_shared_new(uint32_t shards)
 {
-	struct deliver_shared *q = calloc(1, sizeof(*q));
+	struct deliver_shared *s = calloc(1, sizeof(*s));
 
-	if (!q || shards == 0 || shards > DLV_SHARDS_MAX || dring_init(&q->queue) < 0) {
-		deliver_shared_free(q);
-		return NULL;
+	if (s && !(s->q = dq_new(shards))) {
+		free(s);
+		s = NULL;
 	}
-	q->shards = shards;
-	for (uint32_t i = 0; i < shards; i++) {
-		atomic_store(&q->wake[i], -1);
-		if (dring_init(&q->done[i]) < 0) {
-			deliver_shared_free(q);
-			return NULL;
-		}
-	}
-	return q;
+	return s;
 }
 
-void deliver_shared_free(struct deliver_shared *q)
+void deliver_shared_free(struct deliver_shared *s)
 {
-	if (!q)
+	if (!s)
 		return;
-	free(q->queue.buf);
-	for (uint32_t i = 0; i < DLV_SHARDS_MAX; i++)
-		free(q->done[i].buf);
-	free(q);
+	dq_free(s->q);
+	free(s);
 }
 
-void deliver_shared_set_wake(struct deliver_shared *q, uint32_t shard, int fd)
+void deliver_shared_set_wake(struct deliver_shared *s, uint32_t shard, int fd)
 {
-	atomic_store(&q->wake[shard], fd);
+	dq_set_wake(s->q, shard, fd);
 }
 
 struct dseg {
@@ -176,7 +147,7 @@ struct dlocal {
 
 struct deliver {
 	struct deliver_core core; /* first: outbound.c's view */
-	struct deliver_shared *shared;
+	struct dq_shared *shared;
 	uint32_t tickets_out; /* ours, not handed back yet */
 	uint32_t running;     /* tickets (anyone's) this shard runs */
 	struct spool *spool;
@@ -468,7 +439,7 @@ int deliver_new(struct deliver **out, const struct deliver_params *p, struct del
 	d->core.shards = p->shards;
 	d->spool = p->spool;
 	d->pool = p->pool;
-	d->shared = p->shared;
+	d->shared = p->shared->q;
 	d->dirfd = -1;
 	d->core.tls_client = calloc(cfg->route_count ? cfg->route_count : 1, sizeof(void *));
 	if (!d->core.tls_client || oc_table_init(d) < 0) {
@@ -1034,6 +1005,7 @@ static void ticket_run(struct deliver *d, struct dticket *t)
 	struct djob *jobs[64];
 	uint32_t njobs = 0;
 
+	assert(m != NULL && t->owner < d->core.shards);
 	d->running++;
 	for (uint32_t r = 0; r < m->env.rcpt_count; r++) {
 		struct spool_rcpt rc;
@@ -1092,31 +1064,12 @@ static void ticket_run(struct deliver *d, struct dticket *t)
 		ticket_done(d, t);
 }
 
-/* A shard takes tickets while it has outbound room for them (four per
- * connection it may open to one hop); the rest wait on the shared queue for
- * a shard with room. */
-static uint32_t run_max(const struct deliver *d)
-{
-	uint32_t per = d->core.cfg->delivery.connections_per_route / d->core.shards;
-	uint32_t n = 4 * (per ? per : 1);
-
-	return n > DLV_RUN_MIN ? n : DLV_RUN_MIN;
-}
-
-static void wake_shard(struct deliver *d, uint32_t shard)
-{
-	uint64_t one = 1;
-	int fd = atomic_load(&d->shared->wake[shard]);
-
-	if (fd >= 0 && write(fd, &one, sizeof(one)) < 0)
-		log_msg(LOG_WARN, "event=shard_wake shard=%u error=\"%s\"", shard, strerror(errno));
-}
-
 /* Owner: a ticket came back; its answers become the message's state. */
 static void ticket_apply(struct deliver *d, struct dticket *t)
 {
 	struct qmsg *m = t->m;
 
+	assert(t->owner == d->core.shard && d->tickets_out > 0);
 	free(t);
 	d->tickets_out--;
 	/* A delivery whose success we report stays pending until that report
@@ -1130,28 +1083,20 @@ static void ticket_apply(struct deliver *d, struct dticket *t)
 /* Every job of the ticket answered: back to its owner. */
 static void ticket_done(struct deliver *d, struct dticket *t)
 {
-	struct dring *r = &d->shared->done[t->owner];
-
+	assert(d->running > 0 && t->jobs == 0);
 	d->running--;
 	if (t->owner == d->core.shard) {
 		ticket_apply(d, t);
 		return;
 	}
-	/* The ring holds every ticket there can be (DLV_RING_SIZE per shard
-	 * is above what an owner can have out), so this cannot fail. */
-	bool ok = ck_ring_enqueue_mpmc(&r->ring, r->buf, t);
-
-	assert(ok);
-	(void)ok;
-	wake_shard(d, t->owner);
+	dq_hand_back(d->shared, t->owner, t);
 }
 
 void deliver_wake(struct deliver *d)
 {
-	struct dring *r = &d->shared->done[d->core.shard];
 	struct dticket *t;
 
-	while (ck_ring_dequeue_mpmc(&r->ring, r->buf, &t))
+	while ((t = dq_take_back(d->shared, d->core.shard)) != NULL)
 		ticket_apply(d, t);
 }
 
@@ -1159,13 +1104,12 @@ void deliver_wake(struct deliver *d)
  * is full (m stays ready for the next turn). */
 static bool attempt_begin(struct deliver *d, struct qmsg *m)
 {
-	struct dring *q = &d->shared->queue;
 	struct dticket *t;
 
 	if (!m->res)
 		m->res = calloc(m->env.rcpt_count ? m->env.rcpt_count : 1, sizeof(*m->res));
 	t = calloc(1, sizeof(*t));
-	if (!m->res || !t || d->tickets_out >= DLV_RING_SIZE / 2) {
+	if (!m->res || !t || d->tickets_out >= DQ_OUT_MAX) {
 		free(t);
 		return false;
 	}
@@ -1175,13 +1119,14 @@ static bool attempt_begin(struct deliver *d, struct qmsg *m)
 	t->owner = d->core.shard;
 	t->segfd = dlv_seg_fd(d, m->seq);
 	dlv_seg_key(d, m->seq, &t->segkey);
-	if (!ck_ring_enqueue_mpmc(&q->ring, q->buf, t)) {
+	if (!dq_put(d->shared, t)) {
 		free(t);
 		return false;
 	}
 	list_set(d, m, QW_ACTIVE);
 	m->attempts++;
 	d->tickets_out++;
+	assert(d->tickets_out <= DQ_OUT_MAX);
 	return true;
 }
 
@@ -1899,15 +1844,15 @@ void deliver_turn(struct deliver *d)
 			break;
 	}
 	/* Take tickets (ours or anyone's) while there is room to run them. */
-	struct dring *q = &d->shared->queue;
+	uint32_t run_max = dq_run_max(d->core.cfg->delivery.connections_per_route, d->core.shards);
+	uint32_t shards = dq_shards(d->shared);
 	struct dticket *t;
 
-	while (!d->core.stopping && d->running < run_max(d) &&
-	       ck_ring_dequeue_mpmc(&q->ring, q->buf, &t))
+	while (!d->core.stopping && d->running < run_max && (t = dq_take(d->shared)) != NULL)
 		ticket_run(d, t);
 	/* More than we can run: another shard helps. */
-	if (queued && d->shared->shards > 1 && ck_ring_size(&q->ring) > 0)
-		wake_shard(d, (d->core.shard + 1) % d->shared->shards);
+	if (queued && shards > 1 && dq_waiting(d->shared))
+		dq_wake(d->shared, (d->core.shard + 1) % shards);
 	write_records(d);
 	if (d->core.stopping)
 		spool_flush_states(d->spool);
@@ -2169,12 +2114,11 @@ bool deliver_ctl(struct deliver *d, struct dctl_req *req)
 
 void deliver_stop(struct deliver *d)
 {
-	struct dring *q = &d->shared->queue;
 	struct dticket *t;
 
 	d->core.stopping = true;
 	/* Tickets nobody ran: back to their owners unanswered (deferred). */
-	while (ck_ring_dequeue_mpmc(&q->ring, q->buf, &t)) {
+	while ((t = dq_take(d->shared)) != NULL) {
 		d->running++;
 		ticket_done(d, t);
 	}
