@@ -36,6 +36,7 @@
 #include "log.h"
 #include "queue/dqueue.h"
 #include "queue/dsn.h"
+#include "queue/qseg.h"
 
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and
  * log lines of bounded size). */
@@ -72,17 +73,9 @@ void deliver_shared_set_wake(struct deliver_shared *s, uint32_t shard, int fd)
 	dq_set_wake(s->q, shard, fd);
 }
 
-struct dseg {
-	uint64_t seq;
-	int fd;
-	uint32_t live;
-	struct spool_key key; /* from its head: outbound body reads check records */
-};
-
 struct deliver_loaded {
 	struct qindex ix;
-	struct dseg *segs;
-	uint32_t nseg, cap;
+	struct qseg_table segs;
 	int dirfd;
 };
 
@@ -154,8 +147,7 @@ struct deliver {
 	struct hpool *pool;
 	struct dns *dns;
 	struct qindex ix;
-	struct dseg *segs;
-	uint32_t nseg, segcap;
+	struct qseg_table segs;
 	int dirfd;
 	struct qmsg *lh[QW_DONE + 1], *lt[QW_DONE + 1];
 	uint32_t lcount[QW_DONE + 1];
@@ -231,63 +223,14 @@ static void rec_mark(struct deliver *d, struct qmsg *m)
 
 /* ---- segments ------------------------------------------------------------------- */
 
-static struct dseg *seg_find(struct dseg *segs, uint32_t n, uint64_t seq)
-{
-	for (uint32_t i = 0; i < n; i++)
-		if (segs[i].seq == seq)
-			return &segs[i];
-	return NULL;
-}
-
-static struct dseg *seg_add(struct dseg **segs, uint32_t *n, uint32_t *cap, uint64_t seq, int fd,
-			    const struct spool_key *key)
-{
-	struct dseg *s;
-
-	if (*n == *cap) {
-		uint32_t nc = *cap ? *cap * 2 : 16;
-		struct dseg *t = realloc(*segs, nc * sizeof(*t));
-
-		if (!t)
-			return NULL;
-		*segs = t;
-		*cap = nc;
-	}
-	/* Kept in seq order: new segments have larger seqs. */
-	uint32_t at = *n;
-
-	while (at > 0 && (*segs)[at - 1].seq > seq)
-		at--;
-	memmove(*segs + at + 1, *segs + at, (*n - at) * sizeof(**segs));
-	s = &(*segs)[at];
-	*s = (struct dseg){.seq = seq, .fd = fd, .key = *key};
-	(*n)++;
-	return s;
-}
-
 int dlv_seg_fd(struct deliver *d, uint64_t seq)
 {
-	struct dseg *s = seg_find(d->segs, d->nseg, seq);
-
-	return s ? s->fd : -1;
+	return qseg_fd(&d->segs, seq);
 }
 
-static void dlv_seg_key(struct deliver *d, uint64_t seq, struct spool_key *out)
-{
-	struct dseg *s = seg_find(d->segs, d->nseg, seq);
-
-	*out = s ? s->key : (struct spool_key){{0}};
-}
-
-/* Know segment seq even before (or without) a committed message in it: a
- * segment that holds only refused messages must be reclaimed too, or a
- * stream of refused mail fills the disk.  Its fd is opened by the first
- * message committed there (enqueue). */
 static void seg_track(struct deliver *d, uint64_t seq)
 {
-	if (seg_find(d->segs, d->nseg, seq))
-		return;
-	if (!seg_add(&d->segs, &d->nseg, &d->segcap, seq, -1, &(struct spool_key){{0}}))
+	if (qseg_track(&d->segs, seq) < 0)
 		log_msg(LOG_ERROR,
 			"event=segment_track_failed shard=%u segment=%016llx error=\"out of "
 			"memory\" note=\"it is deleted at the next start\"",
@@ -300,50 +243,54 @@ void deliver_segment(struct deliver *d, uint64_t seq)
 	seg_track(d, seq);
 }
 
-static void seg_unref(struct deliver *d, uint64_t seq)
+static bool reclaim_quiet(void *ctx, uint64_t seq)
 {
-	struct dseg *s = seg_find(d->segs, d->nseg, seq);
+	struct deliver *d = ctx;
 
-	if (s && s->live)
-		s->live--;
+	return spool_seg_quiet(d->spool, seq);
 }
 
-/* Segments are removed oldest first, and only when no message in them is
- * left: a newer segment may hold the state and DONE records of an older
- * one's messages, so it must outlive it. */
-static void seg_reclaim(struct deliver *d)
+static bool reclaim_room(void *ctx)
 {
-	uint64_t cur = spool_current_seq(d->spool);
+	struct deliver *d = ctx;
 
-	while (d->nseg && d->segs[0].live == 0 && d->segs[0].seq < cur &&
-	       spool_seg_quiet(d->spool, d->segs[0].seq) && d->unlinks < DLV_UNLINKS_MAX) {
-		struct dseg *s = &d->segs[0];
-		struct dunlink *u = NULL;
-		struct io_uring_sqe *sqe;
+	return d->unlinks < DLV_UNLINKS_MAX;
+}
 
-		for (uint32_t i = 0; i < DLV_UNLINKS_MAX; i++)
-			if (!d->unl[i].busy) {
-				u = &d->unl[i];
-				sqe = ring_sqe(d->core.ring);
-				spool_seg_name(s->seq, u->name);
-				io_uring_prep_unlinkat(sqe, d->dirfd, u->name, 0);
-				io_uring_sqe_set_data64(sqe, ring_ud(DLV_OP_UNLINK, 0, 0, i));
-				u->busy = true;
-				d->unlinks++;
-				break;
-			}
-		if (s->fd >= 0) {
+/* Unlink the file and close our fd, both on the ring (their completions
+ * count down d->unlinks). */
+static void reclaim_remove(void *ctx, const struct qseg *s)
+{
+	struct deliver *d = ctx;
+	struct io_uring_sqe *sqe;
+
+	for (uint32_t i = 0; i < DLV_UNLINKS_MAX; i++)
+		if (!d->unl[i].busy) {
+			struct dunlink *u = &d->unl[i];
+
 			sqe = ring_sqe(d->core.ring);
-			io_uring_prep_close(sqe, s->fd);
-			io_uring_sqe_set_data64(sqe, ring_ud(DLV_OP_SEGCLOSE, 0, 0, 0));
+			spool_seg_name(s->seq, u->name);
+			io_uring_prep_unlinkat(sqe, d->dirfd, u->name, 0);
+			io_uring_sqe_set_data64(sqe, ring_ud(DLV_OP_UNLINK, 0, 0, i));
+			u->busy = true;
 			d->unlinks++;
+			break;
 		}
-		log_msg(LOG_INFO, "event=segment_reclaimed shard=%u segment=%016llx", d->core.shard,
-			(unsigned long long)s->seq);
-		memmove(d->segs, d->segs + 1, (d->nseg - 1) * sizeof(*d->segs));
-		d->nseg--;
+	if (s->fd >= 0) {
+		sqe = ring_sqe(d->core.ring);
+		io_uring_prep_close(sqe, s->fd);
+		io_uring_sqe_set_data64(sqe, ring_ud(DLV_OP_SEGCLOSE, 0, 0, 0));
+		d->unlinks++;
 	}
+	log_msg(LOG_INFO, "event=segment_reclaimed shard=%u segment=%016llx", d->core.shard,
+		(unsigned long long)s->seq);
 }
+
+static const struct qseg_reclaim_ops reclaim_ops = {
+    .quiet = reclaim_quiet,
+    .room = reclaim_room,
+    .remove = reclaim_remove,
+};
 
 /* ---- load and create -------------------------------------------------------------- */
 
@@ -356,27 +303,11 @@ struct load_segs {
 static void load_seg(void *ctx, uint64_t seq, uint32_t live)
 {
 	struct load_segs *ls = ctx;
-	char name[SPOOL_SEG_NAME_MAX];
-	struct dseg *s;
-	int fd;
+	int rc = qseg_load(&ls->l->segs, ls->l->dirfd, seq, live);
 
-	struct spool_seg_info info = {0};
-
-	spool_seg_name(seq, name);
-	fd = openat(ls->l->dirfd, name, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 && ls->rc == 0)
-		ls->rc = -errno;
-	/* Recovery proved the head (start-up: a blocking read is fine). */
-	if (fd >= 0 && live && spool_seg_head_read(fd, &info) != 0 && ls->rc == 0)
-		ls->rc = -EIO;
-	s = seg_add(&ls->l->segs, &ls->l->nseg, &ls->l->cap, seq, fd, &info.key);
-	if (!s) {
-		if (fd >= 0)
-			close(fd);
-		ls->rc = -ENOMEM;
-		return;
-	}
-	s->live = live;
+	/* The first error is reported; running out of memory wins. */
+	if (rc == -ENOMEM || (rc < 0 && ls->rc == 0))
+		ls->rc = rc;
 }
 
 int deliver_load(struct deliver_loaded **out, const char *root, uint32_t shard, char *why,
@@ -401,10 +332,7 @@ int deliver_load(struct deliver_loaded **out, const char *root, uint32_t shard, 
 	}
 	if (rc < 0) {
 		qindex_free(&l->ix);
-		for (uint32_t i = 0; i < l->nseg; i++)
-			if (l->segs[i].fd >= 0)
-				close(l->segs[i].fd);
-		free(l->segs);
+		qseg_table_free(&l->segs);
 		if (l->dirfd >= 0)
 			close(l->dirfd);
 		free(l);
@@ -461,8 +389,6 @@ int deliver_new(struct deliver **out, const struct deliver_params *p, struct del
 	if (loaded) {
 		d->ix = loaded->ix;
 		d->segs = loaded->segs;
-		d->nseg = loaded->nseg;
-		d->segcap = loaded->cap;
 		d->dirfd = loaded->dirfd;
 		free(loaded);
 		for (uint32_t b = 0; b <= d->ix.mask; b++)
@@ -505,10 +431,7 @@ void deliver_free(struct deliver *d)
 	 * process exit rather than free them under it. */
 	if (d->helper_jobs == 0 && d->tickets_out == 0 && d->running == 0)
 		qindex_free(&d->ix);
-	for (uint32_t i = 0; i < d->nseg; i++)
-		if (d->segs[i].fd >= 0)
-			close(d->segs[i].fd);
-	free(d->segs);
+	qseg_table_free(&d->segs);
 	if (d->dirfd >= 0)
 		close(d->dirfd);
 	free(d->rec);
@@ -519,11 +442,11 @@ void deliver_free(struct deliver *d)
 
 static struct qmsg *enqueue(struct deliver *d, const struct spool_msg *sm)
 {
-	struct dseg *s = seg_find(d->segs, d->nseg, sm->seg_seq);
+	struct qseg *s = qseg_find(&d->segs, sm->seg_seq);
 	struct qmsg *m;
 
 	if (!s)
-		s = seg_add(&d->segs, &d->nseg, &d->segcap, sm->seg_seq, -1, &sm->seg_key);
+		s = qseg_add(&d->segs, sm->seg_seq, -1, &sm->seg_key);
 	if (!s)
 		goto fail;
 	/* The first message of a segment: keep it open for outbound reads. */
@@ -536,7 +459,7 @@ static struct qmsg *enqueue(struct deliver *d, const struct spool_msg *sm)
 	m = qindex_add(&d->ix, sm->seg_seq, sm->commit_off, sm->env_enc, sm->env_len);
 	if (!m)
 		goto fail;
-	s->live++;
+	qseg_ref(s);
 	list_set(d, m, d->core.stopping ? QW_DEFERRED : QW_READY);
 	return m;
 fail:
@@ -1118,7 +1041,7 @@ static bool attempt_begin(struct deliver *d, struct qmsg *m)
 	t->m = m;
 	t->owner = d->core.shard;
 	t->segfd = dlv_seg_fd(d, m->seq);
-	dlv_seg_key(d, m->seq, &t->segkey);
+	qseg_key(&d->segs, m->seq, &t->segkey);
 	if (!dq_put(d->shared, t)) {
 		free(t);
 		return false;
@@ -1580,7 +1503,7 @@ static void move_durable(struct deliver *d, struct dbounce *b, int res)
 
 	memcpy(error, o->error, sizeof(error));
 	list_del(d, o);
-	seg_unref(d, o->seq);
+	qseg_unref(&d->segs, o->seq);
 	qindex_remove(&d->ix, o);
 	n = enqueue(d, &b->sm);
 	if (n) {
@@ -1703,10 +1626,10 @@ static void move_forward(struct deliver *d)
 	uint64_t cur = spool_current_seq(d->spool);
 	uint64_t seq;
 
-	if (d->nseg < 3 || d->moves >= 16 || d->core.stopping)
+	if (d->segs.n < 3 || d->moves >= 16 || d->core.stopping)
 		return;
-	seq = d->segs[0].seq;
-	if (seq >= cur || !spool_seg_quiet(d->spool, seq) || d->segs[0].live == 0)
+	seq = d->segs.v[0].seq;
+	if (seq >= cur || !spool_seg_quiet(d->spool, seq) || d->segs.v[0].live == 0)
 		return;
 	for (uint32_t b = 0; b <= d->ix.mask && d->moves < 16; b++)
 		for (struct qmsg *m = d->ix.table[b]; m && d->moves < 16; m = m->hnext)
@@ -1805,7 +1728,7 @@ static void write_records(struct deliver *d)
 		m->state_dirty = false;
 		if (m->done_dirty) {
 			list_del(d, m);
-			seg_unref(d, m->seq);
+			qseg_unref(&d->segs, m->seq);
 			qindex_remove(&d->ix, m);
 		}
 	}
@@ -1856,7 +1779,7 @@ void deliver_turn(struct deliver *d)
 	write_records(d);
 	if (d->core.stopping)
 		spool_flush_states(d->spool);
-	seg_reclaim(d);
+	qseg_reclaim(&d->segs, spool_current_seq(d->spool), &reclaim_ops, d);
 }
 
 /* ---- control ----------------------------------------------------------------------------- */
