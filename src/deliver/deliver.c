@@ -36,6 +36,7 @@
 #include "log.h"
 #include "queue/dqueue.h"
 #include "queue/dsn.h"
+#include "queue/qsched.h"
 #include "queue/qseg.h"
 
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and
@@ -149,8 +150,7 @@ struct deliver {
 	struct qindex ix;
 	struct qseg_table segs;
 	int dirfd;
-	struct qmsg *lh[QW_DONE + 1], *lt[QW_DONE + 1];
-	uint32_t lcount[QW_DONE + 1];
+	struct qsched sched;
 	struct qmsg *rec_head, *rec_tail; /* records to write */
 	struct djob *wait_head, *wait_tail;
 	struct dbounce *commit_head; /* built bounces to commit */
@@ -179,33 +179,12 @@ static void qid(uint64_t id, char out[SPOOL_QID_LEN + 1])
 
 static void list_del(struct deliver *d, struct qmsg *m)
 {
-	if (m->where == QW_NONE)
-		return;
-	if (m->prev)
-		m->prev->next = m->next;
-	else
-		d->lh[m->where] = m->next;
-	if (m->next)
-		m->next->prev = m->prev;
-	else
-		d->lt[m->where] = m->prev;
-	d->lcount[m->where]--;
-	m->next = m->prev = NULL;
-	m->where = QW_NONE;
+	qsched_del(&d->sched, m);
 }
 
 static void list_set(struct deliver *d, struct qmsg *m, enum qmsg_where w)
 {
-	list_del(d, m);
-	m->where = (uint8_t)w;
-	m->prev = d->lt[w];
-	m->next = NULL;
-	if (d->lt[w])
-		d->lt[w]->next = m;
-	else
-		d->lh[w] = m;
-	d->lt[w] = m;
-	d->lcount[w]++;
+	qsched_set(&d->sched, m, w);
 }
 
 static void rec_mark(struct deliver *d, struct qmsg *m)
@@ -1081,11 +1060,8 @@ static void settle(struct deliver *d, struct qmsg *m)
 		message_done(d, m);
 		return;
 	}
-	uint32_t k = m->attempts ? m->attempts - 1u : 0u;
-	int64_t next = now + dc->retry_s[k < dc->retry_count ? k : dc->retry_count - 1];
-	int64_t expiry = m->env.arrival_s + dc->max_age_s;
-
-	m->next_s = next > expiry && now < expiry ? expiry : next;
+	m->next_s = qsched_next_attempt(dc->retry_s, dc->retry_count, m->attempts, m->env.arrival_s,
+					dc->max_age_s, now);
 	m->error[0] = '\0';
 	for (uint32_t r = 0; r < m->env.rcpt_count; r++)
 		if (m->rst[r] == SPOOL_RCPT_PENDING || m->rst[r] == SPOOL_RCPT_DEFERRED) {
@@ -1685,11 +1661,8 @@ void deliver_tick(struct deliver *d)
 
 	d->core.now_ms = mono_ms();
 	oc_tick(d);
-	for (struct qmsg *m = d->lh[QW_DEFERRED], *next; m; m = next) {
-		next = m->next;
-		if (m->next_s <= now && !d->core.stopping && !m->moving)
-			list_set(d, m, QW_READY);
-	}
+	if (!d->core.stopping)
+		qsched_sweep(&d->sched, now);
 	move_forward(d);
 	ctl_expire(d);
 	spool_flush_states(d->spool);
@@ -1754,8 +1727,8 @@ void deliver_turn(struct deliver *d)
 	/* Bounded per turn, so a big queue does not starve the listeners. */
 	uint32_t queued = 0;
 
-	for (uint32_t n = 0; n < 64 && d->lh[QW_READY] && !d->core.stopping; n++) {
-		struct qmsg *m = d->lh[QW_READY];
+	for (uint32_t n = 0; n < 64 && d->sched.head[QW_READY] && !d->core.stopping; n++) {
+		struct qmsg *m = d->sched.head[QW_READY];
 
 		if (m->moving) /* flushed while its copy is being written */
 			list_set(d, m, QW_DEFERRED);
@@ -2023,7 +1996,7 @@ bool deliver_ctl(struct deliver *d, struct dctl_req *req)
 			w->res);
 	} else {
 		/* flush all: each deferred message's schedule is reset on disk too */
-		for (struct qmsg *q = d->lh[QW_DEFERRED], *next; q; q = next) {
+		for (struct qmsg *q = d->sched.head[QW_DEFERRED], *next; q; q = next) {
 			next = q->next;
 			ctl_one(d, req, q, w);
 		}
