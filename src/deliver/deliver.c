@@ -209,12 +209,34 @@ uint32_t deliver_loaded_count(const struct deliver_loaded *l)
 	return l ? l->ix.count : 0;
 }
 
+/* Take over the queue deliver_load read: each message goes on the list its
+ * state says (held, deferred until next_s, or ready now). */
+static void adopt_loaded(struct deliver *d, struct deliver_loaded *loaded)
+{
+	int64_t now = time(NULL);
+
+	d->ix = loaded->ix;
+	d->segs = loaded->segs;
+	d->dirfd = loaded->dirfd;
+	free(loaded);
+	for (uint32_t b = 0; b <= d->ix.mask; b++)
+		for (struct qmsg *m = d->ix.table[b]; m; m = m->hnext) {
+			if (m->flags & SPOOL_STATE_HELD)
+				dlv_list_set(d, m, QW_HELD);
+			else if (m->next_s > now)
+				dlv_list_set(d, m, QW_DEFERRED);
+			else
+				dlv_list_set(d, m, QW_READY);
+		}
+	assert(d->sched.count[QW_HELD] + d->sched.count[QW_DEFERRED] + d->sched.count[QW_READY] ==
+	       d->ix.count);
+}
+
 int deliver_new(struct deliver **out, const struct deliver_params *p, struct deliver_loaded *loaded,
 		char *why, size_t why_len)
 {
 	struct deliver *d = calloc(1, sizeof(*d));
 	const struct rmx_config *cfg = p->cfg;
-	int64_t now = time(NULL);
 	char dir[PATH_MAX];
 	int rc;
 
@@ -249,19 +271,7 @@ int deliver_new(struct deliver **out, const struct deliver_params *p, struct del
 		return rc;
 	}
 	if (loaded) {
-		d->ix = loaded->ix;
-		d->segs = loaded->segs;
-		d->dirfd = loaded->dirfd;
-		free(loaded);
-		for (uint32_t b = 0; b <= d->ix.mask; b++)
-			for (struct qmsg *m = d->ix.table[b]; m; m = m->hnext) {
-				if (m->flags & SPOOL_STATE_HELD)
-					dlv_list_set(d, m, QW_HELD);
-				else if (m->next_s > now)
-					dlv_list_set(d, m, QW_DEFERRED);
-				else
-					dlv_list_set(d, m, QW_READY);
-			}
+		adopt_loaded(d, loaded);
 	} else if (qindex_init(&d->ix) < 0) {
 		snprintf(why, why_len, "out of memory");
 		deliver_free(d);
@@ -419,6 +429,7 @@ static void write_records(struct deliver *d)
 		m->rlisted = false;
 		m->state_dirty = false;
 		if (m->done_dirty) {
+			assert(m->where == QW_DONE);
 			dlv_list_del(d, m);
 			qseg_unref(&d->segs, m->seq);
 			qindex_remove(&d->ix, m);
