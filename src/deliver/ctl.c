@@ -204,6 +204,7 @@ static int ctl_one(struct deliver *d, struct dctl_req *req, struct qmsg *m, stru
 			return rc;
 		break;
 	}
+	case DCTL_LIST: /* answered by deliver_ctl, never per message */
 	default:
 		return -EINVAL;
 	}
