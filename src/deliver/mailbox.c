@@ -10,9 +10,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "local/local.h"
+
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and
  * log lines of bounded size). */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
+
+/* A local delivery job on a helper. */
+struct dlocal {
+	struct djob *job;
+	const char *base;
+	bool mbox;
+	int segfd;
+	struct {
+		uint8_t cls;
+		char status[12];
+		char diag[LOCAL_DIAG_MAX];
+	} * out;
+};
 
 /* ---- local delivery (helper thread) ----------------------------------------------------- */
 

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "queue/dsn.h"
 
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and
  * log lines of bounded size). */
@@ -51,6 +52,47 @@ bool dlv_success_reported(const struct qmsg *m, uint32_t r)
 		return false;
 	return dsn_should_notify(rc.notify, success_action(res->success), false);
 }
+
+/* What one DSN of ours reports. */
+enum dlv_report {
+	/* An attempt's final answers: failed recipients and, when NOTIFY
+	 * asked for SUCCESS and the hop could not report it, delivered or
+	 * relayed ones (RFC 3461 5.2.2.2).  Its recipients are final only
+	 * once it is durable (report_settle). */
+	DLV_REPORT_OUTCOME = 1,
+	DLV_REPORT_DELAY, /* delivery.delay_notice_s: still being retried */
+};
+
+#define DLV_NO_RESUME UINT32_MAX
+
+/* A bounce being built (helper) and committed (spool). */
+struct dbounce {
+	struct spool_msg sm; /* first: the spool hands it back */
+	struct deliver *d;
+	struct qmsg *orig;
+	uint32_t *rcpt;
+	uint32_t n;
+	struct dsn_rcpt_result *results;
+	enum dlv_report kind;
+	uint32_t nfail, nsucc; /* results that are failures / successes */
+	/* DSN_RCPT_MAX results per DSN: the recipient to go on from with the
+	 * next one once this one is durable, or DLV_NO_RESUME. */
+	uint32_t resume;
+	/* A split report: an earlier DSN of it returned the content (RET=FULL)
+	 * / this one does. */
+	bool content_sent, returns_content;
+	bool move; /* not a bounce: orig re-written forward */
+	struct spool_rcpt *mrcpt;
+	uint32_t mn;
+	int segfd;
+	int rc;
+	char *buf;
+	size_t len, cap;
+	struct dsn_info info;
+	bool begun, waiting;
+	struct dbounce *next;
+	uint8_t enc[SPOOL_ENV_MAX];
+};
 
 /* ---- finishing an attempt ---------------------------------------------------------------- */
 
