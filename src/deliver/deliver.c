@@ -9,8 +9,9 @@
  *   committed, durable) or deferred -> a RCPT_STATE snapshot record, and
  *   DEFERRED until next_s on the retry_s schedule, or DONE (a DONE record,
  *   then the entry is freed).
- * Lists per state are plain doubly linked lists; the 1 s tick moves due
- * deferred messages to READY.
+ * The lists per state and the 1 s sweep of due deferred messages to READY
+ * are queue/qsched's; this file drives them and writes the records.
+ * engine.h says which file holds which step.
  */
 #include "deliver/deliver.h"
 
