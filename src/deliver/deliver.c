@@ -75,6 +75,7 @@ void dlv_rec_mark(struct deliver *d, struct qmsg *m)
 {
 	if (m->rlisted)
 		return;
+	assert((d->rec_head == NULL) == (d->rec_tail == NULL));
 	m->rlisted = true;
 	m->rnext = NULL;
 	if (d->rec_tail)
@@ -82,6 +83,7 @@ void dlv_rec_mark(struct deliver *d, struct qmsg *m)
 	else
 		d->rec_head = m;
 	d->rec_tail = m;
+	assert(d->rec_head != NULL && d->rec_tail == m);
 }
 
 /* ---- segments ------------------------------------------------------------------- */
@@ -414,6 +416,7 @@ static void write_records(struct deliver *d)
 		struct qmsg *m = d->rec_head;
 		int rc = 0;
 
+		assert(m->rlisted);
 		if (m->done_dirty) {
 			rc = put_record(d, m, SPOOL_REC_DONE, NULL, 0);
 		} else if (m->state_dirty || m->ctl_note) {
@@ -427,6 +430,7 @@ static void write_records(struct deliver *d)
 		d->rec_head = m->rnext;
 		if (!d->rec_head)
 			d->rec_tail = NULL;
+		assert(d->rec_head || !d->rec_tail);
 		m->rlisted = false;
 		m->state_dirty = false;
 		if (m->done_dirty) {
