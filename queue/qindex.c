@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "queue/spool.h"
 
 #define QINDEX_INIT_SIZE 1024
 
@@ -211,6 +212,28 @@ static int seq_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Live messages per segment (seqs sorted), in one pass over the index,
+ * each segment reported to seg_fn.  0 or -ENOMEM (none reported). */
+static int report_live(const struct qindex *ix, const uint64_t *seqs, size_t n,
+		       qindex_seg_fn seg_fn, void *ctx)
+{
+	uint32_t *live = calloc(n ? n : 1, sizeof(*live));
+
+	if (!live)
+		return -ENOMEM;
+	for (uint32_t b = 0; b <= ix->mask; b++)
+		for (struct qmsg *m = ix->table[b]; m; m = m->hnext) {
+			const uint64_t *at = bsearch(&m->seq, seqs, n, sizeof(*seqs), seq_cmp);
+
+			if (at)
+				live[at - seqs]++;
+		}
+	for (size_t i = 0; i < n; i++)
+		seg_fn(ctx, seqs[i], live[i]);
+	free(live);
+	return 0;
+}
+
 int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_fn seg_fn,
 		void *ctx, char *why, size_t why_len)
 {
@@ -227,10 +250,9 @@ int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_
 		return errno == ENOENT ? 0 : -errno;
 	d = fdopendir(dup(dirfd));
 	while (d && (de = readdir(d)) != NULL) {
-		unsigned long long seq;
-		char tail[8];
+		uint64_t seq;
 
-		if (sscanf(de->d_name, "%16llx.se%1s", &seq, tail) != 2)
+		if (!spool_seg_parse(de->d_name, &seq))
 			continue;
 		if (n == cap) {
 			uint64_t *t = realloc(seqs, (cap = cap ? cap * 2 : 64) * sizeof(*t));
@@ -248,10 +270,10 @@ int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		struct load_ctx lc = {.ix = ix, .seq = seqs[i]};
 		struct spool_scan_stats st;
-		char name[32];
+		char name[SPOOL_SEG_NAME_MAX];
 		int fd;
 
-		snprintf(name, sizeof(name), "%016llx.seg", (unsigned long long)seqs[i]);
+		spool_seg_name(seqs[i], name);
 		fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
 		if (fd < 0) {
 			rc = -errno;
@@ -270,24 +292,9 @@ int qindex_load(struct qindex *ix, const char *root, uint32_t shard, qindex_seg_
 			snprintf(why, why_len, "%s/%s: load failed: %s", dir, name,
 				 strerror(rc < 0 ? -rc : EIO));
 	}
-	if (rc == 0 && seg_fn) {
-		/* Live messages per segment, in one pass over the index. */
-		uint32_t *live = calloc(n ? n : 1, sizeof(*live));
-
-		if (!live) {
-			rc = -ENOMEM;
-			snprintf(why, why_len, "%s: out of memory", dir);
-		}
-		for (uint32_t b = 0; live && b <= ix->mask; b++)
-			for (struct qmsg *m = ix->table[b]; m; m = m->hnext) {
-				uint64_t *at = bsearch(&m->seq, seqs, n, sizeof(*seqs), seq_cmp);
-
-				if (at)
-					live[at - seqs]++;
-			}
-		for (size_t i = 0; live && i < n; i++)
-			seg_fn(ctx, seqs[i], live[i]);
-		free(live);
+	if (rc == 0 && seg_fn && report_live(ix, seqs, n, seg_fn, ctx) < 0) {
+		rc = -ENOMEM;
+		snprintf(why, why_len, "%s: out of memory", dir);
 	}
 	free(seqs);
 	close(dirfd);

@@ -97,7 +97,7 @@ struct spool {
 	int open_steps; /* SEGHDR + DIRSYNC still to complete */
 	int open_error;
 	uint32_t inflight; /* ring ops in flight (writes, syncs, open, close) */
-	char open_name[32];
+	char open_name[SPOOL_SEG_NAME_MAX];
 	bool open_retry;	  /* the last rotation failed: reuse its file name */
 	uint64_t rotate_after_ms; /* no new rotation attempt before this */
 	struct spool_seg_head seghead;
@@ -114,11 +114,6 @@ struct spool {
 };
 
 static const char zero_pad[SPOOL_REC_ALIGN];
-
-static void seg_name(char *out, size_t cap, uint64_t seq)
-{
-	snprintf(out, cap, "%016llx.seg", (unsigned long long)seq);
-}
 
 static int mkdir_p(const char *path)
 {
@@ -148,10 +143,9 @@ static uint64_t seg_max_seq(DIR *d)
 	uint64_t max = 0;
 
 	while ((de = readdir(d)) != NULL) {
-		unsigned long long seq;
-		char tail[8];
+		uint64_t seq;
 
-		if (sscanf(de->d_name, "%16llx.se%1s", &seq, tail) == 2 && seq > max)
+		if (spool_seg_parse(de->d_name, &seq) && seq > max)
 			max = seq;
 	}
 	rewinddir(d);
@@ -182,10 +176,10 @@ static uint64_t spool_mono_ms(void)
  * durable (file and directory entry) before any message can use it. */
 static int seg_create_sync(struct spool *sp, struct spool_seg *seg, char *why, size_t why_len)
 {
-	char name[32];
+	char name[SPOOL_SEG_NAME_MAX];
 	ssize_t w;
 
-	seg_name(name, sizeof(name), sp->next_seq);
+	spool_seg_name(sp->next_seq, name);
 	seg->fd = openat(sp->dirfd, name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0640);
 	if (seg->fd < 0) {
 		snprintf(why, why_len, "%s/%s: %s", sp->dir, name, strerror(errno));
@@ -319,7 +313,7 @@ static void seg_rotate_start(struct spool *sp)
 	sp->opening = idx;
 	sp->segs[idx] =
 	    (struct spool_seg){.owner = sp, .fd = -1, .in_use = true, .seq = sp->next_seq++};
-	seg_name(sp->open_name, sizeof(sp->open_name), sp->segs[idx].seq);
+	spool_seg_name(sp->segs[idx].seq, sp->open_name);
 	sqe = ring_sqe(sp->ring);
 	/* After a failed attempt the same name is used again (O_TRUNC): its
 	 * file holds no valid head, and retrying every second must not leave a
@@ -1134,9 +1128,7 @@ int spool_recover(const char *root, uint32_t shard, uint64_t *messages, uint64_t
 	}
 	d = fdopendir(dup(dirfd));
 	while (d && rc == 0 && (de = readdir(d)) != NULL) {
-		size_t n = strlen(de->d_name);
-
-		if (n > 4 && strcmp(de->d_name + n - 4, ".seg") == 0)
+		if (spool_seg_is_name(de->d_name))
 			rc = recover_segment(dirfd, dir, de->d_name, &ctx, why, why_len);
 	}
 	if (d)
@@ -1169,10 +1161,9 @@ static int seg_list(int dirfd, uint64_t **out, size_t *n)
 	if (!d)
 		return -errno;
 	while ((de = readdir(d)) != NULL) {
-		unsigned long long seq;
-		char tail[8];
+		uint64_t seq;
 
-		if (sscanf(de->d_name, "%16llx.se%1s", &seq, tail) != 2)
+		if (!spool_seg_parse(de->d_name, &seq))
 			continue;
 		if (*n == cap) {
 			uint64_t *t = realloc(*out, (cap = cap ? cap * 2 : 64) * sizeof(*t));
@@ -1198,7 +1189,7 @@ static int seg_list(int dirfd, uint64_t **out, size_t *n)
 static int adopt_dir(int rootfd, const char *root, uint32_t from, uint32_t shards, char *why,
 		     size_t why_len)
 {
-	char src[16], dst[16], name[32], nname[32];
+	char src[16], dst[16], name[SPOOL_SEG_NAME_MAX], nname[SPOOL_SEG_NAME_MAX];
 	uint64_t *have = NULL, *move = NULL, next = 0;
 	size_t nhave = 0, nmove = 0;
 	uint32_t to = from % shards;
@@ -1225,8 +1216,8 @@ static int adopt_dir(int rootfd, const char *root, uint32_t from, uint32_t shard
 	}
 	next = nhave ? have[nhave - 1] + 1 : 1;
 	for (size_t i = 0; i < nmove; i++, next++) {
-		seg_name(name, sizeof(name), move[i]);
-		seg_name(nname, sizeof(nname), next);
+		spool_seg_name(move[i], name);
+		spool_seg_name(next, nname);
 		if (renameat2(sfd, name, dfd, nname, RENAME_NOREPLACE) != 0) {
 			rc = -errno;
 			snprintf(why, why_len, "spool.path: adopting %s/%s/%s as %s/%s/%s: %s",

@@ -29,6 +29,8 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #include "queue/record.h"
@@ -244,6 +246,38 @@ int spool_write_error(const struct spool *sp);
 /* Have the next spool_flush write batches that hold only state records
  * (the engine asks once a second, and on every turn while stopping). */
 void spool_flush_states(struct spool *sp);
+
+/* Segment files are <spool.path>/<shard>/<seq as 16 hex digits>.seg.  The
+ * name is built here and nowhere else, so the writer, recovery, the queue
+ * index and reclaim always agree on which file a sequence number is. */
+#define SPOOL_SEG_SUFFIX   ".seg"
+#define SPOOL_SEG_NAME_MAX 24 /* 16 hex digits, the suffix, NUL, slack */
+
+static inline void spool_seg_name(uint64_t seq, char out[SPOOL_SEG_NAME_MAX])
+{
+	snprintf(out, SPOOL_SEG_NAME_MAX, "%016llx" SPOOL_SEG_SUFFIX, (unsigned long long)seq);
+}
+
+/* A directory entry's sequence number, or false when it does not name a
+ * segment: what start-up scans (index, adoption) take for one. */
+static inline bool spool_seg_parse(const char *name, uint64_t *seq)
+{
+	unsigned long long v;
+	char tail[8];
+
+	if (sscanf(name, "%16llx.se%1s", &v, tail) != 2)
+		return false;
+	*seq = v;
+	return true;
+}
+
+/* Does a directory entry name a segment file (by its suffix)? */
+static inline bool spool_seg_is_name(const char *name)
+{
+	size_t n = strlen(name);
+
+	return n > 4 && strcmp(name + n - 4, SPOOL_SEG_SUFFIX) == 0;
+}
 
 /* No write of the spool can touch segment seq any more (it is not open). */
 bool spool_seg_quiet(const struct spool *sp, uint64_t seq);

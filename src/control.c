@@ -27,6 +27,7 @@
 
 #include "log.h"
 #include "queue/record.h"
+#include "queue/spool.h"
 #include "smtp/parse.h"
 
 #define CONTROL_BACKLOG 16
@@ -202,10 +203,9 @@ static int spool_walk(const char *root, seg_fn fn, void *ctx)
 		snprintf(dir, sizeof(dir), "%s/%s", root, sd->d_name);
 		d = opendir(dir);
 		while (d && rc == 0 && (fe = readdir(d)) != NULL) {
-			size_t n = strlen(fe->d_name);
 			int fd;
 
-			if (n < 5 || strcmp(fe->d_name + n - 4, ".seg") != 0)
+			if (!spool_seg_is_name(fe->d_name))
 				continue;
 			snprintf(path, sizeof(path), "%s/%s", dir, fe->d_name);
 			fd = open(path, O_RDONLY | O_CLOEXEC);

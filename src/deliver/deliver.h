@@ -1,8 +1,10 @@
 /*
- * deliver — one shard's delivery engine: the queue index in memory, the
- * retry schedule, routing, outbound SMTP/LMTP connections on the shard's
- * ring, local delivery and bounces through the helper pool, segment
- * reclaim, and the queue-control requests.
+ * deliver — one shard's delivery engine: the queue index in memory,
+ * routing, outbound SMTP/LMTP connections on the shard's ring, local
+ * delivery and bounces through the helper pool, and the queue-control
+ * requests.  The queue machinery it drives lives in queue/: the shared
+ * rings (dqueue.h), the per-state lists and retry schedule (qsched.h),
+ * segment live counts and reclaim (qseg.h).
  *
  * Owns: everything behind struct deliver.  Thread: the shard's, except
  * deliver_load() (main thread, start-up, blocking) and deliver_ctl_post()
@@ -51,13 +53,13 @@ struct hpool_done;
 struct deliver;
 
 /*
- * The shared delivery queue (libck): an attempt is a *ticket* (the message
- * and the recipients still to deliver), put by the shard that owns the
- * message on one MPMC ring that every shard takes from, so a busy shard's
- * mail is delivered by an idle one's outbound connections.  The shard that
- * ran a ticket hands it back through its owner's completion ring (and wakes
- * it); only the owner changes the message's state and writes its records.
- * Created by main before the shards start, freed after they stopped.
+ * The shared delivery queue (queue/dqueue.h): an attempt is a *ticket*
+ * (the message and the recipients still to deliver), put by the shard that
+ * owns the message on one ring that every shard takes from, so a busy
+ * shard's mail is delivered by an idle one's outbound connections.  The
+ * shard that ran a ticket hands it back to its owner; only the owner
+ * changes the message's state and writes its records.  Created by main
+ * before the shards start, freed after they stopped.
  */
 struct deliver_shared;
 struct deliver_shared *deliver_shared_new(uint32_t shards);
