@@ -223,12 +223,19 @@ int spool_open(struct spool **out, const char *root, uint32_t shard, uint64_t se
 	snprintf(sp->dir, sizeof(sp->dir), "%s/%u", root, shard);
 	rc = mkdir_p(sp->dir);
 	sp->dirfd = rc == 0 ? open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	d = sp->dirfd >= 0 ? fdopendir(dup(sp->dirfd)) : NULL;
+	int dupfd = sp->dirfd >= 0 ? dup(sp->dirfd) : -1;
+
+	d = dupfd >= 0 ? fdopendir(dupfd) : NULL;
 	if (!d) {
-		snprintf(why, why_len, "spool.path: cannot use %s: %s", sp->dir,
-			 strerror(rc ? -rc : errno));
+		int err = rc ? rc : errno ? -errno : -EIO;
+
+		snprintf(why, why_len, "spool.path: cannot use %s: %s", sp->dir, strerror(-err));
+		if (dupfd >= 0)
+			close(dupfd);
+		if (sp->dirfd >= 0)
+			close(sp->dirfd);
 		free(sp);
-		return rc ? rc : -errno;
+		return err;
 	}
 	sp->next_seq = seg_max_seq(d) + 1;
 	closedir(d);

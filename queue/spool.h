@@ -129,7 +129,6 @@ struct spool_stats {
 	uint64_t messages;
 	uint64_t bytes;
 	uint64_t syncs;
-	uint64_t sync_msgs;
 	uint64_t writes; /* record writes submitted (chunks and commits) */
 };
 
