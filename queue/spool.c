@@ -3,10 +3,11 @@
  *
  * Offsets are reserved in submission order (seg->tail grows synchronously),
  * writes complete in any order; the record format (record.h) tolerates the
- * holes a crash can leave between them.  A commit record is written only
- * after every chunk of its message completed, and the `250` waits for the
- * fdatasync submitted after the commit record completed: that ordering is
- * invariant 1.
+ * holes a crash can leave between them.  A commit record goes into a batch
+ * only once every chunk of its message is placed; the batch's writev and
+ * the fdatasync linked behind it (IOSQE_IO_LINK, same submission) must both
+ * complete before the message is reported durable, and the `250` waits for
+ * that: invariant 1.
  */
 #include "queue/spool.h"
 

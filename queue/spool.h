@@ -74,7 +74,7 @@ struct spool_msg {
 	bool committing; /* commit record placed */
 	bool active;
 	uint32_t batch_gen;	     /* last batch this message was counted in */
-	struct spool_msg *sync_next; /* group-commit list link */
+	struct spool_msg *sync_next; /* committed on a failed segment: the doomed list */
 	uint32_t owner;		     /* the owner's slot, for the callbacks */
 	uint16_t owner_gen;
 	/* Set by spool_msg_commit: the encoded envelope (the caller's memory). */
@@ -206,9 +206,10 @@ int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *en
  * segment, which recovery ignores. */
 void spool_msg_abort(struct spool *sp, struct spool_msg *m);
 
-/* End of a loop turn: gathered pieces into chunks, one writev per segment
- * for everything placed in this turn, one fdatasync per segment whose
- * messages are all written. */
+/* End of a loop turn: gathered pieces into chunks, and each segment's
+ * filling batch out as one writev with its fdatasync linked behind it (if
+ * it carries commits or a waited-for record, and no batch of that segment
+ * is in flight; else it goes when that one lands). */
 void spool_flush(struct spool *sp);
 /* Append a small record (per-recipient state, done) to the current segment:
  * the payload is copied, the record rides the next batch that carries
