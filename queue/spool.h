@@ -207,9 +207,10 @@ int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *en
 void spool_msg_abort(struct spool *sp, struct spool_msg *m);
 
 /* End of a loop turn: gathered pieces into chunks, and each segment's
- * filling batch out as one writev with its fdatasync linked behind it (if
- * it carries commits or a waited-for record, and no batch of that segment
- * is in flight; else it goes when that one lands). */
+ * filling batch out as one writev when no batch of that segment is in
+ * flight (else when that one lands) and it carries message data (or
+ * spool_flush_states() asked); an fdatasync is linked behind it when it
+ * holds commits or a waited-for record and durability is on. */
 void spool_flush(struct spool *sp);
 /* Append a small record (per-recipient state, done) to the current segment:
  * the payload is copied, the record rides the next batch that carries
