@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-#include "config.h"
+#include "config/config.h"
 
 enum flt_stage {
 	FLT_STAGE_CONNECT = 0,

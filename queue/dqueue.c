@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "log/log.h"
 
 static_assert((DQ_RING_SIZE & (DQ_RING_SIZE - 1)) == 0, "ck_ring needs a power of two");
 

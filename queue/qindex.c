@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "log/log.h"
 #include "queue/spool.h"
 
 #define QINDEX_INIT_SIZE 1024

@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "log/log.h"
 
 #define SPOOL_BATCH_IOV	 1024 /* IOV_MAX */
 #define SPOOL_BATCH_RECS 256

@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "log/log.h"
 #include "queue/record.h"
 #include "queue/spool.h"
 #include "smtp/parse.h"

@@ -38,7 +38,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "deliver/deliver.h"
 
 /* Hand req to shard (0..shards-1) and wait until it was answered. */

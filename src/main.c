@@ -19,10 +19,10 @@
 
 #include "auth/throttle.h"
 #include "auth/users.h"
-#include "config.h"
+#include "config/config.h"
 #include "control.h"
 #include "hpool/hpool.h"
-#include "log.h"
+#include "log/log.h"
 #include "preflight.h"
 #include "queue/spool.h"
 #include "ring/ring.h"

@@ -18,7 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "config.h"
+#include "config/config.h"
 
 /* 0, or -1 with one line in why naming the config key and what is wrong.
  * check_only: a running ringmx may hold the listener addresses, so a probe

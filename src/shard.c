@@ -24,7 +24,7 @@
 #include <unistd.h>
 
 #include "hpool/hpool.h"
-#include "log.h"
+#include "log/log.h"
 #include "tls/tls.h"
 
 #define SHARD_TICK_MS	     1000

@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "deliver/deliver.h"
 #include "queue/spool.h"
 #include "ring/ops.h"

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "log.h"
+#include "log/log.h"
 
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and
  * log lines of bounded size). */

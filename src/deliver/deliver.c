@@ -26,7 +26,7 @@
 
 #include "deliver/engine.h"
 #include "dns/dns.h"
-#include "log.h"
+#include "log/log.h"
 
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and
  * log lines of bounded size). */

@@ -27,7 +27,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "queue/qindex.h"
 #include "queue/spool.h"
 #include "ring/ops.h"

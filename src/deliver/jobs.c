@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "dns/dns.h"
-#include "log.h"
+#include "log/log.h"
 
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and
  * log lines of bounded size). */

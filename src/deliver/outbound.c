@@ -44,7 +44,7 @@
 #include <unistd.h>
 
 #include "deliver/internal.h"
-#include "log.h"
+#include "log/log.h"
 #include "tls/tls.h"
 
 static const char dot_crlf[] = ".\r\n";

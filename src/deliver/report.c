@@ -14,7 +14,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "log.h"
+#include "log/log.h"
 #include "mail/dsn.h"
 
 /* Diagnostics are cut to their fields on purpose (they end up in DSNs and

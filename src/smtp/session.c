@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "filters/flt.h"
-#include "log.h"
+#include "log/log.h"
 #include "shard.h"
 
 #define SMTP_TX_ARENA	  65536 /* addresses and parameters of one transaction */

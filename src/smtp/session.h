@@ -17,7 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "filters/flt.h"
 #include "queue/spool.h"
 #include "smtp/parse.h"

@@ -1,4 +1,4 @@
-"""Strict readers of ringmx's two log formats (src/log.h), for tests that
+"""Strict readers of ringmx's two log formats (src/log/log.h), for tests that
 must prove a log line is exactly what the server meant to write.
 
   parse_kv(line)    key=value: `ts=... level=... event=... key=value ...`; a

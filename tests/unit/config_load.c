@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "config_testlib.h" /* test JSON is single-quoted: see there */
 
 static uint32_t cpus_online(void)

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/un.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "config_testlib.h" /* test JSON is single-quoted: see there */
 
 /* A config whose "relay" is relay. */

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "config_testlib.h" /* test JSON is single-quoted: see there */
 
 static void assert_addr(const struct config_hop *h, int family, const char *ip, uint16_t port)

@@ -1,4 +1,4 @@
-/* Helpers shared by the src/config.c tests; the contracts are in config_testlib.h. */
+/* Helpers shared by the src/config/config.c tests; the contracts are in config_testlib.h. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,5 +1,5 @@
 /*
- * config_testlib — helpers shared by the src/config.c tests (config_load.c, config_relay.c,
+ * config_testlib — helpers shared by the src/config/config.c tests (config_load.c, config_relay.c,
  * config_routes.c, config_tls.c): load a config from JSON written in the test, and check
  * that it loads, or that it is refused with exactly the one-line error expected.
  *
@@ -16,7 +16,7 @@
 
 #include <stddef.h>
 
-#include "config.h"
+#include "config/config.h"
 
 /* The one listener every config needs, for the cases about other keys. */
 #define LISTENER "'listeners': [{'name': 'mx', 'address': '127.0.0.1:2525'}]"

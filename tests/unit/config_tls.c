@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "config_testlib.h" /* test JSON is single-quoted: see there */
 
 /* Throwaway files in a temp dir: the loader only checks that they are

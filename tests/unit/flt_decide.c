@@ -9,7 +9,7 @@
 #include <arpa/inet.h>
 #include <string.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "filters/flt.h"
 
 static struct rmx_config *load(const char *json)

@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "log/log.h"
 
 /* ---- the log file under test ----------------------------------------------------------- */
 

@@ -6,7 +6,7 @@
  * chosen format.  Per-thread single-producer/single-consumer byte rings
  * carry the shard threads' lines to whichever thread drains them.
  */
-#include "log.h"
+#include "log/log.h"
 
 #include <assert.h>
 #include <errno.h>

@@ -13,7 +13,7 @@
  * Defaults live only in the tables; config_default() is an embedded JSON
  * document run through the same loader, so there is one source of truth.
  */
-#include "config.h"
+#include "config/config.h"
 
 #include "tls/tls.h" /* its bounds only: config.c makes no TLS library call */
 
