@@ -3,8 +3,12 @@
 # Idempotent: packages already present are skipped, apt runs only when needed.
 set -eu
 
+# clang with libclang-rt-14-dev (libFuzzer and the sanitizer runtimes) builds
+# the fuzz targets (tests/fuzz/run.sh); llvm-14 brings llvm-symbolizer, without
+# which their crash reports are bare addresses (clang only recommends it,
+# through llvm-14-dev, and --no-install-recommends below skips that).
 PKGS="build-essential meson ninja-build pkg-config clang clang-format
-libclang-rt-14-dev liburing-dev libwolfssl-dev libck-dev libjson-c-dev
+libclang-rt-14-dev llvm-14 liburing-dev libwolfssl-dev libck-dev libjson-c-dev
 libhiredis-dev libmemcached-dev libspf2-dev libc-ares-dev libpcre2-dev
 libcmocka-dev python3 python3-pytest redis-server memcached postfix swaks libnet-ssleay-perl
 openssl procps nsd bind9-dnsutils dovecot-core dovecot-lmtpd msmtp

@@ -50,15 +50,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "fuzz_common.h"
 #include "queue/record.h"
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c)) {                                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);      \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
 
 /* Body walks are quadratic in the worst case; the bound keeps every
  * execution in the millisecond range.  The scanner's 1 MiB window never
@@ -75,8 +68,6 @@
 #define ENV_MSG_CRC_OFF	  56
 #define ENV_STUFF_LEN_OFF 64 /* version 2 */
 #define ENV_V1_GROWTH	  8  /* version 2 adds stuff_len after the fixed fields */
-
-size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
 
 static uint64_t load64(const uint8_t *p)
 {

@@ -33,14 +33,7 @@
 #include <string.h>
 
 #include "auth/sasl.h"
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c)) {                                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);      \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
+#include "fuzz_common.h"
 
 /* Keeps each execution short; responses over SASL_RESPONSE_MAX still fit. */
 #define INPUT_MAX     16384

@@ -40,14 +40,7 @@
 #include <string.h>
 
 #include "auth/users.h"
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c)) {                                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);      \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
+#include "fuzz_common.h"
 
 /* Each verify zeroes a 32 KiB struct crypt_data twice: bound the probes. */
 #define USERS_PROBED 16

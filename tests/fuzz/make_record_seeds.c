@@ -2,10 +2,10 @@
  * Writes the seed corpus of fuzz_record: small segment images of format 2
  * built with the real framing, SipHash tags and encoders (queue/record.c),
  * plus bare envelopes and state snapshots for the decoders.  Re-run after a
- * format change:
+ * format change (the fuzz build, tests/fuzz/run.sh's, has it as a target):
  *
- *   cc -std=c17 -D_GNU_SOURCE -I. tests/fuzz/make_record_seeds.c queue/record.c \
- *      -o /tmp/make_record_seeds && /tmp/make_record_seeds tests/fuzz/corpus_record
+ *   meson compile -C build-fuzz make_record_seeds &&
+ *      build-fuzz/tests/fuzz/make_record_seeds tests/fuzz/corpus_record
  *
  * Output is deterministic (a fixed segment key, no clock, fixed
  * pseudo-random bodies), so the committed seeds only change when the format
