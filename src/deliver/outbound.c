@@ -49,34 +49,21 @@
 
 static const char dot_crlf[] = ".\r\n";
 
-static const char *oc_state_name(uint8_t st)
-{
-	static const char *const names[] = {
-	    [OC_FREE] = "free",
-	    [OC_CONNECTING] = "connecting",
-	    [OC_BANNER] = "banner",
-	    [OC_EHLO] = "ehlo",
-	    [OC_HELO] = "helo",
-	    [OC_STARTTLS] = "starttls",
-	    [OC_TLS_HS] = "tls_handshake",
-	    [OC_IDLE] = "idle",
-	    [OC_MAIL] = "mail",
-	    [OC_RCPT] = "rcpt",
-	    [OC_DATA] = "data",
-	    [OC_BODY] = "body",
-	    [OC_DOT] = "dot",
-	    [OC_RSET] = "rset",
-	    [OC_QUIT] = "quit",
-	    [OC_TLS_CLOSE] = "tls_close",
-	    [OC_CLOSING] = "closing",
-	};
-	assert(st < sizeof(names) / sizeof(names[0]) && names[st] != NULL);
-	return names[st];
-}
-
 static uint64_t oc_ud(const struct oconn *oc, uint8_t op)
 {
 	return ring_ud(op, 0, oc->gen, oc->slot);
+}
+
+/* The one place a connection's state changes: legal transitions only
+ * (oc_state.c), each traced when debug lines are on. */
+static void oc_enter_state(struct oconn *oc, enum oc_state next)
+{
+	assert(oc_state_legal(oc->state, next));
+	if (log_enabled(LOG_DEBUG))
+		log_msg(LOG_DEBUG, "event=outbound_state shard=%u relay=%s from=%s to=%s",
+			dlv_core(oc->d)->shard, oc->hop.name, oc_state_name(oc->state),
+			oc_state_name(next));
+	oc->state = next;
 }
 
 int oc_table_init(struct deliver *d)
@@ -298,7 +285,7 @@ static void oc_reap(struct oconn *oc)
 	}
 	oc->tls_on = false;
 	oc->fd = -1;
-	oc->state = OC_FREE;
+	oc_enter_state(oc, OC_FREE);
 	oc->closing = false;
 	oc->gen++;
 	c->oc_free[c->oc_free_count++] = oc->slot;
@@ -315,7 +302,7 @@ static void oc_close(struct oconn *oc)
 	if (oc->state == OC_IDLE)
 		idle_unlink(c, oc);
 	oc->closing = true;
-	oc->state = OC_CLOSING;
+	oc_enter_state(oc, OC_CLOSING);
 	/* Cancel whatever still waits on the socket, then close it. */
 	sqe = ring_sqe(c->ring);
 	io_uring_prep_cancel_fd(sqe, oc->fd, IORING_ASYNC_CANCEL_ALL);
@@ -341,7 +328,7 @@ static void oc_quit(struct oconn *oc)
 	oc->out_len = 0;
 	oc_cmd(oc, "QUIT");
 	oc_cmd_end(oc, SMTP_ASK_QUIT);
-	oc->state = OC_QUIT;
+	oc_enter_state(oc, OC_QUIT);
 	oc_flush(oc);
 	oc_arm_recv(oc);
 }
@@ -355,7 +342,7 @@ static void oc_quit_done(struct oconn *oc)
 {
 	assert(oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE);
 	if (oc->state == OC_QUIT && oc->tls_on && tls_conn_shutdown(oc->tls) == 0) {
-		oc->state = OC_TLS_CLOSE;
+		oc_enter_state(oc, OC_TLS_CLOSE);
 		if (!oc->send_inflight)
 			oc_tls_send(oc);
 	}
@@ -519,7 +506,7 @@ static void oc_idle(struct oconn *oc)
 {
 	struct deliver_core *c = dlv_core(oc->d);
 
-	oc->state = OC_IDLE;
+	oc_enter_state(oc, OC_IDLE);
 	oc->idle_since_ms = c->now_ms;
 	if (c->stopping || oc->msgs >= c->cfg->delivery.messages_per_connection) {
 		oc_quit(oc);
@@ -539,7 +526,7 @@ static void oc_rset(struct oconn *oc)
 {
 	oc_cmd(oc, "RSET");
 	oc_cmd_end(oc, SMTP_ASK_RSET);
-	oc->state = OC_RSET;
+	oc_enter_state(oc, OC_RSET);
 	oc_flush(oc);
 }
 
@@ -696,7 +683,7 @@ static void oc_begin_tx(struct oconn *oc)
 	if (dsn && e->envid.len)
 		oc_cmd(oc, " ENVID=%.*s", (int)e->envid.len, e->envid.ptr);
 	oc_cmd_end(oc, SMTP_ASK_MAIL);
-	oc->state = OC_MAIL;
+	oc_enter_state(oc, OC_MAIL);
 	if (oc->pipelining)
 		write_rcpts(oc);
 	oc_flush(oc);
@@ -718,7 +705,7 @@ static void oc_body_start(struct oconn *oc)
 		oc_fail(oc, "out of memory");
 		return;
 	}
-	oc->state = OC_BODY;
+	oc_enter_state(oc, OC_BODY);
 	oc->win_off = oc->win_len = 0;
 	oc->pos = e->first_chunk_off;
 	oc->chunk_left = 0;
@@ -895,7 +882,7 @@ static void oc_tls_hs(struct oconn *oc)
 		oc_cmd(oc, "%s %s", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
 		oc_cmd_end(oc, SMTP_ASK_EHLO);
 		smtp_ehlo_begin(&oc->caps);
-		oc->state = OC_EHLO;
+		oc_enter_state(oc, OC_EHLO);
 		oc_flush(oc);
 		oc_arm_recv(oc);
 		return;
@@ -924,7 +911,7 @@ static void oc_start_tls(struct oconn *oc)
 	 * reply parser starts over so no partial line crosses into TLS. */
 	assert(oc->owed.total == 0 && oc->rp.fill == 0);
 	smtp_reply_init(&oc->rp);
-	oc->state = OC_TLS_HS;
+	oc_enter_state(oc, OC_TLS_HS);
 	oc_tls_hs(oc);
 }
 
@@ -938,7 +925,7 @@ static void oc_after_ehlo(struct oconn *oc)
 		if (oc->caps.ext & SMTP_EXT_STARTTLS) {
 			oc_cmd(oc, "STARTTLS");
 			oc_cmd_end(oc, SMTP_ASK_STARTTLS);
-			oc->state = OC_STARTTLS;
+			oc_enter_state(oc, OC_STARTTLS);
 			oc_flush(oc);
 			return;
 		}
@@ -1129,14 +1116,14 @@ static void after_rcpt_replies(struct oconn *oc)
 {
 	if (oc->pipelining) {
 		if (oc->data_sent) {
-			oc->state = OC_DATA;
+			oc_enter_state(oc, OC_DATA);
 			return;
 		}
 	} else if (oc->mail_ok && oc->naccepted) {
 		oc_cmd(oc, "DATA");
 		oc_cmd_end(oc, SMTP_ASK_DATA);
 		oc->data_sent = true;
-		oc->state = OC_DATA;
+		oc_enter_state(oc, OC_DATA);
 		oc_flush(oc);
 		return;
 	}
@@ -1145,7 +1132,7 @@ static void after_rcpt_replies(struct oconn *oc)
 
 static void oc_ready(struct oconn *oc)
 {
-	oc->state = OC_IDLE;
+	oc_enter_state(oc, OC_IDLE);
 	if (oc->job)
 		oc_begin_tx(oc);
 	else
@@ -1203,7 +1190,7 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		return;
 	}
 	/* The state machine and the owed list advance together. */
-	assert(ask == oc_state_ask((enum oc_state)oc->state));
+	assert(ask == oc_state_ask(oc->state));
 	if (!smtp_reply_fits(ask, r->code)) {
 		oc_violation(oc, "reply %u to %s", r->code, smtp_ask_name(ask));
 		return;
@@ -1233,7 +1220,7 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		oc_cmd(oc, "%s %s", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
 		oc_cmd_end(oc, SMTP_ASK_EHLO);
 		smtp_ehlo_begin(&oc->caps);
-		oc->state = OC_EHLO;
+		oc_enter_state(oc, OC_EHLO);
 		oc_flush(oc);
 		return;
 	case OC_EHLO:
@@ -1242,7 +1229,7 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 			oc_cmd(oc, "HELO %s", c->cfg->hostname);
 			oc_cmd_end(oc, SMTP_ASK_HELO);
 			smtp_ehlo_begin(&oc->caps);
-			oc->state = OC_HELO;
+			oc_enter_state(oc, OC_HELO);
 			oc_flush(oc);
 			return;
 		}
@@ -1276,12 +1263,12 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 				oc_rset(oc);
 				return;
 			}
-			oc->state = OC_RCPT;
+			oc_enter_state(oc, OC_RCPT);
 			if (oc->rcpt_replies == oc->rcpt_sent)
 				after_rcpt_replies(oc);
 			return;
 		}
-		oc->state = OC_RCPT;
+		oc_enter_state(oc, OC_RCPT);
 		if (!oc->pipelining) {
 			write_rcpts(oc);
 			oc_flush(oc);
@@ -1562,7 +1549,7 @@ static void on_send(struct oconn *oc, int res)
 			assert(oc->owed.total == 0 && oc->naccepted > 0);
 			oc_ask(oc, SMTP_ASK_DOT, oc->hop.lmtp ? oc->naccepted : 1);
 			smtp_owed_sent(&oc->owed);
-			oc->state = OC_DOT;
+			oc_enter_state(oc, OC_DOT);
 			oc->lmtp_idx = 0;
 			oc_arm_recv(oc);
 			return;
@@ -1593,7 +1580,7 @@ static void on_connect(struct oconn *oc, int res)
 	/* RFC 5321 3.1: the server speaks first; that reply is owed now. */
 	oc_ask(oc, SMTP_ASK_GREETING, 1);
 	smtp_owed_sent(&oc->owed);
-	oc->state = OC_BANNER;
+	oc_enter_state(oc, OC_BANNER);
 	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
 	oc_arm_recv(oc);
 }
@@ -1669,7 +1656,7 @@ static void oc_connect(struct oconn *oc)
 	io_uring_prep_connect(sqe, oc->fd, (struct sockaddr *)&oc->hop.addr, oc->hop.len);
 	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_CONNECT));
 	oc->inflight++;
-	oc->state = OC_CONNECTING;
+	oc_enter_state(oc, OC_CONNECTING);
 	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.connect_timeout_s * 1000u;
 }
 
