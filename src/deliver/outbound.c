@@ -1075,8 +1075,17 @@ static bool oc_503_out_of_step(const struct oconn *oc, enum smtp_ask ask)
 		return oc->mail_ok;
 	case SMTP_ASK_DATA:
 		return oc->mail_ok && oc->naccepted > 0;
-	default:
+	case SMTP_ASK_NONE:
+	case SMTP_ASK_GREETING:
+	case SMTP_ASK_EHLO:
+	case SMTP_ASK_HELO:
+	case SMTP_ASK_STARTTLS:
+	case SMTP_ASK_RSET:
+	case SMTP_ASK_QUIT:
 		return false; /* the handshake, RSET, QUIT: their failure closes anyway */
+	case SMTP_ASK_COUNT:
+	default:
+		abort();
 	}
 }
 
