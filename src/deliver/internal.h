@@ -82,6 +82,9 @@ struct djob {
 	struct djob *next, *prev; /* the engine's wait list */
 };
 
+/* An outbound connection's state (oconn.state): which reply it waits for,
+ * if any (outbound.c, oc_state_ask).  Changed only by oc_enter_state(),
+ * against the legality table of oc_state.c. */
 enum oc_state {
 	OC_FREE = 0,
 	OC_CONNECTING,
@@ -101,6 +104,13 @@ enum oc_state {
 	OC_TLS_CLOSE, /* QUIT answered: our close_notify goes out, then the close */
 	OC_CLOSING,
 };
+#define OC_STATE_COUNT (OC_CLOSING + 1)
+
+/* oc_state.c (pure: unit tested) */
+/* May a connection go from one state to the other? */
+bool oc_state_legal(enum oc_state from, enum oc_state to);
+/* "ehlo", "tls_handshake", ...: for the logs. */
+const char *oc_state_name(enum oc_state st);
 
 struct tls_conn;
 struct tls_ctx;
@@ -110,7 +120,7 @@ struct oconn {
 	uint32_t slot;
 	uint16_t gen;
 	int fd;
-	uint8_t state;
+	enum oc_state state;
 	uint32_t inflight;
 	bool send_inflight, recv_armed, read_inflight, closing;
 	struct dhop hop;

@@ -49,34 +49,21 @@
 
 static const char dot_crlf[] = ".\r\n";
 
-static const char *oc_state_name(uint8_t st)
-{
-	static const char *const names[] = {
-	    [OC_FREE] = "free",
-	    [OC_CONNECTING] = "connecting",
-	    [OC_BANNER] = "banner",
-	    [OC_EHLO] = "ehlo",
-	    [OC_HELO] = "helo",
-	    [OC_STARTTLS] = "starttls",
-	    [OC_TLS_HS] = "tls_handshake",
-	    [OC_IDLE] = "idle",
-	    [OC_MAIL] = "mail",
-	    [OC_RCPT] = "rcpt",
-	    [OC_DATA] = "data",
-	    [OC_BODY] = "body",
-	    [OC_DOT] = "dot",
-	    [OC_RSET] = "rset",
-	    [OC_QUIT] = "quit",
-	    [OC_TLS_CLOSE] = "tls_close",
-	    [OC_CLOSING] = "closing",
-	};
-	assert(st < sizeof(names) / sizeof(names[0]) && names[st] != NULL);
-	return names[st];
-}
-
 static uint64_t oc_ud(const struct oconn *oc, uint8_t op)
 {
 	return ring_ud(op, 0, oc->gen, oc->slot);
+}
+
+/* The one place a connection's state changes: legal transitions only
+ * (oc_state.c), each traced when debug lines are on. */
+static void oc_enter_state(struct oconn *oc, enum oc_state next)
+{
+	assert(oc_state_legal(oc->state, next));
+	if (log_enabled(LOG_DEBUG))
+		log_msg(LOG_DEBUG, "event=outbound_state shard=%u relay=%s from=%s to=%s",
+			dlv_core(oc->d)->shard, oc->hop.name, oc_state_name(oc->state),
+			oc_state_name(next));
+	oc->state = next;
 }
 
 int oc_table_init(struct deliver *d)
@@ -298,7 +285,7 @@ static void oc_reap(struct oconn *oc)
 	}
 	oc->tls_on = false;
 	oc->fd = -1;
-	oc->state = OC_FREE;
+	oc_enter_state(oc, OC_FREE);
 	oc->closing = false;
 	oc->gen++;
 	c->oc_free[c->oc_free_count++] = oc->slot;
@@ -315,7 +302,7 @@ static void oc_close(struct oconn *oc)
 	if (oc->state == OC_IDLE)
 		idle_unlink(c, oc);
 	oc->closing = true;
-	oc->state = OC_CLOSING;
+	oc_enter_state(oc, OC_CLOSING);
 	/* Cancel whatever still waits on the socket, then close it. */
 	sqe = ring_sqe(c->ring);
 	io_uring_prep_cancel_fd(sqe, oc->fd, IORING_ASYNC_CANCEL_ALL);
@@ -341,7 +328,7 @@ static void oc_quit(struct oconn *oc)
 	oc->out_len = 0;
 	oc_cmd(oc, "QUIT");
 	oc_cmd_end(oc, SMTP_ASK_QUIT);
-	oc->state = OC_QUIT;
+	oc_enter_state(oc, OC_QUIT);
 	oc_flush(oc);
 	oc_arm_recv(oc);
 }
@@ -355,12 +342,17 @@ static void oc_quit_done(struct oconn *oc)
 {
 	assert(oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE);
 	if (oc->state == OC_QUIT && oc->tls_on && tls_conn_shutdown(oc->tls) == 0) {
-		oc->state = OC_TLS_CLOSE;
+		oc_enter_state(oc, OC_TLS_CLOSE);
 		if (!oc->send_inflight)
 			oc_tls_send(oc);
 	}
 	if (oc->state != OC_TLS_CLOSE || !oc->send_inflight)
 		oc_close(oc); /* else on_send closes it */
+}
+
+static bool oc_reply_2xx(const struct smtp_reply *r)
+{
+	return r->code >= 200 && r->code < 300;
 }
 
 /* ---- results ------------------------------------------------------------------- */
@@ -519,7 +511,7 @@ static void oc_idle(struct oconn *oc)
 {
 	struct deliver_core *c = dlv_core(oc->d);
 
-	oc->state = OC_IDLE;
+	oc_enter_state(oc, OC_IDLE);
 	oc->idle_since_ms = c->now_ms;
 	if (c->stopping || oc->msgs >= c->cfg->delivery.messages_per_connection) {
 		oc_quit(oc);
@@ -539,7 +531,7 @@ static void oc_rset(struct oconn *oc)
 {
 	oc_cmd(oc, "RSET");
 	oc_cmd_end(oc, SMTP_ASK_RSET);
-	oc->state = OC_RSET;
+	oc_enter_state(oc, OC_RSET);
 	oc_flush(oc);
 }
 
@@ -696,7 +688,7 @@ static void oc_begin_tx(struct oconn *oc)
 	if (dsn && e->envid.len)
 		oc_cmd(oc, " ENVID=%.*s", (int)e->envid.len, e->envid.ptr);
 	oc_cmd_end(oc, SMTP_ASK_MAIL);
-	oc->state = OC_MAIL;
+	oc_enter_state(oc, OC_MAIL);
 	if (oc->pipelining)
 		write_rcpts(oc);
 	oc_flush(oc);
@@ -718,7 +710,7 @@ static void oc_body_start(struct oconn *oc)
 		oc_fail(oc, "out of memory");
 		return;
 	}
-	oc->state = OC_BODY;
+	oc_enter_state(oc, OC_BODY);
 	oc->win_off = oc->win_len = 0;
 	oc->pos = e->first_chunk_off;
 	oc->chunk_left = 0;
@@ -730,9 +722,102 @@ static void oc_body_start(struct oconn *oc)
 	smtp_stuff_begin(&oc->stuff);
 }
 
+/* What one step of oc_pump did. */
+enum pump_step {
+	PUMP_MORE,   /* go on */
+	PUMP_READ,   /* the window does not hold what comes next: read */
+	PUMP_END,    /* the final dot is in iov[] */
+	PUMP_FAILED, /* the connection was failed */
+};
+
 static bool win_has(const struct oconn *oc, uint64_t off, uint64_t n)
 {
 	return off >= oc->win_off && off + n <= oc->win_off + oc->win_len;
+}
+
+/* The current chunk's bytes in the window go into iov[]: as they are when
+ * stored dot-stuffed, else stuffed on the way. */
+static enum pump_step pump_chunk(struct oconn *oc)
+{
+	if (!win_has(oc, oc->pos, 1))
+		return PUMP_READ;
+	uint64_t avail = oc->win_off + oc->win_len - oc->pos;
+	uint64_t k = avail < oc->chunk_left ? avail : oc->chunk_left;
+	const char *p = oc->win + (oc->pos - oc->win_off);
+	uint64_t take = k;
+
+	if (oc->stuffed) {
+		uint64_t give = k < oc->msg_left ? k : oc->msg_left;
+
+		if (give)
+			oc->iov[oc->niov++] = (struct iovec){(void *)p, give};
+		oc->msg_left -= give;
+	} else {
+		size_t used;
+
+		oc->niov += (uint32_t)smtp_stuff_iov(&oc->stuff, p, k, oc->iov + oc->niov,
+						     DLV_IOV_MAX - oc->niov, &used);
+		take = used;
+		oc->msg_left -= used;
+	}
+	oc->crc = spool_crc32c(oc->crc, p, take);
+	oc->chunk_left -= take;
+	oc->wire_left -= take;
+	oc->pos += take;
+	if (oc->chunk_left == 0)
+		oc->pos += oc->chunk_pad;
+	return PUMP_MORE;
+}
+
+/* Every stored byte went: the final dot, only if they verify. */
+static enum pump_step pump_end(struct oconn *oc)
+{
+	const struct qmsg *m = oc->job->m;
+
+	if (oc->crc != m->env.msg_crc) {
+		log_msg(LOG_ERROR, "event=spool_corrupt shard=%u id=%016llX",
+			dlv_core(oc->d)->shard, (unsigned long long)m->id);
+		oc_fail(oc, "stored message does not verify (CRC)");
+		return PUMP_FAILED;
+	}
+	if (oc->stuffed)
+		oc->iov[oc->niov++] = (struct iovec){(void *)dot_crlf, 3};
+	else
+		smtp_stuff_end(&oc->stuff, &oc->iov[oc->niov++]);
+	oc->body_end = true;
+	return PUMP_END;
+}
+
+/* The record at pos: the message's next chunk begins, or it is skipped. */
+static enum pump_step pump_record(struct oconn *oc)
+{
+	const struct qmsg *m = oc->job->m;
+	struct spool_rec_hdr h;
+
+	if (!win_has(oc, oc->pos, sizeof(h)))
+		return PUMP_READ;
+	memcpy(&h, oc->win + (oc->pos - oc->win_off), sizeof(h));
+	/* Damage: resynchronise at the next aligned offset.  Only a header
+	 * made under the segment's key counts (record.h), so bytes a client
+	 * sent are never taken for a chunk. */
+	if (spool_rec_hdr_check(&h, &oc->job->t->segkey) != 0) {
+		oc->pos += SPOOL_REC_ALIGN;
+		return PUMP_MORE;
+	}
+	if (h.type != SPOOL_REC_CHUNK || h.msg_id != m->id) {
+		oc->pos += spool_rec_size(h.len);
+		return PUMP_MORE;
+	}
+	if (h.len > oc->wire_left) {
+		oc_fail(oc, "stored message does not verify (length)");
+		return PUMP_FAILED;
+	}
+	oc->chunk_left = h.len;
+	oc->chunk_pad = (uint32_t)spool_rec_pad(h.len);
+	oc->pos += sizeof(h);
+	if (h.len == 0)
+		oc->pos += oc->chunk_pad;
+	return PUMP_MORE;
 }
 
 /* Turn what the window holds into iovecs and send them, or read the next
@@ -741,93 +826,26 @@ static bool win_has(const struct oconn *oc, uint64_t off, uint64_t n)
 static void oc_pump(struct oconn *oc)
 {
 	struct deliver_core *c = dlv_core(oc->d);
-	const struct qmsg *m = oc->job->m;
-	bool need_read = false;
+	enum pump_step step = PUMP_MORE;
 
 	if (oc->send_inflight || oc->read_inflight || oc->closing)
 		return;
 	oc->niov = 0;
-	while (oc->niov < DLV_IOV_MAX) {
-		if (oc->chunk_left) {
-			if (!win_has(oc, oc->pos, 1)) {
-				need_read = true;
-				break;
-			}
-			uint64_t avail = oc->win_off + oc->win_len - oc->pos;
-			uint64_t k = avail < oc->chunk_left ? avail : oc->chunk_left;
-			const char *p = oc->win + (oc->pos - oc->win_off);
-			uint64_t take = k;
-
-			if (oc->stuffed) {
-				uint64_t give = k < oc->msg_left ? k : oc->msg_left;
-
-				if (give)
-					oc->iov[oc->niov++] = (struct iovec){(void *)p, give};
-				oc->msg_left -= give;
-			} else {
-				size_t used;
-
-				oc->niov +=
-				    (uint32_t)smtp_stuff_iov(&oc->stuff, p, k, oc->iov + oc->niov,
-							     DLV_IOV_MAX - oc->niov, &used);
-				take = used;
-				oc->msg_left -= used;
-			}
-			oc->crc = spool_crc32c(oc->crc, p, take);
-			oc->chunk_left -= take;
-			oc->wire_left -= take;
-			oc->pos += take;
-			if (oc->chunk_left == 0)
-				oc->pos += oc->chunk_pad;
-			continue;
-		}
-		if (oc->wire_left == 0) {
-			if (oc->crc != m->env.msg_crc) {
-				log_msg(LOG_ERROR, "event=spool_corrupt shard=%u id=%016llX",
-					c->shard, (unsigned long long)m->id);
-				oc_fail(oc, "stored message does not verify (CRC)");
-				return;
-			}
-			if (oc->stuffed)
-				oc->iov[oc->niov++] = (struct iovec){(void *)dot_crlf, 3};
-			else
-				smtp_stuff_end(&oc->stuff, &oc->iov[oc->niov++]);
-			oc->body_end = true;
-			break;
-		}
-		if (!win_has(oc, oc->pos, sizeof(struct spool_rec_hdr))) {
-			need_read = true;
-			break;
-		}
-		struct spool_rec_hdr h;
-
-		memcpy(&h, oc->win + (oc->pos - oc->win_off), sizeof(h));
-		/* Damage: resynchronise at the next aligned offset.  Only a
-		 * header made under the segment's key counts (record.h), so
-		 * bytes a client sent are never taken for a chunk. */
-		if (spool_rec_hdr_check(&h, &oc->job->t->segkey) != 0) {
-			oc->pos += SPOOL_REC_ALIGN;
-			continue;
-		}
-		if (h.type == SPOOL_REC_CHUNK && h.msg_id == m->id) {
-			if (h.len > oc->wire_left) {
-				oc_fail(oc, "stored message does not verify (length)");
-				return;
-			}
-			oc->chunk_left = h.len;
-			oc->chunk_pad = (uint32_t)spool_rec_pad(h.len);
-			oc->pos += sizeof(h);
-			if (h.len == 0)
-				oc->pos += oc->chunk_pad;
-		} else {
-			oc->pos += spool_rec_size(h.len);
-		}
+	while (oc->niov < DLV_IOV_MAX && step == PUMP_MORE) {
+		if (oc->chunk_left)
+			step = pump_chunk(oc);
+		else if (oc->wire_left == 0)
+			step = pump_end(oc);
+		else
+			step = pump_record(oc);
 	}
+	if (step == PUMP_FAILED)
+		return;
 	if (oc->niov) {
 		oc_send_iov(oc);
 		return;
 	}
-	if (need_read) {
+	if (step == PUMP_READ) {
 		struct io_uring_sqe *sqe = ring_sqe(c->ring);
 
 		oc->win_off = oc->pos;
@@ -867,6 +885,18 @@ int oc_tls_init(struct deliver *d, char *why, size_t why_len)
 	return 0;
 }
 
+/* EHLO (LHLO to an LMTP hop): after the greeting, and again inside TLS. */
+static void oc_send_ehlo(struct oconn *oc)
+{
+	const struct deliver_core *c = dlv_core(oc->d);
+
+	oc_cmd(oc, "%s %s", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
+	oc_cmd_end(oc, SMTP_ASK_EHLO);
+	smtp_ehlo_begin(&oc->caps);
+	oc_enter_state(oc, OC_EHLO);
+	oc_flush(oc);
+}
+
 static void oc_tls_hs(struct oconn *oc)
 {
 	struct deliver_core *c = dlv_core(oc->d);
@@ -892,11 +922,7 @@ static void oc_tls_hs(struct oconn *oc)
 		assert(oc->owed.total == 0);
 		smtp_reply_init(&oc->rp);
 		oc->out_len = 0;
-		oc_cmd(oc, "%s %s", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
-		oc_cmd_end(oc, SMTP_ASK_EHLO);
-		smtp_ehlo_begin(&oc->caps);
-		oc->state = OC_EHLO;
-		oc_flush(oc);
+		oc_send_ehlo(oc);
 		oc_arm_recv(oc);
 		return;
 	}
@@ -924,7 +950,7 @@ static void oc_start_tls(struct oconn *oc)
 	 * reply parser starts over so no partial line crosses into TLS. */
 	assert(oc->owed.total == 0 && oc->rp.fill == 0);
 	smtp_reply_init(&oc->rp);
-	oc->state = OC_TLS_HS;
+	oc_enter_state(oc, OC_TLS_HS);
 	oc_tls_hs(oc);
 }
 
@@ -938,7 +964,7 @@ static void oc_after_ehlo(struct oconn *oc)
 		if (oc->caps.ext & SMTP_EXT_STARTTLS) {
 			oc_cmd(oc, "STARTTLS");
 			oc_cmd_end(oc, SMTP_ASK_STARTTLS);
-			oc->state = OC_STARTTLS;
+			oc_enter_state(oc, OC_STARTTLS);
 			oc_flush(oc);
 			return;
 		}
@@ -1049,8 +1075,17 @@ static bool oc_503_out_of_step(const struct oconn *oc, enum smtp_ask ask)
 		return oc->mail_ok;
 	case SMTP_ASK_DATA:
 		return oc->mail_ok && oc->naccepted > 0;
-	default:
+	case SMTP_ASK_NONE:
+	case SMTP_ASK_GREETING:
+	case SMTP_ASK_EHLO:
+	case SMTP_ASK_HELO:
+	case SMTP_ASK_STARTTLS:
+	case SMTP_ASK_RSET:
+	case SMTP_ASK_QUIT:
 		return false; /* the handshake, RSET, QUIT: their failure closes anyway */
+	case SMTP_ASK_COUNT:
+	default:
+		abort();
 	}
 }
 
@@ -1092,7 +1127,7 @@ static void oc_rcpt_overflow(struct oconn *oc, uint32_t i, const struct smtp_rep
 
 static void oc_rcpt_reply(struct oconn *oc, const struct smtp_reply *r)
 {
-	bool ok = r->code >= 200 && r->code < 300;
+	bool ok = oc_reply_2xx(r);
 
 	oc->rcpt_replies++;
 	if (oc->mail_ok) {
@@ -1129,14 +1164,14 @@ static void after_rcpt_replies(struct oconn *oc)
 {
 	if (oc->pipelining) {
 		if (oc->data_sent) {
-			oc->state = OC_DATA;
+			oc_enter_state(oc, OC_DATA);
 			return;
 		}
 	} else if (oc->mail_ok && oc->naccepted) {
 		oc_cmd(oc, "DATA");
 		oc_cmd_end(oc, SMTP_ASK_DATA);
 		oc->data_sent = true;
-		oc->state = OC_DATA;
+		oc_enter_state(oc, OC_DATA);
 		oc_flush(oc);
 		return;
 	}
@@ -1145,7 +1180,7 @@ static void after_rcpt_replies(struct oconn *oc)
 
 static void oc_ready(struct oconn *oc)
 {
-	oc->state = OC_IDLE;
+	oc_enter_state(oc, OC_IDLE);
 	if (oc->job)
 		oc_begin_tx(oc);
 	else
@@ -1190,157 +1225,242 @@ static enum smtp_ask oc_state_ask(enum oc_state st)
 	}
 }
 
-static void on_reply(struct oconn *oc, const struct smtp_reply *r)
+/* ---- one handler per state that waits for a reply ----------------------------- */
+
+/* RFC 5321 3.1: a refused greeting ends the session; the job tries its
+ * next hop. */
+static void on_reply_banner(struct oconn *oc, const struct smtp_reply *r)
 {
-	struct deliver_core *c = dlv_core(oc->d);
 	char diag[DLV_ERR_MAX];
-	bool ok = r->code >= 200 && r->code < 300;
+	struct djob *job;
+
+	if (oc_reply_2xx(r)) {
+		oc_send_ehlo(oc);
+		return;
+	}
+	smtp_reply_diag(r, diag, sizeof(diag));
+	oc_quit(oc);
+	job = oc->job;
+	oc->job = NULL;
+	if (job)
+		dlv_job_hop_failed(oc->d, job, diag);
+}
+
+/* EHLO (LHLO) answered.  A 5xx to EHLO from an SMTP hop that predates it
+ * gets HELO (RFC 5321 4.1.1.1); LMTP has no HELO (RFC 2033 4.1). */
+static void on_reply_ehlo(struct oconn *oc, const struct smtp_reply *r)
+{
+	const struct deliver_core *c = dlv_core(oc->d);
+	char diag[DLV_ERR_MAX];
+
+	if (oc_reply_2xx(r)) {
+		oc_after_ehlo(oc);
+		return;
+	}
+	if (!oc->hop.lmtp && r->code >= 500) {
+		oc_cmd(oc, "HELO %s", c->cfg->hostname);
+		oc_cmd_end(oc, SMTP_ASK_HELO);
+		smtp_ehlo_begin(&oc->caps);
+		oc_enter_state(oc, OC_HELO);
+		oc_flush(oc);
+		return;
+	}
+	smtp_reply_diag(r, diag, sizeof(diag));
+	oc_fail(oc, diag);
+}
+
+/* HELO answered: its 250 offers no extensions, whatever its lines say. */
+static void on_reply_helo(struct oconn *oc, const struct smtp_reply *r)
+{
+	char diag[DLV_ERR_MAX];
+
+	if (!oc_reply_2xx(r)) {
+		smtp_reply_diag(r, diag, sizeof(diag));
+		oc_fail(oc, diag);
+		return;
+	}
+	smtp_ehlo_begin(&oc->caps);
+	oc_after_ehlo(oc);
+}
+
+/* 220: the handshake begins.  A refusal is fatal only where the route
+ * requires TLS; an opportunistic route goes on in plaintext. */
+static void on_reply_starttls(struct oconn *oc, const struct smtp_reply *r)
+{
+	char diag[DLV_ERR_MAX];
+
+	if (r->code == 220) {
+		oc_start_tls(oc);
+		return;
+	}
+	if (oc->hop.tls >= CONFIG_RTLS_REQUIRED) {
+		smtp_reply_diag(r, diag, sizeof(diag));
+		oc_fail(oc, diag);
+		return;
+	}
+	oc_ready(oc);
+}
+
+/* MAIL answered.  A refusal answers the whole job (RFC 5321 3.3); the
+ * RCPTs already pipelined behind it still have their replies to come. */
+static void on_reply_mail(struct oconn *oc, const struct smtp_reply *r)
+{
+	oc->mail_ok = oc_reply_2xx(r);
+	if (!oc->mail_ok) {
+		result_all_reply(oc, r, false);
+		if (oc->rcpt_sent == 0 && !oc->data_sent) {
+			oc_rset(oc);
+			return;
+		}
+		oc_enter_state(oc, OC_RCPT);
+		if (oc->rcpt_replies == oc->rcpt_sent)
+			after_rcpt_replies(oc);
+		return;
+	}
+	oc_enter_state(oc, OC_RCPT);
+	if (!oc->pipelining) {
+		write_rcpts(oc);
+		oc_flush(oc);
+	}
+}
+
+/* DATA answered: 354 starts the body; anything else ends the transaction
+ * for the recipients RCPT took. */
+static void on_reply_data(struct oconn *oc, const struct smtp_reply *r)
+{
+	if (r->code == 354) {
+		/* RFC 2920 3.1: a server that accepted no RCPT fails DATA. */
+		if (!oc->mail_ok || oc->naccepted == 0) {
+			oc_violation(oc, "354 to DATA without an accepted recipient");
+			return;
+		}
+		oc_body_start(oc);
+		oc_pump(oc);
+		return;
+	}
+	if (oc->mail_ok && oc->naccepted)
+		result_all_reply(oc, r, true);
+	oc_rset(oc);
+}
+
+/* The reply to the final dot answers the accepted recipients: SMTP one
+ * for all, LMTP one each, in RCPT order (RFC 2033 4.2).  False while LMTP
+ * replies are still owed. */
+static bool dot_results(struct oconn *oc, const struct smtp_reply *r)
+{
+	if (!oc->hop.lmtp) {
+		result_all_reply(oc, r, true);
+		return true;
+	}
+	while (oc->lmtp_idx < oc->job->nrcpt && oc->job->acc[oc->lmtp_idx] != DLV_RT_ACCEPTED)
+		oc->lmtp_idx++;
+	assert(oc->lmtp_idx < oc->job->nrcpt);
+	result_from_reply(oc, oc->lmtp_idx++, r);
+	return oc->owed.total == 0;
+}
+
+static void on_reply_dot(struct oconn *oc, const struct smtp_reply *r)
+{
+	const struct deliver_core *c = dlv_core(oc->d);
+
+	oc->dot_failed |= !oc_reply_2xx(r);
+	if (!dot_results(oc, r))
+		return;
+	assert(oc->owed.total == 0);
+	oc->msgs++;
+	/* A refused message may leave the transaction open on the hop
+	 * (Postfix after an smtpd_end_of_data_restrictions reject): the
+	 * next MAIL would be "nested" and refused.  RSET, and its 250,
+	 * before the connection carries anything else. */
+	if (oc->dot_failed && oc->msgs < c->cfg->delivery.messages_per_connection && !c->stopping) {
+		oc_rset(oc);
+		return;
+	}
+	oc_tx_end(oc, !oc->dot_failed);
+}
+
+/* ---- replies: accounting, then the state's handler ---------------------------- */
+
+/* Is the reply owed, and can it answer its command?  Those that break the
+ * accounting, show the hop out of step (503) or end a continuation (421)
+ * are dealt with here; false then (the caller stops). */
+static bool oc_reply_admitted(struct oconn *oc, const struct smtp_reply *r)
+{
+	char diag[DLV_ERR_MAX];
 	enum smtp_ask ask = smtp_owed_take(&oc->owed);
 
 	if (ask == SMTP_ASK_NONE) {
 		/* An idle connection's 421 lands here too: it closes all the same. */
 		oc_violation(oc, "a reply (%u) when nothing was asked", r->code);
-		return;
+		return false;
 	}
 	/* The state machine and the owed list advance together. */
-	assert(ask == oc_state_ask((enum oc_state)oc->state));
+	assert(ask == oc_state_ask(oc->state));
 	if (!smtp_reply_fits(ask, r->code)) {
 		oc_violation(oc, "reply %u to %s", r->code, smtp_ask_name(ask));
-		return;
+		return false;
 	}
 	if (r->code == 503 && oc_503_out_of_step(oc, ask)) {
 		oc_out_of_step(oc, ask, r);
-		return;
+		return false;
 	}
 	/* 421: the hop closes the channel (RFC 5321 3.8), maybe only because
 	 * it takes one message per connection. */
 	if (r->code == 421) {
 		smtp_reply_diag(r, diag, sizeof(diag));
 		if (oc_continuation_lost(oc, diag))
-			return;
+			return false;
 	}
+	return true;
+}
+
+static void on_reply(struct oconn *oc, const struct smtp_reply *r)
+{
+	if (!oc_reply_admitted(oc, r))
+		return;
 	switch (oc->state) {
 	case OC_BANNER:
-		if (!ok) {
-			smtp_reply_diag(r, diag, sizeof(diag));
-			oc_quit(oc);
-			struct djob *job = oc->job;
-			oc->job = NULL;
-			if (job)
-				dlv_job_hop_failed(oc->d, job, diag);
-			return;
-		}
-		oc_cmd(oc, "%s %s", oc->hop.lmtp ? "LHLO" : "EHLO", c->cfg->hostname);
-		oc_cmd_end(oc, SMTP_ASK_EHLO);
-		smtp_ehlo_begin(&oc->caps);
-		oc->state = OC_EHLO;
-		oc_flush(oc);
+		on_reply_banner(oc, r);
 		return;
 	case OC_EHLO:
+		on_reply_ehlo(oc, r);
+		return;
 	case OC_HELO:
-		if (!ok && oc->state == OC_EHLO && !oc->hop.lmtp && r->code >= 500) {
-			oc_cmd(oc, "HELO %s", c->cfg->hostname);
-			oc_cmd_end(oc, SMTP_ASK_HELO);
-			smtp_ehlo_begin(&oc->caps);
-			oc->state = OC_HELO;
-			oc_flush(oc);
-			return;
-		}
-		if (!ok) {
-			smtp_reply_diag(r, diag, sizeof(diag));
-			oc_fail(oc, diag);
-			return;
-		}
-		if (oc->state == OC_HELO)
-			smtp_ehlo_begin(&oc->caps);
-		oc_after_ehlo(oc);
+		on_reply_helo(oc, r);
 		return;
 	case OC_STARTTLS:
-		if (r->code == 220) {
-			oc_start_tls(oc);
-			return;
-		}
-		if (oc->hop.tls >= CONFIG_RTLS_REQUIRED) {
-			smtp_reply_diag(r, diag, sizeof(diag));
-			oc_fail(oc, diag);
-			return;
-		}
-		oc_ready(oc); /* opportunistic: plaintext it is */
+		on_reply_starttls(oc, r);
 		return;
 	case OC_MAIL:
-		oc->mail_ok = ok;
-		if (!ok) {
-			/* The whole job gets the MAIL reply (RFC 5321 3.3). */
-			result_all_reply(oc, r, false);
-			if (oc->rcpt_sent == 0 && !oc->data_sent) {
-				oc_rset(oc);
-				return;
-			}
-			oc->state = OC_RCPT;
-			if (oc->rcpt_replies == oc->rcpt_sent)
-				after_rcpt_replies(oc);
-			return;
-		}
-		oc->state = OC_RCPT;
-		if (!oc->pipelining) {
-			write_rcpts(oc);
-			oc_flush(oc);
-		}
+		on_reply_mail(oc, r);
 		return;
 	case OC_RCPT:
 		oc_rcpt_reply(oc, r);
 		return;
 	case OC_DATA:
-		if (r->code == 354) {
-			/* RFC 2920 3.1: a server that accepted no RCPT fails DATA. */
-			if (!oc->mail_ok || oc->naccepted == 0) {
-				oc_violation(oc, "354 to DATA without an accepted recipient");
-				return;
-			}
-			oc_body_start(oc);
-			oc_pump(oc);
-			return;
-		}
-		if (oc->mail_ok && oc->naccepted)
-			result_all_reply(oc, r, true);
-		oc_rset(oc);
+		on_reply_data(oc, r);
 		return;
 	case OC_DOT:
-		oc->dot_failed |= !ok;
-		if (!oc->hop.lmtp) {
-			result_all_reply(oc, r, true);
-		} else {
-			/* RFC 2033 4.2: one reply per accepted recipient, in order;
-			 * as many were owed as RCPTs were accepted. */
-			while (oc->lmtp_idx < oc->job->nrcpt &&
-			       oc->job->acc[oc->lmtp_idx] != DLV_RT_ACCEPTED)
-				oc->lmtp_idx++;
-			assert(oc->lmtp_idx < oc->job->nrcpt);
-			result_from_reply(oc, oc->lmtp_idx++, r);
-			if (oc->owed.total > 0)
-				return;
-		}
-		assert(oc->owed.total == 0);
-		oc->msgs++;
-		/* A refused message may leave the transaction open on the hop
-		 * (Postfix after an smtpd_end_of_data_restrictions reject): the
-		 * next MAIL would be "nested" and refused.  RSET, and its 250,
-		 * before the connection carries anything else. */
-		if (oc->dot_failed && oc->msgs < c->cfg->delivery.messages_per_connection &&
-		    !c->stopping) {
-			oc_rset(oc);
-			return;
-		}
-		oc_tx_end(oc, !oc->dot_failed);
+		on_reply_dot(oc, r);
 		return;
 	case OC_RSET:
-		oc_tx_end(oc, ok);
+		oc_tx_end(oc, oc_reply_2xx(r));
 		return;
 	case OC_QUIT:
 		oc_quit_done(oc);
 		return;
+	case OC_FREE:
+	case OC_CONNECTING:
+	case OC_TLS_HS:
+	case OC_IDLE:
+	case OC_BODY:
+	case OC_TLS_CLOSE:
+	case OC_CLOSING:
+		/* No command is in flight here (oc_state_ask): the owed list
+		 * was empty, and oc_reply_admitted closed the connection for
+		 * the protocol violation.  A reply cannot get this far. */
 	default:
-		abort(); /* oc_state_ask() said a command was in flight */
+		abort();
 	}
 }
 
@@ -1509,45 +1629,49 @@ static void on_recv(struct oconn *oc, int res)
 		oc_arm_recv(oc);
 }
 
-static void on_send(struct oconn *oc, int res)
+/* A TLS send completed: more records or plaintext to go, or the handshake
+ * goes on.  False when that took over (on_send stops). */
+static bool on_send_tls(struct oconn *oc, int res)
 {
-	oc->send_inflight = false;
-	if (oc->closing)
-		return;
-	if (res < 0) {
-		oc_fail(oc, strerror(-res));
-		return;
-	}
-	if (oc->tls) {
-		const void *p;
-		size_t len;
+	const void *p;
+	size_t len;
 
-		tls_conn_out_done(oc->tls, (size_t)res);
-		if (oc->niov || (tls_conn_out(oc->tls, &p, &len) && len)) {
-			oc_tls_send(oc);
-			if (oc->send_inflight || oc->closing)
-				return;
-		}
-		if (oc->state == OC_TLS_HS) {
-			oc_tls_hs(oc);
-			return;
-		}
-	} else {
-		/* Advance past what went out; send the rest of a short send. */
-		size_t left = (size_t)res;
-		uint32_t i = 0;
-
-		while (i < oc->niov && left >= oc->iov[i].iov_len)
-			left -= oc->iov[i++].iov_len;
-		if (i < oc->niov) {
-			oc->iov[i].iov_base = (char *)oc->iov[i].iov_base + left;
-			oc->iov[i].iov_len -= left;
-			memmove(oc->iov, oc->iov + i, (oc->niov - i) * sizeof(oc->iov[0]));
-			oc->niov -= i;
-			oc_send_iov(oc);
-			return;
-		}
+	tls_conn_out_done(oc->tls, (size_t)res);
+	if (oc->niov || (tls_conn_out(oc->tls, &p, &len) && len)) {
+		oc_tls_send(oc);
+		if (oc->send_inflight || oc->closing)
+			return false;
 	}
+	if (oc->state == OC_TLS_HS) {
+		oc_tls_hs(oc);
+		return false;
+	}
+	return true;
+}
+
+/* A plain send completed: advance past what went out, and send the rest of
+ * a short send.  False when there was a rest. */
+static bool on_send_plain(struct oconn *oc, int res)
+{
+	size_t left = (size_t)res;
+	uint32_t i = 0;
+
+	while (i < oc->niov && left >= oc->iov[i].iov_len)
+		left -= oc->iov[i++].iov_len;
+	if (i == oc->niov)
+		return true;
+	oc->iov[i].iov_base = (char *)oc->iov[i].iov_base + left;
+	oc->iov[i].iov_len -= left;
+	memmove(oc->iov, oc->iov + i, (oc->niov - i) * sizeof(oc->iov[0]));
+	oc->niov -= i;
+	oc_send_iov(oc);
+	return false;
+}
+
+/* All of iov[] went: the body goes on (or its dot is out), the session
+ * ends, or the commands written meanwhile go. */
+static void on_sent_all(struct oconn *oc)
+{
 	oc->niov = 0;
 	if (oc->out_inflight) {
 		/* Commands written while the send was in flight stay for the next. */
@@ -1562,7 +1686,7 @@ static void on_send(struct oconn *oc, int res)
 			assert(oc->owed.total == 0 && oc->naccepted > 0);
 			oc_ask(oc, SMTP_ASK_DOT, oc->hop.lmtp ? oc->naccepted : 1);
 			smtp_owed_sent(&oc->owed);
-			oc->state = OC_DOT;
+			oc_enter_state(oc, OC_DOT);
 			oc->lmtp_idx = 0;
 			oc_arm_recv(oc);
 			return;
@@ -1579,6 +1703,19 @@ static void on_send(struct oconn *oc, int res)
 	oc_flush(oc);
 }
 
+static void on_send(struct oconn *oc, int res)
+{
+	oc->send_inflight = false;
+	if (oc->closing)
+		return;
+	if (res < 0) {
+		oc_fail(oc, strerror(-res));
+		return;
+	}
+	if (oc->tls ? on_send_tls(oc, res) : on_send_plain(oc, res))
+		on_sent_all(oc);
+}
+
 static void on_connect(struct oconn *oc, int res)
 {
 	struct deliver_core *c = dlv_core(oc->d);
@@ -1593,7 +1730,7 @@ static void on_connect(struct oconn *oc, int res)
 	/* RFC 5321 3.1: the server speaks first; that reply is owed now. */
 	oc_ask(oc, SMTP_ASK_GREETING, 1);
 	smtp_owed_sent(&oc->owed);
-	oc->state = OC_BANNER;
+	oc_enter_state(oc, OC_BANNER);
 	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
 	oc_arm_recv(oc);
 }
@@ -1669,7 +1806,7 @@ static void oc_connect(struct oconn *oc)
 	io_uring_prep_connect(sqe, oc->fd, (struct sockaddr *)&oc->hop.addr, oc->hop.len);
 	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_CONNECT));
 	oc->inflight++;
-	oc->state = OC_CONNECTING;
+	oc_enter_state(oc, OC_CONNECTING);
 	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.connect_timeout_s * 1000u;
 }
 
