@@ -227,31 +227,32 @@ static struct rmx_config *load(int argc, char **argv, bool *check_only)
 	return cfg;
 }
 
-int main(int argc, char **argv)
+/* --check-config: everything start-up would refuse fails here too; likely
+ * mistakes are one warning line each and still exit 0. */
+static int check_config(struct rmx_config *cfg)
 {
 	char why[512];
-	bool check_only;
-	struct rmx_config *cfg = load(argc, argv, &check_only);
-	struct shard *shards;
-	struct control *ctl = NULL;
-	uint64_t *max_ids;
+	int rc = preflight_check(cfg, true, why, sizeof(why));
+
+	if (rc != 0) {
+		fprintf(stderr, "%s\n", why);
+		config_free(cfg);
+		return 1;
+	}
+	preflight_warnings(cfg, warn_stderr, NULL);
+	printf("config ok\n");
+	config_free(cfg);
+	return 0;
+}
+
+/* What must hold before anything is started: logging, the ring, the
+ * config against the machine, the listeners, the spool lock and the
+ * control socket's place.  Returns the signalfd. */
+static int start_checks(const struct rmx_config *cfg)
+{
+	char why[512];
 	int sfd;
 
-	if (check_only) {
-		/* Everything start-up would refuse fails here too; likely
-		 * mistakes are one warning line each and still exit 0. */
-		int rc = preflight_check(cfg, true, why, sizeof(why));
-
-		if (rc != 0) {
-			fprintf(stderr, "%s\n", why);
-			config_free(cfg);
-			return 1;
-		}
-		preflight_warnings(cfg, warn_stderr, NULL);
-		printf("config ok\n");
-		config_free(cfg);
-		return 0;
-	}
 	if (log_setup(cfg->log.level, cfg->log.json, cfg->log.file, why, sizeof(why)) != 0)
 		fatal("%s", why);
 	if (ring_probe(why, sizeof(why)) != 0 || preflight_check(cfg, false, why, sizeof(why)) != 0)
@@ -274,18 +275,17 @@ int main(int argc, char **argv)
 	 * use, or anything that is not a socket, stops the start. */
 	if (control_prepare(cfg->control.socket, why, sizeof(why)) != 0)
 		fatal("%s", why);
-	shards = calloc(cfg->shards, sizeof(*shards));
-	max_ids = calloc(cfg->shards, sizeof(*max_ids));
-	if (!shards || !max_ids)
-		fatal("out of memory");
-	recover_spool(cfg, max_ids);
-	local_bases(cfg);
-	/* Server certificates, and client contexts of routes that may TLS. */
-	if (tls_global_init() != 0)
-		fatal("TLS library initialisation failed");
-	struct auth_users *users = NULL;
-	struct auth_throttle *throttle = NULL;
+	return sfd;
+}
 
+/* The users_file and its failure throttle, shared by every shard. */
+static void start_auth(const struct rmx_config *cfg, struct auth_users **users,
+		       struct auth_throttle **throttle)
+{
+	char why[512];
+
+	*users = NULL;
+	*throttle = NULL;
 	if (cfg->auth.users_file) {
 		struct auth_throttle_config tc = {.entries = 65536,
 						  .base_delay_ms = cfg->auth.failure_delay_ms,
@@ -294,27 +294,22 @@ int main(int argc, char **argv)
 						  .window_ms = 15 * 60 * 1000,
 						  .v6_prefix_len = 64};
 
-		if (auth_users_load(cfg->auth.users_file, &users, why, sizeof(why)) != 0)
+		if (auth_users_load(cfg->auth.users_file, users, why, sizeof(why)) != 0)
 			fatal("auth.users_file: %s", why);
-		if (auth_throttle_create(&tc, &throttle) != 0)
+		if (auth_throttle_create(&tc, throttle) != 0)
 			fatal("auth throttle: %s", strerror(errno));
 		log_msg(LOG_INFO, "event=users_loaded file=%s users=%u", cfg->auth.users_file,
-			auth_users_count(users));
+			auth_users_count(*users));
 	}
-	shard_auth_setup(users, throttle);
-	/* Helper threads: local delivery and bounces (blocking work). */
-	struct hpool_config pc = {.threads = cfg->shards < 2 ? 2 : cfg->shards,
-				  .shards = cfg->shards,
-				  .queue_size = 4096,
-				  .shard_inflight = 512};
-	struct hpool *pool;
+	shard_auth_setup(*users, *throttle);
+}
 
-	if (hpool_create(&pc, &pool) != 0)
-		fatal("helper pool: %s", strerror(errno));
-	struct deliver_shared *dq = deliver_shared_new(cfg->shards);
+/* Each shard with the queue it loaded from its spool directory. */
+static void start_shards(const struct rmx_config *cfg, struct shard *shards,
+			 const uint64_t *max_ids, struct hpool *pool, struct deliver_shared *dq)
+{
+	char why[512];
 
-	if (!dq)
-		fatal("delivery queue: out of memory");
 	for (uint32_t i = 0; i < cfg->shards; i++) {
 		struct deliver_loaded *loaded = NULL;
 
@@ -325,13 +320,13 @@ int main(int argc, char **argv)
 		if (shard_start(&shards[i], i, cfg, max_ids[i], loaded, pool, dq) != 0)
 			fatal("shard %u: %s", i, shards[i].why);
 	}
-	/* Last: the control socket appearing means every shard is up. */
-	if (control_start(&ctl, cfg, post_ctl, shards, why, sizeof(why)) != 0)
-		fatal("%s", why);
-	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
-		cfg->listener_count, cfg->hostname);
-	main_loop(sfd);
-	control_stop(ctl); /* before the shards: a client may wait for one */
+}
+
+/* The control socket first (a client may wait for a shard), then every
+ * shard drains and is joined. */
+static void stop_all(const struct rmx_config *cfg, struct control *ctl, struct shard *shards)
+{
+	control_stop(ctl);
 	for (uint32_t i = 0; i < cfg->shards; i++)
 		shard_stop(&shards[i]);
 	for (uint32_t i = 0; i < cfg->shards; i++) {
@@ -340,6 +335,52 @@ int main(int argc, char **argv)
 	}
 	for (uint32_t i = 0; i < cfg->shards; i++)
 		shard_release(&shards[i]);
+}
+
+int main(int argc, char **argv)
+{
+	char why[512];
+	bool check_only;
+	struct rmx_config *cfg = load(argc, argv, &check_only);
+	struct control *ctl = NULL;
+	struct auth_users *users;
+	struct auth_throttle *throttle;
+	struct hpool *pool;
+
+	if (check_only)
+		return check_config(cfg);
+	int sfd = start_checks(cfg);
+	struct shard *shards = calloc(cfg->shards, sizeof(*shards));
+	uint64_t *max_ids = calloc(cfg->shards, sizeof(*max_ids));
+
+	if (!shards || !max_ids)
+		fatal("out of memory");
+	recover_spool(cfg, max_ids);
+	local_bases(cfg);
+	/* Server certificates, and client contexts of routes that may TLS. */
+	if (tls_global_init() != 0)
+		fatal("TLS library initialisation failed");
+	start_auth(cfg, &users, &throttle);
+	/* Helper threads: local delivery, bounces and password checks. */
+	struct hpool_config pc = {.threads = cfg->shards < 2 ? 2 : cfg->shards,
+				  .shards = cfg->shards,
+				  .queue_size = 4096,
+				  .shard_inflight = 512};
+
+	if (hpool_create(&pc, &pool) != 0)
+		fatal("helper pool: %s", strerror(errno));
+	struct deliver_shared *dq = deliver_shared_new(cfg->shards);
+
+	if (!dq)
+		fatal("delivery queue: out of memory");
+	start_shards(cfg, shards, max_ids, pool, dq);
+	/* Last: the control socket appearing means every shard is up. */
+	if (control_start(&ctl, cfg, post_ctl, shards, why, sizeof(why)) != 0)
+		fatal("%s", why);
+	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
+		cfg->listener_count, cfg->hostname);
+	main_loop(sfd);
+	stop_all(cfg, ctl, shards);
 	deliver_shared_free(dq);
 	hpool_destroy(pool);
 	auth_throttle_destroy(throttle);

@@ -1081,6 +1081,48 @@ static struct conn *conn_new(struct shard *sh, int fd, uint32_t listener)
 	return c;
 }
 
+/* A new connection's first step: the TLS handshake (implicit TLS), the
+ * greet pause, or a peek for bytes sent before the banner. */
+static void conn_begin(struct conn *c, const struct config_listener *l)
+{
+	struct shard *sh = c->shard;
+
+	if (l->tls == CONFIG_TLS_IMPLICIT) {
+		/* RFC 8314: TLS from the first byte; the banner follows the
+		 * handshake (an early talker is the TLS client hello). */
+		c->tls = tls_conn_new(sh->tls_ctx, NULL);
+		if (!c->tls) {
+			conn_close(c);
+			return;
+		}
+		c->tls_mode = CONN_TLS_HANDSHAKE;
+		c->tls_deadline_ms =
+		    sh->now_ms + (uint64_t)sh->cfg->tls.handshake_timeout_s * 1000u;
+		conn_arm_recv(c);
+		return;
+	}
+	if (l->greet_pause_ms) {
+		/* Pre-greet pause: anything the client sends before the banner
+		 * marks it as a spam-bot early talker. */
+		uint32_t ms = l->greet_pause_ms;
+
+		c->greet_ts.tv_sec = ms / 1000;
+		c->greet_ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+		ring_prep_timeout(&sh->ring, &c->greet_ts, conn_ud(c, OP_GREET));
+		c->inflight++;
+		c->greet_armed = true;
+		conn_arm_recv(c);
+		return;
+	}
+	/* No pause: still refuse bytes that arrived before we could greet
+	 * (a client that talks without reading). */
+	struct io_uring_sqe *sqe = ring_sqe(&sh->ring);
+
+	io_uring_prep_recv(sqe, c->fd, sh->peek_byte, 1, MSG_PEEK | MSG_DONTWAIT);
+	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_PEEK));
+	c->inflight++;
+}
+
 static void shard_on_accept(struct shard *sh, uint32_t li, struct io_uring_cqe *cqe)
 {
 	struct sockaddr_storage ss;
@@ -1121,40 +1163,7 @@ static void shard_on_accept(struct shard *sh, uint32_t li, struct io_uring_cqe *
 	smtp_session_init(c, &sh->env);
 	log_msg(LOG_DEBUG, "event=connect shard=%u client=%s port=%u listener=%s", sh->id,
 		c->peer_ip, c->peer_port, sh->listeners[li].cfg->name);
-	if (sh->listeners[li].cfg->tls == CONFIG_TLS_IMPLICIT) {
-		/* RFC 8314: TLS from the first byte; the banner follows the
-		 * handshake (an early talker is the TLS client hello). */
-		c->tls = tls_conn_new(sh->tls_ctx, NULL);
-		if (!c->tls) {
-			conn_close(c);
-			return;
-		}
-		c->tls_mode = CONN_TLS_HANDSHAKE;
-		c->tls_deadline_ms =
-		    sh->now_ms + (uint64_t)sh->cfg->tls.handshake_timeout_s * 1000u;
-		conn_arm_recv(c);
-		return;
-	}
-	if (sh->listeners[li].cfg->greet_pause_ms) {
-		/* Pre-greet pause: anything the client sends before the banner
-		 * marks it as a spam-bot early talker. */
-		uint32_t ms = sh->listeners[li].cfg->greet_pause_ms;
-
-		c->greet_ts.tv_sec = ms / 1000;
-		c->greet_ts.tv_nsec = (long long)(ms % 1000) * 1000000;
-		ring_prep_timeout(&sh->ring, &c->greet_ts, conn_ud(c, OP_GREET));
-		c->inflight++;
-		c->greet_armed = true;
-		conn_arm_recv(c);
-		return;
-	}
-	/* No pause: still refuse bytes that arrived before we could greet
-	 * (a client that talks without reading). */
-	struct io_uring_sqe *sqe = ring_sqe(&sh->ring);
-
-	io_uring_prep_recv(sqe, fd, sh->peek_byte, 1, MSG_PEEK | MSG_DONTWAIT);
-	io_uring_sqe_set_data64(sqe, conn_ud(c, OP_PEEK));
-	c->inflight++;
+	conn_begin(c, sh->listeners[li].cfg);
 }
 
 static void conn_on_peek(struct conn *c, int res)
@@ -1683,13 +1692,13 @@ static void shard_env_init(struct shard *sh)
 		e->listeners[i] = sh->listeners[i].cfg;
 }
 
-static int shard_setup(struct shard *sh)
+/* "ringmx-shard3" in top -H, perf and /proc/PID/task/TID/comm; pinned to
+ * its CPU when cpu_affinity says so. */
+static void shard_pin_thread(struct shard *sh)
 {
 	const struct rmx_config *cfg = sh->cfg;
 	char name[16];
-	int rc;
 
-	/* "ringmx-shard3" in top -H, perf and /proc/PID/task/TID/comm. */
 	snprintf(name, sizeof(name), "ringmx-shard%u", sh->id);
 	pthread_setname_np(pthread_self(), name);
 	if (cfg->cpu_affinity) {
@@ -1701,6 +1710,42 @@ static int shard_setup(struct shard *sh)
 			log_msg(LOG_WARN, "event=affinity shard=%u cpu=%d error=failed", sh->id,
 				cfg->cpu_affinity[sh->id]);
 	}
+}
+
+/* The connection table, its free list, the transaction pool and the
+ * listening sockets, all sized from the config now (invariant 4). */
+static int shard_conns_init(struct shard *sh)
+{
+	const struct rmx_config *cfg = sh->cfg;
+
+	sh->conn_max = cfg->io.max_connections;
+	sh->conns = calloc(sh->conn_max, sizeof(sh->conns[0]));
+	sh->free_slots = calloc(sh->conn_max, sizeof(sh->free_slots[0]));
+	sh->txpool = smtp_tx_pool_new(sh->conn_max, cfg->limits.recipients);
+	if (!sh->conns || !sh->free_slots || !sh->txpool) {
+		snprintf(sh->why, sizeof(sh->why), "out of memory sizing %u connections",
+			 sh->conn_max);
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < sh->conn_max; i++) {
+		sh->conns[i].slot = i;
+		sh->free_slots[sh->free_count++] = sh->conn_max - 1 - i;
+	}
+	for (uint32_t i = 0; i < cfg->listener_count; i++) {
+		sh->listeners[i].cfg = &cfg->listeners[i];
+		sh->listeners[i].fd = listener_open(&cfg->listeners[i], sh->why, sizeof(sh->why));
+		if (sh->listeners[i].fd < 0)
+			return -EADDRINUSE;
+	}
+	return 0;
+}
+
+static int shard_setup(struct shard *sh)
+{
+	const struct rmx_config *cfg = sh->cfg;
+	int rc;
+
+	shard_pin_thread(sh);
 	rc = ring_init(&sh->ring, cfg->io.ring_entries, cfg->io.recv_buffers,
 		       cfg->io.recv_buffer_size, sh->why, sizeof(sh->why));
 	if (rc < 0)
@@ -1742,25 +1787,9 @@ static int shard_setup(struct shard *sh)
 	sh->loaded = NULL;
 	if (rc < 0)
 		return rc;
-	sh->conn_max = cfg->io.max_connections;
-	sh->conns = calloc(sh->conn_max, sizeof(sh->conns[0]));
-	sh->free_slots = calloc(sh->conn_max, sizeof(sh->free_slots[0]));
-	sh->txpool = smtp_tx_pool_new(sh->conn_max, cfg->limits.recipients);
-	if (!sh->conns || !sh->free_slots || !sh->txpool) {
-		snprintf(sh->why, sizeof(sh->why), "out of memory sizing %u connections",
-			 sh->conn_max);
-		return -ENOMEM;
-	}
-	for (uint32_t i = 0; i < sh->conn_max; i++) {
-		sh->conns[i].slot = i;
-		sh->free_slots[sh->free_count++] = sh->conn_max - 1 - i;
-	}
-	for (uint32_t i = 0; i < cfg->listener_count; i++) {
-		sh->listeners[i].cfg = &cfg->listeners[i];
-		sh->listeners[i].fd = listener_open(&cfg->listeners[i], sh->why, sizeof(sh->why));
-		if (sh->listeners[i].fd < 0)
-			return -EADDRINUSE;
-	}
+	rc = shard_conns_init(sh);
+	if (rc < 0)
+		return rc;
 	sh->wake_fd = eventfd(0, EFD_CLOEXEC);
 	if (sh->wake_fd < 0)
 		return -errno;
