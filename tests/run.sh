@@ -6,7 +6,8 @@
 # Steps: install packages (tools/bootstrap.sh); build a strict build (build-ci,
 # -Werror) and an ASan+UBSan build (build-asan); unit tests (meson, suite
 # "unit") and black-box tests (pytest) against both; the fuzz targets for a
-# bounded time (FUZZ_SECONDS per target, default 20); a clang-format check.
+# bounded time (FUZZ_SECONDS per target, default 20); a clang-format check;
+# the shape check (tools/shape.py: no function over 70 lines).
 # Logs go to build-logs/.  Exit status 0 iff nothing failed.
 #
 # Counting: each unit test, each pytest test, each fuzz target and the format
@@ -254,6 +255,20 @@ else
 	grep -oE '^[^ :]+\.(c|h):[0-9]+:[0-9]+: (error|warning)' "$log" | cut -d: -f1 | sort -u | sed 's/^/  /'
 	tail_log "$log" 20
 	fail clang-format
+fi
+
+# ---------------------------------------------------------------- 7. shape
+# No function over 70 lines in the program's folders (tools/shape.py; the
+# report also lists long files and folder include cycles).
+section "shape (tools/shape.py)"
+log="$LOGS/shape.log"
+if "$PYTHON" tools/shape.py --check functions >"$log" 2>&1; then
+	echo "shape: ok ($(head -n 1 "$log"))"
+	pass shape
+else
+	echo "shape: FAILED"
+	tail_log "$log" 30
+	fail shape
 fi
 
 # ---------------------------------------------------------------- summary

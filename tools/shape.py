@@ -2,7 +2,7 @@
 """The shape of the tree, measured: long functions, long files, and cycles
 in the include graph between folders.
 
-    tools/shape.py [--fn-max 70] [--file-max 800] [--check]
+    tools/shape.py [--fn-max 70] [--file-max 800] [--check functions,files,cycles]
 
 Functions come from Universal Ctags (line and end of each C function;
 tools/bootstrap.sh installs it).  Folders are ring/, queue/, filters/,
@@ -10,8 +10,10 @@ src/ and each folder below src/ (src/smtp, src/deliver, ...); an edge
 A -> B means a file in A includes a header of B.  A cycle is a strongly
 connected set of two or more folders.
 
-Prints the report; with --check, exits 1 if a limit is exceeded or a cycle
-exists (tests are not measured: only the program's own folders)."""
+Prints the report; with --check, exits 1 if one of the named measures is
+over its limit (tests are not measured: only the program's own folders).
+tests/run.sh checks functions; files and cycles are reported only until the
+connection layer is built (doc/design-net.md)."""
 
 import argparse
 import os
@@ -98,8 +100,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fn-max", type=int, default=70)
     ap.add_argument("--file-max", type=int, default=800)
-    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--check", default="",
+                    help="comma-separated: functions, files, cycles")
     a = ap.parse_args()
+    gate = set(filter(None, a.check.split(",")))
+    unknown = gate - {"functions", "files", "cycles"}
+    if unknown:
+        ap.error("unknown measure: %s" % ", ".join(sorted(unknown)))
     paths = list(sources())
     bad = False
 
@@ -107,7 +114,7 @@ def main():
     print("functions over %d lines: %d" % (a.fn_max, len(long_fn)))
     for n, name, where in long_fn:
         print("  %5d  %s  %s" % (n, name, where))
-    bad |= bool(long_fn)
+    bad |= "functions" in gate and bool(long_fn)
 
     sizes = []
     for p in paths:
@@ -117,7 +124,7 @@ def main():
     print("files over %d lines: %d" % (a.file_max, len(long_files)))
     for n, p in long_files:
         print("  %5d  %s" % (n, p))
-    bad |= bool(long_files)
+    bad |= "files" in gate and bool(long_files)
 
     edges = {}
     for p in paths:
@@ -134,8 +141,8 @@ def main():
     print("folder cycles: %d" % len(cyc))
     for c in cyc:
         print("  " + " <-> ".join(c))
-    bad |= bool(cyc)
-    return 1 if a.check and bad else 0
+    bad |= "cycles" in gate and bool(cyc)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
