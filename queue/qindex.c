@@ -3,6 +3,7 @@
  */
 #include "queue/qindex.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -90,6 +91,7 @@ struct qmsg *qindex_add(struct qindex *ix, uint64_t seq, uint64_t commit_off, co
 	m->hnext = ix->table[id_hash(m->id) & ix->mask];
 	ix->table[id_hash(m->id) & ix->mask] = m;
 	ix->count++;
+	assert(qindex_find(ix, m->id) == m && m->where == QW_NONE && !m->rlisted);
 	return m;
 }
 
@@ -101,24 +103,32 @@ struct qmsg *qindex_find(const struct qindex *ix, uint64_t id)
 	return NULL;
 }
 
+/* Only a message on no list and no record list may go: the engine's
+ * lists would keep a pointer to freed memory. */
 void qindex_remove(struct qindex *ix, struct qmsg *m)
 {
 	struct qmsg **pp = &ix->table[id_hash(m->id) & ix->mask];
+	uint64_t id = m->id;
 
+	assert(m->where == QW_NONE && !m->rlisted && ix->count > 0);
 	while (*pp && *pp != m)
 		pp = &(*pp)->hnext;
+	assert(*pp == m); /* a member, or the table is broken */
 	if (*pp) {
 		*pp = m->hnext;
 		ix->count--;
 	}
 	free(m->res);
 	free(m);
+	assert(qindex_find(ix, id) == NULL);
 }
 
 void qmsg_apply_state(struct qmsg *m, const struct spool_state *st)
 {
 	uint32_t n = st->rcpt_count < m->env.rcpt_count ? st->rcpt_count : m->env.rcpt_count;
 
+	/* The decoder bounds the error text (record.c); error[] holds it. */
+	assert(st->error_len <= SPOOL_STATE_ERR_MAX && (st->error != NULL || st->error_len == 0));
 	for (uint32_t i = 0; i < n; i++)
 		m->rst[i] = st->rcpt_state[i];
 	m->attempts = st->attempts;

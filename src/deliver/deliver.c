@@ -86,6 +86,26 @@ void dlv_rec_mark(struct deliver *d, struct qmsg *m)
 	assert(d->rec_head != NULL && d->rec_tail == m);
 }
 
+/* m leaves the record list without its record written (it is going away:
+ * a moved message's original).  O(list), and rare. */
+void dlv_rec_unlink(struct deliver *d, struct qmsg *m)
+{
+	struct qmsg **pp = &d->rec_head, *prev = NULL;
+
+	assert(m->rlisted && d->rec_head != NULL);
+	while (*pp && *pp != m) {
+		prev = *pp;
+		pp = &(*pp)->rnext;
+	}
+	assert(*pp == m);
+	*pp = m->rnext;
+	if (d->rec_tail == m)
+		d->rec_tail = prev;
+	m->rlisted = false;
+	m->rnext = NULL;
+	assert((d->rec_head == NULL) == (d->rec_tail == NULL));
+}
+
 /* ---- segments ------------------------------------------------------------------- */
 
 int dlv_seg_fd(struct deliver *d, uint64_t seq)

@@ -72,6 +72,7 @@ static inline void dlv_list_set(struct deliver *d, struct qmsg *m, enum qmsg_whe
 /* deliver.c */
 /* m has a record to write (its state or DONE) at the end of the turn. */
 void dlv_rec_mark(struct deliver *d, struct qmsg *m);
+void dlv_rec_unlink(struct deliver *d, struct qmsg *m);
 /* A committed message enters the queue (ready, or deferred while stopping). */
 struct qmsg *dlv_enqueue(struct deliver *d, const struct spool_msg *sm);
 

@@ -539,6 +539,14 @@ static void move_durable(struct deliver *d, struct dbounce *b, int res)
 	char error[sizeof(o->error)];
 
 	memcpy(error, o->error, sizeof(error));
+	/* A flush while the copy was written marked o for a record that
+	 * answers the operator (ctl_note): o goes, so the copy's record
+	 * answers instead. */
+	struct spool_note *note = o->ctl_note;
+
+	o->ctl_note = NULL;
+	if (o->rlisted)
+		dlv_rec_unlink(d, o);
 	dlv_list_del(d, o);
 	qseg_unref(&d->segs, o->seq);
 	qindex_remove(&d->ix, o);
@@ -552,7 +560,11 @@ static void move_durable(struct deliver *d, struct dbounce *b, int res)
 			n->rst[r] = SPOOL_RCPT_DEFERRED;
 		dlv_list_set(d, n, where == QW_HELD ? QW_HELD : QW_DEFERRED);
 		n->state_dirty = true;
+		assert(n->ctl_note == NULL);
+		n->ctl_note = note;
 		dlv_rec_mark(d, n);
+	} else if (note) {
+		note->fn(note, -ENOMEM);
 	}
 	log_msg(LOG_INFO, "event=moved id=%s from_segment=%016llx to_segment=%016llx rcpts=%u", id,
 		(unsigned long long)old_seq, (unsigned long long)b->sm.seg_seq, b->mn);
