@@ -138,6 +138,14 @@ void qmsg_apply_state(struct qmsg *m, const struct spool_state *st)
 	m->error[st->error_len] = '\0';
 }
 
+void qmsg_rcpt_set(struct qmsg *m, uint32_t r, enum spool_rcpt_state st)
+{
+	assert(r < m->env.rcpt_count && st <= SPOOL_RCPT_DEFERRED);
+	assert(m->rst[r] == SPOOL_RCPT_PENDING || m->rst[r] == SPOOL_RCPT_DEFERRED ||
+	       m->rst[r] == st);
+	m->rst[r] = (uint8_t)st;
+}
+
 uint32_t qmsg_state_encode(const struct qmsg *m, uint8_t *out, size_t cap)
 {
 	struct spool_state st = {

@@ -99,6 +99,10 @@ struct qmsg *qindex_find(const struct qindex *ix, uint64_t id);
 /* Unlink and free. */
 void qindex_remove(struct qindex *ix, struct qmsg *m);
 
+/* Recipient r of m becomes st.  Only an unfinished recipient (pending or
+ * deferred) changes: a delivered or bounced one is final (asserted), so a
+ * delivery or a bounce can never be undone or made twice in the index. */
+void qmsg_rcpt_set(struct qmsg *m, uint32_t r, enum spool_rcpt_state st);
 /* Apply a RCPT_STATE snapshot. */
 void qmsg_apply_state(struct qmsg *m, const struct spool_state *st);
 /* Encode m's snapshot into out (SPOOL_STATE_MAX); returns its length. */

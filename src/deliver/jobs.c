@@ -394,7 +394,7 @@ static void ticket_apply(struct deliver *d, struct dticket *t)
 	 * is durable, as a bounce does (report_settle). */
 	for (uint32_t i = 0; i < m->env.rcpt_count; i++)
 		if (m->res[i].cls == 2 && !dlv_success_reported(m, i))
-			m->rst[i] = SPOOL_RCPT_DELIVERED;
+			qmsg_rcpt_set(m, i, SPOOL_RCPT_DELIVERED);
 	dlv_attempt_finish(d, m);
 }
 

@@ -126,7 +126,7 @@ static void settle(struct deliver *d, struct qmsg *m)
 	m->error[0] = '\0';
 	for (uint32_t r = 0; r < m->env.rcpt_count; r++)
 		if (m->rst[r] == SPOOL_RCPT_PENDING || m->rst[r] == SPOOL_RCPT_DEFERRED) {
-			m->rst[r] = SPOOL_RCPT_DEFERRED;
+			qmsg_rcpt_set(m, r, SPOOL_RCPT_DEFERRED);
 			if (!m->error[0] && m->res[r].diag[0])
 				snprintf(m->error, sizeof(m->error), "%s", m->res[r].diag);
 		}
@@ -292,9 +292,9 @@ static void report_settle(struct deliver *d, struct qmsg *m, bool ok)
 		if (m->rst[r] != SPOOL_RCPT_PENDING && m->rst[r] != SPOOL_RCPT_DEFERRED)
 			continue;
 		if (m->res[r].cls == 5 && ok) {
-			m->rst[r] = SPOOL_RCPT_BOUNCED;
+			qmsg_rcpt_set(m, r, SPOOL_RCPT_BOUNCED);
 		} else if (m->res[r].cls == 2) {
-			m->rst[r] = SPOOL_RCPT_DELIVERED;
+			qmsg_rcpt_set(m, r, SPOOL_RCPT_DELIVERED);
 			lost += dlv_success_reported(m, r) && !ok;
 		}
 	}
@@ -437,9 +437,9 @@ static void report_durable(struct deliver *d, struct dbounce *b, bool ok)
 		return;
 	}
 	for (uint32_t i = 0; b->kind == DLV_REPORT_OUTCOME && i < b->n; i++)
-		m->rst[b->rcpt[i]] = b->results[i].action == DSN_ACTION_FAILED
-					 ? SPOOL_RCPT_BOUNCED
-					 : SPOOL_RCPT_DELIVERED;
+		qmsg_rcpt_set(m, b->rcpt[i],
+			      b->results[i].action == DSN_ACTION_FAILED ? SPOOL_RCPT_BOUNCED
+									: SPOOL_RCPT_DELIVERED);
 	if (b->resume != DLV_NO_RESUME)
 		report_start(d, m, b->kind, b->resume, b->content_sent || b->returns_content);
 	else
@@ -557,7 +557,7 @@ static void move_durable(struct deliver *d, struct dbounce *b, int res)
 		n->next_s = next_s;
 		memcpy(n->error, error, sizeof(error));
 		for (uint32_t r = 0; r < n->env.rcpt_count; r++)
-			n->rst[r] = SPOOL_RCPT_DEFERRED;
+			qmsg_rcpt_set(n, r, SPOOL_RCPT_DEFERRED);
 		dlv_list_set(d, n, where == QW_HELD ? QW_HELD : QW_DEFERRED);
 		n->state_dirty = true;
 		assert(n->ctl_note == NULL);
