@@ -561,7 +561,7 @@ static void conn_tls_established(struct conn *c)
 	log_msg(LOG_INFO, "event=tls client=%s version=%s cipher=%s sni=%s", c->peer_ip,
 		tls_conn_version(c->tls), tls_conn_cipher(c->tls),
 		tls_conn_sni(c->tls) ? tls_conn_sni(c->tls) : "-");
-	if (c->s.state == SMTP_S_NEW) /* implicit TLS: greet now */
+	if (smtp_session_phase(c) == SMTP_PHASE_PREGREET) /* implicit TLS: greet now */
 		smtp_session_greet(c);
 }
 
@@ -690,12 +690,10 @@ static bool conn_wants_park(const struct conn *c)
 {
 	if (c->io != CONN_ACTIVE || c->close_wanted || c->tls_mode == CONN_TLS_HANDSHAKE)
 		return false;
-	switch (c->s.wait) {
-	case SMTP_WAIT_FILTER:
-	case SMTP_WAIT_AUTH:
-	case SMTP_WAIT_AUTH_DELAY:
+	switch (smtp_session_hold(c)) {
+	case SMTP_HOLD_SELF:
 		return true;
-	case SMTP_WAIT_NONE:
+	case SMTP_HOLD_NONE:
 		/* Replies unread: the session parses no command until they go.
 		 * A full buffer alone does not say so: the replies of a large
 		 * pipelined group fill it while the send is in flight, and
@@ -703,11 +701,11 @@ static bool conn_wants_park(const struct conn *c)
 		 * commands into the stash and close it when they do not fit
 		 * (RFC 2920 3.2).  So only a send unfinished for CONN_UNREAD_MS
 		 * counts; the tick parks it then. */
-		return c->s.state != SMTP_S_DATA && c->s.state != SMTP_S_BDAT &&
-		       c->s.state != SMTP_S_NEW && conn_out_free(c) < SMTP_REPLY_MAX &&
-		       c->send_inflight && c->shard->now_ms - c->send_started_ms >= CONN_UNREAD_MS;
-	case SMTP_WAIT_SPOOL:
-	case SMTP_WAIT_COMMIT:
+		return smtp_session_phase(c) != SMTP_PHASE_BODY &&
+		       smtp_session_phase(c) != SMTP_PHASE_PREGREET &&
+		       conn_out_free(c) < SMTP_REPLY_MAX && c->send_inflight &&
+		       c->shard->now_ms - c->send_started_ms >= CONN_UNREAD_MS;
+	case SMTP_HOLD_DISK:
 		return false; /* ended by our own disk I/O, not by the client */
 	}
 	abort();
@@ -846,7 +844,7 @@ static bool conn_wants_recv(const struct conn *c)
 static bool conn_input_answered(const struct conn *c)
 {
 	return c->peer_eof && c->io == CONN_ACTIVE && !c->close_wanted && !c->parked &&
-	       c->inq_count == 0 && c->pq_count == 0 && c->s.wait == SMTP_WAIT_NONE &&
+	       c->inq_count == 0 && c->pq_count == 0 && smtp_session_hold(c) == SMTP_HOLD_NONE &&
 	       !(c->tls && c->shard->user_starved); /* plaintext still in the TLS layer */
 }
 
@@ -1186,7 +1184,7 @@ static void conn_on_greet(struct conn *c, int res)
 	c->greet_armed = false;
 	if (c->io != CONN_ACTIVE || res == -ECANCELED)
 		return;
-	if (c->s.state == SMTP_S_NEW) {
+	if (smtp_session_phase(c) == SMTP_PHASE_PREGREET) {
 		smtp_session_greet(c);
 		conn_process_input(c);
 	}
@@ -1234,9 +1232,8 @@ static void shard_on_tick(struct shard *sh)
 		}
 		/* A message being committed or a decision being waited for is
 		 * bounded by its own I/O and timers, not by the client. */
-		if (c->io != CONN_ACTIVE || c->s.state == SMTP_S_COMMIT ||
-		    c->s.wait == SMTP_WAIT_FILTER || c->s.wait == SMTP_WAIT_AUTH ||
-		    c->s.wait == SMTP_WAIT_AUTH_DELAY)
+		if (c->io != CONN_ACTIVE || smtp_session_phase(c) == SMTP_PHASE_COMMIT ||
+		    smtp_session_hold(c) == SMTP_HOLD_SELF)
 			continue;
 		if (c->tls_mode == CONN_TLS_HANDSHAKE && sh->now_ms >= c->tls_deadline_ms) {
 			log_msg(LOG_INFO,
@@ -1285,8 +1282,8 @@ static void shard_begin_stop(struct shard *sh)
 		 * to a minute) is not being made durable: it is closed like any
 		 * waiting session, or it would hold the shard for the whole
 		 * grace and then be dropped without a reply. */
-		if (c->io == CONN_ACTIVE &&
-		    (c->s.state != SMTP_S_COMMIT || c->s.wait == SMTP_WAIT_FILTER))
+		if (c->io == CONN_ACTIVE && (smtp_session_phase(c) != SMTP_PHASE_COMMIT ||
+					     smtp_session_hold(c) == SMTP_HOLD_SELF))
 			smtp_session_timeout(c, reply);
 		/* A client that does not read its 421 gets SHARD_STOP_LINGER_MS,
 		 * not the whole grace: the stop waits for no one's socket. */

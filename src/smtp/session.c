@@ -1286,3 +1286,40 @@ void smtp_session_decided(struct conn *c)
 	else if (c->io == CONN_ACTIVE)
 		conn_flush(c);
 }
+
+enum smtp_hold smtp_session_hold(const struct conn *c)
+{
+	switch (c->s.wait) {
+	case SMTP_WAIT_NONE:
+		return SMTP_HOLD_NONE;
+	case SMTP_WAIT_FILTER:
+	case SMTP_WAIT_AUTH:
+	case SMTP_WAIT_AUTH_DELAY:
+		return SMTP_HOLD_SELF;
+	case SMTP_WAIT_SPOOL:
+	case SMTP_WAIT_COMMIT:
+		return SMTP_HOLD_DISK;
+	}
+	abort();
+}
+
+enum smtp_phase smtp_session_phase(const struct conn *c)
+{
+	switch (c->s.state) {
+	case SMTP_S_NEW:
+		return SMTP_PHASE_PREGREET;
+	case SMTP_S_GREETED:
+	case SMTP_S_READY:
+	case SMTP_S_MAIL:
+	case SMTP_S_RCPT:
+		return SMTP_PHASE_COMMANDS;
+	case SMTP_S_DATA:
+	case SMTP_S_BDAT:
+		return SMTP_PHASE_BODY;
+	case SMTP_S_COMMIT:
+		return SMTP_PHASE_COMMIT;
+	case SMTP_S_QUIT:
+		return SMTP_PHASE_QUIT;
+	}
+	abort();
+}

@@ -135,6 +135,24 @@ void smtp_session_decided(struct conn *c);
 /* A password check finished: rc is enum auth_verify_rc or -errno. */
 void smtp_session_auth_done(struct conn *c, int rc);
 
+/* What the connection layer may know of a session (it reads no field of
+ * it): what it waits on, and where it is in the dialogue. */
+enum smtp_hold {
+	SMTP_HOLD_NONE = 0, /* it takes input (or waits for nothing) */
+	SMTP_HOLD_SELF,	    /* a decision, a password check or the AUTH delay: its
+			     * own timers and helpers end it, not the client */
+	SMTP_HOLD_DISK,	    /* a spool write slot or its commit: our disk I/O */
+};
+enum smtp_phase {
+	SMTP_PHASE_PREGREET = 0, /* accepted, banner not sent yet */
+	SMTP_PHASE_COMMANDS,	 /* reading command lines */
+	SMTP_PHASE_BODY,	 /* reading DATA or a BDAT chunk */
+	SMTP_PHASE_COMMIT,	 /* end of data: the message is being made durable */
+	SMTP_PHASE_QUIT,	 /* closing */
+};
+enum smtp_hold smtp_session_hold(const struct conn *c);
+enum smtp_phase smtp_session_phase(const struct conn *c);
+
 /* The connection is going away: give back the transaction. Only once no
  * spool write of it is in flight. */
 void smtp_session_release(struct conn *c);
