@@ -890,6 +890,17 @@ void conn_flush(struct conn *c)
 	conn_send(c);
 }
 
+uint64_t conn_helper_cookie(const struct conn *c)
+{
+	return (uint64_t)c->slot | (uint64_t)c->gen << 32;
+}
+
+void conn_helper_sent(struct conn *c)
+{
+	assert(c->io == CONN_ACTIVE);
+	c->inflight++;
+}
+
 void conn_timer(struct conn *c, uint32_t ms)
 {
 	assert(!c->decide_armed && c->io == CONN_ACTIVE);
@@ -1314,6 +1325,7 @@ static void shard_on_wake(struct shard *sh)
 
 			if (!c || c->gen != gen || c->io == CONN_FREE)
 				continue;
+			assert(c->inflight > 0 && conn_helper_cookie(c) == done[i].cookie);
 			c->inflight--;
 			/* As for a decision: a closed session answers no AUTH. */
 			if (c->io == CONN_ACTIVE && !c->close_wanted)

@@ -238,6 +238,12 @@ void conn_close(struct conn *c);
 void conn_resume(struct conn *c);
 /* Send what is buffered now (outside the input path). */
 void conn_flush(struct conn *c);
+/* A helper-pool request for the connection: the cookie that names it
+ * (slot and generation, so an answer for an earlier client of the slot is
+ * dropped); after a successful submit, conn_helper_sent() keeps the slot
+ * until the answer came (smtp_session_auth_done). */
+uint64_t conn_helper_cookie(const struct conn *c);
+void conn_helper_sent(struct conn *c);
 /* Call smtp_session_decided() after ms milliseconds (a ring timeout). */
 void conn_timer(struct conn *c, uint32_t ms);
 /* STARTTLS accepted (the 220 is in the output): once the current feed

@@ -415,7 +415,7 @@ static void auth_end(struct conn *c)
 static void auth_verify(struct conn *c)
 {
 	struct sasl_creds cr;
-	uint64_t cookie = (uint64_t)c->slot | (uint64_t)c->gen << 32;
+	uint64_t cookie = conn_helper_cookie(c);
 	int rc;
 
 	sasl_creds(c->s.sasl, &cr);
@@ -428,7 +428,7 @@ static void auth_verify(struct conn *c)
 		conn_reply(c, "454 4.7.0 Temporary authentication failure");
 		return;
 	}
-	c->inflight++; /* the slot stays until the answer came */
+	conn_helper_sent(c); /* the slot stays until the answer came */
 	c->s.wait = SMTP_WAIT_AUTH;
 }
 
