@@ -1731,13 +1731,15 @@ static int shard_conns_init(struct shard *sh)
 	sh->conns = calloc(sh->conn_max, sizeof(sh->conns[0]));
 	sh->free_slots = calloc(sh->conn_max, sizeof(sh->free_slots[0]));
 	sh->txpool = smtp_tx_pool_new(sh->conn_max, cfg->limits.recipients);
-	if (!sh->conns || !sh->free_slots || !sh->txpool) {
+	sh->sessions = smtp_sessions_new(sh->conn_max);
+	if (!sh->conns || !sh->free_slots || !sh->txpool || !sh->sessions) {
 		snprintf(sh->why, sizeof(sh->why), "out of memory sizing %u connections",
 			 sh->conn_max);
 		return -ENOMEM;
 	}
 	for (uint32_t i = 0; i < sh->conn_max; i++) {
 		sh->conns[i].slot = i;
+		sh->conns[i].s = smtp_session_at(sh->sessions, i);
 		sh->free_slots[sh->free_count++] = sh->conn_max - 1 - i;
 	}
 	for (uint32_t i = 0; i < cfg->listener_count; i++) {
@@ -1827,6 +1829,7 @@ static void shard_teardown(struct shard *sh)
 	spool_close(sh->spool);
 	sh->spool = NULL;
 	smtp_tx_pool_free(sh->txpool);
+	smtp_sessions_free(sh->sessions);
 	free(sh->conns);
 	free(sh->free_slots);
 	if (sh->ring.buf_count)

@@ -151,7 +151,7 @@ struct conn {
 	struct __kernel_timespec greet_ts;
 	struct __kernel_timespec decide_ts;
 	struct conn *next, *prev; /* active list */
-	struct smtp_session s;
+	struct smtp_session *s;	  /* this slot's, for good (smtp_sessions_new) */
 	/* Last, so conn_new's memset never touches it: its pages are mapped
 	 * only for connections that ever park. */
 	char stash[CONN_STASH_MAX];
@@ -194,6 +194,7 @@ struct shard {
 	struct auth_users *users;	/* shared, read-only; NULL: no users_file */
 	struct auth_throttle *throttle; /* shared by all shards */
 	struct smtp_env env;		/* what its sessions may use of it */
+	struct smtp_session *sessions;	/* one per connection slot */
 	bool user_starved;		/* a connection waits for a user buffer */
 	_Atomic(struct dctl_req *) ctl; /* a control request to answer */
 	_Atomic bool stop;

@@ -25,6 +25,56 @@
 #include "log/log.h"
 #include "shard.h"
 
+struct smtp_session {
+	enum smtp_state state;
+	enum smtp_wait wait;
+	bool esmtp;
+	bool sink; /* rest of the current DATA/BDAT is discarded (bad tx) */
+	struct smtp_line_state ls;
+	uint32_t line_have;
+	char line[SMTP_LINE_SCAN_MAX];
+	char helo[SMTP_HELO_MAX];
+	uint32_t errors;
+	uint32_t commands;
+	uint32_t transactions;
+	struct smtp_tx *tx;
+	struct smtp_data_state ds;
+	uint64_t bdat_left; /* bytes of the current BDAT chunk still to come */
+	uint64_t bdat_size; /* size of the current chunk */
+	bool bdat_last;
+	bool bdat_used;		 /* this transaction used BDAT (DATA is then 503) */
+	const char *bdat_reply;	 /* deferred error for a bad BDAT chunk */
+	uint8_t bdat_prev_state; /* where a refused chunk returns to */
+	/* The decision point (filters/flt.h). */
+	struct flt_verdict verdict;
+	const char *cur_line; /* the command being executed, while it runs */
+	uint32_t cur_len;
+	uint32_t pending_len; /* SMTP_WAIT_FILTER: the command kept in line[] */
+	enum flt_stage pending_stage;
+	/* AUTH (RFC 4954). */
+	bool authed;
+	bool in_auth;		 /* the next line is a SASL response */
+	bool auth_blocked;	 /* after the delayed 535: 421 and close */
+	struct sasl_state *sasl; /* during an exchange only */
+	char auth_user[SMTP_AUTH_USER_MAX + 1];
+	const struct smtp_env *env;
+};
+
+struct smtp_session *smtp_sessions_new(uint32_t count)
+{
+	return calloc(count ? count : 1, sizeof(struct smtp_session));
+}
+
+void smtp_sessions_free(struct smtp_session *v)
+{
+	free(v);
+}
+
+struct smtp_session *smtp_session_at(struct smtp_session *v, uint32_t i)
+{
+	return &v[i];
+}
+
 #define SMTP_TX_ARENA	  65536 /* addresses and parameters of one transaction */
 #define SMTP_RECEIVED_MAX 1024
 
@@ -123,29 +173,29 @@ static void smtp_enter_state(struct conn *c, enum smtp_state next)
 	    [SMTP_S_QUIT] = 1u << SMTP_S_QUIT,
 	};
 
-	assert(legal[c->s.state] & (1u << next));
+	assert(legal[c->s->state] & (1u << next));
 	if (log_enabled(LOG_DEBUG))
 		log_msg(LOG_DEBUG, "event=state client=%s from=%s to=%s", c->peer_ip,
-			state_names[c->s.state], state_names[next]);
-	c->s.state = next;
+			state_names[c->s->state], state_names[next]);
+	c->s->state = next;
 }
 
 static const struct rmx_config *cfg_of(const struct conn *c)
 {
-	return c->s.env->cfg;
+	return c->s->env->cfg;
 }
 
 /* Resume input unless we are inside the feed loop (which goes on by itself). */
 static void session_unpause(struct conn *c)
 {
-	c->s.wait = SMTP_WAIT_NONE;
+	c->s->wait = SMTP_WAIT_NONE;
 	if (!c->in_feed && c->io == CONN_ACTIVE)
 		conn_resume(c);
 }
 
 static void session_close(struct conn *c)
 {
-	if (c->s.state != SMTP_S_QUIT)
+	if (c->s->state != SMTP_S_QUIT)
 		smtp_enter_state(c, SMTP_S_QUIT);
 	conn_close(c);
 }
@@ -154,10 +204,10 @@ static void session_close(struct conn *c)
 static void session_error(struct conn *c, const char *reply)
 {
 	conn_reply(c, reply);
-	if (++c->s.errors >= cfg_of(c)->limits.errors) {
+	if (++c->s->errors >= cfg_of(c)->limits.errors) {
 		conn_replyf(c, "421 4.7.0 %s Error: too many errors", cfg_of(c)->hostname);
 		log_msg(LOG_INFO, "event=too_many_errors client=%s errors=%u", c->peer_ip,
-			c->s.errors);
+			c->s->errors);
 		session_close(c);
 	}
 }
@@ -200,7 +250,7 @@ static bool arena_path(struct smtp_tx *tx, const struct smtp_path *path, struct 
 
 static struct smtp_tx *tx_take(struct conn *c)
 {
-	struct smtp_tx_pool *p = c->s.env->txpool;
+	struct smtp_tx_pool *p = c->s->env->txpool;
 	struct smtp_tx *tx = p->free;
 
 	if (!tx)
@@ -214,26 +264,26 @@ static struct smtp_tx *tx_take(struct conn *c)
  * (its chunks become garbage the recovery scan ignores). */
 static void tx_release(struct conn *c)
 {
-	struct smtp_tx *tx = c->s.tx;
-	struct smtp_tx_pool *p = c->s.env->txpool;
+	struct smtp_tx *tx = c->s->tx;
+	struct smtp_tx_pool *p = c->s->env->txpool;
 
 	if (!tx)
 		return;
 	assert(tx->msg.writes_inflight == 0);
 	if (tx->begun && tx->msg.active && !tx->msg.committing)
-		spool_msg_abort(c->s.env->spool, &tx->msg);
+		spool_msg_abort(c->s->env->spool, &tx->msg);
 	tx->next_free = p->free;
 	p->free = tx;
-	c->s.tx = NULL;
-	c->s.bdat_used = false;
-	c->s.sink = false;
+	c->s->tx = NULL;
+	c->s->bdat_used = false;
+	c->s->sink = false;
 }
 
 /* RSET, EHLO, HELO: forget the transaction (RFC 5321 4.1.1.5). */
 static void session_reset_tx(struct conn *c)
 {
 	tx_release(c);
-	if (c->s.state == SMTP_S_MAIL || c->s.state == SMTP_S_RCPT)
+	if (c->s->state == SMTP_S_MAIL || c->s->state == SMTP_S_RCPT)
 		smtp_enter_state(c, SMTP_S_READY);
 }
 
@@ -262,7 +312,7 @@ static const char *const stage_names[] = {"connect", "helo", "mail", "rcpt", "da
  * in goes back to the kernel, and smtp_session_decided() finishes it. */
 static bool session_decide(struct conn *c, enum flt_stage stage, struct flt_input *in)
 {
-	struct smtp_session *s = &c->s;
+	struct smtp_session *s = c->s;
 
 	in->cfg = cfg_of(c);
 	in->client = (struct sockaddr *)&c->peer;
@@ -284,9 +334,9 @@ static bool session_decide(struct conn *c, enum flt_stage stage, struct flt_inpu
 
 static bool verdict_refused(struct conn *c)
 {
-	if (c->s.verdict.action == FLT_ACCEPT)
+	if (c->s->verdict.action == FLT_ACCEPT)
 		return false;
-	session_error(c, c->s.verdict.reply);
+	session_error(c, c->s->verdict.reply);
 	return true;
 }
 
@@ -295,19 +345,19 @@ static bool verdict_refused(struct conn *c)
 void smtp_session_init(struct conn *c, const struct smtp_env *env)
 {
 	assert(env != NULL && env->cfg != NULL && env->spool != NULL && env->txpool != NULL);
-	memset(&c->s, 0, sizeof(c->s));
-	c->s.env = env;
-	c->s.state = SMTP_S_NEW;
-	smtp_line_reset(&c->s.ls);
+	memset(c->s, 0, sizeof(*c->s));
+	c->s->env = env;
+	c->s->state = SMTP_S_NEW;
+	smtp_line_reset(&c->s->ls);
 }
 
 static void greet_finish(struct conn *c)
 {
-	const struct config_listener *l = c->s.env->listeners[c->listener];
+	const struct config_listener *l = c->s->env->listeners[c->listener];
 
 	smtp_enter_state(c, SMTP_S_GREETED);
-	if (c->s.verdict.action != FLT_ACCEPT) {
-		conn_reply(c, c->s.verdict.reply);
+	if (c->s->verdict.action != FLT_ACCEPT) {
+		conn_reply(c, c->s->verdict.reply);
 		session_close(c);
 		return;
 	}
@@ -333,7 +383,7 @@ void smtp_session_early(struct conn *c)
 void smtp_session_timeout(struct conn *c, const char *reply)
 {
 	log_msg(LOG_INFO, "event=timeout client=%s state=%s reply=\"%.40s\"", c->peer_ip,
-		state_names[c->s.state], reply);
+		state_names[c->s->state], reply);
 	/* Replies already due go out first, the 421 after them when it fits.
 	 * One of them may be the 250 of a message queued in the same
 	 * pipelined group: a client that never sees it (a stash overrun, a
@@ -347,22 +397,22 @@ void smtp_session_timeout(struct conn *c, const char *reply)
 
 static const struct config_listener *listener_of(const struct conn *c)
 {
-	return c->s.env->listeners[c->listener];
+	return c->s->env->listeners[c->listener];
 }
 
 /* RFC 4954 4: AUTH only inside TLS, unless the listener
  * allows it in plaintext (loopback only, for tests). */
 static bool auth_offered(const struct conn *c)
 {
-	const struct config_listener *l = c->s.env->listeners[c->listener];
+	const struct config_listener *l = c->s->env->listeners[c->listener];
 
-	return l->auth != CONFIG_AUTH_NONE && c->s.env->users && !c->s.authed &&
+	return l->auth != CONFIG_AUTH_NONE && c->s->env->users && !c->s->authed &&
 	       (c->tls_mode == CONN_TLS_ON || l->auth_plaintext);
 }
 
 static bool starttls_offered(const struct conn *c)
 {
-	return listener_of(c)->tls == CONFIG_TLS_STARTTLS && c->s.env->tls_ctx && !c->tls;
+	return listener_of(c)->tls == CONFIG_TLS_STARTTLS && c->s->env->tls_ctx && !c->tls;
 }
 
 /* RFC 3207 4: STARTTLS takes no argument, not inside a transaction, once.
@@ -370,20 +420,20 @@ static bool starttls_offered(const struct conn *c)
  * again, no transaction survives. */
 static void cmd_starttls(struct conn *c, const struct smtp_cmd *cmd)
 {
-	if (listener_of(c)->tls != CONFIG_TLS_STARTTLS || !c->s.env->tls_ctx)
+	if (listener_of(c)->tls != CONFIG_TLS_STARTTLS || !c->s->env->tls_ctx)
 		return session_error(c, "502 5.5.1 Error: command not implemented");
 	if (c->tls)
 		return session_error(c, "503 5.5.1 Error: TLS already active");
 	if (cmd->arg.len)
 		return session_error(c, "501 5.5.4 Syntax: STARTTLS");
-	if (c->s.state != SMTP_S_GREETED && c->s.state != SMTP_S_READY)
+	if (c->s->state != SMTP_S_GREETED && c->s->state != SMTP_S_READY)
 		return session_error(c, "503 5.5.1 Error: STARTTLS inside a transaction");
 	conn_reply(c, "220 2.0.0 Ready to start TLS");
 	session_reset_tx(c);
-	c->s.esmtp = false;
-	c->s.authed = false;
-	c->s.auth_user[0] = '\0';
-	c->s.helo[0] = '\0';
+	c->s->esmtp = false;
+	c->s->authed = false;
+	c->s->auth_user[0] = '\0';
+	c->s->helo[0] = '\0';
 	smtp_enter_state(c, SMTP_S_GREETED);
 	conn_starttls(c);
 }
@@ -391,7 +441,7 @@ static void cmd_starttls(struct conn *c, const struct smtp_cmd *cmd)
 static void auth_failed_reply(struct conn *c)
 {
 	conn_reply(c, "535 5.7.8 Authentication credentials invalid");
-	if (c->s.auth_blocked) {
+	if (c->s->auth_blocked) {
 		conn_replyf(c, "421 4.7.0 %s Too many authentication failures",
 			    cfg_of(c)->hostname);
 		session_close(c);
@@ -402,12 +452,12 @@ static void auth_failed_reply(struct conn *c)
 
 static void auth_end(struct conn *c)
 {
-	if (c->s.sasl) {
-		sasl_clear(c->s.sasl);
-		free(c->s.sasl);
-		c->s.sasl = NULL;
+	if (c->s->sasl) {
+		sasl_clear(c->s->sasl);
+		free(c->s->sasl);
+		c->s->sasl = NULL;
 	}
-	c->s.in_auth = false;
+	c->s->in_auth = false;
 }
 
 /* Credentials are complete: the check runs on a helper thread (hashing is
@@ -418,35 +468,36 @@ static void auth_verify(struct conn *c)
 	uint64_t cookie = conn_helper_cookie(c);
 	int rc;
 
-	sasl_creds(c->s.sasl, &cr);
-	snprintf(c->s.auth_user, sizeof(c->s.auth_user), "%.*s", (int)cr.authcid_len, cr.authcid);
-	rc = auth_users_submit_verify(c->s.env->pool, c->s.env->pool_shard, cookie, c->s.env->users,
-				      cr.authcid, cr.authcid_len, cr.passwd, cr.passwd_len);
+	sasl_creds(c->s->sasl, &cr);
+	snprintf(c->s->auth_user, sizeof(c->s->auth_user), "%.*s", (int)cr.authcid_len, cr.authcid);
+	rc = auth_users_submit_verify(c->s->env->pool, c->s->env->pool_shard, cookie,
+				      c->s->env->users, cr.authcid, cr.authcid_len, cr.passwd,
+				      cr.passwd_len);
 	auth_end(c);
 	if (rc < 0) {
-		c->s.auth_user[0] = '\0';
+		c->s->auth_user[0] = '\0';
 		conn_reply(c, "454 4.7.0 Temporary authentication failure");
 		return;
 	}
 	conn_helper_sent(c); /* the slot stays until the answer came */
-	c->s.wait = SMTP_WAIT_AUTH;
+	c->s->wait = SMTP_WAIT_AUTH;
 }
 
 /* One step of the exchange: a challenge, the check, or the end. */
 static void auth_step_result(struct conn *c, int rc)
 {
 	if (rc == SASL_AGAIN) {
-		c->s.in_auth = true;
-		conn_reply(c, c->s.sasl->reply);
+		c->s->in_auth = true;
+		conn_reply(c, c->s->sasl->reply);
 		return;
 	}
 	if (rc == SASL_OK) {
-		c->s.in_auth = false;
+		c->s->in_auth = false;
 		auth_verify(c);
 		return;
 	}
 	/* INVALID: the state is cleared; a 535 among these counts as a failure. */
-	const char *reply = c->s.sasl->reply;
+	const char *reply = c->s->sasl->reply;
 
 	auth_end(c);
 	if (strncmp(reply, "535", 3) == 0) {
@@ -461,19 +512,19 @@ static void cmd_auth(struct conn *c, const struct smtp_cmd *cmd)
 	const struct config_listener *l = listener_of(c);
 	struct auth_throttle_verdict v;
 
-	if (l->auth == CONFIG_AUTH_NONE || !c->s.env->users)
+	if (l->auth == CONFIG_AUTH_NONE || !c->s->env->users)
 		return session_error(c, "502 5.5.1 Error: command not implemented");
 	if (c->tls_mode != CONN_TLS_ON && !l->auth_plaintext)
 		return session_error(c, "538 5.7.11 Encryption required for requested "
 					"authentication mechanism");
-	if (c->s.state == SMTP_S_GREETED)
+	if (c->s->state == SMTP_S_GREETED)
 		return session_error(c, "503 5.5.1 Error: send EHLO first");
-	if (c->s.authed)
+	if (c->s->authed)
 		return session_error(c, "503 5.5.1 Error: already authenticated");
-	if (c->s.state != SMTP_S_READY)
+	if (c->s->state != SMTP_S_READY)
 		return session_error(c, "503 5.5.1 Error: AUTH not allowed during a transaction");
-	if (auth_throttle_check(c->s.env->throttle, (struct sockaddr *)&c->peer, *c->s.env->now_ms,
-				&v) == 0 &&
+	if (auth_throttle_check(c->s->env->throttle, (struct sockaddr *)&c->peer,
+				*c->s->env->now_ms, &v) == 0 &&
 	    v.blocked) {
 		log_msg(LOG_INFO, "event=auth_blocked client=%s failures=%u", c->peer_ip,
 			v.failures);
@@ -481,10 +532,10 @@ static void cmd_auth(struct conn *c, const struct smtp_cmd *cmd)
 			    cfg_of(c)->hostname);
 		return session_close(c);
 	}
-	c->s.sasl = calloc(1, sizeof(*c->s.sasl));
-	if (!c->s.sasl)
+	c->s->sasl = calloc(1, sizeof(*c->s->sasl));
+	if (!c->s->sasl)
 		return conn_reply(c, "454 4.7.0 Temporary authentication failure");
-	auth_step_result(c, sasl_start(c->s.sasl, cmd->arg.ptr, cmd->arg.len));
+	auth_step_result(c, sasl_start(c->s->sasl, cmd->arg.ptr, cmd->arg.len));
 }
 
 /* A response line of the exchange (never logged: it is the password). */
@@ -494,12 +545,12 @@ static void session_auth_line(struct conn *c, const char *line, size_t len, bool
 		auth_end(c);
 		return session_error(c, SASL_REPLY_TOO_LONG);
 	}
-	auth_step_result(c, sasl_step(c->s.sasl, line, len));
+	auth_step_result(c, sasl_step(c->s->sasl, line, len));
 }
 
 void smtp_session_auth_done(struct conn *c, int rc)
 {
-	struct smtp_session *s = &c->s;
+	struct smtp_session *s = c->s;
 	struct auth_throttle_verdict v = {0};
 
 	if (s->wait == SMTP_WAIT_AUTH)
@@ -524,7 +575,8 @@ void smtp_session_auth_done(struct conn *c, int rc)
 		s->auth_user);
 	s->auth_user[0] = '\0';
 	s->errors++;
-	auth_throttle_fail(c->s.env->throttle, (struct sockaddr *)&c->peer, *c->s.env->now_ms, &v);
+	auth_throttle_fail(c->s->env->throttle, (struct sockaddr *)&c->peer, *c->s->env->now_ms,
+			   &v);
 	s->auth_blocked = v.blocked;
 	if (v.delay_ms) {
 		/* The 535 waits: guessing gets slower with every failure. */
@@ -541,8 +593,8 @@ static void ehlo_finish(struct conn *c, bool esmtp)
 
 	if (verdict_refused(c))
 		return;
-	c->s.esmtp = esmtp;
-	if (c->s.state == SMTP_S_GREETED)
+	c->s->esmtp = esmtp;
+	if (c->s->state == SMTP_S_GREETED)
 		smtp_enter_state(c, SMTP_S_READY);
 	if (!esmtp) {
 		conn_replyf(c, "250 %s", cfg->hostname);
@@ -568,8 +620,8 @@ static void cmd_ehlo(struct conn *c, const struct smtp_cmd *cmd, bool esmtp)
 	size_t n = cmd->arg.len < SMTP_HELO_MAX - 1 ? cmd->arg.len : SMTP_HELO_MAX - 1;
 
 	session_reset_tx(c);
-	memcpy(c->s.helo, cmd->arg.ptr, n);
-	c->s.helo[n] = '\0';
+	memcpy(c->s->helo, cmd->arg.ptr, n);
+	c->s->helo[n] = '\0';
 	if (session_decide(c, FLT_STAGE_HELO, &in))
 		ehlo_finish(c, esmtp);
 }
@@ -583,7 +635,7 @@ static void mail_finish(struct conn *c, const struct smtp_cmd *cmd)
 	tx = tx_take(c);
 	if (!tx)
 		return session_error(c, "452 4.3.1 Insufficient system resources, try again");
-	c->s.tx = tx;
+	c->s->tx = tx;
 	if (!arena_path(tx, &cmd->path, &tx->mail_from) ||
 	    !arena_copy(tx, cmd->mail.envid.ptr, cmd->mail.envid.len, &tx->envid) ||
 	    !arena_copy(tx, cmd->mail.auth.ptr, cmd->mail.auth.len, &tx->auth)) {
@@ -604,17 +656,17 @@ static void cmd_mail(struct conn *c, const struct smtp_cmd *cmd)
 	const struct rmx_config *cfg = cfg_of(c);
 	struct flt_input in = {0};
 
-	if (c->s.state == SMTP_S_GREETED)
+	if (c->s->state == SMTP_S_GREETED)
 		return session_error(c, "503 5.5.1 Error: send HELO/EHLO first");
-	if (c->s.state != SMTP_S_READY)
+	if (c->s->state != SMTP_S_READY)
 		return session_error(c, "503 5.5.1 Error: nested MAIL command");
-	if (listener_of(c)->auth == CONFIG_AUTH_REQUIRED && !c->s.authed)
+	if (listener_of(c)->auth == CONFIG_AUTH_REQUIRED && !c->s->authed)
 		return session_error(c, "530 5.7.0 Authentication required");
 	if (cmd->path.utf8 && !cmd->mail.smtputf8)
 		return session_error(c, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
 	if (cmd->mail.has_size && cmd->mail.size > cfg->limits.message_size)
 		return session_error(c, "552 5.3.4 Message size exceeds fixed limit");
-	if (c->s.transactions >= cfg->limits.transactions) {
+	if (c->s->transactions >= cfg->limits.transactions) {
 		conn_replyf(c, "421 4.7.0 %s Too many messages in one session", cfg->hostname);
 		return session_close(c);
 	}
@@ -628,14 +680,14 @@ static void cmd_mail(struct conn *c, const struct smtp_cmd *cmd)
 
 static void rcpt_finish(struct conn *c, const struct smtp_cmd *cmd)
 {
-	struct smtp_tx *tx = c->s.tx;
+	struct smtp_tx *tx = c->s->tx;
 	struct spool_rcpt *r;
 
-	if (c->s.verdict.action != FLT_ACCEPT) {
+	if (c->s->verdict.action != FLT_ACCEPT) {
 		log_msg(LOG_INFO, "event=rcpt_rejected client=%s rcpt=<%.*s> reply=\"%.3s\"",
 			c->peer_ip, (int)path_len(&cmd->path), cmd->path.local.ptr,
-			c->s.verdict.reply);
-		return session_error(c, c->s.verdict.reply);
+			c->s->verdict.reply);
+		return session_error(c, c->s->verdict.reply);
 	}
 	r = &tx->rcpts[tx->rcpt_count];
 	memset(r, 0, sizeof(*r));
@@ -645,7 +697,7 @@ static void rcpt_finish(struct conn *c, const struct smtp_cmd *cmd)
 	r->notify = cmd->rcpt.notify;
 	tx->rcpt_count++;
 	tx->env_size += rcpt_env_size(cmd);
-	if (c->s.state == SMTP_S_MAIL)
+	if (c->s->state == SMTP_S_MAIL)
 		smtp_enter_state(c, SMTP_S_RCPT);
 	conn_reply(c, "250 2.1.5 Ok");
 }
@@ -654,11 +706,11 @@ static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
 {
 	const struct rmx_config *cfg = cfg_of(c);
 	struct flt_input in = {0};
-	struct smtp_tx *tx = c->s.tx;
+	struct smtp_tx *tx = c->s->tx;
 
-	if (c->s.state != SMTP_S_MAIL && c->s.state != SMTP_S_RCPT)
+	if (c->s->state != SMTP_S_MAIL && c->s->state != SMTP_S_RCPT)
 		return session_error(c, "503 5.5.1 Error: need MAIL command");
-	if (c->s.bdat_used)
+	if (c->s->bdat_used)
 		return session_error(c, "503 5.5.1 Error: RCPT after BDAT");
 	if (cmd->path.utf8 && !tx->smtputf8)
 		return session_error(c, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
@@ -706,13 +758,13 @@ static void received_user(char *out, size_t cap, const char *user)
  * copy never discloses the others.  Returns its length. */
 static size_t tx_received_header(struct conn *c)
 {
-	struct smtp_tx *tx = c->s.tx;
+	struct smtp_tx *tx = c->s->tx;
 	const char *tlsv = conn_tls_version(c);
 	/* RFC 3848 / RFC 6531 4.3: S for TLS, A for an authenticated client. */
 	static const char *const withs[2][2][2] = {
 	    {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
 	    {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}};
-	const char *with = !c->s.esmtp ? "SMTP" : withs[tx->smtputf8][tlsv != NULL][c->s.authed];
+	const char *with = !c->s->esmtp ? "SMTP" : withs[tx->smtputf8][tlsv != NULL][c->s->authed];
 	char date[64], rcpt[SMTP_PATH_MAX + 16] = "", tls[256] = "", lit[CONN_PEER_MAX + 8];
 	time_t now = time(NULL);
 	struct tm tm;
@@ -728,10 +780,10 @@ static size_t tx_received_header(struct conn *c)
 	if (tlsv)
 		snprintf(tls, sizeof(tls), "\r\n\t(using %s with cipher %.100s)", tlsv,
 			 conn_tls_cipher(c));
-	if (c->s.authed) { /* RFC 4954 does not require it; admins expect it */
+	if (c->s->authed) { /* RFC 4954 does not require it; admins expect it */
 		char user[61];
 
-		received_user(user, sizeof(user), c->s.auth_user);
+		received_user(user, sizeof(user), c->s->auth_user);
 		snprintf(tls + strlen(tls), sizeof(tls) - strlen(tls),
 			 "\r\n\t(authenticated as %s)", user);
 	}
@@ -740,7 +792,7 @@ static size_t tx_received_header(struct conn *c)
 		 c->peer_ip);
 	n = snprintf(tx->received, sizeof(tx->received),
 		     "Received: from %s (%s)%s\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
-		     c->s.helo, lit, tls, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
+		     c->s->helo, lit, tls, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
 	assert(n > 0);
 	return n < (int)sizeof(tx->received) ? (size_t)n : sizeof(tx->received) - 1;
 }
@@ -748,13 +800,13 @@ static size_t tx_received_header(struct conn *c)
 /* The message begins: a queue ID, and the trace header as its first bytes. */
 static void tx_begin_message(struct conn *c, bool dot)
 {
-	struct smtp_tx *tx = c->s.tx;
-	struct spool *sp = c->s.env->spool;
+	struct smtp_tx *tx = c->s->tx;
+	struct spool *sp = c->s->env->spool;
 
 	spool_msg_begin(sp, &tx->msg, spool_next_id(sp), c->slot, c->gen);
 	tx->begun = true;
 	spool_qid_format(tx->msg.id, tx->qid);
-	smtp_data_begin(&c->s.ds, dot);
+	smtp_data_begin(&c->s->ds, dot);
 	size_t n = tx_received_header(c);
 	tx->received_8bit = false;
 	for (size_t i = 0; i < n; i++)
@@ -764,11 +816,11 @@ static void tx_begin_message(struct conn *c, bool dot)
 
 static void cmd_data(struct conn *c)
 {
-	if (c->s.bdat_used)
+	if (c->s->bdat_used)
 		return session_error(c, "503 5.5.1 Error: DATA after BDAT");
-	if (c->s.state == SMTP_S_MAIL)
+	if (c->s->state == SMTP_S_MAIL)
 		return session_error(c, "554 5.5.1 Error: no valid recipients");
-	if (c->s.state != SMTP_S_RCPT)
+	if (c->s->state != SMTP_S_RCPT)
 		return session_error(c, "503 5.5.1 Error: need RCPT command");
 	tx_begin_message(c, true);
 	smtp_enter_state(c, SMTP_S_DATA);
@@ -782,7 +834,7 @@ static void session_bdat_chunk_end(struct conn *c);
 static bool bdat_too_big(const struct conn *c, uint64_t size)
 {
 	uint64_t limit = cfg_of(c)->limits.message_size;
-	uint64_t have = c->s.state == SMTP_S_RCPT && c->s.bdat_used ? c->s.ds.wire_len : 0;
+	uint64_t have = c->s->state == SMTP_S_RCPT && c->s->bdat_used ? c->s->ds.wire_len : 0;
 
 	return size > limit || have > limit - size;
 }
@@ -798,29 +850,30 @@ static void cmd_bdat(struct conn *c, const struct smtp_cmd *cmd)
 		conn_reply(c, "552 5.3.4 Error: message size exceeds fixed limit");
 		return session_close(c);
 	}
-	c->s.bdat_left = cmd->bdat_size;
-	c->s.bdat_last = cmd->bdat_last;
-	c->s.bdat_reply = NULL;
+	c->s->bdat_left = cmd->bdat_size;
+	c->s->bdat_last = cmd->bdat_last;
+	c->s->bdat_reply = NULL;
 	/* A refused chunk's bytes are still read (sink) so the session stays
 	 * in step with the client; the error goes out after them. */
-	if (c->s.state != SMTP_S_RCPT)
-		c->s.bdat_reply = c->s.state == SMTP_S_MAIL ? "554 5.5.1 Error: no valid recipients"
-							    : "503 5.5.1 Error: need RCPT command";
-	else if (!c->s.bdat_used)
+	if (c->s->state != SMTP_S_RCPT)
+		c->s->bdat_reply = c->s->state == SMTP_S_MAIL
+				       ? "554 5.5.1 Error: no valid recipients"
+				       : "503 5.5.1 Error: need RCPT command";
+	else if (!c->s->bdat_used)
 		tx_begin_message(c, false);
-	if (c->s.bdat_reply) {
+	if (c->s->bdat_reply) {
 		/* A fresh scanner for the refused chunk: the one of the last
 		 * message may have finished, and a finished scanner consumes
 		 * nothing (the shard spun on that). */
-		smtp_data_begin(&c->s.ds, false);
-		c->s.sink = true;
+		smtp_data_begin(&c->s->ds, false);
+		c->s->sink = true;
 	} else {
-		c->s.bdat_used = true;
+		c->s->bdat_used = true;
 	}
-	c->s.bdat_prev_state = (uint8_t)c->s.state;
-	c->s.bdat_size = cmd->bdat_size;
+	c->s->bdat_prev_state = (uint8_t)c->s->state;
+	c->s->bdat_size = cmd->bdat_size;
 	smtp_enter_state(c, SMTP_S_BDAT);
-	if (c->s.bdat_left == 0)
+	if (c->s->bdat_left == 0)
 		session_bdat_chunk_end(c);
 }
 
@@ -868,7 +921,7 @@ static void session_command(struct conn *c, const char *line, size_t len)
 {
 	struct smtp_cmd cmd;
 
-	if (++c->s.commands > cfg_of(c)->limits.commands) {
+	if (++c->s->commands > cfg_of(c)->limits.commands) {
 		conn_replyf(c, "421 4.7.0 %s Error: too many commands", cfg_of(c)->hostname);
 		return session_close(c);
 	}
@@ -876,10 +929,10 @@ static void session_command(struct conn *c, const char *line, size_t len)
 		return session_error(c, cmd.reply ? cmd.reply : "500 5.5.2 Error: bad syntax");
 	if (len + 2 > smtp_cmd_line_max(cmd.verb))
 		return session_error(c, "500 5.5.2 Error: line too long");
-	c->s.cur_line = line;
-	c->s.cur_len = (uint32_t)len;
+	c->s->cur_line = line;
+	c->s->cur_len = (uint32_t)len;
 	cmd_dispatch(c, &cmd);
-	c->s.cur_line = NULL;
+	c->s->cur_line = NULL;
 }
 
 static const char *line_error_reply(uint8_t error)
@@ -900,7 +953,7 @@ static const char *line_error_reply(uint8_t error)
  * buffer, else gathered into s->line (bounded; the scanner flags the rest). */
 static size_t session_line(struct conn *c, const char *p, size_t n)
 {
-	struct smtp_session *s = &c->s;
+	struct smtp_session *s = c->s;
 	size_t used, room;
 	int rc = smtp_line_scan(&s->ls, p, n, &used);
 	const char *line = p;
@@ -939,8 +992,8 @@ static size_t session_line(struct conn *c, const char *p, size_t n)
  * end so a smuggled "end" never splits it (CVE-2023-51764). */
 static const char *tx_verdict(struct conn *c)
 {
-	const struct smtp_data_state *ds = &c->s.ds;
-	struct smtp_tx *tx = c->s.tx;
+	const struct smtp_data_state *ds = &c->s->ds;
+	struct smtp_tx *tx = c->s->tx;
 
 	if (tx->fail_reply)
 		return tx->fail_reply;
@@ -958,40 +1011,40 @@ static const char *tx_verdict(struct conn *c)
 
 static void tx_commit(struct conn *c)
 {
-	struct smtp_tx *tx = c->s.tx;
+	struct smtp_tx *tx = c->s->tx;
 	struct spool_env env = {0};
-	const char *l = c->s.env->listeners[c->listener]->name;
-	bool dot = c->s.ds.dot;
+	const char *l = c->s->env->listeners[c->listener]->name;
+	bool dot = c->s->ds.dot;
 	uint64_t wire = tx->msg.wire_len;
 
 	env.arrival_s = time(NULL);
 	env.msg_len = dot ? wire - 3 : wire;
 	/* What SIZE= and the logs say (RFC 1870): the stuffing is ours to
 	 * drop, not the message's. */
-	env.stuff_len = c->s.ds.stuff_len;
+	env.stuff_len = c->s->ds.stuff_len;
 	/* Our Received: field is part of the stored header section: an 8-bit
 	 * AUTH name or "for" address in it counts like the client's octets. */
-	bool hdr_8bit = (c->s.ds.flags & SMTP_DATA_8BIT_HEADER) || tx->received_8bit;
+	bool hdr_8bit = (c->s->ds.flags & SMTP_DATA_8BIT_HEADER) || tx->received_8bit;
 	env.flags = (dot ? SPOOL_ENV_STUFFED : 0) |
-		    (smtp_data_ends_line(&c->s.ds) ? 0 : SPOOL_ENV_NO_FINAL_CRLF) |
-		    ((c->s.ds.flags & SMTP_DATA_8BIT) || hdr_8bit ? SPOOL_ENV_8BIT : 0) |
+		    (smtp_data_ends_line(&c->s->ds) ? 0 : SPOOL_ENV_NO_FINAL_CRLF) |
+		    ((c->s->ds.flags & SMTP_DATA_8BIT) || hdr_8bit ? SPOOL_ENV_8BIT : 0) |
 		    (tx->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0) | (hdr_8bit ? 0 : SPOOL_ENV_HDR_ASCII);
 	env.body_type = tx->body_type;
 	env.ret = tx->ret;
 	env.size_declared = tx->size_declared;
 	env.listener = (struct spool_str){l, (uint32_t)strlen(l)};
 	env.client_addr = (struct spool_str){c->peer_ip, (uint32_t)strlen(c->peer_ip)};
-	env.helo = (struct spool_str){c->s.helo, (uint32_t)strlen(c->s.helo)};
+	env.helo = (struct spool_str){c->s->helo, (uint32_t)strlen(c->s->helo)};
 	env.mail_from = tx->mail_from;
 	env.envid = tx->envid;
-	env.auth_user =
-	    (struct spool_str){c->s.auth_user, c->s.authed ? (uint32_t)strlen(c->s.auth_user) : 0};
+	env.auth_user = (struct spool_str){c->s->auth_user,
+					   c->s->authed ? (uint32_t)strlen(c->s->auth_user) : 0};
 	env.rcpt_count = tx->rcpt_count;
 	env.rcpts = tx->rcpts;
 	tx->size = spool_env_size(&env);
-	if (spool_msg_commit(c->s.env->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
+	if (spool_msg_commit(c->s->env->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
 		tx->fail_reply = "452 4.3.1 Error: envelope too large";
-		spool_msg_abort(c->s.env->spool, &tx->msg);
+		spool_msg_abort(c->s->env->spool, &tx->msg);
 		conn_reply(c, tx->fail_reply);
 		tx_release(c);
 		smtp_enter_state(c, SMTP_S_READY);
@@ -1002,12 +1055,12 @@ static void tx_commit(struct conn *c)
 /* The data stage's verdict: a refusal becomes the message's answer. */
 static void tx_data_decision(struct conn *c)
 {
-	struct smtp_tx *tx = c->s.tx;
+	struct smtp_tx *tx = c->s->tx;
 
 	tx->data_decided = true;
-	if (c->s.verdict.action == FLT_ACCEPT)
+	if (c->s->verdict.action == FLT_ACCEPT)
 		return;
-	snprintf(tx->fail_buf, sizeof(tx->fail_buf), "%s", c->s.verdict.reply);
+	snprintf(tx->fail_buf, sizeof(tx->fail_buf), "%s", c->s->verdict.reply);
 	tx->fail_reply = tx->fail_buf;
 }
 
@@ -1017,13 +1070,13 @@ static void tx_data_decision(struct conn *c)
  * completions while it has to wait. */
 static void tx_try_finish(struct conn *c)
 {
-	struct smtp_tx *tx = c->s.tx;
+	struct smtp_tx *tx = c->s->tx;
 	const char *refuse;
 
-	assert(c->s.state == SMTP_S_COMMIT && tx);
+	assert(c->s->state == SMTP_S_COMMIT && tx);
 	/* Committing already, or the data stage's decision is still out
 	 * (spool progress can call us meanwhile): nothing to do yet. */
-	if (tx->msg.committing || c->s.wait == SMTP_WAIT_FILTER)
+	if (tx->msg.committing || c->s->wait == SMTP_WAIT_FILTER)
 		return;
 	refuse = tx->msg.io_error == -ENOSPC ? "452 4.3.1 Error: insufficient system storage"
 		 : tx->msg.io_error	     ? "451 4.3.0 Error: queue file write error"
@@ -1040,7 +1093,7 @@ static void tx_try_finish(struct conn *c)
 		if (spool_msg_can_commit(&tx->msg))
 			tx_commit(c);
 		else
-			spool_msg_wait(c->s.env->spool, &tx->msg); /* retried on progress */
+			spool_msg_wait(c->s->env->spool, &tx->msg); /* retried on progress */
 		return;
 	}
 	if (!spool_msg_idle(&tx->msg))
@@ -1050,23 +1103,23 @@ static void tx_try_finish(struct conn *c)
 	if (c->io == CONN_ACTIVE)
 		session_error(c, refuse);
 	tx_release(c);
-	if (c->s.state == SMTP_S_COMMIT)
+	if (c->s->state == SMTP_S_COMMIT)
 		smtp_enter_state(c, SMTP_S_READY);
-	if (c->s.wait == SMTP_WAIT_COMMIT)
+	if (c->s->wait == SMTP_WAIT_COMMIT)
 		session_unpause(c);
 }
 
 static void session_end_of_data(struct conn *c)
 {
 	smtp_enter_state(c, SMTP_S_COMMIT);
-	c->s.wait = SMTP_WAIT_COMMIT;
+	c->s->wait = SMTP_WAIT_COMMIT;
 	tx_try_finish(c);
 }
 
 /* The last byte of a BDAT chunk arrived (RFC 3030 2). */
 static void session_bdat_chunk_end(struct conn *c)
 {
-	struct smtp_session *s = &c->s;
+	struct smtp_session *s = c->s;
 
 	if (s->bdat_reply) {
 		const char *r = s->bdat_reply;
@@ -1089,7 +1142,7 @@ static void session_bdat_chunk_end(struct conn *c)
  * Returns bytes consumed; 0 with s->wait set when a write slot is needed. */
 static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid)
 {
-	struct smtp_session *s = &c->s;
+	struct smtp_session *s = c->s;
 	struct smtp_tx *tx = s->tx;
 	uint64_t limit = cfg_of(c)->limits.message_size;
 	size_t want = n, used;
@@ -1099,7 +1152,7 @@ static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid
 		want = (size_t)s->bdat_left;
 	if (!s->sink && !spool_msg_can_write(&tx->msg)) {
 		s->wait = SMTP_WAIT_SPOOL;
-		spool_msg_wait(c->s.env->spool, &tx->msg);
+		spool_msg_wait(c->s->env->spool, &tx->msg);
 		return 0;
 	}
 	rc = smtp_data_scan(&s->ds, p, want, &used);
@@ -1112,7 +1165,7 @@ static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid
 		s->sink = true;
 	}
 	if (!s->sink && used)
-		spool_msg_append(c->s.env->spool, &tx->msg, p, (uint32_t)used, bid);
+		spool_msg_append(c->s->env->spool, &tx->msg, p, (uint32_t)used, bid);
 	if (s->state == SMTP_S_DATA) {
 		if (rc == SMTP_PARSE_OK)
 			session_end_of_data(c);
@@ -1128,7 +1181,7 @@ static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid
 
 size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 {
-	struct smtp_session *s = &c->s;
+	struct smtp_session *s = c->s;
 	size_t off = 0;
 
 	while (off < n && c->io == CONN_ACTIVE && !c->close_wanted && s->wait == SMTP_WAIT_NONE &&
@@ -1184,26 +1237,27 @@ size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 
 void smtp_session_spool_progress(struct conn *c)
 {
-	struct smtp_tx *tx = c->s.tx;
+	struct smtp_tx *tx = c->s->tx;
 
 	assert(tx && tx->begun && !tx->msg.committing);
-	if (c->s.state == SMTP_S_COMMIT) {
+	if (c->s->state == SMTP_S_COMMIT) {
 		tx_try_finish(c); /* waiting to commit, or to refuse once idle */
 		return;
 	}
-	if (c->s.wait != SMTP_WAIT_SPOOL)
+	if (c->s->wait != SMTP_WAIT_SPOOL)
 		return;
-	if (spool_msg_idle(&tx->msg) || ((c->s.state == SMTP_S_DATA || c->s.state == SMTP_S_BDAT) &&
-					 spool_msg_can_write(&tx->msg)))
+	if (spool_msg_idle(&tx->msg) ||
+	    ((c->s->state == SMTP_S_DATA || c->s->state == SMTP_S_BDAT) &&
+	     spool_msg_can_write(&tx->msg)))
 		session_unpause(c);
 }
 
 /* "Persist before reply": the only place a message's 250 is sent. */
 void smtp_session_durable(struct conn *c, int res)
 {
-	struct smtp_tx *tx = c->s.tx;
+	struct smtp_tx *tx = c->s->tx;
 
-	assert(tx && c->s.state == SMTP_S_COMMIT);
+	assert(tx && c->s->state == SMTP_S_COMMIT);
 	if (res == 0) {
 		log_msg(LOG_INFO, "event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu",
 			tx->qid, c->peer_ip, (int)tx->mail_from.len, tx->mail_from.ptr,
@@ -1220,11 +1274,11 @@ void smtp_session_durable(struct conn *c, int res)
 	}
 	tx->msg.committing = false;
 	tx_release(c);
-	c->s.transactions++;
+	c->s->transactions++;
 	smtp_enter_state(c, SMTP_S_READY);
 	if (c->io != CONN_ACTIVE)
 		return;
-	if (*c->s.env->stopping) {
+	if (*c->s->env->stopping) {
 		conn_replyf(c, "421 4.3.2 %s Service shutting down", cfg_of(c)->hostname);
 		session_close(c);
 		return;
@@ -1234,7 +1288,7 @@ void smtp_session_durable(struct conn *c, int res)
 
 bool smtp_session_busy(const struct conn *c)
 {
-	const struct smtp_tx *tx = c->s.tx;
+	const struct smtp_tx *tx = c->s->tx;
 
 	return tx && (tx->msg.writes_inflight > 0 || tx->msg.committing);
 }
@@ -1247,7 +1301,7 @@ void smtp_session_release(struct conn *c)
 
 void smtp_session_decided(struct conn *c)
 {
-	struct smtp_session *s = &c->s;
+	struct smtp_session *s = c->s;
 	enum flt_stage stage = s->pending_stage;
 	struct smtp_cmd cmd;
 
@@ -1289,7 +1343,7 @@ void smtp_session_decided(struct conn *c)
 
 enum smtp_hold smtp_session_hold(const struct conn *c)
 {
-	switch (c->s.wait) {
+	switch (c->s->wait) {
 	case SMTP_WAIT_NONE:
 		return SMTP_HOLD_NONE;
 	case SMTP_WAIT_FILTER:
@@ -1305,7 +1359,7 @@ enum smtp_hold smtp_session_hold(const struct conn *c)
 
 enum smtp_phase smtp_session_phase(const struct conn *c)
 {
-	switch (c->s.state) {
+	switch (c->s->state) {
 	case SMTP_S_NEW:
 		return SMTP_PHASE_PREGREET;
 	case SMTP_S_GREETED:

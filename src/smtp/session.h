@@ -78,40 +78,13 @@ struct smtp_env {
 	const bool *stopping;	 /* the shard is shutting down */
 };
 
-struct smtp_session {
-	enum smtp_state state;
-	enum smtp_wait wait;
-	bool esmtp;
-	bool sink; /* rest of the current DATA/BDAT is discarded (bad tx) */
-	struct smtp_line_state ls;
-	uint32_t line_have;
-	char line[SMTP_LINE_SCAN_MAX];
-	char helo[SMTP_HELO_MAX];
-	uint32_t errors;
-	uint32_t commands;
-	uint32_t transactions;
-	struct smtp_tx *tx;
-	struct smtp_data_state ds;
-	uint64_t bdat_left; /* bytes of the current BDAT chunk still to come */
-	uint64_t bdat_size; /* size of the current chunk */
-	bool bdat_last;
-	bool bdat_used;		 /* this transaction used BDAT (DATA is then 503) */
-	const char *bdat_reply;	 /* deferred error for a bad BDAT chunk */
-	uint8_t bdat_prev_state; /* where a refused chunk returns to */
-	/* The decision point (filters/flt.h). */
-	struct flt_verdict verdict;
-	const char *cur_line; /* the command being executed, while it runs */
-	uint32_t cur_len;
-	uint32_t pending_len; /* SMTP_WAIT_FILTER: the command kept in line[] */
-	enum flt_stage pending_stage;
-	/* AUTH (RFC 4954). */
-	bool authed;
-	bool in_auth;		 /* the next line is a SASL response */
-	bool auth_blocked;	 /* after the delayed 535: 421 and close */
-	struct sasl_state *sasl; /* during an exchange only */
-	char auth_user[SMTP_AUTH_USER_MAX + 1];
-	const struct smtp_env *env;
-};
+/* One per connection slot, private to this module; the shard makes the
+ * table at start (sized by its connection count) and gives slot i its
+ * session for good. */
+struct smtp_session;
+struct smtp_session *smtp_sessions_new(uint32_t count);
+void smtp_sessions_free(struct smtp_session *v);
+struct smtp_session *smtp_session_at(struct smtp_session *v, uint32_t i);
 
 /* Pool of transactions, sized at start (invariant 4). */
 struct smtp_tx_pool *smtp_tx_pool_new(uint32_t count, uint32_t rcpt_max);
