@@ -880,8 +880,53 @@ static void conn_process_input(struct conn *c)
 	conn_send(c);
 }
 
+bool conn_active(const struct conn *c)
+{
+	return c->io == CONN_ACTIVE;
+}
+
+bool conn_takes_input(const struct conn *c)
+{
+	return c->io == CONN_ACTIVE && !c->close_wanted && !c->tls_switch;
+}
+
+bool conn_tls_on(const struct conn *c)
+{
+	return c->tls_mode == CONN_TLS_ON;
+}
+
+bool conn_tls_begun(const struct conn *c)
+{
+	return c->tls != NULL;
+}
+
+const char *conn_peer_ip(const struct conn *c)
+{
+	return c->peer_ip;
+}
+
+const struct sockaddr_storage *conn_peer(const struct conn *c)
+{
+	return &c->peer;
+}
+
+uint8_t conn_listener(const struct conn *c)
+{
+	return c->listener;
+}
+
+void conn_owner(const struct conn *c, uint32_t *slot, uint16_t *gen)
+{
+	*slot = c->slot;
+	*gen = c->gen;
+}
+
+/* Inside the feed loop input goes on by itself; a closing connection
+ * takes none. */
 void conn_resume(struct conn *c)
 {
+	if (c->in_feed || c->io != CONN_ACTIVE)
+		return;
 	conn_process_input(c);
 }
 

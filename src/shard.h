@@ -229,6 +229,18 @@ void shard_join(struct shard *sh);
  * written to (the wake eventfd). */
 void shard_release(struct shard *sh);
 
+/* What the session may know of its connection (it reads no field). */
+bool conn_active(const struct conn *c);	     /* not closing */
+bool conn_takes_input(const struct conn *c); /* active, no close asked, no TLS switch due */
+bool conn_tls_on(const struct conn *c);	     /* the TLS handshake is done */
+bool conn_tls_begun(const struct conn *c);   /* STARTTLS or implicit TLS under way or done */
+const char *conn_peer_ip(const struct conn *c);
+const struct sockaddr_storage *conn_peer(const struct conn *c);
+uint8_t conn_listener(const struct conn *c); /* index into cfg->listeners */
+/* Names the connection to the spool as the owner of a message (slot and
+ * generation, as a helper cookie does). */
+void conn_owner(const struct conn *c, uint32_t *slot, uint16_t *gen);
+
 /* Connection I/O, for the session. */
 void conn_reply(struct conn *c, const char *line);
 void conn_replyf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

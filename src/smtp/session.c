@@ -175,7 +175,7 @@ static void smtp_enter_state(struct conn *c, enum smtp_state next)
 
 	assert(legal[c->s->state] & (1u << next));
 	if (log_enabled(LOG_DEBUG))
-		log_msg(LOG_DEBUG, "event=state client=%s from=%s to=%s", c->peer_ip,
+		log_msg(LOG_DEBUG, "event=state client=%s from=%s to=%s", conn_peer_ip(c),
 			state_names[c->s->state], state_names[next]);
 	c->s->state = next;
 }
@@ -189,8 +189,7 @@ static const struct rmx_config *cfg_of(const struct conn *c)
 static void session_unpause(struct conn *c)
 {
 	c->s->wait = SMTP_WAIT_NONE;
-	if (!c->in_feed && c->io == CONN_ACTIVE)
-		conn_resume(c);
+	conn_resume(c);
 }
 
 static void session_close(struct conn *c)
@@ -206,7 +205,7 @@ static void session_error(struct conn *c, const char *reply)
 	conn_reply(c, reply);
 	if (++c->s->errors >= cfg_of(c)->limits.errors) {
 		conn_replyf(c, "421 4.7.0 %s Error: too many errors", cfg_of(c)->hostname);
-		log_msg(LOG_INFO, "event=too_many_errors client=%s errors=%u", c->peer_ip,
+		log_msg(LOG_INFO, "event=too_many_errors client=%s errors=%u", conn_peer_ip(c),
 			c->s->errors);
 		session_close(c);
 	}
@@ -315,7 +314,7 @@ static bool session_decide(struct conn *c, enum flt_stage stage, struct flt_inpu
 	struct smtp_session *s = c->s;
 
 	in->cfg = cfg_of(c);
-	in->client = (struct sockaddr *)&c->peer;
+	in->client = (struct sockaddr *)conn_peer(c);
 	in->helo = s->helo;
 	in->errors = s->errors;
 	in->authenticated = s->authed;
@@ -327,7 +326,7 @@ static bool session_decide(struct conn *c, enum flt_stage stage, struct flt_inpu
 	s->pending_stage = stage;
 	s->wait = SMTP_WAIT_FILTER;
 	log_msg(LOG_INFO, "event=decision_pending client=%s stage=%s wait_ms=%u errors=%u",
-		c->peer_ip, stage_names[stage], s->verdict.delay_ms, s->errors);
+		conn_peer_ip(c), stage_names[stage], s->verdict.delay_ms, s->errors);
 	conn_timer(c, s->verdict.delay_ms);
 	return false;
 }
@@ -353,7 +352,7 @@ void smtp_session_init(struct conn *c, const struct smtp_env *env)
 
 static void greet_finish(struct conn *c)
 {
-	const struct config_listener *l = c->s->env->listeners[c->listener];
+	const struct config_listener *l = c->s->env->listeners[conn_listener(c)];
 
 	smtp_enter_state(c, SMTP_S_GREETED);
 	if (c->s->verdict.action != FLT_ACCEPT) {
@@ -374,7 +373,7 @@ void smtp_session_greet(struct conn *c)
 
 void smtp_session_early(struct conn *c)
 {
-	log_msg(LOG_INFO, "event=refused client=%s reason=early_talker", c->peer_ip);
+	log_msg(LOG_INFO, "event=refused client=%s reason=early_talker", conn_peer_ip(c));
 	conn_replyf(c, "554 5.5.0 %s Protocol error: talked before the greeting",
 		    cfg_of(c)->hostname);
 	session_close(c);
@@ -382,7 +381,7 @@ void smtp_session_early(struct conn *c)
 
 void smtp_session_timeout(struct conn *c, const char *reply)
 {
-	log_msg(LOG_INFO, "event=timeout client=%s state=%s reply=\"%.40s\"", c->peer_ip,
+	log_msg(LOG_INFO, "event=timeout client=%s state=%s reply=\"%.40s\"", conn_peer_ip(c),
 		state_names[c->s->state], reply);
 	/* Replies already due go out first, the 421 after them when it fits.
 	 * One of them may be the 250 of a message queued in the same
@@ -397,22 +396,23 @@ void smtp_session_timeout(struct conn *c, const char *reply)
 
 static const struct config_listener *listener_of(const struct conn *c)
 {
-	return c->s->env->listeners[c->listener];
+	return c->s->env->listeners[conn_listener(c)];
 }
 
 /* RFC 4954 4: AUTH only inside TLS, unless the listener
  * allows it in plaintext (loopback only, for tests). */
 static bool auth_offered(const struct conn *c)
 {
-	const struct config_listener *l = c->s->env->listeners[c->listener];
+	const struct config_listener *l = c->s->env->listeners[conn_listener(c)];
 
 	return l->auth != CONFIG_AUTH_NONE && c->s->env->users && !c->s->authed &&
-	       (c->tls_mode == CONN_TLS_ON || l->auth_plaintext);
+	       (conn_tls_on(c) || l->auth_plaintext);
 }
 
 static bool starttls_offered(const struct conn *c)
 {
-	return listener_of(c)->tls == CONFIG_TLS_STARTTLS && c->s->env->tls_ctx && !c->tls;
+	return listener_of(c)->tls == CONFIG_TLS_STARTTLS && c->s->env->tls_ctx &&
+	       !conn_tls_begun(c);
 }
 
 /* RFC 3207 4: STARTTLS takes no argument, not inside a transaction, once.
@@ -422,7 +422,7 @@ static void cmd_starttls(struct conn *c, const struct smtp_cmd *cmd)
 {
 	if (listener_of(c)->tls != CONFIG_TLS_STARTTLS || !c->s->env->tls_ctx)
 		return session_error(c, "502 5.5.1 Error: command not implemented");
-	if (c->tls)
+	if (conn_tls_begun(c))
 		return session_error(c, "503 5.5.1 Error: TLS already active");
 	if (cmd->arg.len)
 		return session_error(c, "501 5.5.4 Syntax: STARTTLS");
@@ -514,7 +514,7 @@ static void cmd_auth(struct conn *c, const struct smtp_cmd *cmd)
 
 	if (l->auth == CONFIG_AUTH_NONE || !c->s->env->users)
 		return session_error(c, "502 5.5.1 Error: command not implemented");
-	if (c->tls_mode != CONN_TLS_ON && !l->auth_plaintext)
+	if (!conn_tls_on(c) && !l->auth_plaintext)
 		return session_error(c, "538 5.7.11 Encryption required for requested "
 					"authentication mechanism");
 	if (c->s->state == SMTP_S_GREETED)
@@ -523,10 +523,10 @@ static void cmd_auth(struct conn *c, const struct smtp_cmd *cmd)
 		return session_error(c, "503 5.5.1 Error: already authenticated");
 	if (c->s->state != SMTP_S_READY)
 		return session_error(c, "503 5.5.1 Error: AUTH not allowed during a transaction");
-	if (auth_throttle_check(c->s->env->throttle, (struct sockaddr *)&c->peer,
+	if (auth_throttle_check(c->s->env->throttle, (struct sockaddr *)conn_peer(c),
 				*c->s->env->now_ms, &v) == 0 &&
 	    v.blocked) {
-		log_msg(LOG_INFO, "event=auth_blocked client=%s failures=%u", c->peer_ip,
+		log_msg(LOG_INFO, "event=auth_blocked client=%s failures=%u", conn_peer_ip(c),
 			v.failures);
 		conn_replyf(c, "421 4.7.0 %s Too many authentication failures",
 			    cfg_of(c)->hostname);
@@ -557,7 +557,7 @@ void smtp_session_auth_done(struct conn *c, int rc)
 		s->wait = SMTP_WAIT_NONE;
 	if (rc == AUTH_VERIFY_OK) {
 		s->authed = true;
-		log_msg(LOG_INFO, "event=auth client=%s user=\"%s\" result=ok", c->peer_ip,
+		log_msg(LOG_INFO, "event=auth client=%s user=\"%s\" result=ok", conn_peer_ip(c),
 			s->auth_user);
 		conn_reply(c, "235 2.7.0 Authentication successful");
 		session_unpause(c);
@@ -565,17 +565,17 @@ void smtp_session_auth_done(struct conn *c, int rc)
 	}
 	if (rc < 0) {
 		log_msg(LOG_WARN, "event=auth client=%s user=\"%s\" result=error error=\"%s\"",
-			c->peer_ip, s->auth_user, strerror(-rc));
+			conn_peer_ip(c), s->auth_user, strerror(-rc));
 		s->auth_user[0] = '\0';
 		conn_reply(c, "454 4.7.0 Temporary authentication failure");
 		session_unpause(c);
 		return;
 	}
-	log_msg(LOG_INFO, "event=auth client=%s user=\"%s\" result=failed", c->peer_ip,
+	log_msg(LOG_INFO, "event=auth client=%s user=\"%s\" result=failed", conn_peer_ip(c),
 		s->auth_user);
 	s->auth_user[0] = '\0';
 	s->errors++;
-	auth_throttle_fail(c->s->env->throttle, (struct sockaddr *)&c->peer, *c->s->env->now_ms,
+	auth_throttle_fail(c->s->env->throttle, (struct sockaddr *)conn_peer(c), *c->s->env->now_ms,
 			   &v);
 	s->auth_blocked = v.blocked;
 	if (v.delay_ms) {
@@ -685,7 +685,7 @@ static void rcpt_finish(struct conn *c, const struct smtp_cmd *cmd)
 
 	if (c->s->verdict.action != FLT_ACCEPT) {
 		log_msg(LOG_INFO, "event=rcpt_rejected client=%s rcpt=<%.*s> reply=\"%.3s\"",
-			c->peer_ip, (int)path_len(&cmd->path), cmd->path.local.ptr,
+			conn_peer_ip(c), (int)path_len(&cmd->path), cmd->path.local.ptr,
 			c->s->verdict.reply);
 		return session_error(c, c->s->verdict.reply);
 	}
@@ -788,8 +788,8 @@ static size_t tx_received_header(struct conn *c)
 			 "\r\n\t(authenticated as %s)", user);
 	}
 	/* RFC 5321 4.1.3: an IPv6 address literal is tagged "IPv6:". */
-	snprintf(lit, sizeof(lit), "[%s%s]", c->peer.ss_family == AF_INET6 ? "IPv6:" : "",
-		 c->peer_ip);
+	snprintf(lit, sizeof(lit), "[%s%s]", conn_peer(c)->ss_family == AF_INET6 ? "IPv6:" : "",
+		 conn_peer_ip(c));
 	n = snprintf(tx->received, sizeof(tx->received),
 		     "Received: from %s (%s)%s\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
 		     c->s->helo, lit, tls, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
@@ -803,7 +803,11 @@ static void tx_begin_message(struct conn *c, bool dot)
 	struct smtp_tx *tx = c->s->tx;
 	struct spool *sp = c->s->env->spool;
 
-	spool_msg_begin(sp, &tx->msg, spool_next_id(sp), c->slot, c->gen);
+	uint32_t slot;
+	uint16_t gen;
+
+	conn_owner(c, &slot, &gen);
+	spool_msg_begin(sp, &tx->msg, spool_next_id(sp), slot, gen);
 	tx->begun = true;
 	spool_qid_format(tx->msg.id, tx->qid);
 	smtp_data_begin(&c->s->ds, dot);
@@ -845,7 +849,7 @@ static void cmd_bdat(struct conn *c, const struct smtp_cmd *cmd)
 	 * declared 100 GB would tie the connection up for as long: refuse it
 	 * at once and close (RFC 3030 4 lets the server drop the session). */
 	if (bdat_too_big(c, cmd->bdat_size)) {
-		log_msg(LOG_INFO, "event=bdat_too_big client=%s size=%llu", c->peer_ip,
+		log_msg(LOG_INFO, "event=bdat_too_big client=%s size=%llu", conn_peer_ip(c),
 			(unsigned long long)cmd->bdat_size);
 		conn_reply(c, "552 5.3.4 Error: message size exceeds fixed limit");
 		return session_close(c);
@@ -974,7 +978,7 @@ static size_t session_line(struct conn *c, const char *p, size_t n)
 		/* CVE-2023-51764: a line ended by a bare LF is refused and the
 		 * connection closed, so no byte after it is ever taken as a
 		 * command (as Postfix's smtpd_forbid_bare_newline does). */
-		log_msg(LOG_INFO, "event=bare_lf client=%s", c->peer_ip);
+		log_msg(LOG_INFO, "event=bare_lf client=%s", conn_peer_ip(c));
 		conn_reply(c, "500 5.5.2 Error: bare LF received, closing connection");
 		session_close(c);
 	} else if (rc == SMTP_PARSE_INVALID)
@@ -1013,7 +1017,7 @@ static void tx_commit(struct conn *c)
 {
 	struct smtp_tx *tx = c->s->tx;
 	struct spool_env env = {0};
-	const char *l = c->s->env->listeners[c->listener]->name;
+	const char *l = c->s->env->listeners[conn_listener(c)]->name;
 	bool dot = c->s->ds.dot;
 	uint64_t wire = tx->msg.wire_len;
 
@@ -1033,7 +1037,7 @@ static void tx_commit(struct conn *c)
 	env.ret = tx->ret;
 	env.size_declared = tx->size_declared;
 	env.listener = (struct spool_str){l, (uint32_t)strlen(l)};
-	env.client_addr = (struct spool_str){c->peer_ip, (uint32_t)strlen(c->peer_ip)};
+	env.client_addr = (struct spool_str){conn_peer_ip(c), (uint32_t)strlen(conn_peer_ip(c))};
 	env.helo = (struct spool_str){c->s->helo, (uint32_t)strlen(c->s->helo)};
 	env.mail_from = tx->mail_from;
 	env.envid = tx->envid;
@@ -1098,9 +1102,9 @@ static void tx_try_finish(struct conn *c)
 	}
 	if (!spool_msg_idle(&tx->msg))
 		return;
-	log_msg(LOG_INFO, "event=rejected id=%s client=%s reply=\"%s\"", tx->qid, c->peer_ip,
+	log_msg(LOG_INFO, "event=rejected id=%s client=%s reply=\"%s\"", tx->qid, conn_peer_ip(c),
 		refuse);
-	if (c->io == CONN_ACTIVE)
+	if (conn_active(c))
 		session_error(c, refuse);
 	tx_release(c);
 	if (c->s->state == SMTP_S_COMMIT)
@@ -1184,8 +1188,7 @@ size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 	struct smtp_session *s = c->s;
 	size_t off = 0;
 
-	while (off < n && c->io == CONN_ACTIVE && !c->close_wanted && s->wait == SMTP_WAIT_NONE &&
-	       !c->tls_switch) {
+	while (off < n && conn_takes_input(c) && s->wait == SMTP_WAIT_NONE) {
 		size_t before = off;
 		enum smtp_state was = s->state;
 
@@ -1218,18 +1221,18 @@ size_t smtp_session_feed(struct conn *c, const char *p, size_t n, uint16_t bid)
 			break;
 		}
 		if (off == before && s->state == was && s->wait == SMTP_WAIT_NONE &&
-		    c->io == CONN_ACTIVE && !c->close_wanted && !c->tls_switch) {
+		    conn_takes_input(c)) {
 			/* Invariant 8: every turn of this loop consumes input, changes
 			 * state or starts a wait.  One that does none of these would
 			 * spin the shard for every connection on it. */
 			assert(!"smtp_session_feed made no progress");
-			log_msg(LOG_ERROR, "event=feed_stuck client=%s state=%s", c->peer_ip,
+			log_msg(LOG_ERROR, "event=feed_stuck client=%s state=%s", conn_peer_ip(c),
 				state_names[s->state]);
 			session_close(c);
 			return n;
 		}
 	}
-	if (c->io != CONN_ACTIVE || s->state == SMTP_S_QUIT)
+	if (!conn_active(c) || s->state == SMTP_S_QUIT)
 		return n; /* closing: the rest of the input is moot */
 	/* After STARTTLS the shard discards the rest (never parsed). */
 	return off;
@@ -1260,14 +1263,14 @@ void smtp_session_durable(struct conn *c, int res)
 	assert(tx && c->s->state == SMTP_S_COMMIT);
 	if (res == 0) {
 		log_msg(LOG_INFO, "event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu",
-			tx->qid, c->peer_ip, (int)tx->mail_from.len, tx->mail_from.ptr,
+			tx->qid, conn_peer_ip(c), (int)tx->mail_from.len, tx->mail_from.ptr,
 			tx->rcpt_count, (unsigned long long)tx->size);
-		if (c->io == CONN_ACTIVE)
+		if (conn_active(c))
 			conn_replyf(c, "250 2.0.0 Ok: queued as %s", tx->qid);
 	} else {
 		log_msg(LOG_ERROR, "event=commit_failed id=%s client=%s error=\"%s\"", tx->qid,
-			c->peer_ip, strerror(-res));
-		if (c->io == CONN_ACTIVE)
+			conn_peer_ip(c), strerror(-res));
+		if (conn_active(c))
 			conn_reply(c, res == -ENOSPC
 					  ? "452 4.3.1 Error: insufficient system storage"
 					  : "451 4.3.0 Error: queue file write error");
@@ -1276,7 +1279,7 @@ void smtp_session_durable(struct conn *c, int res)
 	tx_release(c);
 	c->s->transactions++;
 	smtp_enter_state(c, SMTP_S_READY);
-	if (c->io != CONN_ACTIVE)
+	if (!conn_active(c))
 		return;
 	if (*c->s->env->stopping) {
 		conn_replyf(c, "421 4.3.2 %s Service shutting down", cfg_of(c)->hostname);
@@ -1309,7 +1312,7 @@ void smtp_session_decided(struct conn *c)
 		/* The delay after a failed AUTH is over. */
 		s->wait = SMTP_WAIT_NONE;
 		auth_failed_reply(c);
-		if (c->io == CONN_ACTIVE && s->wait == SMTP_WAIT_NONE)
+		if (conn_active(c) && s->wait == SMTP_WAIT_NONE)
 			conn_resume(c);
 		return;
 	}
@@ -1335,9 +1338,9 @@ void smtp_session_decided(struct conn *c)
 		else
 			rcpt_finish(c, &cmd);
 	}
-	if (c->io == CONN_ACTIVE && s->wait == SMTP_WAIT_NONE)
+	if (conn_active(c) && s->wait == SMTP_WAIT_NONE)
 		conn_resume(c); /* pipelined input waiting behind the decision */
-	else if (c->io == CONN_ACTIVE)
+	else if (conn_active(c))
 		conn_flush(c);
 }
 
