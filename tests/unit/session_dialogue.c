@@ -560,6 +560,76 @@ static void test_auth_failure_delayed(void **state)
 	auth_close(&a);
 }
 
+static void test_auth_login_exchange(void **state)
+{
+	struct auth_fixture a;
+
+	(void)state;
+	auth_open(&a, true);
+	fc_feed(a.fc, "EHLO client.example\r\n");
+	fc_replies(a.fc);
+	/* RFC 4954 4: each challenge is a 334; the responses are not commands. */
+	fc_feed(a.fc, "AUTH LOGIN\r\n");
+	assert_string_equal(fc_replies(a.fc), "334 VXNlcm5hbWU6\r\n");
+	fc_feed(a.fc, "YWxpY2U=\r\n");
+	assert_string_equal(fc_replies(a.fc), "334 UGFzc3dvcmQ6\r\n");
+	fc_feed(a.fc, "YWxpY2UtcHc=\r\n");
+	assert_string_equal(fc_replies(a.fc), "");
+	assert_int_equal(a.fc->helper_sent, 1);
+	auth_answer(&a);
+	assert_string_equal(fc_replies(a.fc), "235 2.7.0 Authentication successful\r\n");
+	fc_feed(a.fc, "AUTH LOGIN\r\n");
+	assert_string_equal(fc_replies(a.fc), "503 5.5.1 Error: already authenticated\r\n");
+	auth_close(&a);
+}
+
+/* ---- the shard's other calls ------------------------------------------------------ */
+
+static void test_early_talker_and_timeout(void **state)
+{
+	struct fconn *fc = fc_new(BASE_JSON);
+
+	(void)state;
+	/* Bytes before the banner (the greet pause): refused and closed. */
+	smtp_session_init(&fc->c, &fc->env);
+	assert_int_equal(smtp_session_phase(&fc->c), SMTP_PHASE_PREGREET);
+	assert_int_equal(fc_feed(fc, "EHLO x\r\n"), strlen("EHLO x\r\n"));
+	assert_string_equal(fc_replies(fc),
+			    "554 5.5.0 " HOST " Protocol error: talked before the greeting\r\n");
+	assert_int_equal(fc->closes, 1);
+	fc_free(fc);
+
+	fc = ready();
+	smtp_session_timeout(&fc->c, "421 4.4.2 " HOST " Error: timeout exceeded");
+	assert_string_equal(fc_replies(fc), "421 4.4.2 " HOST " Error: timeout exceeded\r\n");
+	assert_int_equal(fc->closes, 1);
+	assert_int_equal(smtp_session_phase(&fc->c), SMTP_PHASE_QUIT);
+	fc_free(fc);
+}
+
+static void test_shutdown_after_commit(void **state)
+{
+	struct fconn *fc = ready();
+
+	(void)state;
+	fc_feed(fc, "MAIL FROM:<a@client.example>\r\nRCPT TO:<u@local.example>\r\nDATA\r\n");
+	fc_replies(fc);
+	fc_feed(fc, "x\r\n.\r\n");
+	assert_int_equal(await_durable(fc), 0);
+	/* The shard began to stop while the message was being made durable:
+	 * the 250 still goes out (the message is ours now), then the 421. */
+	fc->stopping = true;
+	smtp_session_durable(&fc->c, 0);
+	const char *r = fc_replies(fc);
+	const char *bye = strstr(r, "\r\n");
+
+	assert_non_null(bye);
+	assert_string_equal(bye + 2, "421 4.3.2 " HOST " Service shutting down\r\n");
+	assert_int_equal(strncmp(r, "250 2.0.0 Ok: queued as ", 24), 0);
+	assert_int_equal(fc->closes, 1);
+	fc_free(fc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -579,6 +649,9 @@ int main(void)
 	    cmocka_unit_test_teardown(test_auth_not_offered_without_tls, spt_teardown),
 	    cmocka_unit_test_teardown(test_auth_success, spt_teardown),
 	    cmocka_unit_test_teardown(test_auth_failure_delayed, spt_teardown),
+	    cmocka_unit_test_teardown(test_auth_login_exchange, spt_teardown),
+	    cmocka_unit_test_teardown(test_early_talker_and_timeout, spt_teardown),
+	    cmocka_unit_test_teardown(test_shutdown_after_commit, spt_teardown),
 	};
 
 	spt_require_io_uring();
