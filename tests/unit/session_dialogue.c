@@ -583,6 +583,52 @@ static void test_auth_login_exchange(void **state)
 	auth_close(&a);
 }
 
+/* ---- the tarpit: decisions that come later ---------------------------------------- */
+
+/* The receive buffer a command came in goes back to the kernel while its
+ * decision waits: overwrite it, as the next receive would. */
+static void reuse_last_input(struct fconn *fc, size_t n)
+{
+	memset(fc->input + fc->input_len - n, 'X', n);
+}
+
+static void test_tarpit_keeps_the_line(void **state)
+{
+	struct fconn *fc = fc_new("{'hostname': '" HOST "', "
+				  "'listeners': [{'name': 'mx', 'address': '127.0.0.1:2525'}], "
+				  "'limits': {'soft_errors': 1, 'error_delay_ms': 1500}}");
+	const char *mail = "MAIL FROM:<a@client.example>\r\n";
+	const char *rcpt = "RCPT TO:<x@elsewhere.example>\r\nNOOP\r\n";
+	size_t used;
+
+	(void)state;
+	fc_greet(fc);
+	fc_feed(fc, "EHLO client.example\r\nFOO\r\n");
+	fc_replies(fc);
+	/* Past soft_errors: every decision waits error_delay_ms on the
+	 * connection's timer; nothing is said until it is over. */
+	assert_int_equal(fc_feed(fc, mail), strlen(mail));
+	assert_string_equal(fc_replies(fc), "");
+	assert_int_equal(fc->timers, 1);
+	assert_int_equal(fc->timer_ms, 1500);
+	assert_int_equal(smtp_session_hold(&fc->c), SMTP_HOLD_SELF);
+	reuse_last_input(fc, strlen(mail));
+	smtp_session_decided(&fc->c);
+	assert_string_equal(fc_replies(fc), "250 2.1.0 Ok\r\n");
+	/* The pipelined NOOP waits behind the decision. */
+	used = fc_feed(fc, rcpt);
+	assert_int_equal(used, strlen("RCPT TO:<x@elsewhere.example>\r\n"));
+	reuse_last_input(fc, strlen(rcpt));
+	uint32_t resumes = fc->resumes;
+
+	smtp_session_decided(&fc->c);
+	assert_string_equal(fc_replies(fc),
+			    "554 5.7.1 <x@elsewhere.example>: Relay access denied\r\n");
+	assert_int_equal(fc->resumes, resumes + 1);
+	assert_int_equal(fc->timers, 2);
+	fc_free(fc);
+}
+
 /* ---- the shard's other calls ------------------------------------------------------ */
 
 static void test_early_talker_and_timeout(void **state)
@@ -651,6 +697,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_auth_failure_delayed, spt_teardown),
 	    cmocka_unit_test_teardown(test_auth_login_exchange, spt_teardown),
 	    cmocka_unit_test_teardown(test_early_talker_and_timeout, spt_teardown),
+	    cmocka_unit_test_teardown(test_tarpit_keeps_the_line, spt_teardown),
 	    cmocka_unit_test_teardown(test_shutdown_after_commit, spt_teardown),
 	};
 
