@@ -119,7 +119,6 @@ uint32_t fc_spool_turn(struct fconn *fc)
 		smtp_session_spool_progress(&fc->c);
 	}
 	fc->durable_first = before;
-	fc->durable_seen = fc->spt.ndurable;
 	return fc->spt.ndurable - before;
 }
 

@@ -53,7 +53,6 @@ struct fconn {
 	/* fed bytes, alive until fc_free */
 	char input[FC_INPUT_MAX];
 	size_t input_len;
-	uint32_t durable_seen;	/* on_durable entries of spt already reported */
 	uint32_t durable_first; /* the first of the last turn's */
 	uint32_t progress_seen; /* on_progress entries already handed over */
 };
