@@ -7,11 +7,11 @@
  * buffers.  Consuming less than offered pauses the connection until the
  * thing waited for (output space, a spool write slot, the commit) arrives.
  */
-#include "smtp/session.h"
 #include "auth/sasl.h"
 #include "auth/throttle.h"
 #include "auth/users.h"
 #include "hpool/hpool.h"
+#include "smtp/session_int.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -24,41 +24,6 @@
 #include "filters/flt.h"
 #include "log/log.h"
 #include "shard.h"
-
-struct smtp_session {
-	enum smtp_state state;
-	enum smtp_wait wait;
-	bool esmtp;
-	bool sink; /* rest of the current DATA/BDAT is discarded (bad tx) */
-	struct smtp_line_state ls;
-	uint32_t line_have;
-	char line[SMTP_LINE_SCAN_MAX];
-	char helo[SMTP_HELO_MAX];
-	uint32_t errors;
-	uint32_t commands;
-	uint32_t transactions;
-	struct smtp_tx *tx;
-	struct smtp_data_state ds;
-	uint64_t bdat_left; /* bytes of the current BDAT chunk still to come */
-	uint64_t bdat_size; /* size of the current chunk */
-	bool bdat_last;
-	bool bdat_used;		 /* this transaction used BDAT (DATA is then 503) */
-	const char *bdat_reply;	 /* deferred error for a bad BDAT chunk */
-	uint8_t bdat_prev_state; /* where a refused chunk returns to */
-	/* The decision point (filters/flt.h). */
-	struct flt_verdict verdict;
-	const char *cur_line; /* the command being executed, while it runs */
-	uint32_t cur_len;
-	uint32_t pending_len; /* SMTP_WAIT_FILTER: the command kept in line[] */
-	enum flt_stage pending_stage;
-	/* AUTH (RFC 4954). */
-	bool authed;
-	bool in_auth;		 /* the next line is a SASL response */
-	bool auth_blocked;	 /* after the delayed 535: 421 and close */
-	struct sasl_state *sasl; /* during an exchange only */
-	char auth_user[SMTP_AUTH_USER_MAX + 1];
-	const struct smtp_env *env;
-};
 
 struct smtp_session *smtp_sessions_new(uint32_t count)
 {
@@ -74,33 +39,6 @@ struct smtp_session *smtp_session_at(struct smtp_session *v, uint32_t i)
 {
 	return &v[i];
 }
-
-#define SMTP_TX_ARENA	  65536 /* addresses and parameters of one transaction */
-#define SMTP_RECEIVED_MAX 1024
-
-struct smtp_tx {
-	struct spool_msg msg;
-	struct smtp_tx *next_free;
-	char qid[SPOOL_QID_LEN + 1];
-	bool begun;	   /* spool_msg_begin done */
-	bool data_decided; /* the data stage's decision is in */
-	bool smtputf8;
-	bool received_8bit; /* our Received: field is not ASCII (an AUTH name, a "for" address) */
-	uint8_t body_type;
-	uint8_t ret;
-	uint64_t size_declared;
-	uint64_t size; /* at commit: spool_env_size(), the size logged */
-	struct spool_str mail_from, envid, auth;
-	uint32_t rcpt_count;
-	uint32_t env_size;	/* running estimate of the encoded envelope */
-	const char *fail_reply; /* refuse at end of data with this */
-	char fail_buf[SMTP_REPLY_MAX];
-	uint32_t arena_len;
-	char arena[SMTP_TX_ARENA];
-	uint8_t enc[SPOOL_ENV_MAX];
-	char received[SMTP_RECEIVED_MAX];
-	struct spool_rcpt rcpts[]; /* rcpt_max */
-};
 
 struct smtp_tx_pool {
 	struct smtp_tx *free;
@@ -154,7 +92,7 @@ static const char *const state_names[] = {"new",  "greeted", "ready",  "mail", "
 					  "data", "bdat",    "commit", "quit"};
 
 /* The one place a state changes: legal transitions only. */
-static void smtp_enter_state(struct conn *c, enum smtp_state next)
+void smtp_enter_state(struct conn *c, enum smtp_state next)
 {
 	static const uint16_t legal[] = {
 	    [SMTP_S_NEW] = 1u << SMTP_S_GREETED | 1u << SMTP_S_QUIT,
@@ -180,19 +118,19 @@ static void smtp_enter_state(struct conn *c, enum smtp_state next)
 	c->s->state = next;
 }
 
-static const struct rmx_config *cfg_of(const struct conn *c)
+const struct rmx_config *cfg_of(const struct conn *c)
 {
 	return c->s->env->cfg;
 }
 
 /* Resume input unless we are inside the feed loop (which goes on by itself). */
-static void session_unpause(struct conn *c)
+void session_unpause(struct conn *c)
 {
 	c->s->wait = SMTP_WAIT_NONE;
 	conn_resume(c);
 }
 
-static void session_close(struct conn *c)
+void session_close(struct conn *c)
 {
 	if (c->s->state != SMTP_S_QUIT)
 		smtp_enter_state(c, SMTP_S_QUIT);
@@ -200,7 +138,7 @@ static void session_close(struct conn *c)
 }
 
 /* A 4xx/5xx answer to a command: counts toward limits.errors. */
-static void session_error(struct conn *c, const char *reply)
+void session_error(struct conn *c, const char *reply)
 {
 	conn_reply(c, reply);
 	if (++c->s->errors >= cfg_of(c)->limits.errors) {
@@ -261,7 +199,7 @@ static struct smtp_tx *tx_take(struct conn *c)
 
 /* Give the transaction back.  A begun message with no commit is dropped
  * (its chunks become garbage the recovery scan ignores). */
-static void tx_release(struct conn *c)
+void tx_release(struct conn *c)
 {
 	struct smtp_tx *tx = c->s->tx;
 	struct smtp_tx_pool *p = c->s->env->txpool;
@@ -309,7 +247,7 @@ static const char *const stage_names[] = {"connect", "helo", "mail", "rcpt", "da
  * now.  false: the answer comes later (s->wait is FILTER, input paused);
  * the command line is kept in s->line, because the receive buffer it lies
  * in goes back to the kernel, and smtp_session_decided() finishes it. */
-static bool session_decide(struct conn *c, enum flt_stage stage, struct flt_input *in)
+bool session_decide(struct conn *c, enum flt_stage stage, struct flt_input *in)
 {
 	struct smtp_session *s = c->s;
 
@@ -394,7 +332,7 @@ void smtp_session_timeout(struct conn *c, const char *reply)
 
 /* ---- commands ------------------------------------------------------------------- */
 
-static const struct config_listener *listener_of(const struct conn *c)
+const struct config_listener *listener_of(const struct conn *c)
 {
 	return c->s->env->listeners[conn_listener(c)];
 }
@@ -436,155 +374,6 @@ static void cmd_starttls(struct conn *c, const struct smtp_cmd *cmd)
 	c->s->helo[0] = '\0';
 	smtp_enter_state(c, SMTP_S_GREETED);
 	conn_starttls(c);
-}
-
-static void auth_failed_reply(struct conn *c)
-{
-	conn_reply(c, "535 5.7.8 Authentication credentials invalid");
-	if (c->s->auth_blocked) {
-		conn_replyf(c, "421 4.7.0 %s Too many authentication failures",
-			    cfg_of(c)->hostname);
-		session_close(c);
-		return;
-	}
-	session_unpause(c);
-}
-
-static void auth_end(struct conn *c)
-{
-	if (c->s->sasl) {
-		sasl_clear(c->s->sasl);
-		free(c->s->sasl);
-		c->s->sasl = NULL;
-	}
-	c->s->in_auth = false;
-}
-
-/* Credentials are complete: the check runs on a helper thread (hashing is
- * slow on purpose); input waits for its answer. */
-static void auth_verify(struct conn *c)
-{
-	struct sasl_creds cr;
-	uint64_t cookie = conn_helper_cookie(c);
-	int rc;
-
-	sasl_creds(c->s->sasl, &cr);
-	snprintf(c->s->auth_user, sizeof(c->s->auth_user), "%.*s", (int)cr.authcid_len, cr.authcid);
-	rc = auth_users_submit_verify(c->s->env->pool, c->s->env->pool_shard, cookie,
-				      c->s->env->users, cr.authcid, cr.authcid_len, cr.passwd,
-				      cr.passwd_len);
-	auth_end(c);
-	if (rc < 0) {
-		c->s->auth_user[0] = '\0';
-		conn_reply(c, "454 4.7.0 Temporary authentication failure");
-		return;
-	}
-	conn_helper_sent(c); /* the slot stays until the answer came */
-	c->s->wait = SMTP_WAIT_AUTH;
-}
-
-/* One step of the exchange: a challenge, the check, or the end. */
-static void auth_step_result(struct conn *c, int rc)
-{
-	if (rc == SASL_AGAIN) {
-		c->s->in_auth = true;
-		conn_reply(c, c->s->sasl->reply);
-		return;
-	}
-	if (rc == SASL_OK) {
-		c->s->in_auth = false;
-		auth_verify(c);
-		return;
-	}
-	/* INVALID: the state is cleared; a 535 among these counts as a failure. */
-	const char *reply = c->s->sasl->reply;
-
-	auth_end(c);
-	if (strncmp(reply, "535", 3) == 0) {
-		smtp_session_auth_done(c, AUTH_VERIFY_BAD_PASSWORD);
-		return;
-	}
-	session_error(c, reply);
-}
-
-static void cmd_auth(struct conn *c, const struct smtp_cmd *cmd)
-{
-	const struct config_listener *l = listener_of(c);
-	struct auth_throttle_verdict v;
-
-	if (l->auth == CONFIG_AUTH_NONE || !c->s->env->users)
-		return session_error(c, "502 5.5.1 Error: command not implemented");
-	if (!conn_tls_on(c) && !l->auth_plaintext)
-		return session_error(c, "538 5.7.11 Encryption required for requested "
-					"authentication mechanism");
-	if (c->s->state == SMTP_S_GREETED)
-		return session_error(c, "503 5.5.1 Error: send EHLO first");
-	if (c->s->authed)
-		return session_error(c, "503 5.5.1 Error: already authenticated");
-	if (c->s->state != SMTP_S_READY)
-		return session_error(c, "503 5.5.1 Error: AUTH not allowed during a transaction");
-	if (auth_throttle_check(c->s->env->throttle, (struct sockaddr *)conn_peer(c),
-				*c->s->env->now_ms, &v) == 0 &&
-	    v.blocked) {
-		log_msg(LOG_INFO, "event=auth_blocked client=%s failures=%u", conn_peer_ip(c),
-			v.failures);
-		conn_replyf(c, "421 4.7.0 %s Too many authentication failures",
-			    cfg_of(c)->hostname);
-		return session_close(c);
-	}
-	c->s->sasl = calloc(1, sizeof(*c->s->sasl));
-	if (!c->s->sasl)
-		return conn_reply(c, "454 4.7.0 Temporary authentication failure");
-	auth_step_result(c, sasl_start(c->s->sasl, cmd->arg.ptr, cmd->arg.len));
-}
-
-/* A response line of the exchange (never logged: it is the password). */
-static void session_auth_line(struct conn *c, const char *line, size_t len, bool too_long)
-{
-	if (too_long) {
-		auth_end(c);
-		return session_error(c, SASL_REPLY_TOO_LONG);
-	}
-	auth_step_result(c, sasl_step(c->s->sasl, line, len));
-}
-
-void smtp_session_auth_done(struct conn *c, int rc)
-{
-	struct smtp_session *s = c->s;
-	struct auth_throttle_verdict v = {0};
-
-	if (s->wait == SMTP_WAIT_AUTH)
-		s->wait = SMTP_WAIT_NONE;
-	if (rc == AUTH_VERIFY_OK) {
-		s->authed = true;
-		log_msg(LOG_INFO, "event=auth client=%s user=\"%s\" result=ok", conn_peer_ip(c),
-			s->auth_user);
-		conn_reply(c, "235 2.7.0 Authentication successful");
-		session_unpause(c);
-		return;
-	}
-	if (rc < 0) {
-		log_msg(LOG_WARN, "event=auth client=%s user=\"%s\" result=error error=\"%s\"",
-			conn_peer_ip(c), s->auth_user, strerror(-rc));
-		s->auth_user[0] = '\0';
-		conn_reply(c, "454 4.7.0 Temporary authentication failure");
-		session_unpause(c);
-		return;
-	}
-	log_msg(LOG_INFO, "event=auth client=%s user=\"%s\" result=failed", conn_peer_ip(c),
-		s->auth_user);
-	s->auth_user[0] = '\0';
-	s->errors++;
-	auth_throttle_fail(c->s->env->throttle, (struct sockaddr *)conn_peer(c), *c->s->env->now_ms,
-			   &v);
-	s->auth_blocked = v.blocked;
-	if (v.delay_ms) {
-		/* The 535 waits: guessing gets slower with every failure. */
-		s->wait = SMTP_WAIT_AUTH_DELAY;
-		conn_timer(c, v.delay_ms);
-		return;
-	}
-	auth_failed_reply(c);
 }
 
 static void ehlo_finish(struct conn *c, bool esmtp)
@@ -725,162 +514,6 @@ static void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
 		rcpt_finish(c, cmd);
 }
 
-/* The authenticated user as our Received: field shows it, in out[cap]
- * (cap >= 2), at most cap - 1 octets.  A users_file name may hold any
- * octet but space and controls; only printable ASCII goes in, '(' ')' and
- * '\\' quoted (RFC 5322 3.2.2: they would end or escape the comment), each
- * other character (UTF-8) as one '?': our own trace field must not be what
- * makes a message need SMTPUTF8 (RFC 6531 3.4) or carry 8-bit header
- * octets to a hop that did not ask for them.  The log has the name. */
-static void received_user(char *out, size_t cap, const char *user)
-{
-	size_t n = strlen(user), k = 0;
-
-	assert(cap >= 2);
-	for (size_t i = 0; i < n;) {
-		unsigned char ch = (unsigned char)user[i];
-		bool quote = ch == '(' || ch == ')' || ch == '\\';
-		size_t len = ch < 0x80 ? 1 : smtp_utf8_len(user + i, n - i);
-
-		if (k + 1 + quote >= cap)
-			break;
-		if (quote)
-			out[k++] = '\\';
-		out[k++] = ch > ' ' && ch < 0x7f ? (char)ch : '?';
-		i += len ? len : 1;
-	}
-	out[k] = '\0';
-	assert(k < cap);
-}
-
-/* RFC 5321 4.4 trace header.  The "with" value follows RFC 3848 and RFC
- * 6531 4.3; "for" names the recipient only when there is exactly one, so a
- * copy never discloses the others.  Returns its length. */
-static size_t tx_received_header(struct conn *c)
-{
-	struct smtp_tx *tx = c->s->tx;
-	const char *tlsv = conn_tls_version(c);
-	/* RFC 3848 / RFC 6531 4.3: S for TLS, A for an authenticated client. */
-	static const char *const withs[2][2][2] = {
-	    {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
-	    {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}};
-	const char *with = !c->s->esmtp ? "SMTP" : withs[tx->smtputf8][tlsv != NULL][c->s->authed];
-	char date[64], rcpt[SMTP_PATH_MAX + 16] = "", tls[256] = "", lit[CONN_PEER_MAX + 8];
-	time_t now = time(NULL);
-	struct tm tm;
-	int n;
-
-	gmtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-	if (tx->rcpt_count == 1)
-		snprintf(rcpt, sizeof(rcpt), "\r\n\tfor <%.*s>",
-			 (int)(tx->rcpts[0].addr.len < SMTP_PATH_MAX ? tx->rcpts[0].addr.len
-								     : SMTP_PATH_MAX),
-			 tx->rcpts[0].addr.ptr);
-	if (tlsv)
-		snprintf(tls, sizeof(tls), "\r\n\t(using %s with cipher %.100s)", tlsv,
-			 conn_tls_cipher(c));
-	if (c->s->authed) { /* RFC 4954 does not require it; admins expect it */
-		char user[61];
-
-		received_user(user, sizeof(user), c->s->auth_user);
-		snprintf(tls + strlen(tls), sizeof(tls) - strlen(tls),
-			 "\r\n\t(authenticated as %s)", user);
-	}
-	/* RFC 5321 4.1.3: an IPv6 address literal is tagged "IPv6:". */
-	snprintf(lit, sizeof(lit), "[%s%s]", conn_peer(c)->ss_family == AF_INET6 ? "IPv6:" : "",
-		 conn_peer_ip(c));
-	n = snprintf(tx->received, sizeof(tx->received),
-		     "Received: from %s (%s)%s\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
-		     c->s->helo, lit, tls, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
-	assert(n > 0);
-	return n < (int)sizeof(tx->received) ? (size_t)n : sizeof(tx->received) - 1;
-}
-
-/* The message begins: a queue ID, and the trace header as its first bytes. */
-static void tx_begin_message(struct conn *c, bool dot)
-{
-	struct smtp_tx *tx = c->s->tx;
-	struct spool *sp = c->s->env->spool;
-
-	uint32_t slot;
-	uint16_t gen;
-
-	conn_owner(c, &slot, &gen);
-	spool_msg_begin(sp, &tx->msg, spool_next_id(sp), slot, gen);
-	tx->begun = true;
-	spool_qid_format(tx->msg.id, tx->qid);
-	smtp_data_begin(&c->s->ds, dot);
-	size_t n = tx_received_header(c);
-	tx->received_8bit = false;
-	for (size_t i = 0; i < n; i++)
-		tx->received_8bit |= (unsigned char)tx->received[i] >= 0x80;
-	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)n, SPOOL_NO_BUF);
-}
-
-static void cmd_data(struct conn *c)
-{
-	if (c->s->bdat_used)
-		return session_error(c, "503 5.5.1 Error: DATA after BDAT");
-	if (c->s->state == SMTP_S_MAIL)
-		return session_error(c, "554 5.5.1 Error: no valid recipients");
-	if (c->s->state != SMTP_S_RCPT)
-		return session_error(c, "503 5.5.1 Error: need RCPT command");
-	tx_begin_message(c, true);
-	smtp_enter_state(c, SMTP_S_DATA);
-	conn_reply(c, "354 End data with <CR><LF>.<CR><LF>");
-}
-
-static void session_bdat_chunk_end(struct conn *c);
-
-/* Would a chunk of this declared size take the message over the limit?
- * (Overflow-safe: the size may be up to 2^64-1.) */
-static bool bdat_too_big(const struct conn *c, uint64_t size)
-{
-	uint64_t limit = cfg_of(c)->limits.message_size;
-	uint64_t have = c->s->state == SMTP_S_RCPT && c->s->bdat_used ? c->s->ds.wire_len : 0;
-
-	return size > limit || have > limit - size;
-}
-
-static void cmd_bdat(struct conn *c, const struct smtp_cmd *cmd)
-{
-	/* The chunk cannot be skipped without reading it, and reading a
-	 * declared 100 GB would tie the connection up for as long: refuse it
-	 * at once and close (RFC 3030 4 lets the server drop the session). */
-	if (bdat_too_big(c, cmd->bdat_size)) {
-		log_msg(LOG_INFO, "event=bdat_too_big client=%s size=%llu", conn_peer_ip(c),
-			(unsigned long long)cmd->bdat_size);
-		conn_reply(c, "552 5.3.4 Error: message size exceeds fixed limit");
-		return session_close(c);
-	}
-	c->s->bdat_left = cmd->bdat_size;
-	c->s->bdat_last = cmd->bdat_last;
-	c->s->bdat_reply = NULL;
-	/* A refused chunk's bytes are still read (sink) so the session stays
-	 * in step with the client; the error goes out after them. */
-	if (c->s->state != SMTP_S_RCPT)
-		c->s->bdat_reply = c->s->state == SMTP_S_MAIL
-				       ? "554 5.5.1 Error: no valid recipients"
-				       : "503 5.5.1 Error: need RCPT command";
-	else if (!c->s->bdat_used)
-		tx_begin_message(c, false);
-	if (c->s->bdat_reply) {
-		/* A fresh scanner for the refused chunk: the one of the last
-		 * message may have finished, and a finished scanner consumes
-		 * nothing (the shard spun on that). */
-		smtp_data_begin(&c->s->ds, false);
-		c->s->sink = true;
-	} else {
-		c->s->bdat_used = true;
-	}
-	c->s->bdat_prev_state = (uint8_t)c->s->state;
-	c->s->bdat_size = cmd->bdat_size;
-	smtp_enter_state(c, SMTP_S_BDAT);
-	if (c->s->bdat_left == 0)
-		session_bdat_chunk_end(c);
-}
-
 static void cmd_dispatch(struct conn *c, const struct smtp_cmd *cmd)
 {
 	switch (cmd->verb) {
@@ -987,197 +620,6 @@ static size_t session_line(struct conn *c, const char *p, size_t n)
 		session_command(c, line, s->ls.line_len);
 	s->line_have = 0;
 	smtp_line_reset(&s->ls);
-	return used;
-}
-
-/* ---- message body ------------------------------------------------------------- */
-
-/* Why the message is refused at its end, or NULL.  Checked after the real
- * end so a smuggled "end" never splits it (CVE-2023-51764). */
-static const char *tx_verdict(struct conn *c)
-{
-	const struct smtp_data_state *ds = &c->s->ds;
-	struct smtp_tx *tx = c->s->tx;
-
-	if (tx->fail_reply)
-		return tx->fail_reply;
-	/* A CR as the last octet of BDAT data is bare too: no LF can follow. */
-	if ((ds->flags & (SMTP_DATA_BARE_CR | SMTP_DATA_BARE_LF)) || smtp_data_ends_cr(ds))
-		return "554 5.6.0 Error: bare CR or LF in message (RFC 5321 2.3.8)";
-	if (ds->flags & SMTP_DATA_NUL)
-		return "554 5.6.0 Error: NUL character in message";
-	if (ds->flags & SMTP_DATA_LONG_LINE)
-		return "554 5.6.0 Error: message line longer than 1000 octets (RFC 5321 4.5.3.1.6)";
-	if (ds->received_count > cfg_of(c)->limits.received_headers)
-		return "554 5.4.6 Error: too many Received: headers (mail loop)";
-	return NULL;
-}
-
-static void tx_commit(struct conn *c)
-{
-	struct smtp_tx *tx = c->s->tx;
-	struct spool_env env = {0};
-	const char *l = c->s->env->listeners[conn_listener(c)]->name;
-	bool dot = c->s->ds.dot;
-	uint64_t wire = tx->msg.wire_len;
-
-	env.arrival_s = time(NULL);
-	env.msg_len = dot ? wire - 3 : wire;
-	/* What SIZE= and the logs say (RFC 1870): the stuffing is ours to
-	 * drop, not the message's. */
-	env.stuff_len = c->s->ds.stuff_len;
-	/* Our Received: field is part of the stored header section: an 8-bit
-	 * AUTH name or "for" address in it counts like the client's octets. */
-	bool hdr_8bit = (c->s->ds.flags & SMTP_DATA_8BIT_HEADER) || tx->received_8bit;
-	env.flags = (dot ? SPOOL_ENV_STUFFED : 0) |
-		    (smtp_data_ends_line(&c->s->ds) ? 0 : SPOOL_ENV_NO_FINAL_CRLF) |
-		    ((c->s->ds.flags & SMTP_DATA_8BIT) || hdr_8bit ? SPOOL_ENV_8BIT : 0) |
-		    (tx->smtputf8 ? SPOOL_ENV_SMTPUTF8 : 0) | (hdr_8bit ? 0 : SPOOL_ENV_HDR_ASCII);
-	env.body_type = tx->body_type;
-	env.ret = tx->ret;
-	env.size_declared = tx->size_declared;
-	env.listener = (struct spool_str){l, (uint32_t)strlen(l)};
-	env.client_addr = (struct spool_str){conn_peer_ip(c), (uint32_t)strlen(conn_peer_ip(c))};
-	env.helo = (struct spool_str){c->s->helo, (uint32_t)strlen(c->s->helo)};
-	env.mail_from = tx->mail_from;
-	env.envid = tx->envid;
-	env.auth_user = (struct spool_str){c->s->auth_user,
-					   c->s->authed ? (uint32_t)strlen(c->s->auth_user) : 0};
-	env.rcpt_count = tx->rcpt_count;
-	env.rcpts = tx->rcpts;
-	tx->size = spool_env_size(&env);
-	if (spool_msg_commit(c->s->env->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
-		tx->fail_reply = "452 4.3.1 Error: envelope too large";
-		spool_msg_abort(c->s->env->spool, &tx->msg);
-		conn_reply(c, tx->fail_reply);
-		tx_release(c);
-		smtp_enter_state(c, SMTP_S_READY);
-		session_unpause(c);
-	}
-}
-
-/* The data stage's verdict: a refusal becomes the message's answer. */
-static void tx_data_decision(struct conn *c)
-{
-	struct smtp_tx *tx = c->s->tx;
-
-	tx->data_decided = true;
-	if (c->s->verdict.action == FLT_ACCEPT)
-		return;
-	snprintf(tx->fail_buf, sizeof(tx->fail_buf), "%s", c->s->verdict.reply);
-	tx->fail_reply = tx->fail_buf;
-}
-
-/* After the end of data: commit at once (the commit rides with the last
- * chunk; the spool waits for every write before the group sync), or refuse
- * once no write of the message is in flight.  Called again from write
- * completions while it has to wait. */
-static void tx_try_finish(struct conn *c)
-{
-	struct smtp_tx *tx = c->s->tx;
-	const char *refuse;
-
-	assert(c->s->state == SMTP_S_COMMIT && tx);
-	/* Committing already, or the data stage's decision is still out
-	 * (spool progress can call us meanwhile): nothing to do yet. */
-	if (tx->msg.committing || c->s->wait == SMTP_WAIT_FILTER)
-		return;
-	refuse = tx->msg.io_error == -ENOSPC ? "452 4.3.1 Error: insufficient system storage"
-		 : tx->msg.io_error	     ? "451 4.3.0 Error: queue file write error"
-					     : tx_verdict(c);
-	if (!refuse && !tx->data_decided) {
-		struct flt_input in = {0};
-
-		if (!session_decide(c, FLT_STAGE_DATA, &in))
-			return; /* smtp_session_decided() calls us again */
-		tx_data_decision(c);
-		refuse = tx->fail_reply;
-	}
-	if (!refuse) {
-		if (spool_msg_can_commit(&tx->msg))
-			tx_commit(c);
-		else
-			spool_msg_wait(c->s->env->spool, &tx->msg); /* retried on progress */
-		return;
-	}
-	if (!spool_msg_idle(&tx->msg))
-		return;
-	log_msg(LOG_INFO, "event=rejected id=%s client=%s reply=\"%s\"", tx->qid, conn_peer_ip(c),
-		refuse);
-	if (conn_active(c))
-		session_error(c, refuse);
-	tx_release(c);
-	if (c->s->state == SMTP_S_COMMIT)
-		smtp_enter_state(c, SMTP_S_READY);
-	if (c->s->wait == SMTP_WAIT_COMMIT)
-		session_unpause(c);
-}
-
-static void session_end_of_data(struct conn *c)
-{
-	smtp_enter_state(c, SMTP_S_COMMIT);
-	c->s->wait = SMTP_WAIT_COMMIT;
-	tx_try_finish(c);
-}
-
-/* The last byte of a BDAT chunk arrived (RFC 3030 2). */
-static void session_bdat_chunk_end(struct conn *c)
-{
-	struct smtp_session *s = c->s;
-
-	if (s->bdat_reply) {
-		const char *r = s->bdat_reply;
-
-		s->bdat_reply = NULL;
-		s->sink = false;
-		smtp_enter_state(c, (enum smtp_state)s->bdat_prev_state);
-		session_error(c, r);
-		return;
-	}
-	if (s->bdat_last) {
-		session_end_of_data(c);
-		return;
-	}
-	conn_replyf(c, "250 2.0.0 %llu octets received", (unsigned long long)s->bdat_size);
-	smtp_enter_state(c, SMTP_S_RCPT);
-}
-
-/* Body bytes: scanned, and written to the spool from the buffer they are in.
- * Returns bytes consumed; 0 with s->wait set when a write slot is needed. */
-static size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid)
-{
-	struct smtp_session *s = c->s;
-	struct smtp_tx *tx = s->tx;
-	uint64_t limit = cfg_of(c)->limits.message_size;
-	size_t want = n, used;
-	int rc;
-
-	if (s->state == SMTP_S_BDAT && want > s->bdat_left)
-		want = (size_t)s->bdat_left;
-	if (!s->sink && !spool_msg_can_write(&tx->msg)) {
-		s->wait = SMTP_WAIT_SPOOL;
-		spool_msg_wait(c->s->env->spool, &tx->msg);
-		return 0;
-	}
-	rc = smtp_data_scan(&s->ds, p, want, &used);
-	/* RFC 1870 counts neither the stuffing nor the terminator, however
-	 * the bytes were split (a message exactly at the limit is taken). */
-	if (!s->sink && smtp_data_size(&s->ds) > limit) {
-		/* Over the size limit: keep reading to the real end, write
-		 * nothing more, refuse then (RFC 1870 6.1). */
-		tx->fail_reply = "552 5.3.4 Error: message size exceeds fixed limit";
-		s->sink = true;
-	}
-	if (!s->sink && used)
-		spool_msg_append(c->s->env->spool, &tx->msg, p, (uint32_t)used, bid);
-	if (s->state == SMTP_S_DATA) {
-		if (rc == SMTP_PARSE_OK)
-			session_end_of_data(c);
-		return used;
-	}
-	s->bdat_left -= used;
-	if (s->bdat_left == 0)
-		session_bdat_chunk_end(c);
 	return used;
 }
 
