@@ -6,6 +6,8 @@ Python's ssl module has no call for TLS 1.3 KeyUpdate, so these tests call
 OpenSSL's SSL_key_update() through ctypes as test_tls_key_update.py does
 (and skip, saying why, where that is not possible)."""
 
+import os
+import shutil
 import socket
 import ssl
 import threading
@@ -148,3 +150,25 @@ def test_reply_to_dot_behind_key_updates_is_taken(ringmx, certs):
     finally:
         hop.close()
 
+
+def test_restart_with_a_stray_copy_of_a_segment(ringmx):
+    """A file in the spool whose name only begins like a segment's (an
+    operator's copy, "0000000000000001.seg.orig") is not a second segment 1:
+    the start-up scans take the same names recovery does, so the process
+    comes up with its queue instead of dying on the queue's own assertion
+    (every segment once in the live-count table)."""
+    srv = ringmx()
+    mid = "stray-seg@client.example"
+    qid = submit(srv.port, make_message(mid, "queued across a restart"))
+    srv.stop()
+    spool = srv.config["spool"]["path"]
+    copies = 0
+    for root, _, files in os.walk(spool):
+        for f in files:
+            if f.endswith(".seg"):
+                shutil.copyfile(os.path.join(root, f), os.path.join(root, f + ".orig"))
+                copies += 1
+    assert copies > 0, "no segment file under %s" % spool
+    srv.start()
+    assert srv.proc.poll() is None, srv.log_tail(30)
+    assert qid in srv.queue_list(), srv.log_tail(30)
