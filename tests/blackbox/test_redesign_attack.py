@@ -6,16 +6,18 @@ Python's ssl module has no call for TLS 1.3 KeyUpdate, so these tests call
 OpenSSL's SSL_key_update() through ctypes as test_tls_key_update.py does
 (and skip, saying why, where that is not possible)."""
 
+import base64
 import os
 import shutil
 import socket
 import ssl
 import threading
+import warnings
 
 import pytest
 
-from conftest import (delivery_overrides, log_events, make_message, route, submit, wait_for,
-                      wait_log)
+from conftest import (SMTPClient, delivery_overrides, log_events, make_message, route, submit,
+                      wait_for, wait_log)
 from test_tls_key_update import (SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE, _command, _libssl,
                                  _ssl_pointer)
 from tlsutil import certs  # noqa: F401  (certs is a fixture)
@@ -172,3 +174,45 @@ def test_restart_with_a_stray_copy_of_a_segment(ringmx):
     srv.start()
     assert srv.proc.poll() is None, srv.log_tail(30)
     assert qid in srv.queue_list(), srv.log_tail(30)
+
+
+def test_stop_with_password_checks_still_queued(ringmx, tmp_path):
+    """SIGTERM while AUTH checks wait for the helper threads longer than the
+    shards' stop grace: the shards leave with checks still queued, the pool
+    then cancels them (and finishes the running ones) as it stops.  Their
+    completions must not go to the shards' wake-up eventfds, closed by then:
+    a write there failed with EBADF, the helper's assertion aborted the
+    process on its way out (or, with the descriptor number reused, eight
+    bytes went into whatever file had it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    # bcrypt at the highest cost the users_file takes: about a second or
+    # more per check, two helper threads, so 40 checks (under the per-IP
+    # connection limit) outlast the 10 s grace several times over
+    h = crypt.crypt("right", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 15))
+    assert h.startswith("$2b$15$"), h
+    users = tmp_path / "users"
+    users.write_text("carol:%s\n" % h)
+    srv = ringmx({"shards": 1,
+                  "auth": {"users_file": str(users), "failure_delay_ms": 100,
+                           "failures_max": 100},
+                  "listeners": [{"name": "plain", "greet_pause_ms": 0, "tls": "none",
+                                 "auth": "required", "auth_plaintext": True}]})
+    creds = base64.b64encode(b"\0carol\0wrong").decode()
+    conns = []
+    try:
+        for _ in range(40):
+            c = SMTPClient(srv.port, timeout=60)
+            c.ehlo()
+            c.send("AUTH PLAIN %s\r\n" % creds)
+            conns.append(c)
+        # the helpers are at work (one check answered), the rest wait
+        wait_log(srv, "auth", timeout=120)
+        rc = srv.stop(timeout=60)
+        log = srv.log_text()
+        assert rc == 0 and "Assertion" not in log, \
+            "exit code %r at the stop:\n%s" % (rc, srv.log_tail(8))
+    finally:
+        for c in conns:
+            c.close()
