@@ -260,13 +260,26 @@ static inline void spool_seg_name(uint64_t seq, char out[SPOOL_SEG_NAME_MAX])
 }
 
 /* A directory entry's sequence number, or false when it does not name a
- * segment: what start-up scans (index, adoption) take for one. */
+ * segment.  Only the exact name spool_seg_name() makes (16 lower-case hex
+ * digits, the suffix) counts, so two entries can never name one sequence
+ * number: "0000000000000001.seg.orig", "1.seg" or an upper-case twin (an
+ * operator's copy) would be segment 1 a second time, and the queue's table
+ * of segments holds each once (the start-up died on its assertion). */
 static inline bool spool_seg_parse(const char *name, uint64_t *seq)
 {
-	unsigned long long v;
-	char tail[8];
+	uint64_t v = 0;
 
-	if (sscanf(name, "%16llx.se%1s", &v, tail) != 2)
+	for (int i = 0; i < 16; i++) {
+		char ch = name[i];
+
+		if (ch >= '0' && ch <= '9')
+			v = v << 4 | (uint64_t)(ch - '0');
+		else if (ch >= 'a' && ch <= 'f')
+			v = v << 4 | (uint64_t)(ch - 'a' + 10);
+		else
+			return false; /* also the end of a shorter name */
+	}
+	if (strcmp(name + 16, SPOOL_SEG_SUFFIX) != 0)
 		return false;
 	*seq = v;
 	return true;

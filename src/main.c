@@ -333,6 +333,13 @@ static void stop_all(const struct rmx_config *cfg, struct control *ctl, struct s
 		shard_join(&shards[i]);
 		log_drain();
 	}
+	/* A shard may leave at the end of its grace with helper jobs still
+	 * out (password checks queued behind slow hashes).  Each completion
+	 * writes to its shard's eventfd: the helpers are stopped (queued jobs
+	 * cancelled, running ones finished) before shard_release closes those,
+	 * or a late write fails with EBADF (the helper's assertion aborts) or
+	 * lands in a file that took the descriptor number. */
+	hpool_stop(pool, HPOOL_STOP_CANCEL);
 	for (uint32_t i = 0; i < cfg->shards; i++)
 		shard_release(&shards[i]);
 }

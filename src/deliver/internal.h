@@ -164,6 +164,10 @@ struct oconn {
 	/* TLS: in[in_off, in_len) is received ciphertext the TLS layer has not
 	 * taken yet; recv is re-armed (into in[]) only once it is all taken. */
 	uint32_t in_off, in_len;
+	/* TLS: the layer stopped reading with ciphertext of its own still
+	 * unread (tls_conn_read said -ENOBUFS); the send's completion reads on,
+	 * even when in[] is all taken: no recv would bring that input back. */
+	bool tls_read_held;
 	/* input */
 	struct smtp_reply_state rp;
 	char in[DLV_IN_CAP];

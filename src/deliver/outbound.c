@@ -1547,11 +1547,14 @@ static void oc_parse(struct oconn *oc, const char *buf, size_t len)
  * nothing more until its output is sent (-ENOBUFS: a hop flooding key
  * update requests and not reading, or our own output backed up), the rest
  * stays in in[] and the send's completion comes back here (oc_complete):
- * no turn of the loop without progress. */
+ * no turn of the loop without progress.  It comes back also when in[] was
+ * all taken (tls_read_held): the layer may hold a whole reply, and the hop,
+ * having sent it, sends nothing more that a recv could wake us with. */
 static void oc_tls_input(struct oconn *oc)
 {
 	char plain[4096];
 
+	oc->tls_read_held = false;
 	while (!oc->closing) {
 		size_t took = 0;
 
@@ -1576,6 +1579,7 @@ static void oc_tls_input(struct oconn *oc)
 			continue;
 		}
 		if (r == -ENOBUFS) {
+			oc->tls_read_held = true;
 			if (!oc->send_inflight)
 				oc_tls_send(oc);
 			return;
@@ -1754,8 +1758,10 @@ void oc_complete(struct deliver *d, uint64_t ud, int res)
 		break;
 	case DLV_OP_SEND:
 		on_send(oc, res);
-		if (oc->tls && oc->in_off < oc->in_len && !oc->send_inflight && !oc->closing) {
-			/* Input waited for this send (oc_tls_input). */
+		if (oc->tls && (oc->in_off < oc->in_len || oc->tls_read_held) &&
+		    !oc->send_inflight && !oc->closing) {
+			/* Input waited for this send (oc_tls_input): in in[], or
+			 * already inside the TLS layer (all of in[] taken). */
 			oc_tls_input(oc);
 			if (!oc->closing && oc->state != OC_FREE)
 				oc_arm_recv(oc);
