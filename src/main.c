@@ -323,8 +323,10 @@ static void start_shards(const struct rmx_config *cfg, struct shard *shards,
 }
 
 /* The control socket first (a client may wait for a shard), then every
- * shard drains and is joined. */
-static void stop_all(const struct rmx_config *cfg, struct control *ctl, struct shard *shards)
+ * shard drains and is joined, then the helpers stop, then the shards'
+ * resources go. */
+static void stop_all(const struct rmx_config *cfg, struct control *ctl, struct shard *shards,
+		     struct hpool *pool)
 {
 	control_stop(ctl);
 	for (uint32_t i = 0; i < cfg->shards; i++)
@@ -387,7 +389,7 @@ int main(int argc, char **argv)
 	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
 		cfg->listener_count, cfg->hostname);
 	main_loop(sfd);
-	stop_all(cfg, ctl, shards);
+	stop_all(cfg, ctl, shards, pool);
 	deliver_shared_free(dq);
 	hpool_destroy(pool);
 	auth_throttle_destroy(throttle);
