@@ -285,12 +285,13 @@ static inline bool spool_seg_parse(const char *name, uint64_t *seq)
 	return true;
 }
 
-/* Does a directory entry name a segment file (by its suffix)? */
+/* Does a directory entry name a segment file?  Exactly as spool_seg_parse:
+ * recovery and the control walk see the same files as the index. */
 static inline bool spool_seg_is_name(const char *name)
 {
-	size_t n = strlen(name);
+	uint64_t seq;
 
-	return n > 4 && strcmp(name + n - 4, SPOOL_SEG_SUFFIX) == 0;
+	return spool_seg_parse(name, &seq);
 }
 
 /* No write of the spool can touch segment seq any more (it is not open). */

@@ -207,7 +207,9 @@ static int spool_walk(const char *root, seg_fn fn, void *ctx)
 
 			if (!spool_seg_is_name(fe->d_name))
 				continue;
-			snprintf(path, sizeof(path), "%s/%s", dir, fe->d_name);
+			/* A segment's name is SPOOL_SEG_NAME_MAX - 1 octets. */
+			snprintf(path, sizeof(path), "%s/%.*s", dir, SPOOL_SEG_NAME_MAX - 1,
+				 fe->d_name);
 			fd = open(path, O_RDONLY | O_CLOEXEC);
 			if (fd < 0)
 				continue;
