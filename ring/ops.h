@@ -31,6 +31,8 @@
 #define OPS_DNS_LAST	0x5f
 #define OPS_DLV_FIRST	0x60 /* src/deliver/deliver.h */
 #define OPS_DLV_LAST	0x6f
+#define OPS_NET_FIRST	0x70 /* src/net/net.h: every table's connections */
+#define OPS_NET_LAST	0x7f
 
 static_assert(OPS_SHARD_FIRST > 0 && OPS_SHARD_FIRST <= OPS_SHARD_LAST, "shard range");
 static_assert(OPS_SHARD_LAST < OPS_SPOOL_FIRST && OPS_SPOOL_FIRST <= OPS_SPOOL_LAST,
@@ -39,7 +41,9 @@ static_assert(OPS_SPOOL_LAST < OPS_DNS_FIRST && OPS_DNS_FIRST <= OPS_DNS_LAST,
 	      "dns range after the spool's");
 static_assert(OPS_DNS_LAST < OPS_DLV_FIRST && OPS_DLV_FIRST <= OPS_DLV_LAST,
 	      "delivery range after the resolver's");
-static_assert(OPS_DLV_LAST <= UINT8_MAX, "the op is one byte of user_data");
+static_assert(OPS_DLV_LAST < OPS_NET_FIRST && OPS_NET_FIRST <= OPS_NET_LAST,
+	      "net range after delivery's");
+static_assert(OPS_NET_LAST <= UINT8_MAX, "the op is one byte of user_data");
 
 enum ops_owner {
 	OPS_OWNER_NONE = 0, /* no module: abort */
@@ -47,6 +51,7 @@ enum ops_owner {
 	OPS_OWNER_SPOOL,
 	OPS_OWNER_DNS,
 	OPS_OWNER_DLV,
+	OPS_OWNER_NET,
 };
 
 static inline enum ops_owner ops_owner(uint8_t op)
@@ -59,6 +64,8 @@ static inline enum ops_owner ops_owner(uint8_t op)
 		return OPS_OWNER_DNS;
 	if (op >= OPS_DLV_FIRST && op <= OPS_DLV_LAST)
 		return OPS_OWNER_DLV;
+	if (op >= OPS_NET_FIRST && op <= OPS_NET_LAST)
+		return OPS_OWNER_NET;
 	return OPS_OWNER_NONE;
 }
 

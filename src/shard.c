@@ -28,6 +28,7 @@
 
 #include "hpool/hpool.h"
 #include "log/log.h"
+#include "net/net.h"
 #include "shard_conn.h"
 #include "tls/tls.h"
 
@@ -393,6 +394,18 @@ static void handle_shard_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 
 /* One switch on the owner of the op (ring/ops.h): a completion whose op no
  * module owns was never submitted, and is a broken program. */
+/* The connection table a NET completion belongs to (net.h: the aux byte). */
+static struct net_table *shard_net(struct shard *sh, uint8_t id)
+{
+	switch ((enum net_table_id)id) {
+	case NET_TABLE_OUTBOUND:
+		return deliver_net(sh->dlv);
+	case NET_TABLE_COUNT:
+	default:
+		abort();
+	}
+}
+
 static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
@@ -407,6 +420,9 @@ static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 	case OPS_OWNER_DNS: /* the resolver serves delivery */
 	case OPS_OWNER_DLV:
 		deliver_complete(sh->dlv, ud, cqe->res, cqe->flags);
+		break;
+	case OPS_OWNER_NET:
+		net_complete(shard_net(sh, ring_ud_aux(ud)), ud, cqe->res);
 		break;
 	case OPS_OWNER_NONE:
 	default:

@@ -392,9 +392,13 @@ void deliver_complete(struct deliver *d, uint64_t ud, int res, uint32_t flags)
 		d->unlinks--;
 		break;
 	default:
-		oc_complete(d, ud, res);
-		break;
+		abort();
 	}
+}
+
+struct net_table *deliver_net(struct deliver *d)
+{
+	return d->core.net;
 }
 
 /* ---- the loop's hooks -------------------------------------------------------------------- */

@@ -12,7 +12,9 @@
  *
  * Ring ops of the delivery range of the op registry (ring/ops.h) are ours;
  * the DNS resolver's ops are routed here too (the resolver serves
- * delivery).  Every such completion goes to deliver_complete().
+ * delivery).  Every such completion goes to deliver_complete().  The
+ * outbound connections are the shard's NET_TABLE_OUTBOUND table
+ * (net/net.h, deliver_net()): their completions go to net_complete().
  *
  * Durability: a message is added when its commit is durable.  Each change
  * of a recipient's state is a RCPT_STATE snapshot record in the current
@@ -36,13 +38,7 @@
 /* Ring op codes of this module, inside its range of the op registry
  * (ring/ops.h). */
 enum {
-	DLV_OP_CONNECT = OPS_DLV_FIRST,
-	DLV_OP_SEND,
-	DLV_OP_RECV,
-	DLV_OP_READ,
-	DLV_OP_CLOSE,
-	DLV_OP_CANCEL,
-	DLV_OP_UNLINK,
+	DLV_OP_UNLINK = OPS_DLV_FIRST,
 	DLV_OP_SEGCLOSE,
 	DLV_OP_END,
 };
@@ -119,6 +115,8 @@ void deliver_segment(struct deliver *d, uint64_t seq);
 void deliver_spool_durable(struct deliver *d, struct spool_msg *m, int res);
 void deliver_spool_progress(struct deliver *d, struct spool_msg *m);
 void deliver_complete(struct deliver *d, uint64_t ud, int res, uint32_t flags);
+/* The outbound connections' table (net/net.h). */
+struct net_table *deliver_net(struct deliver *d);
 void deliver_helper_done(struct deliver *d, const struct hpool_done *done);
 /* The shard was woken: apply the tickets other shards handed back. */
 void deliver_wake(struct deliver *d);

@@ -114,22 +114,21 @@ const char *oc_state_name(enum oc_state st);
 
 struct tls_conn;
 struct tls_ctx;
+struct net_conn;
+struct net_table;
 
+/* An outbound SMTP/LMTP client: the protocol on one connection of the
+ * shard's outbound net table (net/net.h), in the slot of the same index. */
 struct oconn {
 	struct deliver *d;
 	uint32_t slot;
-	uint16_t gen;
-	int fd;
+	struct net_conn *nc; /* NULL while free */
 	enum oc_state state;
-	uint32_t inflight;
-	bool send_inflight, recv_armed, read_inflight, closing;
+	bool read_inflight; /* a body window is being read */
 	struct dhop hop;
 	struct smtp_ehlo_caps caps;
-	struct tls_conn *tls;
-	bool tls_on;
 	char tls_info[128]; /* "TLSv1.3 TLS_AES_256_GCM_SHA384 verified" or "none" */
 	uint32_t msgs;
-	uint64_t deadline_ms;
 	uint64_t idle_since_ms;
 	struct djob *job;
 	/* Replies owed for the commands in flight, in order (invariant 9):
@@ -151,7 +150,6 @@ struct oconn {
 	uint32_t out_inflight; /* bytes of out[] in the send in flight */
 	struct iovec iov[DLV_IOV_MAX + 2];
 	uint32_t niov;
-	struct msghdr mh;
 	/* body streaming */
 	int segfd;
 	char *win;
@@ -161,16 +159,8 @@ struct oconn {
 	uint32_t chunk_pad, crc;
 	bool stuffed, body_end;
 	struct smtp_stuff_state stuff;
-	/* TLS: in[in_off, in_len) is received ciphertext the TLS layer has not
-	 * taken yet; recv is re-armed (into in[]) only once it is all taken. */
-	uint32_t in_off, in_len;
-	/* TLS: the layer stopped reading with ciphertext of its own still
-	 * unread (tls_conn_read said -ENOBUFS); the send's completion reads on,
-	 * even when in[] is all taken: no recv would bring that input back. */
-	bool tls_read_held;
 	/* input */
 	struct smtp_reply_state rp;
-	char in[DLV_IN_CAP];
 	struct oconn *next, *prev; /* idle list / active */
 };
 
@@ -181,7 +171,6 @@ void oc_table_free(struct deliver *d);
 /* Give job to an idle connection to its current hop, or open one; false
  * when the hop's connection limit is reached (the job waits). */
 bool oc_assign(struct deliver *d, struct djob *job);
-void oc_complete(struct deliver *d, uint64_t ud, int res);
 void oc_tick(struct deliver *d);
 void oc_stop(struct deliver *d);
 uint32_t oc_active(const struct deliver *d);
@@ -212,9 +201,8 @@ struct deliver_core {
 	uint32_t shard, shards;
 	uint64_t now_ms;
 	bool stopping;
-	struct oconn *oc;
-	uint32_t *oc_free;
-	uint32_t oc_free_count;
+	struct oconn *oc;	     /* by the slot of c->net */
+	struct net_table *net;	     /* the outbound connections */
 	struct oconn *oc_idle;	     /* idle connections, most recent first */
 	struct tls_ctx **tls_client; /* per route, made on first use */
 };

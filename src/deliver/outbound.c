@@ -1,6 +1,9 @@
 /*
- * deliver/outbound — outbound SMTP (RFC 5321) and LMTP (RFC 2033)
- * connections on the shard's ring.
+ * deliver/outbound — the outbound SMTP (RFC 5321) and LMTP (RFC 2033)
+ * client.  Each client is the protocol on one connection of the shard's
+ * outbound table (net/net.h): the connection layer moves the bytes, runs
+ * TLS, keeps the deadline and reaps the slot; this file decides what to
+ * say and what the replies mean.
  *
  * One connection carries one transaction at a time for one job (the
  * recipients of one message that share a next hop).  Commands are written
@@ -45,13 +48,16 @@
 
 #include "deliver/internal.h"
 #include "log/log.h"
+#include "net/net.h"
 #include "tls/tls.h"
+
+static_assert(DLV_IOV_MAX + 2 <= NET_IOV_MAX, "a body send fits one net_send");
 
 static const char dot_crlf[] = ".\r\n";
 
-static uint64_t oc_ud(const struct oconn *oc, uint8_t op)
+static uint32_t cmd_ms(const struct deliver_core *c)
 {
-	return ring_ud(op, 0, oc->gen, oc->slot);
+	return (uint32_t)c->cfg->delivery.command_timeout_s * 1000u;
 }
 
 /* The one place a connection's state changes: legal transitions only
@@ -71,14 +77,12 @@ int oc_table_init(struct deliver *d)
 	struct deliver_core *c = dlv_core(d);
 
 	c->oc = calloc(DLV_OCONN_MAX, sizeof(c->oc[0]));
-	c->oc_free = calloc(DLV_OCONN_MAX, sizeof(c->oc_free[0]));
-	if (!c->oc || !c->oc_free)
+	c->net = net_table_new(c->ring, NET_TABLE_OUTBOUND, DLV_OCONN_MAX, DLV_IN_CAP, &c->now_ms);
+	if (!c->oc || !c->net)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++) {
 		c->oc[i].slot = i;
 		c->oc[i].d = d;
-		c->oc[i].fd = -1;
-		c->oc_free[c->oc_free_count++] = DLV_OCONN_MAX - 1 - i;
 	}
 	return 0;
 }
@@ -91,16 +95,13 @@ void oc_table_free(struct deliver *d)
 		return;
 	bool tls_used = false;
 
+	net_table_free(c->net);
+	c->net = NULL;
 	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++) {
-		if (c->oc[i].fd >= 0)
-			close(c->oc[i].fd);
-		if (c->oc[i].tls)
-			tls_conn_free(c->oc[i].tls);
 		free(c->oc[i].out);
 		free(c->oc[i].win);
 	}
 	free(c->oc);
-	free(c->oc_free);
 	c->oc = NULL;
 	for (uint32_t i = 0; c->tls_client && i < c->cfg->route_count; i++)
 		if (c->tls_client[i]) {
@@ -117,7 +118,7 @@ uint32_t oc_active(const struct deliver *d)
 {
 	struct deliver_core *c = dlv_core((struct deliver *)d);
 
-	return DLV_OCONN_MAX - c->oc_free_count;
+	return c->net ? net_active(c->net) : 0;
 }
 
 static bool hop_eq(const struct dhop *a, const struct dhop *b)
@@ -133,7 +134,7 @@ static uint32_t hop_limit(const struct deliver_core *c)
 	return n ? n : 1;
 }
 
-/* ---- low-level I/O ------------------------------------------------------------ */
+/* ---- commands out ---------------------------------------------------------------- */
 
 static void idle_unlink(struct deliver_core *c, struct oconn *oc)
 {
@@ -146,22 +147,7 @@ static void idle_unlink(struct deliver_core *c, struct oconn *oc)
 	oc->next = oc->prev = NULL;
 }
 
-static void oc_arm_recv(struct oconn *oc)
-{
-	struct deliver_core *c = dlv_core(oc->d);
-	struct io_uring_sqe *sqe;
-
-	if (oc->recv_armed || oc->closing || oc->in_off < oc->in_len)
-		return;
-	sqe = ring_sqe(c->ring);
-	io_uring_prep_recv(sqe, oc->fd, oc->in, sizeof(oc->in), 0);
-	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_RECV));
-	oc->recv_armed = true;
-	oc->inflight++;
-}
-
 static void oc_fail(struct oconn *oc, const char *why);
-static void oc_tls_hs(struct oconn *oc);
 
 /* n replies are owed for the command just written. */
 static void oc_ask(struct oconn *oc, enum smtp_ask ask, uint32_t n)
@@ -173,74 +159,20 @@ static void oc_ask(struct oconn *oc, enum smtp_ask ask, uint32_t n)
 	(void)room;
 }
 
-/* TLS: encrypt as much of iov[] as the TLS layer takes, then send its
- * records.  The plaintext iovecs are done when niov is 0 and every record
- * went out (on_send then goes on as after a plain send). */
-static void oc_tls_send(struct oconn *oc)
+/* The connection is closed or closing: nothing more goes on it. */
+static bool oc_gone(const struct oconn *oc)
 {
-	struct deliver_core *c = dlv_core(oc->d);
-	struct io_uring_sqe *sqe;
-	const void *p;
-	size_t len;
-
-	while (oc->niov) {
-		ssize_t w = oc->iov[0].iov_len
-				? tls_conn_write(oc->tls, oc->iov[0].iov_base, oc->iov[0].iov_len)
-				: 0;
-
-		if (w >= 0) {
-			oc->iov[0].iov_base = (char *)oc->iov[0].iov_base + w;
-			oc->iov[0].iov_len -= (size_t)w;
-			if (oc->iov[0].iov_len == 0) {
-				memmove(oc->iov, oc->iov + 1, (oc->niov - 1) * sizeof(oc->iov[0]));
-				oc->niov--;
-			}
-			continue;
-		}
-		if (w == -ENOBUFS || w == -EAGAIN)
-			break;
-		oc_fail(oc, "TLS write failed");
-		return;
-	}
-	if (!tls_conn_out(oc->tls, &p, &len) || len == 0)
-		return;
-	sqe = ring_sqe(c->ring);
-	io_uring_prep_send(sqe, oc->fd, p, len, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_SEND));
-	oc->send_inflight = true;
-	oc->inflight++;
-	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
-}
-
-static void oc_send_iov(struct oconn *oc)
-{
-	struct deliver_core *c = dlv_core(oc->d);
-	struct io_uring_sqe *sqe;
-
-	if (oc->tls) {
-		oc_tls_send(oc);
-		return;
-	}
-	sqe = ring_sqe(c->ring);
-
-	oc->mh = (struct msghdr){.msg_iov = oc->iov, .msg_iovlen = oc->niov};
-	io_uring_prep_sendmsg(sqe, oc->fd, &oc->mh, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_SEND));
-	oc->send_inflight = true;
-	oc->inflight++;
-	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
+	return oc->state == OC_FREE || net_closing(oc->nc);
 }
 
 /* Send the buffered commands (one send for a pipelined group). */
 static void oc_flush(struct oconn *oc)
 {
-	if (oc->send_inflight || oc->out_len == 0 || oc->closing)
+	if (net_sending(oc->nc) || oc->out_len == 0 || oc_gone(oc))
 		return;
-	oc->iov[0] = (struct iovec){oc->out, oc->out_len};
-	oc->niov = 1;
 	oc->out_inflight = oc->out_len;
 	smtp_owed_sent(&oc->owed);
-	oc_send_iov(oc);
+	net_send(oc->nc, &(struct iovec){oc->out, oc->out_len}, 1);
 }
 
 __attribute__((format(printf, 2, 3))) static void oc_cmd(struct oconn *oc, const char *fmt, ...)
@@ -270,48 +202,31 @@ static bool oc_room(const struct oconn *oc)
 	return DLV_OUT_CAP - oc->out_len > 2048;
 }
 
-static void oc_reap(struct oconn *oc)
+/* The slot is free (net.h: on_closed, the last call). */
+static void oc_on_closed(void *proto)
 {
-	struct deliver_core *c = dlv_core(oc->d);
+	struct oconn *oc = proto;
 
-	if (!oc->closing || oc->inflight)
-		return;
 	free(oc->out);
 	free(oc->win);
 	oc->out = oc->win = NULL;
-	if (oc->tls) {
-		tls_conn_free(oc->tls);
-		oc->tls = NULL;
-	}
-	oc->tls_on = false;
-	oc->fd = -1;
+	if (oc->state != OC_CLOSING)
+		oc_enter_state(oc, OC_CLOSING);
 	oc_enter_state(oc, OC_FREE);
-	oc->closing = false;
-	oc->gen++;
-	c->oc_free[c->oc_free_count++] = oc->slot;
+	oc->nc = NULL;
 	dlv_conn_freed(oc->d);
 }
 
 static void oc_close(struct oconn *oc)
 {
 	struct deliver_core *c = dlv_core(oc->d);
-	struct io_uring_sqe *sqe;
 
-	if (oc->closing)
+	if (oc->state == OC_CLOSING || oc->state == OC_FREE)
 		return;
 	if (oc->state == OC_IDLE)
 		idle_unlink(c, oc);
-	oc->closing = true;
 	oc_enter_state(oc, OC_CLOSING);
-	/* Cancel whatever still waits on the socket, then close it. */
-	sqe = ring_sqe(c->ring);
-	io_uring_prep_cancel_fd(sqe, oc->fd, IORING_ASYNC_CANCEL_ALL);
-	sqe->flags |= IOSQE_IO_HARDLINK;
-	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_CANCEL));
-	sqe = ring_sqe(c->ring);
-	io_uring_prep_close(sqe, oc->fd);
-	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_CLOSE));
-	oc->inflight += 2;
+	net_close(oc->nc);
 }
 
 static void oc_quit(struct oconn *oc)
@@ -321,7 +236,7 @@ static void oc_quit(struct oconn *oc)
 	if (oc->state == OC_IDLE)
 		idle_unlink(c, oc);
 	/* With replies still owed, the 221 could not be told from them. */
-	if (oc->send_inflight || oc->owed.total > 0) {
+	if (net_sending(oc->nc) || oc->owed.total > 0) {
 		oc_close(oc);
 		return;
 	}
@@ -329,25 +244,24 @@ static void oc_quit(struct oconn *oc)
 	oc_cmd(oc, "QUIT");
 	oc_cmd_end(oc, SMTP_ASK_QUIT);
 	oc_enter_state(oc, OC_QUIT);
+	net_set_timeout(oc->nc, cmd_ms(c));
 	oc_flush(oc);
-	oc_arm_recv(oc);
 }
 
 /* QUIT was answered, or the hop ended the session first.  A TLS session
  * ends with our close_notify (RFC 8446 6.1, RFC 5246 7.2.1): without it a
  * strict hop cannot tell the end from a truncation (Exim logs "TLS
  * connection was non-properly terminated").  The socket closes once the
- * alert is out; a plain session closes at once. */
+ * alert is out (net_shutdown); a plain session closes at once. */
 static void oc_quit_done(struct oconn *oc)
 {
 	assert(oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE);
-	if (oc->state == OC_QUIT && oc->tls_on && tls_conn_shutdown(oc->tls) == 0) {
+	if (oc->state == OC_QUIT && net_tls(oc->nc)) {
 		oc_enter_state(oc, OC_TLS_CLOSE);
-		if (!oc->send_inflight)
-			oc_tls_send(oc);
+		net_shutdown(oc->nc); /* closes once the alert is out */
+		return;
 	}
-	if (oc->state != OC_TLS_CLOSE || !oc->send_inflight)
-		oc_close(oc); /* else on_send closes it */
+	oc_close(oc);
 }
 
 static bool oc_reply_2xx(const struct smtp_reply *r)
@@ -523,7 +437,9 @@ static void oc_idle(struct oconn *oc)
 	if (c->oc_idle)
 		c->oc_idle->prev = oc;
 	c->oc_idle = oc;
-	oc_arm_recv(oc); /* notices a next hop that closes an idle connection */
+	/* No deadline while idle; the recv stays armed and notices a next
+	 * hop that closes an idle connection. */
+	net_set_timeout(oc->nc, 0);
 	dlv_conn_freed(oc->d);
 }
 
@@ -644,6 +560,7 @@ static bool tx_check(struct oconn *oc)
 
 static void oc_begin_tx(struct oconn *oc)
 {
+	struct deliver_core *c = dlv_core(oc->d);
 	struct djob *job = oc->job;
 	const struct spool_env *e = &job->m->env;
 	bool dsn = oc->caps.ext & SMTP_EXT_DSN;
@@ -674,6 +591,7 @@ static void oc_begin_tx(struct oconn *oc)
 	oc->mail_ok = oc->data_sent = oc->overflow = oc->dot_failed = false;
 	oc->pipelining = (oc->caps.ext & SMTP_EXT_PIPELINING) != 0;
 	oc->out_len = 0;
+	net_set_timeout(oc->nc, cmd_ms(c));
 	oc_cmd(oc, "MAIL FROM:<%.*s>", (int)e->mail_from.len, e->mail_from.ptr);
 	if ((e->flags & SPOOL_ENV_8BIT) || e->body_type == SMTP_BODY_8BITMIME)
 		oc_cmd(oc, " BODY=8BITMIME");
@@ -692,7 +610,6 @@ static void oc_begin_tx(struct oconn *oc)
 	if (oc->pipelining)
 		write_rcpts(oc);
 	oc_flush(oc);
-	oc_arm_recv(oc);
 }
 
 /* ---- the body ------------------------------------------------------------------- */
@@ -825,10 +742,9 @@ static enum pump_step pump_record(struct oconn *oc)
  * segment from its first chunk, skipping other messages' records. */
 static void oc_pump(struct oconn *oc)
 {
-	struct deliver_core *c = dlv_core(oc->d);
 	enum pump_step step = PUMP_MORE;
 
-	if (oc->send_inflight || oc->read_inflight || oc->closing)
+	if (net_sending(oc->nc) || oc->read_inflight || oc_gone(oc))
 		return;
 	oc->niov = 0;
 	while (oc->niov < DLV_IOV_MAX && step == PUMP_MORE) {
@@ -842,18 +758,14 @@ static void oc_pump(struct oconn *oc)
 	if (step == PUMP_FAILED)
 		return;
 	if (oc->niov) {
-		oc_send_iov(oc);
+		net_send(oc->nc, oc->iov, oc->niov);
 		return;
 	}
 	if (step == PUMP_READ) {
-		struct io_uring_sqe *sqe = ring_sqe(c->ring);
-
 		oc->win_off = oc->pos;
 		oc->win_len = 0;
-		io_uring_prep_read(sqe, oc->segfd, oc->win, DLV_WIN, oc->pos);
-		io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_READ));
 		oc->read_inflight = true;
-		oc->inflight++;
+		net_read_file(oc->nc, oc->segfd, oc->win, DLV_WIN, oc->pos);
 	}
 }
 
@@ -897,53 +809,40 @@ static void oc_send_ehlo(struct oconn *oc)
 	oc_flush(oc);
 }
 
-static void oc_tls_hs(struct oconn *oc)
+/* The handshake is done (net.h: on_tls_ready). */
+static void oc_on_tls_ready(void *proto)
 {
+	struct oconn *oc = proto;
 	struct deliver_core *c = dlv_core(oc->d);
-	int rc = tls_conn_handshake(oc->tls);
+	struct tls_conn *tls = net_tls(oc->nc);
+	bool verified = tls_conn_peer_verified(tls);
 
-	if (rc == 0) {
-		bool verified = tls_conn_peer_verified(oc->tls);
-
-		snprintf(oc->tls_info, sizeof(oc->tls_info), "%s %s %s", tls_conn_version(oc->tls),
-			 tls_conn_cipher(oc->tls), verified ? "verified" : "unverified");
-		log_msg(LOG_INFO,
-			"event=outbound_tls shard=%u relay=%s policy=%s version=%s cipher=%s "
-			"verified=%s",
-			c->shard, oc->hop.name, rtls_names[oc->hop.tls], tls_conn_version(oc->tls),
-			tls_conn_cipher(oc->tls), verified ? "yes" : "no");
-		if (oc->hop.tls == CONFIG_RTLS_VERIFY && !verified) {
-			oc_fail(oc, "TLS certificate not verified (route tls verify)");
-			return;
-		}
-		oc->tls_on = true;
-		/* RFC 3207 4.2: forget what we learnt, EHLO again; nothing
-		 * received in plaintext may reach the replies inside TLS. */
-		assert(oc->owed.total == 0);
-		smtp_reply_init(&oc->rp);
-		oc->out_len = 0;
-		oc_send_ehlo(oc);
-		oc_arm_recv(oc);
+	snprintf(oc->tls_info, sizeof(oc->tls_info), "%s %s %s", tls_conn_version(tls),
+		 tls_conn_cipher(tls), verified ? "verified" : "unverified");
+	log_msg(LOG_INFO,
+		"event=outbound_tls shard=%u relay=%s policy=%s version=%s cipher=%s verified=%s",
+		c->shard, oc->hop.name, rtls_names[oc->hop.tls], tls_conn_version(tls),
+		tls_conn_cipher(tls), verified ? "yes" : "no");
+	if (oc->hop.tls == CONFIG_RTLS_VERIFY && !verified) {
+		oc_fail(oc, "TLS certificate not verified (route tls verify)");
 		return;
 	}
-	if (rc == -EAGAIN || rc == -ENOBUFS) {
-		if (!oc->send_inflight)
-			oc_tls_send(oc);
-		oc_arm_recv(oc);
-		return;
-	}
-	char why[DLV_ERR_MAX];
-
-	snprintf(why, sizeof(why), "TLS handshake failed: %s", tls_conn_error(oc->tls));
-	oc_fail(oc, why);
+	/* RFC 3207 4.2: forget what we learnt, EHLO again; nothing received in
+	 * plaintext may reach the replies inside TLS. */
+	assert(oc->owed.total == 0);
+	smtp_reply_init(&oc->rp);
+	oc->out_len = 0;
+	oc_send_ehlo(oc);
 }
 
 static void oc_start_tls(struct oconn *oc)
 {
 	struct tls_ctx *ctx = dlv_core(oc->d)->tls_client[oc->hop.route];
+	char why[DLV_ERR_MAX];
+	int rc;
 
-	if (!ctx || !(oc->tls = tls_conn_new(ctx, oc->hop.host))) {
-		oc_fail(oc, ctx ? "TLS session: out of memory" : "no TLS client context");
+	if (!ctx) {
+		oc_fail(oc, "no TLS client context");
 		return;
 	}
 	/* RFC 3207 5 / CVE-2011-0411: oc_parse saw nothing after the 220; the
@@ -951,7 +850,12 @@ static void oc_start_tls(struct oconn *oc)
 	assert(oc->owed.total == 0 && oc->rp.fill == 0);
 	smtp_reply_init(&oc->rp);
 	oc_enter_state(oc, OC_TLS_HS);
-	oc_tls_hs(oc);
+	rc = net_tls_start(oc->nc, ctx, oc->hop.host);
+	if (rc < 0) {
+		snprintf(why, sizeof(why), "TLS handshake failed: %s",
+			 rc == -ENOMEM ? "out of memory" : strerror(-rc));
+		oc_fail(oc, why);
+	}
 }
 
 static void oc_ready(struct oconn *oc);
@@ -960,7 +864,7 @@ static void oc_ready(struct oconn *oc);
  * offers it; a hop without it is refused under required/verify. */
 static void oc_after_ehlo(struct oconn *oc)
 {
-	if (!oc->tls && oc->hop.tls != CONFIG_RTLS_NONE) {
+	if (!net_tls(oc->nc) && oc->hop.tls != CONFIG_RTLS_NONE) {
 		if (oc->caps.ext & SMTP_EXT_STARTTLS) {
 			oc_cmd(oc, "STARTTLS");
 			oc_cmd_end(oc, SMTP_ASK_STARTTLS);
@@ -1512,7 +1416,7 @@ static void oc_parse(struct oconn *oc, const char *buf, size_t len)
 
 	if (!oc_weigh(oc, buf, len))
 		return;
-	while (off < len && !oc->closing) {
+	while (off < len && !oc_gone(oc)) {
 		struct smtp_reply_line line;
 		size_t used = 0;
 		int rc = smtp_reply_parse(&oc->rp, buf + off, len - off, &used, &line);
@@ -1542,140 +1446,38 @@ static void oc_parse(struct oconn *oc, const char *buf, size_t len)
 	}
 }
 
-/* Ciphertext in oc->in: through the TLS layer (the handshake, or records
- * to decrypt) and the plaintext to the reply parser.  When the layer takes
- * nothing more until its output is sent (-ENOBUFS: a hop flooding key
- * update requests and not reading, or our own output backed up), the rest
- * stays in in[] and the send's completion comes back here (oc_complete):
- * no turn of the loop without progress.  It comes back also when in[] was
- * all taken (tls_read_held): the layer may hold a whole reply, and the hop,
- * having sent it, sends nothing more that a recv could wake us with. */
-static void oc_tls_input(struct oconn *oc)
+/* ---- the connection's callbacks (net.h) ------------------------------------------ */
+
+static void oc_on_connected(void *proto)
 {
-	char plain[4096];
+	struct oconn *oc = proto;
 
-	oc->tls_read_held = false;
-	while (!oc->closing) {
-		size_t took = 0;
-
-		if (oc->in_off < oc->in_len) {
-			took = tls_conn_feed(oc->tls, oc->in + oc->in_off, oc->in_len - oc->in_off);
-			oc->in_off += (uint32_t)took;
-		}
-		bool fed = oc->in_off == oc->in_len;
-
-		if (oc->state == OC_TLS_HS) {
-			oc_tls_hs(oc);
-			if (oc->closing || oc->state == OC_TLS_HS) {
-				if (fed || oc->closing || took == 0)
-					return;
-				continue;
-			}
-		}
-		ssize_t r = tls_conn_read(oc->tls, plain, sizeof(plain));
-
-		if (r > 0) {
-			oc_parse(oc, plain, (size_t)r);
-			continue;
-		}
-		if (r == -ENOBUFS) {
-			oc->tls_read_held = true;
-			if (!oc->send_inflight)
-				oc_tls_send(oc);
-			return;
-		}
-		if (r == -EAGAIN) {
-			if (fed)
-				return;
-			continue;
-		}
-		if (oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE)
-			oc_quit_done(oc);
-		else if (oc->state == OC_IDLE)
-			oc_close(oc);
-		else
-			oc_fail(oc,
-				r == 0 ? "TLS session closed by the next hop" : "TLS read failed");
-		return;
-	}
+	snprintf(oc->tls_info, sizeof(oc->tls_info), "none");
+	/* RFC 5321 3.1: the server speaks first; that reply is owed now. */
+	oc_ask(oc, SMTP_ASK_GREETING, 1);
+	smtp_owed_sent(&oc->owed);
+	oc_enter_state(oc, OC_BANNER);
 }
 
-static void on_recv(struct oconn *oc, int res)
+/* Bytes came off the socket: they can answer only what was sent before. */
+static void oc_on_recv(void *proto)
 {
-	struct deliver_core *c = dlv_core(oc->d);
+	struct oconn *oc = proto;
 
-	oc->recv_armed = false;
-	if (oc->closing)
-		return;
-	if (res <= 0) {
-		if (oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE) {
-			oc_quit_done(oc);
-			return;
-		}
-		if (oc->state == OC_IDLE) {
-			oc_close(oc);
-			return;
-		}
-		oc_fail(oc, res == 0 ? "connection closed by the next hop" : strerror(-res));
-		return;
-	}
-	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
-	/* These bytes can answer only what was sent before they came. */
 	smtp_owed_recv(&oc->owed);
-	if (oc->tls) {
-		oc->in_off = 0;
-		oc->in_len = (uint32_t)res;
-		oc_tls_input(oc);
-	} else {
-		oc_parse(oc, oc->in, (size_t)res);
-	}
-	if (!oc->closing && oc->state != OC_FREE)
-		oc_arm_recv(oc);
 }
 
-/* A TLS send completed: more records or plaintext to go, or the handshake
- * goes on.  False when that took over (on_send stops). */
-static bool on_send_tls(struct oconn *oc, int res)
+static void oc_on_input(void *proto, const char *p, size_t len)
 {
-	const void *p;
-	size_t len;
-
-	tls_conn_out_done(oc->tls, (size_t)res);
-	if (oc->niov || (tls_conn_out(oc->tls, &p, &len) && len)) {
-		oc_tls_send(oc);
-		if (oc->send_inflight || oc->closing)
-			return false;
-	}
-	if (oc->state == OC_TLS_HS) {
-		oc_tls_hs(oc);
-		return false;
-	}
-	return true;
+	oc_parse(proto, p, len);
 }
 
-/* A plain send completed: advance past what went out, and send the rest of
- * a short send.  False when there was a rest. */
-static bool on_send_plain(struct oconn *oc, int res)
+/* All of iov[] went: the body goes on (or its dot is out), or the commands
+ * written meanwhile go. */
+static void oc_on_sent(void *proto)
 {
-	size_t left = (size_t)res;
-	uint32_t i = 0;
+	struct oconn *oc = proto;
 
-	while (i < oc->niov && left >= oc->iov[i].iov_len)
-		left -= oc->iov[i++].iov_len;
-	if (i == oc->niov)
-		return true;
-	oc->iov[i].iov_base = (char *)oc->iov[i].iov_base + left;
-	oc->iov[i].iov_len -= left;
-	memmove(oc->iov, oc->iov + i, (oc->niov - i) * sizeof(oc->iov[0]));
-	oc->niov -= i;
-	oc_send_iov(oc);
-	return false;
-}
-
-/* All of iov[] went: the body goes on (or its dot is out), the session
- * ends, or the commands written meanwhile go. */
-static void on_sent_all(struct oconn *oc)
-{
 	oc->niov = 0;
 	if (oc->out_inflight) {
 		/* Commands written while the send was in flight stay for the next. */
@@ -1692,7 +1494,6 @@ static void on_sent_all(struct oconn *oc)
 			smtp_owed_sent(&oc->owed);
 			oc_enter_state(oc, OC_DOT);
 			oc->lmtp_idx = 0;
-			oc_arm_recv(oc);
 			return;
 		}
 		oc_pump(oc);
@@ -1700,120 +1501,89 @@ static void on_sent_all(struct oconn *oc)
 	}
 	if (oc->state == OC_QUIT)
 		return;
-	if (oc->state == OC_TLS_CLOSE) {
-		oc_close(oc); /* the close_notify is out */
-		return;
-	}
 	oc_flush(oc);
 }
 
-static void on_send(struct oconn *oc, int res)
+/* The socket failed or the hop closed it (err 0).  Expected after QUIT and
+ * harmless when idle; anywhere else the job's transaction broke. */
+static void oc_on_error(void *proto, int err, const char *why)
 {
-	oc->send_inflight = false;
-	if (oc->closing)
-		return;
-	if (res < 0) {
-		oc_fail(oc, strerror(-res));
+	struct oconn *oc = proto;
+
+	if (oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE) {
+		oc_quit_done(oc);
 		return;
 	}
-	if (oc->tls ? on_send_tls(oc, res) : on_send_plain(oc, res))
-		on_sent_all(oc);
-}
-
-static void on_connect(struct oconn *oc, int res)
-{
-	struct deliver_core *c = dlv_core(oc->d);
-
-	if (oc->closing)
-		return;
-	if (res < 0) {
-		oc_fail(oc, strerror(-res));
+	if (oc->state == OC_IDLE) {
+		oc_close(oc);
 		return;
 	}
-	snprintf(oc->tls_info, sizeof(oc->tls_info), "none");
-	/* RFC 5321 3.1: the server speaks first; that reply is owed now. */
-	oc_ask(oc, SMTP_ASK_GREETING, 1);
-	smtp_owed_sent(&oc->owed);
-	oc_enter_state(oc, OC_BANNER);
-	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.command_timeout_s * 1000u;
-	oc_arm_recv(oc);
+	oc_fail(oc, err == 0 && !net_tls(oc->nc) ? "connection closed by the next hop" : why);
 }
 
-void oc_complete(struct deliver *d, uint64_t ud, int res)
+static void oc_on_timeout(void *proto)
 {
-	struct deliver_core *c = dlv_core(d);
-	uint32_t slot = ring_ud_slot(ud);
-	struct oconn *oc;
+	struct oconn *oc = proto;
+	char why[64];
 
-	assert(slot < DLV_OCONN_MAX);
-	oc = &c->oc[slot];
-	assert(oc->gen == ring_ud_gen(ud) && oc->inflight > 0);
-	oc->inflight--;
-	switch (ring_ud_op(ud)) {
-	case DLV_OP_CONNECT:
-		on_connect(oc, res);
-		break;
-	case DLV_OP_RECV:
-		on_recv(oc, res);
-		break;
-	case DLV_OP_SEND:
-		on_send(oc, res);
-		if (oc->tls && (oc->in_off < oc->in_len || oc->tls_read_held) &&
-		    !oc->send_inflight && !oc->closing) {
-			/* Input waited for this send (oc_tls_input): in in[], or
-			 * already inside the TLS layer (all of in[] taken). */
-			oc_tls_input(oc);
-			if (!oc->closing && oc->state != OC_FREE)
-				oc_arm_recv(oc);
-		}
-		break;
-	case DLV_OP_READ:
-		oc->read_inflight = false;
-		if (oc->closing)
-			break;
-		if (res <= 0) {
-			oc_fail(oc, res == 0 ? "stored message truncated" : strerror(-res));
-			break;
-		}
-		oc->win_len = (uint32_t)res;
-		oc_pump(oc);
-		break;
-	case DLV_OP_CANCEL:
-	case DLV_OP_CLOSE:
-		break;
-	default:
-		abort();
-	}
-	oc_reap(oc);
+	snprintf(why, sizeof(why), "timeout (state %s)", oc_state_name(oc->state));
+	if (oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE)
+		oc_close(oc);
+	else
+		oc_fail(oc, why);
 }
+
+/* The body window was read. */
+static void oc_on_file_read(void *proto, int res)
+{
+	struct oconn *oc = proto;
+
+	oc->read_inflight = false;
+	if (res <= 0) {
+		oc_fail(oc, res == 0 ? "stored message truncated" : strerror(-res));
+		return;
+	}
+	oc->win_len = (uint32_t)res;
+	oc_pump(oc);
+}
+
+static const struct net_ops oc_net_ops = {
+    .on_connected = oc_on_connected,
+    .on_recv = oc_on_recv,
+    .on_input = oc_on_input,
+    .on_sent = oc_on_sent,
+    .on_tls_ready = oc_on_tls_ready,
+    .on_error = oc_on_error,
+    .on_timeout = oc_on_timeout,
+    .on_file_read = oc_on_file_read,
+    .on_closed = oc_on_closed,
+};
 
 /* ---- assignment ------------------------------------------------------------------ */
 
 static void oc_connect(struct oconn *oc)
 {
 	struct deliver_core *c = dlv_core(oc->d);
-	struct io_uring_sqe *sqe;
-	int one = 1;
+	int rc;
 
-	oc->fd = socket(oc->hop.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (oc->fd < 0) {
+	net_set_timeout(oc->nc, cmd_ms(c));
+	rc = net_connect(oc->nc, (struct sockaddr *)&oc->hop.addr, oc->hop.len,
+			 (uint32_t)c->cfg->delivery.connect_timeout_s * 1000u);
+	if (rc < 0) {
+		/* No socket: the slot is free again, no callback comes. */
 		char why[DLV_ERR_MAX];
 		struct djob *job = oc->job;
 
-		snprintf(why, sizeof(why), "socket: %s", strerror(errno));
+		snprintf(why, sizeof(why), "socket: %s", strerror(-rc));
 		oc->job = NULL;
-		oc->closing = true;
-		oc_reap(oc);
+		oc->nc = NULL;
+		free(oc->out);
+		oc->out = NULL;
+		dlv_conn_freed(oc->d);
 		dlv_job_hop_failed(oc->d, job, why);
 		return;
 	}
-	setsockopt(oc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	sqe = ring_sqe(c->ring);
-	io_uring_prep_connect(sqe, oc->fd, (struct sockaddr *)&oc->hop.addr, oc->hop.len);
-	io_uring_sqe_set_data64(sqe, oc_ud(oc, DLV_OP_CONNECT));
-	oc->inflight++;
 	oc_enter_state(oc, OC_CONNECTING);
-	oc->deadline_ms = c->now_ms + (uint64_t)c->cfg->delivery.connect_timeout_s * 1000u;
 }
 
 bool oc_assign(struct deliver *d, struct djob *job)
@@ -1821,6 +1591,7 @@ bool oc_assign(struct deliver *d, struct djob *job)
 	struct deliver_core *c = dlv_core(d);
 	const struct dhop *hop = &job->hops[job->cur];
 	uint32_t count = 0;
+	struct net_conn *nc;
 	struct oconn *oc;
 
 	for (oc = c->oc_idle; oc && !job->fresh; oc = oc->next)
@@ -1831,8 +1602,8 @@ bool oc_assign(struct deliver *d, struct djob *job)
 			return true;
 		}
 	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++)
-		count +=
-		    c->oc[i].state != OC_FREE && !c->oc[i].closing && hop_eq(&c->oc[i].hop, hop);
+		count += c->oc[i].state != OC_FREE && c->oc[i].state != OC_CLOSING &&
+			 hop_eq(&c->oc[i].hop, hop);
 	if (count >= hop_limit(c)) {
 		/* A job that needs a new connection makes room: an idle one to
 		 * the hop may be out of step as the last one was. */
@@ -1843,7 +1614,8 @@ bool oc_assign(struct deliver *d, struct djob *job)
 			}
 		return false;
 	}
-	if (c->oc_free_count == 0) {
+	nc = net_open(c->net, &oc_net_ops, NULL);
+	if (!nc) {
 		/* Make room: the longest idle connection to another hop goes. */
 		struct oconn *last = c->oc_idle;
 
@@ -1853,14 +1625,13 @@ bool oc_assign(struct deliver *d, struct djob *job)
 			oc_quit(last);
 		return false;
 	}
-	oc = &c->oc[c->oc_free[--c->oc_free_count]];
-	uint16_t gen = oc->gen;
-	uint32_t slot = oc->slot;
+	oc = &c->oc[net_slot(nc)];
+	assert(oc->state == OC_FREE);
+	net_set_proto(nc, oc);
 	memset(oc, 0, offsetof(struct oconn, rp));
 	oc->d = d;
-	oc->gen = gen;
-	oc->slot = slot;
-	oc->fd = -1;
+	oc->slot = net_slot(nc);
+	oc->nc = nc;
 	oc->hop = *hop;
 	oc->job = job;
 	job->fresh = false;
@@ -1868,8 +1639,8 @@ bool oc_assign(struct deliver *d, struct djob *job)
 	smtp_owed_init(&oc->owed);
 	oc->out = malloc(DLV_OUT_CAP);
 	if (!oc->out) {
-		oc->closing = true;
-		oc_reap(oc);
+		net_close(nc); /* nothing submitted yet: free at once */
+		oc->nc = NULL;
 		return false;
 	}
 	oc_connect(oc);
@@ -1883,23 +1654,11 @@ void oc_tick(struct deliver *d)
 	for (uint32_t i = 0; i < DLV_OCONN_MAX; i++) {
 		struct oconn *oc = &c->oc[i];
 
-		if (oc->state == OC_FREE || oc->closing)
-			continue;
-		if (oc->state == OC_IDLE) {
-			if (c->now_ms - oc->idle_since_ms >= DLV_IDLE_MS || c->stopping)
-				oc_quit(oc);
-			continue;
-		}
-		if (c->now_ms >= oc->deadline_ms) {
-			char why[64];
-
-			snprintf(why, sizeof(why), "timeout (state %s)", oc_state_name(oc->state));
-			if (oc->state == OC_QUIT || oc->state == OC_TLS_CLOSE)
-				oc_close(oc);
-			else
-				oc_fail(oc, why);
-		}
+		if (oc->state == OC_IDLE &&
+		    (c->now_ms - oc->idle_since_ms >= DLV_IDLE_MS || c->stopping))
+			oc_quit(oc);
 	}
+	net_tick(c->net);
 }
 
 void oc_stop(struct deliver *d)
