@@ -137,16 +137,24 @@ void session_close(struct conn *c)
 	conn_close(c);
 }
 
+/* The session's errors reached limits.errors: 421, and it ends. */
+bool session_errors_spent(struct conn *c)
+{
+	if (c->s->errors < cfg_of(c)->limits.errors)
+		return false;
+	conn_replyf(c, "421 4.7.0 %s Error: too many errors", cfg_of(c)->hostname);
+	log_msg(LOG_INFO, "event=too_many_errors client=%s errors=%u", conn_peer_ip(c),
+		c->s->errors);
+	session_close(c);
+	return true;
+}
+
 /* A 4xx/5xx answer to a command: counts toward limits.errors. */
 void session_error(struct conn *c, const char *reply)
 {
 	conn_reply(c, reply);
-	if (++c->s->errors >= cfg_of(c)->limits.errors) {
-		conn_replyf(c, "421 4.7.0 %s Error: too many errors", cfg_of(c)->hostname);
-		log_msg(LOG_INFO, "event=too_many_errors client=%s errors=%u", conn_peer_ip(c),
-			c->s->errors);
-		session_close(c);
-	}
+	c->s->errors++;
+	session_errors_spent(c);
 }
 
 static bool arena_copy(struct smtp_tx *tx, const char *p, size_t n, struct spool_str *out)

@@ -27,6 +27,10 @@ void auth_failed_reply(struct conn *c)
 		session_close(c);
 		return;
 	}
+	/* A failed AUTH is an error like any other: a client guessing
+	 * below the throttle's limit still runs out of errors. */
+	if (session_errors_spent(c))
+		return;
 	session_unpause(c);
 }
 

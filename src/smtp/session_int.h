@@ -92,6 +92,7 @@ bool session_decide(struct conn *c, enum flt_stage stage, struct flt_input *in);
 const struct config_listener *listener_of(const struct conn *c);
 void auth_end(struct conn *c);
 void auth_failed_reply(struct conn *c);
+bool session_errors_spent(struct conn *c);
 void cmd_auth(struct conn *c, const struct smtp_cmd *cmd);
 void cmd_bdat(struct conn *c, const struct smtp_cmd *cmd);
 void cmd_data(struct conn *c);

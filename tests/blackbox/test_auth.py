@@ -120,6 +120,26 @@ def test_auth_failures_then_blocked(ringmx, certs, tmp_path):
     assert srv.log_text().count("result=failed") == 3
 
 
+def test_auth_failures_count_toward_error_limit(ringmx, certs, tmp_path):
+    # Below the throttle's block, failed AUTHs still spend limits.errors:
+    # a guesser gets the 421 of any client that runs out of errors.
+    srv = submission(ringmx, certs, tmp_path, failures_max=50,
+                     extra={"limits": {"errors": 3}})
+    with tls_client(srv, certs) as s:
+        for i in range(2):
+            code, msg = s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0alice\0wrong").decode())
+            assert (code, msg[:5]) == (535, b"5.7.8"), (i, code, msg)
+        code, msg = s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0alice\0wrong").decode())
+        assert code == 535, (code, msg)
+        try:
+            code, msg = s.getreply()
+        except smtplib.SMTPServerDisconnected:
+            code, msg = None, b""
+        assert code == 421 and b"too many errors" in msg, (code, msg)
+    assert srv.stop() == 0, srv.log_tail()
+    assert "event=too_many_errors" in srv.log_text()
+
+
 def test_auth_exchange_errors(ringmx, certs, tmp_path):
     srv = submission(ringmx, certs, tmp_path)
     with tls_client(srv, certs) as s:
