@@ -754,8 +754,10 @@ static void shard_teardown(struct shard *sh)
 	for (uint32_t i = 0; i < sh->cfg->listener_count; i++)
 		if (sh->listeners[i].fd > 0)
 			close(sh->listeners[i].fd);
-	deliver_free(sh->dlv);
-	sh->dlv = NULL;
+	/* A bounce, move or mailbox job still running on a helper reads the
+	 * engine and its segment descriptors: those go in shard_release,
+	 * once the helpers have stopped. */
+	deliver_stop_io(sh->dlv);
 	if (sh->tls_ctx) {
 		for (uint32_t i = 0; i < sh->conn_max; i++)
 			if (sh->conns && sh->conns[i].tls) {
@@ -854,6 +856,8 @@ void shard_join(struct shard *sh)
 
 void shard_release(struct shard *sh)
 {
+	deliver_free(sh->dlv);
+	sh->dlv = NULL;
 	if (sh->shared)
 		deliver_shared_set_wake(sh->shared, sh->id, -1);
 	if (sh->wake_fd >= 0)

@@ -225,8 +225,9 @@ void shard_auth_setup(struct auth_users *users, struct auth_throttle *throttle);
 void shard_ctl(struct shard *sh, struct dctl_req *req);
 void shard_stop(struct shard *sh); /* any thread: ask it to drain and exit */
 void shard_join(struct shard *sh);
-/* After every shard was joined: close what other shards could still have
- * written to (the wake eventfd). */
+/* After every shard was joined and the helpers stopped: close what other
+ * shards could still have written to (the wake eventfd) and free what a
+ * helper job could still have read (the delivery engine). */
 void shard_release(struct shard *sh);
 
 /* What the session may know of its connection (it reads no field). */

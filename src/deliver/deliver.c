@@ -315,15 +315,23 @@ int deliver_new(struct deliver **out, const struct deliver_params *p, struct del
 	return 0;
 }
 
-void deliver_free(struct deliver *d)
+void deliver_stop_io(struct deliver *d)
 {
 	if (!d)
 		return;
 	if (d->dns)
 		dns_free(d->dns);
+	d->dns = NULL;
 	oc_table_free(d);
-	/* A helper still running a job of ours reads these: leave them to the
-	 * process exit rather than free them under it. */
+}
+
+void deliver_free(struct deliver *d)
+{
+	if (!d)
+		return;
+	deliver_stop_io(d);
+	/* Tickets of ours another shard held, or jobs that never came back,
+	 * still point into the index: it goes with the process. */
 	if (d->helper_jobs == 0 && d->tickets_out == 0 && d->running == 0)
 		qindex_free(&d->ix);
 	qseg_table_free(&d->segs);

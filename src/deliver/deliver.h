@@ -103,6 +103,14 @@ uint32_t deliver_loaded_count(const struct deliver_loaded *l);
 /* On the shard thread; takes over loaded (may be NULL). */
 int deliver_new(struct deliver **out, const struct deliver_params *p, struct deliver_loaded *loaded,
 		char *why, size_t why_len);
+/* The shard is leaving (its thread, at the end of its loop): outbound
+ * connections, TLS client state and the resolver go.  What a helper job
+ * may still read (the index, the segment descriptors, the engine itself)
+ * stays for deliver_free. */
+void deliver_stop_io(struct deliver *d);
+/* After every helper thread has stopped (main thread, or the shard's own
+ * when start-up failed): everything else.  Calls deliver_stop_io first if
+ * it was not. */
 void deliver_free(struct deliver *d);
 
 /* A received message's commit is durable. */
