@@ -24,314 +24,9 @@
 #include <unistd.h>
 
 #include "log/log.h"
-
-#define SPOOL_BATCH_IOV	 1024 /* IOV_MAX */
-#define SPOOL_BATCH_RECS 256
-#define SPOOL_BATCHES	 4 /* per shard: one in flight and one filling per segment */
-/* Bytes of copied small records (states) per batch.  At least the largest
- * state record (one octet per recipient, limits.recipients up to 100,000):
- * with 32 KiB, the state of a message with more than ~32,000 recipients
- * never fitted, spool_rec_put said "try again next turn" for ever, and
- * every state record queued behind it waited with it. */
-#define SPOOL_ARENA 131072
-static_assert(SPOOL_STATE_MAX <= SPOOL_ARENA, "a state record fits an empty batch's arena");
-
-struct spool_batch;
-
-struct spool;
-
-struct spool_seg {
-	struct spool *owner;
-	struct spool_batch *open; /* batch being filled for this segment */
-	int fd;
-	uint64_t seq;
-	uint64_t tail;		    /* next free offset */
-	uint32_t users;		    /* messages begun here and not yet durable/aborted */
-	struct spool_batch *flying; /* the one batch being written (and synced) */
-	struct spool_key key;	    /* keys every record header (record.h) */
-	/* First failed write or sync (-errno), 0 while healthy.  A sealed
-	 * segment gets nothing more: a short write leaves part of a batch,
-	 * client bytes included, and no later record may follow it. */
-	int sealed;
-	bool in_use;
-	bool retiring; /* a newer segment took over: close when quiet */
-};
-
-/* The records placed while the segment's previous batch was being written:
- * one contiguous region, reserved as records are placed, written by one
- * writev with its fdatasync linked behind it (one io-wq hop for both).
- * Only one batch per segment is in flight, so its fdatasync also covers
- * every earlier batch: group commit. */
-struct spool_batch {
-	struct spool_seg *seg; /* NULL: free */
-	uint64_t off, len;
-	uint32_t niov, nrec, nbid, nmsg;
-	uint32_t gen;
-	bool busy;	/* submitted */
-	bool sync;	/* an fdatasync is linked behind the write */
-	bool commits;	/* holds a commit record: needs the sync */
-	bool sync_want; /* holds a record someone waits on: needs the sync */
-	uint8_t cqes;	/* completions still to come (write, sync) */
-	int res;	/* first error of the write or the sync */
-	struct iovec iov[SPOOL_BATCH_IOV];
-	struct spool_rec_hdr rec[SPOOL_BATCH_RECS];
-	uint16_t bid[SPOOL_BATCH_IOV];
-	struct spool_msg *msg[SPOOL_BATCH_RECS];   /* each message once */
-	struct spool_note *note[SPOOL_BATCH_RECS]; /* per record, or NULL */
-	bool data;				   /* holds chunks or commits, not only states */
-	uint32_t arena_len;
-	uint8_t arena[SPOOL_ARENA]; /* payloads of spool_rec_put records */
-};
-
-struct spool {
-	struct ring *ring;
-	const struct spool_ops *ops;
-	void *ctx;
-	char dir[PATH_MAX]; /* <root>/<shard> */
-	int dirfd;
-	uint32_t shard;
-	uint64_t segment_size;
-	bool durable;
-	struct spool_seg segs[SPOOL_SEGMENTS_MAX];
-	int cur;
-	int opening;	/* segment index being opened, -1 */
-	int open_steps; /* SEGHDR + DIRSYNC still to complete */
-	int open_error;
-	uint32_t inflight; /* ring ops in flight (writes, syncs, open, close) */
-	char open_name[SPOOL_SEG_NAME_MAX];
-	bool open_retry;	  /* the last rotation failed: reuse its file name */
-	uint64_t rotate_after_ms; /* no new rotation attempt before this */
-	struct spool_seg_head seghead;
-	uint64_t next_seq;
-	uint64_t last_id;
-	struct spool_stats stats;
-	struct spool_msg *pend_head; /* messages with gathered pieces */
-	struct spool_msg *wait_head; /* writers blocked on a free batch */
-	struct spool_msg *wake_head; /* waiters a completion is calling back */
-	struct spool_msg *doomed;    /* commits on a sealed segment: fail at flush */
-	uint32_t batch_gen;
-	bool flush_states; /* the next spool_flush writes state-only batches too */
-	struct spool_batch batches[SPOOL_BATCHES];
-};
+#include "queue/spool_int.h"
 
 static const char zero_pad[SPOOL_REC_ALIGN];
-
-static int mkdir_p(const char *path)
-{
-	char tmp[PATH_MAX];
-	size_t n = strlen(path);
-
-	if (n == 0 || n >= sizeof(tmp))
-		return -ENAMETOOLONG;
-	memcpy(tmp, path, n + 1);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
-/* Largest segment sequence number present in dir, 0 if none. */
-static uint64_t seg_max_seq(DIR *d)
-{
-	struct dirent *de;
-	uint64_t max = 0;
-
-	while ((de = readdir(d)) != NULL) {
-		uint64_t seq;
-
-		if (spool_seg_parse(de->d_name, &seq) && seq > max)
-			max = seq;
-	}
-	rewinddir(d);
-	return max;
-}
-
-/* A new key and head for segment seg.  A key per segment, so one key
- * learnt (from a stolen disk, say) forges nothing in any other file. */
-static int seghead_prepare(struct spool *sp, struct spool_seg *seg)
-{
-	int rc = spool_key_new(&seg->key);
-
-	if (rc < 0)
-		return rc;
-	spool_seg_head_init(&sp->seghead, sp->shard, seg->seq, &seg->key);
-	return 0;
-}
-
-static uint64_t spool_mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no system call */
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* Start-up path: create the first segment with blocking calls, made
- * durable (file and directory entry) before any message can use it. */
-static int seg_create_sync(struct spool *sp, struct spool_seg *seg, char *why, size_t why_len)
-{
-	char name[SPOOL_SEG_NAME_MAX];
-	ssize_t w;
-
-	spool_seg_name(sp->next_seq, name);
-	seg->fd = openat(sp->dirfd, name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0640);
-	if (seg->fd < 0) {
-		snprintf(why, why_len, "%s/%s: %s", sp->dir, name, strerror(errno));
-		return -errno;
-	}
-	seg->seq = sp->next_seq;
-	if (seghead_prepare(sp, seg) < 0) {
-		snprintf(why, why_len, "getrandom: %s", strerror(errno));
-		return -EIO;
-	}
-	w = pwrite(seg->fd, &sp->seghead, sizeof(sp->seghead), 0);
-	if (w != (ssize_t)sizeof(sp->seghead) || fdatasync(seg->fd) != 0 || fsync(sp->dirfd) != 0) {
-		snprintf(why, why_len, "%s/%s: cannot write segment header: %s", sp->dir, name,
-			 strerror(errno ? errno : EIO));
-		return -EIO;
-	}
-	sp->next_seq++;
-	seg->tail = sizeof(sp->seghead);
-	seg->in_use = true;
-	return 0;
-}
-
-int spool_open(struct spool **out, const char *root, uint32_t shard, uint64_t segment_size,
-	       bool durable, uint64_t first_id, struct ring *ring, const struct spool_ops *ops,
-	       void *ctx, char *why, size_t why_len)
-{
-	struct spool *sp = calloc(1, sizeof(*sp));
-	DIR *d;
-	int rc;
-
-	if (!sp)
-		return -ENOMEM;
-	sp->ring = ring;
-	sp->ops = ops;
-	sp->ctx = ctx;
-	sp->shard = shard;
-	sp->segment_size = segment_size;
-	sp->durable = durable;
-	sp->last_id = first_id;
-	sp->opening = -1;
-	snprintf(sp->dir, sizeof(sp->dir), "%s/%u", root, shard);
-	rc = mkdir_p(sp->dir);
-	sp->dirfd = rc == 0 ? open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	int dupfd = sp->dirfd >= 0 ? dup(sp->dirfd) : -1;
-
-	d = dupfd >= 0 ? fdopendir(dupfd) : NULL;
-	if (!d) {
-		int err = rc ? rc : errno ? -errno : -EIO;
-
-		snprintf(why, why_len, "spool.path: cannot use %s: %s", sp->dir, strerror(-err));
-		if (dupfd >= 0)
-			close(dupfd);
-		if (sp->dirfd >= 0)
-			close(sp->dirfd);
-		free(sp);
-		return err;
-	}
-	sp->next_seq = seg_max_seq(d) + 1;
-	closedir(d);
-	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
-		sp->segs[i] = (struct spool_seg){.owner = sp, .fd = -1};
-	rc = seg_create_sync(sp, &sp->segs[0], why, why_len);
-	if (rc < 0) {
-		spool_close(sp);
-		return rc;
-	}
-	sp->cur = 0;
-	*out = sp;
-	return 0;
-}
-
-void spool_close(struct spool *sp)
-{
-	if (!sp)
-		return;
-	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
-		if (sp->segs[i].fd >= 0)
-			close(sp->segs[i].fd);
-	if (sp->dirfd >= 0)
-		close(sp->dirfd);
-	free(sp);
-}
-
-int spool_lock_root(const char *root, char *why, size_t why_len)
-{
-	char path[PATH_MAX];
-	int fd, rc = mkdir_p(root);
-
-	if (rc < 0) {
-		snprintf(why, why_len, "spool.path: cannot create %s: %s", root, strerror(-rc));
-		return rc;
-	}
-	snprintf(path, sizeof(path), "%s/ringmx.lock", root);
-	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-	if (fd < 0) {
-		snprintf(why, why_len, "spool.path: %s: %s", path, strerror(errno));
-		return -errno;
-	}
-	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-		rc = -errno;
-		snprintf(why, why_len, "spool.path: %s is in use by another ringmx process (%s)",
-			 root, strerror(-rc));
-		close(fd);
-		return rc;
-	}
-	return fd;
-}
-
-uint64_t spool_next_id(struct spool *sp)
-{
-	/* shard (8 bits) | unix seconds (32) | counter (24): readable, sorted
-	 * by arrival, and strictly above every id recovered from disk. */
-	uint64_t id = (uint64_t)(sp->shard & 0xff) << 56 | ((uint64_t)time(NULL) & 0xffffffffu)
-							       << 24;
-
-	if (id <= sp->last_id)
-		id = sp->last_id + 1;
-	sp->last_id = id;
-	return id;
-}
-
-/* Begin opening the next segment in the background once the current one is
- * full; messages keep going to the current one until the new one is durable. */
-static void seg_rotate_start(struct spool *sp)
-{
-	struct io_uring_sqe *sqe;
-	int idx = -1;
-
-	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
-		if (!sp->segs[i].in_use) {
-			idx = i;
-			break;
-		}
-	if (idx < 0)
-		return; /* all slots busy: grow the current segment instead */
-	if (spool_mono_ms() < sp->rotate_after_ms)
-		return; /* the last attempt failed a moment ago (disk full?) */
-	sp->opening = idx;
-	sp->segs[idx] =
-	    (struct spool_seg){.owner = sp, .fd = -1, .in_use = true, .seq = sp->next_seq++};
-	spool_seg_name(sp->segs[idx].seq, sp->open_name);
-	sqe = ring_sqe(sp->ring);
-	/* After a failed attempt the same name is used again (O_TRUNC): its
-	 * file holds no valid head, and retrying every second must not leave a
-	 * trail of empty files. */
-	io_uring_prep_openat(sqe, sp->dirfd, sp->open_name,
-			     O_CREAT | O_RDWR | O_CLOEXEC | (sp->open_retry ? O_TRUNC : O_EXCL),
-			     0640);
-	io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_OPEN, 0, 0, (uint32_t)idx));
-	sp->inflight++;
-}
 
 static void batch_submit(struct spool *sp, struct spool_batch *b);
 
@@ -406,7 +101,7 @@ void spool_msg_begin(struct spool *sp, struct spool_msg *m, uint64_t id, uint32_
 
 	assert(!m->active && m->writes_inflight == 0 && !m->pend_listed);
 	if ((seg->tail >= sp->segment_size || seg->sealed) && sp->opening < 0)
-		seg_rotate_start(sp);
+		spool_seg_rotate_start(sp);
 	memset(m, 0, sizeof(*m));
 	m->id = id;
 	m->seg = seg;
@@ -680,8 +375,6 @@ int spool_msg_commit(struct spool *sp, struct spool_msg *m, struct spool_env *en
 	return 0;
 }
 
-static void seg_maybe_retire(struct spool *sp, struct spool_seg *seg);
-
 static void msg_release(struct spool *sp, struct spool_msg *m)
 {
 	struct spool_seg *seg = m->seg;
@@ -689,7 +382,7 @@ static void msg_release(struct spool *sp, struct spool_msg *m)
 	assert(seg->users > 0);
 	seg->users--;
 	m->active = false;
-	seg_maybe_retire(sp, seg);
+	spool_seg_maybe_retire(sp, seg);
 }
 
 void spool_msg_abort(struct spool *sp, struct spool_msg *m)
@@ -810,11 +503,11 @@ static void spool_flush_sealed(struct spool *sp)
 		if (seg->open && !seg->flying && seg->sealed) {
 			seg->open->res = seg->sealed;
 			batch_complete(sp, seg->open);
-			seg_maybe_retire(sp, seg);
+			spool_seg_maybe_retire(sp, seg);
 		}
 	}
 	if (sp->segs[sp->cur].sealed && sp->opening < 0)
-		seg_rotate_start(sp);
+		spool_seg_rotate_start(sp);
 }
 
 void spool_flush(struct spool *sp)
@@ -853,7 +546,7 @@ static int rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, 
 
 	if (seg->sealed) {
 		if (sp->opening < 0)
-			seg_rotate_start(sp);
+			spool_seg_rotate_start(sp);
 		return -EAGAIN; /* kept until a segment takes records again */
 	}
 	if (len > SPOOL_ARENA)
@@ -883,7 +576,7 @@ static int rec_put(struct spool *sp, enum spool_rec_type type, uint64_t msg_id, 
 	b->len += size;
 	seg->tail += size;
 	if (seg->tail >= sp->segment_size && sp->opening < 0)
-		seg_rotate_start(sp);
+		spool_seg_rotate_start(sp);
 	return 0;
 }
 
@@ -898,96 +591,6 @@ int spool_rec_put_sync(struct spool *sp, enum spool_rec_type type, uint64_t msg_
 {
 	assert(note != NULL && note->fn != NULL);
 	return rec_put(sp, type, msg_id, p, len, note);
-}
-
-bool spool_seg_quiet(const struct spool *sp, uint64_t seq)
-{
-	for (int i = 0; i < SPOOL_SEGMENTS_MAX; i++)
-		if (sp->segs[i].in_use && sp->segs[i].seq == seq)
-			return false;
-	return true;
-}
-
-int spool_write_error(const struct spool *sp)
-{
-	assert(sp->segs[sp->cur].in_use && sp->segs[sp->cur].sealed <= 0);
-	return sp->segs[sp->cur].sealed;
-}
-
-uint64_t spool_current_seq(const struct spool *sp)
-{
-	return sp->segs[sp->cur].seq;
-}
-
-static void seg_maybe_retire(struct spool *sp, struct spool_seg *seg)
-{
-	struct io_uring_sqe *sqe;
-
-	if (!seg->retiring || seg->users || seg->flying || seg->open || seg->fd < 0)
-		return;
-	sqe = ring_sqe(sp->ring);
-	io_uring_prep_close(sqe, seg->fd);
-	io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_CLOSE, 0, 0, (uint32_t)(seg - sp->segs)));
-	seg->fd = -1;
-	sp->inflight++;
-}
-
-/* The new segment is open, its header written and its name durable. */
-static void seg_rotate_finish(struct spool *sp)
-{
-	int idx = sp->opening;
-	struct spool_seg *old = &sp->segs[sp->cur];
-
-	sp->opening = -1;
-	if (sp->open_error) {
-		log_msg(LOG_ERROR, "event=spool_rotate shard=%u segment=%016llx error=\"%s\"",
-			sp->shard, (unsigned long long)sp->segs[idx].seq,
-			strerror(-sp->open_error));
-		if (sp->segs[idx].fd >= 0)
-			close(sp->segs[idx].fd);
-		/* The name is used again by the next attempt, a second on. */
-		sp->next_seq = sp->segs[idx].seq;
-		sp->open_retry = true;
-		sp->rotate_after_ms = spool_mono_ms() + 1000;
-		sp->segs[idx] = (struct spool_seg){.owner = sp, .fd = -1};
-		return;
-	}
-	sp->open_retry = false;
-	sp->segs[idx].tail = sizeof(sp->seghead);
-	sp->cur = idx;
-	old->retiring = true;
-	seg_maybe_retire(sp, old);
-	log_msg(LOG_INFO, "event=spool_rotate shard=%u segment=%016llx", sp->shard,
-		(unsigned long long)sp->segs[idx].seq);
-	sp->ops->on_segment(sp->ctx, sp->segs[idx].seq);
-}
-
-static void seg_opened(struct spool *sp, int idx, int res)
-{
-	struct spool_seg *seg = &sp->segs[idx];
-	struct io_uring_sqe *sqe;
-
-	sp->open_error = res < 0 ? res : 0;
-	if (res < 0) {
-		seg_rotate_finish(sp);
-		return;
-	}
-	seg->fd = res;
-	sp->open_error = seghead_prepare(sp, seg);
-	if (sp->open_error) {
-		seg_rotate_finish(sp);
-		return;
-	}
-	sqe = ring_sqe(sp->ring);
-	io_uring_prep_write(sqe, seg->fd, &sp->seghead, sizeof(sp->seghead), 0);
-	io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_SEGHDR, 0, 0, (uint32_t)idx));
-	/* The new file's directory entry must be durable before a message
-	 * acknowledged from it relies on it. */
-	sqe = ring_sqe(sp->ring);
-	io_uring_prep_fsync(sqe, sp->dirfd, 0);
-	io_uring_sqe_set_data64(sqe, ring_ud(SPOOL_OP_DIRSYNC, 0, 0, (uint32_t)idx));
-	sp->open_steps = 2;
-	sp->inflight += 2;
 }
 
 void spool_complete(struct spool *sp, uint64_t ud, int res)
@@ -1011,10 +614,10 @@ void spool_complete(struct spool *sp, uint64_t ud, int res)
 			break;
 		bseg = b->seg;
 		batch_complete(sp, b);
-		seg_maybe_retire(sp, bseg);
+		spool_seg_maybe_retire(sp, bseg);
 		break;
 	case SPOOL_OP_OPEN:
-		seg_opened(sp, (int)idx, res);
+		spool_seg_opened(sp, (int)idx, res);
 		break;
 	case SPOOL_OP_SEGHDR:
 	case SPOOL_OP_DIRSYNC:
@@ -1024,7 +627,7 @@ void spool_complete(struct spool *sp, uint64_t ud, int res)
 		if (res < 0 && !sp->open_error)
 			sp->open_error = res;
 		if (--sp->open_steps == 0)
-			seg_rotate_finish(sp);
+			spool_seg_rotate_finish(sp);
 		break;
 	case SPOOL_OP_CLOSE:
 		*seg = (struct spool_seg){.owner = sp, .fd = -1};
