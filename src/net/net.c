@@ -132,9 +132,11 @@ static uint64_t net_now(const struct net_conn *nc)
 	return *nc->t->now_ms;
 }
 
+/* I/O moves the deadline while the connection is live; a shutdown's linger
+ * is fixed (a peer trickling bytes cannot stretch it). */
 static void net_touch(struct net_conn *nc)
 {
-	if (nc->timeout_ms)
+	if (nc->timeout_ms && (nc->state == NET_CONNECTING || nc->state == NET_OPEN))
 		nc->deadline_ms = net_now(nc) + nc->timeout_ms;
 }
 
@@ -506,10 +508,10 @@ static void on_recv_done(struct net_conn *nc, int res)
 		net_fail(nc, res, res == 0 ? "connection closed by the peer" : strerror(-res));
 		return;
 	}
-	nc->deadline_ms = UINT64_MAX;
-	net_touch(nc);
-	if (nc->state == NET_DRAINING && nc->tls_state == NET_TLS_OFF)
-		return;
+	if (nc->state == NET_OPEN) {
+		nc->deadline_ms = UINT64_MAX;
+		net_touch(nc);
+	}
 	if (nc->ops->on_recv && nc->state == NET_OPEN)
 		nc->ops->on_recv(nc->proto);
 	if (nc->tls_state != NET_TLS_OFF) {
@@ -578,6 +580,10 @@ static void on_send_done(struct net_conn *nc, int res)
 		return;
 	}
 	all = kind == NET_SEND_PLAIN ? plain_sent(nc, (size_t)res) : tls_sent(nc, (size_t)res);
+	/* A plaintext send that completed after TLS began (the STARTTLS
+	 * command's) held back the handshake's first flight. */
+	if (kind == NET_SEND_PLAIN && nc->tls_state != NET_TLS_OFF && nc->send == NET_SEND_NONE)
+		tls_flush(nc);
 	if (all && nc->state == NET_OPEN) {
 		nc->user_pending = false;
 		nc->ops->on_sent(nc->proto);
