@@ -370,8 +370,7 @@ static void cmd_starttls(struct conn *c, const struct smtp_cmd *cmd)
 		return session_error(c, "502 5.5.1 Error: command not implemented");
 	if (conn_tls_begun(c))
 		return session_error(c, "503 5.5.1 Error: TLS already active");
-	if (cmd->arg.len)
-		return session_error(c, "501 5.5.4 Syntax: STARTTLS");
+	assert(cmd->arg.len == 0); /* parse.c refuses an argument (501) */
 	if (c->s->state != SMTP_S_GREETED && c->s->state != SMTP_S_READY)
 		return session_error(c, "503 5.5.1 Error: STARTTLS inside a transaction");
 	conn_reply(c, "220 2.0.0 Ready to start TLS");
@@ -570,8 +569,10 @@ static void session_command(struct conn *c, const char *line, size_t len)
 		conn_replyf(c, "421 4.7.0 %s Error: too many commands", cfg_of(c)->hostname);
 		return session_close(c);
 	}
-	if (smtp_cmd_parse(line, len, &cmd) != SMTP_PARSE_OK)
-		return session_error(c, cmd.reply ? cmd.reply : "500 5.5.2 Error: bad syntax");
+	if (smtp_cmd_parse(line, len, &cmd) != SMTP_PARSE_OK) {
+		assert(cmd.reply); /* every refusal names its reply (parse.c) */
+		return session_error(c, cmd.reply);
+	}
 	if (len + 2 > smtp_cmd_line_max(cmd.verb))
 		return session_error(c, "500 5.5.2 Error: line too long");
 	c->s->cur_line = line;
