@@ -590,7 +590,9 @@ static void oc_begin_tx(struct oconn *oc)
 	oc->wcur = oc->rcur = 0;
 	oc->mail_ok = oc->data_sent = oc->overflow = oc->dot_failed = false;
 	oc->pipelining = (oc->caps.ext & SMTP_EXT_PIPELINING) != 0;
-	oc->out_len = 0;
+	/* The reply that brought us here may come before the completion of
+	 * the send that carried its command: those bytes stay put (net.h). */
+	oc->out_len = oc->out_inflight;
 	net_set_timeout(oc->nc, cmd_ms(c));
 	oc_cmd(oc, "MAIL FROM:<%.*s>", (int)e->mail_from.len, e->mail_from.ptr);
 	if ((e->flags & SPOOL_ENV_8BIT) || e->body_type == SMTP_BODY_8BITMIME)
@@ -831,7 +833,7 @@ static void oc_on_tls_ready(void *proto)
 	 * plaintext may reach the replies inside TLS. */
 	assert(oc->owed.total == 0);
 	smtp_reply_init(&oc->rp);
-	oc->out_len = 0;
+	oc->out_len = oc->out_inflight; /* STARTTLS's own send may not be done */
 	oc_send_ehlo(oc);
 }
 
