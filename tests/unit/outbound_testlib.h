@@ -1,0 +1,94 @@
+/*
+ * outbound_testlib — the outbound SMTP/LMTP client (deliver/outbound.c)
+ * without a shard: the engine functions it calls (the dlv_* of
+ * deliver/internal.h) recorded in order, a config made by hand, a real
+ * spool segment file holding one message (record.h framing, a keyed head,
+ * the message's chunks with another message's chunk between them), and a
+ * job of that message for one next hop.  The connections are the fake net
+ * (net_fake.h): the test plays the next hop through nf_*.
+ *
+ * What the client told the engine is kept as text, one line per call, so
+ * a test asserts the whole sequence at once (ot_calls):
+ *   rcpt <i> <class> <status> <diag>   dlv_rcpt_result for job recipient i
+ *   hop_failed <why>                   dlv_job_hop_failed
+ *   done                               dlv_job_done
+ *   again[ fresh]                      dlv_job_again (job->fresh set)
+ * dlv_conn_freed is only counted (d.conn_freed).
+ */
+#ifndef RMX_TESTS_OUTBOUND_TESTLIB_H
+#define RMX_TESTS_OUTBOUND_TESTLIB_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "deliver/internal.h"
+#include "net_fake.h"
+#include "queue/record.h"
+
+#define OT_RCPTS_MAX 8
+#define OT_CALLS_MAX 8192 /* bytes of recorded engine calls */
+#define OT_HOST	     "relay.test.example"
+#define OT_MX	     "mx.test.example"
+
+/* The engine: outbound.c reaches it only through dlv_core() and dlv_*. */
+struct deliver {
+	struct deliver_core core;
+	char calls[OT_CALLS_MAX];
+	size_t calls_len, calls_seen;
+	uint32_t conn_freed;
+	uint32_t job_calls; /* hop_failed, done and again: the job left the client */
+};
+
+struct ot {
+	struct deliver d;
+	struct rmx_config cfg;
+	struct tls_ctx *tls_client[1];
+	/* the stored message */
+	int segfd;
+	struct spool_key key;
+	uint8_t enc[4096];
+	struct qmsg m;
+	struct dticket tkt;
+	/* the job */
+	struct djob job;
+	uint32_t rcpt[OT_RCPTS_MAX];
+	uint8_t acc[OT_RCPTS_MAX];
+};
+
+/* A client table on the fake net, a config (messages_per_connection
+ * 100, command timeout 300 s), no message yet.  Calls log_setup too. */
+struct ot *ot_new(void);
+/* Every connection closed and reaped, the table freed; fails the test if
+ * the client ever called net_send or net_read_file on a closed one. */
+void ot_free(struct ot *o);
+
+/* Store a message from `from` to the n recipients (a NULL-terminated
+ * list), body being its stored bytes: DATA form (dot-stuffed, without the
+ * final dot) when stuffed, else as BDAT received them.  The job is the
+ * message's recipients for the hop mx.test.example[192.0.2.25]:25. */
+void ot_message(struct ot *o, const char *from, const char *const *rcpts, const char *body,
+		bool stuffed);
+/* The client's TLS context for route 0 (a real client context). */
+void ot_tls(struct ot *o, enum config_route_tls policy);
+
+/* oc_assign the job; the connection it opened (asserted). */
+struct net_conn *ot_assign(struct ot *o);
+/* Engine calls since the last ot_calls, one per line. */
+const char *ot_calls(struct ot *o);
+/* The connection's state (the client's own view). */
+enum oc_state ot_state(struct ot *o, const struct net_conn *nc);
+
+/* The send in flight is exactly want: it completes (on_sent). */
+void ot_expect_send(struct net_conn *nc, const char *want);
+/* No send in flight. */
+void ot_expect_no_send(const struct net_conn *nc);
+/* Connected, greeted (220) and EHLO answered with ehlo_reply (a whole
+ * reply, e.g. "250-mx\r\n250 PIPELINING\r\n"); the EHLO send is checked and
+ * completed.  The connection. */
+struct net_conn *ot_ready(struct ot *o, const char *ehlo_reply);
+/* The body's file reads served from the segment until the send of the
+ * body's last piece is in flight; the bytes it and the sends before it
+ * carried (NUL-terminated, static). */
+const char *ot_body(struct net_conn *nc);
+
+#endif
