@@ -1,9 +1,10 @@
 /*
  * outbound_client — the outbound SMTP/LMTP client (deliver/outbound.c) on a
  * fake connection: the exact bytes it writes, the engine calls it makes and
- * the answer each recipient gets, for every state, the reply accounting,
- * LMTP and STARTTLS.  The test plays the next hop (net_fake.h) and the
- * engine (outbound_testlib.h).
+ * the answer each recipient gets: the greeting, EHLO, transactions, LMTP,
+ * the reply accounting, too many recipients and 503.  STARTTLS, errors,
+ * timeouts and the end of a connection are in outbound_client_conn.c.  The
+ * test plays the next hop (net_fake.h) and the engine (outbound_testlib.h).
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -18,47 +19,11 @@
 #include "outbound_testlib.h"
 #include "tls/tls.h"
 
-#define FROM	   "sender@origin.example"
-#define EHLO_PIPE  "250-" OT_MX "\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
-#define EHLO_PLAIN "250-" OT_MX "\r\n250 8BITMIME\r\n"
-#define MAIL	   "MAIL FROM:<" FROM ">\r\n"
-#define RCPT(a)	   "RCPT TO:<" a "@test.example>\r\n"
-#define BODY	   "Subject: test\r\n\r\nhello\r\n..a stuffed line\r\nbye\r\n"
-#define BODY_WIRE  BODY ".\r\n"
-#define DIAG_LOST  "X-ringmx; " OT_MX "[192.0.2.25]:25: "
-
-static const char *const one[] = {"a@test.example", NULL};
-static const char *const three[] = {"a@test.example", "b@test.example", "c@test.example", NULL};
-
-static struct ot *with(const char *const *rcpts)
-{
-	struct ot *o = ot_new();
-
-	ot_message(o, FROM, rcpts, BODY, true);
-	return o;
-}
-
-static void closed(struct ot *o, struct net_conn *nc)
-{
-	assert_int_equal(nc->state, NF_CLOSING);
-	assert_int_equal(nf_reap(o->d.core.net), 1);
-	assert_int_equal(ot_state(o, nc), OC_FREE);
-	assert_int_equal(net_active(o->d.core.net), 0);
-}
-
-/* 354, the body, and the connection waits for the dot's reply. */
-static void body_goes(struct ot *o, struct net_conn *nc)
-{
-	assert_int_equal(ot_state(o, nc), OC_BODY);
-	assert_string_equal(ot_body(nc), BODY_WIRE);
-	assert_int_equal(ot_state(o, nc), OC_DOT);
-}
-
 /* ---- greeting and EHLO --------------------------------------------------------------- */
 
 static void test_banner_then_ehlo(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc;
 
 	(void)state;
@@ -79,7 +44,7 @@ static void test_banner_then_ehlo(void **state)
 
 static void test_banner_refused(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_assign(o);
 
 	(void)state;
@@ -90,14 +55,14 @@ static void test_banner_refused(void **state)
 	ot_expect_send(nc, "QUIT\r\n");
 	assert_int_equal(ot_state(o, nc), OC_QUIT);
 	nf_recv(nc, "221 bye\r\n");
-	closed(o, nc);
+	ot_closed(o, nc);
 	assert_string_equal(ot_calls(o), "");
 	ot_free(o);
 }
 
 static void test_ehlo_refused_helo(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, "502 5.5.2 what is EHLO\r\n");
 
 	(void)state;
@@ -111,7 +76,7 @@ static void test_ehlo_refused_helo(void **state)
 	nf_recv(nc, "250 ok\r\n");
 	ot_expect_send(nc, "DATA\r\n");
 	nf_recv(nc, "354 go\r\n");
-	body_goes(o, nc);
+	ot_body_goes(o, nc);
 	nf_recv(nc, "250 queued\r\n");
 	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 queued\ndone\n");
 	assert_int_equal(ot_state(o, nc), OC_IDLE);
@@ -120,13 +85,13 @@ static void test_ehlo_refused_helo(void **state)
 
 static void test_ehlo_4xx_fails(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, "421 4.3.2 shutting down\r\n");
 
 	(void)state;
 	ot_expect_no_send(nc);
 	assert_string_equal(ot_calls(o), "hop_failed smtp; 421 4.3.2 shutting down\n");
-	closed(o, nc);
+	ot_closed(o, nc);
 	ot_free(o);
 }
 
@@ -134,7 +99,7 @@ static void test_ehlo_4xx_fails(void **state)
 
 static void test_pipelined_mixed_rcpts(void **state)
 {
-	struct ot *o = with(three);
+	struct ot *o = ot_with(ot_three);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
@@ -152,7 +117,7 @@ static void test_pipelined_mixed_rcpts(void **state)
 	ot_expect_no_send(nc);
 	nf_recv(nc, "354 go ahead\r\n");
 	assert_int_equal(nc->freads, 1);
-	body_goes(o, nc);
+	ot_body_goes(o, nc);
 	assert_string_equal(ot_calls(o), "");
 	nf_recv(nc, "250 2.0.0 queued as X\r\n");
 	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 2.0.0 queued as X\ndone\n");
@@ -162,7 +127,7 @@ static void test_pipelined_mixed_rcpts(void **state)
 
 static void test_no_pipelining_one_per_send(void **state)
 {
-	struct ot *o = with(three);
+	struct ot *o = ot_with(ot_three);
 	struct net_conn *nc = ot_ready(o, EHLO_PLAIN);
 
 	(void)state;
@@ -177,7 +142,7 @@ static void test_no_pipelining_one_per_send(void **state)
 	ot_expect_send(nc, "DATA\r\n");
 	assert_string_equal(ot_calls(o), "rcpt 0 5 5.1.1 smtp; 550 5.1.1 no a\n");
 	nf_recv(nc, "354 go\r\n");
-	body_goes(o, nc);
+	ot_body_goes(o, nc);
 	nf_recv(nc, "250 ok\r\n");
 	assert_string_equal(ot_calls(o), "rcpt 1 2 2.0.0 smtp; 250 ok\n"
 					 "rcpt 2 2 2.0.0 smtp; 250 ok\ndone\n");
@@ -188,7 +153,7 @@ static void test_no_pipelining_one_per_send(void **state)
  * stored byte went; the dot's reply is owed only from then on. */
 static void test_dot_after_body(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 	uint32_t sends;
 
@@ -219,7 +184,7 @@ static void test_body_stuffed_on_the_way(void **state)
 	struct net_conn *nc;
 
 	(void)state;
-	ot_message(o, FROM, one, "Subject: b\r\n\r\n.leading dot\r\n", false);
+	ot_message(o, FROM, ot_one, "Subject: b\r\n\r\n.leading dot\r\n", false);
 	nc = ot_ready(o, EHLO_PIPE);
 	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
 	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
@@ -231,7 +196,7 @@ static void test_body_stuffed_on_the_way(void **state)
 
 static void test_stored_message_corrupt(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
@@ -242,13 +207,13 @@ static void test_stored_message_corrupt(void **state)
 	/* No dot goes: the hop must not take a message we cannot vouch for. */
 	ot_expect_no_send(nc);
 	assert_string_equal(ot_calls(o), "hop_failed stored message does not verify (CRC)\n");
-	closed(o, nc);
+	ot_closed(o, nc);
 	ot_free(o);
 }
 
 static void test_data_refused_rset(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
@@ -265,13 +230,13 @@ static void test_data_refused_rset(void **state)
 /* A refused message may leave the hop's transaction open: RSET first. */
 static void test_dot_refused_rset(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
 	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
 	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
-	body_goes(o, nc);
+	ot_body_goes(o, nc);
 	nf_recv(nc, "554 5.7.1 spam\r\n");
 	assert_string_equal(ot_calls(o), "rcpt 0 5 5.7.1 smtp; 554 5.7.1 spam\n");
 	ot_expect_send(nc, "RSET\r\n");
@@ -283,7 +248,7 @@ static void test_dot_refused_rset(void **state)
 
 static void test_mail_refused(void **state)
 {
-	struct ot *o = with(three);
+	struct ot *o = ot_with(ot_three);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
@@ -307,7 +272,7 @@ static void test_mail_refused(void **state)
 
 static void test_lmtp_reply_per_rcpt(void **state)
 {
-	struct ot *o = with(three);
+	struct ot *o = ot_with(ot_three);
 	struct net_conn *nc;
 
 	(void)state;
@@ -320,7 +285,7 @@ static void test_lmtp_reply_per_rcpt(void **state)
 	ot_expect_send(nc, MAIL RCPT("a") RCPT("b") RCPT("c") "DATA\r\n");
 	nf_recv(nc, "250 ok\r\n250 ok\r\n550 5.1.1 no b\r\n250 ok\r\n354 go\r\n");
 	assert_string_equal(ot_calls(o), "rcpt 1 5 5.1.1 smtp; 550 5.1.1 no b\n");
-	body_goes(o, nc);
+	ot_body_goes(o, nc);
 	/* RFC 2033 4.2: one reply per accepted recipient, in RCPT order. */
 	nf_recv(nc, "250 2.0.0 a saved\r\n");
 	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 2.0.0 a saved\n");
@@ -336,7 +301,7 @@ static void test_lmtp_reply_per_rcpt(void **state)
 
 static void test_lmtp_no_helo(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc;
 
 	(void)state;
@@ -349,7 +314,7 @@ static void test_lmtp_no_helo(void **state)
 	nf_recv(nc, "500 5.5.1 unknown\r\n");
 	ot_expect_no_send(nc);
 	assert_string_equal(ot_calls(o), "hop_failed smtp; 500 5.5.1 unknown\n");
-	closed(o, nc);
+	ot_closed(o, nc);
 	ot_free(o);
 }
 
@@ -357,7 +322,7 @@ static void test_lmtp_no_helo(void **state)
 
 static void test_reply_nothing_owed_in_body(void **state)
 {
-	struct ot *o = with(three);
+	struct ot *o = ot_with(ot_three);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
@@ -372,13 +337,13 @@ static void test_reply_nothing_owed_in_body(void **state)
 			    "protocol violation: a reply when nothing was asked\n"
 			    "rcpt 2 4 4.4.2 " DIAG_LOST
 			    "protocol violation: a reply when nothing was asked\ndone\n");
-	closed(o, nc);
+	ot_closed(o, nc);
 	ot_free(o);
 }
 
 static void test_reply_surplus(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
@@ -389,27 +354,27 @@ static void test_reply_surplus(void **state)
 	assert_string_equal(ot_calls(o), "hop_failed protocol violation: more replies than "
 					 "commands in flight (3 owed, the last to DATA)\n");
 	assert_int_equal(nc->freads, 0);
-	closed(o, nc);
+	ot_closed(o, nc);
 	ot_free(o);
 }
 
 static void test_reply_surplus_on_ehlo(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, "250 " OT_MX "\r\n250 2.0.0 queued\r\n");
 
 	(void)state;
 	ot_expect_no_send(nc);
 	assert_string_equal(ot_calls(o), "hop_failed protocol violation: more replies than "
 					 "commands in flight (1 owed, the last to EHLO)\n");
-	closed(o, nc);
+	ot_closed(o, nc);
 	ot_free(o);
 }
 
 /* 250 cannot answer DATA: the count is off, nothing after it counts. */
 static void test_reply_250_to_data(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
@@ -417,13 +382,13 @@ static void test_reply_250_to_data(void **state)
 	nf_recv(nc, "250 ok\r\n250 ok\r\n250 ok\r\n");
 	assert_string_equal(ot_calls(o), "hop_failed protocol violation: reply 250 to DATA\n");
 	assert_int_equal(nc->freads, 0);
-	closed(o, nc);
+	ot_closed(o, nc);
 	ot_free(o);
 }
 
 static void test_malformed_reply(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
@@ -431,7 +396,7 @@ static void test_malformed_reply(void **state)
 	nf_recv(nc, "250 ok\r\n25x what\r\n");
 	assert_string_equal(ot_calls(o),
 			    "hop_failed malformed reply from the next hop (bad reply code)\n");
-	closed(o, nc);
+	ot_closed(o, nc);
 	ot_free(o);
 }
 
@@ -439,25 +404,25 @@ static void test_malformed_reply(void **state)
 
 static void test_overflow_next_transaction(void **state)
 {
-	struct ot *o = with(three);
+	struct ot *o = ot_with(ot_three);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
 	ot_expect_send(nc, MAIL RCPT("a") RCPT("b") RCPT("c") "DATA\r\n");
 	nf_recv(nc, "250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n452 4.5.3 too many\r\n354 go\r\n");
 	assert_string_equal(ot_calls(o), "");
-	body_goes(o, nc);
+	ot_body_goes(o, nc);
 	nf_recv(nc, "250 ok\r\n");
 	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\n");
 	/* RFC 5321 4.5.3.1.10: the rest go at once, on this connection, no
 	 * more per transaction than the hop took. */
 	ot_expect_send(nc, MAIL RCPT("b") "DATA\r\n");
 	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
-	body_goes(o, nc);
+	ot_body_goes(o, nc);
 	nf_recv(nc, "250 ok\r\n");
 	ot_expect_send(nc, MAIL RCPT("c") "DATA\r\n");
 	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
-	body_goes(o, nc);
+	ot_body_goes(o, nc);
 	nf_recv(nc, "250 ok\r\n");
 	assert_string_equal(ot_calls(o), "rcpt 1 2 2.0.0 smtp; 250 ok\n"
 					 "rcpt 2 2 2.0.0 smtp; 250 ok\ndone\n");
@@ -468,7 +433,7 @@ static void test_overflow_next_transaction(void **state)
 /* A hop that takes nobody in a transaction does not earn another. */
 static void test_overflow_nobody_taken(void **state)
 {
-	struct ot *o = with(three);
+	struct ot *o = ot_with(ot_three);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
 
 	(void)state;
@@ -490,7 +455,7 @@ static void test_overflow_nobody_taken(void **state)
 
 static void test_503_fresh_then_defer(void **state)
 {
-	struct ot *o = with(one);
+	struct ot *o = ot_with(ot_one);
 	struct net_conn *nc = ot_ready(o, EHLO_PIPE), *nc2;
 
 	(void)state;
@@ -498,309 +463,14 @@ static void test_503_fresh_then_defer(void **state)
 	nf_recv(nc, "503 5.5.1 nested MAIL command\r\n");
 	/* Out of step, not a verdict: a new connection, at once. */
 	assert_string_equal(ot_calls(o), "again fresh\n");
-	closed(o, nc);
+	ot_closed(o, nc);
 	nc2 = ot_ready(o, EHLO_PIPE);
 	ot_expect_send(nc2, MAIL RCPT("a") "DATA\r\n");
 	nf_recv(nc2, "503 5.5.1 nested MAIL command\r\n");
 	/* The second 503 defers: the sequence, not the message. */
 	assert_string_equal(ot_calls(o),
 			    "rcpt 0 4 4.5.1 smtp; 503 5.5.1 nested MAIL command\ndone\n");
-	closed(o, nc2);
-	ot_free(o);
-}
-
-/* ---- STARTTLS ----------------------------------------------------------------------- */
-
-#define EHLO_TLS "250-" OT_MX "\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
-
-static void test_tls_required_not_offered(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc;
-
-	(void)state;
-	ot_tls(o, CONFIG_RTLS_REQUIRED);
-	nc = ot_ready(o, EHLO_PIPE);
-	ot_expect_no_send(nc);
-	assert_int_equal(nc->tls_starts, 0);
-	assert_string_equal(ot_calls(o), "hop_failed TLS required by the route, but the next hop "
-					 "does not offer STARTTLS\n");
-	closed(o, nc);
-	ot_free(o);
-}
-
-static void test_starttls_then_ehlo(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc;
-
-	(void)state;
-	ot_tls(o, CONFIG_RTLS_REQUIRED);
-	nc = ot_ready(o, EHLO_TLS);
-	ot_expect_send(nc, "STARTTLS\r\n");
-	assert_int_equal(ot_state(o, nc), OC_STARTTLS);
-	nf_recv(nc, "220 2.0.0 go ahead\r\n");
-	assert_int_equal(nc->tls_starts, 1);
-	assert_string_equal(nc->peer_name, OT_MX);
-	assert_int_equal(ot_state(o, nc), OC_TLS_HS);
-	ot_expect_no_send(nc); /* nothing goes during the handshake */
-	nf_tls_ready(nc);
-	/* RFC 3207 4.2: EHLO again, what was learnt before forgotten. */
-	ot_expect_send(nc, "EHLO " OT_HOST "\r\n");
-	nf_recv(nc, EHLO_PLAIN);
-	ot_expect_send(nc, MAIL);
-	nf_recv(nc, "250 ok\r\n");
-	ot_expect_send(nc, RCPT("a"));
-	nf_recv(nc, "250 ok\r\n");
-	ot_expect_send(nc, "DATA\r\n");
-	nf_recv(nc, "354 go\r\n");
-	body_goes(o, nc);
-	nf_recv(nc, "250 ok\r\n");
-	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\ndone\n");
-	/* The session the job went on is TLS (no handshake ran: no names). */
-	assert_memory_equal(o->job.tls_info, "  unverified", 13);
-	ot_free(o);
-}
-
-/* RFC 3207 5 (CVE-2011-0411): bytes behind the 220 would be read as
- * replies inside TLS. */
-static void test_starttls_injection(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc;
-
-	(void)state;
-	ot_tls(o, CONFIG_RTLS_OPPORTUNISTIC);
-	nc = ot_ready(o, EHLO_TLS);
-	ot_expect_send(nc, "STARTTLS\r\n");
-	nf_recv(nc, "220 go ahead\r\n250 injected\r\n");
-	assert_int_equal(nc->tls_starts, 0);
-	assert_string_equal(ot_calls(o), "hop_failed protocol violation: bytes after the reply to "
-					 "STARTTLS (response injection)\n");
-	closed(o, nc);
-	ot_free(o);
-}
-
-static void test_starttls_refused(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc;
-
-	(void)state;
-	/* Opportunistic: a refusal leaves the session in plaintext. */
-	ot_tls(o, CONFIG_RTLS_OPPORTUNISTIC);
-	nc = ot_ready(o, EHLO_TLS);
-	ot_expect_send(nc, "STARTTLS\r\n");
-	nf_recv(nc, "454 4.7.0 not now\r\n");
-	assert_int_equal(nc->tls_starts, 0);
-	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
-	assert_string_equal(ot_calls(o), "");
-	ot_free(o);
-
-	/* Required: it fails the hop. */
-	o = with(one);
-	ot_tls(o, CONFIG_RTLS_REQUIRED);
-	nc = ot_ready(o, EHLO_TLS);
-	ot_expect_send(nc, "STARTTLS\r\n");
-	nf_recv(nc, "454 4.7.0 not now\r\n");
-	assert_string_equal(ot_calls(o), "hop_failed smtp; 454 4.7.0 not now\n");
-	closed(o, nc);
-	ot_free(o);
-}
-
-static void test_tls_verify_unverified(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc;
-
-	(void)state;
-	ot_tls(o, CONFIG_RTLS_VERIFY);
-	nc = ot_ready(o, EHLO_TLS);
-	ot_expect_send(nc, "STARTTLS\r\n");
-	nf_recv(nc, "220 go ahead\r\n");
-	nf_tls_ready(nc); /* a session whose peer was not verified */
-	ot_expect_no_send(nc);
-	assert_string_equal(ot_calls(o),
-			    "hop_failed TLS certificate not verified (route tls verify)\n");
-	closed(o, nc);
-	ot_free(o);
-}
-
-/* QUIT on a TLS session ends with our close_notify (net_shutdown). */
-static void test_tls_quit_shutdown(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc;
-
-	(void)state;
-	o->cfg.delivery.messages_per_connection = 1;
-	ot_tls(o, CONFIG_RTLS_OPPORTUNISTIC);
-	nc = ot_ready(o, EHLO_TLS);
-	ot_expect_send(nc, "STARTTLS\r\n");
-	nf_recv(nc, "220 go ahead\r\n");
-	nf_tls_ready(nc);
-	ot_expect_send(nc, "EHLO " OT_HOST "\r\n");
-	nf_recv(nc, EHLO_PIPE);
-	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
-	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
-	body_goes(o, nc);
-	nf_recv(nc, "250 ok\r\n");
-	ot_expect_send(nc, "QUIT\r\n");
-	nf_recv(nc, "221 bye\r\n");
-	assert_int_equal(nc->shutdowns, 1);
-	assert_int_equal(nc->state, NF_DRAINING);
-	assert_int_equal(ot_state(o, nc), OC_TLS_CLOSE);
-	assert_int_equal(nf_reap(o->d.core.net), 1);
-	assert_int_equal(ot_state(o, nc), OC_FREE);
-	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\ndone\n");
-	ot_free(o);
-}
-
-/* ---- errors, timeouts, the end of a connection -------------------------------------- */
-
-static void test_hop_closes_mid_transaction(void **state)
-{
-	struct ot *o = with(three);
-	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
-
-	(void)state;
-	ot_expect_send(nc, MAIL RCPT("a") RCPT("b") RCPT("c") "DATA\r\n");
-	nf_recv(nc, "250 ok\r\n250 ok\r\n550 5.1.1 no b\r\n250 ok\r\n354 go\r\n");
-	assert_string_equal(ot_calls(o), "rcpt 1 5 5.1.1 smtp; 550 5.1.1 no b\n");
-	body_goes(o, nc);
-	nf_error(nc, 0, "connection closed by the peer");
-	/* The body went: its fate is unknown, so a 4xx, never a delivery. */
-	assert_string_equal(
-	    ot_calls(o), "rcpt 0 4 4.4.2 " DIAG_LOST "connection closed by the next hop\n"
-			 "rcpt 2 4 4.4.2 " DIAG_LOST "connection closed by the next hop\ndone\n");
-	closed(o, nc);
-	ot_free(o);
-}
-
-static void test_send_fails_before_answers(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
-
-	(void)state;
-	assert_string_equal(nf_sending(nc), MAIL RCPT("a") "DATA\r\n");
-	nf_sent(nc, -ECONNRESET);
-	assert_string_equal(ot_calls(o), "hop_failed Connection reset by peer\n");
-	closed(o, nc);
-	ot_free(o);
-}
-
-static void test_timeouts(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc = ot_assign(o);
-
-	(void)state;
-	/* The connect: connect_timeout_s. */
-	o->d.core.now_ms += 29999;
-	oc_tick(&o->d);
-	assert_string_equal(ot_calls(o), "");
-	o->d.core.now_ms += 1;
-	oc_tick(&o->d);
-	assert_string_equal(ot_calls(o), "hop_failed timeout (state connecting)\n");
-	closed(o, nc);
-
-	/* A reply: command_timeout_s from the last I/O. */
-	nc = ot_ready(o, EHLO_PIPE);
-	assert_string_equal(nf_sending(nc), MAIL RCPT("a") "DATA\r\n");
-	o->d.core.now_ms += 300000 - 1;
-	oc_tick(&o->d);
-	assert_string_equal(ot_calls(o), "");
-	o->d.core.now_ms += 1;
-	oc_tick(&o->d);
-	assert_string_equal(ot_calls(o), "hop_failed timeout (state mail)\n");
-	closed(o, nc);
-	ot_free(o);
-}
-
-static void test_quit_after_messages_per_connection(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc;
-
-	(void)state;
-	o->cfg.delivery.messages_per_connection = 1;
-	nc = ot_ready(o, EHLO_PIPE);
-	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
-	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
-	body_goes(o, nc);
-	nf_recv(nc, "250 ok\r\n");
-	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\ndone\n");
-	ot_expect_send(nc, "QUIT\r\n");
-	assert_int_equal(ot_state(o, nc), OC_QUIT);
-	nf_recv(nc, "221 2.0.0 bye\r\n");
-	assert_int_equal(nc->shutdowns, 0); /* plaintext: closed at once */
-	closed(o, nc);
-	assert_string_equal(ot_calls(o), "");
-	ot_free(o);
-}
-
-/* Delivered, idle: the next job to the hop reuses the connection. */
-static struct net_conn *delivered_idle(struct ot *o)
-{
-	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
-
-	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
-	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
-	body_goes(o, nc);
-	nf_recv(nc, "250 ok\r\n");
-	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\ndone\n");
-	assert_int_equal(ot_state(o, nc), OC_IDLE);
-	assert_int_equal(nc->timeout_ms, 0); /* no deadline while idle */
-	return nc;
-}
-
-static void test_idle_closed_by_hop(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc = delivered_idle(o);
-	uint32_t job_calls = o->d.job_calls;
-
-	(void)state;
-	nf_error(nc, 0, "connection closed by the peer");
-	closed(o, nc);
-	assert_string_equal(ot_calls(o), "");
-	assert_int_equal(o->d.job_calls, job_calls);
-	ot_free(o);
-}
-
-static void test_idle_421_closes(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc = delivered_idle(o);
-
-	(void)state;
-	nf_recv(nc, "421 4.4.2 idle too long\r\n");
-	closed(o, nc);
-	assert_string_equal(ot_calls(o), "");
-	ot_free(o);
-}
-
-static void test_idle_reuse_and_expiry(void **state)
-{
-	struct ot *o = with(one);
-	struct net_conn *nc = delivered_idle(o);
-
-	(void)state;
-	ot_message(o, FROM, one, BODY, true); /* the next message, same hop */
-	assert_true(oc_assign(&o->d, &o->job));
-	assert_int_equal(o->d.core.net->opened, 1);
-	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
-	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
-	body_goes(o, nc);
-	nf_recv(nc, "250 ok\r\n");
-	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\ndone\n");
-	/* Idle for DLV_IDLE_MS: QUIT. */
-	o->d.core.now_ms += DLV_IDLE_MS;
-	oc_tick(&o->d);
-	ot_expect_send(nc, "QUIT\r\n");
-	nf_recv(nc, "221 bye\r\n");
-	closed(o, nc);
+	ot_closed(o, nc2);
 	ot_free(o);
 }
 
@@ -829,25 +499,13 @@ int main(void)
 	    cmocka_unit_test(test_overflow_next_transaction),
 	    cmocka_unit_test(test_overflow_nobody_taken),
 	    cmocka_unit_test(test_503_fresh_then_defer),
-	    cmocka_unit_test(test_tls_required_not_offered),
-	    cmocka_unit_test(test_starttls_then_ehlo),
-	    cmocka_unit_test(test_starttls_injection),
-	    cmocka_unit_test(test_starttls_refused),
-	    cmocka_unit_test(test_tls_verify_unverified),
-	    cmocka_unit_test(test_tls_quit_shutdown),
-	    cmocka_unit_test(test_hop_closes_mid_transaction),
-	    cmocka_unit_test(test_send_fails_before_answers),
-	    cmocka_unit_test(test_timeouts),
-	    cmocka_unit_test(test_quit_after_messages_per_connection),
-	    cmocka_unit_test(test_idle_closed_by_hop),
-	    cmocka_unit_test(test_idle_421_closes),
-	    cmocka_unit_test(test_idle_reuse_and_expiry),
 	};
 	int rc;
 
 	if (tls_global_init() != 0)
 		return 1;
 	rc = cmocka_run_group_tests(tests, NULL, NULL);
+	rc |= ot_conn_tests();
 	tls_global_cleanup();
 	return rc;
 }

@@ -335,3 +335,29 @@ const char *ot_body(struct net_conn *nc)
 	}
 	return out;
 }
+
+const char *const ot_one[] = {"a@test.example", NULL};
+const char *const ot_three[] = {"a@test.example", "b@test.example", "c@test.example", NULL};
+
+struct ot *ot_with(const char *const *rcpts)
+{
+	struct ot *o = ot_new();
+
+	ot_message(o, FROM, rcpts, BODY, true);
+	return o;
+}
+
+void ot_closed(struct ot *o, struct net_conn *nc)
+{
+	assert_int_equal(nc->state, NF_CLOSING);
+	assert_int_equal(nf_reap(o->d.core.net), 1);
+	assert_int_equal(ot_state(o, nc), OC_FREE);
+	assert_int_equal(net_active(o->d.core.net), 0);
+}
+
+void ot_body_goes(struct ot *o, struct net_conn *nc)
+{
+	assert_int_equal(ot_state(o, nc), OC_BODY);
+	assert_string_equal(ot_body(nc), BODY_WIRE);
+	assert_int_equal(ot_state(o, nc), OC_DOT);
+}

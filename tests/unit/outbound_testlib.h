@@ -30,6 +30,20 @@
 #define OT_HOST	     "relay.test.example"
 #define OT_MX	     "mx.test.example"
 
+/* What the cases send and expect. */
+#define FROM	   "sender@origin.example"
+#define EHLO_PIPE  "250-" OT_MX "\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+#define EHLO_PLAIN "250-" OT_MX "\r\n250 8BITMIME\r\n"
+#define MAIL	   "MAIL FROM:<" FROM ">\r\n"
+#define RCPT(a)	   "RCPT TO:<" a "@test.example>\r\n"
+#define BODY	   "Subject: test\r\n\r\nhello\r\n..a stuffed line\r\nbye\r\n"
+#define BODY_WIRE  BODY ".\r\n"
+/* The diagnostic of our own failures on the connection to the hop. */
+#define DIAG_LOST "X-ringmx; " OT_MX "[192.0.2.25]:25: "
+
+extern const char *const ot_one[];   /* a@test.example */
+extern const char *const ot_three[]; /* a@, b@, c@test.example */
+
 /* The engine: outbound.c reaches it only through dlv_core() and dlv_*. */
 struct deliver {
 	struct deliver_core core;
@@ -86,6 +100,14 @@ void ot_expect_no_send(const struct net_conn *nc);
  * reply, e.g. "250-mx\r\n250 PIPELINING\r\n"); the EHLO send is checked and
  * completed.  The connection. */
 struct net_conn *ot_ready(struct ot *o, const char *ehlo_reply);
+/* A client table with the message BODY from FROM to rcpts stored. */
+struct ot *ot_with(const char *const *rcpts);
+/* The connection is being closed: it is reaped, the slot free. */
+void ot_closed(struct ot *o, struct net_conn *nc);
+/* After 354: the body (BODY_WIRE) goes, and the dot's reply is awaited. */
+void ot_body_goes(struct ot *o, struct net_conn *nc);
+/* The cases of outbound_client_conn.c; cmocka's result. */
+int ot_conn_tests(void);
 /* The body's file reads served from the segment until the send of the
  * body's last piece is in flight; the bytes it and the sends before it
  * carried (NUL-terminated, static). */
