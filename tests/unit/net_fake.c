@@ -427,7 +427,9 @@ uint32_t nf_reap(struct net_table *t)
 
 		if (nc->state == NF_DRAINING)
 			net_close(nc); /* the close_notify went */
-		if (nc->state != NF_CLOSING)
+		/* The reap waits for every op in flight: a file read still
+		 * writes into the protocol's window (net.h). */
+		if (nc->state != NF_CLOSING || nc->fread)
 			continue;
 		nf_release(nc);
 		t->closed++;

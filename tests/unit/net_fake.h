@@ -124,7 +124,8 @@ void nf_file_read(struct net_conn *nc);
 void nf_file_read_res(struct net_conn *nc, int res);
 /* The TLS handshake net_tls_start began succeeded (on_tls_ready). */
 void nf_tls_ready(struct net_conn *nc);
-/* Every connection being closed completes its close (on_closed). */
+/* Every connection being closed completes its close (on_closed), but one
+ * with a file read in flight: that waits for nf_file_read. */
 uint32_t nf_reap(struct net_table *t);
 
 #endif

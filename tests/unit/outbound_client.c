@@ -12,7 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -268,6 +270,116 @@ static void test_mail_refused(void **state)
 	ot_free(o);
 }
 
+/* ---- the body from the spool -------------------------------------------------------- */
+
+/* A body of n lines, every 7th beginning with a dot (doubled: stuffed). */
+static char *lines(uint32_t n, bool stuffed)
+{
+	char *b = malloc((size_t)n * 40 + 1);
+	size_t k = 0;
+
+	assert_non_null(b);
+	b[0] = '\0';
+	for (uint32_t i = 0; i < n; i++)
+		k += (size_t)sprintf(b + k, "%s line %06u of a message\r\n",
+				     i % 7 ? "text" : stuffed ? ".." : ".", i);
+	return b;
+}
+
+/* 300 KB in 7000-byte chunks: several windows of DLV_WIN, records cut at
+ * a window's end, another message's chunks skipped. */
+static void test_body_across_windows(void **state)
+{
+	struct ot *o = ot_new();
+	char *body = lines(10000, true), *want;
+	struct net_conn *nc;
+
+	(void)state;
+	ot_message_n(o, FROM, ot_one, body, (uint32_t)strlen(body), true, 7000);
+	nc = ot_ready(o, EHLO_PIPE);
+	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
+	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
+	assert_true(asprintf(&want, "%s.\r\n", body) > 0);
+	assert_string_equal(ot_body(nc), want);
+	assert_true(nc->freads > strlen(body) / DLV_WIN);
+	assert_int_equal(ot_state(o, nc), OC_DOT);
+	nf_recv(nc, "250 ok\r\n");
+	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\ndone\n");
+	free(body);
+	free(want);
+	ot_free(o);
+}
+
+/* A BDAT-received body with a dot on many lines: more pieces than one
+ * send's iovecs, so the body goes in several sends, the dot last. */
+static void test_body_stuffing_many_iovecs(void **state)
+{
+	struct ot *o = ot_new();
+	char *body = lines(1500, false), *want = lines(1500, true), *got;
+	struct net_conn *nc;
+
+	(void)state;
+	ot_message_n(o, FROM, ot_one, body, (uint32_t)strlen(body), false, 5000);
+	nc = ot_ready(o, EHLO_PIPE);
+	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
+	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
+	uint32_t sends = nc->sends;
+
+	got = strdup(ot_body(nc));
+	assert_non_null(got);
+	assert_true(nc->sends > sends + 1);
+	assert_true(strlen(got) == strlen(want) + 3);
+	assert_memory_equal(got, want, strlen(want));
+	assert_string_equal(got + strlen(want), ".\r\n");
+	nf_recv(nc, "250 ok\r\n");
+	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\ndone\n");
+	free(body);
+	free(want);
+	free(got);
+	ot_free(o);
+}
+
+/* The segment ends before the message does: no dot ever goes. */
+static void test_body_truncated(void **state)
+{
+	struct ot *o = ot_new();
+	char *body = lines(6000, true);
+	struct net_conn *nc;
+
+	(void)state;
+	ot_message_n(o, FROM, ot_one, body, (uint32_t)strlen(body), true, 7000);
+	assert_int_equal(ftruncate(o->segfd, 150000), 0);
+	nc = ot_ready(o, EHLO_PIPE);
+	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
+	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
+	ot_body(nc);
+	assert_int_equal(ot_state(o, nc), OC_CLOSING);
+	assert_null(strstr(nc->trans, "\r\n.\r\n"));
+	assert_string_equal(ot_calls(o), "hop_failed stored message truncated\n");
+	ot_closed(o, nc);
+	free(body);
+	ot_free(o);
+}
+
+/* The connection fails while a window is being read: the slot (and the
+ * window the read writes into) is kept until the read completed. */
+static void test_fail_during_file_read(void **state)
+{
+	struct ot *o = ot_with(ot_one);
+	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
+
+	(void)state;
+	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
+	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
+	assert_true(nc->fread);
+	nf_error(nc, -ECONNRESET, "Connection reset by peer");
+	assert_string_equal(ot_calls(o), "hop_failed Connection reset by peer\n");
+	assert_int_equal(nf_reap(o->d.core.net), 0);
+	nf_file_read(nc); /* completes after the close: not handed over */
+	ot_closed(o, nc);
+	ot_free(o);
+}
+
 /* ---- LMTP --------------------------------------------------------------------------- */
 
 static void test_lmtp_reply_per_rcpt(void **state)
@@ -489,6 +601,10 @@ int main(void)
 	    cmocka_unit_test(test_data_refused_rset),
 	    cmocka_unit_test(test_dot_refused_rset),
 	    cmocka_unit_test(test_mail_refused),
+	    cmocka_unit_test(test_body_across_windows),
+	    cmocka_unit_test(test_body_stuffing_many_iovecs),
+	    cmocka_unit_test(test_body_truncated),
+	    cmocka_unit_test(test_fail_during_file_read),
 	    cmocka_unit_test(test_lmtp_reply_per_rcpt),
 	    cmocka_unit_test(test_lmtp_no_helo),
 	    cmocka_unit_test(test_reply_nothing_owed_in_body),

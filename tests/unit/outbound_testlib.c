@@ -17,9 +17,8 @@
 #include "outbound_testlib.h"
 #include "tls/tls.h"
 
-#define OT_MSG_ID    0x0300000000000042ull
-#define OT_OTHER_ID  0x0300000000000041ull
-#define OT_SEG_BYTES (64u * 1024u)
+#define OT_MSG_ID   0x0300000000000042ull
+#define OT_OTHER_ID 0x0300000000000041ull
 
 /* ---- the engine (deliver/internal.h) --------------------------------------------- */
 
@@ -123,6 +122,8 @@ void ot_free(struct ot *o)
 	for (uint32_t i = 0; i < c->net->nslots; i++) {
 		assert_int_equal(c->net->conns[i].late_calls, 0);
 		net_close(&c->net->conns[i]);
+		if (c->net->conns[i].fread)
+			nf_file_read(&c->net->conns[i]);
 	}
 	nf_reap(c->net);
 	assert_int_equal(net_active(c->net), 0);
@@ -157,31 +158,38 @@ static void put_chunk(struct ot *o, uint8_t *seg, uint64_t *off, uint64_t msg_id
 {
 	struct spool_rec_hdr h;
 
-	assert_true(*off + spool_rec_size(n) <= OT_SEG_BYTES);
 	spool_rec_hdr_init(&h, &o->key, SPOOL_REC_CHUNK, msg_id, n, spool_crc32c(0, p, n));
 	memcpy(seg + *off, &h, sizeof(h));
 	memcpy(seg + *off + sizeof(h), p, n);
 	*off += spool_rec_size(n);
 }
 
-/* The segment: its head, the first half of the message, a chunk of
- * another message (interleaved, as one shard's sessions write them), the
- * second half.  Returns the envelope's length fields. */
-static void write_segment(struct ot *o, const char *wire, uint32_t wire_len, struct spool_env *e)
+/* The segment: its head, then the message in chunks of at most chunk
+ * bytes, each followed by a chunk of another message (interleaved, as one
+ * shard's sessions write them).  Fills the envelope's chunk fields. */
+static void write_segment(struct ot *o, const char *wire, uint32_t wire_len, uint32_t chunk,
+			  struct spool_env *e)
 {
 	static const char other[] = "another session's bytes\r\n";
-	uint8_t *seg = calloc(1, OT_SEG_BYTES);
+	uint32_t nchunks = wire_len / chunk + 2;
+	size_t cap = sizeof(struct spool_seg_head) +
+		     nchunks * (spool_rec_size(chunk) + spool_rec_size(sizeof(other)));
+	uint8_t *seg = calloc(1, cap);
 	char path[] = "/tmp/ringmx-octest-XXXXXX";
 	uint64_t off = sizeof(struct spool_seg_head);
-	uint32_t half = wire_len / 2;
 
 	assert_non_null(seg);
 	assert_int_equal(spool_key_new(&o->key), 0);
 	spool_seg_head_init((struct spool_seg_head *)seg, 3, 1, &o->key);
 	e->first_chunk_off = off;
-	put_chunk(o, seg, &off, OT_MSG_ID, wire, half);
-	put_chunk(o, seg, &off, OT_OTHER_ID, other, sizeof(other) - 1);
-	put_chunk(o, seg, &off, OT_MSG_ID, wire + half, wire_len - half);
+	for (uint32_t done = 0; done < wire_len;) {
+		uint32_t n = wire_len - done < chunk ? wire_len - done : chunk;
+
+		put_chunk(o, seg, &off, OT_MSG_ID, wire + done, n);
+		put_chunk(o, seg, &off, OT_OTHER_ID, other, sizeof(other) - 1);
+		done += n;
+	}
+	assert_true(off <= cap);
 	e->wire_len = wire_len;
 	e->msg_crc = spool_crc32c(0, wire, wire_len);
 	if (o->segfd >= 0)
@@ -226,15 +234,16 @@ static void make_job(struct ot *o, uint32_t n)
 	o->tkt.jobs = 1;
 }
 
-void ot_message(struct ot *o, const char *from, const char *const *rcpts, const char *body,
-		bool stuffed)
+void ot_message_n(struct ot *o, const char *from, const char *const *rcpts, const char *body,
+		  uint32_t blen, bool stuffed, uint32_t chunk)
 {
 	struct spool_rcpt r[OT_RCPTS_MAX] = {0};
 	struct spool_env e = {0};
-	char wire[16384];
-	uint32_t n = 0, blen = (uint32_t)strlen(body);
+	char *wire = malloc(blen + 3);
+	uint32_t n = 0;
 	size_t enc_len;
 
+	assert_non_null(wire);
 	while (rcpts[n]) {
 		assert_true(n < OT_RCPTS_MAX);
 		r[n].addr = (struct spool_str){rcpts[n], (uint32_t)strlen(rcpts[n])};
@@ -242,11 +251,11 @@ void ot_message(struct ot *o, const char *from, const char *const *rcpts, const 
 	}
 	/* DATA form: the stored bytes end with the terminator, which msg_len
 	 * does not count (record.h). */
-	assert_true(blen + 3 < sizeof(wire));
 	memcpy(wire, body, blen);
 	if (stuffed)
 		memcpy(wire + blen, ".\r\n", 3);
-	write_segment(o, wire, blen + (stuffed ? 3 : 0), &e);
+	write_segment(o, wire, blen + (stuffed ? 3 : 0), chunk, &e);
+	free(wire);
 	e.id = OT_MSG_ID;
 	e.arrival_s = 1700000000;
 	e.msg_len = blen;
@@ -262,6 +271,15 @@ void ot_message(struct ot *o, const char *from, const char *const *rcpts, const 
 	o->m.enc = o->enc;
 	o->m.enc_len = (uint32_t)enc_len;
 	make_job(o, n);
+}
+
+void ot_message(struct ot *o, const char *from, const char *const *rcpts, const char *body,
+		bool stuffed)
+{
+	uint32_t blen = (uint32_t)strlen(body);
+
+	/* Two chunks of the message, another's between them. */
+	ot_message_n(o, from, rcpts, body, blen, stuffed, (blen + 3) / 2 + 1);
 }
 
 /* ---- driving --------------------------------------------------------------------- */

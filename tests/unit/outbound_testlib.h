@@ -82,6 +82,10 @@ void ot_free(struct ot *o);
  * message's recipients for the hop mx.test.example[192.0.2.25]:25. */
 void ot_message(struct ot *o, const char *from, const char *const *rcpts, const char *body,
 		bool stuffed);
+/* The same with a body of blen bytes (any octets) stored in chunks of at
+ * most chunk bytes, each followed by another message's chunk. */
+void ot_message_n(struct ot *o, const char *from, const char *const *rcpts, const char *body,
+		  uint32_t blen, bool stuffed, uint32_t chunk);
 /* The client's TLS context for route 0 (a real client context). */
 void ot_tls(struct ot *o, enum config_route_tls policy);
 
