@@ -270,6 +270,79 @@ static void test_mail_refused(void **state)
 	ot_free(o);
 }
 
+/* RFC 1870, 6152, 3461: what the hop offers decides the parameters. */
+static void test_mail_rcpt_parameters(void **state)
+{
+	struct ot *o = ot_new();
+	struct net_conn *nc;
+	char want[512];
+
+	(void)state;
+	o->notify = SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE;
+	o->orcpt = "rfc822;a@test.example";
+	ot_message(o, FROM, ot_one, BODY, true);
+	o->m.env.flags |= SPOOL_ENV_8BIT;
+	o->m.env.ret = SMTP_RET_HDRS;
+	o->m.env.envid = (struct spool_str){"ENV42", 5};
+	nc = ot_ready(o, "250-" OT_MX "\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n"
+			 "250 DSN\r\n");
+	snprintf(want, sizeof(want),
+		 "MAIL FROM:<" FROM "> BODY=8BITMIME SIZE=%u RET=HDRS ENVID=ENV42\r\n"
+		 "RCPT TO:<a@test.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@test.example\r\n"
+		 "DATA\r\n",
+		 (unsigned)strlen(BODY) - 1); /* RFC 1870: without the stuffing dot */
+	ot_expect_send(nc, want);
+	assert_string_equal(ot_calls(o), "");
+	ot_free(o);
+}
+
+/* A message over the hop's SIZE is bounced before MAIL; the connection
+ * stays for the next. */
+static void test_size_over_limit(void **state)
+{
+	struct ot *o = ot_with(ot_one);
+	struct net_conn *nc;
+
+	(void)state;
+	nc = ot_ready(o, "250-" OT_MX "\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+	ot_expect_no_send(nc);
+	assert_string_equal(ot_calls(o),
+			    "rcpt 0 5 5.3.4 X-ringmx; message of 46 octets exceeds " OT_MX
+			    "[192.0.2.25]:25's limit of 10\ndone\n");
+	assert_int_equal(ot_state(o, nc), OC_IDLE);
+	ot_free(o);
+}
+
+/* Without PIPELINING the reply may come before the send's completion: the
+ * next command waits for it, then goes. */
+static void test_reply_before_sent(void **state)
+{
+	struct ot *o = ot_with(ot_one);
+	struct net_conn *nc = ot_ready(o, EHLO_PLAIN);
+
+	(void)state;
+	assert_string_equal(nf_sending(nc), MAIL);
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, MAIL); /* RCPT was written meanwhile */
+	ot_expect_send(nc, RCPT("a"));
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, "DATA\r\n");
+	ot_free(o);
+}
+
+static void test_reply_354_to_rcpt(void **state)
+{
+	struct ot *o = ot_with(ot_one);
+	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
+
+	(void)state;
+	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
+	nf_recv(nc, "250 ok\r\n354 go\r\n354 go\r\n");
+	assert_string_equal(ot_calls(o), "hop_failed protocol violation: reply 354 to RCPT\n");
+	ot_closed(o, nc);
+	ot_free(o);
+}
+
 /* ---- the body from the spool -------------------------------------------------------- */
 
 /* A body of n lines, every 7th beginning with a dot (doubled: stuffed). */
@@ -282,7 +355,10 @@ static char *lines(uint32_t n, bool stuffed)
 	b[0] = '\0';
 	for (uint32_t i = 0; i < n; i++)
 		k += (size_t)sprintf(b + k, "%s line %06u of a message\r\n",
-				     i % 7 ? "text" : stuffed ? ".." : ".", i);
+				     i % 7     ? "text"
+				     : stuffed ? ".."
+					       : ".",
+				     i);
 	return b;
 }
 
@@ -565,6 +641,74 @@ static void test_overflow_nobody_taken(void **state)
 	ot_free(o);
 }
 
+/* Without PIPELINING: a 552 with X.5.3 is "too many" too (RFC 5321
+ * 4.5.3.1.10), and temporary. */
+static void test_overflow_one_by_one(void **state)
+{
+	struct ot *o = ot_with(ot_three);
+	struct net_conn *nc = ot_ready(o, EHLO_PLAIN);
+
+	(void)state;
+	ot_expect_send(nc, MAIL);
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, RCPT("a"));
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, RCPT("b"));
+	nf_recv(nc, "552 5.5.3 too many recipients\r\n");
+	ot_expect_send(nc, "DATA\r\n"); /* no RCPT for c in this one */
+	nf_recv(nc, "354 go\r\n");
+	ot_body_goes(o, nc);
+	nf_recv(nc, "250 ok\r\n");
+	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\n");
+	ot_expect_send(nc, MAIL);
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, RCPT("b"));
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, "DATA\r\n");
+	nf_recv(nc, "354 go\r\n");
+	ot_body_goes(o, nc);
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, MAIL);
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, RCPT("c"));
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, "DATA\r\n");
+	nf_recv(nc, "354 go\r\n");
+	ot_body_goes(o, nc);
+	nf_recv(nc, "250 ok\r\n");
+	assert_string_equal(ot_calls(o), "rcpt 1 2 2.0.0 smtp; 250 ok\n"
+					 "rcpt 2 2 2.0.0 smtp; 250 ok\ndone\n");
+	ot_free(o);
+}
+
+/* A hop that ends the overflow transaction before any data (421: one
+ * message per connection): the rest go on a fresh connection, once. */
+static void test_overflow_continuation_lost(void **state)
+{
+	struct ot *o = ot_with(ot_three);
+	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
+
+	(void)state;
+	ot_expect_send(nc, MAIL RCPT("a") RCPT("b") RCPT("c") "DATA\r\n");
+	nf_recv(nc, "250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n452 4.5.3 too many\r\n"
+		    "354 go\r\n");
+	ot_body_goes(o, nc);
+	nf_recv(nc, "250 ok\r\n");
+	ot_expect_send(nc, MAIL RCPT("b") "DATA\r\n");
+	nf_recv(nc, "421 4.7.0 one message per connection\r\n");
+	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\nagain fresh\n");
+	ot_closed(o, nc);
+	/* The fresh one is ended the same way, now by a close: deferred. */
+	nc = ot_ready(o, EHLO_PIPE);
+	ot_expect_send(nc, MAIL RCPT("b") RCPT("c") "DATA\r\n");
+	nf_error(nc, 0, "connection closed by the peer");
+	assert_string_equal(
+	    ot_calls(o), "rcpt 1 4 4.4.2 " DIAG_LOST "connection closed by the next hop\n"
+			 "rcpt 2 4 4.4.2 " DIAG_LOST "connection closed by the next hop\ndone\n");
+	ot_closed(o, nc);
+	ot_free(o);
+}
+
 static void test_503_fresh_then_defer(void **state)
 {
 	struct ot *o = ot_with(ot_one);
@@ -601,6 +745,10 @@ int main(void)
 	    cmocka_unit_test(test_data_refused_rset),
 	    cmocka_unit_test(test_dot_refused_rset),
 	    cmocka_unit_test(test_mail_refused),
+	    cmocka_unit_test(test_mail_rcpt_parameters),
+	    cmocka_unit_test(test_size_over_limit),
+	    cmocka_unit_test(test_reply_before_sent),
+	    cmocka_unit_test(test_reply_354_to_rcpt),
 	    cmocka_unit_test(test_body_across_windows),
 	    cmocka_unit_test(test_body_stuffing_many_iovecs),
 	    cmocka_unit_test(test_body_truncated),
@@ -614,6 +762,8 @@ int main(void)
 	    cmocka_unit_test(test_malformed_reply),
 	    cmocka_unit_test(test_overflow_next_transaction),
 	    cmocka_unit_test(test_overflow_nobody_taken),
+	    cmocka_unit_test(test_overflow_one_by_one),
+	    cmocka_unit_test(test_overflow_continuation_lost),
 	    cmocka_unit_test(test_503_fresh_then_defer),
 	};
 	int rc;

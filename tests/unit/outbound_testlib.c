@@ -234,6 +234,17 @@ static void make_job(struct ot *o, uint32_t n)
 	o->tkt.jobs = 1;
 }
 
+/* The dots DATA's stuffing added to a stored body (RFC 5321 4.5.2). */
+static uint32_t stuffing(const char *p, uint32_t n)
+{
+	uint32_t dots = 0;
+
+	for (uint32_t i = 0; i + 1 < n; i++)
+		if ((i == 0 || p[i - 1] == '\n') && p[i] == '.' && p[i + 1] == '.')
+			dots++;
+	return dots;
+}
+
 void ot_message_n(struct ot *o, const char *from, const char *const *rcpts, const char *body,
 		  uint32_t blen, bool stuffed, uint32_t chunk)
 {
@@ -247,6 +258,9 @@ void ot_message_n(struct ot *o, const char *from, const char *const *rcpts, cons
 	while (rcpts[n]) {
 		assert_true(n < OT_RCPTS_MAX);
 		r[n].addr = (struct spool_str){rcpts[n], (uint32_t)strlen(rcpts[n])};
+		r[n].notify = o->notify;
+		if (o->orcpt)
+			r[n].orcpt = (struct spool_str){o->orcpt, (uint32_t)strlen(o->orcpt)};
 		n++;
 	}
 	/* DATA form: the stored bytes end with the terminator, which msg_len
@@ -259,6 +273,7 @@ void ot_message_n(struct ot *o, const char *from, const char *const *rcpts, cons
 	e.id = OT_MSG_ID;
 	e.arrival_s = 1700000000;
 	e.msg_len = blen;
+	e.stuff_len = stuffed ? stuffing(body, blen) : 0;
 	e.flags = (stuffed ? SPOOL_ENV_STUFFED : 0) | SPOOL_ENV_HDR_ASCII;
 	e.mail_from = (struct spool_str){from, (uint32_t)strlen(from)};
 	e.rcpt_count = n;

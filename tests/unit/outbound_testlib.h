@@ -67,6 +67,9 @@ struct ot {
 	struct djob job;
 	uint32_t rcpt[OT_RCPTS_MAX];
 	uint8_t acc[OT_RCPTS_MAX];
+	/* set before ot_message: every recipient's NOTIFY bits and ORCPT */
+	uint8_t notify;
+	const char *orcpt;
 };
 
 /* A client table on the fake net, a config (messages_per_connection
