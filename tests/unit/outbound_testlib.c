@@ -68,7 +68,12 @@ void dlv_job_again(struct deliver *d, struct djob *job)
 
 void dlv_conn_freed(struct deliver *d)
 {
+	struct djob *job = d->waiting;
+
 	d->conn_freed++;
+	d->waiting = NULL;
+	if (job)
+		ot_record(d, "assign %s\n", oc_assign(d, job) ? "yes" : "no");
 }
 
 int dlv_seg_fd(struct deliver *d, uint64_t seq)

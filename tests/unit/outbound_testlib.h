@@ -13,6 +13,7 @@
  *   hop_failed <why>                   dlv_job_hop_failed
  *   done                               dlv_job_done
  *   again[ fresh]                      dlv_job_again (job->fresh set)
+ *   assign yes|no                      the engine assigned d.waiting
  * dlv_conn_freed is only counted (d.conn_freed).
  */
 #ifndef RMX_TESTS_OUTBOUND_TESTLIB_H
@@ -51,6 +52,9 @@ struct deliver {
 	size_t calls_len, calls_seen;
 	uint32_t conn_freed;
 	uint32_t job_calls; /* hop_failed, done and again: the job left the client */
+	/* dlv_conn_freed assigns this job (once) at once.  deliver.c waits
+	 * for the end of the loop turn; net.h allows it even in on_closed. */
+	struct djob *waiting;
 };
 
 struct ot {
