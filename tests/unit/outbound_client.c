@@ -456,6 +456,47 @@ static void test_fail_during_file_read(void **state)
 	ot_free(o);
 }
 
+/* The pipelined group answered, 354 included, before its send's
+ * completion came: the body waits for that completion (one send at a
+ * time), then goes. */
+static void test_group_answered_before_sent(void **state)
+{
+	struct ot *o = ot_with(ot_one);
+	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
+
+	(void)state;
+	assert_string_equal(nf_sending(nc), MAIL RCPT("a") "DATA\r\n");
+	nf_recv(nc, "250 ok\r\n250 ok\r\n354 go\r\n");
+	assert_int_equal(ot_state(o, nc), OC_BODY);
+	assert_int_equal(nc->freads, 0);
+	nf_sent(nc, 0);
+	assert_true(nc->fread);
+	assert_string_equal(ot_body(nc), BODY_WIRE);
+	nf_recv(nc, "250 ok\r\n");
+	assert_string_equal(ot_calls(o), "rcpt 0 2 2.0.0 smtp; 250 ok\ndone\n");
+	ot_free(o);
+}
+
+/* The body's send fails after some recipients were answered: the rest
+ * are deferred. */
+static void test_body_send_fails(void **state)
+{
+	struct ot *o = ot_with(ot_three);
+	struct net_conn *nc = ot_ready(o, EHLO_PIPE);
+
+	(void)state;
+	ot_expect_send(nc, MAIL RCPT("a") RCPT("b") RCPT("c") "DATA\r\n");
+	nf_recv(nc, "250 ok\r\n250 ok\r\n250 ok\r\n550 5.1.1 no c\r\n354 go\r\n");
+	nf_file_read(nc);
+	assert_true(nc->sending);
+	nf_sent(nc, -EPIPE);
+	assert_string_equal(ot_calls(o), "rcpt 2 5 5.1.1 smtp; 550 5.1.1 no c\n"
+					 "rcpt 0 4 4.4.2 " DIAG_LOST "Broken pipe\n"
+					 "rcpt 1 4 4.4.2 " DIAG_LOST "Broken pipe\ndone\n");
+	ot_closed(o, nc);
+	ot_free(o);
+}
+
 /* ---- LMTP --------------------------------------------------------------------------- */
 
 static void test_lmtp_reply_per_rcpt(void **state)
@@ -753,6 +794,8 @@ int main(void)
 	    cmocka_unit_test(test_body_stuffing_many_iovecs),
 	    cmocka_unit_test(test_body_truncated),
 	    cmocka_unit_test(test_fail_during_file_read),
+	    cmocka_unit_test(test_group_answered_before_sent),
+	    cmocka_unit_test(test_body_send_fails),
 	    cmocka_unit_test(test_lmtp_reply_per_rcpt),
 	    cmocka_unit_test(test_lmtp_no_helo),
 	    cmocka_unit_test(test_reply_nothing_owed_in_body),
