@@ -343,6 +343,67 @@ static void test_reply_354_to_rcpt(void **state)
 	ot_free(o);
 }
 
+/* s at buf[*len], NUL-terminated, within cap. */
+static void append(char *buf, size_t *len, size_t cap, const char *s)
+{
+	size_t n = strlen(s);
+
+	assert_true(n < cap - *len);
+	memcpy(buf + *len, s, n + 1);
+	*len += n;
+}
+
+/* More RCPTs than the command buffer holds (DSN's NOTIFY and ORCPT make
+ * each line long; the envelope's 64 KiB bound still holds them): the group goes without DATA, the rest follow on the first RCPT
+ * reply, DATA after the last. */
+static void test_pipelined_group_overflows_buffer(void **state)
+{
+	enum { N = 120, ORCPT_LEN = 470, CAP = N * 600 };
+	static char addrs[N][32], orcpt[ORCPT_LEN + 8], line[N][600];
+	static const char *list[N + 1];
+	struct ot *o = ot_new();
+	char *first = malloc(CAP), *rest = malloc(CAP), *replies = malloc(CAP);
+	size_t first_len = 0, rest_len = 0, replies_len = 0, k = 0;
+	struct net_conn *nc;
+
+	(void)state;
+	assert_true(first && rest && replies);
+	snprintf(orcpt, sizeof(orcpt), "rfc822;%0*d", ORCPT_LEN, 0);
+	for (int i = 0; i < N; i++) {
+		snprintf(addrs[i], sizeof(addrs[i]), "r%03d@test.example", i);
+		snprintf(line[i], sizeof(line[i]),
+			 "RCPT TO:<%s> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=%s\r\n", addrs[i], orcpt);
+		list[i] = addrs[i];
+	}
+	o->orcpt = orcpt;
+	o->notify = SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE | SMTP_NOTIFY_DELAY;
+	ot_message(o, FROM, list, BODY, true);
+	/* What fits: the buffer keeps 2 KiB spare after each command. */
+	append(first, &first_len, CAP, MAIL);
+	while (DLV_OUT_CAP - first_len > 2048)
+		append(first, &first_len, CAP, line[k++]);
+	assert_true(k > 1 && k < N);
+	for (size_t i = k; i < N; i++)
+		append(rest, &rest_len, CAP, line[i]);
+	append(rest, &rest_len, CAP, "DATA\r\n");
+	for (int i = 1; i < N; i++)
+		append(replies, &replies_len, CAP, "250 ok\r\n");
+	nc = ot_ready(o, "250-" OT_MX "\r\n250-PIPELINING\r\n250 DSN\r\n");
+	ot_expect_send(nc, first);
+	nf_recv(nc, "250 ok\r\n250 ok\r\n");
+	ot_expect_send(nc, rest);
+	nf_recv(nc, replies);
+	nf_recv(nc, "354 go\r\n");
+	ot_body_goes(o, nc);
+	nf_recv(nc, "250 ok\r\n");
+	assert_int_equal(o->d.job_calls, 1);
+	assert_non_null(strstr(ot_calls(o), "rcpt 119 2 2.0.0 smtp; 250 ok\ndone\n"));
+	free(first);
+	free(rest);
+	free(replies);
+	ot_free(o);
+}
+
 /* ---- the body from the spool -------------------------------------------------------- */
 
 /* A body of n lines, every 7th beginning with a dot (doubled: stuffed). */
@@ -780,6 +841,7 @@ int main(void)
 	    cmocka_unit_test(test_ehlo_4xx_fails),
 	    cmocka_unit_test(test_pipelined_mixed_rcpts),
 	    cmocka_unit_test(test_no_pipelining_one_per_send),
+	    cmocka_unit_test(test_pipelined_group_overflows_buffer),
 	    cmocka_unit_test(test_dot_after_body),
 	    cmocka_unit_test(test_body_stuffed_on_the_way),
 	    cmocka_unit_test(test_stored_message_corrupt),

@@ -26,7 +26,7 @@
 #include "net_fake.h"
 #include "queue/record.h"
 
-#define OT_RCPTS_MAX 8
+#define OT_RCPTS_MAX 160
 #define OT_CALLS_MAX 8192 /* bytes of recorded engine calls */
 #define OT_HOST	     "relay.test.example"
 #define OT_MX	     "mx.test.example"
@@ -64,7 +64,7 @@ struct ot {
 	/* the stored message */
 	int segfd;
 	struct spool_key key;
-	uint8_t enc[4096];
+	uint8_t enc[SPOOL_ENV_MAX];
 	struct qmsg m;
 	struct dticket tkt;
 	/* the job */
