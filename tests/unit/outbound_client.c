@@ -309,8 +309,13 @@ static void test_pipelined_group_overflows_buffer(void **state)
 	snprintf(orcpt, sizeof(orcpt), "rfc822;%0*d", ORCPT_LEN, 0);
 	for (int i = 0; i < N; i++) {
 		snprintf(addrs[i], sizeof(addrs[i]), "r%03d@test.example", i);
-		snprintf(line[i], sizeof(line[i]),
-			 "RCPT TO:<%s> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=%s\r\n", addrs[i], orcpt);
+		size_t n = 0;
+
+		append(line[i], &n, sizeof(line[i]), "RCPT TO:<");
+		append(line[i], &n, sizeof(line[i]), addrs[i]);
+		append(line[i], &n, sizeof(line[i]), "> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=");
+		append(line[i], &n, sizeof(line[i]), orcpt);
+		append(line[i], &n, sizeof(line[i]), "\r\n");
 		list[i] = addrs[i];
 	}
 	o->orcpt = orcpt;
