@@ -23,7 +23,9 @@
  *
  * Closing: net_close (and net_shutdown) only mark the connection; the
  * cancel and close complete, and on_closed comes, when the test calls
- * nf_reap() — as on a ring, where they complete on a later turn.
+ * nf_reap() — as on a ring, where they complete on a later turn.  A
+ * net_shutdown under TLS always drains here (net.c closes at once when the
+ * layer cannot queue the close_notify).
  */
 #ifndef RMX_TESTS_NET_FAKE_H
 #define RMX_TESTS_NET_FAKE_H

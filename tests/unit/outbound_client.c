@@ -397,6 +397,36 @@ static void test_lmtp_no_helo(void **state)
 	ot_free(o);
 }
 
+/* RFC 2033 4.2: one reply per accepted recipient, and no more: a third
+ * reply for two recipients breaks the count, so none of them counts. */
+static void test_lmtp_surplus_after_dot(void **state)
+{
+	struct ot *o = ot_with(ot_three);
+	struct net_conn *nc;
+
+	(void)state;
+	o->job.hops[0].lmtp = true;
+	nc = ot_assign(o);
+	nf_connected(nc, 0);
+	nf_recv(nc, "220 lmtp ready\r\n");
+	ot_expect_send(nc, "LHLO " OT_HOST "\r\n");
+	nf_recv(nc, "250-lmtp\r\n250 PIPELINING\r\n");
+	ot_expect_send(nc, MAIL RCPT("a") RCPT("b") RCPT("c") "DATA\r\n");
+	nf_recv(nc, "250 ok\r\n250 ok\r\n250 ok\r\n550 5.1.1 no c\r\n354 go\r\n");
+	ot_body_goes(o, nc);
+	nf_recv(nc, "250 a\r\n250 b\r\n250 c\r\n");
+	assert_string_equal(ot_calls(o),
+			    "rcpt 2 5 5.1.1 smtp; 550 5.1.1 no c\n"
+			    "rcpt 0 4 4.4.2 " DIAG_LOST
+			    "protocol violation: more replies than commands in flight (2 "
+			    "owed, the last to the final dot)\n"
+			    "rcpt 1 4 4.4.2 " DIAG_LOST
+			    "protocol violation: more replies than commands in flight (2 "
+			    "owed, the last to the final dot)\ndone\n");
+	ot_closed(o, nc);
+	ot_free(o);
+}
+
 /* ---- reply accounting (invariant 9) ------------------------------------------------- */
 
 static void test_reply_nothing_owed_in_body(void **state)
@@ -640,6 +670,7 @@ int main(void)
 	    cmocka_unit_test(test_reply_354_to_rcpt),
 	    cmocka_unit_test(test_lmtp_reply_per_rcpt),
 	    cmocka_unit_test(test_lmtp_no_helo),
+	    cmocka_unit_test(test_lmtp_surplus_after_dot),
 	    cmocka_unit_test(test_reply_nothing_owed_in_body),
 	    cmocka_unit_test(test_reply_surplus),
 	    cmocka_unit_test(test_reply_surplus_on_ehlo),
