@@ -689,6 +689,7 @@ int main(void)
 	rc = cmocka_run_group_tests(tests, NULL, NULL);
 	rc |= ot_body_tests();
 	rc |= ot_conn_tests();
+	rc |= ot_defect_tests();
 	tls_global_cleanup();
 	return rc;
 }

@@ -117,10 +117,11 @@ struct ot *ot_with(const char *const *rcpts);
 void ot_closed(struct ot *o, struct net_conn *nc);
 /* After 354: the body (BODY_WIRE) goes, and the dot's reply is awaited. */
 void ot_body_goes(struct ot *o, struct net_conn *nc);
-/* The cases of outbound_client_body.c and outbound_client_conn.c;
- * cmocka's result. */
+/* The cases of outbound_client_body.c, outbound_client_conn.c and
+ * outbound_client_defects.c; cmocka's result. */
 int ot_body_tests(void);
 int ot_conn_tests(void);
+int ot_defect_tests(void);
 /* The body's file reads served from the segment until the send of the
  * body's last piece is in flight; the bytes it and the sends before it
  * carried (NUL-terminated, static). */
