@@ -251,6 +251,47 @@ static void test_size_over_limit(void **state)
 	ot_free(o);
 }
 
+/* RFC 6152, 6531: a message the hop cannot take as it is, is bounced
+ * before MAIL, never altered; an SMTPUTF8 one that is all ASCII goes as
+ * plain SMTP (RFC 6531 3.4). */
+static void test_message_needs_extensions(void **state)
+{
+	struct ot *o = ot_with(ot_one);
+	struct net_conn *nc;
+
+	(void)state;
+	o->m.env.flags |= SPOOL_ENV_8BIT;
+	nc = ot_ready(o, "250-" OT_MX "\r\n250 PIPELINING\r\n");
+	ot_expect_no_send(nc);
+	assert_string_equal(ot_calls(o), "rcpt 0 5 5.6.3 X-ringmx; 8-bit message and " OT_MX
+					 "[192.0.2.25]:25 does not offer 8BITMIME (no conversion)\n"
+					 "done\n");
+	ot_free(o);
+
+	o = ot_new();
+	ot_message(o, "j\xc3\xb6rg@origin.example", ot_one, BODY, true);
+	o->m.env.flags |= SPOOL_ENV_SMTPUTF8;
+	nc = ot_ready(o, EHLO_PIPE);
+	ot_expect_no_send(nc);
+	assert_string_equal(ot_calls(o), "rcpt 0 5 5.6.7 X-ringmx; the message needs SMTPUTF8, "
+					 "which " OT_MX "[192.0.2.25]:25 does not offer\ndone\n");
+	ot_free(o);
+
+	o = ot_with(ot_one);
+	o->m.env.flags |= SPOOL_ENV_SMTPUTF8; /* ASCII addresses and header */
+	nc = ot_ready(o, EHLO_PIPE);
+	ot_expect_send(nc, MAIL RCPT("a") "DATA\r\n");
+	ot_free(o);
+
+	o = ot_new();
+	ot_message(o, "j\xc3\xb6rg@origin.example", ot_one, BODY, true);
+	o->m.env.flags |= SPOOL_ENV_SMTPUTF8;
+	nc = ot_ready(o, "250-" OT_MX "\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n");
+	ot_expect_send(nc,
+		       "MAIL FROM:<j\xc3\xb6rg@origin.example> SMTPUTF8\r\n" RCPT("a") "DATA\r\n");
+	ot_free(o);
+}
+
 /* Without PIPELINING the reply may come before the send's completion: the
  * next command waits for it, then goes. */
 static void test_reply_before_sent(void **state)
@@ -666,6 +707,7 @@ int main(void)
 	    cmocka_unit_test(test_mail_refused),
 	    cmocka_unit_test(test_mail_rcpt_parameters),
 	    cmocka_unit_test(test_size_over_limit),
+	    cmocka_unit_test(test_message_needs_extensions),
 	    cmocka_unit_test(test_reply_before_sent),
 	    cmocka_unit_test(test_reply_354_to_rcpt),
 	    cmocka_unit_test(test_lmtp_reply_per_rcpt),
