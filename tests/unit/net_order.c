@@ -266,24 +266,15 @@ static void test_starttls_send_then_reply(void **state)
 	close_fixture(&f);
 }
 
-/* KNOWN DEFECT (net.c): the 220 is handed before the STARTTLS send's
- * completion.  net_tls_start() leaves the ClientHello in the TLS layer
- * because a send is in flight (net.c, net_tls_start: "if (nc->send ==
- * NET_SEND_NONE) tls_flush(nc)"), and when that send completes
- * on_send_done() calls on_sent but never flushes the layer: nothing more
- * goes, the peer waits for the ClientHello, and the handshake stalls until
- * the deadline fails the connection.  Skipped unless
- * RINGMX_KNOWN_DEFECTS=1. */
+/* The 220 is handed before the STARTTLS send's completion: net_tls_start()
+ * leaves the ClientHello in the TLS layer because a send is in flight, and
+ * that send's completion must flush it (it once did not: the handshake
+ * stalled until the deadline failed the connection). */
 static void test_starttls_reply_before_send_completion(void **state)
 {
-	const char *on = getenv("RINGMX_KNOWN_DEFECTS");
 	struct fixture f;
 
 	(void)state;
-	if (!on || strcmp(on, "1") != 0) {
-		print_message("KNOWN DEFECT, skipped (RINGMX_KNOWN_DEFECTS=1 runs it)\n");
-		skip();
-	}
 	open_fixture(&f);
 	starttls_answered(&f);
 	hand(&f, NET_OP_RECV);
