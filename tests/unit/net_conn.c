@@ -458,6 +458,300 @@ static void test_close_during_send(void **state)
 	ntl_rec_free(&r);
 }
 
+/* ---- deadlines ------------------------------------------------------------------- */
+
+/* A peer that never answers: on_timeout once the deadline passed, not
+ * again until new I/O moved it; a timeout of 0: never. */
+static void test_timeout_once_until_io(void **state)
+{
+	struct ntl_rec r;
+	struct want_in w = {&r, 1};
+	int peer;
+
+	(void)state;
+	ntl_rec_init(&r, &fx);
+	peer = ntl_connect_accept(&fx, &r);
+	/* no timeout set: no deadline, however late */
+	fx.now += 1000000;
+	net_tick(fx.t);
+	assert_int_equal(ntl_count(&r, NTL_EV_TIMEOUT), 0);
+	net_set_timeout(r.nc, 100);
+	fx.now += 99;
+	net_tick(fx.t);
+	assert_int_equal(ntl_count(&r, NTL_EV_TIMEOUT), 0);
+	fx.now += 1;
+	net_tick(fx.t);
+	assert_int_equal(ntl_count(&r, NTL_EV_TIMEOUT), 1);
+	for (int i = 0; i < 5; i++) {
+		fx.now += 10000;
+		net_tick(fx.t);
+		ntl_turn(&fx, 1);
+	}
+	assert_int_equal(ntl_count(&r, NTL_EV_TIMEOUT), 1);
+	/* a read moves the deadline: once more, a full timeout later */
+	ntl_write_all(peer, "x", 1);
+	ntl_run(&fx, got_input, NULL, &w, "input after the timeout");
+	fx.now += 99;
+	net_tick(fx.t);
+	assert_int_equal(ntl_count(&r, NTL_EV_TIMEOUT), 1);
+	fx.now += 1;
+	net_tick(fx.t);
+	assert_int_equal(ntl_count(&r, NTL_EV_TIMEOUT), 2);
+	/* 0: an idle pooled connection has no deadline, I/O or not */
+	net_set_timeout(r.nc, 0);
+	fx.now += 1000000;
+	net_tick(fx.t);
+	ntl_write_all(peer, "y", 1);
+	w.len = 2;
+	ntl_run(&fx, got_input, NULL, &w, "input without a timeout");
+	fx.now += 1000000;
+	net_tick(fx.t);
+	assert_int_equal(ntl_count(&r, NTL_EV_TIMEOUT), 2);
+	assert_string_equal(r.log, "CORIORI");
+	net_close(r.nc);
+	ntl_run(&fx, ntl_closed, NULL, &r, "close");
+	close(peer);
+	ntl_rec_free(&r);
+}
+
+/* A connect the peer never answers (its accept queue is full, so the SYN
+ * is dropped): the connect's deadline says on_timeout; a close then
+ * cancels the connect in flight and reaps. */
+static void test_connect_deadline_and_cancel(void **state)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t alen = sizeof(a);
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), filler;
+	struct ntl_rec r;
+
+	(void)state;
+	assert_true(lfd >= 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(lfd, 0), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+	filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(connect(filler, (struct sockaddr *)&a, sizeof(a)), 0);
+	ntl_rec_init(&r, &fx);
+	r.nc = net_open(fx.t, &ntl_ops, &r);
+	assert_int_equal(net_connect(r.nc, (struct sockaddr *)&a, sizeof(a), 50), 0);
+	for (int i = 0; i < 10; i++)
+		ntl_turn(&fx, 2);
+	if (r.nlog > 0) {
+		/* the kernel took it after all: nothing to say about deadlines */
+		fprintf(stderr, "# connect was answered (%s): deadline part skipped\n", r.log);
+	} else {
+		fx.now += 49;
+		net_tick(fx.t);
+		assert_string_equal(r.log, "");
+		fx.now += 1;
+		net_tick(fx.t);
+		assert_string_equal(r.log, "O");
+		net_close(r.nc);
+	}
+	if (!ntl_closed(&r))
+		net_close(r.nc);
+	ntl_run(&fx, ntl_closed, NULL, &r, "close of a pending connect");
+	assert_int_equal(ntl_count(&r, NTL_EV_CLOSED), 1);
+	assert_int_equal(ntl_count(&r, NTL_EV_CONNECTED), 0);
+	ntl_settle(&fx, 20);
+	assert_int_equal(fx.stale, 0);
+	assert_int_equal(net_active(fx.t), 0);
+	close(filler);
+	close(lfd);
+	ntl_rec_free(&r);
+}
+
+/* ---- file reads ----------------------------------------------------------------- */
+
+static int temp_file(const unsigned char *data, size_t len)
+{
+	char name[] = "/tmp/ringmx-net-XXXXXX";
+	int fd = mkstemp(name);
+
+	assert_true(fd >= 0);
+	unlink(name);
+	assert_int_equal(write(fd, data, len), (ssize_t)len);
+	return fd;
+}
+
+static bool file_read(void *rec)
+{
+	return ntl_count(rec, NTL_EV_FREAD) || ntl_closed(rec);
+}
+
+/* A spool window read through the connection: on_file_read with the
+ * bytes at the offset. */
+static void test_file_read(void **state)
+{
+	enum { LEN = 200000, OFF = 12345, WIN = 65536 };
+	unsigned char *data = pattern(LEN), *buf = malloc(WIN);
+	struct ntl_rec r;
+	int peer, fd = temp_file(data, LEN);
+
+	(void)state;
+	assert_non_null(buf);
+	ntl_rec_init(&r, &fx);
+	peer = ntl_connect_accept(&fx, &r);
+	net_read_file(r.nc, fd, buf, WIN, OFF);
+	ntl_run(&fx, file_read, NULL, &r, "file read");
+	assert_string_equal(r.log, "CF");
+	assert_int_equal(r.fread_res, WIN);
+	assert_memory_equal(buf, data + OFF, WIN);
+	net_close(r.nc);
+	ntl_run(&fx, ntl_closed, NULL, &r, "close");
+	close(peer);
+	close(fd);
+	free(buf);
+	free(data);
+	ntl_rec_free(&r);
+}
+
+/* net_close with a file read in flight: no on_file_read after it. */
+static void test_close_during_file_read(void **state)
+{
+	enum { LEN = 1 << 20 };
+	unsigned char *data = pattern(LEN), *buf = malloc(LEN);
+	struct ntl_rec r;
+	int peer, fd = temp_file(data, LEN);
+
+	(void)state;
+	assert_non_null(buf);
+	for (int round = 0; round < 20; round++) {
+		ntl_rec_init(&r, &fx);
+		peer = ntl_connect_accept(&fx, &r);
+		net_read_file(r.nc, fd, buf, LEN, 0);
+		if (round % 2) {
+			/* submitted, likely done, its completion not yet handed */
+			assert_true(io_uring_submit(&fx.ring.uring) > 0);
+			fx.ring.pending = 0;
+			usleep(1000);
+		}
+		net_close(r.nc);
+		ntl_run(&fx, ntl_closed, NULL, &r, "close during a file read");
+		ntl_settle(&fx, 10);
+		assert_string_equal(r.log, "CX");
+		assert_false(r.late);
+		assert_int_equal(fx.stale, 0);
+		close(peer);
+		ntl_rec_free(&r);
+	}
+	close(fd);
+	free(buf);
+	free(data);
+}
+
+/* The reap waits for every op, the file read included: with a read that
+ * cannot complete (an empty pipe), on_closed waits for it. */
+static void test_reap_waits_for_file_read(void **state)
+{
+	struct ntl_rec r;
+	char buf[16];
+	int peer, p[2];
+
+	(void)state;
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	ntl_rec_init(&r, &fx);
+	peer = ntl_connect_accept(&fx, &r);
+	net_read_file(r.nc, p[0], buf, sizeof(buf), (uint64_t)-1);
+	net_close(r.nc);
+	ntl_settle(&fx, 50);
+	assert_string_equal(r.log, "C");
+	assert_int_equal(net_active(fx.t), 1);
+	assert_int_equal(write(p[1], "data", 4), 4);
+	ntl_run(&fx, ntl_closed, NULL, &r, "reap after the file read");
+	assert_string_equal(r.log, "CX");
+	assert_int_equal(net_active(fx.t), 0);
+	close(p[0]);
+	close(p[1]);
+	close(peer);
+	ntl_rec_free(&r);
+}
+
+/* ---- the table's end ------------------------------------------------------------- */
+
+/* net_table_free with connections open, connecting and closing: every
+ * socket of the layer is closed (no fd left behind). */
+static void test_table_free_closes_sockets(void **state)
+{
+	struct ntl x;
+	struct ntl_rec r[4];
+	int peer[3];
+	unsigned before;
+
+	(void)state;
+	ntl_close(&fx); /* the fixture's own listener and ring out of the count */
+	before = ntl_fd_count();
+	ntl_open(&x, 4);
+	for (int i = 0; i < 3; i++) {
+		ntl_rec_init(&r[i], &x);
+		peer[i] = ntl_connect_accept(&x, &r[i]);
+	}
+	ntl_rec_init(&r[3], &x);
+	ntl_connect(&x, &r[3], NULL); /* connecting */
+	net_close(r[2].nc);	      /* closing, nothing submitted yet */
+	assert_true(ntl_fd_count() > before);
+	ntl_close(&x);
+	for (int i = 0; i < 3; i++) {
+		close(peer[i]);
+		ntl_rec_free(&r[i]);
+	}
+	ntl_rec_free(&r[3]);
+	assert_int_equal(ntl_fd_count(), before);
+	ntl_open(&fx, 1); /* for teardown */
+}
+
+/*
+ * KNOWN DEFECT in net.c (reported to the lead, not fixed here): this test
+ * FAILS against net.c as it stands, so it runs only with
+ * RINGMX_NET_KNOWN_DEFECTS=1 in the environment; drop the gate with the fix.
+ *
+ * A connection whose close op already ran (its reap waits for a file read)
+ * still has its old fd number in the slot, and net_table_free closes that
+ * number again.  By then the number may be another file's: another
+ * shard's socket, the log.  net_table_free must close only sockets the
+ * ring has not closed.
+ */
+static void test_defect_table_free_closes_a_reused_fd(void **state)
+{
+	struct ntl_rec r;
+	char buf[16];
+	int peer, sock, p[2], devnull;
+	bool still_open;
+
+	(void)state;
+	if (!getenv("RINGMX_NET_KNOWN_DEFECTS"))
+		skip();
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	ntl_rec_init(&r, &fx);
+	peer = ntl_connect_accept(&fx, &r);
+	sock = ntl_local_fd_of(peer);
+	assert_true(sock >= 0);
+	net_read_file(r.nc, p[0], buf, sizeof(buf), (uint64_t)-1);
+	net_close(r.nc);
+	ntl_settle(&fx, 50); /* cancel and close done; the read holds the reap */
+	assert_string_equal(r.log, "C");
+	assert_int_equal(fcntl(sock, F_GETFD), -1); /* the ring closed it */
+	/* The number is someone else's now. */
+	devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	assert_true(devnull >= 0);
+	assert_int_equal(dup2(devnull, sock), sock);
+	close(devnull);
+	ring_exit(&fx.ring);
+	fx.ring_up = false;
+	net_table_free(fx.t);
+	fx.t = NULL;
+	still_open = fcntl(sock, F_GETFD) != -1;
+	if (still_open)
+		close(sock);
+	close(p[0]);
+	close(p[1]);
+	close(peer);
+	ntl_rec_free(&r);
+	ntl_close(&fx);
+	ntl_open(&fx, 1); /* for teardown */
+	assert_true(still_open);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -470,6 +764,14 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_close_from_input, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_big_send_to_slow_peer, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_close_during_send, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_timeout_once_until_io, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_connect_deadline_and_cancel, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_file_read, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_close_during_file_read, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reap_waits_for_file_read, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_table_free_closes_sockets, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_defect_table_free_closes_a_reused_fd, setup,
+					    teardown),
 	};
 
 	ntl_require_io_uring();
