@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -442,6 +444,121 @@ static void test_tls_send_from_input(void **state)
 	free(down);
 }
 
+/* ---- TLS 1.3 key update requests from a server that does not read ------------------ */
+
+#define FLOOD_QUEUED (256 * 1024) /* server bytes the client left unread: it stopped */
+#define FLOOD_EXPECT (1 << 22)
+
+struct flood {
+	struct tcase k;
+	char *expect; /* the application bytes the server sent, in order */
+	size_t expect_len;
+	unsigned lines, updates;
+};
+
+static int unsent(int fd)
+{
+	int q = 0;
+
+	assert_int_equal(ioctl(fd, SIOCOUTQ, &q), 0);
+	return q;
+}
+
+/* One turn of the flood: a line of application data, then key update
+ * requests.  The server's send buffer is big and the flood stops long
+ * before it fills: wolfSSL 5.5.4 itself garbles its stream when a
+ * KeyUpdate meets WANT_WRITE (tls.h), and this server is the test's, not
+ * the code under test. */
+static void flood_step(struct flood *f)
+{
+	WOLFSSL *ssl = f->k.s.ssl;
+	char line[32];
+	int len = snprintf(line, sizeof(line), "line %06u\r\n", f->lines);
+
+	assert_int_equal(wolfSSL_write(ssl, line, len), len);
+	assert_true(f->expect_len + (size_t)len <= FLOOD_EXPECT);
+	memcpy(f->expect + f->expect_len, line, (size_t)len);
+	f->expect_len += (size_t)len;
+	f->lines++;
+	for (int i = 0; i < 200; i++, f->updates++)
+		assert_int_equal(wolfSSL_update_keys(ssl), WOLFSSL_SUCCESS);
+}
+
+static bool flood_got_all(void *arg)
+{
+	struct flood *f = arg;
+
+	return f->k.r.in_len >= f->expect_len || ntl_closed(&f->k.r) || f->k.s.fatal;
+}
+
+/* Small buffers on the client's answers' way (its send buffer, the
+ * server's receive buffer), a big one on the server's. */
+static void flood_buffers(struct flood *f)
+{
+	int cfd = ntl_local_fd_of(f->k.s.fd);
+
+	assert_true(cfd >= 0);
+	setsockopt(cfd, SOL_SOCKET, SO_SNDBUF, &(int){4096}, sizeof(int));
+	setsockopt(f->k.s.fd, SOL_SOCKET, SO_RCVBUF, &(int){4096}, sizeof(int));
+	setsockopt(f->k.s.fd, SOL_SOCKET, SO_SNDBUF, &(int){8 << 20}, sizeof(int));
+}
+
+/* A TLS 1.3 server floods KeyUpdate(update_requested) and never reads:
+ * each asks the client's TLS layer for an answer, and once the answers
+ * can go nowhere the client must stop reading (no recv, no spinning)
+ * rather than lose input or loop; when the server reads again every byte
+ * it sent arrives. */
+static void test_tls_key_update_flood(void **state)
+{
+	static struct flood f;
+	unsigned long turns0;
+	unsigned quiet = 0;
+
+	(void)state;
+	memset(&f, 0, sizeof(f));
+	tc_open(&f.k, sctx_13);
+	assert_string_equal(tls_conn_version(net_tls(f.k.r.nc)), "TLSv1.3");
+	/* A first exchange: the server has read the client's Finished
+	 * before it stops reading (a TLS 1.3 server may write only then). */
+	net_send(f.k.r.nc, &(struct iovec){"ping\r\n", 6}, 1);
+	f.k.want_srv = 6;
+	ntl_run(&fx, tc_data, tc_peer, &f.k, "ping");
+	assert_int_equal(f.k.s.in_len, 6);
+	f.expect = malloc(FLOOD_EXPECT);
+	assert_non_null(f.expect);
+	flood_buffers(&f);
+	f.k.s.read_off = true;
+	turns0 = fx.turns;
+	while (unsent(f.k.s.fd) < FLOOD_QUEUED && !ntl_closed(&f.k.r)) {
+		if (fx.turns - turns0 > 20000)
+			fail_msg("the client read on: %u key updates, got %zu of %zu bytes",
+				 f.updates, f.k.r.in_len, f.expect_len);
+		flood_step(&f);
+		ntl_turn(&fx, 1);
+	}
+	fprintf(stderr, "# %u key update requests, %u lines; the client took %zu of %zu bytes\n",
+		f.updates, f.lines, f.k.r.in_len, f.expect_len);
+	assert_int_equal(ntl_count(&f.k.r, NTL_EV_ERROR), 0);
+	assert_true(f.k.r.in_len < f.expect_len); /* it stopped reading */
+	/* Stalled: the client waits.  A spinning one would complete ops (an
+	 * empty recv, a send of nothing) every turn. */
+	for (int i = 0; i < 100; i++)
+		quiet += ntl_turn(&fx, 2);
+	assert_true(quiet < 10);
+	assert_int_equal(ntl_count(&f.k.r, NTL_EV_CLOSED), 0);
+	/* The server reads again: the answers go, the rest comes. */
+	f.k.s.read_off = false;
+	ntl_run(&fx, flood_got_all, tc_peer, &f.k, "input after the flood");
+	assert_int_equal(f.k.s.fatal, 0);
+	assert_string_equal(log_no_recv(&f.k.r) + strlen(log_no_recv(&f.k.r)) - 1, "I");
+	assert_int_equal(f.k.r.in_len, f.expect_len);
+	assert_memory_equal(f.k.r.in, f.expect, f.expect_len);
+	net_close(f.k.r.nc);
+	ntl_run(&fx, tc_closed, tc_peer, &f.k, "close");
+	tc_free(&f.k);
+	free(f.expect);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -449,6 +566,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_tls_garbage_server, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_tls_close_from_input, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_tls_send_from_input, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_tls_key_update_flood, setup, teardown),
 	};
 
 	if (system("openssl version >/dev/null 2>&1") != 0) {

@@ -10,7 +10,8 @@
  * sets.
  *
  * No test may hang: ntl_run() fails the test after NTL_TURNS_MAX turns or
- * NTL_WALL_MS of wall-clock time, whichever comes first.
+ * NTL_WALL_MS of wall-clock time from ntl_open(), whichever comes first;
+ * a call that never returns is ended by SIGALRM a little later.
  *
  * A kernel (or a sandbox) without io_uring makes the program exit 77
  * (meson's "skipped").
