@@ -734,8 +734,10 @@ static void test_defect_table_free_closes_a_reused_fd(void **state)
 	/* The number is someone else's now. */
 	devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	assert_true(devnull >= 0);
-	assert_int_equal(dup2(devnull, sock), sock);
-	close(devnull);
+	if (devnull != sock) { /* the lowest free number is likely sock itself */
+		assert_int_equal(dup2(devnull, sock), sock);
+		close(devnull);
+	}
 	ring_exit(&fx.ring);
 	fx.ring_up = false;
 	net_table_free(fx.t);

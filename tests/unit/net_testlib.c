@@ -190,6 +190,7 @@ void ntl_rec_init(struct ntl_rec *r, struct ntl *x)
 {
 	memset(r, 0, sizeof(*r));
 	r->x = x;
+	x->watch = r; /* the log a failed wait shows */
 }
 
 void ntl_rec_free(struct ntl_rec *r)
@@ -308,10 +309,13 @@ unsigned ntl_turn(struct ntl *x, int wait_ms)
 
 static void ntl_bound(struct ntl *x, unsigned long turns0, const char *what)
 {
+	const char *log = x->watch ? x->watch->log : "";
+
 	if (x->turns - turns0 > NTL_TURNS_MAX)
-		fail_msg("%s: still waiting after %d ring turns", what, NTL_TURNS_MAX);
+		fail_msg("%s: still waiting after %d ring turns (log %s)", what, NTL_TURNS_MAX,
+			 log);
 	if (ntl_mono_ms() > x->wall_end)
-		fail_msg("%s: still waiting after %d ms", what, NTL_WALL_MS);
+		fail_msg("%s: still waiting after %d ms (log %s)", what, NTL_WALL_MS, log);
 }
 
 void ntl_run(struct ntl *x, bool (*done)(void *arg), void (*peer)(void *arg), void *arg,

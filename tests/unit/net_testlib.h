@@ -82,6 +82,7 @@ struct ntl {
 	unsigned long turns;
 	unsigned long stale; /* NET completions for a slot with nothing open */
 	uint64_t wall_end;
+	struct ntl_rec *watch; /* the last one made: a failed wait shows its log */
 };
 
 /* Exit 77 unless this kernel lets us set up a ring (call first in main). */
