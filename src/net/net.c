@@ -73,6 +73,7 @@ struct net_conn {
 	enum net_send_kind send;
 	uint32_t inflight;
 	bool user_pending; /* net_send's bytes not all gone: on_sent due */
+	bool notify_owed;  /* draining: the close_notify did not fit yet */
 	bool fread_inflight;
 	uint32_t timeout_ms;
 	uint64_t deadline_ms;
@@ -214,7 +215,7 @@ struct net_conn *net_open(struct net_table *t, const struct net_ops *ops, void *
 	nc->rx = NET_RX_IDLE;
 	nc->tls_state = NET_TLS_OFF;
 	nc->send = NET_SEND_NONE;
-	nc->user_pending = nc->fread_inflight = false;
+	nc->user_pending = nc->fread_inflight = nc->notify_owed = false;
 	nc->timeout_ms = 0;
 	nc->deadline_ms = UINT64_MAX;
 	nc->niov = 0;
@@ -314,7 +315,9 @@ static void tls_flush(struct net_conn *nc)
 
 	if (nc->send != NET_SEND_NONE)
 		return;
-	while (nc->niov) {
+	/* The protocol's bytes wait for the handshake (tls.h: no write
+	 * before it is done); its records go meanwhile. */
+	while (nc->niov && nc->tls_state == NET_TLS_ON) {
 		ssize_t w = nc->iov[0].iov_len
 				? tls_conn_write(nc->tls, nc->iov[0].iov_base, nc->iov[0].iov_len)
 				: 0;
@@ -547,18 +550,18 @@ static bool plain_sent(struct net_conn *nc, size_t left)
  * user's bytes are all out.  True when they are (on_sent due). */
 static bool tls_sent(struct net_conn *nc, size_t n)
 {
-	const void *p;
-	size_t len;
-
 	tls_conn_out_done(nc->tls, n);
-	tls_flush(nc);
-	if (nc->send != NET_SEND_NONE)
-		return false;
-	if (nc->state == NET_DRAINING && !(tls_conn_out(nc->tls, &p, &len) && len)) {
-		net_close(nc); /* the close_notify is out */
+	if (nc->state == NET_DRAINING) {
+		/* The alert waited for room: try again now some went. */
+		if (nc->notify_owed && tls_conn_shutdown(nc->tls) != -ENOBUFS)
+			nc->notify_owed = false;
+		tls_flush(nc);
+		if (nc->send == NET_SEND_NONE)
+			net_close(nc); /* the close_notify is out */
 		return false;
 	}
-	if (!net_live(nc))
+	tls_flush(nc);
+	if (nc->send != NET_SEND_NONE || !net_live(nc))
 		return false;
 	if (nc->tls_state == NET_TLS_HANDSHAKE) {
 		tls_step(nc);
@@ -707,6 +710,9 @@ void net_close(struct net_conn *nc)
 	io_uring_prep_close(sqe, nc->fd);
 	io_uring_sqe_set_data64(sqe, net_ud(nc, NET_OP_CLOSE));
 	nc->inflight += 2;
+	/* The number is the ring's to close from here: net_table_free must
+	 * not close it again (by then it may name another file). */
+	nc->fd = -1;
 }
 
 void net_shutdown(struct net_conn *nc)
@@ -715,10 +721,15 @@ void net_shutdown(struct net_conn *nc)
 		net_close(nc);
 		return;
 	}
-	if (nc->tls_state != NET_TLS_ON || tls_conn_shutdown(nc->tls) != 0) {
+	int rc = nc->tls_state == NET_TLS_ON ? tls_conn_shutdown(nc->tls) : -EPROTO;
+
+	/* -ENOBUFS: the layer's output is full; the alert goes behind it,
+	 * made once a send made room (tls_sent). */
+	if (rc != 0 && rc != -ENOBUFS) {
 		net_close(nc);
 		return;
 	}
+	nc->notify_owed = rc == -ENOBUFS;
 	net_enter(nc, NET_DRAINING);
 	nc->user_pending = false;
 	nc->niov = 0; /* plaintext not yet encrypted never goes */

@@ -24,7 +24,8 @@
  *  - Output: net_send() takes an iovec array; the bytes it points at stay
  *    the protocol's and must not change until on_sent (every byte went, or
  *    under TLS every byte was encrypted and every record went).  One send
- *    at a time: net_sending() says whether one is in flight.
+ *    at a time: net_sending() says whether one is in flight.  Under TLS,
+ *    bytes given before the handshake is done wait for it.
  *  - Deadline: with a timeout set (net_set_timeout), each send submitted
  *    and each read completed moves the deadline to now + timeout;
  *    net_tick() calls on_timeout once it has passed.  0: no deadline (an
@@ -40,9 +41,11 @@
  *    cannot hand over waits for the send in flight (tls.h, -ENOBUFS), and
  *    ciphertext the layer did not take waits in the receive buffer: there
  *    is no turn of the loop without progress.
- *  - Close: net_close() cancels what is in flight and closes the socket;
- *    net_shutdown() first sends TLS close_notify (RFC 8446 6.1) behind
- *    any output, then closes (the deadline bounds it).  After either, the
+ *  - Close: net_close() cancels what is in flight and closes the socket
+ *    (from then on the descriptor is the ring's: net_table_free() does not
+ *    close it again); net_shutdown() first sends TLS close_notify (RFC 8446
+ *    6.1) behind the records already made, even when they back up, then
+ *    closes (the deadline bounds it).  After either, the
  *    protocol hears nothing more but on_closed, the last call, once every
  *    op in flight has completed (the reap).  The slot is free again before
  *    on_closed runs, so on_closed may open a connection, even in it.

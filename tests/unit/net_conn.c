@@ -698,8 +698,11 @@ static void test_table_free_closes_sockets(void **state)
 	}
 	ntl_rec_init(&r[3], &x);
 	ntl_connect(&x, &r[3], NULL); /* connecting */
-	net_close(r[2].nc);	      /* closing, nothing submitted yet */
+	net_close(r[2].nc);	      /* closing: its close is the ring's from here */
 	assert_true(ntl_fd_count() > before);
+	/* The shard's loop goes on until the close ran: from net_close on,
+	 * that socket is the ring's to close, not net_table_free's. */
+	ntl_run(&x, ntl_closed, NULL, &r[2], "the close of a closing connection");
 	ntl_close(&x);
 	for (int i = 0; i < 3; i++) {
 		close(peer[i]);
@@ -711,9 +714,7 @@ static void test_table_free_closes_sockets(void **state)
 }
 
 /*
- * KNOWN DEFECT in net.c (reported to the lead, not fixed here): this test
- * FAILS against net.c as it stands, so it runs only with
- * RINGMX_NET_KNOWN_DEFECTS=1 in the environment; drop the gate with the fix.
+ * Showed a defect of net.c, now fixed:
  *
  * A connection whose close op already ran (its reap waits for a file read)
  * still has its old fd number in the slot, and net_table_free closes that
@@ -729,8 +730,6 @@ static void test_defect_table_free_closes_a_reused_fd(void **state)
 	bool still_open;
 
 	(void)state;
-	if (!getenv("RINGMX_NET_KNOWN_DEFECTS"))
-		skip();
 	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
 	ntl_rec_init(&r, &fx);
 	peer = ntl_connect_accept(&fx, &r);

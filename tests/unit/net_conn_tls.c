@@ -475,9 +475,7 @@ static bool srv_closed(void *arg)
 }
 
 /*
- * KNOWN DEFECT in net.c (reported to the lead, not fixed here): fails
- * against net.c as it stands, so it runs only with
- * RINGMX_NET_KNOWN_DEFECTS=1.
+ * Showed a defect of net.c, now fixed:
  *
  * net.h: net_shutdown "first sends TLS close_notify behind any output,
  * then closes (the deadline bounds it)".  With output backed up (a peer
@@ -493,8 +491,6 @@ static void test_defect_tls_shutdown_behind_backed_up_output(void **state)
 	static struct tcase k;
 
 	(void)state;
-	if (!getenv("RINGMX_NET_KNOWN_DEFECTS"))
-		skip();
 	up = pattern(UP);
 	tc_open(&k, sctx_any);
 	/* A first exchange: whatever the server sends after its handshake
@@ -670,9 +666,7 @@ static void plain_first_peer(void *arg)
 }
 
 /*
- * KNOWN DEFECT in net.c (reported to the lead, not fixed here): fails
- * against net.c as it stands, so it runs only with
- * RINGMX_NET_KNOWN_DEFECTS=1.
+ * Showed a defect of net.c, now fixed:
  *
  * net_tls_start with a plain send still in flight (a protocol that
  * pipelined, or a STARTTLS whose reply came before its send's
@@ -688,8 +682,6 @@ static void test_defect_tls_start_with_plain_send_in_flight(void **state)
 	int peer;
 
 	(void)state;
-	if (!getenv("RINGMX_NET_KNOWN_DEFECTS"))
-		skip();
 	memset(&p, 0, sizeof(p));
 	p.plain_len = PLAIN;
 	p.plain = pattern(PLAIN);
@@ -735,9 +727,7 @@ static void early_send_child(void)
 }
 
 /*
- * KNOWN DEFECT in net.c (reported to the lead, not fixed here): fails
- * against net.c as it stands, so it runs only with
- * RINGMX_NET_KNOWN_DEFECTS=1.
+ * Showed a defect of net.c, now fixed:
  *
  * net_send between net_tls_start and on_tls_ready (net.h does not forbid
  * it): tls_flush hands the plaintext to tls_conn_write while the
@@ -752,8 +742,6 @@ static void test_defect_send_during_handshake(void **state)
 	pid_t pid;
 
 	(void)state;
-	if (!getenv("RINGMX_NET_KNOWN_DEFECTS"))
-		skip();
 	fflush(NULL);
 	pid = fork();
 	assert_true(pid >= 0);
