@@ -1,0 +1,216 @@
+"""The connection layer (src/net) under a hostile next hop.
+
+The delivery client talks to next hops it does not control: every byte they
+send (plaintext or inside TLS), their timing, their closes and their TCP
+behaviour are the attacker's.  These tests play such hops with a scripted
+server of their own (plain sockets, Python's ssl, OpenSSL's SSL_key_update
+through ctypes as in test_tls_key_update.py) and check what the gateway does
+with them: a command's deadline is not moved by traffic that is no answer
+(TLS records without plaintext, a handshake dribbled a byte at a time), a
+connection in any state ends on SIGTERM, and nothing the hop sends makes a
+message count as delivered.
+
+Each scripted hop serves connections one thread each and records, per
+connection, how it ended; the tests stop it by closing its sockets."""
+
+import select
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from conftest import (delivery_overrides, log_events, make_message, new_mid, route, submit,
+                      wait_for, wait_log, wait_state)
+from test_tls_key_update import SSL_KEY_UPDATE_REQUESTED, _libssl, _ssl_pointer
+from tlsutil import certs  # noqa: F401  (certs is a fixture)
+
+HOP = "hop.test"
+SLOW_RETRY = {"retry_s": [3600], "max_age_s": 86400}
+CMD_TIMEOUT_S = 2
+# Far beyond CMD_TIMEOUT_S: a deadline that works fires long before it.
+WAIT_S = 30
+PACE_S = 0.25  # the hop's trickle: well inside CMD_TIMEOUT_S
+
+
+def _line(s):
+    """One command line (to CRLF) from a plain or TLS socket; b"" at EOF."""
+    buf = b""
+    while not buf.endswith(b"\r\n"):
+        b = s.recv(1)
+        if not b:
+            return b""
+        buf += b
+    return buf
+
+
+def _closed(s, wait):
+    """Whether the peer closed s (EOF or reset) within wait seconds.  What
+    it sent meanwhile is read and dropped (a TLS socket answers key updates
+    inside its recv)."""
+    r, _, _ = select.select([s], [], [], wait)
+    if not r:
+        return False
+    try:
+        return s.recv(4096) == b""
+    except ssl.SSLWantReadError:
+        return False
+    except (OSError, ssl.SSLError):
+        return True
+
+
+class ScriptedHop:
+    """An SMTP next hop offering STARTTLS whose session runs `script(hop, s)`
+    once the TLS session is set up and the EHLO inside it answered (or, with
+    tls_wrap=False, right after the 220 to STARTTLS, on the plain socket).
+    The script returns how the session ended; hop.ends lists them."""
+
+    def __init__(self, cert, key, script, tls_wrap=True):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.load_cert_chain(cert, key)
+        self.script = script
+        self.tls_wrap = tls_wrap
+        self.stop = threading.Event()
+        self.ends = []
+        self.errors = []
+        self.socks = []
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(8)
+        self.port = self.ls.getsockname()[1]
+        self.url = "smtp://127.0.0.1:%d" % self.port
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            self.socks.append(s)
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        try:
+            s.settimeout(WAIT_S)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(b"220 hop.test ESMTP\r\n")
+            _line(s)  # EHLO
+            s.sendall(b"250-hop.test\r\n250 STARTTLS\r\n")
+            if not _line(s).upper().startswith(b"STARTTLS"):
+                raise AssertionError("no STARTTLS")
+            s.sendall(b"220 2.0.0 go ahead\r\n")
+            if self.tls_wrap:
+                s = self.ctx.wrap_socket(s, server_side=True)
+                self.socks.append(s)
+                _line(s)  # EHLO inside TLS
+                s.sendall(b"250 hop.test\r\n")
+            self.ends.append(self.script(self, s))
+        except Exception as e:  # reported by the test
+            self.errors.append(repr(e))
+
+    def wait_end(self, n=1):
+        wait_for(lambda: len(self.ends) >= n, WAIT_S, "the hop session to end")
+        return self.ends[n - 1]
+
+    def close(self):
+        self.stop.set()
+        for s in self.socks + [self.ls]:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def _gateway(ringmx, hop, **delivery):
+    r = route("accepted.example", hop.url)
+    r["tls"] = "required"
+    d = dict(SLOW_RETRY, command_timeout_s=CMD_TIMEOUT_S, **delivery)
+    return ringmx(delivery_overrides([r], delivery=d, shards=1))
+
+
+def _assert_timed_out(srv, hop, qid, state):
+    """The command's deadline fired: the message is deferred for a timeout
+    in that state, and the hop saw the connection end."""
+    f = wait_state(srv, qid, "deferred", timeout=WAIT_S)
+    assert "timeout" in f.get("error", ""), (f, srv.log_tail(30))
+    errs = log_events(srv, "outbound_error")
+    assert any("timeout (state %s)" % state in e for e in errs), (errs, srv.log_tail(30))
+    assert not log_events(srv, "delivered", qid)
+    assert hop.wait_end() == "closed by the gateway", hop.ends
+    assert hop.errors == [], hop.errors
+
+
+# ---- deadlines --------------------------------------------------------------
+
+
+def test_key_updates_do_not_hold_a_command_open(ringmx, certs):
+    """A hop that never answers MAIL but sends a TLS 1.3 KeyUpdate (with
+    update_requested) every quarter second: records that carry no reply
+    (and the answers they draw) are no progress, so MAIL still times out
+    after command_timeout_s.  Before, each record moved the deadline and the
+    connection and its message were held for as long as the hop liked."""
+    lib = _libssl()
+
+    def script(hop, t):
+        _line(t)  # MAIL
+        p = _ssl_pointer(lib, t)
+        t.setblocking(False)  # recv gives back after the answers to the updates
+        while not hop.stop.is_set():
+            lib.SSL_key_update(p, SSL_KEY_UPDATE_REQUESTED)
+            if lib.SSL_do_handshake(p) != 1:
+                return "closed by the gateway"
+            if _closed(t, PACE_S):
+                return "closed by the gateway"
+        return "stopped"
+
+    hop = ScriptedHop(*certs.leaf(HOP), script)
+    try:
+        srv = _gateway(ringmx, hop)
+        qid = submit(srv.port, make_message(new_mid("ku-trickle"), "key updates, no reply"))
+        _assert_timed_out(srv, hop, qid, "mail")
+    finally:
+        hop.close()
+
+
+def test_dribbled_handshake_times_out(ringmx, certs):
+    """A hop that answers STARTTLS and then sends its TLS handshake one byte
+    every quarter second: the handshake is bounded by the command timeout,
+    not moved by each byte (tls.h: a peer that trickles is bounded by the
+    caller's deadline).  Before, it lasted as long as the dribble."""
+
+    def script(hop, s):
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = hop.ctx.wrap_bio(inc, out, server_side=True)
+        flight = b""
+        while not flight:
+            data = s.recv(65536)
+            if not data:
+                return "closed before the ClientHello"
+            inc.write(data)
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            flight = out.read()
+        for i in range(len(flight)):
+            if hop.stop.is_set():
+                return "stopped"
+            try:
+                s.sendall(flight[i:i + 1])
+            except OSError:
+                return "closed by the gateway"
+            if _closed(s, PACE_S):
+                return "closed by the gateway"
+        return "handshake sent whole"
+
+    hop = ScriptedHop(*certs.leaf(HOP), script, tls_wrap=False)
+    try:
+        srv = _gateway(ringmx, hop)
+        qid = submit(srv.port, make_message(new_mid("hs-dribble"), "dribbled handshake"))
+        _assert_timed_out(srv, hop, qid, "tls_handshake")
+    finally:
+        hop.close()
