@@ -17,13 +17,11 @@ import select
 import socket
 import ssl
 import threading
-import time
-
-import pytest
 
 from conftest import (delivery_overrides, log_events, make_message, new_mid, route, submit,
                       wait_for, wait_log, wait_state)
 from test_tls_key_update import SSL_KEY_UPDATE_REQUESTED, _libssl, _ssl_pointer
+from nexthop import nexthop  # noqa: F401  (nexthop is a fixture)
 from tlsutil import certs  # noqa: F401  (certs is a fixture)
 
 HOP = "hop.test"
@@ -66,7 +64,8 @@ class ScriptedHop:
     tls_wrap=False, right after the 220 to STARTTLS, on the plain socket).
     The script returns how the session ended; hop.ends lists them."""
 
-    def __init__(self, cert, key, script, tls_wrap=True):
+    def __init__(self, cert, key, script, tls_wrap=True, rcvbuf=None):
+        self.rcvbuf = rcvbuf
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         self.ctx.load_cert_chain(cert, key)
@@ -74,6 +73,7 @@ class ScriptedHop:
         self.tls_wrap = tls_wrap
         self.stop = threading.Event()
         self.ends = []
+        self.ready = []  # states the sessions reached
         self.errors = []
         self.socks = []
         self.ls = socket.socket()
@@ -97,6 +97,8 @@ class ScriptedHop:
         try:
             s.settimeout(WAIT_S)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.rcvbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             s.sendall(b"220 hop.test ESMTP\r\n")
             _line(s)  # EHLO
             s.sendall(b"250-hop.test\r\n250 STARTTLS\r\n")
@@ -125,10 +127,74 @@ class ScriptedHop:
                 pass
 
 
+# ---- hop scripts ------------------------------------------------------------
+
+
+def _key_updates_no_reply(lib):
+    """After MAIL: no reply ever, a key update request (update_requested)
+    every PACE_S instead, until the gateway closes."""
+
+    def script(hop, t):
+        _line(t)  # MAIL
+        p = _ssl_pointer(lib, t)
+        t.setblocking(False)  # recv gives back after the answers to the updates
+        hop.ready.append("mail")
+        while not hop.stop.is_set():
+            lib.SSL_key_update(p, SSL_KEY_UPDATE_REQUESTED)
+            if lib.SSL_do_handshake(p) != 1:
+                return "closed by the gateway"
+            if _closed(t, PACE_S):
+                return "closed by the gateway"
+        return "stopped"
+
+    return script
+
+
+def _dribble_handshake(hop, s):
+    """After the 220 to STARTTLS: the server's handshake flight, one byte
+    every PACE_S, until the gateway closes."""
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = hop.ctx.wrap_bio(inc, out, server_side=True)
+    flight = b""
+    while not flight:
+        data = s.recv(65536)
+        if not data:
+            return "closed before the ClientHello"
+        inc.write(data)
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        flight = out.read()
+    hop.ready.append("handshake")
+    for i in range(len(flight)):
+        if hop.stop.is_set():
+            return "stopped"
+        try:
+            s.sendall(flight[i:i + 1])
+        except OSError:
+            return "closed by the gateway"
+        if _closed(s, PACE_S):
+            return "closed by the gateway"
+    return "handshake sent whole"
+
+
+def _stop_reading_in_body(hop, t):
+    """MAIL, RCPT and DATA accepted, then the hop reads no more: the
+    gateway's body send stays stuck until the hop is stopped."""
+    for reply in (b"250 2.1.0 ok", b"250 2.1.5 ok", b"354 go on"):
+        _line(t)
+        t.sendall(reply + b"\r\n")
+    hop.ready.append("body")
+    hop.stop.wait(WAIT_S * 4)
+    return "stopped"
+
+
 def _gateway(ringmx, hop, **delivery):
     r = route("accepted.example", hop.url)
     r["tls"] = "required"
-    d = dict(SLOW_RETRY, command_timeout_s=CMD_TIMEOUT_S, **delivery)
+    d = dict(SLOW_RETRY, command_timeout_s=CMD_TIMEOUT_S)
+    d.update(delivery)
     return ringmx(delivery_overrides([r], delivery=d, shards=1))
 
 
@@ -153,19 +219,7 @@ def test_key_updates_do_not_hold_a_command_open(ringmx, certs):
     (and the answers they draw) are no progress, so MAIL still times out
     after command_timeout_s.  Before, each record moved the deadline and the
     connection and its message were held for as long as the hop liked."""
-    lib = _libssl()
-
-    def script(hop, t):
-        _line(t)  # MAIL
-        p = _ssl_pointer(lib, t)
-        t.setblocking(False)  # recv gives back after the answers to the updates
-        while not hop.stop.is_set():
-            lib.SSL_key_update(p, SSL_KEY_UPDATE_REQUESTED)
-            if lib.SSL_do_handshake(p) != 1:
-                return "closed by the gateway"
-            if _closed(t, PACE_S):
-                return "closed by the gateway"
-        return "stopped"
+    script = _key_updates_no_reply(_libssl())
 
     hop = ScriptedHop(*certs.leaf(HOP), script)
     try:
@@ -182,35 +236,69 @@ def test_dribbled_handshake_times_out(ringmx, certs):
     not moved by each byte (tls.h: a peer that trickles is bounded by the
     caller's deadline).  Before, it lasted as long as the dribble."""
 
-    def script(hop, s):
-        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = hop.ctx.wrap_bio(inc, out, server_side=True)
-        flight = b""
-        while not flight:
-            data = s.recv(65536)
-            if not data:
-                return "closed before the ClientHello"
-            inc.write(data)
-            try:
-                tls.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-            flight = out.read()
-        for i in range(len(flight)):
-            if hop.stop.is_set():
-                return "stopped"
-            try:
-                s.sendall(flight[i:i + 1])
-            except OSError:
-                return "closed by the gateway"
-            if _closed(s, PACE_S):
-                return "closed by the gateway"
-        return "handshake sent whole"
-
-    hop = ScriptedHop(*certs.leaf(HOP), script, tls_wrap=False)
+    hop = ScriptedHop(*certs.leaf(HOP), _dribble_handshake, tls_wrap=False)
     try:
         srv = _gateway(ringmx, hop)
         qid = submit(srv.port, make_message(new_mid("hs-dribble"), "dribbled handshake"))
         _assert_timed_out(srv, hop, qid, "tls_handshake")
     finally:
         hop.close()
+
+
+
+# ---- shutdown -----------------------------------------------------------------
+
+
+def test_sigterm_with_connections_in_every_state(ringmx, certs, nexthop):
+    """SIGTERM while outbound connections sit in the TLS handshake (a
+    dribbling hop), inside TLS waiting for a reply (a hop sending key
+    updates), in a body send the hop stopped reading, and idle in the pool
+    (a hop that took its message).  Their deadlines (command_timeout_s,
+    shorter than the shard's stop grace) end the stuck ones, each job goes
+    back to the queue and the gateway exits 0 with nothing leaked (the
+    ASan build checks); after a restart the three messages it could not
+    deliver are still queued and the delivered one is not sent again.
+    Before, the dribble and the key updates kept moving their deadlines,
+    the shard stopped on its grace with their jobs still held, and those
+    jobs leaked."""
+    cert, key = certs.leaf(HOP)
+    hops = {"hs": ScriptedHop(cert, key, _dribble_handshake, tls_wrap=False),
+            "ku": ScriptedHop(cert, key, _key_updates_no_reply(_libssl())),
+            "body": ScriptedHop(cert, key, _stop_reading_in_body, rcvbuf=4096)}
+    good = nexthop()
+    try:
+        routes = [route("accepted.example", good)]
+        for name, hop in hops.items():
+            r = route("%s.sub.example" % name, hop.url)
+            r["tls"] = "required"
+            routes.append(r)
+        srv = ringmx(delivery_overrides(routes, delivery=dict(SLOW_RETRY, command_timeout_s=5),
+                                        shards=1))
+        mid = new_mid("term-idle")
+        done = submit(srv.port, make_message(mid, "delivered before the stop"))
+        big = b"x" * 998 + b"\r\n"
+        stuck = {}
+        for name in hops:
+            rcpt = "rcpt@%s.sub.example" % name
+            body = big * 800 if name == "body" else b"Hello.\r\n"
+            stuck[name] = submit(srv.port, make_message(new_mid("term-" + name), name, body=body,
+                                                        to=rcpt), rcpts=(rcpt,))
+            assert stuck[name]
+        good.wait_message_id(mid, timeout=WAIT_S)
+        wait_log(srv, "delivered", done)
+        for name, hop in hops.items():
+            wait_for(lambda: hop.ready, WAIT_S, "the %s hop to hold its connection" % name)
+        rc = srv.stop(timeout=30)
+        assert rc == 0, srv.log_tail(30)
+        assert "SIGKILL" not in srv.exit_codes[-1][2], srv.exit_codes
+        for hop in hops.values():
+            hop.close()
+        srv.start()
+        for name, qid in stuck.items():
+            f = wait_for(lambda: srv.queue_list().get(qid), WAIT_S, "%s still queued" % qid)
+            assert f["state"] in ("deferred", "ready", "active"), (name, f)
+        assert len(good.by_message_id(mid)) == 1
+        assert done not in srv.queue_list()
+    finally:
+        for hop in hops.values():
+            hop.close()
