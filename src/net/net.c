@@ -590,6 +590,12 @@ static void on_send_done(struct net_conn *nc, int res)
 		nc->user_pending = false;
 		nc->ops->on_sent(nc->proto);
 	}
+	/* TLS began while this plain send was in flight (the STARTTLS went
+	 * out after its 220 was read): the handshake's first flight waits in
+	 * the layer for it, and nothing else would send it. */
+	if (kind == NET_SEND_PLAIN && nc->send == NET_SEND_NONE &&
+	    nc->tls_state == NET_TLS_HANDSHAKE && nc->state == NET_OPEN)
+		tls_flush(nc);
 	/* Input that waited for this send: in in[], or inside the layer. */
 	if (nc->rx == NET_RX_HELD && nc->send == NET_SEND_NONE &&
 	    (nc->state == NET_OPEN || nc->state == NET_DRAINING))

@@ -40,9 +40,11 @@
  *    it (a TLS close_notify after the peer's QUIT reply); otherwise it is
  *    closed when on_error returns.  Nothing but on_closed follows.
  *  - TLS (client role): net_tls_start() after the protocol's STARTTLS was
- *    answered; the handshake runs inside and on_tls_ready follows (or
- *    on_error).  A read that would leave the TLS layer holding output it
- *    cannot hand over waits for the send in flight (tls.h, -ENOBUFS), and
+ *    answered, even while that command's send is still in flight (the
+ *    handshake goes out behind it); the handshake runs inside and
+ *    on_tls_ready follows (or on_error).  No net_send() in between.  A
+ *    read that would leave the TLS layer holding output it cannot hand
+ *    over waits for the send in flight (tls.h, -ENOBUFS), and
  *    ciphertext the layer did not take waits in the receive buffer: there
  *    is no turn of the loop without progress.
  *  - Close: net_close() cancels what is in flight and closes the socket;
