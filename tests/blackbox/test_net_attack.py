@@ -7,8 +7,8 @@ server of their own (plain sockets, Python's ssl, OpenSSL's SSL_key_update
 through ctypes as in test_tls_key_update.py) and check what the gateway does
 with them: a command's deadline is not moved by traffic that is no answer
 (TLS records without plaintext, a handshake dribbled a byte at a time), a
-connection in any state ends on SIGTERM, and nothing the hop sends makes a
-message count as delivered.
+connection in any state ends on SIGTERM, and a hop that resets or ends TLS
+in the middle of a session never makes a message count as delivered.
 
 Each scripted hop serves connections one thread each and records, per
 connection, how it ended; the tests stop it by closing its sockets."""
@@ -16,10 +16,13 @@ connection, how it ended; the tests stop it by closing its sockets."""
 import select
 import socket
 import ssl
+import struct
 import threading
 
-from conftest import (delivery_overrides, log_events, make_message, new_mid, route, submit,
-                      wait_for, wait_log, wait_state)
+import pytest
+
+from conftest import (SMTPClient, delivery_overrides, log_events, make_message, new_mid, route,
+                      submit, wait_for, wait_log, wait_state)
 from test_tls_key_update import SSL_KEY_UPDATE_REQUESTED, _libssl, _ssl_pointer
 from nexthop import nexthop  # noqa: F401  (nexthop is a fixture)
 from tlsutil import certs  # noqa: F401  (certs is a fixture)
@@ -302,3 +305,77 @@ def test_sigterm_with_connections_in_every_state(ringmx, certs, nexthop):
     finally:
         for hop in hops.values():
             hop.close()
+
+
+# ---- a hop that breaks the session --------------------------------------------
+
+
+def _reset(s):
+    """Close with a TCP reset (SO_LINGER 0)."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def _reset_in_handshake(hop, s):
+    """Half the server's handshake flight, then a reset."""
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = hop.ctx.wrap_bio(inc, out, server_side=True)
+    inc.write(s.recv(65536))
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    flight = out.read()
+    s.sendall(flight[:len(flight) // 2])
+    _reset(s)
+    return "reset"
+
+
+def _close_notify_then_plaintext(hop, t):
+    """After MAIL: the hop ends TLS (close_notify) and goes on in plaintext
+    as if the session were still one, answering MAIL, RCPT and DATA."""
+    _line(t)  # MAIL
+    s = t.unwrap()
+    s.sendall(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go on\r\n")
+    return "closed by the gateway" if _closed(s, WAIT_S) else "still open"
+
+
+def _reset_in_body(hop, t):
+    """MAIL, RCPT and DATA accepted, some of the body read, then a reset."""
+    for reply in (b"250 2.1.0 ok", b"250 2.1.5 ok", b"354 go on"):
+        _line(t)
+        t.sendall(reply + b"\r\n")
+    t.recv(16384)
+    _reset(t)
+    return "reset"
+
+
+@pytest.mark.parametrize("script,tls_wrap,state", [
+    (_reset_in_handshake, False, "tls_handshake"),
+    (_close_notify_then_plaintext, True, "mail"),
+    (_reset_in_body, True, "body"),
+], ids=["reset-in-handshake", "close-notify-then-plaintext", "reset-in-body"])
+def test_hop_breaks_the_session(ringmx, certs, script, tls_wrap, state):
+    """The hop resets the connection in the middle of the TLS handshake or
+    of the body, or ends TLS after MAIL and answers on in plaintext: the
+    message is deferred in that state (never delivered, nothing read from
+    the plaintext), the connection is gone and the gateway serves on."""
+    hop = ScriptedHop(*certs.leaf(HOP), script, tls_wrap=tls_wrap)
+    try:
+        srv = _gateway(ringmx, hop)
+        body = b"y" * 998 + b"\r\n"
+        qid = submit(srv.port, make_message(new_mid("break-" + state), state, body=body * 500))
+        f = wait_state(srv, qid, "deferred", timeout=WAIT_S)
+        errs = log_events(srv, "outbound_error")
+        assert any("state=%s " % state in e for e in errs), (errs, srv.log_tail(30))
+        assert not log_events(srv, "delivered", qid), f
+        assert hop.wait_end() in ("reset", "closed by the gateway"), hop.ends
+        assert hop.errors == [], hop.errors
+        c = SMTPClient(srv.port)
+        try:
+            assert c.ehlo().code == 250
+        finally:
+            c.close()
+        assert srv.proc.poll() is None
+    finally:
+        hop.close()
