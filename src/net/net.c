@@ -133,12 +133,17 @@ static uint64_t net_now(const struct net_conn *nc)
 	return *nc->t->now_ms;
 }
 
-/* I/O moves the deadline while the connection is live; a shutdown's linger
- * is fixed (a peer trickling bytes cannot stretch it). */
+/* Progress: the protocol's bytes went to the socket or the TLS layer, or
+ * input reached the protocol.  Only progress moves the deadline: records
+ * that carry nothing for the protocol (a key update and its answer, a
+ * session ticket, a handshake dribbled a byte at a time) would otherwise
+ * hold a connection open for as long as the peer likes, and a draining
+ * connection keeps the deadline net_shutdown gave it. */
 static void net_touch(struct net_conn *nc)
 {
-	if (nc->timeout_ms && (nc->state == NET_CONNECTING || nc->state == NET_OPEN))
-		nc->deadline_ms = net_now(nc) + nc->timeout_ms;
+	if (nc->state != NET_OPEN)
+		return;
+	nc->deadline_ms = nc->timeout_ms ? net_now(nc) + nc->timeout_ms : UINT64_MAX;
 }
 
 /* Bytes may still reach the protocol (input, on_sent, on_error). */
@@ -303,7 +308,6 @@ static void tls_submit(struct net_conn *nc, const void *p, size_t len)
 	io_uring_sqe_set_data64(sqe, net_ud(nc, NET_OP_SEND));
 	nc->send = NET_SEND_TLS;
 	nc->inflight++;
-	net_touch(nc);
 }
 
 /* TLS: encrypt as much of iov[] as the layer takes, then send its records
@@ -323,6 +327,8 @@ static void tls_flush(struct net_conn *nc)
 				: 0;
 
 		if (w >= 0) {
+			if (w > 0)
+				net_touch(nc);
 			nc->iov[0].iov_base = (char *)nc->iov[0].iov_base + w;
 			nc->iov[0].iov_len -= (size_t)w;
 			if (nc->iov[0].iov_len == 0) {
@@ -453,8 +459,10 @@ static void tls_input_run(struct net_conn *nc)
 		ssize_t r = tls_conn_read(nc->tls, plain, sizeof(plain));
 
 		if (r > 0) {
-			if (nc->state == NET_OPEN)
+			if (nc->state == NET_OPEN) {
+				net_touch(nc);
 				nc->ops->on_input(nc->proto, plain, (size_t)r);
+			}
 			continue; /* draining: read on, to the peer's close */
 		}
 		if (r == -ENOBUFS) {
@@ -496,7 +504,6 @@ static void on_connect_done(struct net_conn *nc, int res)
 		return;
 	}
 	net_enter(nc, NET_OPEN);
-	nc->deadline_ms = UINT64_MAX;
 	net_touch(nc);
 	rx_arm(nc);
 	nc->ops->on_connected(nc->proto);
@@ -511,10 +518,8 @@ static void on_recv_done(struct net_conn *nc, int res)
 		net_fail(nc, res, res == 0 ? "connection closed by the peer" : strerror(-res));
 		return;
 	}
-	if (nc->state == NET_OPEN) {
-		nc->deadline_ms = UINT64_MAX;
-		net_touch(nc);
-	}
+	if (nc->state == NET_DRAINING && nc->tls_state == NET_TLS_OFF)
+		return;
 	if (nc->ops->on_recv && nc->state == NET_OPEN)
 		nc->ops->on_recv(nc->proto);
 	if (nc->tls_state != NET_TLS_OFF) {
@@ -522,6 +527,7 @@ static void on_recv_done(struct net_conn *nc, int res)
 		nc->in_len = (uint32_t)res;
 		tls_input(nc);
 	} else if (nc->state == NET_OPEN) {
+		net_touch(nc);
 		nc->ops->on_input(nc->proto, nc->in, (size_t)res);
 	}
 }

@@ -24,21 +24,28 @@
  *  - Output: net_send() takes an iovec array; the bytes it points at stay
  *    the protocol's and must not change until on_sent (every byte went, or
  *    under TLS every byte was encrypted and every record went).  One send
- *    at a time: net_sending() says whether one is in flight.  Under TLS,
- *    bytes given before the handshake is done wait for it.
- *  - Deadline: with a timeout set (net_set_timeout), each send submitted
- *    and each read completed moves the deadline to now + timeout;
- *    net_tick() calls on_timeout once it has passed.  0: no deadline (an
- *    idle pooled connection).
+ *    at a time: net_sending() says whether one is in flight.
+ *  - Deadline: with a timeout set (net_set_timeout), progress moves the
+ *    deadline to now + timeout: bytes of a net_send() handed to the socket
+ *    (under TLS: to the TLS layer), or input handed to on_input.  Nothing
+ *    else does: TLS records that bring the protocol nothing (a key update
+ *    and its answer, a ticket, each byte of a dribbled handshake) cannot
+ *    hold a connection open, so a handshake must finish within one timeout
+ *    of the last progress, and a draining connection keeps the deadline
+ *    net_shutdown() gave it.  net_tick() calls on_timeout once it has
+ *    passed.  0: no deadline (an idle pooled connection).
  *  - Errors: a failed or closed socket, a failed send, a TLS failure call
  *    on_error(err, why) once (err 0: the peer closed in order).  The
  *    connection is still open in the call: the protocol may net_shutdown()
  *    it (a TLS close_notify after the peer's QUIT reply); otherwise it is
  *    closed when on_error returns.  Nothing but on_closed follows.
  *  - TLS (client role): net_tls_start() after the protocol's STARTTLS was
- *    answered; the handshake runs inside and on_tls_ready follows (or
- *    on_error).  A read that would leave the TLS layer holding output it
- *    cannot hand over waits for the send in flight (tls.h, -ENOBUFS), and
+ *    answered, even while that command's send is still in flight (the
+ *    handshake goes out behind it); the handshake runs inside and
+ *    on_tls_ready follows (or on_error); a net_send() in between waits
+ *    for it.  A
+ *    read that would leave the TLS layer holding output it cannot hand
+ *    over waits for the send in flight (tls.h, -ENOBUFS), and
  *    ciphertext the layer did not take waits in the receive buffer: there
  *    is no turn of the loop without progress.
  *  - Close: net_close() cancels what is in flight and closes the socket
