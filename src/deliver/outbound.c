@@ -265,7 +265,7 @@ bool oc_reply_2xx(const struct smtp_reply *r)
 	return r->code >= 200 && r->code < 300;
 }
 
-/* ---- results ------------------------------------------------------------------- */
+/* ---- failures -------------------------------------------------------------------------------- */
 
 /* Recipients over the hop's limit go in the next transaction on the same
  * connection (oc_tx_end).  A hop that takes one message per connection
@@ -341,7 +341,7 @@ __attribute__((format(printf, 2, 3))) void oc_violation(struct oconn *oc, const 
 	oc_fail(oc, why);
 }
 
-/* ---- transactions ---------------------------------------------------------------- */
+/* ---- idle ------------------------------------------------------------------------------------ */
 
 void oc_idle(struct oconn *oc)
 {
@@ -364,8 +364,6 @@ void oc_idle(struct oconn *oc)
 	net_set_timeout(oc->nc, 0);
 	dlv_conn_freed(oc->d);
 }
-
-/* ---- the body ------------------------------------------------------------------- */
 
 /* ---- outbound TLS (RFC 3207 as a client) --------------------------------------- */
 
@@ -477,7 +475,7 @@ void oc_after_ehlo(struct oconn *oc)
 	oc_ready(oc);
 }
 
-/* ---- replies -------------------------------------------------------------------- */
+/* ---- ready for a transaction ----------------------------------------------------------------- */
 
 void oc_ready(struct oconn *oc)
 {
@@ -487,10 +485,6 @@ void oc_ready(struct oconn *oc)
 	else
 		oc_idle(oc);
 }
-
-/* ---- one handler per state that waits for a reply ----------------------------- */
-
-/* ---- replies: accounting, then the state's handler ---------------------------- */
 
 /* ---- the connection's callbacks (net.h) ------------------------------------------ */
 
