@@ -265,7 +265,7 @@ bool oc_reply_2xx(const struct smtp_reply *r)
 	return r->code >= 200 && r->code < 300;
 }
 
-/* ---- failures -------------------------------------------------------------------------------- */
+/* ---- failures -------------------------------------------------------------------- */
 
 /* Recipients over the hop's limit go in the next transaction on the same
  * connection (oc_tx_end).  A hop that takes one message per connection
@@ -341,7 +341,7 @@ __attribute__((format(printf, 2, 3))) void oc_violation(struct oconn *oc, const 
 	oc_fail(oc, why);
 }
 
-/* ---- idle ------------------------------------------------------------------------------------ */
+/* ---- idle ------------------------------------------------------------------------ */
 
 void oc_idle(struct oconn *oc)
 {
@@ -365,7 +365,7 @@ void oc_idle(struct oconn *oc)
 	dlv_conn_freed(oc->d);
 }
 
-/* ---- outbound TLS (RFC 3207 as a client) --------------------------------------- */
+/* ---- outbound TLS (RFC 3207 as a client) ----------------------------------------- */
 
 static const char *const rtls_names[] = {"none", "opportunistic", "required", "verify"};
 
@@ -475,7 +475,7 @@ void oc_after_ehlo(struct oconn *oc)
 	oc_ready(oc);
 }
 
-/* ---- ready for a transaction ----------------------------------------------------------------- */
+/* ---- ready for a transaction ----------------------------------------------------- */
 
 void oc_ready(struct oconn *oc)
 {
