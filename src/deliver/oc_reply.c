@@ -267,8 +267,10 @@ void oc_parse(struct oconn *oc, const char *buf, size_t len)
 			break;
 		if ((oc->state == OC_EHLO || oc->state == OC_HELO) && line.code == 250)
 			smtp_ehlo_line(&oc->caps, &line);
-		if (line.last)
+		if (line.last) {
+			net_progress(oc->nc); /* a whole reply: the wait starts over */
 			on_reply(oc, &oc->rp.reply);
+		}
 		/* TLS began on that reply: oc_weigh saw nothing after it, and
 		 * nothing received in plaintext may follow into TLS. */
 		if (oc->state == OC_TLS_HS && off < len) {

@@ -134,11 +134,13 @@ static uint64_t net_now(const struct net_conn *nc)
 }
 
 /* Progress: the protocol's bytes went to the socket or the TLS layer, or
- * input reached the protocol.  Only progress moves the deadline: records
- * that carry nothing for the protocol (a key update and its answer, a
- * session ticket, a handshake dribbled a byte at a time) would otherwise
- * hold a connection open for as long as the peer likes, and a draining
- * connection keeps the deadline net_shutdown gave it. */
+ * the protocol said a whole unit of input came (net_progress).  Only
+ * progress moves the deadline: records that carry nothing for the protocol
+ * (a key update and its answer, a session ticket, a handshake dribbled a
+ * byte at a time) or bytes that complete nothing (a reply trickled a byte
+ * at a time) would otherwise hold a connection open for as long as the
+ * peer likes, and a draining connection keeps the deadline net_shutdown
+ * gave it. */
 static void net_touch(struct net_conn *nc)
 {
 	if (nc->state != NET_OPEN)
@@ -459,10 +461,8 @@ static void tls_input_run(struct net_conn *nc)
 		ssize_t r = tls_conn_read(nc->tls, plain, sizeof(plain));
 
 		if (r > 0) {
-			if (nc->state == NET_OPEN) {
-				net_touch(nc);
+			if (nc->state == NET_OPEN)
 				nc->ops->on_input(nc->proto, plain, (size_t)r);
-			}
 			continue; /* draining: read on, to the peer's close */
 		}
 		if (r == -ENOBUFS) {
@@ -527,7 +527,6 @@ static void on_recv_done(struct net_conn *nc, int res)
 		nc->in_len = (uint32_t)res;
 		tls_input(nc);
 	} else if (nc->state == NET_OPEN) {
-		net_touch(nc);
 		nc->ops->on_input(nc->proto, nc->in, (size_t)res);
 	}
 }
@@ -669,6 +668,11 @@ int net_connect(struct net_conn *nc, const struct sockaddr *addr, socklen_t len,
 	net_enter(nc, NET_CONNECTING);
 	nc->deadline_ms = net_now(nc) + timeout_ms;
 	return 0;
+}
+
+void net_progress(struct net_conn *nc)
+{
+	net_touch(nc);
 }
 
 void net_set_timeout(struct net_conn *nc, uint32_t timeout_ms)

@@ -27,12 +27,14 @@
  *    at a time: net_sending() says whether one is in flight.
  *  - Deadline: with a timeout set (net_set_timeout), progress moves the
  *    deadline to now + timeout: bytes of a net_send() handed to the socket
- *    (under TLS: to the TLS layer), or input handed to on_input.  Nothing
- *    else does: TLS records that bring the protocol nothing (a key update
- *    and its answer, a ticket, each byte of a dribbled handshake) cannot
- *    hold a connection open, so a handshake must finish within one timeout
- *    of the last progress, and a draining connection keeps the deadline
- *    net_shutdown() gave it.  net_tick() calls on_timeout once it has
+ *    (under TLS: to the TLS layer), or net_progress(), which the protocol
+ *    calls when a whole unit of input came (the SMTP client: a complete
+ *    reply).  Nothing else does: TLS records that bring the protocol
+ *    nothing (a key update and its answer, a ticket, each byte of a
+ *    dribbled handshake) and bytes that complete nothing (a reply trickled
+ *    a byte at a time) cannot hold a connection open, so a handshake must
+ *    finish within one timeout of the last progress, and a draining
+ *    connection keeps the deadline net_shutdown() gave it.  net_tick() calls on_timeout once it has
  *    passed.  0: no deadline (an idle pooled connection).
  *  - Errors: a failed or closed socket, a failed send, a TLS failure call
  *    on_error(err, why) once (err 0: the peer closed in order).  The
@@ -135,6 +137,8 @@ int net_connect(struct net_conn *nc, const struct sockaddr *addr, socklen_t len,
 		uint32_t timeout_ms);
 
 void net_set_timeout(struct net_conn *nc, uint32_t timeout_ms);
+/* A whole unit of input came: the deadline moves (see Deadline above). */
+void net_progress(struct net_conn *nc);
 bool net_sending(const struct net_conn *nc);
 /* Send iov[0..niov): no send may be in flight (net_sending), niov <=
  * NET_IOV_MAX.  on_sent when all went. */

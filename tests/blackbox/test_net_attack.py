@@ -6,9 +6,10 @@ behaviour are the attacker's.  These tests play such hops with a scripted
 server of their own (plain sockets, Python's ssl, OpenSSL's SSL_key_update
 through ctypes as in test_tls_key_update.py) and check what the gateway does
 with them: a command's deadline is not moved by traffic that is no answer
-(TLS records without plaintext, a handshake dribbled a byte at a time), a
-connection in any state ends on SIGTERM, and a hop that resets or ends TLS
-in the middle of a session never makes a message count as delivered.
+(TLS records without plaintext, a handshake dribbled a byte at a time, a
+reply that never completes), a connection in any state ends on SIGTERM,
+and a hop that resets or ends TLS in the middle of a session never makes a
+message count as delivered.
 
 Each scripted hop serves connections one thread each and records, per
 connection, how it ended; the tests stop it by closing its sockets."""
@@ -182,6 +183,24 @@ def _dribble_handshake(hop, s):
     return "handshake sent whole"
 
 
+def _trickled_reply(hop, t):
+    """After MAIL: a reply that never completes, one byte every PACE_S (a
+    512-octet line would take two minutes), until the gateway closes."""
+    _line(t)  # MAIL
+    hop.ready.append("mail")
+    t.setblocking(False)
+    chunk = b"250 "
+    while not hop.stop.is_set():
+        try:
+            t.sendall(chunk)
+        except (OSError, ssl.SSLError):
+            return "closed by the gateway"
+        chunk = b"x"
+        if _closed(t, PACE_S):
+            return "closed by the gateway"
+    return "stopped"
+
+
 def _stop_reading_in_body(hop, t):
     """MAIL, RCPT and DATA accepted, then the hop reads no more: the
     gateway's body send stays stuck until the hop is stopped."""
@@ -247,6 +266,21 @@ def test_dribbled_handshake_times_out(ringmx, certs):
     finally:
         hop.close()
 
+
+def test_trickled_reply_times_out(ringmx, certs):
+    """A hop that answers MAIL one byte every quarter second and never ends
+    the line: bytes that complete no reply are no progress, so MAIL times
+    out after command_timeout_s.  Before, each byte moved the deadline and a
+    reply could take as long as its longest line allowed, times the
+    timeout, per command."""
+
+    hop = ScriptedHop(*certs.leaf(HOP), _trickled_reply)
+    try:
+        srv = _gateway(ringmx, hop)
+        qid = submit(srv.port, make_message(new_mid("reply-trickle"), "trickled reply"))
+        _assert_timed_out(srv, hop, qid, "mail")
+    finally:
+        hop.close()
 
 
 # ---- shutdown -----------------------------------------------------------------
