@@ -57,7 +57,10 @@
  *    closes (the deadline bounds it).  After either, the
  *    protocol hears nothing more but on_closed, the last call, once every
  *    op in flight has completed (the reap).  The slot is free again before
- *    on_closed runs, so on_closed may open a connection, even in it.
+ *    on_closed runs, so on_closed may open a connection, even in it.  A
+ *    slot that never got as far as a connect (net_connect failed, or
+ *    net_close on a reserved slot) is released at once with no callback:
+ *    nothing of it was in flight.
  *  - A file read (net_read_file, the SMTP client's spool window) counts as
  *    an op of the connection: the reap waits for it; its result goes to
  *    on_file_read unless the connection closed meanwhile.
