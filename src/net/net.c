@@ -671,10 +671,13 @@ int net_connect(struct net_conn *nc, const struct sockaddr *addr, socklen_t len,
 	return 0;
 }
 
+/* Only an open connection's deadline follows the protocol's timeout: a
+ * connect keeps net_connect's, a draining connection net_shutdown's (else
+ * a hop that never answers the SYN, or never reads our close_notify,
+ * would hold the slot and the socket for good). */
 void net_set_timeout(struct net_conn *nc, uint32_t timeout_ms)
 {
 	nc->timeout_ms = timeout_ms;
-	nc->deadline_ms = UINT64_MAX;
 	net_touch(nc);
 }
 
