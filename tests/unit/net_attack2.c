@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -527,6 +529,105 @@ static void test_send_during_failed_handshake(void **state)
 	tc_free(&k);
 }
 
+/* ---- key update requests while our send is backed up --------------------------------- */
+
+#define FLOOD_QUEUED (256 * 1024) /* server bytes the client left unread */
+#define FLOOD_EXPECT (1 << 22)
+
+struct flood {
+	struct tcase k;
+	char *expect; /* the application bytes the server sent, in order */
+	size_t expect_len;
+	unsigned lines, updates;
+};
+
+static int unsent(int fd)
+{
+	int q = 0;
+
+	assert_int_equal(ioctl(fd, SIOCOUTQ, &q), 0);
+	return q;
+}
+
+/* A line of application data, then key update requests (the server's
+ * send buffer is big: see net_conn_tls.c on wolfSSL's own trouble when
+ * update_keys meets WANT_WRITE). */
+static void flood_step(struct flood *f)
+{
+	WOLFSSL *ssl = f->k.s.ssl;
+	char line[32];
+	int len = snprintf(line, sizeof(line), "line %06u\r\n", f->lines);
+
+	assert_int_equal(wolfSSL_write(ssl, line, len), len);
+	assert_true(f->expect_len + (size_t)len <= FLOOD_EXPECT);
+	memcpy(f->expect + f->expect_len, line, (size_t)len);
+	f->expect_len += (size_t)len;
+	f->lines++;
+	for (int i = 0; i < 200; i++, f->updates++)
+		assert_int_equal(wolfSSL_update_keys(ssl), WOLFSSL_SUCCESS);
+}
+
+/* A TLS 1.3 server that stops reading while our 2 MB send is in flight
+ * and floods KeyUpdate(update_requested) with lines between: the
+ * client's input waits behind its output (NET_RX_HELD) while the
+ * protocol's send still owes on_sent.  Once the server reads again,
+ * every byte goes both ways, in order, and on_sent comes once, after
+ * the last of the protocol's bytes went. */
+static void test_key_update_flood_during_send(void **state)
+{
+	enum { UP = 2 << 20 };
+	static struct flood f;
+	char *up = pattern(UP);
+	unsigned long turns0;
+	int cfd;
+
+	(void)state;
+	memset(&f, 0, sizeof(f));
+	tc_open(&f.k, sctx_13);
+	net_send(f.k.r.nc, &(struct iovec){"ping\r\n", 6}, 1);
+	f.k.want_srv = 6;
+	ntl_run(&fx, tc_data, tc_peer, &f.k, "ping");
+	f.expect = malloc(FLOOD_EXPECT);
+	assert_non_null(f.expect);
+	cfd = ntl_local_fd_of(f.k.s.fd);
+	assert_true(cfd >= 0);
+	setsockopt(cfd, SOL_SOCKET, SO_SNDBUF, &(int){4096}, sizeof(int));
+	setsockopt(f.k.s.fd, SOL_SOCKET, SO_RCVBUF, &(int){4096}, sizeof(int));
+	setsockopt(f.k.s.fd, SOL_SOCKET, SO_SNDBUF, &(int){8 << 20}, sizeof(int));
+	f.k.s.read_off = true;
+	f.k.s.in_len = 0;
+	net_send(f.k.r.nc, &(struct iovec){up, UP}, 1);
+	turns0 = fx.turns;
+	while (unsent(f.k.s.fd) < FLOOD_QUEUED && !ntl_closed(&f.k.r)) {
+		if (fx.turns - turns0 > 20000)
+			fail_msg("the client read on: %u key updates", f.updates);
+		flood_step(&f);
+		ntl_turn(&fx, 1);
+	}
+	fprintf(stderr, "# %u key update requests, %u lines; the client took %zu of %zu\n",
+		f.updates, f.lines, f.k.r.in_len, f.expect_len);
+	assert_int_equal(ntl_count(&f.k.r, NTL_EV_ERROR), 0);
+	assert_true(net_sending(f.k.r.nc));
+	assert_int_equal(ntl_count(&f.k.r, NTL_EV_SENT), 1); /* the ping's */
+	f.k.s.read_off = false;
+	f.k.want_srv = UP;
+	f.k.want_in = f.expect_len;
+	ntl_run(&fx, tc_data, tc_peer, &f.k, "both ways after the flood");
+	assert_int_equal(f.k.s.fatal, 0);
+	assert_int_equal(ntl_count(&f.k.r, NTL_EV_ERROR), 0);
+	assert_int_equal(ntl_count(&f.k.r, NTL_EV_SENT), 2);
+	assert_int_equal(f.k.s.in_len, UP);
+	assert_memory_equal(f.k.s.in, up, UP);
+	assert_int_equal(f.k.r.in_len, f.expect_len);
+	assert_memory_equal(f.k.r.in, f.expect, f.expect_len);
+	net_close(f.k.r.nc);
+	ntl_run(&fx, tc_closed, tc_peer, &f.k, "close");
+	assert_false(f.k.r.late);
+	tc_free(&f.k);
+	free(f.expect);
+	free(up);
+}
+
 /* ---- descriptors ---------------------------------------------------------------------- */
 
 /* The listener's queue emptied: a connect the kernel completed before
@@ -590,6 +691,7 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_big_send_during_handshake, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_send_during_failed_handshake, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_key_update_flood_during_send, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_descriptor_left, setup, teardown),
 	};
 
