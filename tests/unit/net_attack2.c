@@ -494,6 +494,35 @@ static void test_big_send_during_handshake(void **state)
 	free(up);
 }
 
+/* Plaintext handed over during the handshake is no progress (it waits,
+ * unencrypted): the handshake's deadline stays one timeout from the last
+ * progress, whatever the protocol queues meanwhile. */
+static void test_send_during_handshake_is_no_progress(void **state)
+{
+	static struct tcase k;
+	int peer;
+
+	(void)state;
+	memset(&k, 0, sizeof(k));
+	ntl_rec_init(&k.r, &fx);
+	peer = ntl_connect_accept(&fx, &k.r);
+	srv_open(&k.s, sctx_any, peer); /* it never answers the ClientHello */
+	net_set_timeout(k.r.nc, 1000);
+	assert_int_equal(net_tls_start(k.r.nc, cctx, PEER_NAME), 0);
+	fx.now += 600;
+	net_send(k.r.nc, &(struct iovec){"EHLO x\r\n", 8}, 1);
+	for (int i = 0; i < 10; i++)
+		ntl_turn(&fx, 2);
+	fx.now += 400;
+	net_tick(fx.t);
+	assert_int_equal(ntl_count(&k.r, NTL_EV_TIMEOUT), 1);
+	assert_int_equal(ntl_count(&k.r, NTL_EV_SENT), 0);
+	net_close(k.r.nc);
+	ntl_run(&fx, tc_closed, NULL, &k, "close");
+	assert_string_equal(log_no_recv(&k.r), "COX");
+	tc_free(&k);
+}
+
 static void garbage_peer(void *arg)
 {
 	struct tcase *k = arg;
@@ -691,6 +720,8 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_big_send_during_handshake, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_send_during_failed_handshake, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_send_during_handshake_is_no_progress, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_key_update_flood_during_send, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_descriptor_left, setup, teardown),
 	};
