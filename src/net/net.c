@@ -367,7 +367,15 @@ bool net_sending(const struct net_conn *nc)
 
 void net_send(struct net_conn *nc, const struct iovec *iov, uint32_t niov)
 {
+	size_t bytes = 0;
+
 	assert(!nc->user_pending && niov > 0 && niov <= NET_IOV_MAX);
+	for (uint32_t i = 0; i < niov; i++)
+		bytes += iov[i].iov_len;
+	/* Under TLS an empty send makes no record, so no completion would
+	 * ever bring its on_sent: a protocol has something to say. */
+	assert(bytes > 0);
+	(void)bytes;
 	if (nc->state != NET_OPEN)
 		return;
 	memcpy(nc->iov, iov, niov * sizeof(iov[0]));
@@ -675,10 +683,13 @@ void net_progress(struct net_conn *nc)
 	net_touch(nc);
 }
 
+/* Only an open connection's deadline follows the protocol's timeout: a
+ * connect keeps net_connect's, a draining connection net_shutdown's (else
+ * a hop that never answers the SYN, or never reads our close_notify,
+ * would hold the slot and the socket for good). */
 void net_set_timeout(struct net_conn *nc, uint32_t timeout_ms)
 {
 	nc->timeout_ms = timeout_ms;
-	nc->deadline_ms = UINT64_MAX;
 	net_touch(nc);
 }
 

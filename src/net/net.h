@@ -54,7 +54,9 @@
  *    (from then on the descriptor is the ring's: net_table_free() does not
  *    close it again); net_shutdown() first sends TLS close_notify (RFC 8446
  *    6.1) behind the records already made, even when they back up, then
- *    closes (the deadline bounds it).  After either, the
+ *    closes (the deadline bounds it; the peer's own end read meanwhile,
+ *    its close_notify, a reset or its FIN, ends the drain and may cut
+ *    what was still to go).  After either, the
  *    protocol hears nothing more but on_closed, the last call, once every
  *    op in flight has completed (the reap).  The slot is free again before
  *    on_closed runs, so on_closed may open a connection, even in it.  A
@@ -139,12 +141,15 @@ void net_set_proto(struct net_conn *nc, void *proto);
 int net_connect(struct net_conn *nc, const struct sockaddr *addr, socklen_t len,
 		uint32_t timeout_ms);
 
+/* The timeout progress renews; an open connection's deadline is moved to
+ * now + timeout_ms at once.  A connect keeps net_connect's bound and a
+ * draining connection net_shutdown's. */
 void net_set_timeout(struct net_conn *nc, uint32_t timeout_ms);
 /* A whole unit of input came: the deadline moves (see Deadline above). */
 void net_progress(struct net_conn *nc);
 bool net_sending(const struct net_conn *nc);
 /* Send iov[0..niov): no send may be in flight (net_sending), niov <=
- * NET_IOV_MAX.  on_sent when all went. */
+ * NET_IOV_MAX, at least one byte.  on_sent when all went. */
 void net_send(struct net_conn *nc, const struct iovec *iov, uint32_t niov);
 
 /* Begin TLS as a client on an open connection (peer_name: SNI and the name
