@@ -387,7 +387,10 @@ def _reset_in_body(hop, t):
 @pytest.mark.parametrize("script,tls_wrap,state", [
     (_reset_in_handshake, False, "tls_handshake"),
     (_close_notify_then_plaintext, True, "mail"),
-    (_reset_in_body, True, "body"),
+    # The whole body and its dot may already sit in the kernel's socket
+    # buffers when the reset comes (the hop cannot tell): "dot" is the same
+    # break seen after our last byte went.
+    (_reset_in_body, True, ("body", "dot")),
 ], ids=["reset-in-handshake", "close-notify-then-plaintext", "reset-in-body"])
 def test_hop_breaks_the_session(ringmx, certs, script, tls_wrap, state):
     """The hop resets the connection in the middle of the TLS handshake or
@@ -398,10 +401,13 @@ def test_hop_breaks_the_session(ringmx, certs, script, tls_wrap, state):
     try:
         srv = _gateway(ringmx, hop)
         body = b"y" * 998 + b"\r\n"
-        qid = submit(srv.port, make_message(new_mid("break-" + state), state, body=body * 500))
+        states = state if isinstance(state, tuple) else (state,)
+        qid = submit(srv.port, make_message(new_mid("break-" + states[0]), states[0],
+                                            body=body * 500))
         f = wait_state(srv, qid, "deferred", timeout=WAIT_S)
         errs = log_events(srv, "outbound_error")
-        assert any("state=%s " % state in e for e in errs), (errs, srv.log_tail(30))
+        assert any("state=%s " % st in e for e in errs for st in states), (errs,
+                                                                            srv.log_tail(30))
         assert not log_events(srv, "delivered", qid), f
         assert hop.wait_end() in ("reset", "closed by the gateway"), hop.ends
         assert hop.errors == [], hop.errors
