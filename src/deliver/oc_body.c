@@ -39,6 +39,7 @@ void oc_body_start(struct oconn *oc)
 	oc->body_end = false;
 	smtp_stuff_begin(&oc->stuff);
 }
+
 /* What one step of oc_pump did. */
 enum pump_step {
 	PUMP_MORE,   /* go on */
@@ -50,6 +51,7 @@ static bool win_has(const struct oconn *oc, uint64_t off, uint64_t n)
 {
 	return off >= oc->win_off && off + n <= oc->win_off + oc->win_len;
 }
+
 /* The current chunk's bytes in the window go into iov[]: as they are when
  * stored dot-stuffed, else stuffed on the way. */
 static enum pump_step pump_chunk(struct oconn *oc)
@@ -83,6 +85,7 @@ static enum pump_step pump_chunk(struct oconn *oc)
 		oc->pos += oc->chunk_pad;
 	return PUMP_MORE;
 }
+
 /* Every stored byte went: the final dot, only if they verify. */
 static enum pump_step pump_end(struct oconn *oc)
 {
@@ -101,6 +104,7 @@ static enum pump_step pump_end(struct oconn *oc)
 	oc->body_end = true;
 	return PUMP_END;
 }
+
 /* The record at pos: the message's next chunk begins, or it is skipped. */
 static enum pump_step pump_record(struct oconn *oc)
 {
@@ -132,6 +136,7 @@ static enum pump_step pump_record(struct oconn *oc)
 		oc->pos += oc->chunk_pad;
 	return PUMP_MORE;
 }
+
 /* Turn what the window holds into iovecs and send them, or read the next
  * window.  The CHUNK records of the message are found by walking the
  * segment from its first chunk, skipping other messages' records. */

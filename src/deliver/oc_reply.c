@@ -51,6 +51,7 @@ static enum smtp_ask oc_state_ask(enum oc_state st)
 		abort();
 	}
 }
+
 /* RFC 5321 3.1: a refused greeting ends the session; the job tries its
  * next hop. */
 static void on_reply_banner(struct oconn *oc, const struct smtp_reply *r)
@@ -69,6 +70,7 @@ static void on_reply_banner(struct oconn *oc, const struct smtp_reply *r)
 	if (job)
 		dlv_job_hop_failed(oc->d, job, diag);
 }
+
 /* EHLO (LHLO) answered.  A 5xx to EHLO from an SMTP hop that predates it
  * gets HELO (RFC 5321 4.1.1.1); LMTP has no HELO (RFC 2033 4.1). */
 static void on_reply_ehlo(struct oconn *oc, const struct smtp_reply *r)
@@ -91,6 +93,7 @@ static void on_reply_ehlo(struct oconn *oc, const struct smtp_reply *r)
 	smtp_reply_diag(r, diag, sizeof(diag));
 	oc_fail(oc, diag);
 }
+
 /* HELO answered: its 250 offers no extensions, whatever its lines say. */
 static void on_reply_helo(struct oconn *oc, const struct smtp_reply *r)
 {
@@ -104,6 +107,7 @@ static void on_reply_helo(struct oconn *oc, const struct smtp_reply *r)
 	smtp_ehlo_begin(&oc->caps);
 	oc_after_ehlo(oc);
 }
+
 /* 220: the handshake begins.  A refusal is fatal only where the route
  * requires TLS; an opportunistic route goes on in plaintext. */
 static void on_reply_starttls(struct oconn *oc, const struct smtp_reply *r)
@@ -121,6 +125,7 @@ static void on_reply_starttls(struct oconn *oc, const struct smtp_reply *r)
 	}
 	oc_ready(oc);
 }
+
 /* Is the reply owed, and can it answer its command?  Those that break the
  * accounting, show the hop out of step (503) or end a continuation (421)
  * are dealt with here; false then (the caller stops). */
@@ -153,6 +158,7 @@ static bool oc_reply_admitted(struct oconn *oc, const struct smtp_reply *r)
 	}
 	return true;
 }
+
 static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 {
 	if (!oc_reply_admitted(oc, r))
@@ -202,6 +208,7 @@ static void on_reply(struct oconn *oc, const struct smtp_reply *r)
 		abort();
 	}
 }
+
 /* Before any reply in buf counts: are they all owed?  False when the
  * connection was failed. */
 static bool oc_weigh(struct oconn *oc, const char *buf, size_t len)
@@ -231,6 +238,7 @@ static bool oc_weigh(struct oconn *oc, const char *buf, size_t len)
 		abort();
 	}
 }
+
 static const char *const reply_errors[] = {
     [SMTP_REPLY_E_NONE] = "",
     [SMTP_REPLY_E_SYNTAX] = "bad reply code",

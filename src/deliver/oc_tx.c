@@ -34,6 +34,7 @@ static void result_from_reply(struct oconn *oc, uint32_t i, const struct smtp_re
 						   : 4,
 			status, diag);
 }
+
 /* Every recipient of the job still without a final answer gets this one. */
 void oc_result_all(struct oconn *oc, int cls, const char *status, const char *diag,
 		   bool accepted_only)
@@ -48,6 +49,7 @@ void oc_result_all(struct oconn *oc, int cls, const char *status, const char *di
 		dlv_rcpt_result(oc->d, job, i, cls, status, diag);
 	}
 }
+
 static void result_all_reply(struct oconn *oc, const struct smtp_reply *r, bool accepted_only)
 {
 	char status[SMTP_ESC_MAX + 1], diag[DLV_ERR_MAX];
@@ -62,6 +64,7 @@ static void result_all_reply(struct oconn *oc, const struct smtp_reply *r, bool 
 						 : 4,
 		      status, diag, accepted_only);
 }
+
 bool oc_job_answered_any(const struct djob *job)
 {
 	for (uint32_t i = 0; i < job->nrcpt; i++)
@@ -69,6 +72,7 @@ bool oc_job_answered_any(const struct djob *job)
 			return true;
 	return false;
 }
+
 static bool job_open_any(const struct djob *job)
 {
 	for (uint32_t i = 0; i < job->nrcpt; i++)
@@ -76,6 +80,7 @@ static bool job_open_any(const struct djob *job)
 			return true;
 	return false;
 }
+
 static void oc_release_job(struct oconn *oc)
 {
 	struct djob *job = oc->job;
@@ -84,6 +89,7 @@ static void oc_release_job(struct oconn *oc)
 	if (job)
 		dlv_job_done(oc->d, job);
 }
+
 static void oc_rset(struct oconn *oc)
 {
 	oc_cmd(oc, "RSET");
@@ -91,6 +97,7 @@ static void oc_rset(struct oconn *oc)
 	oc_enter_state(oc, OC_RSET);
 	oc_flush(oc);
 }
+
 /* RCPTs for the transaction's open recipients, in job order: one without
  * PIPELINING, else as many as the buffer takes, and DATA after the last. */
 static void write_rcpts(struct oconn *oc)
@@ -131,6 +138,7 @@ static void write_rcpts(struct oconn *oc)
 		oc->data_sent = true;
 	}
 }
+
 static bool str_ascii(struct spool_str s)
 {
 	for (uint32_t i = 0; i < s.len; i++)
@@ -138,6 +146,7 @@ static bool str_ascii(struct spool_str s)
 			return false;
 	return true;
 }
+
 /* RFC 6531 3.4: a message sent with SMTPUTF8 needs it at the next hop only
  * when the reverse-path, a forward-path of this transaction or its header
  * section is not ASCII; an all-ASCII one goes on as plain SMTP (Dovecot 2.3
@@ -161,6 +170,7 @@ static bool tx_needs_smtputf8(const struct oconn *oc)
 	}
 	return false;
 }
+
 /* The job's message against the next hop's capabilities (RFC 1870, 6152,
  * 6531): a message it cannot take is bounced here, never altered. */
 static bool tx_check(struct oconn *oc)
@@ -194,6 +204,7 @@ static bool tx_check(struct oconn *oc)
 	}
 	return true;
 }
+
 void oc_begin_tx(struct oconn *oc)
 {
 	struct deliver_core *c = dlv_core(oc->d);
@@ -249,6 +260,7 @@ void oc_begin_tx(struct oconn *oc)
 		write_rcpts(oc);
 	oc_flush(oc);
 }
+
 /* The open recipients get this answer (their transaction can do no more). */
 static void result_open(struct oconn *oc, int cls, const char *status, const char *diag)
 {
@@ -260,6 +272,7 @@ static void result_open(struct oconn *oc, int cls, const char *status, const cha
 			dlv_rcpt_result(oc->d, job, i, cls, status, diag);
 		}
 }
+
 /* The transaction is over and the connection is in a known state: idle
  * (reusable) or to be given up.  Recipients the hop would not take this
  * time ("too many recipients") go in the next transaction at once — on
@@ -294,6 +307,7 @@ void oc_tx_end(struct oconn *oc, bool reusable)
 	else
 		dlv_job_done(oc->d, job);
 }
+
 /* A 503 ("bad sequence of commands", RFC 5321 4.2.3) inside a transaction:
  * the hop's idea of the transaction is not ours, as when a server keeps
  * the previous one open after refusing its data (Postfix does after an
@@ -329,6 +343,7 @@ void oc_out_of_step(struct oconn *oc, enum smtp_ask ask, const struct smtp_reply
 	oc->job = NULL;
 	dlv_job_done(oc->d, job);
 }
+
 /* Does a 503 to this command show the hop out of step?  Not when it is the
  * expected answer: RCPT after a refused MAIL, DATA with no recipient taken
  * (RFC 2920 3.1 has the server fail DATA then; some say 503). */
@@ -355,6 +370,7 @@ bool oc_503_out_of_step(const struct oconn *oc, enum smtp_ask ask)
 		abort();
 	}
 }
+
 /* The job index of the recipient the next RCPT reply is for. */
 static uint32_t oc_next_replied(struct oconn *oc)
 {
@@ -365,6 +381,7 @@ static uint32_t oc_next_replied(struct oconn *oc)
 	assert(oc->rcur < job->nrcpt);
 	return oc->rcur++;
 }
+
 /* A RCPT over the hop's limit: the recipient stays open for the next
  * transaction, no more RCPTs go in this one, and the connection remembers
  * how many the hop took (RFC 5321 4.5.3.1.8 says at least 100 must be). */
@@ -387,6 +404,7 @@ static void oc_rcpt_overflow(struct oconn *oc, uint32_t i, const struct smtp_rep
 			dlv_core(oc->d)->shard, oc->hop.name, took, oc->over_diag);
 	}
 }
+
 void oc_rcpt_reply(struct oconn *oc, const struct smtp_reply *r)
 {
 	bool ok = oc_reply_2xx(r);
@@ -421,6 +439,7 @@ void oc_rcpt_reply(struct oconn *oc, const struct smtp_reply *r)
 	}
 	after_rcpt_replies(oc);
 }
+
 static void after_rcpt_replies(struct oconn *oc)
 {
 	if (oc->pipelining) {
@@ -438,6 +457,7 @@ static void after_rcpt_replies(struct oconn *oc)
 	}
 	oc_rset(oc);
 }
+
 /* MAIL answered.  A refusal answers the whole job (RFC 5321 3.3); the
  * RCPTs already pipelined behind it still have their replies to come. */
 void oc_on_reply_mail(struct oconn *oc, const struct smtp_reply *r)
@@ -460,6 +480,7 @@ void oc_on_reply_mail(struct oconn *oc, const struct smtp_reply *r)
 		oc_flush(oc);
 	}
 }
+
 /* DATA answered: 354 starts the body; anything else ends the transaction
  * for the recipients RCPT took. */
 void oc_on_reply_data(struct oconn *oc, const struct smtp_reply *r)
@@ -478,6 +499,7 @@ void oc_on_reply_data(struct oconn *oc, const struct smtp_reply *r)
 		result_all_reply(oc, r, true);
 	oc_rset(oc);
 }
+
 /* The reply to the final dot answers the accepted recipients: SMTP one
  * for all, LMTP one each, in RCPT order (RFC 2033 4.2).  False while LMTP
  * replies are still owed. */
@@ -493,6 +515,7 @@ static bool dot_results(struct oconn *oc, const struct smtp_reply *r)
 	result_from_reply(oc, oc->lmtp_idx++, r);
 	return oc->owed.total == 0;
 }
+
 void oc_on_reply_dot(struct oconn *oc, const struct smtp_reply *r)
 {
 	const struct deliver_core *c = dlv_core(oc->d);
