@@ -4,10 +4,8 @@
  * Here: the process-wide connection accounting, listeners and accept, the
  * tick, the stop, the loop and its dispatch (one switch over the op's
  * owner, ring/ops.h), set-up and teardown.  The inbound connections
- * themselves are conn.c (shard_conn.h).  Every op names its slot and
- * generation, so completions of a recycled slot are dropped; slots are
- * recycled only in the reap, at the end of a completion's handling, once
- * nothing of the connection is in flight.
+ * themselves are served connections of the connection layer (net/net.h),
+ * driven for the SMTP session by conn.c (shard_conn.h).
  */
 #include "shard.h"
 
@@ -248,7 +246,9 @@ static void shard_on_accept(struct shard *sh, uint32_t li, struct io_uring_cqe *
 	}
 	if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
 		memset(&ss, 0, sizeof(ss));
-	why = sh->stopping ? "shutdown" : sh->free_count == 0 ? "connections" : conn_admit(&ss);
+	why = sh->stopping			       ? "shutdown"
+	      : net_active(sh->net_in) == sh->conn_max ? "connections"
+						       : conn_admit(&ss);
 	if (why) {
 		struct conn tmp = {.peer = ss};
 
@@ -286,10 +286,7 @@ static void shard_arm_wake(struct shard *sh)
  * are counted in seconds. */
 static void shard_on_tick(struct shard *sh)
 {
-	for (struct conn *c = sh->active, *next; c; c = next) {
-		next = c->next;
-		conn_tick(c);
-	}
+	net_tick(sh->net_in);
 	for (uint32_t i = 0; i < sh->cfg->listener_count && !sh->stopping; i++)
 		if (!sh->listeners[i].armed)
 			listener_arm(sh, i);
@@ -310,10 +307,7 @@ static void shard_begin_stop(struct shard *sh)
 	}
 	deliver_stop(sh->dlv);
 	snprintf(reply, sizeof(reply), "421 4.3.2 %s Service shutting down", sh->cfg->hostname);
-	for (struct conn *c = sh->active, *next; c; c = next) {
-		next = c->next;
-		conn_stop(c, reply, sh->now_ms + SHARD_STOP_LINGER_MS);
-	}
+	conn_stop_all(sh, reply, sh->now_ms + SHARD_STOP_LINGER_MS);
 }
 
 static void shard_on_wake(struct shard *sh)
@@ -367,15 +361,6 @@ static void handle_shard_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 	case OP_ACCEPT:
 		shard_on_accept(sh, ring_ud_slot(ud), cqe);
 		break;
-	case OP_RECV:
-	case OP_SEND:
-	case OP_PEEK:
-	case OP_GREET:
-	case OP_DECIDE_TIMER:
-	case OP_CANCEL:
-	case OP_CLOSE:
-		conn_complete(sh, cqe);
-		break;
 	case OP_TICK:
 		shard_on_tick(sh);
 		break;
@@ -400,6 +385,8 @@ static struct net_table *shard_net(struct shard *sh, uint8_t id)
 	switch ((enum net_table_id)id) {
 	case NET_TABLE_OUTBOUND:
 		return deliver_net(sh->dlv);
+	case NET_TABLE_INBOUND:
+		return sh->net_in;
 	case NET_TABLE_COUNT:
 	default:
 		abort();
@@ -422,7 +409,7 @@ static void handle_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 		deliver_complete(sh->dlv, ud, cqe->res, cqe->flags);
 		break;
 	case OPS_OWNER_NET:
-		net_complete(shard_net(sh, ring_ud_aux(ud)), ud, cqe->res);
+		net_complete_cqe(shard_net(sh, ring_ud_aux(ud)), ud, cqe->res, cqe->flags);
 		break;
 	case OPS_OWNER_NONE:
 	default:
@@ -442,7 +429,7 @@ static bool shard_done(struct shard *sh)
 	for (uint32_t i = 0; i < sh->cfg->listener_count; i++)
 		if (sh->listeners[i].armed)
 			return false;
-	return sh->active_count == 0 && !spool_busy(sh->spool) && !deliver_busy(sh->dlv);
+	return net_active(sh->net_in) == 0 && !spool_busy(sh->spool) && !deliver_busy(sh->dlv);
 }
 
 static void shard_loop(struct shard *sh)
@@ -472,7 +459,7 @@ static void shard_loop(struct shard *sh)
 		 * crawling at one batch per tick).  Delivery next: its records
 		 * ride this turn's batches.  Group commit: everything committed
 		 * in this turn shares one fdatasync per segment. */
-		conn_rearm_starved(sh);
+		net_rearm_starved(sh->net_in);
 		deliver_turn(sh->dlv);
 		spool_flush(sh->spool);
 	}
@@ -668,19 +655,19 @@ static int shard_conns_init(struct shard *sh)
 	const struct rmx_config *cfg = sh->cfg;
 
 	sh->conn_max = cfg->io.max_connections;
+	sh->net_in = net_table_served(&sh->ring, NET_TABLE_INBOUND, sh->conn_max, sh->inq_cap,
+				      CONN_OUT_MAX, &sh->now_ms);
 	sh->conns = calloc(sh->conn_max, sizeof(sh->conns[0]));
-	sh->free_slots = calloc(sh->conn_max, sizeof(sh->free_slots[0]));
 	sh->txpool = smtp_tx_pool_new(sh->conn_max, cfg->limits.recipients);
 	sh->sessions = smtp_sessions_new(sh->conn_max);
-	if (!sh->conns || !sh->free_slots || !sh->txpool || !sh->sessions) {
+	if (!sh->net_in || !sh->conns || !sh->txpool || !sh->sessions) {
 		snprintf(sh->why, sizeof(sh->why), "out of memory sizing %u connections",
 			 sh->conn_max);
 		return -ENOMEM;
 	}
 	for (uint32_t i = 0; i < sh->conn_max; i++) {
-		sh->conns[i].slot = i;
+		sh->conns[i].shard = sh;
 		sh->conns[i].s = smtp_session_at(sh->sessions, i);
-		sh->free_slots[sh->free_count++] = sh->conn_max - 1 - i;
 	}
 	for (uint32_t i = 0; i < cfg->listener_count; i++) {
 		sh->listeners[i].cfg = &cfg->listeners[i];
@@ -704,7 +691,7 @@ static int shard_setup(struct shard *sh)
 	/* No connection holds more than an eighth of the pool (invariant 8);
 	 * io.recv_buffers is at least 16, so that is two buffers or more. */
 	sh->inq_cap =
-	    cfg->io.recv_buffers / 8 < CONN_INQ_MAX ? cfg->io.recv_buffers / 8 : CONN_INQ_MAX;
+	    cfg->io.recv_buffers / 8 < NET_INQ_CAP_MAX ? cfg->io.recv_buffers / 8 : NET_INQ_CAP_MAX;
 	assert(sh->inq_cap >= 2);
 	rc = spool_open(&sh->spool, cfg->spool.path, sh->id, cfg->spool.segment_size,
 			cfg->spool.durability == CONFIG_DURABILITY_FSYNC, sh->first_id, &sh->ring,
@@ -758,12 +745,11 @@ static void shard_teardown(struct shard *sh)
 	 * engine and its segment descriptors: those go in shard_release,
 	 * once the helpers have stopped. */
 	deliver_stop_io(sh->dlv);
+	/* Connections still open at the end of the grace: their sockets and
+	 * TLS sessions (before the context they were made from). */
+	net_table_free(sh->net_in);
+	sh->net_in = NULL;
 	if (sh->tls_ctx) {
-		for (uint32_t i = 0; i < sh->conn_max; i++)
-			if (sh->conns && sh->conns[i].tls) {
-				tls_conn_free(sh->conns[i].tls);
-				sh->conns[i].tls = NULL;
-			}
 		tls_ctx_free(sh->tls_ctx);
 		sh->tls_ctx = NULL;
 		tls_thread_cleanup();
@@ -773,7 +759,6 @@ static void shard_teardown(struct shard *sh)
 	smtp_tx_pool_free(sh->txpool);
 	smtp_sessions_free(sh->sessions);
 	free(sh->conns);
-	free(sh->free_slots);
 	if (sh->ring.buf_count)
 		ring_exit(&sh->ring);
 }
@@ -801,7 +786,7 @@ static void *shard_main(void *arg)
 		sh->id, (unsigned long long)spool_stats(sh->spool)->messages,
 		(unsigned long long)spool_stats(sh->spool)->syncs,
 		(unsigned long long)spool_stats(sh->spool)->writes,
-		(unsigned long long)sh->recv_enobufs);
+		(unsigned long long)net_enobufs(sh->net_in));
 	shard_teardown(sh);
 	return NULL;
 }

@@ -38,8 +38,8 @@ static bool net_legal(enum net_state from, enum net_state to)
 		return from == NET_FREE;
 	case NET_CONNECTING:
 		return from == NET_RESERVED;
-	case NET_OPEN:
-		return from == NET_CONNECTING;
+	case NET_OPEN: /* RESERVED: an accepted socket (net_adopt) */
+		return from == NET_CONNECTING || from == NET_RESERVED;
 	case NET_DRAINING:
 		return from == NET_OPEN;
 	case NET_CLOSING:
@@ -49,13 +49,13 @@ static bool net_legal(enum net_state from, enum net_state to)
 	}
 }
 
-static void net_enter(struct net_conn *nc, enum net_state next)
+void net_enter(struct net_conn *nc, enum net_state next)
 {
 	assert(net_legal(nc->state, next));
 	nc->state = next;
 }
 
-static uint64_t net_now(const struct net_conn *nc)
+uint64_t net_now(const struct net_conn *nc)
 {
 	return *nc->t->now_ms;
 }
@@ -70,7 +70,7 @@ static uint64_t net_now(const struct net_conn *nc)
  * gave it. */
 void net_touch(struct net_conn *nc)
 {
-	if (nc->state != NET_OPEN)
+	if (nc->state != NET_OPEN || nc->t->served) /* served: the protocol's own limits */
 		return;
 	nc->deadline_ms = nc->timeout_ms ? net_now(nc) + nc->timeout_ms : UINT64_MAX;
 }
@@ -91,8 +91,8 @@ struct net_table *net_table_new(struct ring *ring, enum net_table_id id, uint32_
 	t->now_ms = now_ms;
 	t->conns = calloc(nslots, sizeof(t->conns[0]));
 	t->free = calloc(nslots, sizeof(t->free[0]));
-	t->in_mem = malloc((size_t)nslots * in_cap);
-	if (!t->conns || !t->free || !t->in_mem) {
+	t->in_mem = in_cap ? malloc((size_t)nslots * in_cap) : NULL;
+	if (!t->conns || !t->free || (in_cap && !t->in_mem)) {
 		net_table_free(t);
 		return NULL;
 	}
@@ -102,7 +102,7 @@ struct net_table *net_table_new(struct ring *ring, enum net_table_id id, uint32_
 		nc->t = t;
 		nc->slot = i;
 		nc->fd = -1;
-		nc->in = t->in_mem + (size_t)i * in_cap;
+		nc->in = in_cap ? t->in_mem + (size_t)i * in_cap : NULL;
 		t->free[t->free_count++] = nslots - 1 - i;
 	}
 	return t;
@@ -121,6 +121,9 @@ void net_table_free(struct net_table *t)
 	free(t->conns);
 	free(t->free);
 	free(t->in_mem);
+	free(t->sv_mem);
+	free(t->out_mem);
+	free(t->stash_mem);
 	free(t);
 }
 
@@ -148,6 +151,14 @@ struct net_conn *net_open(struct net_table *t, const struct net_ops *ops, void *
 	nc->deadline_ms = UINT64_MAX;
 	nc->niov = 0;
 	nc->in_off = nc->in_len = 0;
+	if (nc->sv) {
+		struct net_served *sv = nc->sv;
+		char *out = sv->out, *stash = sv->stash;
+
+		memset(sv, 0, sizeof(*sv));
+		sv->out = out;
+		sv->stash = stash;
+	}
 	return nc;
 }
 
@@ -167,6 +178,8 @@ static void net_release(struct net_conn *nc)
 {
 	struct net_table *t = nc->t;
 
+	if (nc->sv)
+		sv_release(nc);
 	if (nc->tls) {
 		tls_conn_free(nc->tls);
 		nc->tls = NULL;
@@ -178,13 +191,15 @@ static void net_release(struct net_conn *nc)
 	t->free[t->free_count++] = nc->slot;
 }
 
-static void net_reap(struct net_conn *nc)
+void net_reap(struct net_conn *nc)
 {
 	const struct net_ops *ops = nc->ops;
 	void *proto = nc->proto;
 
 	if (nc->state != NET_CLOSING || nc->inflight)
 		return;
+	if (nc->sv && (nc->sv->holds || (ops->busy && ops->busy(proto))))
+		return; /* net_unhold or net_settle comes back */
 	net_release(nc);
 	ops->on_closed(proto);
 }
@@ -229,6 +244,11 @@ static void on_fread_done(struct net_conn *nc, int res)
 
 void net_complete(struct net_table *t, uint64_t ud, int res)
 {
+	net_complete_cqe(t, ud, res, 0);
+}
+
+void net_complete_cqe(struct net_table *t, uint64_t ud, int res, uint32_t flags)
+{
 	uint32_t slot = ring_ud_slot(ud);
 	struct net_conn *nc;
 
@@ -241,10 +261,21 @@ void net_complete(struct net_table *t, uint64_t ud, int res)
 		on_connect_done(nc, res);
 		break;
 	case NET_OP_RECV:
-		on_recv_done(nc, res);
+		if (nc->sv)
+			sv_on_recv(nc, res, flags);
+		else
+			on_recv_done(nc, res);
+		break;
+	case NET_OP_PEEK:
+	case NET_OP_TIMER:
+	case NET_OP_TIMER_LAST:
+		sv_on_event(nc, (enum net_op)ring_ud_op(ud), res);
 		break;
 	case NET_OP_SEND:
-		on_send_done(nc, res);
+		if (nc->sv)
+			sv_on_send(nc, res);
+		else
+			on_send_done(nc, res);
 		break;
 	case NET_OP_FREAD:
 		on_fread_done(nc, res);
@@ -256,7 +287,8 @@ void net_complete(struct net_table *t, uint64_t ud, int res)
 	default:
 		abort();
 	}
-	rx_arm(nc);
+	if (!nc->sv)
+		rx_arm(nc);
 	net_reap(nc);
 }
 
@@ -332,6 +364,8 @@ void net_close(struct net_conn *nc)
 	}
 	net_enter(nc, NET_CLOSING);
 	nc->user_pending = false;
+	if (nc->sv)
+		sv_cancel_timers(nc);
 	/* Cancel whatever still waits on the socket, then close it. */
 	sqe = ring_sqe(nc->t->ring);
 	io_uring_prep_cancel_fd(sqe, nc->fd, IORING_ASYNC_CANCEL_ALL);
@@ -348,6 +382,10 @@ void net_close(struct net_conn *nc)
 
 void net_shutdown(struct net_conn *nc)
 {
+	if (nc->sv) {
+		sv_shutdown(nc);
+		return;
+	}
 	if (nc->state != NET_OPEN) {
 		net_close(nc);
 		return;
@@ -374,6 +412,12 @@ void net_tick(struct net_table *t)
 {
 	uint64_t now = *t->now_ms;
 
+	if (t->served) {
+		for (uint32_t i = 0; i < t->nslots; i++)
+			if (t->conns[i].state == NET_OPEN || t->conns[i].state == NET_DRAINING)
+				t->conns[i].ops->on_tick(t->conns[i].proto);
+		return;
+	}
 	for (uint32_t i = 0; i < t->nslots; i++) {
 		struct net_conn *nc = &t->conns[i];
 

@@ -67,6 +67,42 @@
  *    an op of the connection: the reap waits for it; its result goes to
  *    on_file_read unless the connection closed meanwhile.
  *
+ * Served connections (net_table_served: a server's accepted sockets) differ
+ * in what the server needs and a client does not:
+ *
+ *  - Receive into the ring's provided buffers, single-shot, one recv at a
+ *    time and only while the connection holds fewer than inq_cap of them,
+ *    so no client takes more than its share of the pool (a multishot recv
+ *    would post as many completions as the client has data).  A recv that
+ *    finds no free buffer waits for net_rearm_starved().  on_feed(p, len,
+ *    bid) returns how much it took: taking less pauses the input, and
+ *    net_resume() goes on (never re-entered from inside on_feed); the bid
+ *    names the buffer, so the protocol may keep a reference on body bytes.
+ *  - Parking: while wants_park() says the protocol waits on itself (a
+ *    timer, a helper) or on a peer that does not read, the recv stops and
+ *    the held input moves into the slot's own stash, so a waiting client
+ *    holds none of the shared buffers; input that does not fit calls
+ *    on_overrun().  The stash goes back in front of the input on resume.
+ *  - Output: net_write() appends to the slot's write buffer (out_cap
+ *    bytes); one send per loop turn carries what is there (a pipelined
+ *    group's replies go together).  net_send_overdue() tells the
+ *    protocol's tick a send has not finished within its timeout.
+ *  - TLS, server role: net_tls_accept() (TLS from the first byte) or
+ *    net_starttls() (once the current on_feed returns, every byte already
+ *    received is dropped, CVE-2011-0411, and what is in the write buffer
+ *    still goes in plaintext).  Plaintext is decrypted into user buffers
+ *    fed like received ones.  A failure is logged, then the alert goes out
+ *    and the connection closes.
+ *  - The peer's FIN: its input is answered first (RFC 5321 4.1.1.10), then
+ *    once waits() is false and nothing is held, the connection shuts down.
+ *  - net_shutdown(): what the write buffer holds goes out, then a TLS
+ *    close_notify, then the close, within net_linger's bound (10 s unless
+ *    shortened); net_close() drops everything at once.
+ *  - Protocol timers (net_timer), the peek for an early talker (net_peek),
+ *    holds for work outside the ring (net_hold; busy() is asked too): the
+ *    reap waits for all of them.  on_tick runs on every open or draining
+ *    connection at the shard's tick; the protocol owns its own limits.
+ *
  * Memory: net_table_new() allocates everything (slots and receive
  * buffers); nothing is allocated per connection but the TLS session.
  */
@@ -96,6 +132,9 @@ enum net_op {
 	NET_OP_FREAD,
 	NET_OP_CANCEL,
 	NET_OP_CLOSE,
+	NET_OP_PEEK,			      /* served: bytes before the greeting? */
+	NET_OP_TIMER,			      /* served: the protocol's timer 0 ... */
+	NET_OP_TIMER_LAST = NET_OP_TIMER + 1, /* ... and 1 (NET_TIMERS) */
 	NET_OP_END,
 };
 static_assert(NET_OP_END - 1 <= OPS_NET_LAST, "net ops inside the net range");
@@ -103,10 +142,12 @@ static_assert(NET_OP_END - 1 <= OPS_NET_LAST, "net ops inside the net range");
 /* Which table of a shard a completion belongs to. */
 enum net_table_id {
 	NET_TABLE_OUTBOUND = 0, /* src/deliver/outbound.c */
+	NET_TABLE_INBOUND,	/* src/conn.c: the SMTP server's sessions */
 	NET_TABLE_COUNT,
 };
 
 #define NET_IOV_MAX 136 /* iovecs one net_send() takes */
+#define NET_TIMERS  2	/* protocol timers per served connection */
 
 struct net_ops {
 	void (*on_connected)(void *proto);
@@ -118,6 +159,15 @@ struct net_ops {
 	void (*on_timeout)(void *proto);
 	void (*on_file_read)(void *proto, int res);
 	void (*on_closed)(void *proto);
+	/* Served connections only (see "Served" above). */
+	size_t (*on_feed)(void *proto, const char *p, size_t len, uint16_t bid);
+	bool (*wants_park)(void *proto);
+	bool (*waits)(void *proto); /* its input is not all answered yet */
+	void (*on_overrun)(void *proto);
+	void (*on_peek)(void *proto, bool early);
+	void (*on_timer)(void *proto, unsigned which);
+	void (*on_tick)(void *proto);
+	bool (*busy)(void *proto); /* work outside the ring: the reap waits */
 };
 
 /* nslots connections with an in_cap-byte receive buffer each; now_ms is
@@ -168,8 +218,63 @@ void net_close(struct net_conn *nc);
 void net_shutdown(struct net_conn *nc);
 bool net_closing(const struct net_conn *nc);
 
+/* ---- served connections ---- */
+
+/* nslots accepted connections holding at most inq_cap receive buffers
+ * each (<= NET_INQ_MAX), with an out_cap-byte write buffer.  NULL on
+ * allocation failure. */
+struct net_table *net_table_served(struct ring *ring, enum net_table_id id, uint32_t nslots,
+				   uint32_t inq_cap, uint32_t out_cap, const uint64_t *now_ms);
+/* An accepted socket into a slot reserved with net_open: open at once.
+ * Nothing is armed until net_receive or net_peek.  name (the peer, for
+ * log lines) must live until on_closed. */
+void net_adopt(struct net_conn *nc, int fd, const char *name);
+/* The connection of slot and generation, if it is still that one. */
+struct net_conn *net_find(struct net_table *t, uint32_t slot, uint16_t gen);
+uint16_t net_gen(const struct net_conn *nc);
+void *net_proto(const struct net_conn *nc);
+/* Open and not shutting down: input is fed and replies may be written. */
+bool net_open_for_input(const struct net_conn *nc);
+bool net_draining(const struct net_conn *nc);
+bool net_parked(const struct net_conn *nc);
+void net_receive(struct net_conn *nc); /* input begins */
+void net_resume(struct net_conn *nc);  /* input paused in on_feed goes on */
+/* One peek for a byte already received (on_peek). */
+void net_peek(struct net_conn *nc, char *byte);
+/* on_timer(which) after ms; one per which at a time. */
+void net_timer(struct net_conn *nc, unsigned which, uint32_t ms);
+void net_hold(struct net_conn *nc);
+/* Work outside the ring ended (a hold, or what busy() reported). */
+void net_unhold(struct net_conn *nc);
+void net_settle(struct net_conn *nc);
+/* Write buffer: net_write asserts len fits net_out_free(). */
+void net_write(struct net_conn *nc, const char *p, size_t len);
+size_t net_out_free(const struct net_conn *nc);
+void net_drop_output(struct net_conn *nc); /* but what a send in flight carries */
+void net_flush(struct net_conn *nc);
+/* A send in flight unfinished for ms or more (0: none in flight). */
+uint64_t net_send_age(const struct net_conn *nc);
+/* The send in flight is past the timeout (net_set_timeout) or, draining,
+ * past the linger. */
+bool net_send_overdue(const struct net_conn *nc);
+/* Draining: close by until_ms at the latest. */
+void net_linger(struct net_conn *nc, uint64_t until_ms);
+int net_tls_accept(struct net_conn *nc, struct tls_ctx *ctx);
+void net_starttls(struct net_conn *nc, struct tls_ctx *ctx);
+bool net_tls_begun(const struct net_conn *nc);
+bool net_tls_handshaking(const struct net_conn *nc);
+/* Once per loop turn: recvs that found no buffer, and connections that
+ * waited for a user buffer, go on when buffers came back. */
+void net_rearm_starved(struct net_table *t);
+/* Recvs that found no free buffer, since the start. */
+uint64_t net_enobufs(const struct net_table *t);
+/* fn(proto, arg) for every open or draining connection. */
+void net_foreach(struct net_table *t, void (*fn)(void *proto, void *arg), void *arg);
+
 /* A completion whose op is in the NET range, for this table. */
 void net_complete(struct net_table *t, uint64_t ud, int res);
+/* The same with the CQE's flags (a served recv's buffer id). */
+void net_complete_cqe(struct net_table *t, uint64_t ud, int res, uint32_t flags);
 /* Deadlines: on the shard's tick. */
 void net_tick(struct net_table *t);
 

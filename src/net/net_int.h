@@ -28,9 +28,12 @@ enum net_state {
 };
 
 enum net_rx {
-	NET_RX_IDLE = 0, /* no recv in flight; one may be armed */
-	NET_RX_ARMED,	 /* a recv in flight */
-	NET_RX_HELD,	 /* TLS input waits for the send in flight */
+	NET_RX_IDLE = 0,   /* no recv in flight; one may be armed */
+	NET_RX_ARMED,	   /* a recv in flight */
+	NET_RX_HELD,	   /* TLS input waits for the send in flight */
+	NET_RX_CANCELLING, /* served, parked or closing: its completion is due */
+	NET_RX_NOBUFS,	   /* served: it found no free buffer (net_rearm_starved) */
+	NET_RX_COUNT,
 };
 
 enum net_tls {
@@ -44,6 +47,49 @@ enum net_send_kind {
 	NET_SEND_NONE = 0,
 	NET_SEND_PLAIN, /* iov[] as it is */
 	NET_SEND_TLS,	/* records from the TLS layer's out buffer */
+	NET_SEND_BUF,	/* served: out[0, out_sent) in plaintext */
+};
+
+#define NET_INQ_MAX 8 /* receive buffers a served connection may hold */
+#define NET_PQ_MAX  4 /* decrypted buffers held per served TLS connection */
+/* Input a parked connection keeps in its own memory (at most one receive
+ * buffer's worth): enough for a pipelined group of a few hundred RCPTs. */
+#define NET_STASH_MAX 16384
+/* How long a served connection's output may take once it shuts down. */
+#define NET_SERVED_LINGER_MS 10000
+
+/* Bytes held in a ring buffer: bid, and what of it is not yet used. */
+struct net_inbuf {
+	uint16_t bid;
+	uint32_t off, len;
+};
+
+/* What only a served connection has (net_table_served). */
+struct net_served {
+	uint32_t inq_head, inq_count;
+	struct net_inbuf inq[NET_INQ_MAX];
+	/* TLS: ciphertext arrives in inq; plaintext is decrypted into user
+	 * buffers (ring_buf_alloc) queued in pq and fed from there, so its
+	 * bytes can be spooled by reference like plaintext input. */
+	uint32_t pq_head, pq_count;
+	struct net_inbuf pq[NET_PQ_MAX];
+	bool peer_eof; /* the peer sent FIN: answer its input, then close */
+	bool in_feed;
+	bool parked;	 /* recv stopped, held input in stash[] */
+	bool tls_switch; /* STARTTLS accepted: switch when the feed returns */
+	bool peek_armed;
+	bool timer_armed[NET_TIMERS];
+	uint32_t holds;
+	uint32_t stash_len;
+	char *stash; /* NET_STASH_MAX bytes, its pages touched only if it parks */
+	char *out;
+	uint32_t out_len;	 /* bytes buffered */
+	uint32_t out_sent;	 /* bytes of out[] in the send in flight */
+	uint32_t plain_out;	 /* bytes of out[] that still go in plaintext (the 220) */
+	struct tls_ctx *tls_ctx; /* STARTTLS: the switch's */
+	uint64_t send_started_ms;
+	const char *name;
+	struct __kernel_timespec timer_ts[NET_TIMERS];
 };
 
 struct net_conn {
@@ -69,6 +115,7 @@ struct net_conn {
 	struct tls_conn *tls;
 	char *in; /* in_cap bytes; TLS: in[in_off, in_len) not yet fed */
 	uint32_t in_off, in_len;
+	struct net_served *sv; /* served tables only */
 };
 
 struct net_table {
@@ -80,6 +127,13 @@ struct net_table {
 	uint32_t *free;
 	uint32_t free_count;
 	char *in_mem;
+	/* Served tables */
+	bool served;
+	uint32_t inq_cap, out_cap;
+	struct net_served *sv_mem;
+	char *out_mem, *stash_mem;
+	bool user_starved; /* a connection waits for a user buffer */
+	uint64_t enobufs;
 };
 
 /* Used across the files, one line each: inline. */
@@ -96,6 +150,9 @@ static inline bool net_live(const struct net_conn *nc)
 
 /* net.c */
 void net_touch(struct net_conn *nc); /* progress moves the deadline */
+void net_enter(struct net_conn *nc, enum net_state next);
+uint64_t net_now(const struct net_conn *nc);
+void net_reap(struct net_conn *nc); /* free the slot once nothing is in flight */
 /* on_error once, then the close; a draining connection just closes */
 void net_fail(struct net_conn *nc, int err, const char *why);
 
@@ -106,9 +163,28 @@ void on_recv_done(struct net_conn *nc, int res);
 /* net_out.c */
 void on_send_done(struct net_conn *nc, int res); /* plain or TLS */
 
+/* net_serve.c: served input, parking */
+void sv_process(struct net_conn *nc); /* feed, park, arm, close-when-answered, flush */
+void sv_arm(struct net_conn *nc);
+void sv_on_recv(struct net_conn *nc, int res, uint32_t flags);
+void sv_inq_pop(struct net_conn *nc);
+void sv_release(struct net_conn *nc); /* buffers back at the reap */
+void sv_send_submitted(struct net_conn *nc);
+void sv_flush(struct net_conn *nc);				/* the write buffer, one send */
+void sv_on_send(struct net_conn *nc, int res);			/* served send completed */
+void sv_on_event(struct net_conn *nc, enum net_op op, int res); /* peek, timers */
+void sv_cancel_timers(struct net_conn *nc);
+void sv_shutdown(struct net_conn *nc);
+
 /* net_tls.c */
 void tls_flush(struct net_conn *nc);	      /* encrypt iov[], send the records */
 void tls_input(struct net_conn *nc);	      /* ciphertext in in[] to the protocol */
 bool tls_sent(struct net_conn *nc, size_t n); /* a TLS send completed */
+/* Served: the server-side pump and its pieces (net_tls_serve.c). */
+void sv_tls_input(struct net_conn *nc);
+void sv_tls_begin(struct net_conn *nc); /* the STARTTLS switch */
+void sv_tls_send(struct net_conn *nc);	/* encrypt out[], send the records */
+bool sv_tls_out_pending(const struct net_conn *nc);
+bool sv_stash_decrypt(struct net_conn *nc);
 
 #endif

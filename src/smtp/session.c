@@ -23,7 +23,7 @@
 
 #include "filters/flt.h"
 #include "log/log.h"
-#include "shard.h"
+#include "smtp/conn.h"
 
 struct smtp_session *smtp_sessions_new(uint32_t count)
 {

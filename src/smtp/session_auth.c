@@ -16,7 +16,7 @@
 #include <time.h>
 
 #include "log/log.h"
-#include "shard.h"
+#include "smtp/conn.h"
 
 void auth_failed_reply(struct conn *c)
 {

@@ -16,7 +16,7 @@
 #include <time.h>
 
 #include "log/log.h"
-#include "shard.h"
+#include "smtp/conn.h"
 
 /* The authenticated user as our Received: field shows it, in out[cap]
  * (cap >= 2), at most cap - 1 octets.  A users_file name may hold any

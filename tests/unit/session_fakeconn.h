@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "shard.h"
+#include "smtp/conn.h"
 #include "smtp/session.h"
 #include "spool_testlib.h"
 
