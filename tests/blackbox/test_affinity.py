@@ -10,13 +10,19 @@ from conftest import wait_for
 def _shard_threads(pid):
     out = {}
     for tid in os.listdir("/proc/%d/task" % pid):
-        with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
-            comm = f.read().strip()
-        if comm.startswith("ringmx-shard"):
+        # io_uring's worker threads (iou-wrk-*) come and go: one listed
+        # here may be gone before its files are read.
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                comm = f.read().strip()
+            if not comm.startswith("ringmx-shard"):
+                continue
             with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
                 allowed = [l.split(":", 1)[1].strip() for l in f
                            if l.startswith("Cpus_allowed_list:")][0]
-            out[int(comm[len("ringmx-shard"):])] = allowed
+        except FileNotFoundError:
+            continue
+        out[int(comm[len("ringmx-shard"):])] = allowed
     return out
 
 
