@@ -15,6 +15,11 @@
  *  - Threads: everything runs on the shard thread that owns the table.
  *  - No re-entry: no callback is called from inside a net_* call the
  *    protocol made.  Callbacks run from net_complete() and net_tick() only.
+ *    Served connections add the calls that exist to feed input:
+ *    net_receive() and net_resume() (never from inside on_feed: there they
+ *    return at once), and the shard's net_rearm_starved() and
+ *    net_foreach(); on_feed, on_overrun and the policy queries (wants_park,
+ *    waits, busy) may run inside them.
  *  - Input: received bytes (plaintext: after TLS, decrypted) go to
  *    on_input, borrowed for the call; the protocol takes them all (it parses
  *    a stream).  on_recv, when set, is called once per socket read that
