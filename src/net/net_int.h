@@ -168,7 +168,8 @@ void sv_process(struct net_conn *nc); /* feed, park, arm, close-when-answered, f
 void sv_arm(struct net_conn *nc);
 void sv_on_recv(struct net_conn *nc, int res, uint32_t flags);
 void sv_inq_pop(struct net_conn *nc);
-void sv_release(struct net_conn *nc); /* buffers back at the reap */
+uint32_t sv_stash_cap(const struct net_conn *nc); /* what a stash may hold */
+void sv_release(struct net_conn *nc);		  /* buffers back at the reap */
 void sv_send_submitted(struct net_conn *nc);
 void sv_flush(struct net_conn *nc);				/* the write buffer, one send */
 void sv_on_send(struct net_conn *nc, int res);			/* served send completed */

@@ -215,7 +215,7 @@ static bool sv_wants_park(const struct net_conn *nc)
 	       nc->ops->wants_park(nc->proto);
 }
 
-static uint32_t sv_stash_cap(const struct net_conn *nc)
+uint32_t sv_stash_cap(const struct net_conn *nc)
 {
 	uint32_t b = nc->t->ring->buf_size;
 
@@ -230,35 +230,6 @@ static bool sv_stash_add(struct net_conn *nc, const char *p, size_t n)
 		return false;
 	memcpy(sv->stash + sv->stash_len, p, n);
 	sv->stash_len += (uint32_t)n;
-	return true;
-}
-
-/* TLS: ciphertext into the TLS layer, plaintext out into the stash, until
- * no receive buffer is held.  false: the stash is full first. */
-bool sv_stash_decrypt(struct net_conn *nc)
-{
-	struct net_served *sv = nc->sv;
-
-	while (sv->inq_count) {
-		struct net_inbuf *e = &sv->inq[sv->inq_head];
-		size_t k = tls_conn_feed(nc->tls, ring_buf_ptr(nc->t->ring, e->bid) + e->off,
-					 e->len - e->off);
-
-		e->off += (uint32_t)k;
-		if (e->off == e->len) {
-			sv_inq_pop(nc);
-			continue;
-		}
-		/* The TLS layer's input is full: decrypting makes room. */
-		uint32_t room = sv_stash_cap(nc) - sv->stash_len;
-		ssize_t n =
-		    room ? tls_conn_read(nc->tls, sv->stash + sv->stash_len, room) : -ENOBUFS;
-
-		if (n > 0)
-			sv->stash_len += (uint32_t)n;
-		else if (n != -EAGAIN || tls_conn_in_free(nc->tls) == 0)
-			return false; /* a full stash, the client's close or a TLS error */
-	}
 	return true;
 }
 

@@ -114,6 +114,28 @@ static void sv_tls_feed_layer(struct net_conn *nc)
 	}
 }
 
+/* Parking: ciphertext into the TLS layer, plaintext out into the stash,
+ * until no receive buffer is held.  false: the stash is full first. */
+bool sv_stash_decrypt(struct net_conn *nc)
+{
+	struct net_served *sv = nc->sv;
+
+	for (;;) {
+		sv_tls_feed_layer(nc);
+		if (sv->inq_count == 0)
+			return true;
+		/* The TLS layer's input is full: decrypting makes room. */
+		uint32_t room = sv_stash_cap(nc) - sv->stash_len;
+		ssize_t n =
+		    room ? tls_conn_read(nc->tls, sv->stash + sv->stash_len, room) : -ENOBUFS;
+
+		if (n > 0)
+			sv->stash_len += (uint32_t)n;
+		else if (n != -EAGAIN || tls_conn_in_free(nc->tls) == 0)
+			return false; /* a full stash, the client's close or a TLS error */
+	}
+}
+
 /* The layer answered -EAGAIN: it used every byte it was fed (tls.h), so
  * while ciphertext is held it has room for more, and the caller goes on.
  * Stopping here instead would strand the held buffers: nothing else
