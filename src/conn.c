@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admit.h"
 #include "log/log.h"
 #include "net/net.h"
 #include "smtp/conn.h"
@@ -303,7 +304,7 @@ static void conn_on_closed(void *proto)
 	struct conn *c = proto;
 
 	smtp_session_release(c);
-	conn_release_ip(&c->peer);
+	admit_release(&c->peer);
 	c->nc = NULL;
 	log_msg(LOG_DEBUG, "event=disconnect shard=%u client=%s", c->shard->id, c->peer_ip);
 }

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "admit.h"
 #include "auth/throttle.h"
 #include "auth/users.h"
 #include "config/config.h"
@@ -266,7 +267,7 @@ static int start_checks(const struct rmx_config *cfg)
 	if (shard_listeners_probe(cfg, false, why, sizeof(why)) < 0)
 		fatal("%s", why);
 	sfd = signals_block();
-	if (sfd < 0 || shard_globals_init(cfg) != 0)
+	if (sfd < 0 || admit_init(cfg) != 0)
 		fatal("start-up: %s", strerror(errno));
 	if (spool_lock_root(cfg->spool.path, why, sizeof(why)) < 0)
 		fatal("%s", why);

@@ -29,8 +29,6 @@
 /* Receive buffers one connection may hold: shard->inq_cap, an eighth of
  * io.recv_buffers but at most NET_INQ_CAP_MAX. */
 #define NET_INQ_CAP_MAX 8
-/* IPv6 clients are counted per /64 (RFC 6177: one site or subscriber). */
-#define CONN_V6_PREFIX_LEN 64
 
 struct net_table;
 struct tls_conn;
@@ -94,8 +92,6 @@ struct shard {
 	char peek_byte[16];
 };
 
-/* Process-wide connection accounting, shared by all shards. */
-int shard_globals_init(const struct rmx_config *cfg);
 /* Start-up, before the shards: is every listener address free?  0, or
  * -errno with why (another process holds it, or it cannot be bound).
  * in_use_ok: only other failures count (--check-config beside a server). */

@@ -6,9 +6,7 @@
  * through the connection layer (the shard's NET_TABLE_INBOUND table).
  *
  * The shard calls in: a new client (conn_accepted), the stop
- * (conn_stop_all), helper and spool answers for sessions.  The
- * connections call out for the process-wide per-IP count
- * (conn_release_ip).
+ * (conn_stop_all), helper and spool answers for sessions.
  */
 #ifndef RMX_SHARD_CONN_H
 #define RMX_SHARD_CONN_H
@@ -27,8 +25,5 @@ void conn_stop_all(struct shard *sh, const char *reply, uint64_t linger_until_ms
 void conn_helper_done(struct shard *sh, uint64_t cookie, int result);
 void conn_spool_durable(struct shard *sh, struct spool_msg *m, int res);
 void conn_spool_progress(struct shard *sh, struct spool_msg *m);
-
-/* shard.c: the per-client-IP count of a connection that is reaped. */
-void conn_release_ip(const struct sockaddr_storage *ss);
 
 #endif
