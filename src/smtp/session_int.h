@@ -82,12 +82,27 @@ struct smtp_tx {
 	struct spool_rcpt rcpts[]; /* rcpt_max */
 };
 
+/* The shard's transactions (smtp_tx_pool_new), one per connection slot. */
+struct smtp_tx_pool {
+	struct smtp_tx *free;
+	uint32_t rcpt_max;
+	uint32_t count;
+	size_t stride; /* bytes per transaction, page-aligned */
+	void *base;    /* count * stride, one mapping */
+};
+
 void smtp_enter_state(struct conn *c, enum smtp_state next);
 const struct rmx_config *cfg_of(const struct conn *c);
 void session_unpause(struct conn *c);
 void session_close(struct conn *c);
 void session_error(struct conn *c, const char *reply);
 void tx_release(struct conn *c);
+bool verdict_refused(struct conn *c); /* the decision said no: its reply given */
+/* session_tx.c: MAIL and RCPT, before and after their decision. */
+void cmd_mail(struct conn *c, const struct smtp_cmd *cmd);
+void mail_finish(struct conn *c, const struct smtp_cmd *cmd);
+void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd);
+void rcpt_finish(struct conn *c, const struct smtp_cmd *cmd);
 bool session_decide(struct conn *c, enum flt_stage stage, struct flt_input *in);
 const struct config_listener *listener_of(const struct conn *c);
 void auth_end(struct conn *c);
