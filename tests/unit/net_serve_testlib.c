@@ -72,7 +72,7 @@ static void rec_ev(struct nsp *r, char ev)
 	r->log[r->nlog] = '\0';
 }
 
-static void rec_take(struct nsp *r, const char *p, size_t n)
+void nsp_take(struct nsp *r, const char *p, size_t n)
 {
 	if (n == 0)
 		return;
@@ -118,7 +118,7 @@ static size_t rec_feed(void *proto, const char *p, size_t len, uint16_t bid)
 		took = len < r->budget ? len : r->budget;
 		if (r->budget != SIZE_MAX)
 			r->budget -= took;
-		rec_take(r, p, took);
+		nsp_take(r, p, took);
 		net_resume(r->nc); /* never re-entered: a no-op here */
 	}
 	r->in_feed = false;

@@ -93,6 +93,8 @@ void nst_close(struct nst *x);
 void nsp_init(struct nsp *r, struct nst *x);
 void nsp_free(struct nsp *r);
 unsigned nsp_count(const struct nsp *r, char ev);
+/* Record n bytes as taken (a feed of the test's own). */
+void nsp_take(struct nsp *r, const char *p, size_t n);
 bool nsp_closed(void *rec);
 /* A loopback connection accepted and adopted into a fresh slot for r (no
  * input armed yet): returns the client's end (non-blocking). */
