@@ -241,7 +241,9 @@ int nst_accept(struct nst *x, struct nsp *r)
 	/* A loopback connect to a listening socket completes from its backlog. */
 	assert_int_equal(connect(cfd, (struct sockaddr *)&x->addr, sizeof(x->addr)), 0);
 	assert_int_equal(fcntl(cfd, F_SETFL, O_NONBLOCK), 0);
-	sfd = accept4(x->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	/* Blocking, as the shard's accept makes it: a send the client does not
+	 * read waits in the ring (on a non-blocking socket it would fail). */
+	sfd = accept4(x->lfd, NULL, NULL, SOCK_CLOEXEC);
 	assert_true(sfd >= 0);
 	r->nc = net_open(x->t, &nsp_ops, r);
 	assert_non_null(r->nc);
