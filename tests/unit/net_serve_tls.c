@@ -38,6 +38,10 @@ static WOLFSSL_CTX *client_ctx;
 
 static const struct nst_cfg cfg = {
     .nslots = 1, .nbufs = 16, .buf_size = 4096, .inq_cap = 4, .out_cap = 4096, .users = 16};
+/* A write buffer that takes more than the socket buffers hold. */
+#define BIG 400000
+static const struct nst_cfg cfg_big = {
+    .nslots = 1, .nbufs = 16, .buf_size = 4096, .inq_cap = 4, .out_cap = 512 * 1024, .users = 16};
 
 /* ---- the client ------------------------------------------------------------------ */
 
@@ -274,6 +278,13 @@ static int sv_setup(void **state)
 	return 0;
 }
 
+static int sv_setup_big(void **state)
+{
+	(void)state;
+	nst_open(&sx, &cfg_big);
+	return 0;
+}
+
 static int sv_teardown(void **state)
 {
 	(void)state;
@@ -378,6 +389,71 @@ static void test_drop_output_while_tls_send_in_flight(void **state)
 	nsp_free(&r);
 }
 
+/* A client that reads a little at a time: sends complete in pieces. */
+static void slow_pump(void *arg)
+{
+	struct nst_peer *p = arg;
+	ssize_t n;
+
+	if (p->eof)
+		return;
+	n = ntl_read_some(p->fd, p->in + p->len, 1000);
+	if (n == 0)
+		p->eof = true;
+	else if (n > 0)
+		p->len += (size_t)n;
+}
+
+static bool peer_ended(void *arg)
+{
+	return ((struct nst_peer *)arg)->eof;
+}
+
+static bool fed_starttls(void *arg)
+{
+	return ((struct nsp *)arg)->fed_len >= 10;
+}
+
+/* STARTTLS comes while replies back up (the client does not read): the
+ * 220 is queued behind the send in flight, in plaintext.  The handshake
+ * then times out (conn.c: net_drop_output, net_shutdown) and the client
+ * reads slowly.  Only the bytes of the send in flight may go: the count of
+ * plaintext bytes still due must shrink with the drop, else a later piece
+ * sends bytes past the end of the buffer (and the completion's count
+ * trips the write buffer's assertion). */
+static void test_defect_drop_output_with_220_queued(void **state)
+{
+	struct nsp r;
+	struct proto pr = {.greet = false};
+	char *big = pattern(BIG);
+	int small = 4096;
+
+	(void)state;
+	open_served(&r, &pr);
+	assert_int_equal(setsockopt(r.sfd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	assert_int_equal(setsockopt(peer.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	net_receive(r.nc);
+	net_write(r.nc, big, BIG);
+	net_flush(r.nc);
+	nst_settle(&sx, 20);
+	sx.now += 1;
+	assert_true(net_send_age(r.nc) > 0); /* backed up: still in flight */
+	ntl_write_all(peer.fd, "STARTTLS\r\n", 10);
+	nst_run(&sx, fed_starttls, NULL, &r, "STARTTLS");
+	assert_true(net_tls_begun(r.nc));
+	assert_true(net_send_age(r.nc) > 0);
+	net_drop_output(r.nc); /* the handshake timed out */
+	net_shutdown(r.nc);
+	nst_run(&sx, peer_ended, slow_pump, &peer, "the kept bytes, then the end");
+	assert_int_equal(peer.len, BIG);
+	assert_memory_equal(peer.in, big, BIG);
+	nst_run(&sx, nsp_closed, NULL, &r, "closed");
+	assert_string_equal(r.log, "FX");
+	close(peer.fd);
+	free(big);
+	nsp_free(&r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -385,6 +461,8 @@ int main(void)
 					    sv_teardown),
 	    cmocka_unit_test_setup_teardown(test_starttls_then_shutdown, sv_setup, sv_teardown),
 	    cmocka_unit_test_setup_teardown(test_drop_output_while_tls_send_in_flight, sv_setup,
+					    sv_teardown),
+	    cmocka_unit_test_setup_teardown(test_defect_drop_output_with_220_queued, sv_setup_big,
 					    sv_teardown),
 	};
 
