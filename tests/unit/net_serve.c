@@ -36,6 +36,14 @@ static const struct nst_cfg cfg_default = {
 /* The whole pool is one connection's cap. */
 static const struct nst_cfg cfg_tiny = {
     .nslots = 2, .nbufs = 2, .buf_size = BUF_SIZE, .inq_cap = 2, .out_cap = 4096, .users = 4};
+/* A write buffer larger than the socket buffers hold. */
+#define BIG 400000
+static const struct nst_cfg cfg_big = {.nslots = 1,
+				       .nbufs = 16,
+				       .buf_size = BUF_SIZE,
+				       .inq_cap = 4,
+				       .out_cap = 512 * 1024,
+				       .users = 4};
 static const struct nst_cfg cfg_one = {
     .nslots = 1, .nbufs = 16, .buf_size = BUF_SIZE, .inq_cap = 4, .out_cap = 4096, .users = 4};
 
@@ -57,6 +65,13 @@ static int setup_one(void **state)
 {
 	(void)state;
 	nst_open(&fx, &cfg_one);
+	return 0;
+}
+
+static int setup_big(void **state)
+{
+	(void)state;
+	nst_open(&fx, &cfg_big);
 	return 0;
 }
 
@@ -603,6 +618,48 @@ static void test_find_stale_generation(void **state)
 	nsp_free(&b);
 }
 
+/* A client that does not read: the send stays in flight, and the protocol
+ * learns it is overdue once the timeout passed (or, draining, the
+ * linger); the close ends it. */
+static void test_send_overdue_and_linger(void **state)
+{
+	struct nsp r;
+	char *big = pattern(BIG);
+	int small = 4096;
+
+	(void)state;
+	nsp_init(&r, &fx);
+	nst_peer_init(&peer, &fx, nst_accept(&fx, &r));
+	/* Small socket buffers: the send backs up whatever the autotuning. */
+	assert_int_equal(setsockopt(r.sfd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	assert_int_equal(setsockopt(peer.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	net_set_timeout(r.nc, 100);
+	net_receive(r.nc);
+	net_write(r.nc, big, BIG);
+	net_flush(r.nc);
+	nst_settle(&fx, 20);
+	assert_false(net_send_overdue(r.nc));
+	fx.now += 99;
+	assert_int_equal(net_send_age(r.nc), 99);
+	assert_false(net_send_overdue(r.nc));
+	fx.now += 1;
+	assert_true(net_send_overdue(r.nc));
+	net_set_timeout(r.nc, 60000);
+	net_shutdown(r.nc);
+	assert_true(net_draining(r.nc));
+	assert_false(net_send_overdue(r.nc));
+	net_linger(r.nc, fx.now + 5);
+	fx.now += 5;
+	assert_true(net_send_overdue(r.nc));
+	net_tick(fx.t); /* on_tick runs on a draining connection: it must not close it */
+	assert_true(net_draining(r.nc));
+	close_and_reap(&r);
+	assert_string_equal(r.log, "X");
+	close(peer.fd);
+	free(big);
+	nsp_free(&r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -618,6 +675,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_close_with_timer_armed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_holds_and_busy_delay_closed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_find_stale_generation, setup_one, teardown),
+	    cmocka_unit_test_setup_teardown(test_send_overdue_and_linger, setup_big, teardown),
 	};
 
 	ntl_require_io_uring();

@@ -389,6 +389,74 @@ static void test_drop_output_while_tls_send_in_flight(void **state)
 	nsp_free(&r);
 }
 
+static bool offered(void *arg)
+{
+	struct nsp *r = arg;
+
+	return r->feeds > 0 && nst_inq(r->sfd) == 0;
+}
+
+static bool ciphertext_waits(void *arg)
+{
+	return nst_inq(((struct nsp *)arg)->sfd) > 0;
+}
+
+static bool fed_six(void *arg)
+{
+	return ((struct nsp *)arg)->fed_len >= 6;
+}
+
+/* Parked under TLS: decrypted input held in a user buffer moves to the
+ * stash and the buffer goes back; ciphertext sent meanwhile waits in the
+ * socket.  Unparked, the stash is fed first, then the new input. */
+static void test_tls_park_stash_unpark(void **state)
+{
+	struct nsp r;
+	struct proto pr = {.greet = false};
+
+	(void)state;
+	open_served(&r, &pr);
+	r.feed = NULL; /* the budget's feed */
+	r.budget = 0;
+	assert_int_equal(net_tls_accept(r.nc, server_tls), 0);
+	net_receive(r.nc);
+	cli_start(&cl, peer.fd);
+	handshake(&r);
+	cli_send(&cl, "abc");
+	cli_step(&cl);
+	nst_run(&sx, offered, cli_pump, &r, "offered");
+	nst_settle(&sx, 10);
+	assert_int_equal(sx.ring.user_free_count, cfg.users - 1); /* "abc", decrypted */
+	r.park = true;
+	net_resume(r.nc);
+	assert_true(net_parked(r.nc));
+	assert_int_equal(sx.ring.user_free_count, cfg.users);
+	assert_int_equal(nst_held(&sx), 0);
+	nst_settle(&sx, 10);
+	cli_send(&cl, "def");
+	cli_step(&cl);
+	nst_run(&sx, ciphertext_waits, NULL, &r, "ciphertext in the socket");
+	nst_settle(&sx, 10);
+	assert_true(nst_inq(r.sfd) > 0); /* no recv while parked */
+	assert_int_equal(r.fed_len, 0);
+	r.park = false;
+	r.budget = SIZE_MAX;
+	net_resume(r.nc);
+	assert_int_equal(r.fed_len, 3); /* the stash, at once */
+	assert_memory_equal(r.fed, "abc", 3);
+	nst_run(&sx, fed_six, cli_pump, &r, "after the stash");
+	assert_memory_equal(r.fed, "abcdef", 6);
+	assert_false(r.bid_bad);
+	net_close(r.nc);
+	nst_run(&sx, nsp_closed, NULL, &r, "closed");
+	nst_settle(&sx, 5);
+	assert_int_equal(sx.ring.user_free_count, cfg.users);
+	assert_int_equal(nst_held(&sx), 0);
+	assert_int_equal(sx.stale, 0);
+	close(peer.fd);
+	nsp_free(&r);
+}
+
 /* A client that reads a little at a time: sends complete in pieces. */
 static void slow_pump(void *arg)
 {
@@ -462,6 +530,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_starttls_then_shutdown, sv_setup, sv_teardown),
 	    cmocka_unit_test_setup_teardown(test_drop_output_while_tls_send_in_flight, sv_setup,
 					    sv_teardown),
+	    cmocka_unit_test_setup_teardown(test_tls_park_stash_unpark, sv_setup, sv_teardown),
 	    cmocka_unit_test_setup_teardown(test_defect_drop_output_with_220_queued, sv_setup_big,
 					    sv_teardown),
 	};
