@@ -660,6 +660,47 @@ static void test_send_overdue_and_linger(void **state)
 	nsp_free(&r);
 }
 
+static void count_one(void *proto, void *arg)
+{
+	(void)proto;
+	(*(unsigned *)arg)++;
+}
+
+/* The shard's tick reaches every open or draining connection (on_tick),
+ * and net_foreach visits the same ones; a closing one is skipped. */
+static void test_tick_and_foreach(void **state)
+{
+	struct nsp a, b;
+	struct nst_peer pb;
+	unsigned n = 0;
+
+	(void)state;
+	nsp_init(&a, &fx);
+	nsp_init(&b, &fx);
+	nst_peer_init(&peer, &fx, nst_accept(&fx, &a));
+	nst_peer_init(&pb, &fx, nst_accept(&fx, &b));
+	net_receive(a.nc);
+	net_receive(b.nc);
+	net_tick(fx.t);
+	assert_int_equal(a.ticks, 1);
+	assert_int_equal(b.ticks, 1);
+	net_foreach(fx.t, count_one, &n);
+	assert_int_equal(n, 2);
+	net_close(b.nc);
+	net_tick(fx.t);
+	assert_int_equal(a.ticks, 2);
+	assert_int_equal(b.ticks, 1);
+	n = 0;
+	net_foreach(fx.t, count_one, &n);
+	assert_int_equal(n, 1);
+	nst_run(&fx, nsp_closed, NULL, &b, "b closed");
+	close_and_reap(&a);
+	close(peer.fd);
+	close(pb.fd);
+	nsp_free(&a);
+	nsp_free(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -676,6 +717,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_holds_and_busy_delay_closed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_find_stale_generation, setup_one, teardown),
 	    cmocka_unit_test_setup_teardown(test_send_overdue_and_linger, setup_big, teardown),
+	    cmocka_unit_test_setup_teardown(test_tick_and_foreach, setup, teardown),
 	};
 
 	ntl_require_io_uring();

@@ -180,7 +180,7 @@ static void rec_error(void *proto, int err, const char *why)
 
 static void rec_tick(void *proto)
 {
-	(void)proto;
+	((struct nsp *)proto)->ticks++;
 }
 
 static bool rec_busy(void *proto)

@@ -80,7 +80,8 @@ struct nsp {
 	bool in_feed;
 	bool park, waits, busy; /* what the protocol answers */
 	unsigned waits_calls;
-	bool late; /* a callback after on_closed */
+	unsigned ticks; /* on_tick calls */
+	bool late;	/* a callback after on_closed */
 	nsp_feed_fn feed;
 	nsp_event_fn on_tls_ready, on_overrun, on_timer;
 	void *arg;

@@ -457,6 +457,32 @@ static void test_tls_park_stash_unpark(void **state)
 	nsp_free(&r);
 }
 
+/* Plaintext on a TLS port: the handshake fails, the alert (if any) goes
+ * out, the connection closes; the protocol hears nothing but on_closed,
+ * and nothing it wrote before goes in plaintext. */
+static void test_tls_handshake_failure_closes(void **state)
+{
+	struct nsp r;
+	struct proto pr = {.greet = false};
+
+	(void)state;
+	open_served(&r, &pr);
+	assert_int_equal(net_tls_accept(r.nc, server_tls), 0);
+	net_write(r.nc, "not in plaintext\r\n", 18); /* due only under TLS */
+	net_receive(r.nc);
+	ntl_write_all(peer.fd, "EHLO client\r\n", 13);
+	nst_peer_wait_eof(&peer, "the end");
+	nst_run(&sx, nsp_closed, NULL, &r, "closed");
+	assert_string_equal(r.log, "X");
+	assert_int_equal(r.fed_len, 0);
+	assert_null(memmem(peer.in, peer.len, "plaintext", 9));
+	nst_settle(&sx, 5);
+	assert_int_equal(sx.stale, 0);
+	assert_int_equal(nst_held(&sx), 0);
+	close(peer.fd);
+	nsp_free(&r);
+}
+
 /* A client that reads a little at a time: sends complete in pieces. */
 static void slow_pump(void *arg)
 {
@@ -531,6 +557,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_drop_output_while_tls_send_in_flight, sv_setup,
 					    sv_teardown),
 	    cmocka_unit_test_setup_teardown(test_tls_park_stash_unpark, sv_setup, sv_teardown),
+	    cmocka_unit_test_setup_teardown(test_tls_handshake_failure_closes, sv_setup,
+					    sv_teardown),
 	    cmocka_unit_test_setup_teardown(test_defect_drop_output_with_220_queued, sv_setup_big,
 					    sv_teardown),
 	};
