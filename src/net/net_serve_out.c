@@ -30,10 +30,16 @@ size_t net_out_free(const struct net_conn *nc)
 }
 
 /* Only a plaintext send carries bytes of out[] (a TLS send carries
- * records already made of them). */
+ * records already made of them).  The plaintext still due (a 220 queued
+ * behind that send at STARTTLS) shrinks with it: left larger, a later
+ * piece of the send would carry bytes past out_len. */
 void net_drop_output(struct net_conn *nc)
 {
-	nc->sv->out_len = nc->send == NET_SEND_BUF ? nc->sv->out_sent : 0;
+	struct net_served *sv = nc->sv;
+
+	sv->out_len = nc->send == NET_SEND_BUF ? sv->out_sent : 0;
+	if (sv->plain_out > sv->out_len)
+		sv->plain_out = sv->out_len;
 }
 
 /* A client that never reads would keep a send in flight, and with it the
