@@ -259,8 +259,8 @@ void net_drop_output(struct net_conn *nc); /* but what a send in flight carries 
 void net_flush(struct net_conn *nc);
 /* A send in flight unfinished for ms or more (0: none in flight). */
 uint64_t net_send_age(const struct net_conn *nc);
-/* The send in flight is past the timeout (net_set_timeout) or, draining,
- * past the linger. */
+/* The send in flight is past the timeout (net_set_timeout; 0: none) or,
+ * draining, past the linger. */
 bool net_send_overdue(const struct net_conn *nc);
 /* Draining: close by until_ms at the latest. */
 void net_linger(struct net_conn *nc, uint64_t until_ms);

@@ -144,6 +144,6 @@ bool net_send_overdue(const struct net_conn *nc)
 {
 	if (nc->send == NET_SEND_NONE || (nc->state != NET_OPEN && nc->state != NET_DRAINING))
 		return false;
-	return net_send_age(nc) >= nc->timeout_ms ||
+	return (nc->timeout_ms && net_send_age(nc) >= nc->timeout_ms) ||
 	       (nc->state == NET_DRAINING && net_now(nc) >= nc->deadline_ms);
 }
