@@ -91,8 +91,12 @@ struct net_table *net_table_new(struct ring *ring, enum net_table_id id, uint32_
 	t->now_ms = now_ms;
 	t->conns = calloc(nslots, sizeof(t->conns[0]));
 	t->free = calloc(nslots, sizeof(t->free[0]));
+	/* A served table (no in_cap: it receives into the ring's buffers)
+	 * takes no net_send either: its iovecs would be 2 KiB per slot,
+	 * touched by every connection, for nothing. */
 	t->in_mem = in_cap ? malloc((size_t)nslots * in_cap) : NULL;
-	if (!t->conns || !t->free || (in_cap && !t->in_mem)) {
+	t->iov_mem = in_cap ? calloc((size_t)nslots * NET_IOV_MAX, sizeof(t->iov_mem[0])) : NULL;
+	if (!t->conns || !t->free || (in_cap && (!t->in_mem || !t->iov_mem))) {
 		net_table_free(t);
 		return NULL;
 	}
@@ -103,6 +107,7 @@ struct net_table *net_table_new(struct ring *ring, enum net_table_id id, uint32_
 		nc->slot = i;
 		nc->fd = -1;
 		nc->in = in_cap ? t->in_mem + (size_t)i * in_cap : NULL;
+		nc->iov = in_cap ? t->iov_mem + (size_t)i * NET_IOV_MAX : NULL;
 		t->free[t->free_count++] = nslots - 1 - i;
 	}
 	return t;
@@ -121,6 +126,7 @@ void net_table_free(struct net_table *t)
 	free(t->conns);
 	free(t->free);
 	free(t->in_mem);
+	free(t->iov_mem);
 	free(t->sv_mem);
 	free(t->out_mem);
 	free(t->stash_mem);

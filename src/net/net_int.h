@@ -109,7 +109,7 @@ struct net_conn {
 	bool fread_inflight;
 	uint32_t timeout_ms;
 	uint64_t deadline_ms;
-	struct iovec iov[NET_IOV_MAX];
+	struct iovec *iov; /* NET_IOV_MAX; client tables only (net_send) */
 	uint32_t niov;
 	struct msghdr mh;
 	struct tls_conn *tls;
@@ -127,6 +127,7 @@ struct net_table {
 	uint32_t *free;
 	uint32_t free_count;
 	char *in_mem;
+	struct iovec *iov_mem;
 	/* Served tables */
 	bool served;
 	uint32_t inq_cap, out_cap;

@@ -34,7 +34,7 @@ void net_send(struct net_conn *nc, const struct iovec *iov, uint32_t niov)
 {
 	size_t bytes = 0;
 
-	assert(!nc->user_pending && niov > 0 && niov <= NET_IOV_MAX);
+	assert(!nc->user_pending && niov > 0 && niov <= NET_IOV_MAX && nc->iov);
 	for (uint32_t i = 0; i < niov; i++)
 		bytes += iov[i].iov_len;
 	/* Under TLS an empty send makes no record, so no completion would
