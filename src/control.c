@@ -4,13 +4,10 @@
  * client's stall and whole-client deadlines.
  */
 #include "control.h"
+#include "control_int.h"
 
 #include <assert.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <inttypes.h>
-#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -26,9 +23,7 @@
 #include <unistd.h>
 
 #include "log/log.h"
-#include "queue/record.h"
 #include "queue/spool.h"
-#include "smtp/parse.h"
 
 #define CONTROL_BACKLOG 16
 
@@ -37,16 +32,6 @@ enum ctl_slot_state {
 	CTL_SLOT_FREE, /* no thread */
 	CTL_SLOT_BUSY, /* its thread serves fd */
 	CTL_SLOT_DONE, /* its thread finished: join it before reuse */
-};
-
-/* Why a client's answer stopped early. */
-enum ctl_drop {
-	CTL_DROP_NONE,
-	CTL_DROP_STALLED,  /* CONTROL_STALL_MS without taking a byte */
-	CTL_DROP_DEADLINE, /* CONTROL_CLIENT_MS since accept */
-	CTL_DROP_CLOSED,   /* the reader went away (EPIPE, reset) */
-	CTL_DROP_STOPPING, /* the server stops */
-	CTL_DROP_IDLE,	   /* no command line within CONTROL_READ_MS */
 };
 
 static const char *const drop_names[] = {"none",   "stalled",  "deadline",
@@ -76,16 +61,6 @@ struct control {
 	pthread_mutex_t lock;	   /* clients[] */
 	pthread_mutex_t post_lock; /* one request in the shards' mailboxes at a time */
 	struct ctl_client clients[CONTROL_CLIENTS_MAX];
-};
-
-/* One client's answer: a non-blocking socket, the bytes sent, and why it
- * stopped (a failed write ends every later one). */
-struct out {
-	struct control *ctl;
-	int fd;
-	enum ctl_drop drop;
-	uint64_t deadline_ms;
-	uint64_t sent;
 };
 
 static uint64_t mono_ms(void)
@@ -136,7 +111,7 @@ static enum ctl_drop out_wait(const struct out *o, short events, int stall_ms)
 	return mono_ms() >= o->deadline_ms ? CTL_DROP_DEADLINE : CTL_DROP_STALLED;
 }
 
-static void out_write(struct out *o, const void *p, size_t n)
+void out_write(struct out *o, const void *p, size_t n)
 {
 	const char *c = p;
 
@@ -158,8 +133,7 @@ static void out_write(struct out *o, const void *p, size_t n)
 	}
 }
 
-static void out_printf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void out_printf(struct out *o, const char *fmt, ...)
+void out_printf(struct out *o, const char *fmt, ...)
 {
 	char buf[4096];
 	va_list ap;
@@ -178,49 +152,6 @@ static void ctl_post(struct control *ctl, uint32_t shard, struct dctl_req *req)
 	pthread_mutex_lock(&ctl->post_lock);
 	ctl->post(ctl->post_ctx, shard, req);
 	pthread_mutex_unlock(&ctl->post_lock);
-}
-
-/* ---- walking the spool ---------------------------------------------------------- */
-
-typedef int (*seg_fn)(void *ctx, int fd, const char *path);
-
-/* Every segment file of every shard directory under the spool root. */
-static int spool_walk(const char *root, seg_fn fn, void *ctx)
-{
-	DIR *rd = opendir(root);
-	struct dirent *sd;
-	int rc = 0;
-
-	if (!rd)
-		return errno == ENOENT ? 0 : -errno;
-	while (rc == 0 && (sd = readdir(rd)) != NULL) {
-		char dir[PATH_MAX], path[PATH_MAX + 64];
-		struct dirent *fe;
-		DIR *d;
-
-		if (sd->d_name[0] < '0' || sd->d_name[0] > '9')
-			continue;
-		snprintf(dir, sizeof(dir), "%s/%s", root, sd->d_name);
-		d = opendir(dir);
-		while (d && rc == 0 && (fe = readdir(d)) != NULL) {
-			int fd;
-
-			if (!spool_seg_is_name(fe->d_name))
-				continue;
-			/* A segment's name is SPOOL_SEG_NAME_MAX - 1 octets. */
-			snprintf(path, sizeof(path), "%s/%.*s", dir, SPOOL_SEG_NAME_MAX - 1,
-				 fe->d_name);
-			fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0)
-				continue;
-			rc = fn(ctx, fd, path);
-			close(fd);
-		}
-		if (d)
-			closedir(d);
-	}
-	closedir(rd);
-	return rc;
 }
 
 static void cmd_queue_list(struct out *o, struct control *c)
@@ -274,145 +205,20 @@ static void cmd_queue_op(struct out *o, struct control *c, enum dctl_op op, cons
 		out_printf(o, "OK\n%s %s\n", name, arg);
 }
 
-struct show_ctx {
-	struct out *o;
-	uint64_t id;
-	int fd;
-	bool found;
-	bool line_start;
-	bool stuffed;
-	int rc;
-};
-
-static int show_body(void *vctx, const char *p, size_t n)
-{
-	struct show_ctx *ctx = vctx;
-	char buf[65536];
-
-	if (!ctx->stuffed) {
-		out_write(ctx->o, p, n);
-		return ctx->o->drop != CTL_DROP_NONE ? -EIO : 0;
-	}
-	while (n > 0) {
-		size_t k = n < sizeof(buf) ? n : sizeof(buf);
-		size_t w = smtp_unstuff(p, k, buf, &ctx->line_start);
-
-		out_write(ctx->o, buf, w);
-		p += k;
-		n -= k;
-	}
-	return ctx->o->drop != CTL_DROP_NONE ? -EIO : 0;
-}
-
-static void show_str(struct out *o, const char *key, const struct spool_str *s)
-{
-	if (s->len)
-		out_printf(o, "%s: %.*s\n", key, (int)s->len, s->ptr);
-}
-
-/* RFC 3461 NOTIFY as written: NEVER, or a comma list. */
-static void show_notify(struct out *o, uint8_t notify)
-{
-	static const struct {
-		uint8_t bit;
-		const char *name;
-	} names[] = {{SMTP_NOTIFY_NEVER, "NEVER"},
-		     {SMTP_NOTIFY_SUCCESS, "SUCCESS"},
-		     {SMTP_NOTIFY_FAILURE, "FAILURE"},
-		     {SMTP_NOTIFY_DELAY, "DELAY"}};
-	const char *sep = " notify=";
-
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		if (notify & names[i].bit) {
-			out_printf(o, "%s%s", sep, names[i].name);
-			sep = ",";
-		}
-	}
-}
-
-static void show_envelope(struct out *o, const struct spool_env *e, const char *qid)
-{
-	static const char *const rets[] = {"", "FULL", "HDRS"};
-	static const char *const bodies[] = {"", "7BIT", "8BITMIME", "BINARYMIME"};
-
-	out_printf(o, "id: %s\n", qid);
-	out_printf(o, "arrival: %" PRId64 "\n", e->arrival_s);
-	out_printf(o, "size: %" PRIu64 "\n", spool_env_size(e));
-	show_str(o, "listener", &e->listener);
-	show_str(o, "client", &e->client_addr);
-	show_str(o, "helo", &e->helo);
-	out_printf(o, "from: <%.*s>\n", (int)e->mail_from.len, e->mail_from.ptr);
-	if (e->body_type && e->body_type < 4)
-		out_printf(o, "body: %s\n", bodies[e->body_type]);
-	if (e->flags & SPOOL_ENV_SMTPUTF8)
-		out_printf(o, "smtputf8: yes\n");
-	if (e->ret && e->ret < 3)
-		out_printf(o, "ret: %s\n", rets[e->ret]);
-	show_str(o, "envid", &e->envid);
-	show_str(o, "auth", &e->auth_user);
-	if (e->size_declared)
-		out_printf(o, "size_declared: %" PRIu64 "\n", e->size_declared);
-	for (uint32_t i = 0; i < e->rcpt_count; i++) {
-		struct spool_rcpt r;
-
-		if (spool_env_rcpt(e, i, &r) != 0)
-			break;
-		out_printf(o, "rcpt: <%.*s>", (int)r.addr.len, r.addr.ptr);
-		if (r.notify)
-			show_notify(o, r.notify);
-		if (r.orcpt.len)
-			out_printf(o, " orcpt=%.*s", (int)r.orcpt.len, r.orcpt.ptr);
-		out_write(o, "\n", 1);
-	}
-}
-
-static int show_msg(void *vctx, const struct spool_scan_msg *m)
-{
-	struct show_ctx *ctx = vctx;
-	char qid[SPOOL_QID_LEN + 1];
-
-	if (m->env.id != ctx->id || !m->body_ok)
-		return 0;
-	spool_qid_format(m->env.id, qid);
-	out_write(ctx->o, "OK\n", 3);
-	show_envelope(ctx->o, &m->env, qid);
-	out_write(ctx->o, "\n", 1);
-	ctx->stuffed = m->env.flags & SPOOL_ENV_STUFFED;
-	ctx->line_start = true;
-	ctx->rc = spool_message_read(ctx->fd, &m->env, m->commit_off, show_body, ctx);
-	ctx->found = true;
-	return 1; /* stop the scan */
-}
-
-static int show_seg(void *vctx, int fd, const char *path)
-{
-	struct show_ctx *ctx = vctx;
-	struct spool_scan_stats st;
-
-	(void)path;
-	ctx->fd = fd;
-	spool_segment_scan(fd, UINT64_MAX, true, show_msg, ctx, &st);
-	return ctx->found ? 1 : 0;
-}
-
 static void cmd_queue_show(struct out *o, struct control *c, const char *arg)
 {
-	struct show_ctx ctx = {.o = o, .fd = -1};
 	struct dctl_req req = {.op = DCTL_FIND};
-	int shard = id_shard(o, c, arg, &ctx.id);
+	uint64_t id;
+	int shard = id_shard(o, c, arg, &id);
 
 	if (shard < 0)
 		return;
 	/* Only a message still queued: a finished one may linger in its
 	 * segment until the segment is reclaimed. */
-	req.id = ctx.id;
+	req.id = id;
 	ctl_post(c, (uint32_t)shard, &req);
-	if (req.result == 0)
-		spool_walk(c->cfg->spool.path, show_seg, &ctx);
-	if (!ctx.found)
+	if (req.result != 0 || !control_show_message(o, c->cfg->spool.path, id, arg))
 		out_printf(o, "ERR no such message: %.40s\n", arg);
-	else if (ctx.rc != 0)
-		log_msg(LOG_ERROR, "event=control_show id=%s error=\"%s\"", arg, strerror(-ctx.rc));
 }
 
 /* The command line, within CONTROL_READ_MS of accept; *idle when it did
