@@ -198,6 +198,27 @@ static bool sv_tls_handshake(struct net_conn *nc)
 	return false; /* more input, or the output flushed first */
 }
 
+/* The peer's close_notify.  In TLS 1.3 it closes the peer's write side
+ * only (RFC 8446 6.1): the peer still reads, so what it sent is answered
+ * first, as after a FIN, and ours follows (sv_input_answered).  A client
+ * that ends its message's "." with close_notify in one flight would
+ * otherwise lose the 250 of a message already queued, and send it again.
+ * TLS 1.2 asks for ours at once, pending writes discarded (RFC 5246
+ * 7.2.1).  Whatever came after it is ignored either way. */
+static void sv_tls_peer_closed(struct net_conn *nc)
+{
+	struct net_served *sv = nc->sv;
+
+	while (sv->inq_count)
+		sv_inq_pop(nc);
+	if (strcmp(tls_conn_version(nc->tls), "TLSv1.3") != 0) {
+		net_drop_output(nc);
+		net_shutdown(nc);
+		return;
+	}
+	sv->peer_eof = true;
+}
+
 /* TLS input: ciphertext from inq into the TLS layer, the handshake, then
  * plaintext into user buffers (pq) and from there into the protocol.
  * Every turn of the loop feeds the protocol, feeds the layer or decrypts;
@@ -222,9 +243,8 @@ void sv_tls_input(struct net_conn *nc)
 			continue;
 		if (n == -EAGAIN || n == -ENOBUFS || n == -ENOMEM)
 			return;
-		if (n == 0) { /* close_notify: the peer is done, ours answers it */
-			net_drop_output(nc);
-			net_shutdown(nc);
+		if (n == 0) {
+			sv_tls_peer_closed(nc);
 			return;
 		}
 		sv_tls_failed(nc, "read");

@@ -8,7 +8,8 @@ with suppress_ragged_eofs=False) see an unexpected EOF.
 
 Server side: after the 221 to QUIT, after a 421 that ends the session, and
 in answer to the client's own close_notify, over STARTTLS and implicit TLS,
-TLS 1.2 and 1.3.  Client side: the next hop receives ringmx's close_notify
+TLS 1.2 and 1.3; in TLS 1.3 the client's close_notify closes only its
+write side, so what it sent before is answered first.  Client side: the next hop receives ringmx's close_notify
 after QUIT."""
 
 import socket
@@ -17,9 +18,10 @@ import subprocess
 
 import pytest
 
-from conftest import delivery_overrides, free_port, make_message, route, submit, wait_for
+from conftest import (delivery_overrides, free_port, make_message, route, submit, wait_for,
+                      wait_log)
 from nexthop import nexthop  # noqa: F401
-from tlsutil import certs, client_context, recv_reply  # noqa: F401
+from tlsutil import certs, client_context, libssl, recv_reply, ssl_pointer  # noqa: F401
 
 MX = "mx.test"
 HOP = "hop.test"
@@ -124,6 +126,59 @@ def test_client_close_notify_is_answered(ringmx, certs, transport, version):
     assert recv_reply(c)[0].startswith("220 ")
     assert _cmd(c, "QUIT") == ["221 2.0.0 Bye"]
     c.close()
+
+
+@pytest.mark.parametrize("transport", ["starttls", "smtps"])
+def test_tls13_close_notify_behind_the_dot_still_gets_its_250(ringmx, certs, transport):
+    """In TLS 1.3 a close_notify closes the client's write side only (RFC
+    8446 6.1): it still reads.  A client that sends its message's final "."
+    and close_notify in one flight gets the message's 250, then the
+    server's close_notify.  Dropping the 250 (the TLS 1.2 rule) would make
+    the client send a queued message again."""
+    lib = libssl()
+    srv = _server(ringmx, certs)
+    t = _session(srv, certs, transport, "tls13")
+    p = ssl_pointer(lib, t)
+    assert _cmd(t, "MAIL FROM:<sender@client.example>")[0].startswith("250 ")
+    assert _cmd(t, "RCPT TO:<rcpt@accepted.example>")[0].startswith("250 ")
+    assert _cmd(t, "DATA")[0].startswith("354 ")
+    # One segment for the last body record and the close_notify, so the
+    # server reads them together, before the message is committed.
+    t.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    t.sendall(b"Subject: half-close\r\n\r\nbody\r\n.\r\n")
+    assert lib.SSL_shutdown(p) == 0  # ours sent, the server's not yet read
+    t.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+    reply = recv_reply(t)
+    assert reply and reply[0].startswith("250 2.0.0 Ok: queued as "), reply
+    # Having sent ours, OpenSSL reports the server's close_notify as
+    # SSLZeroReturnError; a bare EOF would be SSLEOFError.
+    with pytest.raises(ssl.SSLZeroReturnError):
+        t.recv(4096)
+    t.close()
+    wait_log(srv, "queued")
+
+
+@pytest.mark.parametrize("transport", ["starttls", "smtps"])
+def test_tls13_close_notify_behind_pipelined_commands(ringmx, certs, transport):
+    """Pipelined commands and close_notify in one segment: every command is
+    answered, in order, then the server's close_notify ends the stream."""
+    lib = libssl()
+    srv = _server(ringmx, certs)
+    t = _session(srv, certs, transport, "tls13")
+    p = ssl_pointer(lib, t)
+    t.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    t.sendall(b"NOOP\r\nRSET\r\nNOOP\r\n")  # no QUIT: the close_notify ends it
+    assert lib.SSL_shutdown(p) == 0
+    t.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+    t.settimeout(10)
+    got = b""
+    with pytest.raises(ssl.SSLZeroReturnError):  # the server's close_notify
+        while True:
+            chunk = t.recv(4096)
+            assert chunk, "a bare EOF after %r" % got
+            got += chunk
+    assert [ln[:4] for ln in got.decode().splitlines()] == ["250 "] * 3, got
+    t.close()
 
 
 def test_openssl_s_client_sees_close_notify(ringmx, certs):

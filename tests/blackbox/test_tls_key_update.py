@@ -13,8 +13,6 @@ Python's ssl module has no call for KeyUpdate, so the tests call OpenSSL's
 SSL_key_update() on the SSL object of the socket (ctypes); they check that
 they found the right object first and skip, saying why, if not."""
 
-import ctypes
-import ctypes.util
 import socket
 import ssl
 import threading
@@ -24,42 +22,18 @@ import pytest
 
 from conftest import (SMTPClient, delivery_overrides, make_message, route, submit, wait_for,
                       wait_log)
-from tlsutil import certs, client_context, recv_reply  # noqa: F401
+from tlsutil import certs, client_context, libssl, recv_reply, ssl_pointer  # noqa: F401
 
 MX = "mx.test"
 HOP = "hop.test"
 SSL_KEY_UPDATE_REQUESTED = 1
-TLS1_3_VERSION = 0x0304
 SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE = 2, 3
-
-
-def _libssl():
-    name = ctypes.util.find_library("ssl")
-    if not name:
-        pytest.skip("libssl not found for SSL_key_update()")
-    lib = ctypes.CDLL(name)
-    for fn, args, res in (("SSL_key_update", [ctypes.c_void_p, ctypes.c_int], ctypes.c_int),
-                          ("SSL_do_handshake", [ctypes.c_void_p], ctypes.c_int),
-                          ("SSL_get_error", [ctypes.c_void_p, ctypes.c_int], ctypes.c_int),
-                          ("SSL_version", [ctypes.c_void_p], ctypes.c_int)):
-        f = getattr(lib, fn)
-        f.argtypes, f.restype = args, res
-    return lib
-
-
-def _ssl_pointer(lib, t):
-    """The SSL* of an ssl.SSLSocket: CPython's _ssl object is PyObject_HEAD,
-    the socket's weak reference, then the SSL pointer."""
-    p = ctypes.c_void_p.from_address(id(t._sslobj) + 3 * ctypes.sizeof(ctypes.c_void_p)).value
-    if not p or lib.SSL_version(p) != TLS1_3_VERSION:
-        pytest.skip("cannot find the OpenSSL SSL object of Python's socket")
-    return p
 
 
 def _flood(lib, t, quiet_s=1.5, limit_s=60):
     """Key update requests, never reading, until the peer has taken none
     for quiet_s (it stopped reading, or it is gone).  Returns how many went."""
-    p = _ssl_pointer(lib, t)
+    p = ssl_pointer(lib, t)
     t.setblocking(False)
     sent, last = 0, time.monotonic()
     end = last + limit_s
@@ -92,7 +66,7 @@ def test_clients_flooding_key_updates_never_reading(ringmx, certs):
     """Twelve clients, each held open, flood key update requests with a
     4 KiB receive window: the server stops reading each once its answers
     are stuck, and stays up and serving."""
-    lib = _libssl()
+    lib = libssl()
     cert, key = certs.leaf(MX)
     srv = ringmx({"shards": 1, "io": {"recv_buffers": 16}, "limits": {"idle_s": 120},
                   "tls": {"certificates": [{"cert": cert, "key": key, "names": [MX]}]}})
@@ -189,7 +163,7 @@ def test_next_hop_flooding_key_updates_never_reading(ringmx, certs):
     """The delivery client answers a hop's key update requests until its
     output is stuck, then waits for the send instead of going round; the
     shard keeps serving, and the message stays queued for a retry."""
-    lib = _libssl()
+    lib = libssl()
     cert, key = certs.leaf(HOP)
     hop = _FloodingHop(lib, cert, key)
     try:

@@ -3,6 +3,8 @@
 Certificates are made by the test suite itself with the openssl command line
 (a throwaway CA and leaf certificates per test session); nothing is shipped."""
 
+import ctypes
+import ctypes.util
 import os
 import socket
 import ssl
@@ -93,3 +95,32 @@ def recv_reply(sock, timeout=10.0):
             if buf:
                 raise AssertionError("bytes after a complete reply: %r" % buf)
             return lines
+
+
+TLS1_3_VERSION = 0x0304
+
+
+def libssl():
+    """OpenSSL's libssl through ctypes, for what Python's ssl module has no
+    call for (SSL_key_update, a one-way SSL_shutdown); skips if absent."""
+    name = ctypes.util.find_library("ssl")
+    if not name:
+        pytest.skip("libssl not found for ctypes")
+    lib = ctypes.CDLL(name)
+    for fn, args, res in (("SSL_key_update", [ctypes.c_void_p, ctypes.c_int], ctypes.c_int),
+                          ("SSL_do_handshake", [ctypes.c_void_p], ctypes.c_int),
+                          ("SSL_shutdown", [ctypes.c_void_p], ctypes.c_int),
+                          ("SSL_get_error", [ctypes.c_void_p, ctypes.c_int], ctypes.c_int),
+                          ("SSL_version", [ctypes.c_void_p], ctypes.c_int)):
+        f = getattr(lib, fn)
+        f.argtypes, f.restype = args, res
+    return lib
+
+
+def ssl_pointer(lib, t):
+    """The SSL* of a TLS 1.3 ssl.SSLSocket: CPython's _ssl object is
+    PyObject_HEAD, the socket's weak reference, then the SSL pointer."""
+    p = ctypes.c_void_p.from_address(id(t._sslobj) + 3 * ctypes.sizeof(ctypes.c_void_p)).value
+    if not p or lib.SSL_version(p) != TLS1_3_VERSION:
+        pytest.skip("cannot find the OpenSSL SSL object of Python's socket")
+    return p
