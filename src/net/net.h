@@ -2,12 +2,13 @@
  * net — one TCP connection driven by a shard's ring, for any protocol.
  *
  * A net_table is a fixed set of connection slots owned by one module of one
- * shard (outbound SMTP/LMTP today; Redis, policy servers, milters next).
+ * shard: the outbound SMTP/LMTP client's, the inbound SMTP sessions' (a
+ * served table, see "Served" below); Redis, policy servers, milters next.
  * It owns, per connection: the slot and its generation (a completion for a
  * slot that was closed and reused is dropped), the count of ops in flight,
  * the socket, a receive buffer with one recv in flight, one gather send in
- * flight with its deadline, the optional TLS adapter (client role), the
- * close and the reap.  A protocol plugs in through struct net_ops and never
+ * flight with its deadline, the optional TLS adapter (client role; server
+ * role for a served table), the close and the reap.  A protocol plugs in through struct net_ops and never
  * touches the ring, the socket or the TLS layer's buffers itself.
  *
  * The contract, call by call:
