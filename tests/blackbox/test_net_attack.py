@@ -24,9 +24,9 @@ import pytest
 
 from conftest import (SMTPClient, delivery_overrides, log_events, make_message, new_mid, route,
                       submit, wait_for, wait_log, wait_state)
-from test_tls_key_update import SSL_KEY_UPDATE_REQUESTED, _libssl, _ssl_pointer
+from test_tls_key_update import SSL_KEY_UPDATE_REQUESTED
 from nexthop import nexthop  # noqa: F401  (nexthop is a fixture)
-from tlsutil import certs  # noqa: F401  (certs is a fixture)
+from tlsutil import certs, libssl, ssl_pointer  # noqa: F401  (certs is a fixture)
 
 HOP = "hop.test"
 SLOW_RETRY = {"retry_s": [3600], "max_age_s": 86400}
@@ -140,7 +140,7 @@ def _key_updates_no_reply(lib):
 
     def script(hop, t):
         _line(t)  # MAIL
-        p = _ssl_pointer(lib, t)
+        p = ssl_pointer(lib, t)
         t.setblocking(False)  # recv gives back after the answers to the updates
         hop.ready.append("mail")
         while not hop.stop.is_set():
@@ -241,7 +241,7 @@ def test_key_updates_do_not_hold_a_command_open(ringmx, certs):
     (and the answers they draw) are no progress, so MAIL still times out
     after command_timeout_s.  Before, each record moved the deadline and the
     connection and its message were held for as long as the hop liked."""
-    script = _key_updates_no_reply(_libssl())
+    script = _key_updates_no_reply(libssl())
 
     hop = ScriptedHop(*certs.leaf(HOP), script)
     try:
@@ -300,7 +300,7 @@ def test_sigterm_with_connections_in_every_state(ringmx, certs, nexthop):
     jobs leaked."""
     cert, key = certs.leaf(HOP)
     hops = {"hs": ScriptedHop(cert, key, _dribble_handshake, tls_wrap=False),
-            "ku": ScriptedHop(cert, key, _key_updates_no_reply(_libssl())),
+            "ku": ScriptedHop(cert, key, _key_updates_no_reply(libssl())),
             "body": ScriptedHop(cert, key, _stop_reading_in_body, rcvbuf=4096)}
     good = nexthop()
     try:

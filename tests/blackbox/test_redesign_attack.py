@@ -18,9 +18,8 @@ import pytest
 
 from conftest import (SMTPClient, delivery_overrides, log_events, make_message, route, submit,
                       wait_for, wait_log)
-from test_tls_key_update import (SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE, _command, _libssl,
-                                 _ssl_pointer)
-from tlsutil import certs  # noqa: F401  (certs is a fixture)
+from test_tls_key_update import SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE, _command
+from tlsutil import certs, libssl, ssl_pointer  # noqa: F401  (certs is a fixture)
 
 HOP = "hop.test"
 # Key update requests the hop sends in one flight with its reply to the
@@ -71,7 +70,7 @@ class _KeyUpdateReplyHop:
     def _burst(self, t):
         """KEY_UPDATES key update requests and the reply, corked into one
         segment."""
-        p = _ssl_pointer(self.lib, t)
+        p = ssl_pointer(self.lib, t)
         t.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         for _ in range(KEY_UPDATES):
             if self.lib.SSL_key_update(p, 1) != 1:
@@ -130,7 +129,7 @@ def test_reply_to_dot_behind_key_updates_is_taken(ringmx, certs):
     hop's 250 behind the key updates then delivers the message; left unread,
     the client waited for a reply it had, timed out in state dot, deferred a
     delivered message and sent it again on the retry (a duplicate)."""
-    lib = _libssl()
+    lib = libssl()
     cert, key = certs.leaf(HOP)
     hop = _KeyUpdateReplyHop(lib, cert, key)
     try:

@@ -87,7 +87,7 @@ def recv_reply(sock, timeout=10.0):
         while b"\r\n" not in buf:
             chunk = sock.recv(4096)
             if not chunk:
-                raise ConnectionError("closed; got %r" % (lines, buf))
+                raise ConnectionError("closed; got %r %r" % (lines, buf))
             buf += chunk
         line, buf = buf.split(b"\r\n", 1)
         lines.append(line.decode("utf-8", "replace"))
