@@ -212,11 +212,13 @@ static bool conn_waits(void *proto)
 	return smtp_session_hold(proto) != SMTP_HOLD_NONE;
 }
 
-static void conn_on_overrun(void *proto)
+static void conn_on_overrun(void *proto, uint32_t held)
 {
 	struct conn *c = proto;
 	char reply[SMTP_REPLY_MAX];
 
+	log_msg(LOG_WARN, "event=input_overrun shard=%u client=%s held=%u parked=yes", c->shard->id,
+		c->peer_ip, held);
 	snprintf(reply, sizeof(reply), "421 4.7.0 %s Error: too much pipelined input",
 		 c->shard->cfg->hostname);
 	smtp_session_timeout(c, reply);

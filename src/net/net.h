@@ -168,8 +168,8 @@ struct net_ops {
 	/* Served connections only (see "Served" above). */
 	size_t (*on_feed)(void *proto, const char *p, size_t len, uint16_t bid);
 	bool (*wants_park)(void *proto);
-	bool (*waits)(void *proto); /* its input is not all answered yet */
-	void (*on_overrun)(void *proto);
+	bool (*waits)(void *proto);			/* its input is not all answered yet */
+	void (*on_overrun)(void *proto, uint32_t held); /* held: bytes in the stash */
 	void (*on_peek)(void *proto, bool early);
 	void (*on_timer)(void *proto, unsigned which);
 	void (*on_tick)(void *proto);

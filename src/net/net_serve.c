@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log/log.h"
 #include "net/net.h"
 #include "net/net_int.h"
 #include "ring/ring.h"
@@ -263,9 +262,7 @@ static void sv_park_absorb(struct net_conn *nc)
 	}
 	if (fits)
 		return;
-	log_msg(LOG_WARN, "event=input_overrun client=%s held=%u parked=yes", sv->name,
-		sv->stash_len);
-	nc->ops->on_overrun(nc->proto);
+	nc->ops->on_overrun(nc->proto, sv->stash_len);
 }
 
 static void sv_park(struct net_conn *nc)

@@ -138,10 +138,11 @@ static bool rec_waits(void *proto)
 	return r->waits;
 }
 
-static void rec_overrun(void *proto)
+static void rec_overrun(void *proto, uint32_t held)
 {
 	struct nsp *r = proto;
 
+	(void)held;
 	rec_ev(r, NST_EV_OVERRUN);
 	if (r->on_overrun)
 		r->on_overrun(r);
