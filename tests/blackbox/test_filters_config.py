@@ -251,6 +251,10 @@ def broken_cases():
         {"tables": {"trusted": {"inline": ["192.0.2.0/24", "2001:db8::/32", "10.0.0.1/8"]}},
          "filters": {"connect": [rule({"client_ip": {"table": "trusted"}}, "accept")]}},
         "tables.trusted.inline[2]", None)
+    c["table_entry_not_address"] = (
+        {"tables": {"senders": {"inline": ["a@b.example", "@c.example", "d.example"]}},
+         "filters": {"mail": [rule({"sender": {"table": "senders"}})]}},
+        "tables.senders.inline[2]", None)
     c["table_entry_not_cidr_per_listener"] = (
         deep_merge({"tables": {"t": {"inline": ["::1/129"]}}},
                    listeners({"connect": [rule({"client_ip": {"table": "t"}})]})),
@@ -503,9 +507,10 @@ GOOD = {
     "numeric_forms": chain("rcpt", rule({"size": 0}),
                            rule({"size": {"gt": 1, "ge": 2, "lt": 100, "le": 99, "eq": 50}}),
                            rule({"rcpt_count": {"ge": 10}})),
+    # "true/false = authenticated or not (allowed from connect)"
+    "auth_user_bool_at_connect": chain("connect", rule({"auth_user": False}, "next")),
+    "auth_user_bool_at_helo": chain("helo", rule({"not": {"auth_user": True}}, "next")),
     "auth_user_forms": {"filters": {
-        "connect": [rule({"auth_user": False}, "next")],
-        "helo": [rule({"auth_user": True}, "next")],
         "auth": [rule({"auth_user": "alice"}, {"reject": "535 5.7.8 not you"}),
                  rule({"auth_user": ["bob", "carol"]}, "accept")],
         "mail": [rule({"sender": {"matches_login": True}}, "accept")]}},
@@ -527,7 +532,7 @@ GOOD = {
                                                 "u": {"inline": []}}},
     "table_for_names_and_cidrs": {
         "tables": {"nets": {"inline": ["192.0.2.0/24", "2001:db8::/32"]},
-                   "names": {"inline": ["a@b.example", "@c.example", "d.example"]}},
+                   "names": {"inline": ["a@b.example", "@c.example", "D@E.example"]}},
         "filters": {"connect": [rule({"client_ip": {"table": "nets"}}, "accept")],
                     "mail": [rule({"sender": {"table": "names"}}, "reject")],
                     "rcpt": [rule({"rcpt": {"table": "names"}}, "reject")]}},
