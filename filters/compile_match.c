@@ -59,8 +59,7 @@ int cc_tables_load(struct cc *c, struct json_object *tables)
 		size_t n = 0;
 
 		cc_path_key(path, "tables", name);
-		if (!json_object_is_type(def, json_type_object) ||
-		    json_object_object_length(def) != 1)
+		if (!json_object_is_type(def, json_type_object))
 			return cc_fail(c, path,
 				       "expected {\"inline\": [...]} or {\"file\": \"/path\"}");
 		json_object_object_foreach(def, key, v)
@@ -93,6 +92,8 @@ int cc_tables_load(struct cc *c, struct json_object *tables)
 			}
 			entries = v;
 		}
+		if (!entries == !file)
+			return cc_fail(c, path, "expected one of \"inline\" and \"file\"");
 		if (entries && n) {
 			list = calloc(n, sizeof(*list));
 			if (!list)

@@ -259,8 +259,10 @@ def broken_cases():
         deep_merge({"tables": {"t": {"inline": ["::1/129"]}}},
                    listeners({"connect": [rule({"client_ip": {"table": "t"}})]})),
         "tables.t.inline[0]", None)
-    c["file_table_not_built"] = ({"tables": {"t": {"file": "/etc/ringmx/t.txt"}}},
-                                 ["tables.t", "tables.t.file"], "not built yet")
+    c["file_table_missing"] = ({"tables": {"t": {"file": "/nonexistent/ringmx/t.txt"}}},
+                               "tables.t.file", "cannot read")
+    c["file_and_inline"] = ({"tables": {"t": {"file": "/nonexistent/t", "inline": []}}},
+                            "tables.t", None)
     c["table_without_source"] = ({"tables": {"t": {}}}, "tables.t", None)
     c["table_unknown_key"] = ({"tables": {"t": {"inline": [], "lines": ["x"]}}},
                               "tables.t.lines", None)
@@ -341,7 +343,7 @@ def test_load_error_names_its_path(tmp_path, case):
 START_CASES = ["unknown_stage", "data_stage_not_built", "two_deciding_keys", "reject_4xx",
                "unknown_field", "tarpit_over_max", "bad_regex_per_listener", "cidr_host_bits",
                "helo_at_connect", "unknown_listener", "tag_never_set", "unknown_table",
-               "table_entry_not_cidr", "file_table_not_built", "empty_any", "rule_not_object"]
+               "table_entry_not_cidr", "file_table_missing", "empty_any", "rule_not_object"]
 
 
 @pytest.mark.parametrize("case", START_CASES)
