@@ -119,7 +119,9 @@ static void verdict_of(enum flt_stage stage, const struct flt_input *in, const s
 							: FLT_ACCEPT;
 	out->reply[0] = '\0';
 	if (a->reply)
-		reply_expand(a->reply, in, out->reply, sizeof(out->reply));
+		/* 510 characters: with its CRLF a reply line is at most 512 octets
+		 * (RFC 5321 4.5.3.1.5). */
+		reply_expand(a->reply, in, out->reply, sizeof(out->reply) - 1);
 	log_msg(LOG_INFO,
 		"event=filter client=%s stage=%s rule=%s action=%s tarpit_ms=%u reply=\"%s\"",
 		in->client_ip, flt_stage_names[stage], rule_path(in, rule),
