@@ -1,57 +1,189 @@
 /*
  * filters/flt — the decision point.  See flt.h.
+ *
+ * A decision goes through phases kept in flt_state, so that a wait can fall
+ * between any two of them and the session resumes with flt_resume():
+ *   CHAIN     the chain runs from st->pc (a tarpit without a decision
+ *             waits and comes back here);
+ *   DECIDED   a rule decided with a tarpit: the verdict is made, the wait
+ *             is its delay;
+ *   ERRDELAY  the verdict is made, the error tarpit delays it.
  */
 #include "filters/flt.h"
 
 #include <stdio.h>
 #include <string.h>
 
+#include "filters/prog.h"
+#include "log/log.h"
+
+enum { PH_CHAIN = 0, PH_DECIDED, PH_ERRDELAY };
+
+#define FIELD_MAX 255 /* bytes of one %{field} in a reply */
+
+const char *const flt_stage_names[FLT_STAGE_COUNT] = {"connect", "helo", "auth",
+						      "mail",	 "rcpt", "data"};
+
+static const char *const action_names[] = {"accept", "reject", "tempfail", "disconnect"};
+
 /* Invariant 7: a recipient is accepted only for a configured domain, from a
  * configured network, or after AUTH.  <Postmaster> (no domain) is always
  * ours (RFC 5321 4.5.1). */
 static void flt_relay_policy(const struct flt_input *in, struct flt_verdict *out)
 {
-	if (in->domain_len == 0 || in->authenticated)
+	if (in->rcpt_domain_len == 0 || in->authenticated)
 		return;
-	if (config_domain_is_relay(in->cfg, in->domain, in->domain_len))
+	if (config_domain_is_relay(in->cfg, in->rcpt_domain, in->rcpt_domain_len))
 		return;
 	if (config_addr_is_relay(in->cfg, in->client))
 		return;
 	out->action = FLT_REJECT;
 	snprintf(out->reply, sizeof(out->reply), "554 5.7.1 <%.*s>: Relay access denied",
-		 (int)(in->addr_len > 300 ? 300 : in->addr_len), in->addr);
+		 (int)(in->rcpt_len > 300 ? 300 : in->rcpt_len), in->rcpt);
 }
 
-int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_verdict *out)
+static void field_value(const struct flt_input *in, int f, const char **p, size_t *n)
 {
+	const char *s = NULL;
+
+	*n = SIZE_MAX;
+	switch ((enum flt_reply_field)f) {
+	case FLT_RF_CLIENT_IP:
+		s = in->client_ip;
+		break;
+	case FLT_RF_HELO:
+		s = in->helo;
+		break;
+	case FLT_RF_SENDER:
+		s = in->sender;
+		*n = in->sender_len;
+		break;
+	case FLT_RF_RCPT:
+		s = in->rcpt;
+		*n = in->rcpt_len;
+		break;
+	case FLT_RF_LISTENER:
+		s = in->rules->listener_names[in->listener];
+		break;
+	case FLT_RF_AUTH_USER:
+		s = in->authenticated ? in->auth_user : NULL;
+		break;
+	case FLT_RF_HOSTNAME:
+		s = in->rules->hostname;
+		break;
+	case FLT_RF_COUNT:
+		break;
+	}
+	*p = s ? s : "";
+	if (!s)
+		*n = 0;
+	else if (*n == SIZE_MAX)
+		*n = strlen(s);
+}
+
+/* The reply, its %{field}s filled in.  What a client wrote (a HELO, an
+ * address) is cut to FIELD_MAX bytes and anything but printable ASCII
+ * becomes '?', so it cannot end the reply line or forge another. */
+static void reply_expand(const char *t, const struct flt_input *in, char *out, size_t cap)
+{
+	size_t o = 0;
+
+	for (; *t && o + 1 < cap; t++) {
+		const char *v;
+		size_t n;
+
+		if (*t != FLT_REPLY_FIELD) {
+			out[o++] = *t;
+			continue;
+		}
+		field_value(in, t[1] - 1, &v, &n);
+		t++;
+		for (size_t i = 0; i < n && i < FIELD_MAX && o + 1 < cap; i++)
+			out[o++] = (v[i] >= 0x20 && v[i] < 0x7f) ? v[i] : '?';
+	}
+	out[o] = '\0';
+}
+
+static const char *rule_path(const struct flt_input *in, uint32_t rule)
+{
+	return rule < in->rules->path_count ? in->rules->paths[rule] : "default";
+}
+
+/* A rule's action made into the verdict, and logged. */
+static void verdict_of(enum flt_stage stage, const struct flt_input *in, const struct flt_act *a,
+		       uint32_t rule, struct flt_verdict *out)
+{
+	out->action = a->decide == FLT_DEC_REJECT	? FLT_REJECT
+		      : a->decide == FLT_DEC_TEMPFAIL	? FLT_TEMPFAIL
+		      : a->decide == FLT_DEC_DISCONNECT ? FLT_DISCONNECT
+							: FLT_ACCEPT;
+	out->reply[0] = '\0';
+	if (a->reply)
+		reply_expand(a->reply, in, out->reply, sizeof(out->reply));
+	log_msg(LOG_INFO,
+		"event=filter client=%s stage=%s rule=%s action=%s tarpit_ms=%u reply=\"%s\"",
+		in->client_ip, flt_stage_names[stage], rule_path(in, rule),
+		a->decide == FLT_DEC_NONE ? "next" : action_names[out->action], a->tarpit_ms,
+		out->reply);
+}
+
+static int run(enum flt_stage stage, const struct flt_input *in, struct flt_state *st,
+	       struct flt_verdict *out)
+{
+	const struct flt_prog *prog = in->rules ? in->rules->progs[in->listener][stage] : NULL;
 	const struct config_limits *lim = &in->cfg->limits;
 
-	out->action = FLT_ACCEPT;
-	out->delay_ms = 0;
-	out->reply[0] = '\0';
-	switch (stage) {
-	case FLT_STAGE_RCPT:
-		flt_relay_policy(in, out);
-		break;
-	case FLT_STAGE_CONNECT:
-	case FLT_STAGE_HELO:
-	case FLT_STAGE_MAIL:
-	case FLT_STAGE_DATA:
-		break;
+	if (out->action == FLT_ACCEPT && prog) {
+		const struct flt_act *act;
+		uint32_t rule;
+		int rc = flt_eval(prog, in, st, &act, &rule);
+
+		st->rule = rule;
+		if (act)
+			verdict_of(stage, in, act, rule, out);
+		if (rc == FLT_PENDING) {
+			st->phase = act->decide == FLT_DEC_NONE ? PH_CHAIN : PH_DECIDED;
+			out->delay_ms = act->tarpit_ms;
+			return FLT_PENDING;
+		}
 	}
 	/* Tarpit (Postfix's smtpd_soft_error_limit/smtpd_error_sleep_time):
 	 * a client past its soft error limit waits for every answer, which
 	 * costs a recipient-guessing bot time and us only a ring timer. */
 	if (lim->error_delay_ms && in->errors >= lim->soft_errors) {
+		st->phase = PH_ERRDELAY;
 		out->delay_ms = lim->error_delay_ms;
 		return FLT_PENDING;
 	}
 	return FLT_DONE;
 }
 
-int flt_resume(enum flt_stage stage, struct flt_verdict *v)
+int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_state *st,
+	       struct flt_verdict *out)
 {
-	(void)stage;
-	v->delay_ms = 0; /* the verdict itself was reached before the wait */
-	return FLT_DONE;
+	out->action = FLT_ACCEPT;
+	out->delay_ms = 0;
+	out->reply[0] = '\0';
+	st->pc = 0;
+	st->phase = PH_CHAIN;
+	st->rule = UINT32_MAX;
+	if (stage == FLT_STAGE_MAIL)
+		st->tags_tx = 0; /* a transaction begins (a refused MAIL leaves none) */
+	if (stage == FLT_STAGE_RCPT)
+		flt_relay_policy(in, out);
+	return run(stage, in, st, out);
+}
+
+int flt_resume(enum flt_stage stage, const struct flt_input *in, struct flt_state *st,
+	       struct flt_verdict *out)
+{
+	out->delay_ms = 0;
+	if (st->phase == PH_CHAIN)
+		return run(stage, in, st, out);
+	return FLT_DONE; /* the verdict was made before the wait */
+}
+
+void flt_tx_end(struct flt_state *st)
+{
+	st->tags_tx = 0;
 }

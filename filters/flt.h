@@ -1,26 +1,30 @@
 /*
  * filters/flt — the one decision point every SMTP stage passes through.
  *
- * The session asks flt_decide() at connect, helo, mail, rcpt and data.  The
- * answer is FLT_DONE with a verdict now, or FLT_PENDING: the verdict says
- * what to wait for (today: a delay, which the shard runs as a timer on its
- * ring); when the wait is over the session calls flt_resume() for the final
- * verdict (smtp_session_decided).  Input stays paused meanwhile, so filters
- * that need DNS, kv or a policy server plug in here without reshaping the
- * session.
+ * The session asks flt_decide() at connect, helo, auth, mail, rcpt and
+ * data.  The answer is FLT_DONE with a verdict now, or FLT_PENDING: the
+ * verdict says how long to wait (the shard runs it as a timer on its ring);
+ * when the wait is over the session calls flt_resume() with the same input,
+ * which goes on where the chain stopped and may ask to wait again.  Input
+ * stays paused meanwhile.
  *
- * Today the chain holds the built-in policy: relaying is denied unless the
- * recipient domain is in relay.domains or the client in relay.networks
- * (invariant 7), and the error tarpit (limits.soft_errors/error_delay_ms)
- * delays every decision of a session that has made too many errors.  The
- * compiled JSON filter chains of the filters issue replace the bodies of
- * flt_decide/flt_resume, not their callers.  Thread: the shard's.
+ * What decides, in order:
+ *  1. at rcpt, the built-in relay policy: relaying is denied unless the
+ *     recipient domain is in relay.domains, the client in relay.networks,
+ *     or the session authenticated (invariant 7).  No filter can undo it;
+ *  2. the compiled filter chain of the listener and stage (flt_compile(),
+ *     prog.h): the first rule that decides ends the stage;
+ *  3. the error tarpit (limits.soft_errors/error_delay_ms) delays every
+ *     decision of a session that has made too many errors.
+ * Thread: the shard's for flt_decide/flt_resume; flt_compile and
+ * flt_rules_free on the main thread.
  */
 #ifndef RMX_FILTERS_FLT_H
 #define RMX_FILTERS_FLT_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "config/config.h"
@@ -28,10 +32,14 @@
 enum flt_stage {
 	FLT_STAGE_CONNECT = 0,
 	FLT_STAGE_HELO,
+	FLT_STAGE_AUTH, /* after a successful AUTH, before its 235 */
 	FLT_STAGE_MAIL,
 	FLT_STAGE_RCPT,
 	FLT_STAGE_DATA,
+	FLT_STAGE_COUNT,
 };
+
+extern const char *const flt_stage_names[FLT_STAGE_COUNT];
 
 enum flt_rc {
 	FLT_DONE = 0,
@@ -42,30 +50,69 @@ enum flt_action {
 	FLT_ACCEPT = 0, /* go on with the default reply */
 	FLT_REJECT,	/* 5xx: reply holds the line */
 	FLT_TEMPFAIL,	/* 4xx: reply holds the line */
+	FLT_DISCONNECT, /* reply holds the line; then close the session */
 };
 
+struct flt_rules;
+
+/* What a stage knows.  Strings are not NUL-terminated unless said; a field
+ * not known yet at the stage is empty (the compiler refuses rules that ask
+ * for it there). */
 struct flt_input {
 	const struct rmx_config *cfg;
+	const struct flt_rules *rules; /* NULL: no chains */
+	uint8_t listener;	       /* index into cfg->listeners */
 	const struct sockaddr *client;
-	const char *helo;
-	const char *domain; /* RCPT: recipient domain (may be empty) */
-	size_t domain_len;
-	const char *addr; /* MAIL/RCPT: the address as written */
-	size_t addr_len;
+	const char *client_ip; /* text, NUL-terminated */
+	const char *helo;      /* NUL-terminated; "" before EHLO/HELO */
 	bool authenticated;
-	uint32_t errors; /* errors the session has made so far */
+	const char *auth_user; /* NUL-terminated; "" when not authenticated */
+	bool tls;
+	const char *tls_version; /* "1.2", "1.3" or "" */
+	const char *sender;	 /* MAIL and later: "local@domain", "" for <> */
+	size_t sender_len;
+	const char *sender_domain;
+	size_t sender_domain_len;
+	uint64_t size;	  /* MAIL: the declared SIZE (0: none) */
+	const char *rcpt; /* RCPT: "local@domain", or "Postmaster" */
+	size_t rcpt_len;
+	const char *rcpt_domain; /* RCPT: may be empty (<Postmaster>) */
+	size_t rcpt_domain_len;
+	uint32_t rcpt_count; /* RCPT: recipients accepted so far + 1 */
+	uint32_t errors;     /* errors the session has made so far */
+};
+
+/* Evaluation state, one per session: tags, and where a PENDING stage goes
+ * on.  Zero it at the session's start; flt_tx_end() at each transaction's
+ * end. */
+struct flt_state {
+	uint64_t tags_session; /* set at connect, helo, auth */
+	uint64_t tags_tx;      /* set at mail, rcpt, data */
+	uint32_t pc;	       /* PENDING: the next op to run */
+	uint32_t rule;	       /* the deciding rule (flt_rule_path) */
+	uint8_t phase;	       /* PENDING: see flt.c */
 };
 
 struct flt_verdict {
 	enum flt_action action;
 	uint32_t delay_ms; /* FLT_PENDING: wait this long, then flt_resume() */
-	char reply[400];   /* complete reply line without CRLF when not ACCEPT */
+	char reply[512];   /* complete reply line without CRLF when not ACCEPT */
 };
 
-/* Decide now (FLT_DONE, out final) or later (FLT_PENDING, out says what to
- * wait for; the caller keeps out and hands it to flt_resume). */
-int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_verdict *out);
-/* The wait of a PENDING decision is over: make v final.  Returns FLT_DONE. */
-int flt_resume(enum flt_stage stage, struct flt_verdict *v);
+/* Decide now (FLT_DONE, out final) or later (FLT_PENDING, out->delay_ms
+ * says how long to wait; then call flt_resume with the same input). */
+int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_state *st,
+	       struct flt_verdict *out);
+int flt_resume(enum flt_stage stage, const struct flt_input *in, struct flt_state *st,
+	       struct flt_verdict *out);
+/* The transaction ended (message committed or refused, RSET, new EHLO). */
+void flt_tx_end(struct flt_state *st);
+
+/* Compile cfg's "tables", "filters" and "listeners[].filters".  NULL with
+ * one line in err ("<json path>: <what>") when a rule is wrong.  A config
+ * without filters compiles to rules with no chains.  The rules point into
+ * cfg (names), so free them first. */
+struct flt_rules *flt_compile(const struct rmx_config *cfg, char *err, size_t err_len);
+void flt_rules_free(struct flt_rules *r);
 
 #endif

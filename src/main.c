@@ -22,6 +22,7 @@
 #include "auth/users.h"
 #include "config/config.h"
 #include "control.h"
+#include "filters/flt.h"
 #include "hpool/hpool.h"
 #include "log/log.h"
 #include "preflight.h"
@@ -198,7 +199,7 @@ static void main_loop(int sfd)
 	}
 }
 
-static struct rmx_config *load(int argc, char **argv, bool *check_only)
+static struct rmx_config *load(int argc, char **argv, bool *check_only, struct flt_rules **rules)
 {
 	char err[CONFIG_ERR_MAX];
 	const char *file = NULL;
@@ -225,16 +226,25 @@ static struct rmx_config *load(int argc, char **argv, bool *check_only)
 		fprintf(stderr, "%s\n", err);
 		exit(1);
 	}
+	/* The filter chains are part of the config: a rule that does not
+	 * compile stops the start (and --check-config) with its JSON path. */
+	*rules = flt_compile(cfg, err, sizeof(err));
+	if (!*rules) {
+		fprintf(stderr, "%s\n", err);
+		config_free(cfg);
+		exit(1);
+	}
 	return cfg;
 }
 
 /* --check-config: everything start-up would refuse fails here too; likely
  * mistakes are one warning line each and still exit 0. */
-static int check_config(struct rmx_config *cfg)
+static int check_config(struct rmx_config *cfg, struct flt_rules *rules)
 {
 	char why[512];
 	int rc = preflight_check(cfg, true, why, sizeof(why));
 
+	flt_rules_free(rules);
 	if (rc != 0) {
 		fprintf(stderr, "%s\n", why);
 		config_free(cfg);
@@ -351,14 +361,15 @@ int main(int argc, char **argv)
 {
 	char why[512];
 	bool check_only;
-	struct rmx_config *cfg = load(argc, argv, &check_only);
+	struct flt_rules *rules;
+	struct rmx_config *cfg = load(argc, argv, &check_only, &rules);
 	struct control *ctl = NULL;
 	struct auth_users *users;
 	struct auth_throttle *throttle;
 	struct hpool *pool;
 
 	if (check_only)
-		return check_config(cfg);
+		return check_config(cfg, rules);
 	int sfd = start_checks(cfg);
 	struct shard *shards = calloc(cfg->shards, sizeof(*shards));
 	uint64_t *max_ids = calloc(cfg->shards, sizeof(*max_ids));
@@ -371,6 +382,7 @@ int main(int argc, char **argv)
 	if (tls_global_init() != 0)
 		fatal("TLS library initialisation failed");
 	start_auth(cfg, &users, &throttle);
+	shard_filters_setup(rules);
 	/* Helper threads: local delivery, bounces and password checks. */
 	struct hpool_config pc = {.threads = cfg->shards < 2 ? 2 : cfg->shards,
 				  .shards = cfg->shards,
@@ -401,6 +413,7 @@ int main(int argc, char **argv)
 	log_drain();
 	free(shards);
 	free(max_ids);
+	flt_rules_free(rules);
 	config_free(cfg);
 	close(sfd);
 	return 0;

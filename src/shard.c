@@ -36,6 +36,9 @@
 
 /* ---- accept ----------------------------------------------------------------- */
 
+/* The compiled filter chains, the same for every shard (shard_filters_setup). */
+static const struct flt_rules *g_rules;
+
 static uint64_t mono_ms(void)
 {
 	struct timespec ts;
@@ -466,6 +469,7 @@ static void shard_env_init(struct shard *sh)
 			       .users = sh->users,
 			       .throttle = sh->throttle,
 			       .tls_ctx = sh->tls_ctx,
+			       .rules = g_rules,
 			       .now_ms = &sh->now_ms,
 			       .stopping = &sh->stopping};
 	for (uint32_t i = 0; i < sh->cfg->listener_count; i++)
@@ -642,6 +646,11 @@ void shard_auth_setup(struct auth_users *users, struct auth_throttle *throttle)
 {
 	g_users = users;
 	g_throttle = throttle;
+}
+
+void shard_filters_setup(const struct flt_rules *rules)
+{
+	g_rules = rules;
 }
 
 int shard_start(struct shard *sh, uint32_t id, const struct rmx_config *cfg, uint64_t first_id,

@@ -106,6 +106,9 @@ struct tls_ctx *shard_tls_server_ctx(const struct rmx_config *cfg, char *why, si
 
 /* Start-up, before shard_start: what AUTH uses (shared by all shards). */
 void shard_auth_setup(struct auth_users *users, struct auth_throttle *throttle);
+/* Start-up, before shard_start: the compiled filter chains (flt_compile). */
+struct flt_rules;
+void shard_filters_setup(const struct flt_rules *rules);
 /* Control thread: have the shard answer req; returns when it did. */
 void shard_ctl(struct shard *sh, struct dctl_req *req);
 void shard_stop(struct shard *sh); /* any thread: ask it to drain and exit */

@@ -140,6 +140,7 @@ static config_fn config_listener_banner_parse, config_domains_parse, config_netw
 static config_fn config_routes_parse, config_route_domains_parse, config_route_to_parse;
 static config_fn config_retry_parse, config_dns_servers_parse, config_certs_parse;
 static config_fn config_cert_names_parse, config_tls_version_parse;
+static config_fn config_filters_parse, config_tables_parse, config_listener_filters_parse;
 
 static const char *const config_durability_choices[] = {"fsync", "none", NULL};
 static const char *const config_log_format_choices[] = {"kv", "json", NULL};
@@ -161,6 +162,7 @@ static const struct config_key config_listener_keys[] = {
     KEY_CHOICE("tls", struct config_listener, tls, config_tls_mode_choices, CONFIG_TLS_NONE),
     KEY_CHOICE("auth", struct config_listener, auth, config_auth_mode_choices, CONFIG_AUTH_NONE),
     KEY_BOOL("auth_plaintext", struct config_listener, auth_plaintext, false),
+    KEY_FN("filters", config_listener_filters_parse),
     {0},
 };
 
@@ -295,6 +297,8 @@ static const struct config_key config_root_keys[] = {
     KEY_SECTION("dns", offsetof(struct rmx_config, dns), config_dns_keys),
     KEY_SECTION("tls", offsetof(struct rmx_config, tls), config_tls_keys),
     KEY_SECTION("auth", offsetof(struct rmx_config, auth), config_auth_keys),
+    KEY_FN("filters", config_filters_parse),
+    KEY_FN("tables", config_tables_parse),
     {0},
 };
 
@@ -590,6 +594,36 @@ static int config_section_parse(struct config_ctx *c, const char *path, struct j
 }
 
 /* ---- custom keys --------------------------------------------------------- */
+
+/* The filter chains and tables are kept as JSON for filters/ to compile
+ * (the compiler names the JSON paths of its errors itself). */
+static int config_json_keep(struct config_ctx *c, const char *path, struct json_object *v,
+			    struct json_object **slot)
+{
+	if (!json_object_is_type(v, json_type_object))
+		return config_fail(c, path, "expected a JSON object");
+	json_object_put(*slot); /* a repeated key: the last one counts */
+	*slot = json_object_get(v);
+	return 0;
+}
+
+static int config_filters_parse(struct config_ctx *c, const char *path, struct json_object *v,
+				void *base)
+{
+	return config_json_keep(c, path, v, &((struct rmx_config *)base)->filters_json);
+}
+
+static int config_tables_parse(struct config_ctx *c, const char *path, struct json_object *v,
+			       void *base)
+{
+	return config_json_keep(c, path, v, &((struct rmx_config *)base)->tables_json);
+}
+
+static int config_listener_filters_parse(struct config_ctx *c, const char *path,
+					 struct json_object *v, void *base)
+{
+	return config_json_keep(c, path, v, &((struct config_listener *)base)->filters_json);
+}
 
 static int config_hostname_parse(struct config_ctx *c, const char *path, struct json_object *v,
 				 void *base)
@@ -955,6 +989,11 @@ static int config_cidr_parse(const char *s, size_t len, void *entry)
 		net->prefix_len = (uint8_t)(prefix - 96);
 	}
 	return 0;
+}
+
+int config_cidr_from_string(const char *s, size_t len, struct config_cidr *out)
+{
+	return config_cidr_parse(s, len, out);
 }
 
 static int config_networks_parse(struct config_ctx *c, const char *path, struct json_object *v,
@@ -1899,6 +1938,10 @@ void config_free(struct rmx_config *cfg)
 	free(cfg->tls.min_version);
 	free(cfg->tls.ciphers);
 	free(cfg->auth.users_file);
+	json_object_put(cfg->filters_json);
+	json_object_put(cfg->tables_json);
+	for (uint32_t i = 0; i < CONFIG_LISTENERS_MAX; i++)
+		json_object_put(cfg->listeners[i].filters_json);
 	free(cfg);
 }
 

@@ -29,6 +29,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+struct json_object;
+
 #define CONFIG_ERR_MAX	     512
 #define CONFIG_LISTENERS_MAX 16
 #define CONFIG_HOSTNAME_MAX  255
@@ -91,6 +93,9 @@ struct config_listener {
 	enum config_auth_mode auth; /* default NONE; others need auth.users_file */
 	/* AUTH offered without TLS: only allowed on a loopback address, for tests */
 	bool auth_plaintext;
+	/* "filters": this listener's chains, as JSON (compiled by filters/,
+	 * flt_compile()); NULL: the top-level ones */
+	struct json_object *filters_json;
 };
 
 /* One network of relay.networks, already parsed: family AF_INET/AF_INET6. */
@@ -220,6 +225,11 @@ struct rmx_config {
 	struct config_dns dns;
 	struct config_tls tls;
 	struct config_auth auth;
+	/* "filters" and "tables", as JSON: only an object was checked here;
+	 * filters/ compiles them (flt_compile()) and reports their errors.
+	 * NULL when absent. */
+	struct json_object *filters_json;
+	struct json_object *tables_json;
 };
 
 struct rmx_config *config_load(const char *path, char *err, size_t err_len);
@@ -246,6 +256,11 @@ const struct config_route *config_route_find(const struct rmx_config *cfg, const
  * port, and the same address or either one the wildcard (IPv6 listeners
  * are IPV6_V6ONLY, so [::] and 0.0.0.0 do not meet). */
 bool config_addr_overlap(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
+/* "192.0.2.0/24", "2001:db8::/32" or a bare address -> out.  0, -EINVAL
+ * (not a network) or -ERANGE (host bits set).  "::ffff:a.b.c.d/n" (n >= 96)
+ * is stored as the IPv4 network it is. */
+int config_cidr_from_string(const char *s, size_t len, struct config_cidr *out);
 
 /* "host:port" / "[v6]:port" -> sockaddr; returns 0 or -EINVAL. */
 int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len);

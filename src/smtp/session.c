@@ -159,22 +159,17 @@ static void session_reset_tx(struct conn *c)
 
 /* ---- the decision point ---------------------------------------------------------- */
 
-static const char *const stage_names[] = {"connect", "helo", "mail", "rcpt", "data"};
-
 /* Ask the decision point about a stage.  true: s->verdict is final, go on
  * now.  false: the answer comes later (s->wait is FILTER, input paused);
  * the command line is kept in s->line, because the receive buffer it lies
  * in goes back to the kernel, and smtp_session_decided() finishes it. */
-bool session_decide(struct conn *c, enum flt_stage stage, struct flt_input *in)
+bool session_decide(struct conn *c, enum flt_stage stage, const struct smtp_cmd *cmd)
 {
 	struct smtp_session *s = c->s;
+	struct flt_input in;
 
-	in->cfg = cfg_of(c);
-	in->client = (struct sockaddr *)conn_peer(c);
-	in->helo = s->helo;
-	in->errors = s->errors;
-	in->authenticated = s->authed;
-	if (flt_decide(stage, in, &s->verdict) == FLT_DONE)
+	session_flt_input(c, stage, cmd, &in);
+	if (flt_decide(stage, &in, &s->flt, &s->verdict) == FLT_DONE)
 		return true;
 	if (s->cur_line && s->cur_line != s->line)
 		memmove(s->line, s->cur_line, s->cur_len);
@@ -182,15 +177,24 @@ bool session_decide(struct conn *c, enum flt_stage stage, struct flt_input *in)
 	s->pending_stage = stage;
 	s->wait = SMTP_WAIT_FILTER;
 	log_msg(LOG_INFO, "event=decision_pending client=%s stage=%s wait_ms=%u errors=%u",
-		conn_peer_ip(c), stage_names[stage], s->verdict.delay_ms, s->errors);
+		conn_peer_ip(c), flt_stage_names[stage], s->verdict.delay_ms, s->errors);
 	conn_timer(c, s->verdict.delay_ms);
 	return false;
 }
 
 bool verdict_refused(struct conn *c)
 {
-	if (c->s->verdict.action == FLT_ACCEPT)
+	switch (c->s->verdict.action) {
+	case FLT_ACCEPT:
 		return false;
+	case FLT_DISCONNECT:
+		conn_reply(c, c->s->verdict.reply);
+		session_close(c);
+		return true;
+	case FLT_REJECT:
+	case FLT_TEMPFAIL:
+		break;
+	}
 	session_error(c, c->s->verdict.reply);
 	return true;
 }
@@ -221,9 +225,7 @@ static void greet_finish(struct conn *c)
 
 void smtp_session_greet(struct conn *c)
 {
-	struct flt_input in = {0};
-
-	if (session_decide(c, FLT_STAGE_CONNECT, &in))
+	if (session_decide(c, FLT_STAGE_CONNECT, NULL))
 		greet_finish(c);
 }
 
@@ -322,13 +324,12 @@ static void ehlo_finish(struct conn *c, bool esmtp)
 
 static void cmd_ehlo(struct conn *c, const struct smtp_cmd *cmd, bool esmtp)
 {
-	struct flt_input in = {0};
 	size_t n = cmd->arg.len < SMTP_HELO_MAX - 1 ? cmd->arg.len : SMTP_HELO_MAX - 1;
 
 	session_reset_tx(c);
 	memcpy(c->s->helo, cmd->arg.ptr, n);
 	c->s->helo[n] = '\0';
-	if (session_decide(c, FLT_STAGE_HELO, &in))
+	if (session_decide(c, FLT_STAGE_HELO, cmd))
 		ehlo_finish(c, esmtp);
 }
 
@@ -569,6 +570,8 @@ void smtp_session_decided(struct conn *c)
 	struct smtp_session *s = c->s;
 	enum flt_stage stage = s->pending_stage;
 	struct smtp_cmd cmd;
+	const struct smtp_cmd *cmdp = NULL;
+	struct flt_input in;
 
 	if (s->wait == SMTP_WAIT_AUTH_DELAY) {
 		/* The delay after a failed AUTH is over. */
@@ -579,26 +582,36 @@ void smtp_session_decided(struct conn *c)
 		return;
 	}
 	assert(s->wait == SMTP_WAIT_FILTER);
-	flt_resume(stage, &s->verdict);
-	s->wait = SMTP_WAIT_NONE;
-	if (stage == FLT_STAGE_CONNECT) {
-		greet_finish(c);
-	} else if (stage == FLT_STAGE_DATA) {
-		s->wait = SMTP_WAIT_COMMIT;
-		tx_data_decision(c);
-		tx_try_finish(c);
-	} else {
+	if (stage == FLT_STAGE_HELO || stage == FLT_STAGE_MAIL || stage == FLT_STAGE_RCPT) {
 		/* The line was valid when it was first parsed; it is unchanged. */
 		int rc = smtp_cmd_parse(s->line, s->pending_len, &cmd);
 
 		assert(rc == SMTP_PARSE_OK);
 		(void)rc;
-		if (stage == FLT_STAGE_HELO)
-			ehlo_finish(c, cmd.verb == SMTP_VERB_EHLO);
-		else if (stage == FLT_STAGE_MAIL)
-			mail_finish(c, &cmd);
-		else
-			rcpt_finish(c, &cmd);
+		cmdp = &cmd;
+	}
+	session_flt_input(c, stage, cmdp, &in);
+	if (flt_resume(stage, &in, &s->flt, &s->verdict) == FLT_PENDING) {
+		log_msg(LOG_INFO, "event=decision_pending client=%s stage=%s wait_ms=%u errors=%u",
+			conn_peer_ip(c), flt_stage_names[stage], s->verdict.delay_ms, s->errors);
+		conn_timer(c, s->verdict.delay_ms);
+		return;
+	}
+	s->wait = SMTP_WAIT_NONE;
+	if (stage == FLT_STAGE_CONNECT) {
+		greet_finish(c);
+	} else if (stage == FLT_STAGE_AUTH) {
+		auth_finish(c);
+	} else if (stage == FLT_STAGE_DATA) {
+		s->wait = SMTP_WAIT_COMMIT;
+		tx_data_decision(c);
+		tx_try_finish(c);
+	} else if (stage == FLT_STAGE_HELO) {
+		ehlo_finish(c, cmd.verb == SMTP_VERB_EHLO);
+	} else if (stage == FLT_STAGE_MAIL) {
+		mail_finish(c, &cmd);
+	} else {
+		rcpt_finish(c, &cmd);
 	}
 	if (conn_active(c) && s->wait == SMTP_WAIT_NONE)
 		conn_resume(c); /* pipelined input waiting behind the decision */

@@ -73,9 +73,10 @@ struct smtp_env {
 	uint32_t pool_shard;	  /* this shard's index in the pool */
 	struct auth_users *users; /* NULL: no users_file */
 	struct auth_throttle *throttle;
-	struct tls_ctx *tls_ctx; /* NULL: no certificates */
-	const uint64_t *now_ms;	 /* the shard's loop clock */
-	const bool *stopping;	 /* the shard is shutting down */
+	struct tls_ctx *tls_ctx;       /* NULL: no certificates */
+	const struct flt_rules *rules; /* the compiled filter chains */
+	const uint64_t *now_ms;	       /* the shard's loop clock */
+	const bool *stopping;	       /* the shard is shutting down */
 };
 
 /* One per connection slot, private to this module; the shard makes the

@@ -132,6 +132,22 @@ void session_auth_line(struct conn *c, const char *line, size_t len, bool too_lo
 	auth_step_result(c, sasl_step(c->s->sasl, line, len));
 }
 
+/* The auth stage's filters decided on a login the password check accepted:
+ * 235, or their refusal (the session stays unauthenticated).  The caller
+ * resumes input. */
+void auth_finish(struct conn *c)
+{
+	struct smtp_session *s = c->s;
+
+	if (s->verdict.action != FLT_ACCEPT) {
+		s->auth_user[0] = '\0';
+		verdict_refused(c);
+		return;
+	}
+	s->authed = true;
+	conn_reply(c, "235 2.7.0 Authentication successful");
+}
+
 void smtp_session_auth_done(struct conn *c, int rc)
 {
 	struct smtp_session *s = c->s;
@@ -140,11 +156,13 @@ void smtp_session_auth_done(struct conn *c, int rc)
 	if (s->wait == SMTP_WAIT_AUTH)
 		s->wait = SMTP_WAIT_NONE;
 	if (rc == AUTH_VERIFY_OK) {
-		s->authed = true;
 		log_msg(LOG_INFO, "event=auth client=%s user=\"%s\" result=ok", conn_peer_ip(c),
 			s->auth_user);
-		conn_reply(c, "235 2.7.0 Authentication successful");
-		session_unpause(c);
+		if (session_decide(c, FLT_STAGE_AUTH, NULL)) {
+			auth_finish(c);
+			if (conn_active(c) && s->wait == SMTP_WAIT_NONE)
+				conn_resume(c);
+		}
 		return;
 	}
 	if (rc < 0) {

@@ -270,9 +270,7 @@ void tx_try_finish(struct conn *c)
 		 : tx->msg.io_error	     ? "451 4.3.0 Error: queue file write error"
 					     : tx_verdict(c);
 	if (!refuse && !tx->data_decided) {
-		struct flt_input in = {0};
-
-		if (!session_decide(c, FLT_STAGE_DATA, &in))
+		if (!session_decide(c, FLT_STAGE_DATA, NULL))
 			return; /* smtp_session_decided() calls us again */
 		tx_data_decision(c);
 		refuse = tx->fail_reply;

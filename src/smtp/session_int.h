@@ -42,6 +42,7 @@ struct smtp_session {
 	uint8_t bdat_prev_state; /* where a refused chunk returns to */
 	/* The decision point (filters/flt.h). */
 	struct flt_verdict verdict;
+	struct flt_state flt;
 	const char *cur_line; /* the command being executed, while it runs */
 	uint32_t cur_len;
 	uint32_t pending_len; /* SMTP_WAIT_FILTER: the command kept in line[] */
@@ -103,7 +104,12 @@ void cmd_mail(struct conn *c, const struct smtp_cmd *cmd);
 void mail_finish(struct conn *c, const struct smtp_cmd *cmd);
 void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd);
 void rcpt_finish(struct conn *c, const struct smtp_cmd *cmd);
-bool session_decide(struct conn *c, enum flt_stage stage, struct flt_input *in);
+/* Ask the filters about a stage (cmd: the MAIL/RCPT/EHLO being decided,
+ * else NULL).  true: s->verdict is final now. */
+bool session_decide(struct conn *c, enum flt_stage stage, const struct smtp_cmd *cmd);
+void session_flt_input(struct conn *c, enum flt_stage stage, const struct smtp_cmd *cmd,
+		       struct flt_input *in);
+void auth_finish(struct conn *c); /* the auth stage decided: 235 or its refusal */
 const struct config_listener *listener_of(const struct conn *c);
 void auth_end(struct conn *c);
 void auth_failed_reply(struct conn *c);

@@ -79,6 +79,7 @@ void tx_release(struct conn *c)
 	c->s->tx = NULL;
 	c->s->bdat_used = false;
 	c->s->sink = false;
+	flt_tx_end(&c->s->flt);
 }
 
 /* "local@domain" as it lies in the command line (the parser's slices are
@@ -88,6 +89,52 @@ static size_t path_len(const struct smtp_path *p)
 	if (!p->domain.len)
 		return p->local.len;
 	return (size_t)(p->domain.ptr + p->domain.len - p->local.ptr);
+}
+
+/* What the filters of a stage see (filters/flt.h): the session's facts,
+ * the transaction's sender, and the command's address.  cmd: the MAIL or
+ * RCPT being decided (NULL at the other stages). */
+void session_flt_input(struct conn *c, enum flt_stage stage, const struct smtp_cmd *cmd,
+		       struct flt_input *in)
+{
+	struct smtp_session *s = c->s;
+	const char *v = conn_tls_version(c);
+
+	memset(in, 0, sizeof(*in));
+	in->cfg = cfg_of(c);
+	in->rules = s->env->rules;
+	in->listener = conn_listener(c);
+	in->client = (const struct sockaddr *)conn_peer(c);
+	in->client_ip = conn_peer_ip(c);
+	in->helo = s->helo;
+	in->authenticated = s->authed || stage == FLT_STAGE_AUTH;
+	in->auth_user = in->authenticated ? s->auth_user : "";
+	in->tls = conn_tls_on(c);
+	in->tls_version = v && strncmp(v, "TLSv", 4) == 0 ? v + 4 : "";
+	in->errors = s->errors;
+	if (stage == FLT_STAGE_MAIL && cmd) {
+		in->sender = cmd->path.local.ptr; /* local@domain is contiguous in the line */
+		in->sender_len = path_len(&cmd->path);
+		in->sender_domain = cmd->path.domain.ptr;
+		in->sender_domain_len = cmd->path.domain.len;
+		in->size = cmd->mail.has_size ? cmd->mail.size : 0;
+	} else if (s->tx) {
+		const char *at = memrchr(s->tx->mail_from.ptr, '@', s->tx->mail_from.len);
+
+		in->sender = s->tx->mail_from.ptr;
+		in->sender_len = s->tx->mail_from.len;
+		in->sender_domain = at ? at + 1 : "";
+		in->sender_domain_len =
+		    at ? s->tx->mail_from.len - (size_t)(at + 1 - in->sender) : 0;
+		in->size = s->tx->size_declared;
+	}
+	if (stage == FLT_STAGE_RCPT && cmd) {
+		in->rcpt = cmd->path.local.ptr;
+		in->rcpt_len = path_len(&cmd->path);
+		in->rcpt_domain = cmd->path.domain.ptr;
+		in->rcpt_domain_len = cmd->path.domain.len;
+		in->rcpt_count = s->tx ? s->tx->rcpt_count + 1 : 1;
+	}
 }
 
 /* What one recipient adds to the encoded envelope, at most. */
@@ -124,7 +171,6 @@ void mail_finish(struct conn *c, const struct smtp_cmd *cmd)
 void cmd_mail(struct conn *c, const struct smtp_cmd *cmd)
 {
 	const struct rmx_config *cfg = cfg_of(c);
-	struct flt_input in = {0};
 
 	if (c->s->state == SMTP_S_GREETED)
 		return session_error(c, "503 5.5.1 Error: send HELO/EHLO first");
@@ -140,11 +186,7 @@ void cmd_mail(struct conn *c, const struct smtp_cmd *cmd)
 		conn_replyf(c, "421 4.7.0 %s Too many messages in one session", cfg->hostname);
 		return session_close(c);
 	}
-	in.addr = cmd->path.local.ptr;
-	in.addr_len = path_len(&cmd->path);
-	in.domain = cmd->path.domain.ptr;
-	in.domain_len = cmd->path.domain.len;
-	if (session_decide(c, FLT_STAGE_MAIL, &in))
+	if (session_decide(c, FLT_STAGE_MAIL, cmd))
 		mail_finish(c, cmd);
 }
 
@@ -157,7 +199,8 @@ void rcpt_finish(struct conn *c, const struct smtp_cmd *cmd)
 		log_msg(LOG_INFO, "event=rcpt_rejected client=%s rcpt=<%.*s> reply=\"%.3s\"",
 			conn_peer_ip(c), (int)path_len(&cmd->path), cmd->path.local.ptr,
 			c->s->verdict.reply);
-		return session_error(c, c->s->verdict.reply);
+		verdict_refused(c);
+		return;
 	}
 	r = &tx->rcpts[tx->rcpt_count];
 	memset(r, 0, sizeof(*r));
@@ -175,7 +218,6 @@ void rcpt_finish(struct conn *c, const struct smtp_cmd *cmd)
 void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
 {
 	const struct rmx_config *cfg = cfg_of(c);
-	struct flt_input in = {0};
 	struct smtp_tx *tx = c->s->tx;
 
 	if (c->s->state != SMTP_S_MAIL && c->s->state != SMTP_S_RCPT)
@@ -187,10 +229,6 @@ void cmd_rcpt(struct conn *c, const struct smtp_cmd *cmd)
 	if (tx->rcpt_count >= cfg->limits.recipients ||
 	    tx->env_size + rcpt_env_size(cmd) > SPOOL_ENV_MAX)
 		return conn_reply(c, "452 4.5.3 Error: too many recipients");
-	in.domain = cmd->path.domain.ptr;
-	in.domain_len = cmd->path.domain.len;
-	in.addr = cmd->path.local.ptr; /* local@domain is contiguous in the line */
-	in.addr_len = path_len(&cmd->path);
-	if (session_decide(c, FLT_STAGE_RCPT, &in))
+	if (session_decide(c, FLT_STAGE_RCPT, cmd))
 		rcpt_finish(c, cmd);
 }
