@@ -587,14 +587,14 @@ def test_not_all_any(ringmx, client_factory):
 def test_reply_fields(ringmx, client_factory):
     srv = ringmx({"filters": {"rcpt": [{"if": {"rcpt": "fields@accepted.example"}, "then": {
         "reject": "550 5.7.1 ip=%{client_ip} helo=%{helo} from=%{sender} to=%{rcpt}"
-                  " on=%{listener} host=%{hostname}"}}]}})
+                  " on=%{listener} host=%{hostname} 100% {x}"}}]}})
     c = client_factory(srv.port)
     c.ehlo("fields.client.example")
     c.expect("MAIL FROM:<someone@client.example>", "250")
     r = c.cmd("RCPT TO:<fields@accepted.example>")
     assert r.lines == ["550 5.7.1 ip=127.0.0.1 helo=fields.client.example "
                        "from=someone@client.example to=fields@accepted.example on=mx "
-                       "host=%s" % HOSTNAME], r
+                       "host=%s 100%% {x}" % HOSTNAME], r
     assert srv.stop() == 0
     [e] = rule_events(srv, "filters.rcpt[0]")
     assert e["reply"] == r.last, e
