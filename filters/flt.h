@@ -114,5 +114,9 @@ void flt_tx_end(struct flt_state *st);
  * cfg (names), so free them first. */
 struct flt_rules *flt_compile(const struct rmx_config *cfg, char *err, size_t err_len);
 void flt_rules_free(struct flt_rules *r);
+/* Read again the file tables whose files changed (and are still since the
+ * last call); call about once a second, on one thread (main).  A file that
+ * does not load keeps the old contents and logs why. */
+void flt_tables_refresh(const struct flt_rules *r);
 
 #endif
