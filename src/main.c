@@ -408,7 +408,7 @@ int main(int argc, char **argv)
 		fatal("delivery queue: out of memory");
 	start_shards(cfg, shards, max_ids, pool, dq);
 	/* Last: the control socket appearing means every shard is up. */
-	if (control_start(&ctl, cfg, post_ctl, shards, why, sizeof(why)) != 0)
+	if (control_start(&ctl, cfg, rules, post_ctl, shards, why, sizeof(why)) != 0)
 		fatal("%s", why);
 	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
 		cfg->listener_count, cfg->hostname);
