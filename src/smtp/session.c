@@ -74,6 +74,8 @@ void smtp_tx_pool_free(struct smtp_tx_pool *p)
 {
 	if (!p)
 		return;
+	for (uint32_t i = 0; i < p->count; i++)
+		free(((struct smtp_tx *)((char *)p->base + p->stride * i))->cap_buf);
 	munmap(p->base, p->stride * p->count);
 	free(p);
 }
