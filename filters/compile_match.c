@@ -37,6 +37,95 @@ const struct matcher *cc_matcher_find(const char *name)
 
 /* ---- tables ------------------------------------------------------------- */
 
+static bool json_plain_string(struct json_object *v)
+{
+	return json_object_is_type(v, json_type_string) &&
+	       (size_t)json_object_get_string_len(v) == strlen(json_object_get_string(v));
+}
+
+/* "inline": a list of entries, or an object of entry -> value (a map, as
+ * sender.matches_login reads).  The strings stay in the JSON. */
+static int inline_parse(struct cc *c, const char *path, struct json_object *v, const char ***keys,
+			const char ***vals, size_t *n)
+{
+	char e[PATH_MAX_LEN];
+	size_t i = 0;
+
+	if (!json_object_is_type(v, json_type_array) && !json_object_is_type(v, json_type_object))
+		return cc_fail(c, path, "expected a list of strings or an object of strings");
+	*n = json_object_is_type(v, json_type_array) ? json_object_array_length(v)
+						     : (size_t)json_object_object_length(v);
+	*keys = calloc(*n + 1, sizeof(**keys));
+	*vals = calloc(*n + 1, sizeof(**vals));
+	if (!*keys || !*vals)
+		return cc_fail(c, path, "out of memory");
+	if (json_object_is_type(v, json_type_array)) {
+		for (i = 0; i < *n; i++) {
+			struct json_object *x = json_object_array_get_idx(v, i);
+
+			cc_path_index(e, path, i);
+			if (!json_plain_string(x))
+				return cc_fail(c, e, "expected a string");
+			(*keys)[i] = json_object_get_string(x);
+		}
+		return 0;
+	}
+	json_object_object_foreach(v, key, x)
+	{
+		cc_path_key(e, path, key);
+		if (!json_plain_string(x))
+			return cc_fail(c, e, "expected a string");
+		(*keys)[i] = key;
+		(*vals)[i++] = json_object_get_string(x);
+	}
+	return 0;
+}
+
+static int table_load(struct cc *c, const char *name, struct json_object *def)
+{
+	char path[PATH_MAX_LEN], sub[PATH_MAX_LEN];
+	const char *file = NULL, **keys = NULL, **vals = NULL;
+	bool given = false;
+	size_t n = 0;
+	int rc = 0;
+
+	cc_path_key(path, "tables", name);
+	if (!json_object_is_type(def, json_type_object))
+		return cc_fail(c, path, "expected {\"inline\": [...]} or {\"file\": \"/path\"}");
+	json_object_object_foreach(def, key, v)
+	{
+		cc_path_key(sub, path, key);
+		if (strcmp(key, "kv") == 0) {
+			rc = cc_fail(c, sub, "kv tables are not built yet");
+		} else if (strcmp(key, "file") == 0) {
+			if (!json_plain_string(v) || json_object_get_string_len(v) == 0)
+				rc = cc_fail(c, sub, "expected a file name");
+			file = json_object_get_string(v);
+		} else if (strcmp(key, "inline") == 0) {
+			given = true;
+			rc = inline_parse(c, sub, v, &keys, &vals, &n);
+		} else {
+			rc = cc_fail(c, sub, "unknown key");
+		}
+		if (rc < 0)
+			break;
+	}
+	if (rc == 0 && given == !!file)
+		rc = cc_fail(c, path, "expected one of \"inline\" and \"file\"");
+	if (rc == 0) {
+		struct flt_rules *r = c->r;
+
+		r->tables[r->table_count] = flt_table_new(name, file, keys, vals, (uint32_t)n);
+		if (!r->tables[r->table_count])
+			rc = cc_fail(c, path, "out of memory");
+		else
+			r->table_count++;
+	}
+	free(keys);
+	free(vals);
+	return rc;
+}
+
 /* "tables": {"NAME": {"inline": [...]} or {"file": "/path"}}.  Their
  * contents are built after the chains, once their uses are known. */
 int cc_tables_load(struct cc *c, struct json_object *tables)
@@ -52,61 +141,8 @@ int cc_tables_load(struct cc *c, struct json_object *tables)
 		return cc_fail(c, "tables", "out of memory");
 	json_object_object_foreach(tables, name, def)
 	{
-		char path[PATH_MAX_LEN], sub[PATH_MAX_LEN], e[PATH_MAX_LEN];
-		struct json_object *entries = NULL;
-		const char *file = NULL;
-		const char **list = NULL;
-		size_t n = 0;
-
-		cc_path_key(path, "tables", name);
-		if (!json_object_is_type(def, json_type_object))
-			return cc_fail(c, path,
-				       "expected {\"inline\": [...]} or {\"file\": \"/path\"}");
-		json_object_object_foreach(def, key, v)
-		{
-			cc_path_key(sub, path, key);
-			if (strcmp(key, "kv") == 0)
-				return cc_fail(c, sub, "kv tables are not built yet");
-			if (strcmp(key, "file") == 0) {
-				if (!json_object_is_type(v, json_type_string) ||
-				    json_object_get_string_len(v) == 0 ||
-				    (size_t)json_object_get_string_len(v) !=
-					strlen(json_object_get_string(v)))
-					return cc_fail(c, sub, "expected a file name");
-				file = json_object_get_string(v);
-				continue;
-			}
-			if (strcmp(key, "inline") != 0)
-				return cc_fail(c, sub, "unknown key");
-			if (!json_object_is_type(v, json_type_array))
-				return cc_fail(c, sub, "expected an array of strings");
-			n = json_object_array_length(v);
-			for (size_t j = 0; j < n; j++) {
-				struct json_object *x = json_object_array_get_idx(v, j);
-
-				cc_path_index(e, sub, j);
-				if (!json_object_is_type(x, json_type_string) ||
-				    (size_t)json_object_get_string_len(x) !=
-					strlen(json_object_get_string(x)))
-					return cc_fail(c, e, "expected a string");
-			}
-			entries = v;
-		}
-		if (!entries == !file)
-			return cc_fail(c, path, "expected one of \"inline\" and \"file\"");
-		if (entries && n) {
-			list = calloc(n, sizeof(*list));
-			if (!list)
-				return cc_fail(c, path, "out of memory");
-			for (size_t j = 0; j < n; j++)
-				list[j] =
-				    json_object_get_string(json_object_array_get_idx(entries, j));
-		}
-		r->tables[r->table_count] = flt_table_new(name, file, list, (uint32_t)n);
-		free(list);
-		if (!r->tables[r->table_count])
-			return cc_fail(c, path, "out of memory");
-		r->table_count++;
+		if (table_load(c, name, def) < 0)
+			return -EINVAL;
 	}
 	return 0;
 }
@@ -367,14 +403,31 @@ static int operand_object(struct cc *c, const char *path, const struct matcher *
 		return 0;
 	}
 	if (strcmp(key, "matches_login") == 0 && m->field == FLT_F_SENDER) {
-		if (!json_object_is_type(arg, json_type_boolean))
-			return cc_fail(c, sub, "expected true or false");
+		struct json_object *tname;
+
 		if (c->stage < FLT_STAGE_MAIL)
 			return cc_fail(c, sub, "not known at the %s stage",
 				       flt_stage_names[c->stage]);
-		if (cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_BOOL, yes, no, &op) < 0)
+		if (json_object_is_type(arg, json_type_boolean)) {
+			if (cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_BOOL, yes, no, &op) < 0)
+				return -EINVAL;
+			op->u.b = json_object_get_boolean(arg);
+			return 0;
+		}
+		/* {"table": T}: the login, or one the table lists for the
+		 * sender (or its "@domain"), as Postfix's smtpd_sender_login_maps. */
+		if (!json_object_is_type(arg, json_type_object) ||
+		    json_object_object_length(arg) != 1 ||
+		    !json_object_object_get_ex(arg, "table", &tname) ||
+		    !json_object_is_type(tname, json_type_string))
+			return cc_fail(c, sub, "expected true, false or {\"table\": NAME}");
+		cc_path_key(sub, sub, "table");
+		struct flt_table *t =
+		    table_use(c, sub, json_object_get_string(tname), 1u << FLT_SET_ADDRS);
+
+		if (!t || cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_LOGIN, yes, no, &op) < 0)
 			return -EINVAL;
-		op->u.b = json_object_get_boolean(arg);
+		op->u.table = t;
 		return 0;
 	}
 	return cc_fail(c, sub, "unknown key");

@@ -51,6 +51,7 @@ enum flt_how {
 	FLT_M_MASK,    /* u.mask: any of these bits (tags, listeners) */
 	FLT_M_TSET,    /* u.table, as a set of kind op->kind */
 	FLT_M_TCIDR,   /* u.table, as networks */
+	FLT_M_LOGIN,   /* u.table: the sender is the login or listed for it */
 };
 
 enum flt_opcode {
@@ -151,8 +152,13 @@ enum flt_set_kind {
 struct flt_set *flt_set_new(enum flt_set_kind kind, uint32_t hint);
 /* 0, -EINVAL (not a valid entry for this kind) or -ENOMEM. */
 int flt_set_add(struct flt_set *s, const char *entry, size_t len);
+/* An entry with a value (a key -> value table); vlen 0: none. */
+int flt_set_add_value(struct flt_set *s, const char *entry, size_t len, const char *val,
+		      size_t vlen);
 bool flt_set_has(const struct flt_set *s, const char *v, size_t len);
 enum flt_set_kind flt_set_kind_of(const struct flt_set *s);
+/* The value of the entry that holds v ("" when it has none), or NULL. */
+const char *flt_set_value(const struct flt_set *s, const char *v, size_t len);
 void flt_set_free(struct flt_set *s);
 
 /* Networks: 0, -EINVAL (not an address or network) or -ERANGE (host bits
@@ -176,9 +182,14 @@ void flt_rx_free(struct flt_rx *rx);
  * networks.  A table is built in every form its rules use. */
 #define FLT_USE_CIDRS (1u << 3)
 
-/* file NULL: an inline table of count entries (copied). */
+/* file NULL: an inline table of count entries, with their values when
+ * values is not NULL (all copied). */
 struct flt_table *flt_table_new(const char *name, const char *file, const char *const *entries,
-				uint32_t count);
+				const char *const *values, uint32_t count);
+/* Is there an entry that holds v (as flt_table_has) whose value ("" when
+ * it has none) satisfies pred?  pred runs while the contents are held. */
+bool flt_table_value_has(const struct flt_table *t, enum flt_set_kind kind, const char *v, size_t n,
+			 bool (*pred)(const char *value, void *ctx), void *ctx);
 void flt_table_use(struct flt_table *t, unsigned use);
 /* Build the forms its uses need, from the entries or the file; -EINVAL
  * with err "tables.NAME.inline[i]: ..." or "tables.NAME.file: line N: ...". */
