@@ -261,9 +261,29 @@ static int action_key(struct cc *c, const char *path, const char *key, struct js
 	}
 	if (strcmp(key, "add_header") == 0)
 		return add_header_compile(c, path, v, a);
-	if (strcmp(key, "remove_header") == 0 || strcmp(key, "quarantine") == 0 ||
-	    strcmp(key, "route") == 0 || strcmp(key, "bcc") == 0 ||
-	    strcmp(key, "rewrite_sender") == 0)
+	if (strcmp(key, "quarantine") == 0) {
+		const char *q = json_object_get_string(v);
+		size_t n = json_object_is_type(v, json_type_string) ? strlen(q) : 0;
+
+		if (c->stage < FLT_STAGE_MAIL)
+			return cc_fail(c, path, "quarantine is for the mail, rcpt and data stages");
+		if (!n || n > 64 ||
+		    strspn(q, "abcdefghijklmnopqrstuvwxyz"
+			      "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != n)
+			return cc_fail(
+			    c, path, "expected a quarantine name: 1 to 64 letters, digits, _ . -");
+		if ((*deciding)++)
+			return cc_fail(c, path,
+				       "a rule takes one of accept, next, reject, tempfail, "
+				       "disconnect, quarantine");
+		a->quarantine = strdup(q);
+		if (cc_own(c, OWN_MEM, (void *)a->quarantine) < 0)
+			return cc_fail(c, path, "out of memory");
+		a->decide = FLT_DEC_ACCEPT; /* accepted, and held */
+		return 0;
+	}
+	if (strcmp(key, "remove_header") == 0 || strcmp(key, "route") == 0 ||
+	    strcmp(key, "bcc") == 0 || strcmp(key, "rewrite_sender") == 0)
 		return cc_fail(c, path, "the %s action is not built yet", key);
 	if (strcmp(key, "tag") == 0)
 		return cc_strings_each(c, path, v, cc_add_tag_set, &a->tags);

@@ -203,6 +203,8 @@ int flt_eval(const struct flt_prog *prog, const struct flt_input *in, struct flt
 				st->tags_session |= a->tags;
 			else
 				st->tags_tx |= a->tags;
+			if (a->quarantine)
+				st->quarantine = a->quarantine;
 			for (uint32_t i = 0; i < a->nadds && st->nadds < FLT_ADDS_MAX; i++)
 				st->adds[st->nadds++] = &a->adds[i];
 			*act = a;

@@ -178,7 +178,7 @@ int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 	st->phase = PH_CHAIN;
 	st->rule = UINT32_MAX;
 	if (stage == FLT_STAGE_MAIL)
-		st->tags_tx = 0; /* a transaction begins (a refused MAIL leaves none) */
+		flt_tx_end(st); /* a transaction begins (a refused MAIL leaves none) */
 	st->nadds = 0;
 	if (stage == FLT_STAGE_RCPT) {
 		flt_relay_policy(in, out);
@@ -200,6 +200,7 @@ int flt_resume(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 void flt_tx_end(struct flt_state *st)
 {
 	st->tags_tx = 0;
+	st->quarantine = NULL;
 }
 
 size_t flt_header_format(const struct flt_hdr_add *a, const struct flt_input *in, char *out,

@@ -95,12 +95,13 @@ struct flt_input {
 struct flt_hdr_add;
 
 struct flt_state {
-	uint64_t tags_session; /* set at connect, helo, auth */
-	uint64_t tags_tx;      /* set at mail, rcpt, data */
-	uint32_t pc;	       /* PENDING: the next op to run */
-	uint32_t rule;	       /* the deciding rule (flt_rule_path) */
-	uint8_t phase;	       /* PENDING: see flt.c */
-	uint8_t nadds;	       /* data: the add_header actions that ran */
+	uint64_t tags_session;	/* set at connect, helo, auth */
+	uint64_t tags_tx;	/* set at mail, rcpt, data */
+	uint32_t pc;		/* PENDING: the next op to run */
+	uint32_t rule;		/* the deciding rule (flt_rule_path) */
+	uint8_t phase;		/* PENDING: see flt.c */
+	uint8_t nadds;		/* data: the add_header actions that ran */
+	const char *quarantine; /* the transaction's quarantine (NULL: none) */
 	const struct flt_hdr_add *adds[FLT_ADDS_MAX];
 };
 

@@ -115,6 +115,7 @@ struct flt_hdr_add {
 struct flt_act {
 	enum flt_decide decide;
 	const struct flt_hdr_add *adds; /* data: header fields to add */
+	const char *quarantine;		/* accept into this quarantine */
 	uint32_t nadds;
 	uint32_t tarpit_ms;
 	uint64_t tags;	   /* tag bits to set */

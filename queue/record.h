@@ -184,6 +184,9 @@ struct spool_env {
 	 * lines, at most SPOOL_PREPEND_MAX octets), delivered before the
 	 * stored bytes; not in msg_len nor in msg_crc.  Version 3. */
 	struct spool_str prepend;
+	/* The quarantine a filter put the message in (empty: none): it enters
+	 * the queue held, until an operator releases it.  Version 3. */
+	struct spool_str quarantine;
 	uint32_t rcpt_count;
 	/* Encode: rcpts points at rcpt_count entries.  Decode: NULL; use
 	 * spool_env_rcpt() (recipients stay encoded in the payload). */

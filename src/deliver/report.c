@@ -475,6 +475,9 @@ static bool bounce_commit(struct deliver *d, struct dbounce *b)
 	b->waiting = false;
 	if (b->move) {
 		env = b->orig->env;
+		/* Released from quarantine: the copy must not come back held. */
+		if (!(b->orig->flags & SPOOL_STATE_HELD))
+			env.quarantine = (struct spool_str){0};
 		env.rcpts = b->mrcpt;
 		env.rcpt_count = b->mn;
 		env.rcpt_data = NULL;

@@ -533,10 +533,18 @@ void smtp_session_durable(struct conn *c, int res)
 	struct smtp_tx *tx = c->s->tx;
 
 	assert(tx && c->s->state == SMTP_S_COMMIT);
-	if (res == 0) {
+	if (res == 0 && c->s->flt.quarantine) {
+		log_msg(LOG_INFO,
+			"event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu "
+			"quarantine=%s",
+			tx->qid, conn_peer_ip(c), (int)tx->mail_from.len, tx->mail_from.ptr,
+			tx->rcpt_count, (unsigned long long)tx->size, c->s->flt.quarantine);
+	} else if (res == 0) {
 		log_msg(LOG_INFO, "event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu",
 			tx->qid, conn_peer_ip(c), (int)tx->mail_from.len, tx->mail_from.ptr,
 			tx->rcpt_count, (unsigned long long)tx->size);
+	}
+	if (res == 0) {
 		if (conn_active(c))
 			conn_replyf(c, "250 2.0.0 Ok: queued as %s", tx->qid);
 	} else {

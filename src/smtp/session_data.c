@@ -332,6 +332,9 @@ static void tx_commit(struct conn *c)
 	env.rcpt_count = tx->rcpt_count;
 	env.rcpts = tx->rcpts;
 	env.prepend = tx->prepend;
+	if (c->s->flt.quarantine)
+		env.quarantine = (struct spool_str){c->s->flt.quarantine,
+						    (uint32_t)strlen(c->s->flt.quarantine)};
 	tx->size = spool_env_size(&env);
 	if (spool_msg_commit(c->s->env->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
 		tx->fail_reply = "452 4.3.1 Error: envelope too large";

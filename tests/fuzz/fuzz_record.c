@@ -68,8 +68,8 @@
 #define ENV_MSG_CRC_OFF	  56
 #define ENV_STUFF_LEN_OFF 64 /* version 2 */
 /* Re-encoded as version 3, an older envelope grows by stuff_len (8, from
- * version 1) and the empty prepend string (2, from 1 and 2). */
-#define ENV_GROWTH_MAX 10
+ * version 1) and the empty prepend and quarantine strings (4, from 1 and 2). */
+#define ENV_GROWTH_MAX 12
 
 static uint64_t load64(const uint8_t *p)
 {
@@ -315,10 +315,13 @@ static void env_same(const struct spool_env *a, const void *abase, const struct 
 	str_same(a->envid, abase, b->envid, bbase);
 	str_same(a->auth_user, abase, b->auth_user, bbase);
 	/* An older version has no prepend at all (no place in the payload). */
-	if (a->prepend.ptr && b->prepend.ptr)
+	if (a->prepend.ptr && b->prepend.ptr) {
 		str_same(a->prepend, abase, b->prepend, bbase);
-	else
+		str_same(a->quarantine, abase, b->quarantine, bbase);
+	} else {
 		CHECK(a->prepend.len == 0 && b->prepend.len == 0);
+		CHECK(a->quarantine.len == 0 && b->quarantine.len == 0);
+	}
 	CHECK(a->rcpt_data_len == b->rcpt_data_len);
 	CHECK(rel(a->rcpt_data, abase) == rel(b->rcpt_data, bbase));
 	for (uint32_t i = 0; i < a->rcpt_count; i++) {
@@ -351,6 +354,7 @@ static void env_equal(const struct spool_env *a, const struct spool_env *b)
 	str_equal(a->envid, b->envid);
 	str_equal(a->auth_user, b->auth_user);
 	str_equal(a->prepend, b->prepend);
+	str_equal(a->quarantine, b->quarantine);
 	for (uint32_t i = 0; i < a->rcpt_count; i++) {
 		struct spool_rcpt ra, rb;
 		CHECK(spool_env_rcpt(a, i, &ra) == 0 && spool_env_rcpt(b, i, &rb) == 0);
@@ -368,7 +372,7 @@ static void env_upgrade(const struct spool_env *e, const struct spool_env *copy,
 	struct spool_env again;
 	size_t m = spool_env_encode(copy, out, sizeof out);
 
-	CHECK(e->prepend.len == 0);
+	CHECK(e->prepend.len == 0 && e->quarantine.len == 0);
 	if (m == 0) {
 		CHECK(n + ENV_GROWTH_MAX > SPOOL_ENV_MAX);
 		return;

@@ -565,6 +565,7 @@ static void env_v3_golden(void **state)
 	    .mail_from = S("s@x"),
 	    .auth_user = S("u"),
 	    .prepend = S("X: y\r\n"),
+	    .quarantine = S("q"),
 	    .rcpt_count = 1,
 	    .rcpts = &r,
 	};
