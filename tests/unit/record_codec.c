@@ -544,6 +544,7 @@ static void env_v3_golden(void **state)
 	    1,	  0,	'L',  0,    0,	  2,	0,    'h',  'o',      /* listener client helo */
 	    3,	  0,	's',  '@',  'x',  0,	0,    1,    0,	 'u', /* from envid auth */
 	    6,	  0,	'X',  ':',  ' ',  'y',	'\r', '\n',	      /* prepend */
+	    1,	  0,	'q',					      /* quarantine */
 	    0,	  0,	0,    0,    3,	  0,	1,    0,    6,	      /* rcpt table */
 	    'r',  '@',	'x',  'o',				      /* heap */
 	};
