@@ -219,6 +219,47 @@ static int add_header_compile(struct cc *c, const char *path, struct json_object
 	return 0;
 }
 
+/* route, bcc, rewrite_sender: what the message becomes, applied when it is
+ * committed (mail, rcpt and data stages; the last rule that says wins). */
+static int message_action(struct cc *c, const char *path, const char *key, struct json_object *v,
+			  struct flt_act *a)
+{
+	const char *s = json_object_get_string(v);
+
+	if (c->stage < FLT_STAGE_MAIL)
+		return cc_fail(c, path, "%s is for the mail, rcpt and data stages", key);
+	if (strcmp(key, "route") == 0) {
+		if (!json_object_is_type(v, json_type_string) ||
+		    !config_route_by_name(c->cfg, s, strlen(s)))
+			return cc_fail(c, path, "expected the name of a route (routes[].name)");
+		a->route = config_route_by_name(c->cfg, s, strlen(s))->name;
+		return 0;
+	}
+	if (strcmp(key, "bcc") == 0) {
+		const char *at = json_object_is_type(v, json_type_string) ? strrchr(s, '@') : NULL;
+
+		if (!at || at == s || !at[1] || strlen(s) > 254 || strpbrk(s, " \t<>,\"") ||
+		    strspn(s, "!#$%&'*+-/=?^_`{|}~.@abcdefghijklmnopqrstuvwxyz"
+			      "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") != strlen(s))
+			return cc_fail(c, path, "expected an address (\"archive@example.com\")");
+		a->bcc = strdup(s);
+		if (cc_own(c, OWN_MEM, (void *)a->bcc) < 0)
+			return cc_fail(c, path, "out of memory");
+		return 0;
+	}
+	/* rewrite_sender: {"table": T}, T mapping a sender (or its @domain) to
+	 * its new address (or @domain). */
+	struct json_object *t;
+	char sub[PATH_MAX_LEN];
+
+	if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 1 ||
+	    !json_object_object_get_ex(v, "table", &t) || !json_object_is_type(t, json_type_string))
+		return cc_fail(c, path, "expected {\"table\": NAME}");
+	cc_path_key(sub, path, "table");
+	a->rewrite = cc_table_use(c, sub, json_object_get_string(t), 1u << FLT_SET_ADDRS);
+	return a->rewrite ? 0 : -EINVAL;
+}
+
 static const char *const decide_names[] = {"", "accept", "reject", "tempfail", "disconnect"};
 
 static enum flt_decide decide_of(const char *key)
@@ -282,8 +323,10 @@ static int action_key(struct cc *c, const char *path, const char *key, struct js
 		a->decide = FLT_DEC_ACCEPT; /* accepted, and held */
 		return 0;
 	}
-	if (strcmp(key, "remove_header") == 0 || strcmp(key, "route") == 0 ||
-	    strcmp(key, "bcc") == 0 || strcmp(key, "rewrite_sender") == 0)
+	if (strcmp(key, "route") == 0 || strcmp(key, "bcc") == 0 ||
+	    strcmp(key, "rewrite_sender") == 0)
+		return message_action(c, path, key, v, a);
+	if (strcmp(key, "remove_header") == 0)
 		return cc_fail(c, path, "the %s action is not built yet", key);
 	if (strcmp(key, "tag") == 0)
 		return cc_strings_each(c, path, v, cc_add_tag_set, &a->tags);

@@ -150,7 +150,7 @@ int cc_tables_load(struct cc *c, struct json_object *tables)
 }
 
 /* The table a rule names, marked with what it is used as. */
-static struct flt_table *table_use(struct cc *c, const char *path, const char *name, unsigned use)
+struct flt_table *cc_table_use(struct cc *c, const char *path, const char *name, unsigned use)
 {
 	for (uint32_t i = 0; i < c->r->table_count; i++)
 		if (strcmp(flt_table_name(c->r->tables[i]), name) == 0) {
@@ -394,7 +394,7 @@ static int operand_object(struct cc *c, const char *path, const struct matcher *
 					 : m->operand == OPD_ADDRS ? FLT_SET_ADDRS
 								   : FLT_SET_NAMES;
 		bool ip = m->operand == OPD_IP;
-		struct flt_table *t = table_use(c, sub, name, ip ? FLT_USE_CIDRS : 1u << kind);
+		struct flt_table *t = cc_table_use(c, sub, name, ip ? FLT_USE_CIDRS : 1u << kind);
 
 		if (!t)
 			return -EINVAL;
@@ -425,7 +425,7 @@ static int operand_object(struct cc *c, const char *path, const struct matcher *
 			return cc_fail(c, sub, "expected true, false or {\"table\": NAME}");
 		cc_path_key(sub, sub, "table");
 		struct flt_table *t =
-		    table_use(c, sub, json_object_get_string(tname), 1u << FLT_SET_ADDRS);
+		    cc_table_use(c, sub, json_object_get_string(tname), 1u << FLT_SET_ADDRS);
 
 		if (!t || cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_LOGIN, yes, no, &op) < 0)
 			return -EINVAL;

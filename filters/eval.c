@@ -205,6 +205,12 @@ int flt_eval(const struct flt_prog *prog, const struct flt_input *in, struct flt
 				st->tags_tx |= a->tags;
 			if (a->quarantine)
 				st->quarantine = a->quarantine;
+			if (a->route)
+				st->route = a->route;
+			if (a->bcc)
+				st->bcc = a->bcc;
+			if (a->rewrite)
+				st->rewrite = a->rewrite;
 			for (uint32_t i = 0; i < a->nadds && st->nadds < FLT_ADDS_MAX; i++)
 				st->adds[st->nadds++] = &a->adds[i];
 			*act = a;

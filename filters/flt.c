@@ -200,7 +200,42 @@ int flt_resume(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 void flt_tx_end(struct flt_state *st)
 {
 	st->tags_tx = 0;
-	st->quarantine = NULL;
+	st->quarantine = st->route = st->bcc = NULL;
+	st->rewrite = NULL;
+}
+
+struct rewrite {
+	const char *sender;
+	size_t n;
+	char *out;
+	size_t cap, len;
+};
+
+static bool rewrite_to(const char *v, void *ctx)
+{
+	struct rewrite *rw = ctx;
+	const char *at = memrchr(rw->sender, '@', rw->n);
+	size_t vn = strlen(v), local = at ? (size_t)(at - rw->sender) : rw->n;
+
+	if (!vn || strpbrk(v, " \t,") || !strchr(v, '@'))
+		return false;
+	if (v[0] == '@') /* the same local part at another domain */
+		rw->len = (size_t)snprintf(rw->out, rw->cap, "%.*s%s", (int)local, rw->sender, v);
+	else
+		rw->len = (size_t)snprintf(rw->out, rw->cap, "%s", v);
+	if (rw->len >= rw->cap)
+		rw->len = 0;
+	return rw->len != 0;
+}
+
+size_t flt_rewrite_sender(const struct flt_table *t, const char *sender, size_t n, char *out,
+			  size_t cap)
+{
+	struct rewrite rw = {sender, n, out, cap, 0};
+
+	if (!t || !n || !flt_table_value_has(t, FLT_SET_ADDRS, sender, n, rewrite_to, &rw))
+		return 0;
+	return rw.len;
 }
 
 size_t flt_header_format(const struct flt_hdr_add *a, const struct flt_input *in, char *out,

@@ -95,13 +95,17 @@ struct flt_input {
 struct flt_hdr_add;
 
 struct flt_state {
-	uint64_t tags_session;	/* set at connect, helo, auth */
-	uint64_t tags_tx;	/* set at mail, rcpt, data */
-	uint32_t pc;		/* PENDING: the next op to run */
-	uint32_t rule;		/* the deciding rule (flt_rule_path) */
-	uint8_t phase;		/* PENDING: see flt.c */
-	uint8_t nadds;		/* data: the add_header actions that ran */
-	const char *quarantine; /* the transaction's quarantine (NULL: none) */
+	uint64_t tags_session; /* set at connect, helo, auth */
+	uint64_t tags_tx;      /* set at mail, rcpt, data */
+	uint32_t pc;	       /* PENDING: the next op to run */
+	uint32_t rule;	       /* the deciding rule (flt_rule_path) */
+	uint8_t phase;	       /* PENDING: see flt.c */
+	uint8_t nadds;	       /* data: the add_header actions that ran */
+	/* The transaction's message actions (NULL: none), applied at commit. */
+	const char *quarantine;		 /* its quarantine */
+	const char *route;		 /* routes[].name for every recipient */
+	const char *bcc;		 /* a recipient to add (an archive) */
+	const struct flt_table *rewrite; /* the sender's new address, by table */
 	const struct flt_hdr_add *adds[FLT_ADDS_MAX];
 };
 
@@ -121,6 +125,11 @@ int flt_resume(enum flt_stage stage, const struct flt_input *in, struct flt_stat
  * "Name: value\r\n" in out[cap]; its length, 0 when it does not fit. */
 size_t flt_header_format(const struct flt_hdr_add *a, const struct flt_input *in, char *out,
 			 size_t cap);
+/* The sender as st->rewrite maps it (a value "new@address", or "@domain"
+ * for the same local part at that domain) into out[cap]: its length, or 0
+ * when the table has no entry for it or the value is not an address. */
+size_t flt_rewrite_sender(const struct flt_table *t, const char *sender, size_t n, char *out,
+			  size_t cap);
 /* Does the listener's data stage look at the message (header, body)?  Then
  * the session keeps its first FLT_CAPTURE_MAX octets for it (flt_input.msg).
  * Does it add header fields (then room is kept for them)? */

@@ -114,8 +114,11 @@ struct flt_hdr_add {
 
 struct flt_act {
 	enum flt_decide decide;
-	const struct flt_hdr_add *adds; /* data: header fields to add */
-	const char *quarantine;		/* accept into this quarantine */
+	const struct flt_hdr_add *adds;	 /* data: header fields to add */
+	const char *quarantine;		 /* accept into this quarantine */
+	const char *route;		 /* deliver by this route (routes[].name) */
+	const char *bcc;		 /* add this recipient */
+	const struct flt_table *rewrite; /* rewrite the sender by this table */
 	uint32_t nadds;
 	uint32_t tarpit_ms;
 	uint64_t tags;	   /* tag bits to set */

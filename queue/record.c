@@ -410,8 +410,8 @@ int spool_qid_parse(const char *s, size_t len, uint64_t *id)
  *   48 u64 size_declared      56 u32 msg_crc       60 u32 rcpt_count
  *   64 u64 stuff_len
  *   72 six strings, each u16 length + bytes: listener, client_addr, helo,
- *      mail_from, envid, auth_user, and (version 3) two more: prepend,
- *      quarantine
+ *      mail_from, envid, auth_user, and (version 3) three more: prepend,
+ *      quarantine, route
  *      rcpt table: rcpt_count x { u32 heap offset, u16 addr len,
  *                                 u16 orcpt len, u8 notify }
  *      rcpt heap: addr0 orcpt0 addr1 orcpt1 ... (to the end of the payload)
@@ -423,7 +423,7 @@ int spool_qid_parse(const char *s, size_t len, uint64_t *id)
  *
  * Version 1 is version 2 without stuff_len (the strings at 64); a spool
  * written before it is read with stuff_len 0, its sizes as they were.
- * Version 2 is version 3 without the last two strings (read as empty).
+ * Version 2 is version 3 without the last three strings (read as empty).
  */
 
 #define ENV_FIXED_LEN	   72
@@ -522,6 +522,7 @@ size_t spool_env_encode(const struct spool_env *env, uint8_t *out, size_t cap)
 	enc_str(&e, env->auth_user);
 	enc_str(&e, env->prepend);
 	enc_str(&e, env->quarantine);
+	enc_str(&e, env->route);
 	enc_rcpts(&e, env);
 	if (e.full)
 		return 0;
@@ -630,6 +631,7 @@ int spool_env_decode(const uint8_t *p, size_t len, struct spool_env *env)
 	if (version >= 3) {
 		env->prepend = dec_str(&d);
 		env->quarantine = dec_str(&d);
+		env->route = dec_str(&d);
 	}
 	if (env->prepend.len > SPOOL_PREPEND_MAX)
 		return -EINVAL;

@@ -187,6 +187,9 @@ struct spool_env {
 	/* The quarantine a filter put the message in (empty: none): it enters
 	 * the queue held, until an operator releases it.  Version 3. */
 	struct spool_str quarantine;
+	/* The route a filter chose by name for every recipient (empty: by
+	 * domain, config_route_find).  Version 3. */
+	struct spool_str route;
 	uint32_t rcpt_count;
 	/* Encode: rcpts points at rcpt_count entries.  Decode: NULL; use
 	 * spool_env_rcpt() (recipients stay encoded in the payload). */

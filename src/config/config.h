@@ -139,6 +139,7 @@ struct config_hop {
 /* One entry of routes[].  "mx", "maildir:" and "mbox:" hops are always
  * alone (hop_count 1); a list of several hops is smtp/lmtp failover. */
 struct config_route {
+	char name[CONFIG_NAME_MAX]; /* "" when unnamed; filters' route action names it */
 	struct config_domain *domains; /* as relay.domains, sorted; "*" is not in it */
 	uint32_t domain_count;
 	bool catch_all; /* "*" was among the domains */
@@ -258,6 +259,10 @@ bool config_addr_is_relay(const struct rmx_config *cfg, const struct sockaddr *s
  * The result lives as long as cfg. */
 const struct config_route *config_route_find(const struct rmx_config *cfg, const char *domain,
 					     size_t len);
+
+/* The route named name (routes[].name), or NULL. */
+const struct config_route *config_route_by_name(const struct rmx_config *cfg, const char *name,
+						size_t len);
 
 /* Do two socket addresses take the same connections?  The same family and
  * port, and the same address or either one the wildcard (IPv6 listeners

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "log/log.h"
@@ -299,6 +300,47 @@ static const char *tx_verdict(struct conn *c)
 	return NULL;
 }
 
+/* The filters' message actions that change the envelope: a recipient
+ * added (an archive: it asks for no DSN), the sender rewritten. */
+static void tx_message_actions(struct conn *c)
+{
+	struct smtp_tx *tx = c->s->tx;
+	const struct flt_state *st = &c->s->flt;
+	char addr[SMTP_PATH_MAX + 1];
+	size_t n;
+
+	if (st->bcc) {
+		size_t bn = strlen(st->bcc);
+		bool have = false;
+
+		for (uint32_t i = 0; i < tx->rcpt_count && !have; i++)
+			have = tx->rcpts[i].addr.len == bn &&
+			       strncasecmp(tx->rcpts[i].addr.ptr, st->bcc, bn) == 0;
+		if (!have && tx->rcpt_count < c->s->env->txpool->rcpt_max &&
+		    bn <= SMTP_TX_ARENA - tx->arena_len) {
+			struct spool_rcpt *r = &tx->rcpts[tx->rcpt_count++];
+
+			memset(r, 0, sizeof(*r));
+			memcpy(tx->arena + tx->arena_len, st->bcc, bn);
+			r->addr = (struct spool_str){tx->arena + tx->arena_len, (uint32_t)bn};
+			r->notify = SMTP_NOTIFY_NEVER;
+			tx->arena_len += (uint32_t)bn;
+		} else if (!have) {
+			log_msg(LOG_WARN, "event=bcc_not_added id=%s reason=no_room", tx->qid);
+		}
+	}
+	n = st->rewrite ? flt_rewrite_sender(st->rewrite, tx->mail_from.ptr, tx->mail_from.len,
+					     addr, sizeof(addr))
+			: 0;
+	if (n && n <= SMTP_TX_ARENA - tx->arena_len) {
+		log_msg(LOG_INFO, "event=sender_rewritten id=%s from=<%.*s> to=<%.*s>", tx->qid,
+			(int)tx->mail_from.len, tx->mail_from.ptr, (int)n, addr);
+		memcpy(tx->arena + tx->arena_len, addr, n);
+		tx->mail_from = (struct spool_str){tx->arena + tx->arena_len, (uint32_t)n};
+		tx->arena_len += (uint32_t)n;
+	}
+}
+
 static void tx_commit(struct conn *c)
 {
 	struct smtp_tx *tx = c->s->tx;
@@ -307,6 +349,7 @@ static void tx_commit(struct conn *c)
 	bool dot = c->s->ds.dot;
 	uint64_t wire = tx->msg.wire_len;
 
+	tx_message_actions(c);
 	env.arrival_s = time(NULL);
 	env.msg_len = dot ? wire - 3 : wire;
 	/* What SIZE= and the logs say (RFC 1870): the stuffing is ours to
@@ -332,6 +375,8 @@ static void tx_commit(struct conn *c)
 	env.rcpt_count = tx->rcpt_count;
 	env.rcpts = tx->rcpts;
 	env.prepend = tx->prepend;
+	if (c->s->flt.route)
+		env.route = (struct spool_str){c->s->flt.route, (uint32_t)strlen(c->s->flt.route)};
 	if (c->s->flt.quarantine)
 		env.quarantine = (struct spool_str){c->s->flt.quarantine,
 						    (uint32_t)strlen(c->s->flt.quarantine)};

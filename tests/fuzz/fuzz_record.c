@@ -68,8 +68,9 @@
 #define ENV_MSG_CRC_OFF	  56
 #define ENV_STUFF_LEN_OFF 64 /* version 2 */
 /* Re-encoded as version 3, an older envelope grows by stuff_len (8, from
- * version 1) and the empty prepend and quarantine strings (4, from 1 and 2). */
-#define ENV_GROWTH_MAX 12
+ * version 1) and the empty prepend, quarantine and route strings (6, from
+ * 1 and 2). */
+#define ENV_GROWTH_MAX 14
 
 static uint64_t load64(const uint8_t *p)
 {
@@ -318,9 +319,11 @@ static void env_same(const struct spool_env *a, const void *abase, const struct 
 	if (a->prepend.ptr && b->prepend.ptr) {
 		str_same(a->prepend, abase, b->prepend, bbase);
 		str_same(a->quarantine, abase, b->quarantine, bbase);
+		str_same(a->route, abase, b->route, bbase);
 	} else {
 		CHECK(a->prepend.len == 0 && b->prepend.len == 0);
 		CHECK(a->quarantine.len == 0 && b->quarantine.len == 0);
+		CHECK(a->route.len == 0 && b->route.len == 0);
 	}
 	CHECK(a->rcpt_data_len == b->rcpt_data_len);
 	CHECK(rel(a->rcpt_data, abase) == rel(b->rcpt_data, bbase));
@@ -355,6 +358,7 @@ static void env_equal(const struct spool_env *a, const struct spool_env *b)
 	str_equal(a->auth_user, b->auth_user);
 	str_equal(a->prepend, b->prepend);
 	str_equal(a->quarantine, b->quarantine);
+	str_equal(a->route, b->route);
 	for (uint32_t i = 0; i < a->rcpt_count; i++) {
 		struct spool_rcpt ra, rb;
 		CHECK(spool_env_rcpt(a, i, &ra) == 0 && spool_env_rcpt(b, i, &rb) == 0);
@@ -372,7 +376,7 @@ static void env_upgrade(const struct spool_env *e, const struct spool_env *copy,
 	struct spool_env again;
 	size_t m = spool_env_encode(copy, out, sizeof out);
 
-	CHECK(e->prepend.len == 0 && e->quarantine.len == 0);
+	CHECK(e->prepend.len == 0 && e->quarantine.len == 0 && e->route.len == 0);
 	if (m == 0) {
 		CHECK(n + ENV_GROWTH_MAX > SPOOL_ENV_MAX);
 		return;

@@ -545,6 +545,7 @@ static void env_v3_golden(void **state)
 	    3,	  0,	's',  '@',  'x',  0,	0,    1,    0,	 'u', /* from envid auth */
 	    6,	  0,	'X',  ':',  ' ',  'y',	'\r', '\n',	      /* prepend */
 	    1,	  0,	'q',					      /* quarantine */
+	    2,	  0,	'r',  't',				      /* route */
 	    0,	  0,	0,    0,    3,	  0,	1,    0,    6,	      /* rcpt table */
 	    'r',  '@',	'x',  'o',				      /* heap */
 	};
@@ -567,6 +568,7 @@ static void env_v3_golden(void **state)
 	    .auth_user = S("u"),
 	    .prepend = S("X: y\r\n"),
 	    .quarantine = S("q"),
+	    .route = S("rt"),
 	    .rcpt_count = 1,
 	    .rcpts = &r,
 	};
