@@ -75,6 +75,24 @@ static bool sender_is_login(const struct flt_input *in)
 	       strncasecmp(in->sender, u, n) == 0;
 }
 
+/* A table value lists logins, separated by commas or blanks. */
+static bool value_lists_login(const char *v, void *ctx)
+{
+	const struct flt_input *in = ctx;
+	const char *u = str_or_empty(in->auth_user);
+	size_t n = strlen(u);
+
+	while (n && *v) {
+		size_t k = strcspn(v, ", \t");
+
+		if (k == n && strncasecmp(v, u, n) == 0)
+			return true;
+		v += k;
+		v += strspn(v, ", \t");
+	}
+	return false;
+}
+
 static bool test_bool(const struct flt_input *in, uint8_t field)
 {
 	switch ((enum flt_field)field) {
@@ -116,6 +134,16 @@ static bool test(const struct flt_op *op, const struct flt_input *in, const stru
 		return flt_rx_match(op->u.rx, p, n);
 	case FLT_M_CIDR:
 		return flt_cidrs_has(op->u.cidr, in->client);
+	case FLT_M_TSET:
+		field_text(in, in->rules, op->field, &p, &n);
+		return flt_table_has(op->u.table, (enum flt_set_kind)op->kind, p, n);
+	case FLT_M_TCIDR:
+		return flt_table_has_ip(op->u.table, in->client);
+	case FLT_M_LOGIN:
+		return sender_is_login(in) ||
+		       (in->authenticated && in->sender &&
+			flt_table_value_has(op->u.table, FLT_SET_ADDRS, in->sender, in->sender_len,
+					    value_lists_login, (void *)in));
 	case FLT_M_RANGE:
 		v = op->field == FLT_F_SIZE ? in->size : in->rcpt_count;
 		return v >= op->u.range.lo && v <= op->u.range.hi;
