@@ -36,6 +36,8 @@ enum operand {
 	OPD_LISTENER,  /* listener names */
 	OPD_TAG,       /* tag names */
 	OPD_TLS,       /* true/false or {"version": ...} */
+	OPD_HEADER,    /* {"name": N[, "regex": R | "value": V...]} */
+	OPD_BODY,      /* {"regex": R} */
 };
 
 struct matcher {

@@ -23,9 +23,11 @@ static const struct matcher matchers[] = {
     {"sender", FLT_F_SENDER, OPD_ADDRS, FLT_STAGE_MAIL, FLT_STAGE_DATA},
     {"sender_domain", FLT_F_SENDER_DOMAIN, OPD_DOMAINS, FLT_STAGE_MAIL, FLT_STAGE_DATA},
     {"size", FLT_F_SIZE, OPD_NUM, FLT_STAGE_MAIL, FLT_STAGE_DATA},
+    {"header", FLT_F_HEADER, OPD_HEADER, FLT_STAGE_DATA, FLT_STAGE_DATA},
+    {"body", FLT_F_BODY, OPD_BODY, FLT_STAGE_DATA, FLT_STAGE_DATA},
     {"rcpt", FLT_F_RCPT, OPD_ADDRS, FLT_STAGE_RCPT, FLT_STAGE_RCPT},
     {"rcpt_domain", FLT_F_RCPT_DOMAIN, OPD_DOMAINS, FLT_STAGE_RCPT, FLT_STAGE_RCPT},
-    {"rcpt_count", FLT_F_RCPT_COUNT, OPD_NUM, FLT_STAGE_RCPT, FLT_STAGE_RCPT},
+    {"rcpt_count", FLT_F_RCPT_COUNT, OPD_NUM, FLT_STAGE_RCPT, FLT_STAGE_DATA},
 };
 const struct matcher *cc_matcher_find(const char *name)
 {
@@ -433,6 +435,105 @@ static int operand_object(struct cc *c, const char *path, const struct matcher *
 	return cc_fail(c, sub, "unknown key");
 }
 
+static int regex_of(struct cc *c, const char *path, struct json_object *v,
+		    const struct flt_rx **out)
+{
+	char why[200];
+	struct flt_rx *rx;
+
+	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0 ||
+	    (size_t)json_object_get_string_len(v) != strlen(json_object_get_string(v)))
+		return cc_fail(c, path, "expected a regular expression");
+	rx = flt_rx_new(json_object_get_string(v), why, sizeof(why));
+	if (!rx)
+		return cc_fail(c, path, "%s", why);
+	if (cc_own(c, OWN_RX, rx) < 0)
+		return cc_fail(c, path, "out of memory");
+	*out = rx;
+	return 0;
+}
+
+static int add_text(struct cc *c, const char *path, void *to, const char *s, size_t len)
+{
+	int rc = flt_set_add(to, s, len);
+
+	if (rc == -EINVAL)
+		return cc_fail(c, path, "expected a non-empty value");
+	return rc < 0 ? cc_fail(c, path, "out of memory") : 0;
+}
+
+/* {"header": {"name": N}} (the field is there), with "regex": R (its
+ * unfolded value matches) or "value": V or [V...] (equals one, case
+ * folded). */
+static int header_compile(struct cc *c, const char *path, struct json_object *v, uint32_t yes,
+			  uint32_t no)
+{
+	struct flt_hdr_test *h;
+	struct flt_op *op = NULL;
+	char sub[PATH_MAX_LEN];
+	bool named = false;
+
+	if (!json_object_is_type(v, json_type_object))
+		return cc_fail(c, path, "expected {\"name\": N, \"regex\" or \"value\": ...}");
+	h = calloc(1, sizeof(*h));
+	if (cc_own(c, OWN_MEM, h) < 0)
+		return cc_fail(c, path, "out of memory");
+	json_object_object_foreach(v, key, x)
+	{
+		cc_path_key(sub, path, key);
+		if (strcmp(key, "name") == 0) {
+			const char *n = json_object_get_string(x);
+
+			if (!json_object_is_type(x, json_type_string) || !*n ||
+			    strlen(n) > FLT_HDR_NAME_MAX || strpbrk(n, ": \t"))
+				return cc_fail(c, sub, "expected a header field name");
+			snprintf(h->name, sizeof(h->name), "%s", n);
+			h->name_len = strlen(n);
+			named = true;
+		} else if (strcmp(key, "regex") == 0 && !h->set && !h->rx) {
+			if (regex_of(c, sub, x, &h->rx) < 0)
+				return -EINVAL;
+		} else if (strcmp(key, "value") == 0 && !h->set && !h->rx) {
+			struct flt_set *set = flt_set_new(FLT_SET_TEXT, 4);
+
+			if (cc_own(c, OWN_SET, set) < 0)
+				return cc_fail(c, sub, "out of memory");
+			if (cc_strings_each(c, sub, x, add_text, set) < 0)
+				return -EINVAL;
+			h->set = set;
+		} else if (strcmp(key, "regex") == 0 || strcmp(key, "value") == 0) {
+			return cc_fail(c, sub, "one of \"regex\" and \"value\"");
+		} else {
+			return cc_fail(c, sub, "unknown key");
+		}
+	}
+	if (!named)
+		return cc_fail(c, path, "expected \"name\"");
+	if (cc_emit_test(c, path, FLT_F_HEADER, FLT_M_HEADER, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.hdr = h;
+	return 0;
+}
+
+static int body_compile(struct cc *c, const char *path, struct json_object *v, uint32_t yes,
+			uint32_t no)
+{
+	struct json_object *rx;
+	struct flt_op *op = NULL;
+	const struct flt_rx *r = NULL;
+	char sub[PATH_MAX_LEN];
+
+	if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 1 ||
+	    !json_object_object_get_ex(v, "regex", &rx))
+		return cc_fail(c, path, "expected {\"regex\": R}");
+	cc_path_key(sub, path, "regex");
+	if (regex_of(c, sub, rx, &r) < 0 ||
+	    cc_emit_test(c, path, FLT_F_BODY, FLT_M_BODY, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.rx = r;
+	return 0;
+}
+
 int cc_matcher_compile(struct cc *c, const char *path, const struct matcher *m,
 		       struct json_object *v, uint32_t yes, uint32_t no)
 {
@@ -512,6 +613,10 @@ int cc_matcher_compile(struct cc *c, const char *path, const struct matcher *m,
 		op->u.mask = mask;
 		return 0;
 	}
+	case OPD_HEADER:
+		return header_compile(c, path, v, yes, no);
+	case OPD_BODY:
+		return body_compile(c, path, v, yes, no);
 	case OPD_TLS: {
 		char sub[PATH_MAX_LEN];
 		struct flt_set *s;

@@ -59,6 +59,8 @@ static void field_text(const struct flt_input *in, const struct flt_rules *r, ui
 	case FLT_F_SENDER_LOGIN:
 	case FLT_F_SIZE:
 	case FLT_F_RCPT_COUNT:
+	case FLT_F_HEADER:
+	case FLT_F_BODY:
 		break;
 	}
 	*p = "";
@@ -73,6 +75,17 @@ static bool sender_is_login(const struct flt_input *in)
 
 	return in->authenticated && n && in->sender && in->sender_len == n &&
 	       strncasecmp(in->sender, u, n) == 0;
+}
+
+static bool header_value_ok(const char *v, size_t n, const void *ctx)
+{
+	const struct flt_hdr_test *h = ctx;
+
+	if (h->set)
+		return flt_set_has(h->set, v, n);
+	if (h->rx)
+		return flt_rx_match(h->rx, v, n);
+	return true; /* the field is there */
 }
 
 /* A table value lists logins, separated by commas or blanks. */
@@ -114,6 +127,8 @@ static bool test_bool(const struct flt_input *in, uint8_t field)
 	case FLT_F_RCPT:
 	case FLT_F_RCPT_DOMAIN:
 	case FLT_F_RCPT_COUNT:
+	case FLT_F_HEADER:
+	case FLT_F_BODY:
 		break;
 	}
 	return false;
@@ -139,6 +154,16 @@ static bool test(const struct flt_op *op, const struct flt_input *in, const stru
 		return flt_table_has(op->u.table, (enum flt_set_kind)op->kind, p, n);
 	case FLT_M_TCIDR:
 		return flt_table_has_ip(op->u.table, in->client);
+	case FLT_M_HEADER:
+		return in->msg &&
+		       flt_msg_header_any(in->msg, in->msg_len, op->u.hdr->name,
+					  op->u.hdr->name_len, header_value_ok, op->u.hdr);
+	case FLT_M_BODY: {
+		size_t b = in->msg ? flt_msg_body_start(in->msg, in->msg_len) : 0;
+
+		return in->msg && b < in->msg_len &&
+		       flt_rx_match(op->u.rx, in->msg + b, in->msg_len - b);
+	}
 	case FLT_M_LOGIN:
 		return sender_is_login(in) ||
 		       (in->authenticated && in->sender &&
@@ -178,6 +203,8 @@ int flt_eval(const struct flt_prog *prog, const struct flt_input *in, struct flt
 				st->tags_session |= a->tags;
 			else
 				st->tags_tx |= a->tags;
+			for (uint32_t i = 0; i < a->nadds && st->nadds < FLT_ADDS_MAX; i++)
+				st->adds[st->nadds++] = &a->adds[i];
 			*act = a;
 			*rule = op->rule;
 			pc++;

@@ -193,9 +193,12 @@ static int add_domain(struct flt_set *s, const char *p, size_t n, const char *va
 
 int flt_set_add_value(struct flt_set *s, const char *p, size_t n, const char *val, size_t vn)
 {
+	if (s->kind == FLT_SET_TEXT)
+		return n ? insert_kv(s, p, n, val, vn) : -EINVAL;
 	if (!entry_chars_ok(p, n))
 		return -EINVAL;
 	switch (s->kind) {
+	case FLT_SET_TEXT:
 	case FLT_SET_NAMES:
 		return n ? insert_kv(s, p, n, val, vn) : -EINVAL;
 	case FLT_SET_DOMAINS:
@@ -242,6 +245,7 @@ static const struct flt_slot *lookup(const struct flt_set *s, const struct flt_s
 
 	*in = s;
 	switch (s->kind) {
+	case FLT_SET_TEXT:
 	case FLT_SET_NAMES:
 		return find(s, v, n);
 	case FLT_SET_DOMAINS:

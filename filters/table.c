@@ -28,7 +28,7 @@
 #define TABLE_FILE_MAX (256u << 20) /* bytes: a bigger file is refused */
 
 struct tdata {
-	struct flt_set *sets[3]; /* by enum flt_set_kind, as uses asks */
+	struct flt_set *sets[FLT_SET_TEXT]; /* by enum flt_set_kind, as uses asks (never TEXT) */
 	struct flt_cidrs *cidrs;
 	uint32_t entries;
 };
@@ -94,7 +94,7 @@ static void tdata_free(struct tdata *d)
 {
 	if (!d)
 		return;
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < FLT_SET_TEXT; k++)
 		flt_set_free(d->sets[k]);
 	flt_cidrs_free(d->cidrs);
 	free(d);
@@ -118,7 +118,7 @@ static struct tdata *tdata_build(unsigned uses, char *const *keys, char *const *
 	if (!d)
 		goto oom;
 	d->entries = n;
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < FLT_SET_TEXT; k++)
 		if ((uses & (1u << k)) && !(d->sets[k] = flt_set_new((enum flt_set_kind)k, n)))
 			goto oom;
 	if ((uses & FLT_USE_CIDRS) && !(d->cidrs = flt_cidrs_new()))

@@ -162,6 +162,8 @@ static const struct config_key config_listener_keys[] = {
     KEY_CHOICE("tls", struct config_listener, tls, config_tls_mode_choices, CONFIG_TLS_NONE),
     KEY_CHOICE("auth", struct config_listener, auth, config_auth_mode_choices, CONFIG_AUTH_NONE),
     KEY_BOOL("auth_plaintext", struct config_listener, auth_plaintext, false),
+    KEY_BOOL("add_message_id_date", struct config_listener, add_message_id_date, true),
+    KEY_BOOL("received_hide_client", struct config_listener, received_hide_client, false),
     KEY_FN("filters", config_listener_filters_parse),
     {0},
 };

@@ -93,6 +93,13 @@ struct config_listener {
 	enum config_auth_mode auth; /* default NONE; others need auth.users_file */
 	/* AUTH offered without TLS: only allowed on a loopback address, for tests */
 	bool auth_plaintext;
+	/* Authenticated sessions: add Message-ID and Date when the message
+	 * lacks them (RFC 6409 8.2, 8.3); default true. */
+	bool add_message_id_date;
+	/* Authenticated sessions: our Received: field leaves out the client's
+	 * address, HELO and AUTH name (a submission port's privacy); default
+	 * false. */
+	bool received_hide_client;
 	/* "filters": this listener's chains, as JSON (compiled by filters/,
 	 * flt_compile()); NULL: the top-level ones */
 	struct json_object *filters_json;

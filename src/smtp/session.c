@@ -74,6 +74,8 @@ void smtp_tx_pool_free(struct smtp_tx_pool *p)
 {
 	if (!p)
 		return;
+	for (uint32_t i = 0; i < p->count; i++)
+		free(((struct smtp_tx *)((char *)p->base + p->stride * i))->cap_buf);
 	munmap(p->base, p->stride * p->count);
 	free(p);
 }
@@ -299,8 +301,15 @@ static void ehlo_finish(struct conn *c, bool esmtp)
 {
 	const struct rmx_config *cfg = cfg_of(c);
 
-	if (verdict_refused(c))
+	if (verdict_refused(c)) {
+		/* A refused greeting is no greeting: the name is forgotten
+		 * and MAIL waits for an accepted EHLO/HELO. */
+		c->s->helo[0] = '\0';
+		c->s->esmtp = false;
+		if (c->s->state == SMTP_S_READY)
+			smtp_enter_state(c, SMTP_S_GREETED);
 		return;
+	}
 	c->s->esmtp = esmtp;
 	if (c->s->state == SMTP_S_GREETED)
 		smtp_enter_state(c, SMTP_S_READY);
