@@ -1278,7 +1278,9 @@ struct ecase {
 #define FM(rule) "\"filters\": {\"mail\": [" rule "]}"
 
 static const struct ecase ecases[] = {
-    {"\"filters\": {\"data\": []}", "", "filters.data", "the data stage is not built yet"},
+    {"\"filters\": {\"data\": {}}", "", "filters.data", NULL},
+    {FM("{\"if\": {\"header\": {\"name\": \"Subject\"}}, \"then\": \"reject\"}"), "",
+     "filters.mail[0].if.header", "not known at the mail stage"},
     {"\"filters\": {\"bogus\": []}", "", "filters.bogus", NULL},
     {"\"filters\": {\"mail\": {}}", "", "filters.mail", NULL},
     {FM("\"reject\""), "", "filters.mail[0]", NULL},
@@ -1420,8 +1422,7 @@ static const struct ecase ecases[] = {
     {"", "\"filters\": {\"mail\": [{\"then\": {\"reject\": \"450 x\"}}]}",
      "listeners[1].filters.mail[0].then.reject", NULL},
     {"", "\"filters\": {\"bogus\": []}", "listeners[1].filters.bogus", NULL},
-    {"", "\"filters\": {\"data\": []}", "listeners[1].filters.data",
-     "the data stage is not built yet"},
+    {"", "\"filters\": {\"data\": 5}", "listeners[1].filters.data", NULL},
     {"", "\"filters\": {\"connect\": [{\"if\": {\"sender\": \"a@b.c\"}, \"then\": \"reject\"}]}",
      "listeners[1].filters.connect[0].if.sender", "not known at the connect stage"},
     {"\"filters\": {\"mail\": [{\"then\": \"accept\"}, {\"then\": \"accept\"}, {\"if\": "
