@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "filters/compile_int.h"
 
@@ -228,7 +229,7 @@ static int add_listener(struct cc *c, const char *path, void *to, const char *s,
 
 	for (uint32_t i = 0; i < c->cfg->listener_count; i++)
 		if (strlen(c->cfg->listeners[i].name) == len &&
-		    memcmp(c->cfg->listeners[i].name, s, len) == 0) {
+		    strncasecmp(c->cfg->listeners[i].name, s, len) == 0) {
 			*mask |= 1ull << i;
 			return 0;
 		}
@@ -250,7 +251,7 @@ static int tag_bit(struct cc *c, const char *path, const char *s, size_t len, bo
 		      ((s[k] | 0x20) >= 'a' && (s[k] | 0x20) <= 'z')))
 			return cc_fail(c, path, "a tag name is letters, digits, '_', '-' and '.'");
 	for (i = 0; i < r->tag_count; i++)
-		if (strlen(r->tag_names[i]) == len && memcmp(r->tag_names[i], s, len) == 0)
+		if (strlen(r->tag_names[i]) == len && strncasecmp(r->tag_names[i], s, len) == 0)
 			break;
 	if (i == r->tag_count) {
 		if (i == FLT_TAGS_MAX)
@@ -366,6 +367,8 @@ static int operand_object(struct cc *c, const char *path, const struct matcher *
 		arg = a;
 	}
 	cc_path_key(sub, path, key);
+	if (strcmp(key, "regex") == 0 && m->operand == OPD_IP)
+		return cc_fail(c, sub, "client_ip takes networks or a table, not a regex");
 	if (strcmp(key, "regex") == 0) {
 		char why[200];
 		struct flt_rx *rx;

@@ -186,6 +186,8 @@ static int add_domain(struct flt_set *s, const char *p, size_t n, const char *va
 	} else if (n == 0 || memchr(p, '*', n)) {
 		return -EINVAL;
 	}
+	if (memchr(p, '@', n)) /* an address where a domain belongs: never matches */
+		return -EINVAL;
 	if (p[n - 1] == '.' || memmem(p, n, "..", 2))
 		return -EINVAL;
 	return insert_kv(s, p, n, val, vn);

@@ -461,7 +461,7 @@ static void auth_user_bool_from_connect(void **state)
 	}
 }
 
-/* BUG (spec deviation, minor): listener and tag names do not fold ASCII
+/* Was a bug, fixed (spec deviation, minor): listener and tag names do not fold ASCII
  * case, while the spec says of every string operand "exact,
  * case-insensitive (all matchers fold ASCII case)".  add_listener and
  * tag_bit compare with memcmp.  Input: {"if": {"listener": "SUB"}} with a
@@ -476,7 +476,6 @@ static void listener_and_tag_fold_case(void **state)
 	struct flt_state st = {0};
 
 	(void)state;
-	skip(); /* BUG: see above; remove this line once fixed */
 	f = compile("\"filters\": {\"connect\": [{\"if\": {\"listener\": \"SUB\"}, \"tag\": "
 		    "\"Seen\"}, {\"if\": {\"tag\": \"seen\"}, \"then\": \"reject\"}]}");
 	tin_init(&t, &f);
@@ -1457,7 +1456,7 @@ static void load_errors(void **state)
 	}
 }
 
-/* BUG (spec deviation): client_ip takes {"regex": ...}.  The spec lists
+/* Was a bug, fixed (spec deviation): client_ip takes {"regex": ...}.  The spec lists
  * its operands as a network, a bare address, a list of them or {"table"};
  * regexes are for the string operands.  The compiler sends any object
  * operand to operand_object(), which takes "regex" for every matcher, and
@@ -1472,7 +1471,6 @@ static void client_ip_regex_refused(void **state)
 	struct flt_rules *r;
 
 	(void)state;
-	skip(); /* BUG: see above; remove this line once fixed */
 	cfg = load2("\"filters\": {\"connect\": [{\"if\": {\"client_ip\": {\"regex\": "
 		    "\"^10\\\\.\"}}, \"then\": \"reject\"}]}",
 		    "");
