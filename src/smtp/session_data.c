@@ -210,7 +210,14 @@ static void tx_begin_message(struct conn *c, bool dot)
 	tx->received_8bit = false;
 	for (size_t i = 0; i < n; i++)
 		tx->received_8bit |= (unsigned char)tx->received[i] >= 0x80;
-	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)n, SPOOL_NO_BUF);
+	tx->received_len = (uint32_t)n;
+	/* When the data stage may add header fields, our Received: goes in
+	 * front of them in the envelope's prepend (RFC 5321 4.4: the newest
+	 * trace field first); else it is the message's first stored bytes. */
+	tx->received_later = flt_data_adds_headers(c->s->env->rules, conn_listener(c)) ||
+			     (c->s->authed && listener_of(c)->add_message_id_date);
+	if (!tx->received_later)
+		spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)n, SPOOL_NO_BUF);
 	tx_capture_begin(c);
 }
 
@@ -399,8 +406,11 @@ void tx_data_decision(struct conn *c)
 
 	tx->data_decided = true;
 	if (c->s->verdict.action == FLT_ACCEPT) {
-		/* The header fields the filters and the submission rules add,
-		 * delivered before the stored message (spool_env.prepend). */
+		/* Our Received:, then the header fields the filters and the
+		 * submission rules add, delivered before the stored message
+		 * (spool_env.prepend). */
+		if (tx->received_later)
+			prepend_add(c, tx->received, tx->received_len);
 		if (st->nadds) {
 			struct flt_input in;
 			char line[1024];

@@ -66,7 +66,9 @@ struct smtp_tx {
 	bool begun;	   /* spool_msg_begin done */
 	bool data_decided; /* the data stage's decision is in */
 	bool smtputf8;
-	bool received_8bit; /* our Received: field is not ASCII (an AUTH name, a "for" address) */
+	bool received_8bit;  /* our Received: field is not ASCII (an AUTH name, a "for" address) */
+	bool received_later; /* our Received: goes into the prepend, not the stored bytes */
+	uint32_t received_len;
 	uint8_t body_type;
 	uint8_t ret;
 	uint64_t size_declared;
