@@ -1,0 +1,458 @@
+"""The filters' message actions (issue 11) against the real binary:
+quarantine (accepted, held in the queue under a name until an operator
+releases it, across restarts, listed, shown, deleted, logged), route (every
+recipient by a named route, one that may have no domains), bcc (an archive
+recipient with NOTIFY=NEVER, never added twice), rewrite_sender (the
+envelope sender by a table, at the next hop and in a Maildir's
+Return-Path; never the null sender), sender.matches_login through a table,
+and "the last rule that says wins" across the mail, rcpt and data stages.
+These actions change where a message goes and who it claims to be from: a
+held message must not leak out, a released one must go, and a rewrite must
+hit exactly the senders the table names."""
+
+import json
+import mailbox
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import (DELIVERY_TIMEOUT_S, HOSTNAME, RINGMX_BIN, check_dsn, delivery_overrides,
+                      env_get,
+                      log_events, queued_id, route, wait_dsn, wait_for, wait_log, wait_queue,
+                      wait_queue_empty)
+from conftest import new_mid
+from nexthop import Rule, nexthop  # noqa: F401  (fixture)
+from test_filter_data import LOCAL, MANY_ERRORS, SENDER, SLOW, msg, transact
+from test_filters import plain, users_over
+from test_local_delivery import maildir_keys
+
+RCPT = "rcpt@accepted.example"
+
+
+def marked(tag, headers=()):
+    """A message with a unique Message-ID: (its id with <>, the bytes)."""
+    mid = new_mid(tag)
+    return "<%s>" % mid, msg(["Message-ID: <%s>" % mid, "Subject: " + tag] + list(headers))
+
+
+def send_one(srv, client_factory, body, sender=SENDER, rcpts=(RCPT,), login=None):
+    c = client_factory(srv.port)
+    c.ehlo()
+    if login:
+        assert c.cmd(plain(login)).code == 235
+    qid = queued_id(transact(c, body, sender=sender, rcpts=rcpts))
+    c.cmd("QUIT")
+    return qid
+
+
+def check_config(tmp_path, over):
+    """ringmx --check-config on a minimal config plus over: (exit code, output)."""
+    cfg = {"hostname": HOSTNAME, "listeners": [{"name": "mx", "address": "127.0.0.1:2525"}],
+           "relay": {"domains": ["accepted.example"]}, "spool": {"path": str(tmp_path / "s")}}
+    cfg.update(over)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    r = subprocess.run([RINGMX_BIN, "--check-config", str(path)], capture_output=True, timeout=30)
+    return r.returncode, (r.stdout + r.stderr).decode()
+
+
+# --------------------------------------------------------------------------
+# quarantine
+
+
+QUARANTINE = {"data": [{"if": {"header": {"name": "X-Review"}}, "then": {"quarantine": "review"}}]}
+
+
+def test_quarantine_held_until_released(ringmx, nexthop, client_factory):
+    nh = nexthop()
+    srv = ringmx(delivery_overrides([route("accepted.example", nh)], filters=QUARANTINE))
+    hmid, held = marked("held", ["X-Review: 1"])
+    qid = send_one(srv, client_factory, held)
+    fmid, free = marked("free")
+    send_one(srv, client_factory, free)
+    nh.wait_message_id(fmid, DELIVERY_TIMEOUT_S)  # the queue runs, and skips the held one
+    q = wait_queue(srv, lambda q: set(q) == {qid}, DELIVERY_TIMEOUT_S, "only the held one")
+    assert q[qid].get("state") == "held" and q[qid].get("quarantine") == "review", q
+    out = srv.ctl("queue", "list", "--quarantine").decode()
+    assert [ln.split()[0] for ln in out.splitlines() if ln.strip()] == [qid], out
+    env, _ = srv.queue_show(qid)
+    assert env_get(env, "quarantine") == ["review"], env
+    lines = [ln for ln in log_events(srv, "queued", qid)]
+    assert len(lines) == 1 and re.search(r"\bquarantine=review\b", lines[0]), lines
+    assert nh.by_message_id(hmid) == [], "a quarantined message was delivered"
+    # a restart keeps it held
+    srv.restart()
+    q = srv.queue_list()
+    assert q[qid].get("state") == "held" and q[qid].get("quarantine") == "review", q
+    assert nh.by_message_id(hmid) == []
+    srv.ctl("queue", "release", qid)
+    [t] = nh.wait_message_id(hmid, DELIVERY_TIMEOUT_S)
+    assert t.mail_from == SENDER and [r.lower() for r in t.rcpts] == [RCPT]
+    wait_queue_empty(srv)
+    wait_log(srv, "delivered", qid)
+    assert srv.stop() == 0
+
+
+def test_quarantine_list_only_and_delete(ringmx, client_factory, closed_port):
+    srv = ringmx(delivery_overrides([route("accepted.example", "smtp://127.0.0.1:%d"
+                                           % closed_port())], delivery=SLOW, filters=QUARANTINE))
+    _, held = marked("held", ["X-Review: yes"])
+    _, free = marked("free")
+    q1 = send_one(srv, client_factory, held)
+    q2 = send_one(srv, client_factory, free)
+    q = srv.queue_list()
+    assert set(q) == {q1, q2}, q
+    assert "quarantine" not in q[q2], q
+    out = srv.ctl("queue", "list", "--quarantine").decode()
+    ids = [ln.split()[0] for ln in out.splitlines() if ln.strip()]
+    assert ids == [q1], out
+    assert "quarantine=review" in out
+    srv.ctl("queue", "delete", q1)
+    wait_queue(srv, lambda q: set(q) == {q2}, DELIVERY_TIMEOUT_S, "the quarantined one deleted")
+    assert srv.ctl("queue", "list", "--quarantine").decode().strip() == ""
+    srv.restart()
+    assert set(srv.queue_list()) == {q2}, "a deleted message came back"
+    assert srv.stop() == 0
+
+
+def test_released_stays_released_after_restart(ringmx, client_factory, closed_port):
+    srv = ringmx(delivery_overrides([route("accepted.example", "smtp://127.0.0.1:%d"
+                                           % closed_port())], delivery=SLOW, filters=QUARANTINE))
+    _, held = marked("held", ["X-Review: yes"])
+    _, other = marked("other", ["X-Review: yes"])
+    q1 = send_one(srv, client_factory, held)
+    q2 = send_one(srv, client_factory, other)
+    srv.ctl("queue", "release", q1)
+    wait_queue(srv, lambda q: q[q1].get("state") != "held", DELIVERY_TIMEOUT_S, "q1 released")
+    srv.restart()
+    q = srv.queue_list()
+    assert q[q1].get("state") != "held", "a released message is held again after a restart: %r" % q
+    assert q[q2].get("state") == "held" and q[q2].get("quarantine") == "review", q
+    out = srv.ctl("queue", "list", "--quarantine").decode()
+    assert q2 in out
+    assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("stage", ["mail", "rcpt", "data"])
+def test_quarantine_at_each_stage_accepts(ringmx, client_factory, closed_port, stage):
+    cond = {"mail": {"sender": "q@client.example"}, "rcpt": {"rcpt": "q@accepted.example"},
+            "data": {"header": {"name": "X-Q"}}}[stage]
+    chain = [{"if": cond, "then": {"quarantine": "at-" + stage}},
+             {"then": {"reject": "550 5.7.1 quarantine did not end the stage"}}]
+    srv = ringmx(delivery_overrides([route("accepted.example", "smtp://127.0.0.1:%d"
+                                           % closed_port())], delivery=SLOW,
+                                    filters={stage: chain}))
+    c = client_factory(srv.port)
+    c.ehlo()
+    qid = queued_id(transact(c, msg(["X-Q: 1"]), sender="q@client.example",
+                             rcpts=["q@accepted.example"]))
+    q = srv.queue_list()
+    assert q[qid].get("quarantine") == "at-" + stage and q[qid].get("state") == "held", q
+    assert srv.stop() == 0
+
+
+def test_last_quarantine_wins_and_leaves_with_the_transaction(ringmx, client_factory,
+                                                              closed_port):
+    srv = ringmx(delivery_overrides(
+        [route("accepted.example", "smtp://127.0.0.1:%d" % closed_port())], delivery=SLOW,
+        filters={"mail": [{"if": {"sender_domain": "client.example"}, "then": {"quarantine": "a"}}],
+                 "rcpt": [{"if": {"rcpt": "b@accepted.example"}, "then": {"quarantine": "b"}}],
+                 "data": [{"if": {"header": {"name": "X-C"}}, "then": {"quarantine": "c"}}]}))
+    c = client_factory(srv.port)
+    c.ehlo()
+    q_a = queued_id(transact(c, msg(["S: 1"])))
+    q_b = queued_id(transact(c, msg(["S: 1"]), rcpts=["b@accepted.example", RCPT]))
+    q_c = queued_id(transact(c, msg(["X-C: 1"]), rcpts=["b@accepted.example"]))
+    q_none = queued_id(transact(c, msg(["X-D: 0"]), sender="x@other.example"))
+    # a refused transaction's quarantine does not stay for the next one
+    c.expect("MAIL FROM:<y@client.example>", "250")
+    c.expect("RSET", "250")
+    q_none2 = queued_id(transact(c, msg(["S: 2"]), sender="z@other.example"))
+    q = srv.queue_list()
+    assert [q[x].get("quarantine") for x in (q_a, q_b, q_c, q_none, q_none2)] == \
+        ["a", "b", "c", None, None], q
+    assert q[q_none].get("state") != "held" and q[q_none2].get("state") != "held", q
+    assert srv.stop() == 0
+
+
+# --------------------------------------------------------------------------
+# route
+
+
+def test_route_by_name(ringmx, nexthop, client_factory):
+    normal, special = nexthop(), nexthop()
+    srv = ringmx(delivery_overrides(
+        [{"name": "special", "to": special.url}, route("accepted.example", normal)],
+        filters={"mail": [{"if": {"sender": "vip@client.example"}, "then": {"route": "special"}}],
+                 "data": [{"if": {"header": {"name": "X-Route"}}, "then": {"route": "special"}}]}))
+    m1, b1 = marked("vip")
+    m2, b2 = marked("plain")
+    m3, b3 = marked("hdr", ["X-Route: 1"])
+    send_one(srv, client_factory, b1, sender="vip@client.example",
+             rcpts=[RCPT, "other@accepted.example"])
+    send_one(srv, client_factory, b2)
+    send_one(srv, client_factory, b3)
+    [t1] = special.wait_message_id(m1, DELIVERY_TIMEOUT_S)
+    assert sorted(r.lower() for r in t1.rcpts) == ["other@accepted.example", RCPT], t1
+    special.wait_message_id(m3, DELIVERY_TIMEOUT_S)
+    normal.wait_message_id(m2, DELIVERY_TIMEOUT_S)
+    wait_queue_empty(srv)
+    assert normal.by_message_id(m1) == [] and normal.by_message_id(m3) == []
+    assert special.by_message_id(m2) == [], "a named route without domains took domain mail"
+    assert srv.stop() == 0
+
+
+def test_route_last_rule_wins(ringmx, nexthop, client_factory):
+    a, b, normal = nexthop(), nexthop(), nexthop()
+    srv = ringmx(delivery_overrides(
+        [{"name": "ra", "to": a.url}, {"name": "rb", "to": b.url},
+         route("accepted.example", normal)],
+        filters={"mail": [{"then": {"route": "ra"}}],
+                 "data": [{"if": {"header": {"name": "X-B"}}, "then": {"route": "rb"}}]}))
+    ma, ba = marked("a")
+    mb, bb = marked("b", ["X-B: 1"])
+    send_one(srv, client_factory, ba)
+    send_one(srv, client_factory, bb)
+    a.wait_message_id(ma, DELIVERY_TIMEOUT_S)
+    b.wait_message_id(mb, DELIVERY_TIMEOUT_S)
+    wait_queue_empty(srv)
+    assert a.by_message_id(mb) == [] and normal.message_count == 0
+    assert srv.stop() == 0
+
+
+def test_unknown_route_name_is_a_load_error(tmp_path):
+    rc, out = check_config(tmp_path, {
+        "routes": [{"name": "known", "to": "smtp://127.0.0.1:2526"}],
+        "filters": {"mail": [{"then": {"route": "known"}},
+                             {"if": {"sender": "a@b.example"}, "route": "unknwn"}]}})
+    assert rc == 1, out
+    assert re.search(r"(?m)^filters\.mail\[1\]\.route: ", out), out
+    rc, out = check_config(tmp_path, {
+        "routes": [{"name": "known", "to": "smtp://127.0.0.1:2526"}],
+        "filters": {"data": [{"then": {"route": "known"}}]}})
+    assert rc == 0, out
+
+
+# --------------------------------------------------------------------------
+# bcc
+
+
+def test_bcc_adds_an_archive_once(ringmx, nexthop, client_factory):
+    nh = nexthop()
+    srv = ringmx(delivery_overrides([route("accepted.example", nh)], filters={
+        "rcpt": [{"if": {"rcpt": "watched@accepted.example"},
+                  "then": {"bcc": "archive@accepted.example"}}]}))
+    m1, b1 = marked("bcc")
+    m2, b2 = marked("already")
+    m3, b3 = marked("none")
+    send_one(srv, client_factory, b1, rcpts=["watched@accepted.example"])
+    send_one(srv, client_factory, b2, rcpts=["ARCHIVE@accepted.example",
+                                             "watched@accepted.example"])
+    send_one(srv, client_factory, b3)
+    [t1] = nh.wait_message_id(m1, DELIVERY_TIMEOUT_S)
+    [t2] = nh.wait_message_id(m2, DELIVERY_TIMEOUT_S)
+    [t3] = nh.wait_message_id(m3, DELIVERY_TIMEOUT_S)
+    assert sorted(r.lower() for r in t1.rcpts) == ["archive@accepted.example",
+                                                   "watched@accepted.example"], t1
+    arch = [p for r, p in t1.rcpt_params.items() if r.lower() == "archive@accepted.example"]
+    assert arch and arch[0].get("NOTIFY") == "NEVER", t1.rcpt_params
+    assert sorted(r.lower() for r in t2.rcpts) == ["archive@accepted.example",
+                                                   "watched@accepted.example"], \
+        "the archive was added twice: %r" % t2
+    assert [r.lower() for r in t3.rcpts] == [RCPT]
+    wait_queue_empty(srv)
+    assert srv.stop() == 0
+
+
+def test_bcc_gets_no_dsn(ringmx, nexthop, client_factory):
+    """The archive copy fails for good next to a real recipient: the sender's
+    DSN names the real one only."""
+    nh = nexthop(rules=[Rule("rcpt", "550 5.1.1 no archive", rcpt="archive@accepted.example"),
+                        Rule("rcpt", "550 5.1.1 no such user", rcpt="gone@accepted.example")])
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides(
+        [route("accepted.example", nh), route("sender.example", bounce)],
+        filters={"data": [{"then": {"bcc": "archive@accepted.example"}}]}))
+    _, b = marked("dsn")
+    qid = send_one(srv, client_factory, b, sender="s@sender.example",
+                   rcpts=["gone@accepted.example"])
+    [t] = wait_dsn(bounce, "s@sender.example")
+    d = check_dsn(t, "s@sender.example")
+    assert d.final_recipients() == ["gone@accepted.example"], d.final_recipients()
+    wait_queue_empty(srv)
+    queued = log_events(srv, "bounce_queued", qid)
+    assert len(queued) == 1 and re.search(r"\brcpts=1\b", queued[0]), queued
+    assert srv.stop() == 0
+
+
+def test_bad_bcc_is_a_load_error(tmp_path):
+    rc, out = check_config(tmp_path, {"filters": {"rcpt": [{"then": {"bcc": "not an address"}}]}})
+    assert rc == 1 and re.search(r"(?m)^filters\.rcpt\[0\]\.then\.bcc: ", out), out
+
+
+# --------------------------------------------------------------------------
+# rewrite_sender
+
+
+REWRITE = {"tables": {"rw": {"inline": {"old@client.example": "new@client.example",
+                                        "@legacy.example": "@modern.example"}}},
+           "filters": {"mail": [{"then": {"rewrite_sender": {"table": "rw"}}}]}}
+
+
+def test_rewrite_sender_at_the_next_hop(ringmx, nexthop, client_factory):
+    nh = nexthop()
+    srv = ringmx(delivery_overrides([route("accepted.example", nh)], **REWRITE))
+    cases = [("old@client.example", "new@client.example"),
+             ("OLD@client.example", "new@client.example"),
+             ("bob@legacy.example", "bob@modern.example"),
+             ("other@client.example", "other@client.example"),
+             ("", "")]
+    mids = []
+    for sender, _ in cases:
+        m, b = marked("rw")
+        mids.append(m)
+        send_one(srv, client_factory, b, sender=sender)
+    for (sender, want), m in zip(cases, mids):
+        [t] = nh.wait_message_id(m, DELIVERY_TIMEOUT_S)
+        assert t.mail_from.lower() == want.lower(), "%r -> %r, expected %r" % (
+            sender, t.mail_from, want)
+    wait_queue_empty(srv)
+    rewritten = log_events(srv, "sender_rewritten")
+    assert len(rewritten) == 3, rewritten
+    assert any("to=<bob@modern.example>" in ln for ln in rewritten), rewritten
+    assert srv.stop() == 0
+
+
+def test_rewrite_sender_in_a_maildir(ringmx, client_factory, tmp_path):
+    base = str(tmp_path / "md")
+    os.makedirs(base)
+    srv = ringmx(delivery_overrides([route("local.example", "maildir:" + base)],
+                                    ["local.example"], **REWRITE))
+    send_one(srv, client_factory, msg(["Subject: rw"]), sender="carl@legacy.example",
+             rcpts=[LOCAL])
+    path = os.path.join(base, "local.example", "alice")
+    wait_for(lambda: maildir_keys(path), DELIVERY_TIMEOUT_S, "a message in %s" % path)
+    md = mailbox.Maildir(path, factory=None, create=False)
+    [k] = md.keys()
+    raw = md.get_bytes(k)
+    assert raw.split(b"\n")[0] == b"Return-Path: <carl@modern.example>", raw[:200]
+    assert srv.stop() == 0
+
+
+# --------------------------------------------------------------------------
+# sender.matches_login with a table
+
+
+def test_matches_login_through_a_table(ringmx, client_factory, tmp_path):
+    over = users_over(tmp_path, ["carol", "dave", "erin", "frank", "g@client.example"])
+    over.update(MANY_ERRORS)
+    over["tables"] = {"logins": {"inline": {"shared@client.example": "carol, dave",
+                                            "@team.example": "erin frank,carol"}}}
+    over["filters"] = {"mail": [
+        {"if": {"auth_user": True, "not": {"sender": {"matches_login": {"table": "logins"}}}},
+         "then": {"reject": "553 5.7.1 <%{sender}> is not yours, %{auth_user}"}}]}
+    srv = ringmx(over)
+    cases = [("carol", "shared@client.example", True), ("dave", "SHARED@client.example", True),
+             ("frank", "shared@client.example", False), ("erin", "x@team.example", True),
+             ("frank", "y@team.example", True), ("dave", "z@team.example", False),
+             ("g@client.example", "g@client.example", True),
+             ("g@client.example", "shared@client.example", False),
+             ("carol", "carol@client.example", False), (None, "shared@client.example", True)]
+    for login, sender, ok in cases:
+        c = client_factory(srv.port)
+        c.ehlo()
+        if login:
+            assert c.cmd(plain(login)).code == 235
+        r = c.cmd("MAIL FROM:<%s>" % sender)
+        if ok:
+            assert r.code == 250, (login, sender, r)
+        else:
+            assert r.last == "553 5.7.1 <%s> is not yours, %s" % (sender, login), (login, sender, r)
+        c.close()
+    assert srv.stop() == 0
+
+
+def test_quarantine_flush_does_not_release(ringmx, nexthop, client_factory):
+    nh = nexthop()
+    srv = ringmx(delivery_overrides([route("accepted.example", nh)], filters=QUARANTINE))
+    hmid, held = marked("held", ["X-Review: 1"])
+    qid = send_one(srv, client_factory, held)
+    srv.ctl("queue", "flush")
+    fmid, free = marked("free")
+    send_one(srv, client_factory, free)
+    nh.wait_message_id(fmid, DELIVERY_TIMEOUT_S)
+    q = srv.queue_list()
+    assert q[qid].get("state") == "held" and q[qid].get("quarantine") == "review", q
+    assert nh.by_message_id(hmid) == [], "queue flush delivered a quarantined message"
+    assert srv.stop() == 0
+
+
+def test_quarantine_with_route_released_goes_by_the_route(ringmx, nexthop, client_factory):
+    normal, special = nexthop(), nexthop()
+    srv = ringmx(delivery_overrides(
+        [{"name": "special", "to": special.url}, route("accepted.example", normal)],
+        filters={"mail": [{"if": {"sender": "vip@client.example"}, "then": {"route": "special"}}],
+                 "data": QUARANTINE["data"]}))
+    hmid, held = marked("held", ["X-Review: 1"])
+    qid = send_one(srv, client_factory, held, sender="vip@client.example")
+    q = srv.queue_list()
+    assert q[qid].get("quarantine") == "review", q
+    srv.restart()
+    srv.ctl("queue", "release", qid)
+    special.wait_message_id(hmid, DELIVERY_TIMEOUT_S)
+    wait_queue_empty(srv)
+    assert normal.by_message_id(hmid) == []
+    assert srv.stop() == 0
+
+
+def test_quarantine_then_data_reject_leaves_nothing(ringmx, client_factory, closed_port):
+    srv = ringmx(delivery_overrides(
+        [route("accepted.example", "smtp://127.0.0.1:%d" % closed_port())], delivery=SLOW,
+        filters={"mail": [{"if": {"sender": "q@client.example"}, "then": {"quarantine": "mq"}}],
+                 "data": [{"if": {"header": {"name": "X-No"}}, "then": "reject"}]}))
+    c = client_factory(srv.port)
+    c.ehlo()
+    assert transact(c, msg(["X-No: 1"]), sender="q@client.example").code == 550
+    qid = queued_id(transact(c, msg(["S: 1"]), sender="p@client.example"))
+    q = srv.queue_list()
+    assert set(q) == {qid} and "quarantine" not in q[qid] and q[qid].get("state") != "held", q
+    assert srv.stop() == 0
+
+
+def test_rewritten_sender_gets_the_bounce(ringmx, nexthop, client_factory):
+    nh = nexthop(rules=[Rule("rcpt", "550 5.1.1 no such user", rcpt="gone@accepted.example")])
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides(
+        [route("accepted.example", nh), route("sender.example", bounce)],
+        tables={"rw": {"inline": {"@legacy.example": "@sender.example"}}},
+        filters={"rcpt": [{"then": {"rewrite_sender": {"table": "rw"}}}]}))
+    _, b = marked("rwdsn")
+    send_one(srv, client_factory, b, sender="carl@legacy.example",
+             rcpts=["gone@accepted.example"])
+    [t] = wait_dsn(bounce, "carl@sender.example")
+    d = check_dsn(t, "carl@sender.example")
+    assert d.final_recipients() == ["gone@accepted.example"]
+    wait_queue_empty(srv)
+    assert srv.stop() == 0
+
+
+def test_released_partly_delivered_stays_released(ringmx, nexthop, client_factory):
+    """Released, delivered to one recipient and deferred for the other: what
+    stays in the queue is not held again, also after a restart."""
+    nh = nexthop(rules=[Rule("rcpt", "451 4.3.0 later", rcpt="later@accepted.example")])
+    srv = ringmx(delivery_overrides([route("accepted.example", nh)], delivery=SLOW,
+                                    filters=QUARANTINE))
+    hmid, held = marked("partly", ["X-Review: 1"])
+    qid = send_one(srv, client_factory, held, rcpts=[RCPT, "later@accepted.example"])
+    srv.ctl("queue", "release", qid)
+    [t] = nh.wait_message_id(hmid, DELIVERY_TIMEOUT_S)
+    assert [r.lower() for r in t.delivered] == [RCPT], t
+    q = wait_queue(srv, lambda q: len(q) == 1 and all(
+        v.get("state") == "deferred" for v in q.values()), DELIVERY_TIMEOUT_S, "deferred")
+    srv.restart()
+    q = srv.queue_list()
+    assert len(q) == 1 and all(v.get("state") != "held" for v in q.values()), \
+        "the released message is held again after a restart: %r" % q
+    assert srv.stop() == 0
