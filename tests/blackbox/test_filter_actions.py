@@ -307,6 +307,7 @@ def test_rewrite_sender_at_the_next_hop(ringmx, nexthop, client_factory):
     cases = [("old@client.example", "new@client.example"),
              ("OLD@client.example", "new@client.example"),
              ("bob@legacy.example", "bob@modern.example"),
+             ("Eve@LEGACY.Example", "Eve@modern.example"),
              ("other@client.example", "other@client.example"),
              ("", "")]
     mids = []
@@ -320,7 +321,7 @@ def test_rewrite_sender_at_the_next_hop(ringmx, nexthop, client_factory):
             sender, t.mail_from, want)
     wait_queue_empty(srv)
     rewritten = log_events(srv, "sender_rewritten")
-    assert len(rewritten) == 3, rewritten
+    assert len(rewritten) == 4, rewritten
     assert any("to=<bob@modern.example>" in ln for ln in rewritten), rewritten
     assert srv.stop() == 0
 

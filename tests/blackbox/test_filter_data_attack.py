@@ -279,3 +279,24 @@ def test_header_only_and_unterminated_messages(ringmx, client_factory):
     assert r.last == "550 5.7.1 a", r
     assert transact(c, b"\r\nX-A: 1\r\n").last == "550 5.7.1 in the body"
     assert srv.stop() == 0
+
+
+def test_added_field_never_longer_than_998(ringmx, client_factory, closed_port):
+    """A client-chosen sender expanded several times into one added field:
+    whatever is done with it (cut, folded or left out), no stored header
+    line may pass 998 octets (RFC 5322 2.1.1; RFC 5321 4.5.3.1.6 makes a
+    next hop, ringmx itself included, refuse lines over 1000)."""
+    srv = held_server(ringmx, closed_port, [{"then": {"add_header": [
+        {"name": "X-Long", "value": "%{sender} %{sender} %{sender} %{sender} %{sender}"},
+        {"name": "X-" + "n" * 62, "value": "x" * 380 + "%{sender}%{sender}"}]}}])
+    sender = "s" * 62 + "@" + ".".join(["d" * 60] * 3) + ".example"
+    assert len(sender) == 253
+    c = client_factory(srv.port)
+    c.ehlo()
+    qid = queued_id(transact(c, msg(["Subject: long"]), sender=sender))
+    _, shown = srv.queue_show(qid)
+    head = shown.split(b"\r\n\r\n", 1)[0]
+    long_lines = [(len(ln), ln[:40]) for ln in head.split(b"\r\n") if len(ln) > 998]
+    assert not long_lines, "header lines over 998 octets: %r" % long_lines
+    assert c.cmd("NOOP").code == 250
+    assert srv.stop() == 0
