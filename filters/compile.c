@@ -398,13 +398,16 @@ struct flt_rules *flt_compile(const struct rmx_config *cfg, char *err, size_t er
 		for (int s = 0; s < FLT_STAGE_COUNT; s++)
 			c.r->progs[i][s] = mine[s] ? mine[s] : top[s];
 	}
+	/* The tables, now that their uses are known. */
+	for (uint32_t i = 0; rc == 0 && i < c.r->table_count; i++)
+		if (flt_table_build(c.r->tables[i], err, err_len) < 0)
+			rc = -EINVAL;
 	for (uint32_t i = 0; rc == 0 && i < c.r->tag_count; i++)
 		if (!c.tags[i].set)
 			rc = cc_fail(&c, c.tags[i].first_match, "no rule sets the tag \"%s\"",
 				     c.r->tag_names[i]);
 	free(c.ops);
 	free(c.labels);
-	free(c.tables);
 	if (rc < 0) {
 		flt_rules_free(c.r);
 		return NULL;
@@ -441,5 +444,8 @@ void flt_rules_free(struct flt_rules *r)
 	free(r->paths);
 	for (uint32_t i = 0; i < r->tag_count; i++)
 		free(r->tag_names[i]);
+	for (uint32_t i = 0; i < r->table_count; i++)
+		flt_table_free(r->tables[i]);
+	free(r->tables);
 	free(r);
 }

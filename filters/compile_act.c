@@ -52,7 +52,7 @@ static int reply_compile(struct cc *c, const char *path, const char *s, enum flt
 	memcpy(t, s, 3);
 	o = 3;
 	/* The enhanced code: "c.sss.ddd", c the class (RFC 3463). */
-	if (text[0] >= '0' && text[0] <= '9') {
+	if (text[0] >= '0' && text[0] <= '9' && memchr(text, '.', strcspn(text, " "))) {
 		size_t i = 0, parts = 0, digits = 0;
 
 		for (; text[i] && text[i] != ' '; i++) {

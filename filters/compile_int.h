@@ -46,14 +46,6 @@ struct matcher {
 	enum flt_stage until;
 };
 
-/* A table, built per use on demand. */
-struct table {
-	const char *name;
-	struct json_object *entries; /* the "inline" array */
-	struct flt_set *sets[3];     /* by enum flt_set_kind */
-	struct flt_cidrs *cidrs;
-};
-
 struct tag_use {
 	bool set;
 	char first_match[PATH_MAX_LEN]; /* where it is matched first */
@@ -64,8 +56,6 @@ struct cc {
 	struct flt_rules *r;
 	char *err;
 	size_t err_len;
-	struct table *tables;
-	uint32_t table_count;
 	struct tag_use tags[FLT_TAGS_MAX];
 	/* the chain being compiled */
 	enum flt_stage stage;

@@ -37,60 +37,89 @@ const struct matcher *cc_matcher_find(const char *name)
 
 /* ---- tables ------------------------------------------------------------- */
 
+/* "tables": {"NAME": {"inline": [...]} or {"file": "/path"}}.  Their
+ * contents are built after the chains, once their uses are known. */
 int cc_tables_load(struct cc *c, struct json_object *tables)
 {
-	size_t i = 0;
+	struct flt_rules *r = c->r;
 
 	if (!tables)
 		return 0;
 	if (!json_object_is_type(tables, json_type_object))
 		return cc_fail(c, "tables", "expected a JSON object");
-	c->tables = calloc((size_t)json_object_object_length(tables) + 1, sizeof(*c->tables));
-	if (!c->tables)
+	r->tables = calloc((size_t)json_object_object_length(tables) + 1, sizeof(*r->tables));
+	if (!r->tables)
 		return cc_fail(c, "tables", "out of memory");
 	json_object_object_foreach(tables, name, def)
 	{
-		char path[PATH_MAX_LEN], sub[PATH_MAX_LEN];
+		char path[PATH_MAX_LEN], sub[PATH_MAX_LEN], e[PATH_MAX_LEN];
 		struct json_object *entries = NULL;
+		const char *file = NULL;
+		const char **list = NULL;
+		size_t n = 0;
 
 		cc_path_key(path, "tables", name);
 		if (!json_object_is_type(def, json_type_object))
-			return cc_fail(c, path, "expected a JSON object");
+			return cc_fail(c, path,
+				       "expected {\"inline\": [...]} or {\"file\": \"/path\"}");
 		json_object_object_foreach(def, key, v)
 		{
 			cc_path_key(sub, path, key);
-			if (strcmp(key, "file") == 0 || strcmp(key, "kv") == 0)
-				return cc_fail(c, sub,
-					       "%s tables are not built yet; use \"inline\"", key);
+			if (strcmp(key, "kv") == 0)
+				return cc_fail(c, sub, "kv tables are not built yet");
+			if (strcmp(key, "file") == 0) {
+				if (!json_object_is_type(v, json_type_string) ||
+				    json_object_get_string_len(v) == 0 ||
+				    (size_t)json_object_get_string_len(v) !=
+					strlen(json_object_get_string(v)))
+					return cc_fail(c, sub, "expected a file name");
+				file = json_object_get_string(v);
+				continue;
+			}
 			if (strcmp(key, "inline") != 0)
 				return cc_fail(c, sub, "unknown key");
 			if (!json_object_is_type(v, json_type_array))
 				return cc_fail(c, sub, "expected an array of strings");
-			for (size_t j = 0; j < json_object_array_length(v); j++) {
-				char e[PATH_MAX_LEN];
+			n = json_object_array_length(v);
+			for (size_t j = 0; j < n; j++) {
+				struct json_object *x = json_object_array_get_idx(v, j);
 
 				cc_path_index(e, sub, j);
-				if (!json_object_is_type(json_object_array_get_idx(v, j),
-							 json_type_string))
+				if (!json_object_is_type(x, json_type_string) ||
+				    (size_t)json_object_get_string_len(x) !=
+					strlen(json_object_get_string(x)))
 					return cc_fail(c, e, "expected a string");
 			}
 			entries = v;
 		}
-		if (!entries)
-			return cc_fail(c, path, "expected \"inline\"");
-		c->tables[i].name = name;
-		c->tables[i].entries = entries;
-		i++;
+		if (!entries == !file)
+			return cc_fail(c, path, "expected one of \"inline\" and \"file\"");
+		if (entries && n) {
+			list = calloc(n, sizeof(*list));
+			if (!list)
+				return cc_fail(c, path, "out of memory");
+			for (size_t j = 0; j < n; j++)
+				list[j] =
+				    json_object_get_string(json_object_array_get_idx(entries, j));
+		}
+		r->tables[r->table_count] = flt_table_new(name, file, list, (uint32_t)n);
+		free(list);
+		if (!r->tables[r->table_count])
+			return cc_fail(c, path, "out of memory");
+		r->table_count++;
 	}
-	c->table_count = (uint32_t)i;
 	return 0;
 }
 
-static struct table *table_find(struct cc *c, const char *name)
+/* The table a rule names, marked with what it is used as. */
+static struct flt_table *table_use(struct cc *c, const char *path, const char *name, unsigned use)
 {
-	for (uint32_t i = 0; i < c->table_count; i++)
-		if (strcmp(c->tables[i].name, name) == 0)
-			return &c->tables[i];
+	for (uint32_t i = 0; i < c->r->table_count; i++)
+		if (strcmp(flt_table_name(c->r->tables[i]), name) == 0) {
+			flt_table_use(c->r->tables[i], use);
+			return c->r->tables[i];
+		}
+	cc_fail(c, path, "no table named \"%s\"", name);
 	return NULL;
 }
 
@@ -101,40 +130,6 @@ static const char *set_kind_what(enum flt_set_kind kind)
 				       : "a name without spaces";
 }
 
-static int table_set(struct cc *c, const char *path, const char *name, enum flt_set_kind kind,
-		     const struct flt_set **out)
-{
-	struct table *t = table_find(c, name);
-	char tpath[PATH_MAX_LEN], e[PATH_MAX_LEN];
-
-	if (!t)
-		return cc_fail(c, path, "no table named \"%s\"", name);
-	if (!t->sets[kind]) {
-		size_t n = json_object_array_length(t->entries);
-		struct flt_set *s = flt_set_new(kind, (uint32_t)n);
-
-		if (cc_own(c, OWN_SET, s) < 0)
-			return cc_fail(c, path, "out of memory");
-		t->sets[kind] = s;
-		cc_path_key(tpath, "tables", name);
-		cc_path_key(tpath, tpath, "inline");
-		for (size_t j = 0; j < n; j++) {
-			struct json_object *v = json_object_array_get_idx(t->entries, j);
-			int rc = flt_set_add(s, json_object_get_string(v),
-					     (size_t)json_object_get_string_len(v));
-
-			cc_path_index(e, tpath, j);
-			if (rc == -EINVAL)
-				return cc_fail(c, e, "expected %s (used by %s)",
-					       set_kind_what(kind), path);
-			if (rc < 0)
-				return cc_fail(c, e, "out of memory");
-		}
-	}
-	*out = t->sets[kind];
-	return 0;
-}
-
 static int cidr_fail(struct cc *c, const char *path, int rc)
 {
 	if (rc == -ERANGE)
@@ -142,37 +137,6 @@ static int cidr_fail(struct cc *c, const char *path, int rc)
 	if (rc == -EINVAL)
 		return cc_fail(c, path, "expected an IP address or network (\"192.0.2.0/24\")");
 	return cc_fail(c, path, "out of memory");
-}
-
-static int table_cidrs(struct cc *c, const char *path, const char *name,
-		       const struct flt_cidrs **out)
-{
-	struct table *t = table_find(c, name);
-	char tpath[PATH_MAX_LEN], e[PATH_MAX_LEN];
-
-	if (!t)
-		return cc_fail(c, path, "no table named \"%s\"", name);
-	if (!t->cidrs) {
-		struct flt_cidrs *n = flt_cidrs_new();
-
-		if (cc_own(c, OWN_CIDRS, n) < 0)
-			return cc_fail(c, path, "out of memory");
-		t->cidrs = n;
-		cc_path_key(tpath, "tables", name);
-		cc_path_key(tpath, tpath, "inline");
-		for (size_t j = 0; j < json_object_array_length(t->entries); j++) {
-			struct json_object *v = json_object_array_get_idx(t->entries, j);
-			int rc = flt_cidrs_add(n, json_object_get_string(v),
-					       (size_t)json_object_get_string_len(v));
-
-			cc_path_index(e, tpath, j);
-			if (rc < 0)
-				return cidr_fail(c, e, rc);
-		}
-		flt_cidrs_done(n);
-	}
-	*out = t->cidrs;
-	return 0;
 }
 
 /* ---- operands --------------------------------------------------------------- */
@@ -388,26 +352,18 @@ static int operand_object(struct cc *c, const char *path, const struct matcher *
 
 		if (!json_object_is_type(arg, json_type_string))
 			return cc_fail(c, sub, "expected a table name");
-		if (m->operand == OPD_IP) {
-			const struct flt_cidrs *n = NULL;
-
-			if (table_cidrs(c, sub, name, &n) < 0)
-				return -EINVAL;
-			if (cc_emit_test(c, sub, m->field, FLT_M_CIDR, yes, no, &op) < 0)
-				return -EINVAL;
-			op->u.cidr = n;
-			return 0;
-		}
-		const struct flt_set *s = NULL;
 		enum flt_set_kind kind = m->operand == OPD_DOMAINS ? FLT_SET_DOMAINS
 					 : m->operand == OPD_ADDRS ? FLT_SET_ADDRS
 								   : FLT_SET_NAMES;
+		bool ip = m->operand == OPD_IP;
+		struct flt_table *t = table_use(c, sub, name, ip ? FLT_USE_CIDRS : 1u << kind);
 
-		if (table_set(c, sub, name, kind, &s) < 0)
+		if (!t)
 			return -EINVAL;
-		if (cc_emit_test(c, sub, m->field, FLT_M_SET, yes, no, &op) < 0)
+		if (cc_emit_test(c, sub, m->field, ip ? FLT_M_TCIDR : FLT_M_TSET, yes, no, &op) < 0)
 			return -EINVAL;
-		op->u.set = s;
+		op->kind = (uint8_t)kind;
+		op->u.table = t;
 		return 0;
 	}
 	if (strcmp(key, "matches_login") == 0 && m->field == FLT_F_SENDER) {
@@ -429,7 +385,10 @@ int cc_matcher_compile(struct cc *c, const char *path, const struct matcher *m,
 {
 	struct flt_op *op = NULL;
 
-	if (c->stage < m->from || c->stage > m->until)
+	/* auth_user true/false (authenticated or not) is known at every stage. */
+	bool authed_only = m->field == FLT_F_AUTH_USER && json_object_is_type(v, json_type_boolean);
+
+	if (!authed_only && (c->stage < m->from || c->stage > m->until))
 		return cc_fail(c, path, "not known at the %s stage", flt_stage_names[c->stage]);
 	switch (m->operand) {
 	case OPD_NAMES:
@@ -510,10 +469,16 @@ int cc_matcher_compile(struct cc *c, const char *path, const struct matcher *m,
 			op->u.b = json_object_get_boolean(v);
 			return 0;
 		}
-		if (!json_object_is_type(v, json_type_object) ||
-		    json_object_object_length(v) != 1 ||
-		    !json_object_object_get_ex(v, "version", NULL))
+		if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 1)
 			return cc_fail(c, path, "expected true, false or {\"version\": ...}");
+		json_object_object_foreach(v, key, x)
+		{
+			(void)x;
+			if (strcmp(key, "version") != 0) {
+				cc_path_key(sub, path, key);
+				return cc_fail(c, sub, "unknown key (version)");
+			}
+		}
 		cc_path_key(sub, path, "version");
 		s = flt_set_new(FLT_SET_NAMES, 4);
 		if (cc_own(c, OWN_SET, s) < 0)

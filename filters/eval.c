@@ -116,6 +116,11 @@ static bool test(const struct flt_op *op, const struct flt_input *in, const stru
 		return flt_rx_match(op->u.rx, p, n);
 	case FLT_M_CIDR:
 		return flt_cidrs_has(op->u.cidr, in->client);
+	case FLT_M_TSET:
+		field_text(in, in->rules, op->field, &p, &n);
+		return flt_table_has(op->u.table, (enum flt_set_kind)op->kind, p, n);
+	case FLT_M_TCIDR:
+		return flt_table_has_ip(op->u.table, in->client);
 	case FLT_M_RANGE:
 		v = op->field == FLT_F_SIZE ? in->size : in->rcpt_count;
 		return v >= op->u.range.lo && v <= op->u.range.hi;

@@ -104,9 +104,11 @@ static void reply_expand(const char *t, const struct flt_input *in, char *out, s
 	out[o] = '\0';
 }
 
-static const char *rule_path(const struct flt_input *in, uint32_t rule)
+const char *flt_rule_path(const struct flt_rules *r, uint32_t rule)
 {
-	return rule < in->rules->path_count ? in->rules->paths[rule] : "default";
+	if (rule == FLT_RULE_RELAY)
+		return "relay policy";
+	return r && rule < r->path_count ? r->paths[rule] : "default";
 }
 
 /* A rule's action made into the verdict, and logged. */
@@ -119,10 +121,14 @@ static void verdict_of(enum flt_stage stage, const struct flt_input *in, const s
 							: FLT_ACCEPT;
 	out->reply[0] = '\0';
 	if (a->reply)
-		reply_expand(a->reply, in, out->reply, sizeof(out->reply));
+		/* 510 characters: with its CRLF a reply line is at most 512 octets
+		 * (RFC 5321 4.5.3.1.5). */
+		reply_expand(a->reply, in, out->reply, sizeof(out->reply) - 1);
+	if (in->quiet)
+		return;
 	log_msg(LOG_INFO,
 		"event=filter client=%s stage=%s rule=%s action=%s tarpit_ms=%u reply=\"%s\"",
-		in->client_ip, flt_stage_names[stage], rule_path(in, rule),
+		in->client_ip, flt_stage_names[stage], flt_rule_path(in->rules, rule),
 		a->decide == FLT_DEC_NONE ? "next" : action_names[out->action], a->tarpit_ms,
 		out->reply);
 }
@@ -169,8 +175,11 @@ int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 	st->rule = UINT32_MAX;
 	if (stage == FLT_STAGE_MAIL)
 		st->tags_tx = 0; /* a transaction begins (a refused MAIL leaves none) */
-	if (stage == FLT_STAGE_RCPT)
+	if (stage == FLT_STAGE_RCPT) {
 		flt_relay_policy(in, out);
+		if (out->action != FLT_ACCEPT)
+			st->rule = FLT_RULE_RELAY;
+	}
 	return run(stage, in, st, out);
 }
 

@@ -80,6 +80,7 @@ struct flt_input {
 	size_t rcpt_domain_len;
 	uint32_t rcpt_count; /* RCPT: recipients accepted so far + 1 */
 	uint32_t errors;     /* errors the session has made so far */
+	bool quiet;	     /* filter explain: log nothing */
 };
 
 /* Evaluation state, one per session: tags, and where a PENDING stage goes
@@ -114,5 +115,13 @@ void flt_tx_end(struct flt_state *st);
  * cfg (names), so free them first. */
 struct flt_rules *flt_compile(const struct rmx_config *cfg, char *err, size_t err_len);
 void flt_rules_free(struct flt_rules *r);
+/* The JSON path of a rule (flt_state.rule), "relay policy" for the
+ * built-in one (FLT_RULE_RELAY), or "default" (no rule decided). */
+#define FLT_RULE_RELAY (UINT32_MAX - 1)
+const char *flt_rule_path(const struct flt_rules *r, uint32_t rule);
+/* Read again the file tables whose files changed (and are still since the
+ * last call); call about once a second, on one thread (main).  A file that
+ * does not load keeps the old contents and logs why. */
+void flt_tables_refresh(const struct flt_rules *r);
 
 #endif

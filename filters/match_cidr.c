@@ -106,7 +106,8 @@ int flt_cidrs_done(struct flt_cidrs *n)
 {
 	uint32_t k = 0;
 
-	qsort(n->v4, n->n4, sizeof(*n->v4), cmp4);
+	if (n->n4)
+		qsort(n->v4, n->n4, sizeof(*n->v4), cmp4);
 	for (uint32_t i = 0; i < n->n4; i++) {
 		if (k && (n->v4[k - 1].hi == UINT32_MAX || n->v4[i].lo <= n->v4[k - 1].hi + 1)) {
 			if (n->v4[i].hi > n->v4[k - 1].hi)
@@ -117,7 +118,8 @@ int flt_cidrs_done(struct flt_cidrs *n)
 	}
 	n->n4 = k;
 	k = 0;
-	qsort(n->v6, n->n6, sizeof(*n->v6), cmp6);
+	if (n->n6)
+		qsort(n->v6, n->n6, sizeof(*n->v6), cmp6);
 	for (uint32_t i = 0; i < n->n6; i++) {
 		if (k && (n->v6[k - 1].hi == ~(u128)0 || n->v6[i].lo <= n->v6[k - 1].hi + 1)) {
 			if (n->v6[i].hi > n->v6[k - 1].hi)

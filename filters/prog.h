@@ -49,6 +49,8 @@ enum flt_how {
 	FLT_M_RANGE,   /* u.range: lo <= value <= hi */
 	FLT_M_BOOL,    /* u.b: the field's truth equals b */
 	FLT_M_MASK,    /* u.mask: any of these bits (tags, listeners) */
+	FLT_M_TSET,    /* u.table, as a set of kind op->kind */
+	FLT_M_TCIDR,   /* u.table, as networks */
 };
 
 enum flt_opcode {
@@ -84,6 +86,7 @@ enum flt_reply_field {
 struct flt_set;
 struct flt_cidrs;
 struct flt_rx;
+struct flt_table;
 
 struct flt_act {
 	enum flt_decide decide;
@@ -97,12 +100,14 @@ struct flt_op {
 	uint8_t code;	  /* enum flt_opcode */
 	uint8_t field;	  /* TEST: enum flt_field */
 	uint8_t how;	  /* TEST: enum flt_how */
+	uint8_t kind;	  /* FLT_M_TSET: enum flt_set_kind */
 	uint32_t yes, no; /* TEST: the next pc when it holds, when it does not */
 	uint32_t rule;	  /* index into flt_rules.paths */
 	union {
 		const struct flt_set *set;
 		const struct flt_cidrs *cidr;
 		const struct flt_rx *rx;
+		const struct flt_table *table;
 		struct {
 			uint64_t lo, hi;
 		} range;
@@ -128,6 +133,8 @@ struct flt_rules {
 	uint32_t tag_count;
 	const char *hostname; /* %{hostname}: the config's, which outlives the rules */
 	const char *listener_names[CONFIG_LISTENERS_MAX];
+	struct flt_table **tables; /* every table of "tables" */
+	uint32_t table_count;
 	struct flt_owned *owned; /* everything compiled, freed by flt_rules_free */
 };
 
@@ -162,6 +169,27 @@ void flt_cidrs_free(struct flt_cidrs *n);
 struct flt_rx *flt_rx_new(const char *pattern, char *err, size_t err_len);
 bool flt_rx_match(const struct flt_rx *rx, const char *v, size_t len);
 void flt_rx_free(struct flt_rx *rx);
+
+/* ---- tables (table.c) -------------------------------------------------------- */
+
+/* What a table is used as: bit k for a set of enum flt_set_kind k, or
+ * networks.  A table is built in every form its rules use. */
+#define FLT_USE_CIDRS (1u << 3)
+
+/* file NULL: an inline table of count entries (copied). */
+struct flt_table *flt_table_new(const char *name, const char *file, const char *const *entries,
+				uint32_t count);
+void flt_table_use(struct flt_table *t, unsigned use);
+/* Build the forms its uses need, from the entries or the file; -EINVAL
+ * with err "tables.NAME.inline[i]: ..." or "tables.NAME.file: line N: ...". */
+int flt_table_build(struct flt_table *t, char *err, size_t err_len);
+const char *flt_table_name(const struct flt_table *t);
+bool flt_table_is_file(const struct flt_table *t);
+void flt_table_free(struct flt_table *t);
+/* Lookups, from any thread; a file table's contents may be replaced
+ * meanwhile (flt_tables_refresh). */
+bool flt_table_has(const struct flt_table *t, enum flt_set_kind kind, const char *v, size_t n);
+bool flt_table_has_ip(const struct flt_table *t, const struct sockaddr *sa);
 
 /* ---- evaluation (eval.c) ---------------------------------------------------- */
 

@@ -49,6 +49,7 @@ struct ctl_client {
 
 struct control {
 	const struct rmx_config *cfg;
+	const struct flt_rules *rules;
 	control_post_fn post;
 	void *post_ctx;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -292,6 +293,8 @@ static void client_command(struct control *c, struct out *o, const char *line)
 		cmd_queue_list(o, c);
 	else if (strncmp(line, "queue show ", 11) == 0)
 		cmd_queue_show(o, c, line + 11);
+	else if (strcmp(line, "filter explain") == 0 || strncmp(line, "filter explain ", 15) == 0)
+		control_explain(o, c->cfg, c->rules, line + 14);
 	else if (strcmp(line, "ping") == 0)
 		out_printf(o, "OK\npong\n");
 	else if (strncmp(line, "queue ", 6) == 0)
@@ -555,8 +558,8 @@ static void control_unlink(const struct control *c)
 		unlink(c->path);
 }
 
-int control_start(struct control **out, const struct rmx_config *cfg, control_post_fn post,
-		  void *post_ctx, char *why, size_t why_len)
+int control_start(struct control **out, const struct rmx_config *cfg, const struct flt_rules *rules,
+		  control_post_fn post, void *post_ctx, char *why, size_t why_len)
 {
 	struct control *c = calloc(1, sizeof(*c));
 	int rc;
@@ -565,7 +568,8 @@ int control_start(struct control **out, const struct rmx_config *cfg, control_po
 		snprintf(why, why_len, "control: out of memory");
 		return -ENOMEM;
 	}
-	*c = (struct control){.cfg = cfg, .post = post, .post_ctx = post_ctx, .lfd = -1};
+	*c = (struct control){
+	    .cfg = cfg, .rules = rules, .post = post, .post_ctx = post_ctx, .lfd = -1};
 	snprintf(c->path, sizeof(c->path), "%s", cfg->control.socket);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->post_lock, NULL);

@@ -56,8 +56,9 @@ struct control;
  * (nothing there, or a stale socket now removed) or -errno with why. */
 int control_prepare(const char *path, char *why, size_t why_len);
 /* Main thread: bind, listen and start serving.  0 or -errno with why. */
-int control_start(struct control **out, const struct rmx_config *cfg, control_post_fn post,
-		  void *post_ctx, char *why, size_t why_len);
+struct flt_rules;
+int control_start(struct control **out, const struct rmx_config *cfg, const struct flt_rules *rules,
+		  control_post_fn post, void *post_ctx, char *why, size_t why_len);
 /* Main thread: stop accepting, drop the clients being served, join every
  * control thread, remove the socket file if it is still ours.  Call before
  * the shards stop (a client may be waiting for a shard's answer). */

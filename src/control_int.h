@@ -41,4 +41,10 @@ void out_printf(struct out *o, const char *fmt, ...) __attribute__((format(print
  * spool under root.  false: not found (nothing was sent). */
 bool control_show_message(struct out *o, const char *root, uint64_t id, const char *arg);
 
+/* control_explain.c: `filter explain ARGS` on the compiled chains. */
+struct rmx_config;
+struct flt_rules;
+void control_explain(struct out *o, const struct rmx_config *cfg, const struct flt_rules *rules,
+		     const char *args);
+
 #endif

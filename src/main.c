@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "admit.h"
@@ -31,7 +32,8 @@
 #include "shard.h"
 #include "tls/tls.h"
 
-#define MAIN_POLL_MS 50 /* log drain period */
+#define MAIN_POLL_MS  50 /* log drain period */
+#define TABLE_CHECK_S 1	 /* file tables: how often their files are looked at */
 
 static void usage(FILE *f)
 {
@@ -184,14 +186,23 @@ static bool signal_handle(uint32_t signo)
 /* The main thread drains the log and waits for signals; control clients are
  * served on their own threads (control.h), so nothing here ever waits on a
  * peer. */
-static void main_loop(int sfd)
+static void main_loop(int sfd, const struct flt_rules *rules)
 {
+	uint64_t next_refresh = 0;
+
 	for (;;) {
 		struct pollfd p = {.fd = sfd, .events = POLLIN};
 		struct signalfd_siginfo si;
+		struct timespec now;
 
 		poll(&p, 1, MAIN_POLL_MS);
 		log_drain();
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if ((uint64_t)now.tv_sec >= next_refresh) {
+			/* File tables changed on disk are read again, off the shards. */
+			flt_tables_refresh(rules);
+			next_refresh = (uint64_t)now.tv_sec + TABLE_CHECK_S;
+		}
 		if (!(p.revents & POLLIN) || read(sfd, &si, sizeof(si)) != sizeof(si))
 			continue;
 		if (!signal_handle(si.ssi_signo))
@@ -397,11 +408,11 @@ int main(int argc, char **argv)
 		fatal("delivery queue: out of memory");
 	start_shards(cfg, shards, max_ids, pool, dq);
 	/* Last: the control socket appearing means every shard is up. */
-	if (control_start(&ctl, cfg, post_ctl, shards, why, sizeof(why)) != 0)
+	if (control_start(&ctl, cfg, rules, post_ctl, shards, why, sizeof(why)) != 0)
 		fatal("%s", why);
 	log_msg(LOG_INFO, "event=started shards=%u listeners=%u hostname=%s", cfg->shards,
 		cfg->listener_count, cfg->hostname);
-	main_loop(sfd);
+	main_loop(sfd, rules);
 	stop_all(cfg, ctl, shards, pool);
 	deliver_shared_free(dq);
 	hpool_destroy(pool);

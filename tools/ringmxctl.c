@@ -10,6 +10,7 @@
  *
  *   ringmxctl [-s SOCKET] queue list
  *   ringmxctl [-s SOCKET] queue show ID
+ *   ringmxctl [-s SOCKET] filter explain [--listener NAME] [--ip ADDR] ...
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -25,11 +26,15 @@
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: ringmxctl [-s SOCKET] queue list\n"
-			"       ringmxctl [-s SOCKET] queue show ID\n"
-			"       ringmxctl [-s SOCKET] queue flush [ID]\n"
-			"       ringmxctl [-s SOCKET] queue hold|release|delete|bounce ID\n"
-			"       ringmxctl [-s SOCKET] ping\n");
+	fprintf(stderr,
+		"usage: ringmxctl [-s SOCKET] queue list\n"
+		"       ringmxctl [-s SOCKET] queue show ID\n"
+		"       ringmxctl [-s SOCKET] queue flush [ID]\n"
+		"       ringmxctl [-s SOCKET] queue hold|release|delete|bounce ID\n"
+		"       ringmxctl [-s SOCKET] filter explain [--listener NAME] [--ip ADDR]\n"
+		"                 [--helo NAME] [--tls 1.2|1.3] [--auth-user USER]\n"
+		"                 [--from ADDR] [--rcpt ADDR]...\n"
+		"       ringmxctl [-s SOCKET] ping\n");
 	return 2;
 }
 

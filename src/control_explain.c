@@ -1,0 +1,192 @@
+/*
+ * control_explain — `filter explain`: the compiled chains the server runs,
+ * asked about a made-up session, stage by stage, with the rule that decided
+ * each one (its JSON path) and the waits it would impose.  Nothing is
+ * logged and nothing waits: a tarpit is reported, not slept.
+ *
+ *   filter explain [--listener NAME] [--ip ADDR] [--helo NAME] [--tls VERSION]
+ *                  [--auth-user USER] [--from ADDR] [--rcpt ADDR]...
+ *
+ * A stage whose input is not given is not run (no --helo: no helo stage;
+ * no --from: no mail or rcpt stage).  Like a real session, a refusal at
+ * connect, helo, auth or mail ends the explanation there; each recipient is
+ * explained on its own.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "control.h"
+#include "control_int.h"
+#include "filters/flt.h"
+
+#define EXPLAIN_RCPTS_MAX 100
+
+struct explain_args {
+	const char *listener, *ip, *helo, *tls, *auth_user, *from;
+	const char *rcpts[EXPLAIN_RCPTS_MAX];
+	uint32_t rcpt_count;
+};
+
+static const char *const verdict_names[] = {"accept", "reject", "tempfail", "disconnect"};
+
+/* Split "--opt value ..." in place.  NULL, or what is wrong. */
+static const char *args_parse(char *s, struct explain_args *a)
+{
+	char *save = NULL, *opt;
+
+	while ((opt = strtok_r(s, " ", &save))) {
+		char *val = strtok_r(NULL, " ", &save);
+		const char **slot = NULL;
+
+		s = NULL;
+		if (!val)
+			return "an option without its value";
+		if (strcmp(opt, "--listener") == 0)
+			slot = &a->listener;
+		else if (strcmp(opt, "--ip") == 0)
+			slot = &a->ip;
+		else if (strcmp(opt, "--helo") == 0)
+			slot = &a->helo;
+		else if (strcmp(opt, "--tls") == 0)
+			slot = &a->tls;
+		else if (strcmp(opt, "--auth-user") == 0)
+			slot = &a->auth_user;
+		else if (strcmp(opt, "--from") == 0)
+			slot = &a->from;
+		else if (strcmp(opt, "--message") == 0)
+			return "--message: the data stage is not built yet";
+		else if (strcmp(opt, "--rcpt") == 0) {
+			if (a->rcpt_count == EXPLAIN_RCPTS_MAX)
+				return "too many --rcpt";
+			a->rcpts[a->rcpt_count++] = val;
+			continue;
+		} else
+			return "unknown option";
+		*slot = val;
+	}
+	return NULL;
+}
+
+/* "<a@b>" or "a@b" -> a@b; "<>" -> "". */
+static void addr_strip(const char **p, size_t *n)
+{
+	*n = strlen(*p);
+	if (*n >= 2 && (*p)[0] == '<' && (*p)[*n - 1] == '>') {
+		(*p)++;
+		*n -= 2;
+	}
+}
+
+static const char *domain_of(const char *a, size_t n, size_t *dn)
+{
+	const char *at = memrchr(a, '@', n);
+
+	*dn = at ? n - (size_t)(at + 1 - a) : 0;
+	return at ? at + 1 : "";
+}
+
+/* One stage, with its waits; true when it let the session go on. */
+static bool explain_stage(struct out *o, const struct flt_rules *r, enum flt_stage stage,
+			  const struct flt_input *in, struct flt_state *st, const char *what)
+{
+	struct flt_verdict v;
+	int rc = flt_decide(stage, in, st, &v);
+
+	out_printf(o, "%s%s%s:", flt_stage_names[stage], what[0] ? " " : "", what);
+	while (rc == FLT_PENDING) {
+		out_printf(o, " wait %u ms (%s),", v.delay_ms, flt_rule_path(r, st->rule));
+		rc = flt_resume(stage, in, st, &v);
+	}
+	if (v.action == FLT_ACCEPT) {
+		out_printf(o, " accept (%s)\n", flt_rule_path(r, st->rule));
+		return true;
+	}
+	/* The relay policy decides before any rule: st->rule is unset then. */
+	out_printf(o, " %s (%s): %s\n", verdict_names[v.action], flt_rule_path(r, st->rule),
+		   v.reply);
+	return false;
+}
+
+void control_explain(struct out *o, const struct rmx_config *cfg, const struct flt_rules *rules,
+		     const char *line)
+{
+	char buf[CONTROL_LINE_MAX], ipbuf[INET6_ADDRSTRLEN];
+	struct explain_args a = {0};
+	struct sockaddr_storage ss = {0};
+	struct flt_input in = {0};
+	struct flt_state st = {0};
+	const char *why;
+	uint32_t li = 0;
+
+	snprintf(buf, sizeof(buf), "%s", line);
+	why = args_parse(buf, &a);
+	if (why) {
+		out_printf(o, "ERR filter explain: %s\n", why);
+		return;
+	}
+	if (a.listener) {
+		for (li = 0; li < cfg->listener_count; li++)
+			if (strcmp(cfg->listeners[li].name, a.listener) == 0)
+				break;
+		if (li == cfg->listener_count) {
+			out_printf(o, "ERR filter explain: no listener named %.64s\n", a.listener);
+			return;
+		}
+	}
+	snprintf(ipbuf, sizeof(ipbuf), "%s", a.ip ? a.ip : "127.0.0.1");
+	if (inet_pton(AF_INET, ipbuf, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+		ss.ss_family = AF_INET;
+	} else if (inet_pton(AF_INET6, ipbuf, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+		ss.ss_family = AF_INET6;
+	} else {
+		out_printf(o, "ERR filter explain: --ip: not an IP address\n");
+		return;
+	}
+	if (a.tls && strcmp(a.tls, "1.2") != 0 && strcmp(a.tls, "1.3") != 0) {
+		out_printf(o, "ERR filter explain: --tls: expected 1.2 or 1.3\n");
+		return;
+	}
+	in = (struct flt_input){.cfg = cfg,
+				.rules = rules,
+				.listener = (uint8_t)li,
+				.client = (const struct sockaddr *)&ss,
+				.client_ip = ipbuf,
+				.helo = "",
+				.auth_user = "",
+				.tls = a.tls != NULL,
+				.tls_version = a.tls ? a.tls : "",
+				.quiet = true};
+	out_printf(o, "OK\nlistener %s, client %s\n", cfg->listeners[li].name, ipbuf);
+	if (!explain_stage(o, rules, FLT_STAGE_CONNECT, &in, &st, ""))
+		return;
+	if (a.helo) {
+		in.helo = a.helo;
+		if (!explain_stage(o, rules, FLT_STAGE_HELO, &in, &st, a.helo))
+			return;
+	}
+	if (a.auth_user) {
+		in.auth_user = a.auth_user;
+		in.authenticated = true;
+		if (!explain_stage(o, rules, FLT_STAGE_AUTH, &in, &st, a.auth_user)) {
+			in.authenticated = false; /* refused: the session goes on without it */
+			in.auth_user = "";
+		}
+	}
+	if (!a.from)
+		return;
+	in.sender = a.from;
+	addr_strip(&in.sender, &in.sender_len);
+	in.sender_domain = domain_of(in.sender, in.sender_len, &in.sender_domain_len);
+	if (!explain_stage(o, rules, FLT_STAGE_MAIL, &in, &st, a.from))
+		return;
+	for (uint32_t i = 0; i < a.rcpt_count; i++) {
+		in.rcpt = a.rcpts[i];
+		addr_strip(&in.rcpt, &in.rcpt_len);
+		in.rcpt_domain = domain_of(in.rcpt, in.rcpt_len, &in.rcpt_domain_len);
+		in.rcpt_count++;
+		if (!explain_stage(o, rules, FLT_STAGE_RCPT, &in, &st, a.rcpts[i]))
+			in.rcpt_count--; /* only accepted recipients count */
+	}
+}
