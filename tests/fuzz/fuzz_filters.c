@@ -50,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config/config.h"
 #include "filters/flt.h"
@@ -64,6 +65,7 @@
 #define TARPIT_MAX_MS	300000
 #define ERROR_DELAY_MS	250
 #define SOFT_ERRORS	3
+#define REPLY_MAX	510 /* characters of a reply line without its CRLF */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
@@ -215,28 +217,76 @@ static void scenarios_make(void)
 	};
 }
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	char why[256];
-
-	(void)argc;
-	(void)argv;
-	CHECK(log_setup(LOG_INFO, false, "/dev/null", why, sizeof(why)) == 0);
-	scenarios_make();
-	return 0;
-}
-
 /* ---- the config -------------------------------------------------------------- */
 
-/* BASE with the input's parts in it, as text; NULL when the input is not a
- * JSON object. */
-static char *config_text(const uint8_t *data, size_t size)
+/* The one file every file table reads (tables.NAME.file is pointed here),
+ * made at start and removed at exit. */
+static char table_path[64];
+
+static void table_path_remove(void)
+{
+	unlink(table_path);
+}
+
+static void table_path_make(void)
+{
+	int fd;
+
+	snprintf(table_path, sizeof(table_path), "/tmp/ringmx-fuzz-table.XXXXXX");
+	fd = mkstemp(table_path);
+	CHECK(fd >= 0);
+	close(fd);
+	CHECK(atexit(table_path_remove) == 0);
+}
+
+/* The file tables' file: the input's "table_file", then tail. */
+static void table_file_write(const char *p, size_t n, const char *tail)
+{
+	FILE *f = fopen(table_path, "w");
+
+	CHECK(f != NULL);
+	CHECK(fwrite(p, 1, n, f) == n && fputs(tail, f) >= 0);
+	CHECK(fclose(f) == 0);
+}
+
+/* Every tables.NAME.file that names a file names table_path instead. */
+static bool tables_to_file(struct json_object *tables)
+{
+	bool any = false;
+
+	if (!json_object_is_type(tables, json_type_object))
+		return false;
+	json_object_object_foreach(tables, name, def)
+	{
+		struct json_object *f;
+
+		(void)name;
+		if (json_object_is_type(def, json_type_object) &&
+		    json_object_object_get_ex(def, "file", &f) &&
+		    json_object_is_type(f, json_type_string) && json_object_get_string_len(f) > 0) {
+			json_object_object_add(def, "file", json_object_new_string(table_path));
+			any = true;
+		}
+	}
+	return any;
+}
+
+struct merged {
+	char *text;	  /* the config */
+	bool file_tables; /* some table reads table_path */
+	char *file;	  /* what it holds (NULL: nothing) */
+	size_t file_len;
+};
+
+/* BASE with the input's parts in it; false when the input is not a JSON
+ * object. */
+static bool config_text(const uint8_t *data, size_t size, struct merged *m)
 {
 	struct json_tokener *tok = json_tokener_new_ex(INPUT_DEPTH_MAX);
 	struct json_object *in, *cfg, *v, *listeners;
-	char *text = NULL;
 
 	CHECK(tok != NULL);
+	memset(m, 0, sizeof(*m));
 	in = json_tokener_parse_ex(tok, (const char *)data, (int)size);
 	if (json_tokener_get_error(tok) != json_tokener_success) {
 		json_object_put(in);
@@ -245,14 +295,23 @@ static char *config_text(const uint8_t *data, size_t size)
 	json_tokener_free(tok);
 	if (!json_object_is_type(in, json_type_object)) {
 		json_object_put(in);
-		return NULL;
+		return false;
 	}
 	cfg = json_tokener_parse(BASE);
 	CHECK(cfg != NULL);
 	if (json_object_object_get_ex(in, "filters", &v))
 		json_object_object_add(cfg, "filters", json_object_get(v));
-	if (json_object_object_get_ex(in, "tables", &v))
+	if (json_object_object_get_ex(in, "tables", &v)) {
+		m->file_tables = tables_to_file(v);
 		json_object_object_add(cfg, "tables", json_object_get(v));
+	}
+	if (json_object_object_get_ex(in, "table_file", &v) &&
+	    json_object_is_type(v, json_type_string)) {
+		m->file_len = (size_t)json_object_get_string_len(v);
+		m->file = malloc(m->file_len + 1);
+		CHECK(m->file != NULL);
+		memcpy(m->file, json_object_get_string(v), m->file_len + 1);
+	}
 	if (json_object_object_get_ex(in, "listeners", &v) &&
 	    json_object_is_type(v, json_type_array)) {
 		CHECK(json_object_object_get_ex(cfg, "listeners", &listeners));
@@ -264,12 +323,24 @@ static char *config_text(const uint8_t *data, size_t size)
 						       "filters", json_object_get(f));
 		}
 	}
-	text = strdup(json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PLAIN |
-							      JSON_C_TO_STRING_NOSLASHESCAPE));
-	CHECK(text != NULL);
+	m->text = strdup(json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PLAIN |
+								 JSON_C_TO_STRING_NOSLASHESCAPE));
+	CHECK(m->text != NULL);
 	json_object_put(cfg);
 	json_object_put(in);
-	return text;
+	return true;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	char why[256];
+
+	(void)argc;
+	(void)argv;
+	CHECK(log_setup(LOG_INFO, false, "/dev/null", why, sizeof(why)) == 0);
+	scenarios_make();
+	table_path_make();
+	return 0;
 }
 
 /* ---- the compiler's answers -------------------------------------------------------- */
@@ -485,14 +556,18 @@ static void check_verdict(const struct session *s, enum flt_stage stage, const s
 	uint32_t rule = s->st.rule;
 
 	CHECK(v->delay_ms == 0);
-	CHECK(memchr(r, '\0', sizeof(v->reply)) != NULL);
-	if (rule != UINT32_MAX) {
+	/* With its CRLF a reply line is at most 512 octets. */
+	CHECK(strnlen(r, sizeof(v->reply)) <= REPLY_MAX);
+	if (rule != UINT32_MAX && rule != FLT_RULE_RELAY) {
 		CHECK(rule < s->rules->path_count);
 		CHECK(rule_in_chain(s, stage, s->rules->paths[rule]));
+		CHECK(flt_rule_path(s->rules, rule) == s->rules->paths[rule]);
 	}
-	if (stage == FLT_STAGE_RCPT && relay_denied(in)) {
-		CHECK(v->action == FLT_REJECT && rule == UINT32_MAX);
-		CHECK(strncmp(r, "554 5.7.1 <", 11) == 0);
+	/* The relay policy decides first, alone, and says so. */
+	CHECK((rule == FLT_RULE_RELAY) == (stage == FLT_STAGE_RCPT && relay_denied(in)));
+	if (rule == FLT_RULE_RELAY) {
+		CHECK(v->action == FLT_REJECT && strncmp(r, "554 5.7.1 <", 11) == 0);
+		CHECK(strcmp(flt_rule_path(s->rules, rule), "relay policy") == 0);
 		return;
 	}
 	switch (v->action) {
@@ -576,23 +651,41 @@ static void run_session(const struct rmx_config *cfg, const struct flt_rules *ru
 	run_stage(&s, FLT_STAGE_RCPT, RCPTS - 1);
 }
 
+/* The file tables' file changes twice: to a longer copy that loads (the
+ * old contents are freed), then to one that does not (the loaded ones
+ * stay).  A refresh sees a change first and reads it once it is still, so
+ * each change takes two. */
+static void tables_reload(const struct flt_rules *rules, const struct merged *m)
+{
+	table_file_write(m->file ? m->file : "", m->file_len, "\n# changed\n");
+	flt_tables_refresh(rules);
+	flt_tables_refresh(rules);
+	table_file_write(m->file ? m->file : "", m->file_len, "\n# changed\n\x01\n");
+	flt_tables_refresh(rules);
+	flt_tables_refresh(rules);
+}
+
+static void run_sessions(const struct rmx_config *cfg, const struct flt_rules *rules)
+{
+	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
+		run_session(cfg, rules, &scenarios[i]);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char err[CONFIG_ERR_MAX];
 	struct rmx_config *cfg;
 	struct flt_rules *rules;
-	char *text;
+	struct merged m;
 
-	if (size > INPUT_MAX)
+	if (size > INPUT_MAX || !config_text(data, size, &m))
 		return 0;
-	text = config_text(data, size);
-	if (!text)
-		return 0;
-	cfg = config_load_string(text, err, sizeof(err));
-	free(text);
+	if (m.file_tables)
+		table_file_write(m.file ? m.file : "", m.file_len, "");
+	cfg = config_load_string(m.text, err, sizeof(err));
 	if (!cfg) {
 		CHECK(err[0] != '\0' && strnlen(err, sizeof(err)) < sizeof(err));
-		return 0;
+		goto out;
 	}
 	CHECK(cfg->listener_count == LISTENERS);
 	memset(err, 0x5a, sizeof(err));
@@ -601,10 +694,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_compile_err(err);
 	} else {
 		check_rules(cfg, rules);
-		for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
-			run_session(cfg, rules, &scenarios[i]);
+		run_sessions(cfg, rules);
+		if (m.file_tables) {
+			tables_reload(rules, &m);
+			run_sessions(cfg, rules);
+		}
 	}
 	flt_rules_free(rules);
 	config_free(cfg);
+out:
+	free(m.text);
+	free(m.file);
 	return 0;
 }
