@@ -7,7 +7,9 @@
  * top-level keys of a fixed config (two listeners, "mx" and "sub", relay
  * domain ok.example, relay network 192.0.2.0/24, error tarpit after 3
  * errors); its "listeners", an array, gives the listeners their own
- * "filters": element i for listener i (null: none).  Other keys are
+ * "filters": element i for listener i (null: none).  Every file table
+ * ("tables": {"t": {"file": "..."}}) reads one file the driver writes from
+ * the input's "table_file" (a string; empty when absent).  Other keys are
  * ignored.  The merged config goes through config_load_string() and, when
  * it loads, flt_compile().
  *
@@ -35,8 +37,10 @@
  * decided, only the relay policy refuses, at rcpt, exactly when the
  * recipient is not ours, the client not in relay.networks and the session
  * not authenticated.  The same stage run again from the same state gives
- * the same verdict and tags.  Then flt_rules_free and config_free (ASan's
- * leak checker runs).
+ * the same verdict and tags.  With file tables, the file then changes
+ * twice (flt_tables_refresh: a reload that loads, then one that fails and
+ * keeps what was loaded) and the sessions run again.  Then flt_rules_free
+ * and config_free (ASan's leak checker runs).
  *
  * The decisions log through the real log module, into /dev/null, so every
  * line is formatted with the hostile values.
