@@ -268,6 +268,8 @@ static int message_action(struct cc *c, const char *path, const char *key, struc
 	return a->rewrite ? 0 : -EINVAL;
 }
 
+#define ONE_DECISION "a rule takes one of accept, next, reject, tempfail, disconnect, quarantine"
+
 static const char *const decide_names[] = {"", "accept", "reject", "tempfail", "disconnect"};
 
 static enum flt_decide decide_of(const char *key)
@@ -322,9 +324,7 @@ static int action_key(struct cc *c, const char *path, const char *key, struct js
 			return cc_fail(
 			    c, path, "expected a quarantine name: 1 to 64 letters, digits, _ . -");
 		if ((*deciding)++)
-			return cc_fail(c, path,
-				       "a rule takes one of accept, next, reject, tempfail, "
-				       "disconnect, quarantine");
+			return cc_fail(c, path, "%s", ONE_DECISION);
 		a->quarantine = strdup(q);
 		if (cc_own(c, OWN_MEM, (void *)a->quarantine) < 0)
 			return cc_fail(c, path, "out of memory");

@@ -106,6 +106,10 @@ struct flt_state {
 	const char *route;		 /* routes[].name for every recipient */
 	const char *bcc;		 /* a recipient to add (an archive) */
 	const struct flt_table *rewrite; /* the sender's new address, by table */
+	struct {			 /* before the recipient being decided */
+		const char *quarantine, *route, *bcc;
+		const struct flt_table *rewrite;
+	} kept;
 	const struct flt_hdr_add *adds[FLT_ADDS_MAX];
 };
 
