@@ -175,6 +175,8 @@ static int add_one(struct cc *c, const char *path, struct json_object *v, struct
 	for (const char *p = json_object_get_string(name); *p; p++)
 		if (*p <= ' ' || *p >= 0x7f || *p == ':')
 			return cc_fail(c, sub, "a field name is printable ASCII without ':'");
+	if (json_object_get_string(name)[0] == '.') /* a line's first dot is stuffing */
+		return cc_fail(c, sub, "a field name must not begin with '.'");
 	if (strcasecmp(json_object_get_string(name), "Received") == 0)
 		return cc_fail(c, sub, "Received: is ours to add");
 	snprintf(a->name, sizeof(a->name), "%s", json_object_get_string(name));

@@ -247,13 +247,19 @@ static bool rewrite_to(const char *v, void *ctx)
 	const char *at = memrchr(rw->sender, '@', rw->n);
 	size_t vn = strlen(v), local = at ? (size_t)(at - rw->sender) : rw->n;
 
-	if (!vn || strpbrk(v, " \t,") || !strchr(v, '@'))
+	/* The value becomes an envelope address: printable ASCII without the
+	 * characters that would end or quote it, one '@', at most 254. */
+	for (size_t i = 0; i < vn; i++)
+		if (v[i] <= ' ' || v[i] >= 0x7f || strchr("<>\",\"\\()[];:", v[i]))
+			return false;
+	if (!vn || vn > 254 || !strchr(v, '@') || strchr(v, '@') != strrchr(v, '@') ||
+	    v[vn - 1] == '@')
 		return false;
 	if (v[0] == '@') /* the same local part at another domain */
 		rw->len = (size_t)snprintf(rw->out, rw->cap, "%.*s%s", (int)local, rw->sender, v);
 	else
 		rw->len = (size_t)snprintf(rw->out, rw->cap, "%s", v);
-	if (rw->len >= rw->cap)
+	if (rw->len >= rw->cap || rw->len > 254)
 		rw->len = 0;
 	return rw->len != 0;
 }
@@ -274,7 +280,8 @@ size_t flt_header_format(const struct flt_hdr_add *a, const struct flt_input *in
 	size_t n = strlen(a->name);
 	char value[FLT_HDR_LINE_MAX];
 
-	reply_expand(a->value, in, value, sizeof(value));
+	/* The line, "Name: value", at most 998 octets (RFC 5322 2.1.1). */
+	reply_expand(a->value, in, value, FLT_HDR_LINE_MAX - n - 2 + 1);
 	if (n + 2 + strlen(value) + 3 > cap)
 		return 0;
 	return (size_t)snprintf(out, cap, "%s: %s\r\n", a->name, value);

@@ -131,6 +131,8 @@ static const char *session_of(const struct rmx_config *cfg, const struct explain
 		if (*li == cfg->listener_count)
 			return "no listener of that name";
 	}
+	if (a->ip && strlen(a->ip) >= iplen)
+		return "--ip: not an IP address";
 	snprintf(ip, iplen, "%s", a->ip ? a->ip : "127.0.0.1");
 	if (inet_pton(AF_INET, ip, &((struct sockaddr_in *)ss)->sin_addr) == 1)
 		ss->ss_family = AF_INET;
