@@ -142,3 +142,39 @@ def test_file_table_turned_fifo_does_not_hang_the_main_thread(ringmx, tmp_path, 
     assert rc is not None, "SIGTERM not handled within 10 s: main thread blocked on the FIFO"
     srv._reap(rc, "signal 15")
     assert rc == 0 and time.monotonic() - t0 < 10
+
+
+def test_rewrite_sender_value_cannot_inject_smtp_commands(ringmx, nexthop, client_factory):
+    # flt.h: flt_rewrite_sender gives 0 "when ... the value is not an
+    # address".  A table value with CR LF (an inline JSON string; a file
+    # table line can carry a bare CR) is no address: it must be refused at
+    # load, or left unused; it must never reach the next hop's MAIL FROM as
+    # extra command lines, nor `queue show` as extra envelope lines.
+    nh = nexthop(check_protocol=False)
+    over = delivery_overrides(
+        [route("accepted.example", nh)],
+        tables={"canon": {"inline": {
+            "a@sender.example": "b@x.example>\r\nRSET\r\nMAIL_FROM:<evil@x.example"}}},
+        filters={"mail": [{"if": {"sender_domain": "sender.example"},
+                           "then": {"rewrite_sender": {"table": "canon"}}}]})
+    srv = ringmx(over, start=False)
+    chk = subprocess.run([os.environ.get("RINGMX_BIN", "build/ringmx"), "--check-config",
+                          srv.config_path], capture_output=True, timeout=30)
+    if chk.returncode == 1 and b"tables.canon" in chk.stderr:
+        return  # refused at load: fine
+    srv.start()
+    c = client_factory(srv.port)
+    c.ehlo()
+    c.expect("MAIL FROM:<a@sender.example>", "250")
+    c.expect("RCPT TO:<r@accepted.example>", "250")
+    c.expect("DATA", "354")
+    c.send(b"Subject: r\r\n\r\nhi\r\n.\r\n")
+    qid = queued_id(c.reply(timeout=30))
+    out = srv.ctl("queue", "show", qid)
+    head = out.split(b"\n\n", 1)[0]
+    assert all(b": " in ln or ln.endswith(b":") for ln in head.split(b"\n")[1:]), (
+        "queue show envelope has injected lines: %r" % head)
+    nh.wait_messages(1, timeout=30)
+    t = nh.messages()[0]
+    assert "\r" not in t.mail_from and "\n" not in t.mail_from and ">" not in t.mail_from, t
+    assert not nh.errors(), nh.errors()
