@@ -178,3 +178,44 @@ def test_rewrite_sender_value_cannot_inject_smtp_commands(ringmx, nexthop, clien
     t = nh.messages()[0]
     assert "\r" not in t.mail_from and "\n" not in t.mail_from and ">" not in t.mail_from, t
     assert not nh.errors(), nh.errors()
+
+
+def test_many_header_fields_against_a_backtracking_regex_do_not_stall_the_shard(
+        ringmx, client_factory):
+    # Invariant 8: nothing a peer sends can stall a shard.  The match limit
+    # bounds one regex call, but a header rule runs once per field of that
+    # name, and 64 KiB hold ~1250 of them: the calls add up with no bound.
+    import threading
+    srv = ringmx({"shards": 1, "filters": {"data": [
+        {"if": {"header": {"name": "Subject", "regex": "^(\\w+\\s?)*$"}},
+         "then": {"reject": "554 5.7.1 r%d" % i}} for i in range(4)]}})
+    fld = b"Subject: " + b"a" * 40 + b"!\r\n"
+    body = fld * (65000 // len(fld)) + b"\r\nhi\r\n"
+    other = client_factory(srv.port, timeout=60)
+    other.ehlo()
+    c = client_factory(srv.port, timeout=120)
+    c.ehlo()
+    c.expect("MAIL FROM:<a@sender.example>", "250")
+    c.expect("RCPT TO:<r@accepted.example>", "250")
+    c.expect("DATA", "354")
+    worst = [0.0]
+    stop = threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            t = time.monotonic()
+            other.cmd("NOOP")
+            worst[0] = max(worst[0], time.monotonic() - t)
+    th = threading.Thread(target=probe)
+    th.start()
+    try:
+        for _ in range(3):
+            c.send(body + b".\r\n")
+            assert c.reply(timeout=120).code == 250
+            c.expect("MAIL FROM:<a@sender.example>", "250")
+            c.expect("RCPT TO:<r@accepted.example>", "250")
+            c.expect("DATA", "354")
+    finally:
+        stop.set()
+        th.join()
+    assert worst[0] < 0.5, "a NOOP on the same shard waited %.2fs behind header regexes" % worst[0]
