@@ -219,3 +219,15 @@ def test_many_header_fields_against_a_backtracking_regex_do_not_stall_the_shard(
         stop.set()
         th.join()
     assert worst[0] < 0.5, "a NOOP on the same shard waited %.2fs behind header regexes" % worst[0]
+
+
+def test_explain_does_not_cut_an_ip_into_another_one(ringmx):
+    # control_explain copies --ip into a 46-byte buffer with snprintf and
+    # parses what is left: a longer, invalid argument is explained as the
+    # valid address its first 45 characters spell.
+    srv = ringmx({"filters": {"connect": [{"if": {"client_ip": "255.255.255.255"},
+                                           "then": "reject"}]}})
+    r = srv.ctl_run("filter", "explain", "--ip",
+                    "0000:0000:0000:0000:0000:ffff:255.255.255.255junk")
+    assert r.returncode != 0 or b"ERR" in r.stdout + r.stderr, (
+        "an invalid --ip was explained as another address: %r" % r.stdout)
