@@ -20,6 +20,15 @@
 
 #include "filters/compile_int.h"
 
+/* An error is one line: what the config wrote (a key, a value, a file's
+ * line) may hold control bytes, shown as '?' as config.c does. */
+static void err_one_line(char *e)
+{
+	for (; *e; e++)
+		if ((unsigned char)*e < 0x20 || *e == 0x7f)
+			*e = '?';
+}
+
 int cc_fail(struct cc *c, const char *path, const char *fmt, ...)
 {
 	va_list ap;
@@ -33,7 +42,46 @@ int cc_fail(struct cc *c, const char *path, const char *fmt, ...)
 		vsnprintf(c->err + n, c->err_len - (size_t)n, fmt, ap);
 		va_end(ap);
 	}
+	err_one_line(c->err);
 	return -EINVAL;
+}
+
+/* Every string of the rules is a C string: one with a NUL inside would be
+ * cut short where it is used ("accept\u0000x" taken for accept). */
+static int no_nul(struct cc *c, const char *path, struct json_object *v, int depth)
+{
+	char sub[PATH_MAX_LEN];
+
+	if (depth > 64)
+		return cc_fail(c, path, "nested too deep");
+	switch (json_object_get_type(v)) {
+	case json_type_string:
+		if ((size_t)json_object_get_string_len(v) != strlen(json_object_get_string(v)))
+			return cc_fail(c, path, "a NUL byte in a string");
+		return 0;
+	case json_type_array:
+		for (size_t i = 0; i < json_object_array_length(v); i++) {
+			cc_path_index(sub, path, i);
+			if (no_nul(c, sub, json_object_array_get_idx(v, i), depth + 1) < 0)
+				return -EINVAL;
+		}
+		return 0;
+	case json_type_object: {
+		json_object_object_foreach(v, key, x)
+		{
+			cc_path_key(sub, path, key);
+			if (no_nul(c, sub, x, depth + 1) < 0)
+				return -EINVAL;
+		}
+		return 0;
+	}
+	case json_type_null:
+	case json_type_boolean:
+	case json_type_double:
+	case json_type_int:
+		return 0;
+	}
+	return 0;
 }
 
 /* out = a + b, cut to PATH_MAX_LEN - 1 bytes (an error line's path). */
@@ -383,7 +431,17 @@ struct flt_rules *flt_compile(const struct rmx_config *cfg, char *err, size_t er
 	c.r->hostname = cfg->hostname;
 	for (uint32_t i = 0; i < cfg->listener_count; i++)
 		c.r->listener_names[i] = cfg->listeners[i].name;
-	rc = cc_tables_load(&c, cfg->tables_json);
+	rc = no_nul(&c, "tables", cfg->tables_json, 0);
+	if (rc == 0)
+		rc = no_nul(&c, "filters", cfg->filters_json, 0);
+	for (uint32_t i = 0; rc == 0 && i < cfg->listener_count; i++) {
+		char path[PATH_MAX_LEN];
+
+		snprintf(path, sizeof(path), "listeners[%u].filters", i);
+		rc = no_nul(&c, path, cfg->listeners[i].filters_json, 0);
+	}
+	if (rc == 0)
+		rc = cc_tables_load(&c, cfg->tables_json);
 	if (rc == 0)
 		rc = filters_compile(&c, "filters", cfg->filters_json, top);
 	for (uint32_t i = 0; rc == 0 && i < cfg->listener_count; i++) {
@@ -418,6 +476,8 @@ struct flt_rules *flt_compile(const struct rmx_config *cfg, char *err, size_t er
 	free(c.ops);
 	free(c.labels);
 	if (rc < 0) {
+		if (err && err_len)
+			err_one_line(err); /* table.c's errors too */
 		flt_rules_free(c.r);
 		return NULL;
 	}

@@ -175,6 +175,8 @@ static int add_one(struct cc *c, const char *path, struct json_object *v, struct
 	for (const char *p = json_object_get_string(name); *p; p++)
 		if (*p <= ' ' || *p >= 0x7f || *p == ':')
 			return cc_fail(c, sub, "a field name is printable ASCII without ':'");
+	if (json_object_get_string(name)[0] == '.') /* a line's first dot is stuffing */
+		return cc_fail(c, sub, "a field name must not begin with '.'");
 	if (strcasecmp(json_object_get_string(name), "Received") == 0)
 		return cc_fail(c, sub, "Received: is ours to add");
 	snprintf(a->name, sizeof(a->name), "%s", json_object_get_string(name));
@@ -268,6 +270,8 @@ static int message_action(struct cc *c, const char *path, const char *key, struc
 	return a->rewrite ? 0 : -EINVAL;
 }
 
+#define ONE_DECISION "a rule takes one of accept, next, reject, tempfail, disconnect, quarantine"
+
 static const char *const decide_names[] = {"", "accept", "reject", "tempfail", "disconnect"};
 
 static enum flt_decide decide_of(const char *key)
@@ -322,9 +326,7 @@ static int action_key(struct cc *c, const char *path, const char *key, struct js
 			return cc_fail(
 			    c, path, "expected a quarantine name: 1 to 64 letters, digits, _ . -");
 		if ((*deciding)++)
-			return cc_fail(c, path,
-				       "a rule takes one of accept, next, reject, tempfail, "
-				       "disconnect, quarantine");
+			return cc_fail(c, path, "%s", ONE_DECISION);
 		a->quarantine = strdup(q);
 		if (cc_own(c, OWN_MEM, (void *)a->quarantine) < 0)
 			return cc_fail(c, path, "out of memory");

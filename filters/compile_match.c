@@ -499,13 +499,14 @@ static int header_compile(struct cc *c, const char *path, struct json_object *v,
 	{
 		cc_path_key(sub, path, key);
 		if (strcmp(key, "name") == 0) {
-			const char *n = json_object_get_string(x);
+			const char *n = json_object_is_type(x, json_type_string)
+					    ? json_object_get_string(x)
+					    : NULL;
 
-			if (!json_object_is_type(x, json_type_string) || !*n ||
-			    strlen(n) > FLT_HDR_NAME_MAX || strpbrk(n, ": \t"))
+			if (!n || !*n || strlen(n) > FLT_HDR_NAME_MAX || strpbrk(n, ": \t"))
 				return cc_fail(c, sub, "expected a header field name");
-			snprintf(h->name, sizeof(h->name), "%s", n);
 			h->name_len = strlen(n);
+			memcpy(h->name, n, h->name_len + 1);
 			named = true;
 		} else if (strcmp(key, "regex") == 0 && !h->set && !h->rx) {
 			if (regex_of(c, sub, x, &h->rx) < 0)

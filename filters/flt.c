@@ -38,9 +38,16 @@ static void flt_relay_policy(const struct flt_input *in, struct flt_verdict *out
 		return;
 	if (config_addr_is_relay(in->cfg, in->client))
 		return;
+	char addr[301];
+	size_t n = in->rcpt_len < sizeof(addr) - 1 ? in->rcpt_len : sizeof(addr) - 1;
+
+	/* The address as written, 8-bit (SMTPUTF8) shown as '?' like a
+	 * %{rcpt}: a reply line is ASCII. */
+	for (size_t i = 0; i < n; i++)
+		addr[i] = in->rcpt[i] >= 0x20 && in->rcpt[i] < 0x7f ? in->rcpt[i] : '?';
+	addr[n] = '\0';
 	out->action = FLT_REJECT;
-	snprintf(out->reply, sizeof(out->reply), "554 5.7.1 <%.*s>: Relay access denied",
-		 (int)(in->rcpt_len > 300 ? 300 : in->rcpt_len), in->rcpt);
+	snprintf(out->reply, sizeof(out->reply), "554 5.7.1 <%s>: Relay access denied", addr);
 }
 
 static void field_value(const struct flt_input *in, int f, const char **p, size_t *n)
@@ -133,8 +140,10 @@ static void verdict_of(enum flt_stage stage, const struct flt_input *in, const s
 	log_msg(LOG_INFO,
 		"event=filter client=%s stage=%s rule=%s action=%s tarpit_ms=%u reply=\"%s\"",
 		in->client_ip, flt_stage_names[stage], flt_rule_path(in->rules, rule),
-		a->decide == FLT_DEC_NONE ? "next" : action_names[out->action], a->tarpit_ms,
-		out->reply);
+		a->quarantine		    ? "quarantine"
+		: a->decide == FLT_DEC_NONE ? "next"
+					    : action_names[out->action],
+		a->tarpit_ms, out->reply);
 }
 
 static int run(enum flt_stage stage, const struct flt_input *in, struct flt_state *st,
@@ -168,6 +177,20 @@ static int run(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 	return FLT_DONE;
 }
 
+/* A refused recipient changes nothing of the message: the message actions
+ * its rules set are taken back (its tags stay: "a bad recipient was seen"
+ * is a fact later rules may use). */
+static int rcpt_settle(int rc, struct flt_state *st, const struct flt_verdict *out)
+{
+	if (rc == FLT_DONE && out->action != FLT_ACCEPT) {
+		st->quarantine = st->kept.quarantine;
+		st->route = st->kept.route;
+		st->bcc = st->kept.bcc;
+		st->rewrite = st->kept.rewrite;
+	}
+	return rc;
+}
+
 int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_state *st,
 	       struct flt_verdict *out)
 {
@@ -181,9 +204,14 @@ int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 		flt_tx_end(st); /* a transaction begins (a refused MAIL leaves none) */
 	st->nadds = 0;
 	if (stage == FLT_STAGE_RCPT) {
+		st->kept.quarantine = st->quarantine;
+		st->kept.route = st->route;
+		st->kept.bcc = st->bcc;
+		st->kept.rewrite = st->rewrite;
 		flt_relay_policy(in, out);
 		if (out->action != FLT_ACCEPT)
 			st->rule = FLT_RULE_RELAY;
+		return rcpt_settle(run(stage, in, st, out), st, out);
 	}
 	return run(stage, in, st, out);
 }
@@ -191,10 +219,12 @@ int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 int flt_resume(enum flt_stage stage, const struct flt_input *in, struct flt_state *st,
 	       struct flt_verdict *out)
 {
+	int rc = FLT_DONE; /* the verdict was made before the wait */
+
 	out->delay_ms = 0;
 	if (st->phase == PH_CHAIN)
-		return run(stage, in, st, out);
-	return FLT_DONE; /* the verdict was made before the wait */
+		rc = run(stage, in, st, out);
+	return stage == FLT_STAGE_RCPT ? rcpt_settle(rc, st, out) : rc;
 }
 
 void flt_tx_end(struct flt_state *st)
@@ -217,13 +247,19 @@ static bool rewrite_to(const char *v, void *ctx)
 	const char *at = memrchr(rw->sender, '@', rw->n);
 	size_t vn = strlen(v), local = at ? (size_t)(at - rw->sender) : rw->n;
 
-	if (!vn || strpbrk(v, " \t,") || !strchr(v, '@'))
+	/* The value becomes an envelope address: printable ASCII without the
+	 * characters that would end or quote it, one '@', at most 254. */
+	for (size_t i = 0; i < vn; i++)
+		if (v[i] <= ' ' || v[i] >= 0x7f || strchr("<>\",\"\\()[];:", v[i]))
+			return false;
+	if (!vn || vn > 254 || !strchr(v, '@') || strchr(v, '@') != strrchr(v, '@') ||
+	    v[vn - 1] == '@')
 		return false;
 	if (v[0] == '@') /* the same local part at another domain */
 		rw->len = (size_t)snprintf(rw->out, rw->cap, "%.*s%s", (int)local, rw->sender, v);
 	else
 		rw->len = (size_t)snprintf(rw->out, rw->cap, "%s", v);
-	if (rw->len >= rw->cap)
+	if (rw->len >= rw->cap || rw->len > 254)
 		rw->len = 0;
 	return rw->len != 0;
 }
@@ -244,7 +280,8 @@ size_t flt_header_format(const struct flt_hdr_add *a, const struct flt_input *in
 	size_t n = strlen(a->name);
 	char value[FLT_HDR_LINE_MAX];
 
-	reply_expand(a->value, in, value, sizeof(value));
+	/* The line, "Name: value", at most 998 octets (RFC 5322 2.1.1). */
+	reply_expand(a->value, in, value, FLT_HDR_LINE_MAX - n - 2 + 1);
 	if (n + 2 + strlen(value) + 3 > cap)
 		return 0;
 	return (size_t)snprintf(out, cap, "%s: %s\r\n", a->name, value);

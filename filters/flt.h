@@ -106,6 +106,10 @@ struct flt_state {
 	const char *route;		 /* routes[].name for every recipient */
 	const char *bcc;		 /* a recipient to add (an archive) */
 	const struct flt_table *rewrite; /* the sender's new address, by table */
+	struct {			 /* before the recipient being decided */
+		const char *quarantine, *route, *bcc;
+		const struct flt_table *rewrite;
+	} kept;
 	const struct flt_hdr_add *adds[FLT_ADDS_MAX];
 };
 
@@ -142,7 +146,9 @@ bool flt_data_adds_headers(const struct flt_rules *r, uint8_t listener);
  * Where the body begins (after the blank line), or n when the capture
  * ends inside the header section. */
 size_t flt_msg_body_start(const char *m, size_t n);
-/* Does some field named name (ASCII case folded) pass test?  Its value is
+#define FLT_HDR_FIELDS_MAX 16 /* fields of one name a header test looks at */
+/* Does one of the first FLT_HDR_FIELDS_MAX fields named name (ASCII case
+ * folded) pass test?  Its value is
  * unfolded (line breaks before blanks dropped, surrounding blanks
  * trimmed) into a buffer of 4096 octets, cut there. */
 bool flt_msg_header_any(const char *m, size_t n, const char *name, size_t nlen,

@@ -43,6 +43,7 @@ bool flt_msg_header_any(const char *m, size_t n, const char *name, size_t nlen,
 {
 	const char *p = m, *end = m + flt_msg_body_start(m, n);
 	char buf[FLT_HDR_VALUE_MAX];
+	unsigned seen = 0;
 
 	while (p < end) {
 		const char *eol = line_end(p, end), *colon;
@@ -84,6 +85,10 @@ bool flt_msg_header_any(const char *m, size_t n, const char *name, size_t nlen,
 				k--;
 			if (test(buf, k, ctx))
 				return true;
+			/* A client may repeat a field a thousand times: a test
+			 * (a regex each) looks at the first few of a name. */
+			if (++seen == FLT_HDR_FIELDS_MAX)
+				return false;
 		}
 	}
 	return false;

@@ -231,7 +231,9 @@ static void id_of(const struct stat *st, struct file_id *id)
 static char *file_read(const struct flt_table *t, struct file_id *id, size_t *len, char *err,
 		       size_t err_len)
 {
-	int fd = open(t->file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	/* O_NONBLOCK: a FIFO put in the file's place must not hold the main
+	 * thread (it is refused below as not a regular file). */
+	int fd = open(t->file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	struct stat st;
 	char *buf = NULL;
 	size_t got = 0;

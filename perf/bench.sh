@@ -11,6 +11,11 @@
 #   start of smtp-source to the last arrival; CPU is per relayed message. After every
 #   ringmx run its queue must drain to empty (ringmxctl queue list), checked and reported.
 #   Cases (SIZE:SESSIONS[:MSGS]): 100 KB at 4, 8, 16 sessions and 5 KB at 100 sessions.
+#   FILTERS=1 adds a fourth target, ringmx-flt: a second ringmx on its own port with the
+#   same config plus a realistic filter chain (trusted-CIDR table, HELO regex, sender
+#   domain set, recipient verification against a file table of FLT_RCPTS addresses,
+#   header regex, add_header; see perf/README.md). It runs next to ringmx in every round,
+#   gets the same queue check, and the summary gives ringmx-flt/ringmx (msg/s, CPU/msg).
 # MODE=accept: the old accept-only benchmark: ringmx has no
 #   routes, keeps what it accepts, and only its ACCEPT rate counts (100 KB, 4/8/16).
 # MODE=tls: STARTTLS. 100 KB messages at 16 sessions, one message per
@@ -38,6 +43,8 @@
 #   SHARDS=0 (ringmx shards; 0 = one per online CPU)  PORT= (ringmx port; default: first free from 2530)
 #   SEND_TIMEOUT=40 (s per smtp-source run)  E2E_TIMEOUT=20 STALL_TIMEOUT=10 (arrival wait at the sink)
 #   QUEUE_WAIT=30 (relay: s to wait for ringmx's queue to drain after a run)
+#   FILTERS=1 (relay: add the ringmx-flt target)  FLT_PORT= (its port; default: first free after PORT)
+#   FLT_RCPTS=100000 (entries in its recipient table, the address smtp-source sends to among them)
 #   BUDGET_S=1200 (relay) / 540 (accept): runs not started by then are skipped
 #   PROFILE=1: after the table, one more ringmx run per case in PROFILE_CASES (default: the
 #              largest messages at the most sessions, and the case with the most sessions)
@@ -60,6 +67,7 @@ PEERS_DIR=$(cd "$PEERS_DIR" && pwd)
 MODE=${MODE:-relay}
 SESSIONS=${SESSIONS:-4 8 16} ROUNDS=${ROUNDS:-3} MSGS=${MSGS:-2000} SIZE=${SIZE:-100000} WARMUP=${WARMUP:-200}
 SHARDS=${SHARDS:-0} PROFILE=${PROFILE:-0} QUEUE_WAIT=${QUEUE_WAIT:-30}
+FILTERS=${FILTERS:-0} FLT_RCPTS=${FLT_RCPTS:-100000}
 SEND_TIMEOUT=${SEND_TIMEOUT:-40} E2E_TIMEOUT=${E2E_TIMEOUT:-20} STALL_TIMEOUT=${STALL_TIMEOUT:-10}
 OUT_DIR=${OUT_DIR:-/var/tmp/ringmx-bench}
 RCPT=b@example.net FROM=a@example.com     # passed to the peers' bench.sh (its defaults too)
@@ -157,11 +165,12 @@ function kb(sz) { return (sz >= 1000) ? sprintf("%gK", sz / 1000) : sz }
     runs[tk]++
     st = f["status"]
     good = (st == "OK")
-    if (t == "ringmx") {
+    if (t ~ /^ringmx/) {     # ringmx, and ringmx-flt (FILTERS=1)
+        if (t != "ringmx") flt = 1
         if (f["died"] == 1) good = 0
-        if (f["qleft"] != "") { qruns[k]++; if (f["qleft"] == 0) qempty[k]++; else good = 0
-                                if (f["qfirst"] + 0 > qmax[k] + 0) qmax[k] = f["qfirst"]; qw[k] = qw[k] " " f["qwait_s"] }
-        if (f["logwarn"] + 0 > 0) { logw[k] += f["logwarn"]; good = 0 }
+        if (f["qleft"] != "") { qruns[tk]++; if (f["qleft"] == 0) qempty[tk]++; else good = 0
+                                if (f["qfirst"] + 0 > qmax[tk] + 0) qmax[tk] = f["qfirst"] }
+        if (f["logwarn"] + 0 > 0) { logw[tk] += f["logwarn"]; good = 0 }
     }
     if (good) ok[tk]++; else bad[tk] = bad[tk] " r" q ":" st (f["died"] == 1 ? "+DIED" : "") ((f["qleft"] != "" && f["qleft"] != 0) ? "+QUEUE_LEFT=" f["qleft"] : "") ((f["logwarn"] + 0 > 0) ? "+LOG=" f["logwarn"] : "")
     # figures only from complete runs (everything accepted and arrived, ringmx alive, its queue empty)
@@ -178,6 +187,7 @@ function kb(sz) { return (sz >= 1000) ? sprintf("%gK", sz / 1000) : sz }
 END {
     printf "\nRelay end to end: ringmx -> smtp-sink vs Postfix -> smtp-sink vs smtp-source -> smtp-sink (ceiling);\n"
     printf "one message per connection, durability fsync for both; medians of %d rounds (targets alternate)\n\n", rounds
+    rk = "ringmx" SUBSEP
     printf "%5s %4s | %9s %9s %9s %9s | %8s | %8s %8s %8s | %6s | %s\n", "size", "sess", "ceiling/s", "pf e2e/s", "rmx e2e/s", "rmx acc/s", "rmx/ceil",
         "pf ms/m", "rmx ms/m", "rmx/pf", "q empty", "runs ok (ceil pf rmx)"
     printf "-----------+-----------------------------------------+----------+----------------------------+--------+----------------------\n"
@@ -194,14 +204,41 @@ END {
             if ((("ringmx", k, q) in C) && (("postfix", k, q) in C) && C["postfix", k, q] > 0) pcr = pcr " " C["ringmx", k, q] / C["postfix", k, q]
         }
         printf "%5s %4d | %9s %9s %9s %9s | %8s | %8s %8s %8s | %6s | %d/%d %d/%d %d/%d\n", kb(cs[1]), cs[2], fmt(c, 1), fmt(p, 1), fmt(r, 1), fmt(ra, 1), fmt(rr, 3),
-            fmt(pc, 3), fmt(rc, 3), fmt(rcpu, 3), (qempty[k] + 0) "/" (qruns[k] + 0),
+            fmt(pc, 3), fmt(rc, 3), fmt(rcpu, 3), (qempty[rk k] + 0) "/" (qruns[rk k] + 0),
             ok["ceiling" SUBSEP k], runs["ceiling" SUBSEP k], ok["postfix" SUBSEP k], runs["postfix" SUBSEP k], ok["ringmx" SUBSEP k], runs["ringmx" SUBSEP k]
         line[j] = sprintf("BENCH mode=relay size=%d sessions=%d ceiling=%s postfix_e2e=%s ringmx_e2e=%s ringmx_accept=%s postfix_accept=%s postfix_cpu_ms=%s ringmx_cpu_ms=%s ratio_ceiling=%s ratio_cpu=%s ratio_ceiling_paired=%s ratio_cpu_paired=%s postfix_cpu_ms_drain=%s ringmx_cpu_ms_drain=%s sink_cpu_ms_ceiling=%s sink_cpu_ms_ringmx=%s src_cpu_ms_ceiling=%s src_cpu_ms_ringmx=%s busy_pct_ceiling=%s busy_pct_ringmx=%s queue_empty=%d/%d queue_max_first=%d runs_ok=%d/%d",
             cs[1], cs[2], fmt(c, 1), fmt(p, 1), fmt(r, 1), fmt(ra, 1), fmt(med(acc["postfix" SUBSEP k]), 1), fmt(pc, 3), fmt(rc, 3), fmt(rr, 3), fmt(rcpu, 3),
             fmt(med(pr), 3), fmt(med(pcr), 3), fmt(pca, 3), fmt(rca, 3), fmt(med(sink["ceiling" SUBSEP k]), 3), fmt(med(sink["ringmx" SUBSEP k]), 3),
-            fmt(med(src["ceiling" SUBSEP k]), 3), fmt(med(src["ringmx" SUBSEP k]), 3), fmt(med(busy["ceiling" SUBSEP k]), 0), fmt(med(busy["ringmx" SUBSEP k]), 0), qempty[k], qruns[k], qmax[k], ok["ringmx" SUBSEP k], runs["ringmx" SUBSEP k])
+            fmt(med(src["ceiling" SUBSEP k]), 3), fmt(med(src["ringmx" SUBSEP k]), 3), fmt(med(busy["ceiling" SUBSEP k]), 0), fmt(med(busy["ringmx" SUBSEP k]), 0), qempty[rk k], qruns[rk k], qmax[rk k], ok["ringmx" SUBSEP k], runs["ringmx" SUBSEP k])
         verdict[j] = sprintf("%s x %d sessions: ringmx e2e/ceiling %s (aim >= 0.75: %s), ringmx CPU/Postfix CPU %s (aim <= 0.125: %s)", kb(cs[1]), cs[2], fmt(rr, 2),
             (rr < 0 ? "n/a" : (rr >= 0.75 ? "met" : "MISSED")), fmt(rcpu, 3), (rcpu < 0 ? "n/a" : (rcpu <= 0.125 ? "met" : "MISSED")))
+    }
+    if (flt) {  # FILTERS=1: ringmx with the chain (ringmx-flt) next to ringmx without it
+        fk = "ringmx-flt" SUBSEP
+        printf "\nFilter chain: ringmx-flt (ringmx + the chain of perf/README.md) vs ringmx (no filters), same run,\n"
+        printf "the two next to each other in every round; medians of %d rounds\n\n", rounds
+        printf "%5s %4s | %9s %9s %8s %8s | %8s %8s %8s %8s %8s | %9s | %7s | %s\n", "size", "sess", "rmx e2e/s", "flt e2e/s", "flt/rmx", "paired",
+            "rmx ms/m", "flt ms/m", "flt/rmx", "paired", "+ms/m", "flt acc/s", "q empty", "runs ok (rmx flt)"
+        printf "-----------+---------------------------------------+----------------------------------------------+-----------+---------+------------------\n"
+        for (j = 1; j <= m; j++) {
+            split(S[j], cs, ":"); k = cs[1] ":" cs[2]
+            r = med(e2e[rk k]); f_ = med(e2e[fk k]); rc = med(cpu[rk k]); fc = med(cpu[fk k])
+            fr = div(f_, r); fcr = div(fc, rc); fd = (fc < 0 || rc < 0) ? "-" : sprintf("%+.3f", fc - rc)
+            pr = ""; pcr = ""
+            for (q = 1; q <= rounds; q++) {
+                if ((("ringmx-flt", k, q) in E) && (("ringmx", k, q) in E) && E["ringmx", k, q] > 0) pr = pr " " E["ringmx-flt", k, q] / E["ringmx", k, q]
+                if ((("ringmx-flt", k, q) in C) && (("ringmx", k, q) in C) && C["ringmx", k, q] > 0) pcr = pcr " " C["ringmx-flt", k, q] / C["ringmx", k, q]
+            }
+            printf "%5s %4d | %9s %9s %8s %8s | %8s %8s %8s %8s %8s | %9s | %7s | %d/%d %d/%d\n", kb(cs[1]), cs[2], fmt(r, 1), fmt(f_, 1), fmt(fr, 3), fmt(med(pr), 3),
+                fmt(rc, 3), fmt(fc, 3), fmt(fcr, 3), fmt(med(pcr), 3), fd, fmt(med(acc[fk k]), 1),
+                (qempty[fk k] + 0) "/" (qruns[fk k] + 0), ok[rk k], runs[rk k], ok[fk k], runs[fk k]
+            line[j] = line[j] sprintf(" ringmx_flt_e2e=%s ringmx_flt_accept=%s ringmx_flt_cpu_ms=%s ringmx_flt_cpu_ms_drain=%s ratio_flt_e2e=%s ratio_flt_cpu=%s ratio_flt_e2e_paired=%s ratio_flt_cpu_paired=%s busy_pct_ringmx_flt=%s flt_queue_empty=%d/%d flt_queue_max_first=%d flt_runs_ok=%d/%d",
+                fmt(f_, 1), fmt(med(acc[fk k]), 1), fmt(fc, 3), fmt(med(cpua[fk k]), 3), fmt(fr, 3), fmt(fcr, 3), fmt(med(pr), 3), fmt(med(pcr), 3),
+                fmt(med(busy[fk k]), 0), qempty[fk k], qruns[fk k], qmax[fk k], ok[fk k], runs[fk k])
+            fverdict[j] = sprintf("%s x %d sessions: ringmx-flt/ringmx e2e msg/s %s, paired %s (aim >= 0.95, the chain costs under 5 %%: %s); CPU per message %s, paired %s (%s ms)",
+                kb(cs[1]), cs[2], fmt(fr, 3), fmt(med(pr), 3), (fr < 0 ? "n/a" : (fr >= 0.95 ? "met" : "MISSED")), fmt(fcr, 3), fmt(med(pcr), 3),
+                fd)
+        }
     }
     print ""
     print "ceiling/s, e2e/s = messages arrived at smtp-sink / (last arrival - start of smtp-source); rmx acc/s = ringmx"
@@ -209,9 +246,14 @@ END {
     print "the start to the last arrival (Postfix: master and all children; ringmx: the process, all threads);"
     print "q empty = ringmx runs after which queue list was empty; rmx/ceil and rmx/pf are ratios of the medians;"
     print "only complete runs (all accepted and arrived, ringmx alive, queue empty) enter the medians."
+    if (flt) {
+        print "flt = ringmx-flt, the same ringmx config plus the filter chain; flt/rmx are ratios of the medians, paired the"
+        print "median of the per-round ratios; +ms/m = CPU per message the chain adds (flt ms/m - rmx ms/m)."
+    }
     for (j = 1; j <= m; j++) print verdict[j]
+    if (flt) for (j = 1; j <= m; j++) print fverdict[j]
     for (x in bad) { split(x, kk, SUBSEP); printf "note: %s %s non-OK runs:%s\n", kk[1], kk[2], bad[x] }
-    for (x in logw) printf "note: ringmx wrote %d log lines (level warn) during the %s runs\n", logw[x], x
+    for (x in logw) { split(x, kk, SUBSEP); printf "note: %s wrote %d log lines (level warn) during the %s runs\n", kk[1], logw[x], kk[2] }
     print ""
     for (j = 1; j <= m; j++) print line[j]
 }' "$1"
@@ -334,6 +376,12 @@ case $MODE in
     *) die "MODE must be relay, accept or tls" ;;
 esac
 for c in $CASES; do [[ $c =~ ^[0-9]+:[0-9]+(:[0-9]+)?$ ]] || die "bad case '$c' in CASES (SIZE:SESSIONS[:MSGS])"; done
+[[ $FILTERS == 0 || $FILTERS == 1 ]] || die "FILTERS must be 0 or 1"
+if [[ $FILTERS == 1 ]]; then
+    [[ $MODE == relay ]] || die "FILTERS=1 is for MODE=relay (the ringmx-flt target)"
+    [[ $FLT_RCPTS =~ ^[0-9]+$ ]] && ((FLT_RCPTS >= 1)) || die "FLT_RCPTS must be a positive number"
+    command -v python3 >/dev/null || die "python3 missing (FILTERS=1 writes ringmx-flt's config with it)"
+fi
 
 # ---------------------------------------------------------------- setup ----
 RINGMX_BIN=${RINGMX_BIN:-$REPO/build/ringmx}
@@ -360,14 +408,16 @@ tmp=$(mktemp -d "${BENCH_TMP:-/var/tmp}/ringmx-bench.XXXXXX") || die "mktemp fai
 cp "$RINGMX_BIN" "$tmp/ringmx" || die "cannot copy $RINGMX_BIN"
 ctl=""; [[ -x $RINGMXCTL_BIN ]] && cp "$RINGMXCTL_BIN" "$tmp/ringmxctl" && ctl=$tmp/ringmxctl
 
-RMX_PID="" started_peers=() crashes=0 perf_pid=""
+RMX_PID="" FLT_PID="" started_peers=() crashes=0 perf_pid=""
 cleanup() {
     local i
     if [[ -n $perf_pid ]] && kill -0 "$perf_pid" 2>/dev/null; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null; fi
     stop_ringmx
+    [[ $FILTERS == 1 ]] && stop_ringmx ringmx-flt
     for ((i = ${#started_peers[@]} - 1; i >= 0; i--)); do "$PEERS_DIR/peers.sh" stop "${started_peers[i]}" >/dev/null 2>&1; done
     declare -F postfix_tls_off >/dev/null && postfix_tls_off
     [[ -s $tmp/ringmx.log ]] && cp "$tmp/ringmx.log" "$OUT_DIR/bench-$stamp.ringmx.log"
+    [[ -s $tmp/ringmx-flt.log ]] && cp "$tmp/ringmx-flt.log" "$OUT_DIR/bench-$stamp.ringmx-flt.log"
     if [[ ${KEEP_TMP:-0} == 1 ]]; then note "kept $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
@@ -383,6 +433,14 @@ if [[ -z ${PORT:-} ]]; then
     ((PORT < 2600)) || die "no free port in 2530-2599"
 fi
 port_listening "$PORT" && die "port $PORT is busy"
+if [[ $FILTERS == 1 ]]; then
+    if [[ -z ${FLT_PORT:-} ]]; then
+        for ((FLT_PORT = PORT + 1; FLT_PORT < 2600; FLT_PORT++)); do port_listening "$FLT_PORT" || break; done
+        ((FLT_PORT < 2600)) || die "no free port for ringmx-flt in $((PORT + 1))-2599"
+    fi
+    [[ $FLT_PORT == "$PORT" ]] && die "FLT_PORT must differ from PORT ($PORT)"
+    port_listening "$FLT_PORT" && die "port $FLT_PORT (ringmx-flt) is busy"
+fi
 
 # relay: every domain goes to the sink; connections_per_ip is raised because
 # smtp-source opens up to 100 sessions from one address (Postfix exempts
@@ -419,35 +477,112 @@ cat > "$tmp/ringmx.json" <<JSON
 JSON
 "$tmp/ringmx" --check-config "$tmp/ringmx.json" >"$tmp/check.out" 2>&1 || die "config rejected: $(cat "$tmp/check.out")"
 
-start_ringmx() {
-    "$tmp/ringmx" -c "$tmp/ringmx.json" </dev/null >>"$tmp/ringmx.log" 2>&1 &
-    RMX_PID=$!
-    local i
+# ringmx instances: "ringmx" (the config above) and, with FILTERS=1, "ringmx-flt" (the
+# same plus a filter chain). Each has its own config, port, spool, control socket, log
+# and PID variable; the functions below take the instance name (default ringmx).
+declare -A RMX_CFG=([ringmx]=$tmp/ringmx.json) RMX_LOG=([ringmx]=$tmp/ringmx.log) \
+    RMX_SOCK=([ringmx]=$tmp/ctl.sock) RMX_PORT=([ringmx]=$PORT)
+declare -A PID_VAR=([ringmx]=RMX_PID [ringmx-flt]=FLT_PID)   # for namerefs: local -n pid=${PID_VAR[$inst]}
+
+start_ringmx() { # start_ringmx [INSTANCE]: 0 once it listens on its port
+    local inst=${1:-ringmx} i
+    local -n rpid=${PID_VAR[$inst]}
+    "$tmp/ringmx" -c "${RMX_CFG[$inst]}" </dev/null >>"${RMX_LOG[$inst]}" 2>&1 &
+    rpid=$!
     for ((i = 0; i < 100; i++)); do
-        kill -0 "$RMX_PID" 2>/dev/null || { RMX_PID=""; return 1; }
-        ss -ltnpH "sport = :$PORT" 2>/dev/null | grep -q "pid=$RMX_PID," && return 0
+        kill -0 "$rpid" 2>/dev/null || { rpid=""; return 1; }
+        ss -ltnpH "sport = :${RMX_PORT[$inst]}" 2>/dev/null | grep -q "pid=$rpid," && return 0
         sleep 0.1
     done
     return 1
 }
-stop_ringmx() {
-    [[ -n $RMX_PID ]] || return 0
-    local i
-    if kill -0 "$RMX_PID" 2>/dev/null; then
-        kill -TERM "$RMX_PID"
-        for ((i = 0; i < 100; i++)); do kill -0 "$RMX_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$RMX_PID" 2>/dev/null && { note "ringmx (pid $RMX_PID) ignored SIGTERM for 10s: SIGKILL"; kill -KILL "$RMX_PID"; }
+stop_ringmx() { # stop_ringmx [INSTANCE]
+    local inst=${1:-ringmx} i
+    local -n rpid=${PID_VAR[$inst]}
+    [[ -n $rpid ]] || return 0
+    if kill -0 "$rpid" 2>/dev/null; then
+        kill -TERM "$rpid"
+        for ((i = 0; i < 100; i++)); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$rpid" 2>/dev/null && { note "$inst (pid $rpid) ignored SIGTERM for 10s: SIGKILL"; kill -KILL "$rpid"; }
     fi
-    wait "$RMX_PID" 2>/dev/null; local rc=$?
-    ((rc != 0 && rc != 143)) && note "ringmx pid $RMX_PID exited with status $rc"
-    RMX_PID=""
+    wait "$rpid" 2>/dev/null; local rc=$?
+    ((rc != 0 && rc != 143)) && note "$inst pid $rpid exited with status $rc"
+    rpid=""
 }
-ringmx_alive() { [[ -n $RMX_PID ]] && kill -0 "$RMX_PID" 2>/dev/null; }
-log_lines() { [[ -f $tmp/ringmx.log ]] && wc -l < "$tmp/ringmx.log" || echo 0; }
-queue_count() { # messages in ringmx's queue (one line each after ringmxctl's "OK"), or -1
-    local out; out=$(timeout 20 "$ctl" -s "$tmp/ctl.sock" queue list 2>&1) || { echo -1; return; }
+ringmx_alive() { local -n rpid=${PID_VAR[${1:-ringmx}]}; [[ -n $rpid ]] && kill -0 "$rpid" 2>/dev/null; }
+log_lines() { local f=${RMX_LOG[${1:-ringmx}]}; [[ -f $f ]] && wc -l < "$f" || echo 0; }
+queue_count() { # queue_count [INSTANCE]: messages in its queue (one line each after ringmxctl's "OK"), or -1
+    local out; out=$(timeout 20 "$ctl" -s "${RMX_SOCK[${1:-ringmx}]}" queue list 2>&1) || { echo -1; return; }
     grep -c . <<<"$out"
 }
+
+# ------------------------------------------- FILTERS=1: ringmx-flt ----
+# The same config plus a chain of the kind a gateway in front of a mail store
+# runs (issue 11, "Benchmark"), built so that smtp-source's transaction (HELO
+# <hostname>, MAIL FROM:<$FROM>, RCPT TO:<$RCPT>, headers From/To/Date/Message-Id)
+# passes every rule and no rule decides: every test is evaluated.
+#   connect  client_ip in "trusted" (inline: 300 IPv4 /24 and 40 IPv6 /48, none
+#            holding 127.0.0.1) -> tag trusted
+#   helo     tag trusted -> accept; HELO regex (bare IP, localhost, IP-in-name) -> reject
+#   mail     sender_domain in a set of 300 (200 names, 100 *.suffixes) -> reject
+#   rcpt     tag trusted -> accept; rcpt_domain $RCPT's domain and rcpt not in "valid"
+#            (file: FLT_RCPTS addresses, $RCPT among them) -> reject 550 5.1.1, tarpit 1 s
+#   data     header From regex -> reject; add_header X-Gateway
+if [[ $FILTERS == 1 ]]; then
+    RMX_CFG[ringmx-flt]=$tmp/ringmx-flt.json RMX_LOG[ringmx-flt]=$tmp/ringmx-flt.log
+    RMX_SOCK[ringmx-flt]=$tmp/ctl-flt.sock RMX_PORT[ringmx-flt]=$FLT_PORT
+    python3 - "$tmp/ringmx.json" "$tmp/ringmx-flt.json" "$tmp/valid-rcpts" "$FLT_PORT" "$tmp" "$RCPT" "$FLT_RCPTS" <<'PY' \
+        || die "cannot write the ringmx-flt config"
+import json, sys
+base, out, rcpts, port, tmp, rcpt, n = sys.argv[1:]
+n, dom = int(n), rcpt.split("@", 1)[1]
+cfg = json.load(open(base))
+cfg["listeners"][0]["address"] = "127.0.0.1:" + port
+cfg["spool"]["path"] = tmp + "/spool-flt"
+cfg["control"]["socket"] = tmp + "/ctl-flt.sock"
+# n distinct addresses at the relay domain (first.lastN, like a directory export), rcpt among them
+first = ["anna", "ben", "carla", "david", "eva", "felix", "greta", "hugo", "ines", "jonas",
+         "karin", "lukas", "mia", "nils", "olga", "paul", "rita", "sven", "tina", "uwe"]
+last = ["adler", "bauer", "berg", "braun", "dietrich", "engel", "fischer", "frank", "graf", "hahn",
+        "hartmann", "hoffmann", "jung", "kaiser", "keller", "klein", "koch", "koenig", "krause", "kuhn",
+        "lang", "lehmann", "lorenz", "maier", "meyer", "moeller", "neumann", "otto", "peters", "pohl",
+        "richter", "roth", "sauer", "schmidt", "schneider", "schulz", "schwarz", "seidel", "sommer", "stein",
+        "vogel", "wagner", "walter", "weber", "werner", "winkler", "wolf", "ziegler", "zimmer", "zuse"]
+with open(rcpts, "w") as f:
+    f.write("# ringmx-flt: valid recipients (perf/bench.sh FILTERS=1)\n")
+    for i in range(n - 1):
+        f.write("%s.%s%s@%s\n" % (first[i % 20], last[i // 20 % 50], i // 1000 or "", dom))
+    f.write(rcpt + "\n")
+v4, seen, i = [], set(), 0
+while len(v4) < 300:                   # scattered /24s: few of them merge into one interval
+    a, b, c = 11 + i * 53 % 190, i * 97 % 256, i * 29 % 256
+    i += 1
+    if a != 127 and (a, b, c) not in seen:
+        seen.add((a, b, c)); v4.append("%d.%d.%d.0/24" % (a, b, c))
+v6 = ["2001:db8:%x::/48" % (j * 3 + 1) for j in range(40)]
+senders = ["spam%03d.example" % j for j in range(200)] + ["*.junk%03d.example" % j for j in range(100)]
+cfg["tables"] = {"trusted": {"inline": v4 + v6}, "valid": {"file": rcpts}}
+cfg["filters"] = {
+    "connect": [{"if": {"client_ip": {"table": "trusted"}}, "then": {"tag": "trusted"}}],
+    "helo": [{"if": {"tag": "trusted"}, "then": "accept"},
+             {"if": {"helo": {"regex": r"(?i)^(\[?[0-9.]+\]?|localhost(\.localdomain)?|.*[0-9]+[-.][0-9]+[-.][0-9]+[-.][0-9]+.*)$"}},
+              "then": {"reject": "550 5.7.1 <%{helo}>: HELO refused"}}],
+    "mail": [{"if": {"sender_domain": senders}, "then": {"reject": "550 5.7.1 <%{sender}>: sender refused"}}],
+    "rcpt": [{"if": {"tag": "trusted"}, "then": "accept"},
+             {"if": {"rcpt_domain": dom, "not": {"rcpt": {"table": "valid"}}},
+              "then": {"reject": "550 5.1.1 no such user", "tarpit_ms": 1000}}],
+    "data": [{"if": {"header": {"name": "From", "regex": r"(?i)@([a-z0-9-]+\.)*(spam|junk)[0-9]*\.example>?$"}},
+              "then": {"reject": "550 5.7.1 message refused"}},
+             {"add_header": {"name": "X-Gateway", "value": "ringmx %{listener} %{qid}"}}],
+}
+json.dump(cfg, open(out, "w"), indent=1)
+PY
+    n=$(grep -vc '^#' "$tmp/valid-rcpts")
+    ((n == FLT_RCPTS)) && grep -qxF "$RCPT" "$tmp/valid-rcpts" \
+        || die "recipient table $tmp/valid-rcpts: $n entries (want $FLT_RCPTS) or $RCPT missing"
+    "$tmp/ringmx" --check-config "$tmp/ringmx-flt.json" >"$tmp/check-flt.out" 2>&1 \
+        || die "ringmx-flt config rejected: $(cat "$tmp/check-flt.out")"
+fi
 
 ensure_peer() { # ensure_peer sink|postfix : start it unless running; remember what we started
     [[ -n $("$PEERS_DIR/peers.sh" pid "$1") ]] && return 0
@@ -516,11 +651,26 @@ ensure_peer sink || die "cannot start smtp-sink (peers.sh start sink)"
 ensure_peer postfix || die "cannot start the Postfix peer (run $PEERS_DIR/setup.sh as root first)"
 start_ringmx || die "ringmx did not come up on 127.0.0.1:$PORT: $(tail -n 5 "$tmp/ringmx.log")"
 note "ringmx $(basename "$RINGMX_BIN") pid $RMX_PID on 127.0.0.1:$PORT, mode=$MODE, shards=$SHARDS, spool $tmp/spool ($(stat -f -c %T "$tmp"))"
+if [[ $FILTERS == 1 ]]; then
+    start_ringmx ringmx-flt || die "ringmx-flt did not come up on 127.0.0.1:$FLT_PORT: $(tail -n 5 "$tmp/ringmx-flt.log")"
+    note "ringmx-flt pid $FLT_PID on 127.0.0.1:$FLT_PORT: the same plus the filter chain ($FLT_RCPTS recipients in its table), spool $tmp/spool-flt"
+    cp "$tmp/ringmx-flt.json" "$OUT_DIR/bench-$stamp.ringmx-flt.json"
+    # The chain must let smtp-source's transaction through with no rule deciding
+    # (every test evaluated, nothing refused), and must refuse an unknown recipient.
+    # smtp-source says HELO with the machine's hostname.
+    flt_ok=$(timeout 20 "$ctl" -s "${RMX_SOCK[ringmx-flt]}" filter explain --listener bench --ip 127.0.0.1 \
+        --helo "$(hostname)" --from "$FROM" --rcpt "$RCPT" 2>&1) || die "ringmx-flt: filter explain failed: $flt_ok"
+    flt_bad=$(timeout 20 "$ctl" -s "${RMX_SOCK[ringmx-flt]}" filter explain --listener bench --ip 127.0.0.1 \
+        --helo "$(hostname)" --from "$FROM" --rcpt "nobody.bench@${RCPT#*@}" 2>&1) || die "ringmx-flt: filter explain failed: $flt_bad"
+    grep -q '(filters\.' <<<"$flt_ok" && die "ringmx-flt: a rule decides smtp-source's transaction: $flt_ok"
+    grep -q '^rcpt .*reject (filters\.rcpt' <<<"$flt_bad" || die "ringmx-flt: an unknown recipient is not refused: $flt_bad"
+fi
 
 # --------------------------------------------------------------- runs ----
 targets=(ceiling postfix ringmx)
-port_of() { case $1 in ceiling) echo $SINK_PORT ;; postfix) echo $POSTFIX_PORT ;; ringmx) echo "$PORT" ;; esac; }
-pid_of() { case $1 in ceiling) "$PEERS_DIR/peers.sh" pid sink ;; postfix) "$PEERS_DIR/peers.sh" pid postfix ;; ringmx) echo "$RMX_PID" ;; esac; }
+[[ $FILTERS == 1 ]] && targets+=(ringmx-flt)
+port_of() { case $1 in ceiling) echo $SINK_PORT ;; postfix) echo $POSTFIX_PORT ;; ringmx*) echo "${RMX_PORT[$1]}" ;; esac; }
+pid_of() { case $1 in ceiling) "$PEERS_DIR/peers.sh" pid sink ;; postfix) "$PEERS_DIR/peers.sh" pid postfix ;; ringmx) echo "$RMX_PID" ;; ringmx-flt) echo "$FLT_PID" ;; esac; }
 rmx_accepted=0
 
 drain_postfix() { # wait (bounded) until Postfix's queue is empty, so its relaying does not overlap the next run
@@ -531,12 +681,12 @@ drain_postfix() { # wait (bounded) until Postfix's queue is empty, so its relayi
 
 # relay: after a ringmx run, wait (up to QUEUE_WAIT s) for `queue list` to be empty.
 # Sets qfirst (count right after the run), qleft (count at the end), qwait_s.
-drain_ringmx() {
-    local t0=$EPOCHREALTIME n
-    qfirst=$(queue_count); n=$qfirst
-    while ((n != 0)) && ringmx_alive; do
+drain_ringmx() { # drain_ringmx [INSTANCE]
+    local inst=${1:-ringmx} t0=$EPOCHREALTIME n
+    qfirst=$(queue_count "$inst"); n=$qfirst
+    while ((n != 0)) && ringmx_alive "$inst"; do
         awk -v a="$t0" -v b="$EPOCHREALTIME" -v w="$QUEUE_WAIT" 'BEGIN{exit !(b - a > w)}' && break
-        sleep 0.1; n=$(queue_count)
+        sleep 0.1; n=$(queue_count "$inst")
     done
     qleft=$n
     qwait_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b - a}')
@@ -544,8 +694,8 @@ drain_ringmx() {
 
 run_one() { # run_one TARGET SIZE SESSIONS MSGS ROUND -> appends a RUN line to $raw (unless ROUND=warmup/profile)
     local t=$1 z=$2 s=$3 m=$4 r=$5 out rc line died=0 env=() pid c0 c1 l0 extra=""
-    if [[ $t == ringmx ]]; then
-        ringmx_alive || { note "ringmx not running before a run: restarting"; start_ringmx || note "ringmx restart FAILED"; }
+    if [[ $t == ringmx* ]]; then    # ringmx, or ringmx-flt (FILTERS=1)
+        ringmx_alive "$t" || { note "$t not running before a run: restarting"; start_ringmx "$t" || note "$t restart FAILED"; }
     fi
     pid=$(pid_of "$t")
     case $t in
@@ -554,27 +704,30 @@ run_one() { # run_one TARGET SIZE SESSIONS MSGS ROUND -> appends a RUN line to $
         *) env=(E2E_TIMEOUT="$E2E_TIMEOUT" STALL_TIMEOUT="$STALL_TIMEOUT") ;;
     esac
     [[ $t != postfix ]] && env+=(PEER_PID="$pid")
-    l0=$(log_lines); c0=$(tree_ticks "$pid")
+    [[ $t == ringmx* ]] && l0=$(log_lines "$t")
+    c0=$(tree_ticks "$pid")
     out=$(env "${env[@]}" SEND_TIMEOUT="$SEND_TIMEOUT" FROM="$FROM" RCPT="$RCPT" \
         "$PEERS_DIR/bench.sh" "$(port_of "$t")" "$s" "$m" "$z" 2>&1); rc=$?
-    if [[ $t == ringmx ]] && ! ringmx_alive; then
+    if [[ $t == ringmx* ]] && ! ringmx_alive "$t"; then
+        local -n rpid=${PID_VAR[$t]}
         died=1; crashes=$((crashes + 1))
-        wait "$RMX_PID" 2>/dev/null; note "RINGMX DIED during $t size=$z sessions=$s round=$r (exit status $?); see its log"
-        RMX_PID=""
+        wait "$rpid" 2>/dev/null; note "RINGMX DIED during $t size=$z sessions=$s round=$r (exit status $?); see its log"
+        rpid=""
     fi
     # drain: the next run must not overlap this target's relaying
     [[ $t == postfix ]] && drain_postfix
-    if [[ $t == ringmx && $MODE == relay && $died == 0 ]]; then
-        drain_ringmx
+    if [[ $t == ringmx* && $MODE == relay && $died == 0 ]]; then
+        drain_ringmx "$t"
         extra="qfirst=$qfirst qleft=$qleft qwait_s=$qwait_s"
         if ((qleft != 0)); then
-            note "CHECK: ringmx queue NOT empty ${qwait_s}s after the run: $qleft messages (size=$z sessions=$s round=$r)"
-            timeout 20 "$ctl" -s "$tmp/ctl.sock" queue list > "$OUT_DIR/bench-$stamp.queue-$z-$s-$r.txt" 2>&1
+            local qname=queue-$z-$s-$r.txt; [[ $t != ringmx ]] && qname=queue-$t-$z-$s-$r.txt
+            note "CHECK: $t queue NOT empty ${qwait_s}s after the run: $qleft messages (size=$z sessions=$s round=$r)"
+            timeout 20 "$ctl" -s "${RMX_SOCK[$t]}" queue list > "$OUT_DIR/bench-$stamp.$qname" 2>&1
         fi
     fi
     c1=$(tree_ticks "$pid")     # CPU including the drain (queue files removed, DONE records...)
-    [[ $MODE == relay && $t == ringmx ]] && { local lw=$(( $(log_lines) - l0 )); extra+=" logwarn=$lw"
-        ((lw > 0)) && { note "ringmx logged $lw lines during this run:"; tail -n "$((lw < 5 ? lw : 5))" "$tmp/ringmx.log" | sed 's/^/#   ringmx: /' >&2; }; }
+    [[ $MODE == relay && $t == ringmx* ]] && { local lw=$(( $(log_lines "$t") - l0 )); extra+=" logwarn=$lw"
+        ((lw > 0)) && { note "$t logged $lw lines during this run:"; tail -n "$((lw < 5 ? lw : 5))" "${RMX_LOG[$t]}" | sed "s/^/#   $t: /" >&2; }; }
     line=$(grep '^RESULT' <<<"$out" | tail -n 1)
     [[ -n $line ]] || line="RESULT status=NO_RESULT size=$z sessions=$s msgs=$m"
     if [[ $t == ringmx && $MODE == accept ]]; then   # everything ringmx accepted stays in its queue (checked at the end)
@@ -588,7 +741,7 @@ run_one() { # run_one TARGET SIZE SESSIONS MSGS ROUND -> appends a RUN line to $
     echo "RUN target=$t round=$r rc=$rc died=$died cpu_all_s=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" 'BEGIN{printf "%.2f", d / hz}') $extra ${line#RESULT }" >> "$raw"
     # show progress and anything smtp-source complained about
     sed -n 's/^# \(accepted .*\|sink got .*\|cpu: .*\)/\1/p' <<<"$out" | sed "s/^/#   $t: /" >&2
-    [[ -n $extra ]] && note "  ringmx queue: $qfirst right after the run, $qleft after ${qwait_s}s"
+    [[ -n $extra ]] && note "  $t queue: $qfirst right after the run, $qleft after ${qwait_s}s"
     grep -A5 'smtp-source stderr' <<<"$out" | grep -v 'smtp-source stderr' | sed "s/^/#   $t smtp-source: /" >&2
 }
 
@@ -796,8 +949,13 @@ fi
 
 t_start=$SECONDS
 {
-    echo "# bench $stamp mode=$MODE host: $(nproc) CPU, $(uname -r)  size=$SIZE msgs=$MSGS rounds=$ROUNDS sessions='$SESSIONS' cases='$CASES' shards=$SHARDS durability=fsync"
+    echo "# bench $stamp mode=$MODE host: $(nproc) CPU, $(uname -r)  size=$SIZE msgs=$MSGS rounds=$ROUNDS sessions='$SESSIONS' cases='$CASES' shards=$SHARDS durability=fsync$( ((FILTERS)) && echo " targets='${targets[*]}'")"
     echo "# ringmx: $RINGMX_BIN (sha1 $(sha1sum "$tmp/ringmx" | cut -c1-12)) port $PORT; git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo '+dirty')"
+    if ((FILTERS)); then
+        echo "# ringmx-flt: port $FLT_PORT, the same config plus tables {trusted: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["tables"]["trusted"]["inline"]))' "$tmp/ringmx-flt.json") networks, valid: $FLT_RCPTS recipients} and chains connect(1) helo(2) mail(1) rcpt(2) data(2) (perf/README.md)"
+        sed 's/^/# explain smtp-source: /' <<<"$flt_ok"
+        grep '^rcpt' <<<"$flt_bad" | sed 's/^/# explain unknown recipient: /'
+    fi
 } | tee "$raw" >&2
 
 if ((WARMUP > 0)); then
@@ -809,7 +967,9 @@ for c in $CASES; do
     IFS=: read -r z s m <<<"$c"; m=${m:-$MSGS}
     for ((r = 1; r <= ROUNDS; r++)); do
         order=("${targets[@]}")
-        ((r % 2 == 0)) && order=(ringmx postfix ceiling)     # alternate the order between rounds
+        if ((r % 2 == 0)); then         # alternate the order between rounds
+            order=(); for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
+        fi
         for t in "${order[@]}"; do
             if ((SECONDS - t_start > BUDGET_S)); then
                 note "time budget ${BUDGET_S}s spent: skipping $t size=$z sessions=$s round=$r"
@@ -835,11 +995,17 @@ if [[ $MODE == relay ]] && ringmx_alive; then
     note "ringmx queue at the end: $q messages; spool: $(du -sh "$tmp/spool" 2>/dev/null | cut -f1)"
     echo "# check: ringmx queue list at the end=$q spool=$(du -sk "$tmp/spool" 2>/dev/null | cut -f1)KB" >> "$raw"
 fi
-((crashes > 0)) && echo "# ringmx crashes: $crashes" >> "$raw"
-if [[ -s $tmp/ringmx.log ]]; then
-    note "ringmx stderr: $(wc -l < "$tmp/ringmx.log") lines (saved as $OUT_DIR/bench-$stamp.ringmx.log); last ones:"
-    tail -n 5 "$tmp/ringmx.log" | sed 's/^/#   /' >&2
+if [[ $FILTERS == 1 ]] && ringmx_alive ringmx-flt; then
+    q=$(queue_count ringmx-flt)
+    note "ringmx-flt queue at the end: $q messages; spool: $(du -sh "$tmp/spool-flt" 2>/dev/null | cut -f1)"
+    echo "# check: ringmx-flt queue list at the end=$q spool=$(du -sk "$tmp/spool-flt" 2>/dev/null | cut -f1)KB" >> "$raw"
 fi
+((crashes > 0)) && echo "# ringmx crashes: $crashes" >> "$raw"
+for inst in ringmx ringmx-flt; do
+    [[ -s ${RMX_LOG[$inst]:-} ]] || continue
+    note "$inst stderr: $(wc -l < "${RMX_LOG[$inst]}") lines (saved as $OUT_DIR/bench-$stamp.$inst.log); last ones:"
+    tail -n 5 "${RMX_LOG[$inst]}" | sed 's/^/#   /' >&2
+done
 
 if [[ $MODE == relay ]]; then render_relay_table "$raw"; else render_accept_table "$raw"; fi | tee "$table"
 note "raw results: $raw (per-run output: $raw.log)"

@@ -56,7 +56,7 @@ static const char *args_parse(char *s, struct explain_args *a)
 		else if (strcmp(opt, "--from") == 0)
 			slot = &a->from;
 		else if (strcmp(opt, "--message") == 0)
-			return "--message: the data stage is not built yet";
+			return "--message: explaining the data stage is not built yet";
 		else if (strcmp(opt, "--rcpt") == 0) {
 			if (a->rcpt_count == EXPLAIN_RCPTS_MAX)
 				return "too many --rcpt";
@@ -100,7 +100,17 @@ static bool explain_stage(struct out *o, const struct flt_rules *r, enum flt_sta
 		rc = flt_resume(stage, in, st, &v);
 	}
 	if (v.action == FLT_ACCEPT) {
-		out_printf(o, " accept (%s)\n", flt_rule_path(r, st->rule));
+		out_printf(o, " accept (%s)", flt_rule_path(r, st->rule));
+		/* What the message will carry, once it is accepted. */
+		if (st->quarantine)
+			out_printf(o, ", quarantine %s", st->quarantine);
+		if (st->route)
+			out_printf(o, ", route %s", st->route);
+		if (st->bcc)
+			out_printf(o, ", bcc %s", st->bcc);
+		if (st->rewrite)
+			out_printf(o, ", sender rewritten by table");
+		out_printf(o, "\n");
 		return true;
 	}
 	/* The relay policy decides before any rule: st->rule is unset then. */
@@ -121,6 +131,8 @@ static const char *session_of(const struct rmx_config *cfg, const struct explain
 		if (*li == cfg->listener_count)
 			return "no listener of that name";
 	}
+	if (a->ip && strlen(a->ip) >= iplen)
+		return "--ip: not an IP address";
 	snprintf(ip, iplen, "%s", a->ip ? a->ip : "127.0.0.1");
 	if (inet_pton(AF_INET, ip, &((struct sockaddr_in *)ss)->sin_addr) == 1)
 		ss->ss_family = AF_INET;

@@ -131,11 +131,28 @@ static void tx_capture(struct smtp_tx *tx, const char *p, size_t n, bool dot)
 	}
 }
 
-/* The end of data: a DATA body's terminator line left its CRLF in the copy. */
-static void tx_capture_end(struct smtp_tx *tx, bool dot)
+/* The end of data: the copy holds no more than the message (a DATA
+ * body's terminator line left its CRLF, or part of it, in the copy). */
+static void tx_capture_end(struct smtp_tx *tx, const struct smtp_data_state *ds)
 {
-	if (tx->cap_on && dot && !tx->cap_full && tx->cap_len >= 2)
-		tx->cap_len -= 2;
+	uint64_t size = smtp_data_size(ds);
+
+	if (tx->cap_on && tx->cap_len > size)
+		tx->cap_len = (uint32_t)size;
+}
+
+/* The data stage reads headers, and the copy ends inside the header
+ * section: what it did not see it cannot judge, so the message is
+ * refused rather than passed. */
+static const char *tx_capture_verdict(struct conn *c)
+{
+	struct smtp_tx *tx = c->s->tx;
+
+	if (tx->cap_on && tx->cap_full &&
+	    flt_data_reads_message(c->s->env->rules, conn_listener(c)) &&
+	    flt_msg_body_start(tx->cap_buf, tx->cap_len) == tx->cap_len)
+		return "552 5.3.4 Error: header section too large to be checked";
+	return NULL;
 }
 
 static bool header_present(const char *v, size_t n, const void *ctx)
@@ -446,6 +463,8 @@ void tx_try_finish(struct conn *c)
 	refuse = tx->msg.io_error == -ENOSPC ? "452 4.3.1 Error: insufficient system storage"
 		 : tx->msg.io_error	     ? "451 4.3.0 Error: queue file write error"
 					     : tx_verdict(c);
+	if (!refuse && !tx->data_decided)
+		refuse = tx_capture_verdict(c);
 	if (!refuse && !tx->data_decided) {
 		if (!session_decide(c, FLT_STAGE_DATA, NULL))
 			return; /* smtp_session_decided() calls us again */
@@ -478,7 +497,7 @@ void tx_try_finish(struct conn *c)
 
 static void session_end_of_data(struct conn *c)
 {
-	tx_capture_end(c->s->tx, c->s->ds.dot);
+	tx_capture_end(c->s->tx, &c->s->ds);
 	smtp_enter_state(c, SMTP_S_COMMIT);
 	c->s->wait = SMTP_WAIT_COMMIT;
 	tx_try_finish(c);

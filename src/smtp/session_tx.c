@@ -154,8 +154,10 @@ void mail_finish(struct conn *c, const struct smtp_cmd *cmd)
 {
 	struct smtp_tx *tx;
 
-	if (verdict_refused(c))
+	if (verdict_refused(c)) {
+		flt_tx_end(&c->s->flt); /* no transaction: nothing of it stays */
 		return;
+	}
 	tx = tx_take(c);
 	if (!tx)
 		return session_error(c, "452 4.3.1 Insufficient system resources, try again");

@@ -22,8 +22,10 @@
 # reply (the outbound client's reply parser, EHLO and dot-stuffing),
 # record (spool format 2: segment head, tagged records, the recovery scan,
 # the message reader, the envelope and state codecs), sasl
-# (AUTH PLAIN/LOGIN exchanges and strict base64) and users (the users_file
-# parser, with crypt_rn stubbed in the driver).  Target T runs with the
+# (AUTH PLAIN/LOGIN exchanges and strict base64), users (the users_file
+# parser, with crypt_rn stubbed in the driver) and filters (the filter
+# chains: flt_compile over "filters"/"tables" put into a fixed config, then
+# flt_decide/flt_resume on made-up sessions).  Target T runs with the
 # dictionary T.dict and the seeds corpus_T (data_portable shares data's).
 #
 # The seed corpora are copied to a temporary directory: nothing is written
@@ -37,7 +39,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${1:-/tmp/ringmx-fuzz}
 [ $# -gt 0 ] && shift
-targets=${*:-cmd data data_portable reply record sasl users}
+targets=${*:-cmd data data_portable reply record sasl users filters}
 secs=${FUZZ_SECONDS:-30}
 build=${FUZZ_BUILD:-$root/build-fuzz}
 
