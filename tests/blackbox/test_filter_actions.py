@@ -25,7 +25,7 @@ from conftest import (DELIVERY_TIMEOUT_S, HOSTNAME, RINGMX_BIN, check_dsn, deliv
 from conftest import new_mid
 from nexthop import Rule, nexthop  # noqa: F401  (fixture)
 from test_filter_data import LOCAL, MANY_ERRORS, SENDER, SLOW, msg, transact
-from test_filters import plain, users_over
+from test_filters import plain, rule_events, users_over
 from test_local_delivery import maildir_keys
 
 RCPT = "rcpt@accepted.example"
@@ -457,3 +457,89 @@ def test_released_partly_delivered_stays_released(ringmx, nexthop, client_factor
     assert len(q) == 1 and all(v.get("state") != "held" for v in q.values()), \
         "the released message is held again after a restart: %r" % q
     assert srv.stop() == 0
+
+
+def test_refused_recipient_takes_back_its_actions(ringmx, nexthop, client_factory):
+    """doc/filters.md: a recipient refused by a later rule takes back the
+    message actions its own rules set; its tags stay."""
+    nh, special = nexthop(), nexthop()
+    srv = ringmx(delivery_overrides(
+        [{"name": "special", "to": special.url}, route("accepted.example", nh)],
+        filters={"rcpt": [
+            {"if": {"rcpt": "x@accepted.example"},
+             "then": {"bcc": "archive@accepted.example", "route": "special", "tag": "had_x"}},
+            {"if": {"rcpt": "x@accepted.example"}, "then": "reject"}],
+            "data": [{"if": {"tag": "had_x", "header": {"name": "X-Check"}},
+                      "then": {"add_header": {"name": "X-Had-X", "value": "yes"}}}]}))
+    m1, b1 = marked("takeback", ["X-Check: 1"])
+    c = client_factory(srv.port)
+    c.ehlo()
+    c.expect("MAIL FROM:<%s>" % SENDER, "250")
+    c.expect("RCPT TO:<%s>" % RCPT, "250")
+    c.expect("RCPT TO:<x@accepted.example>", "550")
+    c.expect("DATA", "354")
+    c.send(b1 + b".\r\n")
+    queued_id(c.reply())
+    [t] = nh.wait_message_id(m1, DELIVERY_TIMEOUT_S)
+    assert [r.lower() for r in t.rcpts] == [RCPT], "a refused recipient's bcc stayed: %r" % t
+    assert t.header("X-Had-X") == "yes", "the refused recipient's tag was dropped too"
+    wait_queue_empty(srv)
+    assert special.message_count == 0, "a refused recipient's route stayed"
+    assert srv.stop() == 0
+
+
+def test_bcc_not_added_past_the_recipient_limit(ringmx, nexthop, client_factory):
+    nh = nexthop()
+    srv = ringmx(delivery_overrides([route("accepted.example", nh)], limits={"recipients": 2},
+                                    filters={"data": [{"bcc": "archive@accepted.example"}]}))
+    m1, b1 = marked("full")
+    m2, b2 = marked("room")
+    q1 = send_one(srv, client_factory, b1, rcpts=["a@accepted.example", "b@accepted.example"])
+    send_one(srv, client_factory, b2, rcpts=["a@accepted.example"])
+    [t1] = nh.wait_message_id(m1, DELIVERY_TIMEOUT_S)
+    [t2] = nh.wait_message_id(m2, DELIVERY_TIMEOUT_S)
+    assert sorted(r.lower() for r in t1.rcpts) == ["a@accepted.example", "b@accepted.example"]
+    assert sorted(r.lower() for r in t2.rcpts) == ["a@accepted.example",
+                                                   "archive@accepted.example"]
+    wait_log(srv, "bcc_not_added", q1)
+    assert srv.stop() == 0
+
+
+def test_rules_see_the_sender_as_written(ringmx, nexthop, client_factory):
+    """The rewrite happens at commit: later rules see the sender the client wrote."""
+    nh = nexthop()
+    srv = ringmx(delivery_overrides([route("accepted.example", nh)], **{
+        "tables": REWRITE["tables"],
+        "filters": {"mail": REWRITE["filters"]["mail"],
+                    "rcpt": [{"if": {"sender": "new@client.example"},
+                              "then": {"reject": "550 5.7.1 saw the new sender"}}],
+                    "data": [{"if": {"sender": "old@client.example"},
+                              "then": {"add_header": {"name": "X-Seen", "value": "%{sender}"}}}]}}))
+    m, b = marked("asis")
+    send_one(srv, client_factory, b, sender="old@client.example")
+    [t] = nh.wait_message_id(m, DELIVERY_TIMEOUT_S)
+    assert t.mail_from == "new@client.example"
+    assert t.header("X-Seen") == "old@client.example", t.header("X-Seen")
+    assert srv.stop() == 0
+
+
+def test_quarantine_hold_again_and_bounce(ringmx, nexthop, client_factory, closed_port):
+    bounce = nexthop()
+    srv = ringmx(delivery_overrides(
+        [route("accepted.example", "smtp://127.0.0.1:%d" % closed_port()),
+         route("sender.example", bounce)], delivery=SLOW, filters=QUARANTINE))
+    _, b = marked("hb", ["X-Review: 1"])
+    qid = send_one(srv, client_factory, b, sender="s@sender.example")
+    srv.ctl("queue", "release", qid)
+    wait_queue(srv, lambda q: q[qid].get("state") != "held", DELIVERY_TIMEOUT_S, "released")
+    q = srv.queue_list()
+    assert q[qid].get("quarantine") == "review", "a released message lost its name: %r" % q
+    srv.ctl("queue", "hold", qid)
+    wait_queue(srv, lambda q: q[qid].get("state") == "held", DELIVERY_TIMEOUT_S, "held again")
+    srv.ctl("queue", "bounce", qid)
+    [t] = wait_dsn(bounce, "s@sender.example")
+    check_dsn(t, "s@sender.example")
+    wait_queue(srv, lambda q: qid not in q, DELIVERY_TIMEOUT_S, "bounced and gone")
+    assert srv.stop() == 0
+    got = rule_events(srv, "filters.data[0]")
+    assert got and got[0]["action"] == "quarantine", got
