@@ -394,7 +394,9 @@ static void table_refresh(struct flt_table *t)
 	char err[512];
 
 	if (stat(t->file, &st) < 0) {
-		memset(&id, 0, sizeof(id));
+		/* Gone (or unreadable): an identity no file has, unlike the
+		 * zeroed one "failed" starts as, so it is tried and logged. */
+		id = (struct file_id){.size = -1};
 	} else {
 		id_of(&st, &id);
 	}

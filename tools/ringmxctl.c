@@ -135,8 +135,11 @@ int main(int argc, char **argv)
 	for (; i < argc; i++) {
 		int w = snprintf(line + n, sizeof(line) - n, "%s%s", n ? " " : "", argv[i]);
 
-		if (w < 0 || (size_t)w >= sizeof(line) - n - 1)
-			return usage();
+		if (w < 0 || (size_t)w >= sizeof(line) - n - 1) {
+			fprintf(stderr, "ringmxctl: the command is too long (at most %zu bytes)\n",
+				sizeof(line) - 2);
+			return 2;
+		}
 		n += (size_t)w;
 	}
 	line[n++] = '\n';
