@@ -289,6 +289,46 @@ def test_sees_the_reloaded_file_table(ringmx, tmp_path):
     assert srv.stop() == 0
 
 
+def test_explain_while_the_table_is_swapped(ringmx, tmp_path):
+    """explain runs continuously (each on a new control thread) while the
+    file table is swapped 4 times: every answer is the old or the new one,
+    and once a reload is logged, the new one."""
+    over, path = config(tmp_path, valid=["a@accepted.example", "flip@accepted.example"])
+    srv = ringmx(over)
+    args = ["--ip", "10.3.0.1", "--from", "s@client.example",
+            "--rcpt", "a@accepted.example", "--rcpt", "flip@accepted.example"]
+    ok = "rcpt flip@accepted.example: accept (default)"
+    no = ("rcpt flip@accepted.example: wait 200 ms (filters.rcpt[0]), "
+          "reject (filters.rcpt[0]): " + NO_SUCH_USER)
+    stop = threading.Event()
+    seen, errors = [], []
+
+    def runner():
+        try:
+            while not stop.is_set():
+                out = explain(srv, *args)
+                assert out[-2] == "rcpt a@accepted.example: accept (default)", out
+                assert out[-1] in (ok, no), out
+                seen.append(out[-1])
+        except BaseException:
+            errors.append(traceback.format_exc())
+
+    t = threading.Thread(target=runner, daemon=True)
+    t.start()
+    try:
+        for k in range(1, 5):
+            put(path, ["a@accepted.example"] + ([] if k % 2 else ["flip@accepted.example"]))
+            wait_table(srv, "table_reloaded", "valid", k)
+            assert explain(srv, *args)[-1] == (no if k % 2 else ok)
+            assert not errors, errors
+    finally:
+        stop.set()
+        t.join(timeout=120)
+    assert not t.is_alive() and not errors, errors
+    assert ok in seen and no in seen
+    assert srv.stop() == 0
+
+
 # --------------------------------------------------------------------------
 # attack side
 

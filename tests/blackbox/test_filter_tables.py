@@ -224,6 +224,35 @@ def test_domain_and_network_forms(ringmx, conn_from, tmp_path):
     assert srv.stop() == 0
 
 
+def test_crlf_file_without_final_newline(ringmx, tmp_path):
+    """A list exported on Windows: CRLF lines, no newline after the last."""
+    path = tmp_path / "valid.txt"
+    put(path, b"# export\r\na@accepted.example\r\n\r\nb@accepted.example value\r\n"
+              b"last@accepted.example")
+    srv = ringmx({"tables": {"valid": {"file": str(path)}}, "filters": {"rcpt": [VERIFY]}})
+    rcpts = ["a@accepted.example", "b@accepted.example", "last@accepted.example",
+             "value@accepted.example"]
+    assert verdicts(srv.port, rcpts) == dict(zip(rcpts, ["ok", "ok", "ok", "nouser"]))
+    assert srv.stop() == 0
+
+
+def test_big_file_reloaded(ringmx, tmp_path):
+    """100,000 mailboxes, replaced by another 100,000: all of the new list
+    is used, none of the old."""
+    path = tmp_path / "valid.txt"
+    n = 100000
+    put(path, ["old%d@accepted.example" % i for i in range(n)])
+    srv = ringmx({"tables": {"valid": {"file": str(path)}}, "filters": {"rcpt": [VERIFY]}})
+    probe = ["old0@accepted.example", "old%d@accepted.example" % (n - 1),
+             "new0@accepted.example", "new%d@accepted.example" % (n - 1)]
+    assert verdicts(srv.port, probe) == dict(zip(probe, ["ok", "ok", "nouser", "nouser"]))
+    put(path, ["new%d@accepted.example" % i for i in range(n)])
+    ev = wait_table(srv, "table_reloaded", "valid", 1)
+    assert ev[0]["entries"] == str(n), ev
+    assert verdicts(srv.port, probe) == dict(zip(probe, ["nouser", "nouser", "ok", "ok"]))
+    assert srv.stop() == 0
+
+
 @pytest.mark.parametrize("case", ["bad_entry", "nul_byte", "directory", "cidr_host_bits"])
 def test_bad_file_refused_at_load(tmp_path, case):
     path = str(tmp_path / "t.txt")
