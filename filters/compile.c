@@ -193,8 +193,7 @@ static int key_compile(struct cc *c, const char *path, const char *key, struct j
 		return list_compile(c, path, v, key[1] == 'n', yes, no);
 	if (cc_matcher_find(key))
 		return cc_matcher_compile(c, path, cc_matcher_find(key), v, yes, no);
-	if (strcmp(key, "client_name") == 0 || strcmp(key, "header") == 0 ||
-	    strcmp(key, "body") == 0)
+	if (strcmp(key, "client_name") == 0)
 		return cc_fail(c, path, "the %s matcher is not built yet", key);
 	return cc_fail(c, path, "unknown matcher");
 }
@@ -362,8 +361,6 @@ static int filters_compile(struct cc *c, const char *path, struct json_object *f
 		if (s == FLT_STAGE_COUNT)
 			return cc_fail(c, spath,
 				       "unknown stage (connect, helo, auth, mail, rcpt, data)");
-		if (s == FLT_STAGE_DATA)
-			return cc_fail(c, spath, "the data stage is not built yet");
 		if (chain_compile(c, spath, chain, (enum flt_stage)s, &progs[s]) < 0)
 			return -EINVAL;
 	}
@@ -397,6 +394,18 @@ struct flt_rules *flt_compile(const struct rmx_config *cfg, char *err, size_t er
 		rc = filters_compile(&c, path, cfg->listeners[i].filters_json, mine);
 		for (int s = 0; s < FLT_STAGE_COUNT; s++)
 			c.r->progs[i][s] = mine[s] ? mine[s] : top[s];
+		/* What the session must keep of a message for its data stage. */
+		const struct flt_prog *d = c.r->progs[i][FLT_STAGE_DATA];
+
+		for (uint32_t k = 0; d && k < d->count; k++) {
+			const struct flt_op *op = &d->ops[k];
+
+			if (op->code == FLT_OP_TEST &&
+			    (op->how == FLT_M_HEADER || op->how == FLT_M_BODY))
+				c.r->data_reads_msg[i] = true;
+			if (op->code == FLT_OP_ACT && op->u.act->nadds)
+				c.r->data_adds[i] = true;
+		}
 	}
 	/* The tables, now that their uses are known. */
 	for (uint32_t i = 0; rc == 0 && i < c.r->table_count; i++)

@@ -36,6 +36,8 @@ enum operand {
 	OPD_LISTENER,  /* listener names */
 	OPD_TAG,       /* tag names */
 	OPD_TLS,       /* true/false or {"version": ...} */
+	OPD_HEADER,    /* {"name": N[, "regex": R | "value": V...]} */
+	OPD_BODY,      /* {"regex": R} */
 };
 
 struct matcher {
@@ -82,6 +84,8 @@ typedef int add_fn(struct cc *c, const char *path, void *to, const char *s, size
 int cc_strings_each(struct cc *c, const char *path, struct json_object *v, add_fn *add, void *to);
 int cc_add_tag_set(struct cc *c, const char *path, void *to, const char *s, size_t len);
 int cc_tables_load(struct cc *c, struct json_object *tables);
+/* The table a rule names (NULL with the error), marked with its use. */
+struct flt_table *cc_table_use(struct cc *c, const char *path, const char *name, unsigned use);
 const struct matcher *cc_matcher_find(const char *name);
 int cc_matcher_compile(struct cc *c, const char *path, const struct matcher *m,
 		       struct json_object *v, uint32_t yes, uint32_t no);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "filters/compile_int.h"
 
@@ -23,9 +24,11 @@ static const struct matcher matchers[] = {
     {"sender", FLT_F_SENDER, OPD_ADDRS, FLT_STAGE_MAIL, FLT_STAGE_DATA},
     {"sender_domain", FLT_F_SENDER_DOMAIN, OPD_DOMAINS, FLT_STAGE_MAIL, FLT_STAGE_DATA},
     {"size", FLT_F_SIZE, OPD_NUM, FLT_STAGE_MAIL, FLT_STAGE_DATA},
+    {"header", FLT_F_HEADER, OPD_HEADER, FLT_STAGE_DATA, FLT_STAGE_DATA},
+    {"body", FLT_F_BODY, OPD_BODY, FLT_STAGE_DATA, FLT_STAGE_DATA},
     {"rcpt", FLT_F_RCPT, OPD_ADDRS, FLT_STAGE_RCPT, FLT_STAGE_RCPT},
     {"rcpt_domain", FLT_F_RCPT_DOMAIN, OPD_DOMAINS, FLT_STAGE_RCPT, FLT_STAGE_RCPT},
-    {"rcpt_count", FLT_F_RCPT_COUNT, OPD_NUM, FLT_STAGE_RCPT, FLT_STAGE_RCPT},
+    {"rcpt_count", FLT_F_RCPT_COUNT, OPD_NUM, FLT_STAGE_RCPT, FLT_STAGE_DATA},
 };
 const struct matcher *cc_matcher_find(const char *name)
 {
@@ -36,6 +39,95 @@ const struct matcher *cc_matcher_find(const char *name)
 }
 
 /* ---- tables ------------------------------------------------------------- */
+
+static bool json_plain_string(struct json_object *v)
+{
+	return json_object_is_type(v, json_type_string) &&
+	       (size_t)json_object_get_string_len(v) == strlen(json_object_get_string(v));
+}
+
+/* "inline": a list of entries, or an object of entry -> value (a map, as
+ * sender.matches_login reads).  The strings stay in the JSON. */
+static int inline_parse(struct cc *c, const char *path, struct json_object *v, const char ***keys,
+			const char ***vals, size_t *n)
+{
+	char e[PATH_MAX_LEN];
+	size_t i = 0;
+
+	if (!json_object_is_type(v, json_type_array) && !json_object_is_type(v, json_type_object))
+		return cc_fail(c, path, "expected a list of strings or an object of strings");
+	*n = json_object_is_type(v, json_type_array) ? json_object_array_length(v)
+						     : (size_t)json_object_object_length(v);
+	*keys = calloc(*n + 1, sizeof(**keys));
+	*vals = calloc(*n + 1, sizeof(**vals));
+	if (!*keys || !*vals)
+		return cc_fail(c, path, "out of memory");
+	if (json_object_is_type(v, json_type_array)) {
+		for (i = 0; i < *n; i++) {
+			struct json_object *x = json_object_array_get_idx(v, i);
+
+			cc_path_index(e, path, i);
+			if (!json_plain_string(x))
+				return cc_fail(c, e, "expected a string");
+			(*keys)[i] = json_object_get_string(x);
+		}
+		return 0;
+	}
+	json_object_object_foreach(v, key, x)
+	{
+		cc_path_key(e, path, key);
+		if (!json_plain_string(x))
+			return cc_fail(c, e, "expected a string");
+		(*keys)[i] = key;
+		(*vals)[i++] = json_object_get_string(x);
+	}
+	return 0;
+}
+
+static int table_load(struct cc *c, const char *name, struct json_object *def)
+{
+	char path[PATH_MAX_LEN], sub[PATH_MAX_LEN];
+	const char *file = NULL, **keys = NULL, **vals = NULL;
+	bool given = false;
+	size_t n = 0;
+	int rc = 0;
+
+	cc_path_key(path, "tables", name);
+	if (!json_object_is_type(def, json_type_object))
+		return cc_fail(c, path, "expected {\"inline\": [...]} or {\"file\": \"/path\"}");
+	json_object_object_foreach(def, key, v)
+	{
+		cc_path_key(sub, path, key);
+		if (strcmp(key, "kv") == 0) {
+			rc = cc_fail(c, sub, "kv tables are not built yet");
+		} else if (strcmp(key, "file") == 0) {
+			if (!json_plain_string(v) || json_object_get_string_len(v) == 0)
+				rc = cc_fail(c, sub, "expected a file name");
+			file = json_object_get_string(v);
+		} else if (strcmp(key, "inline") == 0) {
+			given = true;
+			rc = inline_parse(c, sub, v, &keys, &vals, &n);
+		} else {
+			rc = cc_fail(c, sub, "unknown key");
+		}
+		if (rc < 0)
+			break;
+	}
+	if (rc == 0 && given == !!file)
+		rc = cc_fail(c, path, "expected one of \"inline\" and \"file\"");
+	if (rc == 0) {
+		struct flt_rules *r = c->r;
+
+		r->tables[r->table_count] = flt_table_new(name, file, keys, vals, (uint32_t)n);
+		if (!r->tables[r->table_count])
+			rc = cc_fail(c, path, "out of memory");
+		else
+			r->table_count++;
+	}
+	free(keys);
+	free(vals);
+	return rc;
+}
 
 /* "tables": {"NAME": {"inline": [...]} or {"file": "/path"}}.  Their
  * contents are built after the chains, once their uses are known. */
@@ -52,67 +144,14 @@ int cc_tables_load(struct cc *c, struct json_object *tables)
 		return cc_fail(c, "tables", "out of memory");
 	json_object_object_foreach(tables, name, def)
 	{
-		char path[PATH_MAX_LEN], sub[PATH_MAX_LEN], e[PATH_MAX_LEN];
-		struct json_object *entries = NULL;
-		const char *file = NULL;
-		const char **list = NULL;
-		size_t n = 0;
-
-		cc_path_key(path, "tables", name);
-		if (!json_object_is_type(def, json_type_object))
-			return cc_fail(c, path,
-				       "expected {\"inline\": [...]} or {\"file\": \"/path\"}");
-		json_object_object_foreach(def, key, v)
-		{
-			cc_path_key(sub, path, key);
-			if (strcmp(key, "kv") == 0)
-				return cc_fail(c, sub, "kv tables are not built yet");
-			if (strcmp(key, "file") == 0) {
-				if (!json_object_is_type(v, json_type_string) ||
-				    json_object_get_string_len(v) == 0 ||
-				    (size_t)json_object_get_string_len(v) !=
-					strlen(json_object_get_string(v)))
-					return cc_fail(c, sub, "expected a file name");
-				file = json_object_get_string(v);
-				continue;
-			}
-			if (strcmp(key, "inline") != 0)
-				return cc_fail(c, sub, "unknown key");
-			if (!json_object_is_type(v, json_type_array))
-				return cc_fail(c, sub, "expected an array of strings");
-			n = json_object_array_length(v);
-			for (size_t j = 0; j < n; j++) {
-				struct json_object *x = json_object_array_get_idx(v, j);
-
-				cc_path_index(e, sub, j);
-				if (!json_object_is_type(x, json_type_string) ||
-				    (size_t)json_object_get_string_len(x) !=
-					strlen(json_object_get_string(x)))
-					return cc_fail(c, e, "expected a string");
-			}
-			entries = v;
-		}
-		if (!entries == !file)
-			return cc_fail(c, path, "expected one of \"inline\" and \"file\"");
-		if (entries && n) {
-			list = calloc(n, sizeof(*list));
-			if (!list)
-				return cc_fail(c, path, "out of memory");
-			for (size_t j = 0; j < n; j++)
-				list[j] =
-				    json_object_get_string(json_object_array_get_idx(entries, j));
-		}
-		r->tables[r->table_count] = flt_table_new(name, file, list, (uint32_t)n);
-		free(list);
-		if (!r->tables[r->table_count])
-			return cc_fail(c, path, "out of memory");
-		r->table_count++;
+		if (table_load(c, name, def) < 0)
+			return -EINVAL;
 	}
 	return 0;
 }
 
 /* The table a rule names, marked with what it is used as. */
-static struct flt_table *table_use(struct cc *c, const char *path, const char *name, unsigned use)
+struct flt_table *cc_table_use(struct cc *c, const char *path, const char *name, unsigned use)
 {
 	for (uint32_t i = 0; i < c->r->table_count; i++)
 		if (strcmp(flt_table_name(c->r->tables[i]), name) == 0) {
@@ -190,7 +229,7 @@ static int add_listener(struct cc *c, const char *path, void *to, const char *s,
 
 	for (uint32_t i = 0; i < c->cfg->listener_count; i++)
 		if (strlen(c->cfg->listeners[i].name) == len &&
-		    memcmp(c->cfg->listeners[i].name, s, len) == 0) {
+		    strncasecmp(c->cfg->listeners[i].name, s, len) == 0) {
 			*mask |= 1ull << i;
 			return 0;
 		}
@@ -212,7 +251,7 @@ static int tag_bit(struct cc *c, const char *path, const char *s, size_t len, bo
 		      ((s[k] | 0x20) >= 'a' && (s[k] | 0x20) <= 'z')))
 			return cc_fail(c, path, "a tag name is letters, digits, '_', '-' and '.'");
 	for (i = 0; i < r->tag_count; i++)
-		if (strlen(r->tag_names[i]) == len && memcmp(r->tag_names[i], s, len) == 0)
+		if (strlen(r->tag_names[i]) == len && strncasecmp(r->tag_names[i], s, len) == 0)
 			break;
 	if (i == r->tag_count) {
 		if (i == FLT_TAGS_MAX)
@@ -328,6 +367,8 @@ static int operand_object(struct cc *c, const char *path, const struct matcher *
 		arg = a;
 	}
 	cc_path_key(sub, path, key);
+	if (strcmp(key, "regex") == 0 && m->operand == OPD_IP)
+		return cc_fail(c, sub, "client_ip takes networks or a table, not a regex");
 	if (strcmp(key, "regex") == 0) {
 		char why[200];
 		struct flt_rx *rx;
@@ -356,7 +397,7 @@ static int operand_object(struct cc *c, const char *path, const struct matcher *
 					 : m->operand == OPD_ADDRS ? FLT_SET_ADDRS
 								   : FLT_SET_NAMES;
 		bool ip = m->operand == OPD_IP;
-		struct flt_table *t = table_use(c, sub, name, ip ? FLT_USE_CIDRS : 1u << kind);
+		struct flt_table *t = cc_table_use(c, sub, name, ip ? FLT_USE_CIDRS : 1u << kind);
 
 		if (!t)
 			return -EINVAL;
@@ -367,17 +408,133 @@ static int operand_object(struct cc *c, const char *path, const struct matcher *
 		return 0;
 	}
 	if (strcmp(key, "matches_login") == 0 && m->field == FLT_F_SENDER) {
-		if (!json_object_is_type(arg, json_type_boolean))
-			return cc_fail(c, sub, "expected true or false");
+		struct json_object *tname;
+
 		if (c->stage < FLT_STAGE_MAIL)
 			return cc_fail(c, sub, "not known at the %s stage",
 				       flt_stage_names[c->stage]);
-		if (cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_BOOL, yes, no, &op) < 0)
+		if (json_object_is_type(arg, json_type_boolean)) {
+			if (cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_BOOL, yes, no, &op) < 0)
+				return -EINVAL;
+			op->u.b = json_object_get_boolean(arg);
+			return 0;
+		}
+		/* {"table": T}: the login, or one the table lists for the
+		 * sender (or its "@domain"), as Postfix's smtpd_sender_login_maps. */
+		if (!json_object_is_type(arg, json_type_object) ||
+		    json_object_object_length(arg) != 1 ||
+		    !json_object_object_get_ex(arg, "table", &tname) ||
+		    !json_object_is_type(tname, json_type_string))
+			return cc_fail(c, sub, "expected true, false or {\"table\": NAME}");
+		cc_path_key(sub, sub, "table");
+		struct flt_table *t =
+		    cc_table_use(c, sub, json_object_get_string(tname), 1u << FLT_SET_ADDRS);
+
+		if (!t || cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_LOGIN, yes, no, &op) < 0)
 			return -EINVAL;
-		op->u.b = json_object_get_boolean(arg);
+		op->u.table = t;
 		return 0;
 	}
 	return cc_fail(c, sub, "unknown key");
+}
+
+static int regex_of(struct cc *c, const char *path, struct json_object *v,
+		    const struct flt_rx **out)
+{
+	char why[200];
+	struct flt_rx *rx;
+
+	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0 ||
+	    (size_t)json_object_get_string_len(v) != strlen(json_object_get_string(v)))
+		return cc_fail(c, path, "expected a regular expression");
+	rx = flt_rx_new(json_object_get_string(v), why, sizeof(why));
+	if (!rx)
+		return cc_fail(c, path, "%s", why);
+	if (cc_own(c, OWN_RX, rx) < 0)
+		return cc_fail(c, path, "out of memory");
+	*out = rx;
+	return 0;
+}
+
+static int add_text(struct cc *c, const char *path, void *to, const char *s, size_t len)
+{
+	int rc = flt_set_add(to, s, len);
+
+	if (rc == -EINVAL)
+		return cc_fail(c, path, "expected a non-empty value");
+	return rc < 0 ? cc_fail(c, path, "out of memory") : 0;
+}
+
+/* {"header": {"name": N}} (the field is there), with "regex": R (its
+ * unfolded value matches) or "value": V or [V...] (equals one, case
+ * folded). */
+static int header_compile(struct cc *c, const char *path, struct json_object *v, uint32_t yes,
+			  uint32_t no)
+{
+	struct flt_hdr_test *h;
+	struct flt_op *op = NULL;
+	char sub[PATH_MAX_LEN];
+	bool named = false;
+
+	if (!json_object_is_type(v, json_type_object))
+		return cc_fail(c, path, "expected {\"name\": N, \"regex\" or \"value\": ...}");
+	h = calloc(1, sizeof(*h));
+	if (cc_own(c, OWN_MEM, h) < 0)
+		return cc_fail(c, path, "out of memory");
+	json_object_object_foreach(v, key, x)
+	{
+		cc_path_key(sub, path, key);
+		if (strcmp(key, "name") == 0) {
+			const char *n = json_object_get_string(x);
+
+			if (!json_object_is_type(x, json_type_string) || !*n ||
+			    strlen(n) > FLT_HDR_NAME_MAX || strpbrk(n, ": \t"))
+				return cc_fail(c, sub, "expected a header field name");
+			snprintf(h->name, sizeof(h->name), "%s", n);
+			h->name_len = strlen(n);
+			named = true;
+		} else if (strcmp(key, "regex") == 0 && !h->set && !h->rx) {
+			if (regex_of(c, sub, x, &h->rx) < 0)
+				return -EINVAL;
+		} else if (strcmp(key, "value") == 0 && !h->set && !h->rx) {
+			struct flt_set *set = flt_set_new(FLT_SET_TEXT, 4);
+
+			if (cc_own(c, OWN_SET, set) < 0)
+				return cc_fail(c, sub, "out of memory");
+			if (cc_strings_each(c, sub, x, add_text, set) < 0)
+				return -EINVAL;
+			h->set = set;
+		} else if (strcmp(key, "regex") == 0 || strcmp(key, "value") == 0) {
+			return cc_fail(c, sub, "one of \"regex\" and \"value\"");
+		} else {
+			return cc_fail(c, sub, "unknown key");
+		}
+	}
+	if (!named)
+		return cc_fail(c, path, "expected \"name\"");
+	if (cc_emit_test(c, path, FLT_F_HEADER, FLT_M_HEADER, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.hdr = h;
+	return 0;
+}
+
+static int body_compile(struct cc *c, const char *path, struct json_object *v, uint32_t yes,
+			uint32_t no)
+{
+	struct json_object *rx;
+	struct flt_op *op = NULL;
+	const struct flt_rx *r = NULL;
+	char sub[PATH_MAX_LEN];
+
+	if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 1 ||
+	    !json_object_object_get_ex(v, "regex", &rx))
+		return cc_fail(c, path, "expected {\"regex\": R}");
+	cc_path_key(sub, path, "regex");
+	if (regex_of(c, sub, rx, &r) < 0 ||
+	    cc_emit_test(c, path, FLT_F_BODY, FLT_M_BODY, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.rx = r;
+	return 0;
 }
 
 int cc_matcher_compile(struct cc *c, const char *path, const struct matcher *m,
@@ -459,6 +616,10 @@ int cc_matcher_compile(struct cc *c, const char *path, const struct matcher *m,
 		op->u.mask = mask;
 		return 0;
 	}
+	case OPD_HEADER:
+		return header_compile(c, path, v, yes, no);
+	case OPD_BODY:
+		return body_compile(c, path, v, yes, no);
 	case OPD_TLS: {
 		char sub[PATH_MAX_LEN];
 		struct flt_set *s;

@@ -59,6 +59,8 @@ static void field_text(const struct flt_input *in, const struct flt_rules *r, ui
 	case FLT_F_SENDER_LOGIN:
 	case FLT_F_SIZE:
 	case FLT_F_RCPT_COUNT:
+	case FLT_F_HEADER:
+	case FLT_F_BODY:
 		break;
 	}
 	*p = "";
@@ -73,6 +75,35 @@ static bool sender_is_login(const struct flt_input *in)
 
 	return in->authenticated && n && in->sender && in->sender_len == n &&
 	       strncasecmp(in->sender, u, n) == 0;
+}
+
+static bool header_value_ok(const char *v, size_t n, const void *ctx)
+{
+	const struct flt_hdr_test *h = ctx;
+
+	if (h->set)
+		return flt_set_has(h->set, v, n);
+	if (h->rx)
+		return flt_rx_match(h->rx, v, n);
+	return true; /* the field is there */
+}
+
+/* A table value lists logins, separated by commas or blanks. */
+static bool value_lists_login(const char *v, void *ctx)
+{
+	const struct flt_input *in = ctx;
+	const char *u = str_or_empty(in->auth_user);
+	size_t n = strlen(u);
+
+	while (n && *v) {
+		size_t k = strcspn(v, ", \t");
+
+		if (k == n && strncasecmp(v, u, n) == 0)
+			return true;
+		v += k;
+		v += strspn(v, ", \t");
+	}
+	return false;
 }
 
 static bool test_bool(const struct flt_input *in, uint8_t field)
@@ -96,6 +127,8 @@ static bool test_bool(const struct flt_input *in, uint8_t field)
 	case FLT_F_RCPT:
 	case FLT_F_RCPT_DOMAIN:
 	case FLT_F_RCPT_COUNT:
+	case FLT_F_HEADER:
+	case FLT_F_BODY:
 		break;
 	}
 	return false;
@@ -121,6 +154,21 @@ static bool test(const struct flt_op *op, const struct flt_input *in, const stru
 		return flt_table_has(op->u.table, (enum flt_set_kind)op->kind, p, n);
 	case FLT_M_TCIDR:
 		return flt_table_has_ip(op->u.table, in->client);
+	case FLT_M_HEADER:
+		return in->msg &&
+		       flt_msg_header_any(in->msg, in->msg_len, op->u.hdr->name,
+					  op->u.hdr->name_len, header_value_ok, op->u.hdr);
+	case FLT_M_BODY: {
+		size_t b = in->msg ? flt_msg_body_start(in->msg, in->msg_len) : 0;
+
+		return in->msg && b < in->msg_len &&
+		       flt_rx_match(op->u.rx, in->msg + b, in->msg_len - b);
+	}
+	case FLT_M_LOGIN:
+		return sender_is_login(in) ||
+		       (in->authenticated && in->sender &&
+			flt_table_value_has(op->u.table, FLT_SET_ADDRS, in->sender, in->sender_len,
+					    value_lists_login, (void *)in));
 	case FLT_M_RANGE:
 		v = op->field == FLT_F_SIZE ? in->size : in->rcpt_count;
 		return v >= op->u.range.lo && v <= op->u.range.hi;
@@ -155,6 +203,16 @@ int flt_eval(const struct flt_prog *prog, const struct flt_input *in, struct flt
 				st->tags_session |= a->tags;
 			else
 				st->tags_tx |= a->tags;
+			if (a->quarantine)
+				st->quarantine = a->quarantine;
+			if (a->route)
+				st->route = a->route;
+			if (a->bcc)
+				st->bcc = a->bcc;
+			if (a->rewrite)
+				st->rewrite = a->rewrite;
+			for (uint32_t i = 0; i < a->nadds && st->nadds < FLT_ADDS_MAX; i++)
+				st->adds[st->nadds++] = &a->adds[i];
 			*act = a;
 			*rule = op->rule;
 			pc++;

@@ -19,7 +19,8 @@
 
 enum { PH_CHAIN = 0, PH_DECIDED, PH_ERRDELAY };
 
-#define FIELD_MAX 255 /* bytes of one %{field} in a reply */
+#define FIELD_MAX	 255 /* bytes of one %{field} in a reply */
+#define FLT_HDR_LINE_MAX 998 /* a header line without CRLF (RFC 5322 2.1.1) */
 
 const char *const flt_stage_names[FLT_STAGE_COUNT] = {"connect", "helo", "auth",
 						      "mail",	 "rcpt", "data"};
@@ -70,6 +71,9 @@ static void field_value(const struct flt_input *in, int f, const char **p, size_
 		break;
 	case FLT_RF_HOSTNAME:
 		s = in->rules->hostname;
+		break;
+	case FLT_RF_QID:
+		s = in->qid;
 		break;
 	case FLT_RF_COUNT:
 		break;
@@ -174,7 +178,8 @@ int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 	st->phase = PH_CHAIN;
 	st->rule = UINT32_MAX;
 	if (stage == FLT_STAGE_MAIL)
-		st->tags_tx = 0; /* a transaction begins (a refused MAIL leaves none) */
+		flt_tx_end(st); /* a transaction begins (a refused MAIL leaves none) */
+	st->nadds = 0;
 	if (stage == FLT_STAGE_RCPT) {
 		flt_relay_policy(in, out);
 		if (out->action != FLT_ACCEPT)
@@ -195,4 +200,62 @@ int flt_resume(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 void flt_tx_end(struct flt_state *st)
 {
 	st->tags_tx = 0;
+	st->quarantine = st->route = st->bcc = NULL;
+	st->rewrite = NULL;
+}
+
+struct rewrite {
+	const char *sender;
+	size_t n;
+	char *out;
+	size_t cap, len;
+};
+
+static bool rewrite_to(const char *v, void *ctx)
+{
+	struct rewrite *rw = ctx;
+	const char *at = memrchr(rw->sender, '@', rw->n);
+	size_t vn = strlen(v), local = at ? (size_t)(at - rw->sender) : rw->n;
+
+	if (!vn || strpbrk(v, " \t,") || !strchr(v, '@'))
+		return false;
+	if (v[0] == '@') /* the same local part at another domain */
+		rw->len = (size_t)snprintf(rw->out, rw->cap, "%.*s%s", (int)local, rw->sender, v);
+	else
+		rw->len = (size_t)snprintf(rw->out, rw->cap, "%s", v);
+	if (rw->len >= rw->cap)
+		rw->len = 0;
+	return rw->len != 0;
+}
+
+size_t flt_rewrite_sender(const struct flt_table *t, const char *sender, size_t n, char *out,
+			  size_t cap)
+{
+	struct rewrite rw = {sender, n, out, cap, 0};
+
+	if (!t || !n || !flt_table_value_has(t, FLT_SET_ADDRS, sender, n, rewrite_to, &rw))
+		return 0;
+	return rw.len;
+}
+
+size_t flt_header_format(const struct flt_hdr_add *a, const struct flt_input *in, char *out,
+			 size_t cap)
+{
+	size_t n = strlen(a->name);
+	char value[FLT_HDR_LINE_MAX];
+
+	reply_expand(a->value, in, value, sizeof(value));
+	if (n + 2 + strlen(value) + 3 > cap)
+		return 0;
+	return (size_t)snprintf(out, cap, "%s: %s\r\n", a->name, value);
+}
+
+bool flt_data_reads_message(const struct flt_rules *r, uint8_t listener)
+{
+	return r && r->data_reads_msg[listener];
+}
+
+bool flt_data_adds_headers(const struct flt_rules *r, uint8_t listener)
+{
+	return r && r->data_adds[listener];
 }

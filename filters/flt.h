@@ -80,18 +80,33 @@ struct flt_input {
 	size_t rcpt_domain_len;
 	uint32_t rcpt_count; /* RCPT: recipients accepted so far + 1 */
 	uint32_t errors;     /* errors the session has made so far */
-	bool quiet;	     /* filter explain: log nothing */
+	const char *qid;     /* from DATA/BDAT on: the queue ID; else "" */
+	/* DATA: the message's first bytes as the client sent them (no
+	 * stuffing, without our Received:), and its size (RFC 1870). */
+	const char *msg;
+	size_t msg_len;
+	bool quiet; /* filter explain: log nothing */
 };
 
 /* Evaluation state, one per session: tags, and where a PENDING stage goes
  * on.  Zero it at the session's start; flt_tx_end() at each transaction's
  * end. */
+#define FLT_ADDS_MAX 16 /* header fields one data stage adds */
+struct flt_hdr_add;
+
 struct flt_state {
 	uint64_t tags_session; /* set at connect, helo, auth */
 	uint64_t tags_tx;      /* set at mail, rcpt, data */
 	uint32_t pc;	       /* PENDING: the next op to run */
 	uint32_t rule;	       /* the deciding rule (flt_rule_path) */
 	uint8_t phase;	       /* PENDING: see flt.c */
+	uint8_t nadds;	       /* data: the add_header actions that ran */
+	/* The transaction's message actions (NULL: none), applied at commit. */
+	const char *quarantine;		 /* its quarantine */
+	const char *route;		 /* routes[].name for every recipient */
+	const char *bcc;		 /* a recipient to add (an archive) */
+	const struct flt_table *rewrite; /* the sender's new address, by table */
+	const struct flt_hdr_add *adds[FLT_ADDS_MAX];
 };
 
 struct flt_verdict {
@@ -106,6 +121,33 @@ int flt_decide(enum flt_stage stage, const struct flt_input *in, struct flt_stat
 	       struct flt_verdict *out);
 int flt_resume(enum flt_stage stage, const struct flt_input *in, struct flt_state *st,
 	       struct flt_verdict *out);
+/* A header field a data-stage decision added (st->adds[i]) as the line
+ * "Name: value\r\n" in out[cap]; its length, 0 when it does not fit. */
+size_t flt_header_format(const struct flt_hdr_add *a, const struct flt_input *in, char *out,
+			 size_t cap);
+/* The sender as st->rewrite maps it (a value "new@address", or "@domain"
+ * for the same local part at that domain) into out[cap]: its length, or 0
+ * when the table has no entry for it or the value is not an address. */
+size_t flt_rewrite_sender(const struct flt_table *t, const char *sender, size_t n, char *out,
+			  size_t cap);
+/* Does the listener's data stage look at the message (header, body)?  Then
+ * the session keeps its first FLT_CAPTURE_MAX octets for it (flt_input.msg).
+ * Does it add header fields (then room is kept for them)? */
+#define FLT_CAPTURE_MAX 65536
+bool flt_data_reads_message(const struct flt_rules *r, uint8_t listener);
+bool flt_data_adds_headers(const struct flt_rules *r, uint8_t listener);
+/* ---- the message (match_msg.c) ------------------------------------------------- */
+
+/* The captured message's header section, CRLF lines (a bare LF too).
+ * Where the body begins (after the blank line), or n when the capture
+ * ends inside the header section. */
+size_t flt_msg_body_start(const char *m, size_t n);
+/* Does some field named name (ASCII case folded) pass test?  Its value is
+ * unfolded (line breaks before blanks dropped, surrounding blanks
+ * trimmed) into a buffer of 4096 octets, cut there. */
+bool flt_msg_header_any(const char *m, size_t n, const char *name, size_t nlen,
+			bool (*test)(const char *v, size_t len, const void *ctx), const void *ctx);
+
 /* The transaction ended (message committed or refused, RSET, new EHLO). */
 void flt_tx_end(struct flt_state *st);
 

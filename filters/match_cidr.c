@@ -7,6 +7,7 @@
  * membership is asked, never the longest prefix, so no trie is needed.)
  * An IPv4 client on an IPv6 socket (::ffff:a.b.c.d) is looked up as IPv4.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -61,7 +62,14 @@ static int grow(void **v, uint32_t *cap, uint32_t count, size_t size)
 int flt_cidrs_add(struct flt_cidrs *n, const char *s, size_t len)
 {
 	struct config_cidr net;
-	int rc = config_cidr_from_string(s, len, &net);
+	char text[INET6_ADDRSTRLEN + 8]; /* the parser reads to a NUL */
+	int rc;
+
+	if (len >= sizeof(text) || memchr(s, '\0', len))
+		return -EINVAL;
+	memcpy(text, s, len);
+	text[len] = '\0';
+	rc = config_cidr_from_string(text, len, &net);
 
 	if (rc < 0)
 		return rc;

@@ -121,20 +121,22 @@ static int grow(struct flt_set *s)
 	return 0;
 }
 
-static int insert(struct flt_set *s, const char *p, size_t n)
+/* The entry's name, then (when given) its value after the name's NUL. */
+static int insert_kv(struct flt_set *s, const char *p, size_t n, const char *val, size_t vn)
 {
 	uint64_t h = hash_folded(p, n);
 	struct flt_slot *sl;
+	size_t need = n + 1 + vn + 1;
 
-	if (n > UINT32_MAX / 2 || s->names_len + n + 1 > UINT32_MAX)
+	if (n > UINT32_MAX / 2 || vn > UINT32_MAX / 2 || s->names_len + need > UINT32_MAX)
 		return -ENOMEM;
 	if ((s->count + 1) * 2 > s->mask + 1 && grow(s) < 0)
 		return -ENOMEM;
 	sl = (struct flt_slot *)probe(s, p, n, h);
 	if (sl->off)
 		return 0; /* already there */
-	if (s->names_len + n + 1 > s->names_cap) {
-		size_t cap = s->names_cap * 2 + n + 1;
+	if (s->names_len + need > s->names_cap) {
+		size_t cap = s->names_cap * 2 + need;
 		char *names = realloc(s->names, cap);
 
 		if (!names)
@@ -145,17 +147,22 @@ static int insert(struct flt_set *s, const char *p, size_t n)
 	for (size_t i = 0; i < n; i++)
 		s->names[s->names_len + i] = (char)fold((unsigned char)p[i]);
 	s->names[s->names_len + n] = '\0';
+	if (vn)
+		memcpy(s->names + s->names_len + n + 1, val, vn);
+	s->names[s->names_len + n + 1 + vn] = '\0';
 	sl->hash = h;
 	sl->off = (uint32_t)s->names_len;
 	sl->len = (uint32_t)n;
-	s->names_len += n + 1;
+	s->names_len += need;
 	s->count++;
 	return 0;
 }
 
-static bool has(const struct flt_set *s, const char *v, size_t n)
+static const struct flt_slot *find(const struct flt_set *s, const char *v, size_t n)
 {
-	return probe(s, v, n, hash_folded(v, n))->off != 0;
+	const struct flt_slot *sl = probe(s, v, n, hash_folded(v, n));
+
+	return sl->off ? sl : NULL;
 }
 
 /* Printable ASCII or UTF-8, no space: what a name in a set can be. */
@@ -167,7 +174,7 @@ static bool entry_chars_ok(const char *p, size_t n)
 	return true;
 }
 
-static int add_domain(struct flt_set *s, const char *p, size_t n)
+static int add_domain(struct flt_set *s, const char *p, size_t n, const char *val, size_t vn)
 {
 	if (n && p[n - 1] == '.')
 		n--;
@@ -179,61 +186,96 @@ static int add_domain(struct flt_set *s, const char *p, size_t n)
 	} else if (n == 0 || memchr(p, '*', n)) {
 		return -EINVAL;
 	}
+	if (memchr(p, '@', n)) /* an address where a domain belongs: never matches */
+		return -EINVAL;
 	if (p[n - 1] == '.' || memmem(p, n, "..", 2))
 		return -EINVAL;
-	return insert(s, p, n);
+	return insert_kv(s, p, n, val, vn);
 }
 
-int flt_set_add(struct flt_set *s, const char *p, size_t n)
+int flt_set_add_value(struct flt_set *s, const char *p, size_t n, const char *val, size_t vn)
 {
+	if (s->kind == FLT_SET_TEXT)
+		return n ? insert_kv(s, p, n, val, vn) : -EINVAL;
 	if (!entry_chars_ok(p, n))
 		return -EINVAL;
 	switch (s->kind) {
+	case FLT_SET_TEXT:
 	case FLT_SET_NAMES:
-		return n ? insert(s, p, n) : -EINVAL;
+		return n ? insert_kv(s, p, n, val, vn) : -EINVAL;
 	case FLT_SET_DOMAINS:
-		return add_domain(s, p, n);
+		return add_domain(s, p, n, val, vn);
 	case FLT_SET_ADDRS:
 		if (n == 2 && memcmp(p, "<>", 2) == 0)
-			return insert(s, "", 0); /* the null sender */
+			return insert_kv(s, "", 0, val, vn); /* the null sender */
 		if (n && p[0] == '@')
-			return add_domain(s->at, p + 1, n - 1);
+			return add_domain(s->at, p + 1, n - 1, val, vn);
 		if (n && (!memchr(p, '@', n) || p[n - 1] == '@'))
 			return -EINVAL;
-		return insert(s, p, n);
+		return insert_kv(s, p, n, val, vn);
 	}
 	return -EINVAL;
 }
 
-/* A domain, or one of its parent domains as a "*.suffix" entry. */
-static bool has_domain(const struct flt_set *s, const char *v, size_t n)
+int flt_set_add(struct flt_set *s, const char *p, size_t n)
 {
+	return flt_set_add_value(s, p, n, NULL, 0);
+}
+
+/* A domain, or one of its parent domains as a "*.suffix" entry: the
+ * exact entry first, then the nearest parent. */
+static const struct flt_slot *find_domain(const struct flt_set *s, const char *v, size_t n)
+{
+	const struct flt_slot *sl;
+
 	if (n && v[n - 1] == '.')
 		n--;
-	if (n && v[0] != '.' && has(s, v, n)) /* ".x" is only a suffix entry */
-		return true;
+	if (n && v[0] != '.' && (sl = find(s, v, n))) /* ".x" is only a suffix entry */
+		return sl;
 	for (size_t i = 1; i < n; i++)
-		if (v[i] == '.' && has(s, v + i, n - i))
-			return true;
-	return false;
+		if (v[i] == '.' && (sl = find(s, v + i, n - i)))
+			return sl;
+	return NULL;
+}
+
+/* The entry that holds v: for an address, itself, else its "@domain". */
+static const struct flt_slot *lookup(const struct flt_set *s, const struct flt_set **in,
+				     const char *v, size_t n)
+{
+	const struct flt_slot *sl;
+	const char *at;
+
+	*in = s;
+	switch (s->kind) {
+	case FLT_SET_TEXT:
+	case FLT_SET_NAMES:
+		return find(s, v, n);
+	case FLT_SET_DOMAINS:
+		return find_domain(s, v, n);
+	case FLT_SET_ADDRS:
+		if ((sl = find(s, v, n)))
+			return sl;
+		at = memrchr(v, '@', n);
+		*in = s->at;
+		return at && s->at->count ? find_domain(s->at, at + 1, n - (size_t)(at + 1 - v))
+					  : NULL;
+	}
+	return NULL;
 }
 
 bool flt_set_has(const struct flt_set *s, const char *v, size_t n)
 {
-	const char *at;
+	const struct flt_set *in;
 
-	switch (s->kind) {
-	case FLT_SET_NAMES:
-		return has(s, v, n);
-	case FLT_SET_DOMAINS:
-		return has_domain(s, v, n);
-	case FLT_SET_ADDRS:
-		if (has(s, v, n))
-			return true;
-		at = memrchr(v, '@', n);
-		return at && s->at->count && has_domain(s->at, at + 1, n - (size_t)(at + 1 - v));
-	}
-	return false;
+	return lookup(s, &in, v, n) != NULL;
+}
+
+const char *flt_set_value(const struct flt_set *s, const char *v, size_t n)
+{
+	const struct flt_set *in;
+	const struct flt_slot *sl = lookup(s, &in, v, n);
+
+	return sl ? in->names + sl->off + sl->len + 1 : NULL;
 }
 
 enum flt_set_kind flt_set_kind_of(const struct flt_set *s)

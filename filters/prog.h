@@ -22,6 +22,9 @@
 #include "config/config.h"
 #include "filters/flt.h"
 
+#define FLT_HDR_NAME_MAX  64
+#define FLT_HDR_VALUE_MAX 4096
+
 /* What a TEST looks at. */
 enum flt_field {
 	FLT_F_CLIENT_IP = 0,
@@ -39,6 +42,8 @@ enum flt_field {
 	FLT_F_RCPT,
 	FLT_F_RCPT_DOMAIN,
 	FLT_F_RCPT_COUNT,
+	FLT_F_HEADER, /* data: a header field (u.hdr) */
+	FLT_F_BODY,   /* data: the body's first bytes */
 };
 
 /* How it looks. */
@@ -51,6 +56,9 @@ enum flt_how {
 	FLT_M_MASK,    /* u.mask: any of these bits (tags, listeners) */
 	FLT_M_TSET,    /* u.table, as a set of kind op->kind */
 	FLT_M_TCIDR,   /* u.table, as networks */
+	FLT_M_LOGIN,   /* u.table: the sender is the login or listed for it */
+	FLT_M_HEADER,  /* u.hdr: a field of that name (whose value matches) */
+	FLT_M_BODY,    /* u.rx over the body part of the captured message */
 };
 
 enum flt_opcode {
@@ -80,6 +88,7 @@ enum flt_reply_field {
 	FLT_RF_LISTENER,
 	FLT_RF_AUTH_USER,
 	FLT_RF_HOSTNAME,
+	FLT_RF_QID,
 	FLT_RF_COUNT,
 };
 
@@ -88,8 +97,29 @@ struct flt_cidrs;
 struct flt_rx;
 struct flt_table;
 
+/* A header field test: name (case-insensitive), and its unfolded value in
+ * set (exact, case-insensitive) or matching rx; neither: the field is there. */
+struct flt_hdr_test {
+	char name[FLT_HDR_NAME_MAX + 1];
+	size_t name_len;
+	const struct flt_set *set;
+	const struct flt_rx *rx;
+};
+
+/* add_header: "name: value", the value a template like a reply's. */
+struct flt_hdr_add {
+	char name[FLT_HDR_NAME_MAX + 1];
+	const char *value;
+};
+
 struct flt_act {
 	enum flt_decide decide;
+	const struct flt_hdr_add *adds;	 /* data: header fields to add */
+	const char *quarantine;		 /* accept into this quarantine */
+	const char *route;		 /* deliver by this route (routes[].name) */
+	const char *bcc;		 /* add this recipient */
+	const struct flt_table *rewrite; /* rewrite the sender by this table */
+	uint32_t nadds;
 	uint32_t tarpit_ms;
 	uint64_t tags;	   /* tag bits to set */
 	bool session_tags; /* set at connect/helo/auth: they last the session */
@@ -108,6 +138,7 @@ struct flt_op {
 		const struct flt_cidrs *cidr;
 		const struct flt_rx *rx;
 		const struct flt_table *table;
+		const struct flt_hdr_test *hdr;
 		struct {
 			uint64_t lo, hi;
 		} range;
@@ -133,7 +164,9 @@ struct flt_rules {
 	uint32_t tag_count;
 	const char *hostname; /* %{hostname}: the config's, which outlives the rules */
 	const char *listener_names[CONFIG_LISTENERS_MAX];
-	struct flt_table **tables; /* every table of "tables" */
+	bool data_reads_msg[CONFIG_LISTENERS_MAX]; /* a header or body test at data */
+	bool data_adds[CONFIG_LISTENERS_MAX];	   /* an add_header at data */
+	struct flt_table **tables;		   /* every table of "tables" */
 	uint32_t table_count;
 	struct flt_owned *owned; /* everything compiled, freed by flt_rules_free */
 };
@@ -147,12 +180,18 @@ enum flt_set_kind {
 	FLT_SET_NAMES = 0, /* helo, listener, auth_user, tls version: exact only */
 	FLT_SET_DOMAINS,   /* exact and "*.suffix" */
 	FLT_SET_ADDRS,	   /* exact "local@domain", "@domain", "@*.suffix" */
+	FLT_SET_TEXT,	   /* exact, spaces allowed (header values); not for tables */
 };
 struct flt_set *flt_set_new(enum flt_set_kind kind, uint32_t hint);
 /* 0, -EINVAL (not a valid entry for this kind) or -ENOMEM. */
 int flt_set_add(struct flt_set *s, const char *entry, size_t len);
+/* An entry with a value (a key -> value table); vlen 0: none. */
+int flt_set_add_value(struct flt_set *s, const char *entry, size_t len, const char *val,
+		      size_t vlen);
 bool flt_set_has(const struct flt_set *s, const char *v, size_t len);
 enum flt_set_kind flt_set_kind_of(const struct flt_set *s);
+/* The value of the entry that holds v ("" when it has none), or NULL. */
+const char *flt_set_value(const struct flt_set *s, const char *v, size_t len);
 void flt_set_free(struct flt_set *s);
 
 /* Networks: 0, -EINVAL (not an address or network) or -ERANGE (host bits
@@ -174,11 +213,16 @@ void flt_rx_free(struct flt_rx *rx);
 
 /* What a table is used as: bit k for a set of enum flt_set_kind k, or
  * networks.  A table is built in every form its rules use. */
-#define FLT_USE_CIDRS (1u << 3)
+#define FLT_USE_CIDRS (1u << 4) /* above every set kind */
 
-/* file NULL: an inline table of count entries (copied). */
+/* file NULL: an inline table of count entries, with their values when
+ * values is not NULL (all copied). */
 struct flt_table *flt_table_new(const char *name, const char *file, const char *const *entries,
-				uint32_t count);
+				const char *const *values, uint32_t count);
+/* Is there an entry that holds v (as flt_table_has) whose value ("" when
+ * it has none) satisfies pred?  pred runs while the contents are held. */
+bool flt_table_value_has(const struct flt_table *t, enum flt_set_kind kind, const char *v, size_t n,
+			 bool (*pred)(const char *value, void *ctx), void *ctx);
 void flt_table_use(struct flt_table *t, unsigned use);
 /* Build the forms its uses need, from the entries or the file; -EINVAL
  * with err "tables.NAME.inline[i]: ..." or "tables.NAME.file: line N: ...". */

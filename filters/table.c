@@ -28,7 +28,7 @@
 #define TABLE_FILE_MAX (256u << 20) /* bytes: a bigger file is refused */
 
 struct tdata {
-	struct flt_set *sets[3]; /* by enum flt_set_kind, as uses asks */
+	struct flt_set *sets[FLT_SET_TEXT]; /* by enum flt_set_kind, as uses asks (never TEXT) */
 	struct flt_cidrs *cidrs;
 	uint32_t entries;
 };
@@ -45,6 +45,7 @@ struct flt_table {
 	char *name;
 	char *file;	   /* NULL: inline */
 	char **entries;	   /* inline: the entries */
+	char **values;	   /* inline: their values (NULL: none) */
 	uint32_t count;	   /* inline: how many */
 	unsigned uses;	   /* FLT_USE_* */
 	struct tdata *cur; /* read with ck_pr_load_ptr */
@@ -93,7 +94,7 @@ static void tdata_free(struct tdata *d)
 {
 	if (!d)
 		return;
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < FLT_SET_TEXT; k++)
 		flt_set_free(d->sets[k]);
 	flt_cidrs_free(d->cidrs);
 	free(d);
@@ -108,21 +109,23 @@ static const char *kind_what(unsigned use)
 }
 
 /* The forms uses asks for, from n keys; where(i) names key i in errors. */
-static struct tdata *tdata_build(unsigned uses, char *const *keys, const uint32_t *lines,
-				 uint32_t n, const struct flt_table *t, char *err, size_t err_len)
+static struct tdata *tdata_build(unsigned uses, char *const *keys, char *const *values,
+				 const uint32_t *lines, uint32_t n, const struct flt_table *t,
+				 char *err, size_t err_len)
 {
 	struct tdata *d = calloc(1, sizeof(*d));
 
 	if (!d)
 		goto oom;
 	d->entries = n;
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < FLT_SET_TEXT; k++)
 		if ((uses & (1u << k)) && !(d->sets[k] = flt_set_new((enum flt_set_kind)k, n)))
 			goto oom;
 	if ((uses & FLT_USE_CIDRS) && !(d->cidrs = flt_cidrs_new()))
 		goto oom;
 	for (uint32_t i = 0; i < n; i++) {
 		size_t len = strlen(keys[i]);
+		const char *val = values && values[i] ? values[i] : "";
 
 		for (unsigned use = 1; use <= FLT_USE_CIDRS; use <<= 1) {
 			int rc;
@@ -131,7 +134,8 @@ static struct tdata *tdata_build(unsigned uses, char *const *keys, const uint32_
 				continue;
 			rc = use == FLT_USE_CIDRS
 				 ? flt_cidrs_add(d->cidrs, keys[i], len)
-				 : flt_set_add(d->sets[__builtin_ctz(use)], keys[i], len);
+				 : flt_set_add_value(d->sets[__builtin_ctz(use)], keys[i], len, val,
+						     strlen(val));
 			if (rc == -ENOMEM)
 				goto oom;
 			if (rc < 0) {
@@ -157,18 +161,21 @@ oom:
 }
 
 struct flt_table *flt_table_new(const char *name, const char *file, const char *const *entries,
-				uint32_t count)
+				const char *const *values, uint32_t count)
 {
 	struct flt_table *t = calloc(1, sizeof(*t));
 
 	if (!t || !(t->name = strdup(name)) || (file && !(t->file = strdup(file))))
 		goto fail;
-	if (count && !(t->entries = calloc(count, sizeof(*t->entries))))
+	if (count && (!(t->entries = calloc(count, sizeof(*t->entries))) ||
+		      !(t->values = calloc(count, sizeof(*t->values)))))
 		goto fail;
 	for (uint32_t i = 0; i < count; i++) {
 		if (!(t->entries[i] = strdup(entries[i])))
 			goto fail;
 		t->count++;
+		if (values && values[i] && !(t->values[i] = strdup(values[i])))
+			goto fail;
 	}
 	return t;
 fail:
@@ -195,9 +202,12 @@ void flt_table_free(struct flt_table *t)
 {
 	if (!t)
 		return;
-	for (uint32_t i = 0; i < t->count; i++)
+	for (uint32_t i = 0; i < t->count; i++) {
 		free(t->entries[i]);
+		free(t->values[i]);
+	}
 	free(t->entries);
+	free(t->values);
 	tdata_free(t->cur);
 	free(t->name);
 	free(t->file);
@@ -259,20 +269,54 @@ out:
 	return buf;
 }
 
-/* Lines: "key" or "key value" (the value is not used yet); blank lines and
- * lines whose first non-blank character is '#' are skipped.  Keys point
- * into buf. */
-static int file_parse(const struct flt_table *t, char *buf, size_t len, char ***keys,
-		      uint32_t **lines, uint32_t *n, char *err, size_t err_len)
+/* The entries of a file, pointing into its buffer. */
+struct lines {
+	char **keys, **values;
+	uint32_t *line;
+	uint32_t n, cap;
+};
+
+static int lines_push(struct lines *l, char *k, char *v, uint32_t line)
 {
-	uint32_t cap = 0, line = 0;
+	if (l->n == l->cap) {
+		uint32_t c = l->cap ? l->cap * 2 : 1024;
+		char **kv = realloc(l->keys, c * sizeof(*kv));
+
+		if (kv)
+			l->keys = kv;
+		char **vv = kv ? realloc(l->values, c * sizeof(*vv)) : NULL;
+
+		if (vv)
+			l->values = vv;
+		uint32_t *lv = vv ? realloc(l->line, c * sizeof(*lv)) : NULL;
+
+		if (!lv)
+			return -ENOMEM;
+		l->line = lv;
+		l->cap = c;
+	}
+	l->keys[l->n] = k;
+	l->values[l->n] = v;
+	l->line[l->n++] = line;
+	return 0;
+}
+
+static bool blank(char ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\r';
+}
+
+/* Lines: "key" or "key value" (the value runs to the end of the line, its
+ * surrounding blanks dropped); blank lines and lines whose first non-blank
+ * character is '#' are skipped. */
+static int file_parse(const struct flt_table *t, char *buf, size_t len, struct lines *l, char *err,
+		      size_t err_len)
+{
+	uint32_t line = 0;
 	char *p = buf, *end = buf + len;
 
-	*keys = NULL;
-	*lines = NULL;
-	*n = 0;
 	while (p < end) {
-		char *eol = memchr(p, '\n', (size_t)(end - p)), *k, *e;
+		char *eol = memchr(p, '\n', (size_t)(end - p)), *k, *e, *v;
 
 		if (!eol)
 			eol = end;
@@ -283,31 +327,22 @@ static int file_parse(const struct flt_table *t, char *buf, size_t len, char ***
 				 line);
 			return -EINVAL;
 		}
-		for (k = p; *k == ' ' || *k == '\t' || *k == '\r'; k++)
+		for (k = p; blank(*k); k++)
 			;
 		p = eol + 1;
 		if (!*k || *k == '#')
 			continue;
-		for (e = k; *e && *e != ' ' && *e != '\t' && *e != '\r'; e++)
+		for (e = k; *e && !blank(*e); e++)
 			;
+		for (v = e; blank(*v); v++)
+			;
+		for (char *ve = eol; ve > v && blank(ve[-1]); ve--)
+			ve[-1] = '\0';
 		*e = '\0';
-		if (*n == cap) {
-			uint32_t c = cap ? cap * 2 : 1024;
-			char **kv = realloc(*keys, c * sizeof(*kv));
-			uint32_t *lv = kv ? realloc(*lines, c * sizeof(*lv)) : NULL;
-
-			if (kv)
-				*keys = kv;
-			if (!kv || !lv) {
-				snprintf(err, err_len, "tables.%s.file: out of memory", t->name);
-				return -ENOMEM;
-			}
-			*lines = lv;
-			cap = c;
+		if (lines_push(l, k, v, line) < 0) {
+			snprintf(err, err_len, "tables.%s.file: out of memory", t->name);
+			return -ENOMEM;
 		}
-		(*keys)[*n] = k;
-		(*lines)[*n] = line;
-		(*n)++;
 	}
 	return 0;
 }
@@ -317,16 +352,16 @@ static struct tdata *file_load(const struct flt_table *t, struct file_id *id, ch
 {
 	size_t len = 0;
 	char *buf = file_read(t, id, &len, err, err_len);
-	char **keys;
-	uint32_t *lines, n;
+	struct lines l = {0};
 	struct tdata *d = NULL;
 
 	if (!buf)
 		return NULL;
-	if (file_parse(t, buf, len, &keys, &lines, &n, err, err_len) == 0)
-		d = tdata_build(t->uses, keys, lines, n, t, err, err_len);
-	free(keys);
-	free(lines);
+	if (file_parse(t, buf, len, &l, err, err_len) == 0)
+		d = tdata_build(t->uses, l.keys, l.values, l.line, l.n, t, err, err_len);
+	free(l.keys);
+	free(l.values);
+	free(l.line);
 	free(buf);
 	return d;
 }
@@ -338,7 +373,7 @@ int flt_table_build(struct flt_table *t, char *err, size_t err_len)
 	if (t->file)
 		d = file_load(t, &t->loaded, err, err_len);
 	else
-		d = tdata_build(t->uses, t->entries, NULL, t->count, t, err, err_len);
+		d = tdata_build(t->uses, t->entries, t->values, NULL, t->count, t, err, err_len);
 	if (!d)
 		return -EINVAL;
 	t->seen = t->loaded;
@@ -424,6 +459,26 @@ bool flt_table_has_ip(const struct flt_table *t, const struct sockaddr *sa)
 	ck_epoch_begin(rec, &sec);
 	d = ck_pr_load_ptr(&t->cur);
 	hit = flt_cidrs_has(d->cidrs, sa);
+	ck_epoch_end(rec, &sec);
+	return hit;
+}
+
+bool flt_table_value_has(const struct flt_table *t, enum flt_set_kind kind, const char *v, size_t n,
+			 bool (*pred)(const char *value, void *ctx), void *ctx)
+{
+	ck_epoch_record_t *rec;
+	ck_epoch_section_t sec;
+	const char *val;
+	bool hit;
+
+	if (!t->file) {
+		val = flt_set_value(t->cur->sets[kind], v, n);
+		return val && pred(val, ctx);
+	}
+	rec = epoch_record();
+	ck_epoch_begin(rec, &sec);
+	val = flt_set_value(((const struct tdata *)ck_pr_load_ptr(&t->cur))->sets[kind], v, n);
+	hit = val && pred(val, ctx);
 	ck_epoch_end(rec, &sec);
 	return hit;
 }

@@ -86,6 +86,10 @@ struct qmsg *qindex_add(struct qindex *ix, uint64_t seq, uint64_t commit_off, co
 	m->id = env.id;
 	m->seq = seq;
 	m->commit_off = commit_off;
+	/* Quarantined: held until an operator releases it (a state record
+	 * read later, or written by the release, says otherwise). */
+	if (env.quarantine.len)
+		m->flags |= SPOOL_STATE_HELD;
 	if (ix->count >= ix->mask + 1)
 		qindex_grow(ix);
 	m->hnext = ix->table[id_hash(m->id) & ix->mask];

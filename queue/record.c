@@ -402,15 +402,16 @@ int spool_qid_parse(const char *s, size_t len, uint64_t *id)
 
 /* ---- envelope codec ---------------------------------------------------------
  *
- * Version 2, all integers little-endian:
+ * Version 3, all integers little-endian:
  *
- *    0 u8  version (2)         1 u8  body_type      2 u8 ret     3 u8 zero
+ *    0 u8  version (3)         1 u8  body_type      2 u8 ret     3 u8 zero
  *    4 u32 flags               8 u64 id            16 i64 arrival_s
  *   24 u64 msg_len            32 u64 wire_len      40 u64 first_chunk_off
  *   48 u64 size_declared      56 u32 msg_crc       60 u32 rcpt_count
  *   64 u64 stuff_len
  *   72 six strings, each u16 length + bytes: listener, client_addr, helo,
- *      mail_from, envid, auth_user
+ *      mail_from, envid, auth_user, and (version 3) three more: prepend,
+ *      quarantine, route
  *      rcpt table: rcpt_count x { u32 heap offset, u16 addr len,
  *                                 u16 orcpt len, u8 notify }
  *      rcpt heap: addr0 orcpt0 addr1 orcpt1 ... (to the end of the payload)
@@ -422,6 +423,7 @@ int spool_qid_parse(const char *s, size_t len, uint64_t *id)
  *
  * Version 1 is version 2 without stuff_len (the strings at 64); a spool
  * written before it is read with stuff_len 0, its sizes as they were.
+ * Version 2 is version 3 without the last three strings (read as empty).
  */
 
 #define ENV_FIXED_LEN	   72
@@ -518,6 +520,9 @@ size_t spool_env_encode(const struct spool_env *env, uint8_t *out, size_t cap)
 	enc_str(&e, env->mail_from);
 	enc_str(&e, env->envid);
 	enc_str(&e, env->auth_user);
+	enc_str(&e, env->prepend);
+	enc_str(&e, env->quarantine);
+	enc_str(&e, env->route);
 	enc_rcpts(&e, env);
 	if (e.full)
 		return 0;
@@ -599,7 +604,7 @@ int spool_env_decode(const uint8_t *p, size_t len, struct spool_env *env)
 	if (len > SPOOL_ENV_MAX)
 		return -EINVAL;
 	uint64_t version = dec_le(&d, 1);
-	if (version != 1 && version != SPOOL_ENV_VERSION)
+	if (version < 1 || version > SPOOL_ENV_VERSION)
 		return -EINVAL;
 	*env = (struct spool_env){0};
 	env->body_type = (uint8_t)dec_le(&d, 1);
@@ -623,6 +628,13 @@ int spool_env_decode(const uint8_t *p, size_t len, struct spool_env *env)
 	env->mail_from = dec_str(&d);
 	env->envid = dec_str(&d);
 	env->auth_user = dec_str(&d);
+	if (version >= 3) {
+		env->prepend = dec_str(&d);
+		env->quarantine = dec_str(&d);
+		env->route = dec_str(&d);
+	}
+	if (env->prepend.len > SPOOL_PREPEND_MAX)
+		return -EINVAL;
 	/* msg_len > wire_len would make spool_message_read hand out bytes that
 	 * do not exist; refuse it here rather than trust a later check. */
 	if (d.bad || env->msg_len > env->wire_len || dec_rcpts(&d, env))
@@ -869,6 +881,8 @@ int spool_message_read(int fd, const struct spool_env *env, uint64_t commit_off,
 
 	if (r)
 		return r == -EINVAL || r == -EPROTO ? -EIO : r;
+	if (env->prepend.len && (r = fn(ctx, env->prepend.ptr, env->prepend.len)))
+		return r;
 	w.buf = malloc(w.cap);
 	if (w.buf == NULL)
 		return -ENOMEM;

@@ -57,6 +57,7 @@
 #define SPOOL_REC_ALIGN	      8u
 #define SPOOL_REC_PAYLOAD_MAX (1u << 24) /* 16 MiB; a chunk or envelope never exceeds */
 #define SPOOL_ENV_MAX	      65536	 /* encoded envelope bound */
+#define SPOOL_PREPEND_MAX     8192	 /* spool_env.prepend bound */
 #define SPOOL_QID_LEN	      16	 /* queue ID text: 16 upper-case hex digits */
 
 enum spool_rec_type {
@@ -179,6 +180,16 @@ struct spool_env {
 	uint8_t ret;		  /* enum smtp_ret */
 	uint64_t size_declared;	  /* MAIL SIZE=, 0 if none */
 	struct spool_str listener, client_addr, helo, mail_from, envid, auth_user;
+	/* Header fields the filters added at the data stage ("Name: value\r\n"
+	 * lines, at most SPOOL_PREPEND_MAX octets), delivered before the
+	 * stored bytes; not in msg_len nor in msg_crc.  Version 3. */
+	struct spool_str prepend;
+	/* The quarantine a filter put the message in (empty: none): it enters
+	 * the queue held, until an operator releases it.  Version 3. */
+	struct spool_str quarantine;
+	/* The route a filter chose by name for every recipient (empty: by
+	 * domain, config_route_find).  Version 3. */
+	struct spool_str route;
 	uint32_t rcpt_count;
 	/* Encode: rcpts points at rcpt_count entries.  Decode: NULL; use
 	 * spool_env_rcpt() (recipients stay encoded in the payload). */
@@ -192,7 +203,8 @@ struct spool_env {
  * lacks one gains.  SIZE= and every logged size use this. */
 static inline uint64_t spool_env_size(const struct spool_env *env)
 {
-	return env->msg_len - env->stuff_len + (env->flags & SPOOL_ENV_NO_FINAL_CRLF ? 2 : 0);
+	return env->prepend.len + env->msg_len - env->stuff_len +
+	       (env->flags & SPOOL_ENV_NO_FINAL_CRLF ? 2 : 0);
 }
 
 /* Encode into out[0..cap). Returns bytes written, or 0 when it does not fit
@@ -241,8 +253,8 @@ struct spool_scan_stats {
 int spool_segment_scan(int fd, uint64_t limit, bool verify_bodies, spool_scan_fn fn, void *ctx,
 		       struct spool_scan_stats *stats);
 
-/* Stream the stored bytes of one committed message (the msg_len octets, in
- * stored form) to fn in pieces.  Reads the segment's key from fd's head,
+/* Stream one committed message to fn in pieces: env->prepend, then the
+ * stored bytes (the msg_len octets, in stored form).  Reads the segment's key from fd's head,
  * verifies every header and length and CRC over the chunks; returns 0, -EIO
  * on mismatch, -errno on read error, or fn's non-zero. */
 typedef int (*spool_body_fn)(void *ctx, const char *p, size_t n);
@@ -252,8 +264,8 @@ int spool_message_read(int fd, const struct spool_env *env, uint64_t commit_off,
 /* ---- additions ----------------------------------------------------------- */
 
 /* Envelope encoding version written by spool_env_encode (first payload byte).
- * Version 1 (no stuff_len) is still read, with stuff_len 0. */
-#define SPOOL_ENV_VERSION 2
+ * Versions 1 (no stuff_len) and 2 (no prepend) are still read. */
+#define SPOOL_ENV_VERSION 3
 /* The scanner reads the file in blocks of this size (one allocation per call);
  * records larger than it are streamed, not buffered whole. */
 #define SPOOL_SCAN_BUF_SIZE (1u << 20)

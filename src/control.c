@@ -155,11 +155,11 @@ static void ctl_post(struct control *ctl, uint32_t shard, struct dctl_req *req)
 	pthread_mutex_unlock(&ctl->post_lock);
 }
 
-static void cmd_queue_list(struct out *o, struct control *c)
+static void cmd_queue_list(struct out *o, struct control *c, bool quarantined)
 {
 	out_write(o, "OK\n", 3);
 	for (uint32_t i = 0; i < c->cfg->shards && o->drop == CTL_DROP_NONE; i++) {
-		struct dctl_req req = {.op = DCTL_LIST};
+		struct dctl_req req = {.op = DCTL_LIST, .quarantined = quarantined};
 
 		ctl_post(c, i, &req);
 		if (req.out_len)
@@ -289,8 +289,8 @@ static void cmd_queue_verb(struct out *o, struct control *c, const char *line)
 
 static void client_command(struct control *c, struct out *o, const char *line)
 {
-	if (strcmp(line, "queue list") == 0)
-		cmd_queue_list(o, c);
+	if (strcmp(line, "queue list") == 0 || strcmp(line, "queue list --quarantine") == 0)
+		cmd_queue_list(o, c, line[10] != '\0');
 	else if (strncmp(line, "queue show ", 11) == 0)
 		cmd_queue_show(o, c, line + 11);
 	else if (strcmp(line, "filter explain") == 0 || strncmp(line, "filter explain ", 15) == 0)

@@ -128,6 +128,8 @@ static void show_envelope(struct out *o, const struct spool_env *e, const char *
 	show_str(o, "client", &e->client_addr);
 	show_str(o, "helo", &e->helo);
 	out_printf(o, "from: <%.*s>\n", (int)e->mail_from.len, e->mail_from.ptr);
+	if (e->quarantine.len)
+		show_str(o, "quarantine", &e->quarantine);
 	if (e->body_type && e->body_type < 4)
 		out_printf(o, "body: %s\n", bodies[e->body_type]);
 	if (e->flags & SPOOL_ENV_SMTPUTF8)

@@ -138,6 +138,7 @@ static config_fn config_hostname_parse, config_affinity_parse, config_listeners_
 static config_fn config_listener_name_parse, config_listener_address_parse;
 static config_fn config_listener_banner_parse, config_domains_parse, config_networks_parse;
 static config_fn config_routes_parse, config_route_domains_parse, config_route_to_parse;
+static config_fn config_route_name_parse;
 static config_fn config_retry_parse, config_dns_servers_parse, config_certs_parse;
 static config_fn config_cert_names_parse, config_tls_version_parse;
 static config_fn config_filters_parse, config_tables_parse, config_listener_filters_parse;
@@ -162,6 +163,8 @@ static const struct config_key config_listener_keys[] = {
     KEY_CHOICE("tls", struct config_listener, tls, config_tls_mode_choices, CONFIG_TLS_NONE),
     KEY_CHOICE("auth", struct config_listener, auth, config_auth_mode_choices, CONFIG_AUTH_NONE),
     KEY_BOOL("auth_plaintext", struct config_listener, auth_plaintext, false),
+    KEY_BOOL("add_message_id_date", struct config_listener, add_message_id_date, true),
+    KEY_BOOL("received_hide_client", struct config_listener, received_hide_client, false),
     KEY_FN("filters", config_listener_filters_parse),
     {0},
 };
@@ -248,6 +251,7 @@ static const struct config_key config_log_keys[] = {
 /* "tls" and "ca_file" are for smtp/lmtp/mx hops; config_route_check()
  * refuses them on a local store, where they would parse and do nothing. */
 static const struct config_key config_route_keys[] = {
+    KEY_FN("name", config_route_name_parse),
     KEY_FN("domains", config_route_domains_parse),
     KEY_FN("to", config_route_to_parse),
     KEY_CHOICE("tls", struct config_route, tls, config_route_tls_choices,
@@ -1029,6 +1033,25 @@ static int config_route_domain_entry(const char *s, size_t len, void *entry)
 	return config_domain_entry(s, len, entry);
 }
 
+/* A route's name: what a filter's route action names (unique). */
+static int config_route_name_parse(struct config_ctx *c, const char *path, struct json_object *v,
+				   void *base)
+{
+	struct config_route *r = base;
+	size_t len;
+	const char *s = config_string_get(v, &len);
+
+	if (s == NULL || len == 0 || len >= sizeof(r->name) ||
+	    strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != len)
+		return config_fail(c, path, "expected a name of 1 to %d letters, digits, _ . -",
+				   (int)sizeof(r->name) - 1);
+	for (uint32_t i = 0; i + 1 < c->cfg->route_count; i++)
+		if (strcmp(c->cfg->routes[i].name, s) == 0)
+			return config_fail(c, path, "routes[%u] has this name already", i);
+	memcpy(r->name, s, len + 1);
+	return 0;
+}
+
 static int config_route_domains_parse(struct config_ctx *c, const char *path, struct json_object *v,
 				      void *base)
 {
@@ -1241,7 +1264,8 @@ static int config_routes_parse(struct config_ctx *c, const char *path, struct js
 		if (config_defaults_apply(c, config_route_keys, (char *)r) < 0 ||
 		    config_section_parse(c, sub, obj, config_route_keys, (char *)r) < 0)
 			return -EINVAL;
-		bool no_domains = r->domain_count == 0 && !r->catch_all;
+		/* A named route may have no domains: only filters send to it. */
+		bool no_domains = r->domain_count == 0 && !r->catch_all && !r->name[0];
 		if (no_domains || r->hop_count == 0) {
 			config_path_key(key, sub, no_domains ? "domains" : "to");
 			return config_fail(c, key, "required key missing");
@@ -2070,6 +2094,16 @@ bool config_addr_is_relay(const struct rmx_config *cfg, const struct sockaddr *s
 			return true;
 	}
 	return false;
+}
+
+const struct config_route *config_route_by_name(const struct rmx_config *cfg, const char *name,
+						size_t len)
+{
+	for (uint32_t i = 0; cfg && i < cfg->route_count; i++)
+		if (strlen(cfg->routes[i].name) == len && len &&
+		    memcmp(cfg->routes[i].name, name, len) == 0)
+			return &cfg->routes[i];
+	return NULL;
 }
 
 /* ---- host:port ----------------------------------------------------------- */

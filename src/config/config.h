@@ -93,6 +93,13 @@ struct config_listener {
 	enum config_auth_mode auth; /* default NONE; others need auth.users_file */
 	/* AUTH offered without TLS: only allowed on a loopback address, for tests */
 	bool auth_plaintext;
+	/* Authenticated sessions: add Message-ID and Date when the message
+	 * lacks them (RFC 6409 8.2, 8.3); default true. */
+	bool add_message_id_date;
+	/* Authenticated sessions: our Received: field leaves out the client's
+	 * address, HELO and AUTH name (a submission port's privacy); default
+	 * false. */
+	bool received_hide_client;
 	/* "filters": this listener's chains, as JSON (compiled by filters/,
 	 * flt_compile()); NULL: the top-level ones */
 	struct json_object *filters_json;
@@ -132,6 +139,7 @@ struct config_hop {
 /* One entry of routes[].  "mx", "maildir:" and "mbox:" hops are always
  * alone (hop_count 1); a list of several hops is smtp/lmtp failover. */
 struct config_route {
+	char name[CONFIG_NAME_MAX]; /* "" when unnamed; filters' route action names it */
 	struct config_domain *domains; /* as relay.domains, sorted; "*" is not in it */
 	uint32_t domain_count;
 	bool catch_all; /* "*" was among the domains */
@@ -251,6 +259,10 @@ bool config_addr_is_relay(const struct rmx_config *cfg, const struct sockaddr *s
  * The result lives as long as cfg. */
 const struct config_route *config_route_find(const struct rmx_config *cfg, const char *domain,
 					     size_t len);
+
+/* The route named name (routes[].name), or NULL. */
+const struct config_route *config_route_by_name(const struct rmx_config *cfg, const char *name,
+						size_t len);
 
 /* Do two socket addresses take the same connections?  The same family and
  * port, and the same address or either one the wildcard (IPv6 listeners

@@ -74,12 +74,19 @@ static void ctl_list_one(struct dctl_req *req, const struct qmsg *m)
 	for (const char *p = m->error; *p && k < sizeof(err) - 1; p++)
 		err[k++] = *p == '"' || *p == '\\' ? '\'' : *p;
 	err[k] = '\0';
+	if (req->quarantined && !m->env.quarantine.len)
+		return;
 	ctl_printf(req,
 		   "%s size=%" PRIu64 " from=%s rcpts=%u arrival=%" PRId64
-		   " state=%s attempts=%u next=%s error=\"%s\"\n",
+		   " state=%s attempts=%u next=%s error=\"%s\"",
 		   id, spool_env_size(&m->env), from, qmsg_pending(m), m->env.arrival_s,
 		   (m->flags & SPOOL_STATE_HELD) ? "held" : where_name[m->where], m->attempts, next,
 		   err);
+	/* The quarantine name is a filter's (letters, digits, _ . -). */
+	if (m->env.quarantine.len)
+		ctl_printf(req, " quarantine=%.*s", (int)m->env.quarantine.len,
+			   m->env.quarantine.ptr);
+	ctl_printf(req, "\n");
 }
 
 /* How long an operator's command waits for its records to find a segment.

@@ -363,7 +363,10 @@ struct qmsg *dlv_enqueue(struct deliver *d, const struct spool_msg *sm)
 	if (!m)
 		goto fail;
 	qseg_ref(s);
-	dlv_list_set(d, m, d->core.stopping ? QW_DEFERRED : QW_READY);
+	if (m->flags & SPOOL_STATE_HELD)
+		dlv_list_set(d, m, QW_HELD); /* quarantined */
+	else
+		dlv_list_set(d, m, d->core.stopping ? QW_DEFERRED : QW_READY);
 	return m;
 fail:
 	/* It is on disk: the next start picks it up. */

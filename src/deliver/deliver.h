@@ -77,8 +77,9 @@ enum dctl_op {
 struct dctl_req {
 	enum dctl_op op;
 	uint64_t id;
-	int result; /* 0, or -ENOENT: no such message here */
-	char *out;  /* DCTL_LIST: malloc'd text, one line per message */
+	int result;	  /* 0, or -ENOENT: no such message here */
+	char *out;	  /* DCTL_LIST: malloc'd text, one line per message */
+	bool quarantined; /* DCTL_LIST: only messages a filter quarantined */
 	size_t out_len, out_cap;
 	sem_t done;
 };

@@ -158,6 +158,7 @@ struct oconn {
 	uint64_t pos, chunk_left, wire_left, msg_left;
 	uint32_t chunk_pad, crc;
 	bool stuffed, body_end;
+	bool prepend_due; /* env.prepend goes out before the stored bytes */
 	struct smtp_stuff_state stuff;
 	/* input */
 	struct smtp_reply_state rp;

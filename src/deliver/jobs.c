@@ -338,7 +338,13 @@ void dlv_ticket_run(struct deliver *d, struct dticket *t)
 		spool_env_rcpt(&m->env, r, &rc);
 		dom = rcpt_domain(&rc, d->core.cfg->hostname, &dlen);
 		snprintf(domain, sizeof(domain), "%.*s", (int)dlen, dom);
-		rt = config_route_find(d->core.cfg, domain, strlen(domain));
+		/* A filter's choice first; a route no longer in the config
+		 * (the config changed) leaves the choice to the domain. */
+		rt = m->env.route.len
+			 ? config_route_by_name(d->core.cfg, m->env.route.ptr, m->env.route.len)
+			 : NULL;
+		if (!rt)
+			rt = config_route_find(d->core.cfg, domain, strlen(domain));
 		if (!rt) {
 			char diag[DLV_ERR_MAX];
 

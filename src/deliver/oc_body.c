@@ -37,6 +37,7 @@ void oc_body_start(struct oconn *oc)
 	oc->crc = 0;
 	oc->stuffed = (e->flags & SPOOL_ENV_STUFFED) != 0;
 	oc->body_end = false;
+	oc->prepend_due = e->prepend.len > 0;
 	smtp_stuff_begin(&oc->stuff);
 }
 
@@ -147,6 +148,14 @@ void oc_pump(struct oconn *oc)
 	if (net_sending(oc->nc) || oc->read_inflight || oc_gone(oc))
 		return;
 	oc->niov = 0;
+	if (oc->prepend_due) {
+		/* The header fields the filters added: whole lines of ASCII,
+		 * none starting with a dot, so as they are in either form. */
+		const struct spool_str *pre = &oc->job->m->env.prepend;
+
+		oc->iov[oc->niov++] = (struct iovec){(void *)pre->ptr, pre->len};
+		oc->prepend_due = false;
+	}
 	while (oc->niov < DLV_IOV_MAX && step == PUMP_MORE) {
 		if (oc->chunk_left)
 			step = pump_chunk(oc);

@@ -475,6 +475,9 @@ static bool bounce_commit(struct deliver *d, struct dbounce *b)
 	b->waiting = false;
 	if (b->move) {
 		env = b->orig->env;
+		/* Released from quarantine: the copy must not come back held. */
+		if (!(b->orig->flags & SPOOL_STATE_HELD))
+			env.quarantine = (struct spool_str){0};
 		env.rcpts = b->mrcpt;
 		env.rcpt_count = b->mn;
 		env.rcpt_data = NULL;
@@ -635,7 +638,12 @@ static int move_job(void *arg)
 {
 	struct dbounce *b = arg;
 
-	b->rc = spool_message_read(b->segfd, &b->orig->env, b->orig->commit_off, bounce_sink, b);
+	/* The stored bytes alone: the copy keeps the envelope's prepend,
+	 * which delivery sends before them. */
+	struct spool_env stored = b->orig->env;
+
+	stored.prepend = (struct spool_str){0};
+	b->rc = spool_message_read(b->segfd, &stored, b->orig->commit_off, bounce_sink, b);
 	/* DATA-received bytes are stored with their terminator. */
 	if (b->rc == 0 && (b->orig->env.flags & SPOOL_ENV_STUFFED))
 		b->rc = bounce_sink(b, ".\r\n", 3);

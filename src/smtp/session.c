@@ -74,6 +74,8 @@ void smtp_tx_pool_free(struct smtp_tx_pool *p)
 {
 	if (!p)
 		return;
+	for (uint32_t i = 0; i < p->count; i++)
+		free(((struct smtp_tx *)((char *)p->base + p->stride * i))->cap_buf);
 	munmap(p->base, p->stride * p->count);
 	free(p);
 }
@@ -299,8 +301,15 @@ static void ehlo_finish(struct conn *c, bool esmtp)
 {
 	const struct rmx_config *cfg = cfg_of(c);
 
-	if (verdict_refused(c))
+	if (verdict_refused(c)) {
+		/* A refused greeting is no greeting: the name is forgotten
+		 * and MAIL waits for an accepted EHLO/HELO. */
+		c->s->helo[0] = '\0';
+		c->s->esmtp = false;
+		if (c->s->state == SMTP_S_READY)
+			smtp_enter_state(c, SMTP_S_GREETED);
 		return;
+	}
 	c->s->esmtp = esmtp;
 	if (c->s->state == SMTP_S_GREETED)
 		smtp_enter_state(c, SMTP_S_READY);
@@ -524,10 +533,18 @@ void smtp_session_durable(struct conn *c, int res)
 	struct smtp_tx *tx = c->s->tx;
 
 	assert(tx && c->s->state == SMTP_S_COMMIT);
-	if (res == 0) {
+	if (res == 0 && c->s->flt.quarantine) {
+		log_msg(LOG_INFO,
+			"event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu "
+			"quarantine=%s",
+			tx->qid, conn_peer_ip(c), (int)tx->mail_from.len, tx->mail_from.ptr,
+			tx->rcpt_count, (unsigned long long)tx->size, c->s->flt.quarantine);
+	} else if (res == 0) {
 		log_msg(LOG_INFO, "event=queued id=%s client=%s from=<%.*s> rcpts=%u size=%llu",
 			tx->qid, conn_peer_ip(c), (int)tx->mail_from.len, tx->mail_from.ptr,
 			tx->rcpt_count, (unsigned long long)tx->size);
+	}
+	if (res == 0) {
 		if (conn_active(c))
 			conn_replyf(c, "250 2.0.0 Ok: queued as %s", tx->qid);
 	} else {

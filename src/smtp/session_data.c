@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "log/log.h"
@@ -83,11 +84,112 @@ static size_t tx_received_header(struct conn *c)
 	/* RFC 5321 4.1.3: an IPv6 address literal is tagged "IPv6:". */
 	snprintf(lit, sizeof(lit), "[%s%s]", conn_peer(c)->ss_family == AF_INET6 ? "IPv6:" : "",
 		 conn_peer_ip(c));
-	n = snprintf(tx->received, sizeof(tx->received),
-		     "Received: from %s (%s)%s\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
-		     c->s->helo, lit, tls, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
+	if (c->s->authed && listener_of(c)->received_hide_client)
+		/* A submission port's privacy: who sent it stays out of the
+		 * trace (the log has it). */
+		n = snprintf(tx->received, sizeof(tx->received),
+			     "Received: by %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
+			     cfg_of(c)->hostname, with, tx->qid, rcpt, date);
+	else
+		n = snprintf(
+		    tx->received, sizeof(tx->received),
+		    "Received: from %s (%s)%s\r\n\tby %s (ringmx) with %s id %s%s;\r\n\t%s\r\n",
+		    c->s->helo, lit, tls, cfg_of(c)->hostname, with, tx->qid, rcpt, date);
 	assert(n > 0);
 	return n < (int)sizeof(tx->received) ? (size_t)n : sizeof(tx->received) - 1;
+}
+
+/* ---- the data stage's copy of the message ---------------------------------------- */
+
+/* Keep the message's first bytes when the data stage reads them, or when a
+ * submission may lack Message-ID or Date.  A copy that cannot be made
+ * refuses the message: a filter must never pass what it could not see. */
+static void tx_capture_begin(struct conn *c)
+{
+	struct smtp_tx *tx = c->s->tx;
+
+	tx->cap_on = flt_data_reads_message(c->s->env->rules, conn_listener(c)) ||
+		     (c->s->authed && listener_of(c)->add_message_id_date);
+	if (tx->cap_on && !tx->cap_buf && !(tx->cap_buf = malloc(FLT_CAPTURE_MAX))) {
+		tx->cap_on = false;
+		tx->fail_reply = "451 4.3.0 Error: out of memory, try again";
+	}
+}
+
+/* Wire bytes of the message into the copy, a DATA body's stuffing dropped
+ * (RFC 5321 4.5.2: a line's first dot). */
+static void tx_capture(struct smtp_tx *tx, const char *p, size_t n, bool dot)
+{
+	for (size_t i = 0; i < n && !tx->cap_full; i++) {
+		if (dot && !tx->cap_mid_line && p[i] == '.') {
+			tx->cap_mid_line = true;
+			continue;
+		}
+		tx->cap_buf[tx->cap_len++] = p[i];
+		tx->cap_mid_line = p[i] != '\n';
+		tx->cap_full = tx->cap_len == FLT_CAPTURE_MAX;
+	}
+}
+
+/* The end of data: a DATA body's terminator line left its CRLF in the copy. */
+static void tx_capture_end(struct smtp_tx *tx, bool dot)
+{
+	if (tx->cap_on && dot && !tx->cap_full && tx->cap_len >= 2)
+		tx->cap_len -= 2;
+}
+
+static bool header_present(const char *v, size_t n, const void *ctx)
+{
+	(void)v;
+	(void)n;
+	(void)ctx;
+	return true;
+}
+
+/* One header field for the prepend: into the arena, after the others. */
+static void prepend_add(struct conn *c, const char *line, size_t n)
+{
+	struct smtp_tx *tx = c->s->tx;
+
+	if (!n || tx->prepend.len + n > SPOOL_PREPEND_MAX || n > SMTP_TX_ARENA - tx->arena_len) {
+		log_msg(LOG_WARN, "event=header_not_added id=%s reason=no_room", tx->qid);
+		return;
+	}
+	if (!tx->prepend.len)
+		tx->prepend.ptr = tx->arena + tx->arena_len;
+	memcpy(tx->arena + tx->arena_len, line, n);
+	tx->arena_len += (uint32_t)n;
+	tx->prepend.len += (uint32_t)n;
+}
+
+/* RFC 6409 8.2, 8.3: a submission without Message-ID or Date gets them,
+ * when the copy holds its whole header section (else it is not known). */
+static void tx_submission_fields(struct conn *c)
+{
+	struct smtp_tx *tx = c->s->tx;
+	char line[512];
+	size_t hdr;
+
+	if (!c->s->authed || !listener_of(c)->add_message_id_date || !tx->cap_on)
+		return;
+	hdr = flt_msg_body_start(tx->cap_buf, tx->cap_len);
+	if (hdr == tx->cap_len && tx->cap_full)
+		return;
+	if (!flt_msg_header_any(tx->cap_buf, hdr, "Message-ID", 10, header_present, NULL)) {
+		int n = snprintf(line, sizeof(line), "Message-ID: <%s.%lld@%s>\r\n", tx->qid,
+				 (long long)time(NULL), cfg_of(c)->hostname);
+
+		prepend_add(c, line, (size_t)n);
+	}
+	if (!flt_msg_header_any(tx->cap_buf, hdr, "Date", 4, header_present, NULL)) {
+		time_t now = time(NULL);
+		struct tm tm;
+		size_t n;
+
+		gmtime_r(&now, &tm);
+		n = strftime(line, sizeof(line), "Date: %a, %d %b %Y %H:%M:%S +0000\r\n", &tm);
+		prepend_add(c, line, n);
+	}
 }
 
 /* The message begins: a queue ID, and the trace header as its first bytes. */
@@ -108,7 +210,15 @@ static void tx_begin_message(struct conn *c, bool dot)
 	tx->received_8bit = false;
 	for (size_t i = 0; i < n; i++)
 		tx->received_8bit |= (unsigned char)tx->received[i] >= 0x80;
-	spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)n, SPOOL_NO_BUF);
+	tx->received_len = (uint32_t)n;
+	/* When the data stage may add header fields, our Received: goes in
+	 * front of them in the envelope's prepend (RFC 5321 4.4: the newest
+	 * trace field first); else it is the message's first stored bytes. */
+	tx->received_later = flt_data_adds_headers(c->s->env->rules, conn_listener(c)) ||
+			     (c->s->authed && listener_of(c)->add_message_id_date);
+	if (!tx->received_later)
+		spool_msg_append(sp, &tx->msg, tx->received, (uint32_t)n, SPOOL_NO_BUF);
+	tx_capture_begin(c);
 }
 
 void cmd_data(struct conn *c)
@@ -197,6 +307,47 @@ static const char *tx_verdict(struct conn *c)
 	return NULL;
 }
 
+/* The filters' message actions that change the envelope: a recipient
+ * added (an archive: it asks for no DSN), the sender rewritten. */
+static void tx_message_actions(struct conn *c)
+{
+	struct smtp_tx *tx = c->s->tx;
+	const struct flt_state *st = &c->s->flt;
+	char addr[SMTP_PATH_MAX + 1];
+	size_t n;
+
+	if (st->bcc) {
+		size_t bn = strlen(st->bcc);
+		bool have = false;
+
+		for (uint32_t i = 0; i < tx->rcpt_count && !have; i++)
+			have = tx->rcpts[i].addr.len == bn &&
+			       strncasecmp(tx->rcpts[i].addr.ptr, st->bcc, bn) == 0;
+		if (!have && tx->rcpt_count < c->s->env->txpool->rcpt_max &&
+		    bn <= SMTP_TX_ARENA - tx->arena_len) {
+			struct spool_rcpt *r = &tx->rcpts[tx->rcpt_count++];
+
+			memset(r, 0, sizeof(*r));
+			memcpy(tx->arena + tx->arena_len, st->bcc, bn);
+			r->addr = (struct spool_str){tx->arena + tx->arena_len, (uint32_t)bn};
+			r->notify = SMTP_NOTIFY_NEVER;
+			tx->arena_len += (uint32_t)bn;
+		} else if (!have) {
+			log_msg(LOG_WARN, "event=bcc_not_added id=%s reason=no_room", tx->qid);
+		}
+	}
+	n = st->rewrite ? flt_rewrite_sender(st->rewrite, tx->mail_from.ptr, tx->mail_from.len,
+					     addr, sizeof(addr))
+			: 0;
+	if (n && n <= SMTP_TX_ARENA - tx->arena_len) {
+		log_msg(LOG_INFO, "event=sender_rewritten id=%s from=<%.*s> to=<%.*s>", tx->qid,
+			(int)tx->mail_from.len, tx->mail_from.ptr, (int)n, addr);
+		memcpy(tx->arena + tx->arena_len, addr, n);
+		tx->mail_from = (struct spool_str){tx->arena + tx->arena_len, (uint32_t)n};
+		tx->arena_len += (uint32_t)n;
+	}
+}
+
 static void tx_commit(struct conn *c)
 {
 	struct smtp_tx *tx = c->s->tx;
@@ -205,6 +356,7 @@ static void tx_commit(struct conn *c)
 	bool dot = c->s->ds.dot;
 	uint64_t wire = tx->msg.wire_len;
 
+	tx_message_actions(c);
 	env.arrival_s = time(NULL);
 	env.msg_len = dot ? wire - 3 : wire;
 	/* What SIZE= and the logs say (RFC 1870): the stuffing is ours to
@@ -229,6 +381,12 @@ static void tx_commit(struct conn *c)
 					   c->s->authed ? (uint32_t)strlen(c->s->auth_user) : 0};
 	env.rcpt_count = tx->rcpt_count;
 	env.rcpts = tx->rcpts;
+	env.prepend = tx->prepend;
+	if (c->s->flt.route)
+		env.route = (struct spool_str){c->s->flt.route, (uint32_t)strlen(c->s->flt.route)};
+	if (c->s->flt.quarantine)
+		env.quarantine = (struct spool_str){c->s->flt.quarantine,
+						    (uint32_t)strlen(c->s->flt.quarantine)};
 	tx->size = spool_env_size(&env);
 	if (spool_msg_commit(c->s->env->spool, &tx->msg, &env, tx->enc, sizeof(tx->enc)) < 0) {
 		tx->fail_reply = "452 4.3.1 Error: envelope too large";
@@ -244,12 +402,31 @@ static void tx_commit(struct conn *c)
 void tx_data_decision(struct conn *c)
 {
 	struct smtp_tx *tx = c->s->tx;
+	struct flt_state *st = &c->s->flt;
 
 	tx->data_decided = true;
-	if (c->s->verdict.action == FLT_ACCEPT)
+	if (c->s->verdict.action == FLT_ACCEPT) {
+		/* Our Received:, then the header fields the filters and the
+		 * submission rules add, delivered before the stored message
+		 * (spool_env.prepend). */
+		if (tx->received_later)
+			prepend_add(c, tx->received, tx->received_len);
+		if (st->nadds) {
+			struct flt_input in;
+			char line[1024];
+
+			session_flt_input(c, FLT_STAGE_DATA, NULL, &in);
+			for (uint8_t i = 0; i < st->nadds; i++)
+				prepend_add(
+				    c, line,
+				    flt_header_format(st->adds[i], &in, line, sizeof(line)));
+		}
+		tx_submission_fields(c);
 		return;
+	}
 	snprintf(tx->fail_buf, sizeof(tx->fail_buf), "%s", c->s->verdict.reply);
 	tx->fail_reply = tx->fail_buf;
+	tx->fail_close = c->s->verdict.action == FLT_DISCONNECT;
 }
 
 /* After the end of data: commit at once (the commit rides with the last
@@ -286,8 +463,12 @@ void tx_try_finish(struct conn *c)
 		return;
 	log_msg(LOG_INFO, "event=rejected id=%s client=%s reply=\"%s\"", tx->qid, conn_peer_ip(c),
 		refuse);
-	if (conn_active(c))
+	if (conn_active(c) && tx->fail_close) {
+		conn_reply(c, refuse);
+		session_close(c);
+	} else if (conn_active(c)) {
 		session_error(c, refuse);
+	}
 	tx_release(c);
 	if (c->s->state == SMTP_S_COMMIT)
 		smtp_enter_state(c, SMTP_S_READY);
@@ -297,6 +478,7 @@ void tx_try_finish(struct conn *c)
 
 static void session_end_of_data(struct conn *c)
 {
+	tx_capture_end(c->s->tx, c->s->ds.dot);
 	smtp_enter_state(c, SMTP_S_COMMIT);
 	c->s->wait = SMTP_WAIT_COMMIT;
 	tx_try_finish(c);
@@ -350,8 +532,11 @@ size_t session_body(struct conn *c, const char *p, size_t n, uint16_t bid)
 		tx->fail_reply = "552 5.3.4 Error: message size exceeds fixed limit";
 		s->sink = true;
 	}
-	if (!s->sink && used)
+	if (!s->sink && used) {
 		spool_msg_append(c->s->env->spool, &tx->msg, p, (uint32_t)used, bid);
+		if (tx->cap_on)
+			tx_capture(tx, p, used, s->ds.dot);
+	}
 	if (s->state == SMTP_S_DATA) {
 		if (rc == SMTP_PARSE_OK)
 			session_end_of_data(c);

@@ -66,7 +66,9 @@ struct smtp_tx {
 	bool begun;	   /* spool_msg_begin done */
 	bool data_decided; /* the data stage's decision is in */
 	bool smtputf8;
-	bool received_8bit; /* our Received: field is not ASCII (an AUTH name, a "for" address) */
+	bool received_8bit;  /* our Received: field is not ASCII (an AUTH name, a "for" address) */
+	bool received_later; /* our Received: goes into the prepend, not the stored bytes */
+	uint32_t received_len;
 	uint8_t body_type;
 	uint8_t ret;
 	uint64_t size_declared;
@@ -75,11 +77,19 @@ struct smtp_tx {
 	uint32_t rcpt_count;
 	uint32_t env_size;	/* running estimate of the encoded envelope */
 	const char *fail_reply; /* refuse at end of data with this */
+	bool fail_close;	/* ... and close the session (disconnect) */
 	char fail_buf[SMTP_REPLY_MAX];
+	/* The data stage's copy of the message's first bytes (cap_buf), as
+	 * the client sent them without the stuffing, when its filters read
+	 * headers or the body or a submission needs Message-ID/Date. */
+	bool cap_on, cap_mid_line, cap_full;
+	uint32_t cap_len;
+	struct spool_str prepend; /* header fields added (in the arena) */
 	uint32_t arena_len;
 	char arena[SMTP_TX_ARENA];
 	uint8_t enc[SPOOL_ENV_MAX];
 	char received[SMTP_RECEIVED_MAX];
+	char *cap_buf;		   /* FLT_CAPTURE_MAX octets, made at first use, kept */
 	struct spool_rcpt rcpts[]; /* rcpt_max */
 };
 

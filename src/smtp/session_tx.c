@@ -128,6 +128,13 @@ void session_flt_input(struct conn *c, enum flt_stage stage, const struct smtp_c
 		    at ? s->tx->mail_from.len - (size_t)(at + 1 - in->sender) : 0;
 		in->size = s->tx->size_declared;
 	}
+	in->qid = s->tx && s->tx->begun ? s->tx->qid : "";
+	if (stage == FLT_STAGE_DATA && s->tx) {
+		in->size = smtp_data_size(&s->ds);
+		in->rcpt_count = s->tx->rcpt_count;
+		in->msg = s->tx->cap_on ? s->tx->cap_buf : NULL;
+		in->msg_len = s->tx->cap_len;
+	}
 	if (stage == FLT_STAGE_RCPT && cmd) {
 		in->rcpt = cmd->path.local.ptr;
 		in->rcpt_len = path_len(&cmd->path);
@@ -164,6 +171,10 @@ void mail_finish(struct conn *c, const struct smtp_cmd *cmd)
 	tx->ret = (uint8_t)cmd->mail.ret;
 	tx->size_declared = cmd->mail.has_size ? cmd->mail.size : 0;
 	tx->env_size = 1024 + tx->mail_from.len + tx->envid.len + tx->auth.len;
+	/* Room for the header fields the data stage may add. */
+	if (flt_data_adds_headers(c->s->env->rules, conn_listener(c)) ||
+	    (c->s->authed && listener_of(c)->add_message_id_date))
+		tx->env_size += SPOOL_PREPEND_MAX;
 	smtp_enter_state(c, SMTP_S_MAIL);
 	conn_reply(c, "250 2.1.0 Ok");
 }

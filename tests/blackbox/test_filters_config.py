@@ -96,8 +96,27 @@ def broken_cases():
 
     # -- shape: stages, rules, keys
     c["unknown_stage"] = ({"filters": {"rcpt": [], "ehlo": []}}, "filters.ehlo", None)
-    c["data_stage_not_built"] = ({"filters": {"data": [{"then": "reject"}]}}, "filters.data",
-                                 "the data stage is not built yet")
+    c["remove_header_not_built"] = (
+        {"filters": {"data": [{"remove_header": {"name": "X-Spam"}}]}},
+        "filters.data[0].remove_header", "not built yet")
+    c["add_header_not_at_data"] = (
+        chain("mail", rule({"sender": "a@b.example"}, {"add_header": {"name": "X", "value": "y"}})),
+        "filters.mail[0].then.add_header", "data stage")
+    c["header_before_data"] = (chain("rcpt", rule({"header": {"name": "Subject"}})),
+                               "filters.rcpt[0].if.header", "not known at the rcpt stage")
+    c["add_header_bad_name"] = (
+        {"filters": {"data": [{"add_header": {"name": "X Y", "value": "z"}}]}},
+        "filters.data[0].add_header.name", None)
+    c["add_header_received"] = (
+        {"filters": {"data": [{"add_header": {"name": "received", "value": "z"}}]}},
+        "filters.data[0].add_header.name", None)
+    c["body_regex_bad"] = ({"filters": {"data": [rule({"body": {"regex": "(("}})]}},
+                           "filters.data[0].if.body.regex", None)
+    c["quarantine_at_connect"] = (chain("connect", rule({"client_ip": "192.0.2.0/24"},
+                                                        {"quarantine": "q"})),
+                                  "filters.connect[0].then.quarantine", None)
+    c["route_unknown"] = (chain("rcpt", rule({"rcpt": "a@accepted.example"}, {"route": "nope"})),
+                          "filters.rcpt[0].then.route", None)
     c["unknown_matcher"] = (chain("rcpt", rule({"rcpt": "a@accepted.example"}),
                                   rule({"rcpt": "b@accepted.example"}),
                                   rule({"recipient": "c@accepted.example"})),
@@ -316,8 +335,9 @@ def broken_cases():
     # -- per-listener versions of the above
     c["unknown_stage_per_listener"] = (listeners(filters_0={"greeting": []}),
                                        "listeners[0].filters.greeting", None)
-    c["data_stage_per_listener"] = (listeners({"data": []}), "listeners[1].filters.data",
-                                    "the data stage is not built yet")
+    c["data_stage_per_listener"] = (
+        listeners({"data": [rule({"header": {"name": "Subject", "regex": "(("}})]}),
+        "listeners[1].filters.data[0].if.header.regex", None)
     c["reject_4xx_per_listener"] = (
         listeners({"mail": [rule({"sender_domain": "b.example"}, {"reject": "421 4.7.0 no"})]}),
         "listeners[1].filters.mail[0].then.reject", None)
@@ -340,7 +360,7 @@ def test_load_error_names_its_path(tmp_path, case):
 
 # A start-up for each kind of check (shape, reply, regex, CIDR, stage,
 # names, tables, per listener): what --check-config refuses is fatal.
-START_CASES = ["unknown_stage", "data_stage_not_built", "two_deciding_keys", "reject_4xx",
+START_CASES = ["unknown_stage", "remove_header_not_built", "two_deciding_keys", "reject_4xx",
                "unknown_field", "tarpit_over_max", "bad_regex_per_listener", "cidr_host_bits",
                "helo_at_connect", "unknown_listener", "tag_never_set", "unknown_table",
                "table_entry_not_cidr", "file_table_missing", "empty_any", "rule_not_object"]
@@ -355,10 +375,16 @@ def test_start_refuses_it_too(tmp_path, case):
         "start-up failed without naming %s:\n%s" % (paths, out[-2000:])
 
 
-def test_data_stage_error_text(tmp_path):
-    """The spec gives this line word for word."""
-    _, line = refused(tmp_path, {"filters": {"data": []}}, "filters.data")
-    assert line == "filters.data: the data stage is not built yet", line
+def test_data_stage_loads(tmp_path):
+    """The data stage's matchers and actions load."""
+    path = write(tmp_path, {"filters": {"data": [
+        rule({"header": {"name": "Subject", "regex": "(?i)invoice"}}, {"quarantine": "suspect"}),
+        rule({"header": {"name": "X-Spam-Flag", "value": ["YES", "yes"]}}, "reject"),
+        rule({"body": {"regex": "BUY NOW"}}, {"tempfail": "451 4.7.1 later"}),
+        rule({"size": {"gt": 1000}, "rcpt_count": {"ge": 2}}, {"bcc": "archive@accepted.example"}),
+        {"add_header": [{"name": "X-Gateway", "value": "ringmx %{listener} %{qid}"}]}]}})
+    rc, out, err = check(path)
+    assert rc == 0 and "config ok" in out, err
 
 
 def test_stage_error_text(tmp_path):

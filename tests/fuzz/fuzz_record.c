@@ -67,7 +67,10 @@
 #define ENV_WIRE_LEN_OFF  32
 #define ENV_MSG_CRC_OFF	  56
 #define ENV_STUFF_LEN_OFF 64 /* version 2 */
-#define ENV_V1_GROWTH	  8  /* version 2 adds stuff_len after the fixed fields */
+/* Re-encoded as version 3, an older envelope grows by stuff_len (8, from
+ * version 1) and the empty prepend, quarantine and route strings (6, from
+ * 1 and 2). */
+#define ENV_GROWTH_MAX 14
 
 static uint64_t load64(const uint8_t *p)
 {
@@ -312,6 +315,16 @@ static void env_same(const struct spool_env *a, const void *abase, const struct 
 	str_same(a->mail_from, abase, b->mail_from, bbase);
 	str_same(a->envid, abase, b->envid, bbase);
 	str_same(a->auth_user, abase, b->auth_user, bbase);
+	/* An older version has no prepend at all (no place in the payload). */
+	if (a->prepend.ptr && b->prepend.ptr) {
+		str_same(a->prepend, abase, b->prepend, bbase);
+		str_same(a->quarantine, abase, b->quarantine, bbase);
+		str_same(a->route, abase, b->route, bbase);
+	} else {
+		CHECK(a->prepend.len == 0 && b->prepend.len == 0);
+		CHECK(a->quarantine.len == 0 && b->quarantine.len == 0);
+		CHECK(a->route.len == 0 && b->route.len == 0);
+	}
 	CHECK(a->rcpt_data_len == b->rcpt_data_len);
 	CHECK(rel(a->rcpt_data, abase) == rel(b->rcpt_data, bbase));
 	for (uint32_t i = 0; i < a->rcpt_count; i++) {
@@ -323,25 +336,54 @@ static void env_same(const struct spool_env *a, const void *abase, const struct 
 	}
 }
 
-/* A version 1 envelope p[0..n) re-encodes as version 2: the same bytes
- * with stuff_len 0 after the fixed fields (or not at all past the bound). */
-static void env_v1_upgrade(const struct spool_env *e, const struct spool_env *copy,
-			   const uint8_t *p, size_t n)
+static void str_equal(struct spool_str a, struct spool_str b)
 {
-	static uint8_t out[SPOOL_ENV_MAX], want[SPOOL_ENV_MAX];
+	CHECK(a.len == b.len && (a.len == 0 || memcmp(a.ptr, b.ptr, a.len) == 0));
+}
 
-	CHECK(e->stuff_len == 0);
-	if (n + ENV_V1_GROWTH > SPOOL_ENV_MAX) {
-		CHECK(spool_env_encode(copy, out, sizeof out) == 0);
+/* a and b hold the same envelope, whatever their layouts. */
+static void env_equal(const struct spool_env *a, const struct spool_env *b)
+{
+	CHECK(a->id == b->id && a->arrival_s == b->arrival_s && a->msg_len == b->msg_len);
+	CHECK(a->wire_len == b->wire_len && a->msg_crc == b->msg_crc);
+	CHECK(a->stuff_len == b->stuff_len);
+	CHECK(a->first_chunk_off == b->first_chunk_off && a->flags == b->flags);
+	CHECK(a->body_type == b->body_type && a->ret == b->ret);
+	CHECK(a->size_declared == b->size_declared && a->rcpt_count == b->rcpt_count);
+	str_equal(a->listener, b->listener);
+	str_equal(a->client_addr, b->client_addr);
+	str_equal(a->helo, b->helo);
+	str_equal(a->mail_from, b->mail_from);
+	str_equal(a->envid, b->envid);
+	str_equal(a->auth_user, b->auth_user);
+	str_equal(a->prepend, b->prepend);
+	str_equal(a->quarantine, b->quarantine);
+	str_equal(a->route, b->route);
+	for (uint32_t i = 0; i < a->rcpt_count; i++) {
+		struct spool_rcpt ra, rb;
+		CHECK(spool_env_rcpt(a, i, &ra) == 0 && spool_env_rcpt(b, i, &rb) == 0);
+		str_equal(ra.addr, rb.addr);
+		str_equal(ra.orcpt, rb.orcpt);
+		CHECK(ra.notify == rb.notify);
+	}
+}
+
+/* An envelope of an older version p[0..n) re-encodes as the current one,
+ * holding the same envelope (or not at all past the bound). */
+static void env_upgrade(const struct spool_env *e, const struct spool_env *copy, size_t n)
+{
+	static uint8_t out[SPOOL_ENV_MAX];
+	struct spool_env again;
+	size_t m = spool_env_encode(copy, out, sizeof out);
+
+	CHECK(e->prepend.len == 0 && e->quarantine.len == 0 && e->route.len == 0);
+	if (m == 0) {
+		CHECK(n + ENV_GROWTH_MAX > SPOOL_ENV_MAX);
 		return;
 	}
-	memcpy(want, p, ENV_STUFF_LEN_OFF);
-	want[0] = SPOOL_ENV_VERSION;
-	memset(want + ENV_STUFF_LEN_OFF, 0, ENV_V1_GROWTH);
-	memcpy(want + ENV_STUFF_LEN_OFF + ENV_V1_GROWTH, p + ENV_STUFF_LEN_OFF,
-	       n - ENV_STUFF_LEN_OFF);
-	CHECK(spool_env_encode(copy, out, sizeof out) == n + ENV_V1_GROWTH);
-	CHECK(memcmp(out, want, n + ENV_V1_GROWTH) == 0);
+	CHECK(out[0] == SPOOL_ENV_VERSION && m > n && m <= n + ENV_GROWTH_MAX);
+	CHECK(spool_env_decode(out, m, &again) == 0);
+	env_equal(&again, e);
 }
 
 /* e was decoded from a copy of p[0..n) at ebase (or from p itself):
@@ -358,9 +400,11 @@ static void env_round_trip(const struct spool_env *e, const uint8_t *ebase, cons
 	for (uint32_t i = 0; i < e->rcpt_count; i++)
 		CHECK(spool_env_rcpt(e, i, &rcpts[i]) == 0);
 	copy.rcpts = rcpts;
-	CHECK(spool_env_size(e) <= e->msg_len + 2);
-	if (p[0] == 1) {
-		env_v1_upgrade(e, &copy, p, n);
+	CHECK(spool_env_size(e) <= e->prepend.len + e->msg_len + 2);
+	if (p[0] < SPOOL_ENV_VERSION) {
+		if (p[0] == 1)
+			CHECK(e->stuff_len == 0);
+		env_upgrade(e, &copy, n);
 		CHECK(spool_env_decode(p, n - 1, &again) == -EINVAL);
 		return;
 	}
@@ -485,8 +529,14 @@ static int on_msg(void *ctx, const struct spool_scan_msg *msg)
 	env_round_trip(&msg->env, msg->env_raw, pay, h.len);
 
 	if (r->read) {
+		/* The stored bytes alone: the prepend goes first (checked in
+		 * the envelope's own round trip). */
+		struct spool_env stored = msg->env;
 		struct sink s = {.buf = r->got, .want = msg->env.msg_len};
-		int rc = spool_message_read(r->fd, &msg->env, msg->commit_off, on_body, &s);
+		int rc;
+
+		stored.prepend = (struct spool_str){0};
+		rc = spool_message_read(r->fd, &stored, msg->commit_off, on_body, &s);
 		bool ok =
 		    orc_body(r->data, msg->commit_off, &r->o->key, &mine, msg->commit_off, r->body);
 		CHECK(rc == (ok ? 0 : -EIO));

@@ -528,11 +528,11 @@ static void env_bound_and_cap(void **state)
 }
 
 /* Version 2 byte for byte, so a format change is a deliberate act. */
-static void env_v2_golden(void **state)
+static void env_v3_golden(void **state)
 {
 	(void)state;
 	static const uint8_t want[] = {
-	    2,	  8,	2,    0,    0x05, 0,	0,    0,	      /* version body ret 0 flags */
+	    3,	  8,	2,    0,    0x05, 0,	0,    0,	      /* version body ret 0 flags */
 	    0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,	      /* id */
 	    0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,	      /* arrival -2 */
 	    3,	  0,	0,    0,    0,	  0,	0,    0,	      /* msg_len */
@@ -543,6 +543,9 @@ static void env_v2_golden(void **state)
 	    2,	  0,	0,    0,    0,	  0,	0,    0,	      /* stuff_len */
 	    1,	  0,	'L',  0,    0,	  2,	0,    'h',  'o',      /* listener client helo */
 	    3,	  0,	's',  '@',  'x',  0,	0,    1,    0,	 'u', /* from envid auth */
+	    6,	  0,	'X',  ':',  ' ',  'y',	'\r', '\n',	      /* prepend */
+	    1,	  0,	'q',					      /* quarantine */
+	    2,	  0,	'r',  't',				      /* route */
 	    0,	  0,	0,    0,    3,	  0,	1,    0,    6,	      /* rcpt table */
 	    'r',  '@',	'x',  'o',				      /* heap */
 	};
@@ -563,6 +566,9 @@ static void env_v2_golden(void **state)
 	    .helo = S("ho"),
 	    .mail_from = S("s@x"),
 	    .auth_user = S("u"),
+	    .prepend = S("X: y\r\n"),
+	    .quarantine = S("q"),
+	    .route = S("rt"),
 	    .rcpt_count = 1,
 	    .rcpts = &r,
 	};
@@ -570,6 +576,35 @@ static void env_v2_golden(void **state)
 
 	assert_int_equal(spool_env_encode(&env, buf, sizeof buf), sizeof want);
 	assert_memory_equal(buf, want, sizeof want);
+}
+
+/* A spool written before version 3 is still read: no prepend. */
+static void env_v2_still_read(void **state)
+{
+	(void)state;
+	static const uint8_t v2[] = {
+	    2,	  8,	2,    0,    0x05, 0,	0,    0,	      /* version body ret 0 flags */
+	    0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,	      /* id */
+	    0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,	      /* arrival -2 */
+	    3,	  0,	0,    0,    0,	  0,	0,    0,	      /* msg_len */
+	    6,	  0,	0,    0,    0,	  0,	0,    0,	      /* wire_len */
+	    0x28, 0,	0,    0,    0,	  0,	0,    0,	      /* first_chunk_off */
+	    9,	  0,	0,    0,    0,	  0,	0,    0,	      /* size_declared */
+	    0x78, 0x56, 0x34, 0x12, 1,	  0,	0,    0,	      /* msg_crc rcpt_count */
+	    2,	  0,	0,    0,    0,	  0,	0,    0,	      /* stuff_len */
+	    1,	  0,	'L',  0,    0,	  2,	0,    'h',  'o',      /* listener client helo */
+	    3,	  0,	's',  '@',  'x',  0,	0,    1,    0,	 'u', /* from envid auth */
+	    0,	  0,	0,    0,    3,	  0,	1,    0,    6,	      /* rcpt table */
+	    'r',  '@',	'x',  'o',				      /* heap */
+	};
+	struct spool_env env;
+
+	assert_int_equal(spool_env_decode(v2, sizeof v2, &env), 0);
+	assert_int_equal(env.stuff_len, 2);
+	assert_int_equal(env.auth_user.len, 1);
+	assert_int_equal(env.prepend.len, 0);
+	assert_int_equal(env.rcpt_count, 1);
+	assert_int_equal(spool_env_size(&env), 3 - 2);
 }
 
 /* A spool written before version 2 is still read: stuff_len 0, the
@@ -648,7 +683,7 @@ static void env_rejects_malformed(void **state)
 		assert_int_equal(spool_env_decode(bad, n, &out), -EINVAL);                         \
 	} while (0)
 	DAMAGED(0, 0);		   /* version 0 */
-	DAMAGED(0, 3);		   /* a future version */
+	DAMAGED(0, 4);		   /* a future version */
 	DAMAGED(3, 1);		   /* reserved byte */
 	DAMAGED(4, 0x04);	   /* stuff_len without STUFFED */
 	DAMAGED(4, 0x0d);	   /* STUFFED (DATA) yet no final CRLF */
@@ -704,7 +739,8 @@ int main(void)
 	    cmocka_unit_test(env_round_trip_0_1_100),
 	    cmocka_unit_test(env_empty_and_long_strings),
 	    cmocka_unit_test(env_bound_and_cap),
-	    cmocka_unit_test(env_v2_golden),
+	    cmocka_unit_test(env_v3_golden),
+	    cmocka_unit_test(env_v2_still_read),
 	    cmocka_unit_test(env_v1_still_read),
 	    cmocka_unit_test(env_size),
 	    cmocka_unit_test(env_rejects_malformed),
