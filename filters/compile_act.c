@@ -47,6 +47,51 @@ static int template_compile(struct cc *c, const char *path, const char *text, ch
 	return 0;
 }
 
+/* The enhanced code after the basic one: "c.sss.ddd", c the class (RFC
+ * 3463), copied to t at *o, or the default for the class put in; *text
+ * moves past it. */
+static int enhanced_code(struct cc *c, const char *path, const char *s, const char **text, char *t,
+			 size_t *o)
+{
+	const char *x = *text;
+	char cls = s[0];
+
+	t[(*o)++] = ' ';
+	if (!(x[0] >= '0' && x[0] <= '9' && memchr(x, '.', strcspn(x, " ")))) {
+		const char *def = cls == '5'		      ? "5.7.1"
+				  : strncmp(s, "421", 3) == 0 ? "4.7.0"
+							      : "4.7.1";
+
+		memcpy(t + *o, def, 5);
+		*o += 5;
+		return 0;
+	}
+	size_t i = 0, parts = 0, digits = 0;
+
+	for (; x[i] && x[i] != ' '; i++) {
+		if (x[i] == '.') {
+			if (!digits)
+				break;
+			parts++;
+			digits = 0;
+		} else if (x[i] >= '0' && x[i] <= '9' && digits < 3) {
+			digits++;
+		} else {
+			break;
+		}
+	}
+	if (parts != 2 || !digits || (x[i] && x[i] != ' ') ||
+	    (x[0] != '2' && x[0] != '4' && x[0] != '5') || x[1] != '.')
+		return cc_fail(c, path, "bad enhanced status code (expected \"%c.x.y\")", cls);
+	if (x[0] != cls)
+		return cc_fail(c, path, "the enhanced code's class %c does not match the code %.3s",
+			       x[0], s);
+	memcpy(t + *o, x, i);
+	*o += i;
+	*text = x[i] == ' ' ? x + i + 1 : x + i;
+	return 0;
+}
+
 /* "CODE[ X.Y.Z] text": the code's class must fit the action, the enhanced
  * code's class the code's; a default enhanced code is put in when it is
  * left out.  %{field}s become markers (prog.h). */
@@ -81,45 +126,8 @@ static int reply_compile(struct cc *c, const char *path, const char *s, enum flt
 		return cc_fail(c, path, "out of memory");
 	memcpy(t, s, 3);
 	o = 3;
-	/* The enhanced code: "c.sss.ddd", c the class (RFC 3463). */
-	if (text[0] >= '0' && text[0] <= '9' && memchr(text, '.', strcspn(text, " "))) {
-		size_t i = 0, parts = 0, digits = 0;
-
-		for (; text[i] && text[i] != ' '; i++) {
-			if (text[i] == '.') {
-				if (!digits)
-					break;
-				parts++;
-				digits = 0;
-			} else if (text[i] >= '0' && text[i] <= '9' && digits < 3) {
-				digits++;
-			} else {
-				break;
-			}
-		}
-		if (parts != 2 || !digits || (text[i] && text[i] != ' ') ||
-		    (text[0] != '2' && text[0] != '4' && text[0] != '5') || text[1] != '.')
-			return cc_fail(c, path, "bad enhanced status code (expected \"%c.x.y\")",
-				       cls);
-		if (text[0] != cls)
-			return cc_fail(c, path,
-				       "the enhanced code's class %c does not match the code %.3s",
-				       text[0], s);
-		t[o++] = ' ';
-		memcpy(t + o, text, i);
-		o += i;
-		text += i;
-		if (*text == ' ')
-			text++;
-	} else {
-		const char *def = cls == '5'		      ? "5.7.1"
-				  : strncmp(s, "421", 3) == 0 ? "4.7.0"
-							      : "4.7.1";
-
-		t[o++] = ' ';
-		memcpy(t + o, def, 5);
-		o += 5;
-	}
+	if (enhanced_code(c, path, s, &text, t, &o) < 0)
+		return -EINVAL;
 	if (!*text) {
 		const char *def = d == FLT_DEC_REJECT	  ? "Rejected by policy"
 				  : d == FLT_DEC_TEMPFAIL ? "Try again later"

@@ -349,93 +349,22 @@ static int range_parse(struct cc *c, const char *path, struct json_object *v, ui
 	return 0;
 }
 
-/* {"regex": ...}, {"table": ...} or {"matches_login": true}: the one key. */
-static int operand_object(struct cc *c, const char *path, const struct matcher *m,
-			  struct json_object *v, uint32_t yes, uint32_t no)
+static int bool_test(struct cc *c, const char *path, enum flt_field field, struct json_object *v,
+		     uint32_t yes, uint32_t no)
 {
-	char sub[PATH_MAX_LEN];
 	struct flt_op *op = NULL;
-	const char *key = NULL;
-	struct json_object *arg = NULL;
 
-	if (json_object_object_length(v) != 1)
-		return cc_fail(c, path, "expected one of \"regex\", \"table\"%s",
-			       m->field == FLT_F_SENDER ? ", \"matches_login\"" : "");
-	json_object_object_foreach(v, k, a)
-	{
-		key = k;
-		arg = a;
-	}
-	cc_path_key(sub, path, key);
-	if (strcmp(key, "regex") == 0 && m->operand == OPD_IP)
-		return cc_fail(c, sub, "client_ip takes networks or a table, not a regex");
-	if (strcmp(key, "regex") == 0) {
-		char why[200];
-		struct flt_rx *rx;
+	if (cc_emit_test(c, path, field, FLT_M_BOOL, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.b = json_object_get_boolean(v);
+	return 0;
+}
 
-		if (!json_object_is_type(arg, json_type_string) ||
-		    json_object_get_string_len(arg) == 0)
-			return cc_fail(c, sub, "expected a regular expression");
-		if ((size_t)json_object_get_string_len(arg) != strlen(json_object_get_string(arg)))
-			return cc_fail(c, sub, "a NUL byte in the regular expression");
-		rx = flt_rx_new(json_object_get_string(arg), why, sizeof(why));
-		if (!rx)
-			return cc_fail(c, sub, "%s", why);
-		if (cc_own(c, OWN_RX, rx) < 0)
-			return cc_fail(c, sub, "out of memory");
-		if (cc_emit_test(c, sub, m->field, FLT_M_RX, yes, no, &op) < 0)
-			return -EINVAL;
-		op->u.rx = rx;
-		return 0;
-	}
-	if (strcmp(key, "table") == 0) {
-		const char *name = json_object_get_string(arg);
-
-		if (!json_object_is_type(arg, json_type_string))
-			return cc_fail(c, sub, "expected a table name");
-		enum flt_set_kind kind = m->operand == OPD_DOMAINS ? FLT_SET_DOMAINS
-					 : m->operand == OPD_ADDRS ? FLT_SET_ADDRS
-								   : FLT_SET_NAMES;
-		bool ip = m->operand == OPD_IP;
-		struct flt_table *t = cc_table_use(c, sub, name, ip ? FLT_USE_CIDRS : 1u << kind);
-
-		if (!t)
-			return -EINVAL;
-		if (cc_emit_test(c, sub, m->field, ip ? FLT_M_TCIDR : FLT_M_TSET, yes, no, &op) < 0)
-			return -EINVAL;
-		op->kind = (uint8_t)kind;
-		op->u.table = t;
-		return 0;
-	}
-	if (strcmp(key, "matches_login") == 0 && m->field == FLT_F_SENDER) {
-		struct json_object *tname;
-
-		if (c->stage < FLT_STAGE_MAIL)
-			return cc_fail(c, sub, "not known at the %s stage",
-				       flt_stage_names[c->stage]);
-		if (json_object_is_type(arg, json_type_boolean)) {
-			if (cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_BOOL, yes, no, &op) < 0)
-				return -EINVAL;
-			op->u.b = json_object_get_boolean(arg);
-			return 0;
-		}
-		/* {"table": T}: the login, or one the table lists for the
-		 * sender (or its "@domain"), as Postfix's smtpd_sender_login_maps. */
-		if (!json_object_is_type(arg, json_type_object) ||
-		    json_object_object_length(arg) != 1 ||
-		    !json_object_object_get_ex(arg, "table", &tname) ||
-		    !json_object_is_type(tname, json_type_string))
-			return cc_fail(c, sub, "expected true, false or {\"table\": NAME}");
-		cc_path_key(sub, sub, "table");
-		struct flt_table *t =
-		    cc_table_use(c, sub, json_object_get_string(tname), 1u << FLT_SET_ADDRS);
-
-		if (!t || cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_LOGIN, yes, no, &op) < 0)
-			return -EINVAL;
-		op->u.table = t;
-		return 0;
-	}
-	return cc_fail(c, sub, "unknown key");
+static enum flt_set_kind kind_of(const struct matcher *m)
+{
+	return m->operand == OPD_DOMAINS ? FLT_SET_DOMAINS
+	       : m->operand == OPD_ADDRS ? FLT_SET_ADDRS
+					 : FLT_SET_NAMES;
 }
 
 static int regex_of(struct cc *c, const char *path, struct json_object *v,
@@ -454,6 +383,91 @@ static int regex_of(struct cc *c, const char *path, struct json_object *v,
 		return cc_fail(c, path, "out of memory");
 	*out = rx;
 	return 0;
+}
+
+/* {"table": NAME}: the table in the form the matcher reads. */
+static int table_test(struct cc *c, const char *path, const struct matcher *m,
+		      struct json_object *arg, uint32_t yes, uint32_t no)
+{
+	bool ip = m->operand == OPD_IP;
+	struct flt_table *t;
+	struct flt_op *op = NULL;
+
+	if (!json_object_is_type(arg, json_type_string))
+		return cc_fail(c, path, "expected a table name");
+	t = cc_table_use(c, path, json_object_get_string(arg),
+			 ip ? FLT_USE_CIDRS : 1u << kind_of(m));
+	if (!t || cc_emit_test(c, path, m->field, ip ? FLT_M_TCIDR : FLT_M_TSET, yes, no, &op) < 0)
+		return -EINVAL;
+	op->kind = (uint8_t)kind_of(m);
+	op->u.table = t;
+	return 0;
+}
+
+/* sender {"matches_login": true/false, or {"table": T}}: the login, or one
+ * T lists for the sender (or its "@domain"), as Postfix's
+ * smtpd_sender_login_maps. */
+static int login_test(struct cc *c, const char *path, struct json_object *arg, uint32_t yes,
+		      uint32_t no)
+{
+	struct json_object *tname;
+	struct flt_op *op = NULL;
+	char sub[PATH_MAX_LEN];
+	struct flt_table *t;
+
+	if (c->stage < FLT_STAGE_MAIL)
+		return cc_fail(c, path, "not known at the %s stage", flt_stage_names[c->stage]);
+	if (json_object_is_type(arg, json_type_boolean)) {
+		if (cc_emit_test(c, path, FLT_F_SENDER_LOGIN, FLT_M_BOOL, yes, no, &op) < 0)
+			return -EINVAL;
+		op->u.b = json_object_get_boolean(arg);
+		return 0;
+	}
+	if (!json_object_is_type(arg, json_type_object) || json_object_object_length(arg) != 1 ||
+	    !json_object_object_get_ex(arg, "table", &tname) ||
+	    !json_object_is_type(tname, json_type_string))
+		return cc_fail(c, path, "expected true, false or {\"table\": NAME}");
+	cc_path_key(sub, path, "table");
+	t = cc_table_use(c, sub, json_object_get_string(tname), 1u << FLT_SET_ADDRS);
+	if (!t || cc_emit_test(c, sub, FLT_F_SENDER_LOGIN, FLT_M_LOGIN, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.table = t;
+	return 0;
+}
+
+/* {"regex": ...}, {"table": ...} or {"matches_login": ...}: the one key. */
+static int operand_object(struct cc *c, const char *path, const struct matcher *m,
+			  struct json_object *v, uint32_t yes, uint32_t no)
+{
+	char sub[PATH_MAX_LEN];
+	struct flt_op *op = NULL;
+	const struct flt_rx *rx = NULL;
+	const char *key = NULL;
+	struct json_object *arg = NULL;
+
+	if (json_object_object_length(v) != 1)
+		return cc_fail(c, path, "expected one of \"regex\", \"table\"%s",
+			       m->field == FLT_F_SENDER ? ", \"matches_login\"" : "");
+	json_object_object_foreach(v, k, a)
+	{
+		key = k;
+		arg = a;
+	}
+	cc_path_key(sub, path, key);
+	if (strcmp(key, "regex") == 0 && m->operand == OPD_IP)
+		return cc_fail(c, sub, "client_ip takes networks or a table, not a regex");
+	if (strcmp(key, "regex") == 0) {
+		if (regex_of(c, sub, arg, &rx) < 0 ||
+		    cc_emit_test(c, sub, m->field, FLT_M_RX, yes, no, &op) < 0)
+			return -EINVAL;
+		op->u.rx = rx;
+		return 0;
+	}
+	if (strcmp(key, "table") == 0)
+		return table_test(c, sub, m, arg, yes, no);
+	if (strcmp(key, "matches_login") == 0 && m->field == FLT_F_SENDER)
+		return login_test(c, sub, arg, yes, no);
+	return cc_fail(c, sub, "unknown key");
 }
 
 static int add_text(struct cc *c, const char *path, void *to, const char *s, size_t len)
@@ -485,13 +499,14 @@ static int header_compile(struct cc *c, const char *path, struct json_object *v,
 	{
 		cc_path_key(sub, path, key);
 		if (strcmp(key, "name") == 0) {
-			const char *n = json_object_get_string(x);
+			const char *n = json_object_is_type(x, json_type_string)
+					    ? json_object_get_string(x)
+					    : NULL;
 
-			if (!json_object_is_type(x, json_type_string) || !*n ||
-			    strlen(n) > FLT_HDR_NAME_MAX || strpbrk(n, ": \t"))
+			if (!n || !*n || strlen(n) > FLT_HDR_NAME_MAX || strpbrk(n, ": \t"))
 				return cc_fail(c, sub, "expected a header field name");
-			snprintf(h->name, sizeof(h->name), "%s", n);
 			h->name_len = strlen(n);
+			memcpy(h->name, n, h->name_len + 1);
 			named = true;
 		} else if (strcmp(key, "regex") == 0 && !h->set && !h->rx) {
 			if (regex_of(c, sub, x, &h->rx) < 0)
@@ -537,11 +552,99 @@ static int body_compile(struct cc *c, const char *path, struct json_object *v, u
 	return 0;
 }
 
+/* A name, a list or an object operand of a string matcher. */
+static int names_test(struct cc *c, const char *path, const struct matcher *m,
+		      struct json_object *v, uint32_t yes, uint32_t no)
+{
+	struct flt_op *op = NULL;
+	struct flt_set *s;
+
+	if (m->field == FLT_F_AUTH_USER && json_object_is_type(v, json_type_boolean))
+		return bool_test(c, path, FLT_F_AUTHED, v, yes, no);
+	if (json_object_is_type(v, json_type_object))
+		return operand_object(c, path, m, v, yes, no);
+	s = flt_set_new(kind_of(m), json_object_is_type(v, json_type_array)
+					? (uint32_t)json_object_array_length(v)
+					: 1);
+	if (cc_own(c, OWN_SET, s) < 0)
+		return cc_fail(c, path, "out of memory");
+	if (cc_strings_each(c, path, v, add_to_set, s) < 0 ||
+	    cc_emit_test(c, path, m->field, FLT_M_SET, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.set = s;
+	return 0;
+}
+
+static int ip_test(struct cc *c, const char *path, const struct matcher *m, struct json_object *v,
+		   uint32_t yes, uint32_t no)
+{
+	struct flt_op *op = NULL;
+	struct flt_cidrs *n;
+
+	if (json_object_is_type(v, json_type_object))
+		return operand_object(c, path, m, v, yes, no);
+	n = flt_cidrs_new();
+	if (cc_own(c, OWN_CIDRS, n) < 0)
+		return cc_fail(c, path, "out of memory");
+	if (cc_strings_each(c, path, v, add_to_cidrs, n) < 0)
+		return -EINVAL;
+	flt_cidrs_done(n);
+	if (cc_emit_test(c, path, m->field, FLT_M_CIDR, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.cidr = n;
+	return 0;
+}
+
+static int mask_test(struct cc *c, const char *path, const struct matcher *m, struct json_object *v,
+		     uint32_t yes, uint32_t no)
+{
+	struct flt_op *op = NULL;
+	uint64_t mask = 0;
+
+	if (cc_strings_each(c, path, v, m->operand == OPD_TAG ? add_tag_match : add_listener,
+			    &mask) < 0 ||
+	    cc_emit_test(c, path, m->field, FLT_M_MASK, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.mask = mask;
+	return 0;
+}
+
+/* tls: true/false, or {"version": V or [V...]}. */
+static int tls_test(struct cc *c, const char *path, struct json_object *v, uint32_t yes,
+		    uint32_t no)
+{
+	char sub[PATH_MAX_LEN];
+	struct flt_op *op = NULL;
+	struct flt_set *s;
+
+	if (json_object_is_type(v, json_type_boolean))
+		return bool_test(c, path, FLT_F_TLS, v, yes, no);
+	if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 1)
+		return cc_fail(c, path, "expected true, false or {\"version\": ...}");
+	json_object_object_foreach(v, key, x)
+	{
+		(void)x;
+		if (strcmp(key, "version") != 0) {
+			cc_path_key(sub, path, key);
+			return cc_fail(c, sub, "unknown key (version)");
+		}
+	}
+	cc_path_key(sub, path, "version");
+	s = flt_set_new(FLT_SET_NAMES, 4);
+	if (cc_own(c, OWN_SET, s) < 0)
+		return cc_fail(c, sub, "out of memory");
+	if (cc_strings_each(c, sub, json_object_object_get(v, "version"), add_tls_version, s) < 0 ||
+	    cc_emit_test(c, sub, FLT_F_TLS_VERSION, FLT_M_SET, yes, no, &op) < 0)
+		return -EINVAL;
+	op->u.set = s;
+	return 0;
+}
+
 int cc_matcher_compile(struct cc *c, const char *path, const struct matcher *m,
 		       struct json_object *v, uint32_t yes, uint32_t no)
 {
 	struct flt_op *op = NULL;
-
+	uint64_t lo, hi;
 	/* auth_user true/false (authenticated or not) is known at every stage. */
 	bool authed_only = m->field == FLT_F_AUTH_USER && json_object_is_type(v, json_type_boolean);
 
@@ -550,108 +653,26 @@ int cc_matcher_compile(struct cc *c, const char *path, const struct matcher *m,
 	switch (m->operand) {
 	case OPD_NAMES:
 	case OPD_DOMAINS:
-	case OPD_ADDRS: {
-		enum flt_set_kind kind = m->operand == OPD_DOMAINS ? FLT_SET_DOMAINS
-					 : m->operand == OPD_ADDRS ? FLT_SET_ADDRS
-								   : FLT_SET_NAMES;
-		struct flt_set *s;
-
-		if (m->field == FLT_F_AUTH_USER && json_object_is_type(v, json_type_boolean)) {
-			if (cc_emit_test(c, path, FLT_F_AUTHED, FLT_M_BOOL, yes, no, &op) < 0)
-				return -EINVAL;
-			op->u.b = json_object_get_boolean(v);
-			return 0;
-		}
-		if (json_object_is_type(v, json_type_object))
-			return operand_object(c, path, m, v, yes, no);
-		s = flt_set_new(kind, json_object_is_type(v, json_type_array)
-					  ? (uint32_t)json_object_array_length(v)
-					  : 1);
-		if (cc_own(c, OWN_SET, s) < 0)
-			return cc_fail(c, path, "out of memory");
-		if (cc_strings_each(c, path, v, add_to_set, s) < 0)
-			return -EINVAL;
-		if (cc_emit_test(c, path, m->field, FLT_M_SET, yes, no, &op) < 0)
-			return -EINVAL;
-		op->u.set = s;
-		return 0;
-	}
-	case OPD_IP: {
-		struct flt_cidrs *n;
-
-		if (json_object_is_type(v, json_type_object))
-			return operand_object(c, path, m, v, yes, no);
-		n = flt_cidrs_new();
-		if (cc_own(c, OWN_CIDRS, n) < 0)
-			return cc_fail(c, path, "out of memory");
-		if (cc_strings_each(c, path, v, add_to_cidrs, n) < 0)
-			return -EINVAL;
-		flt_cidrs_done(n);
-		if (cc_emit_test(c, path, m->field, FLT_M_CIDR, yes, no, &op) < 0)
-			return -EINVAL;
-		op->u.cidr = n;
-		return 0;
-	}
-	case OPD_NUM: {
-		uint64_t lo, hi;
-
-		if (range_parse(c, path, v, &lo, &hi) < 0)
-			return -EINVAL;
-		if (cc_emit_test(c, path, m->field, FLT_M_RANGE, yes, no, &op) < 0)
+	case OPD_ADDRS:
+		return names_test(c, path, m, v, yes, no);
+	case OPD_IP:
+		return ip_test(c, path, m, v, yes, no);
+	case OPD_NUM:
+		if (range_parse(c, path, v, &lo, &hi) < 0 ||
+		    cc_emit_test(c, path, m->field, FLT_M_RANGE, yes, no, &op) < 0)
 			return -EINVAL;
 		op->u.range.lo = lo;
 		op->u.range.hi = hi;
 		return 0;
-	}
 	case OPD_LISTENER:
-	case OPD_TAG: {
-		uint64_t mask = 0;
-
-		if (cc_strings_each(c, path, v,
-				    m->operand == OPD_TAG ? add_tag_match : add_listener,
-				    &mask) < 0)
-			return -EINVAL;
-		if (cc_emit_test(c, path, m->field, FLT_M_MASK, yes, no, &op) < 0)
-			return -EINVAL;
-		op->u.mask = mask;
-		return 0;
-	}
+	case OPD_TAG:
+		return mask_test(c, path, m, v, yes, no);
 	case OPD_HEADER:
 		return header_compile(c, path, v, yes, no);
 	case OPD_BODY:
 		return body_compile(c, path, v, yes, no);
-	case OPD_TLS: {
-		char sub[PATH_MAX_LEN];
-		struct flt_set *s;
-
-		if (json_object_is_type(v, json_type_boolean)) {
-			if (cc_emit_test(c, path, FLT_F_TLS, FLT_M_BOOL, yes, no, &op) < 0)
-				return -EINVAL;
-			op->u.b = json_object_get_boolean(v);
-			return 0;
-		}
-		if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 1)
-			return cc_fail(c, path, "expected true, false or {\"version\": ...}");
-		json_object_object_foreach(v, key, x)
-		{
-			(void)x;
-			if (strcmp(key, "version") != 0) {
-				cc_path_key(sub, path, key);
-				return cc_fail(c, sub, "unknown key (version)");
-			}
-		}
-		cc_path_key(sub, path, "version");
-		s = flt_set_new(FLT_SET_NAMES, 4);
-		if (cc_own(c, OWN_SET, s) < 0)
-			return cc_fail(c, sub, "out of memory");
-		if (cc_strings_each(c, sub, json_object_object_get(v, "version"), add_tls_version,
-				    s) < 0)
-			return -EINVAL;
-		if (cc_emit_test(c, sub, FLT_F_TLS_VERSION, FLT_M_SET, yes, no, &op) < 0)
-			return -EINVAL;
-		op->u.set = s;
-		return 0;
-	}
+	case OPD_TLS:
+		return tls_test(c, path, v, yes, no);
 	}
 	return cc_fail(c, path, "unknown matcher");
 }

@@ -109,84 +109,95 @@ static bool explain_stage(struct out *o, const struct flt_rules *r, enum flt_sta
 	return false;
 }
 
+/* The session the arguments describe, up to its connect stage: the
+ * listener, the client, TLS.  NULL, or what is wrong. */
+static const char *session_of(const struct rmx_config *cfg, const struct explain_args *a,
+			      struct sockaddr_storage *ss, char *ip, size_t iplen, uint32_t *li)
+{
+	*li = 0;
+	if (a->listener) {
+		while (*li < cfg->listener_count && strcmp(cfg->listeners[*li].name, a->listener))
+			(*li)++;
+		if (*li == cfg->listener_count)
+			return "no listener of that name";
+	}
+	snprintf(ip, iplen, "%s", a->ip ? a->ip : "127.0.0.1");
+	if (inet_pton(AF_INET, ip, &((struct sockaddr_in *)ss)->sin_addr) == 1)
+		ss->ss_family = AF_INET;
+	else if (inet_pton(AF_INET6, ip, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1)
+		ss->ss_family = AF_INET6;
+	else
+		return "--ip: not an IP address";
+	if (a->tls && strcmp(a->tls, "1.2") != 0 && strcmp(a->tls, "1.3") != 0)
+		return "--tls: expected 1.2 or 1.3";
+	return NULL;
+}
+
+/* The stages after connect; each one runs when its input is given. */
+static void explain_rest(struct out *o, const struct flt_rules *rules, struct flt_input *in,
+			 struct flt_state *st, const struct explain_args *a)
+{
+	if (a->helo) {
+		in->helo = a->helo;
+		if (!explain_stage(o, rules, FLT_STAGE_HELO, in, st, a->helo))
+			return;
+	}
+	if (a->auth_user) {
+		in->auth_user = a->auth_user;
+		in->authenticated = true;
+		if (!explain_stage(o, rules, FLT_STAGE_AUTH, in, st, a->auth_user)) {
+			in->authenticated = false; /* refused: the session goes on without it */
+			in->auth_user = "";
+		}
+	}
+	if (!a->from)
+		return;
+	in->sender = a->from;
+	addr_strip(&in->sender, &in->sender_len);
+	in->sender_domain = domain_of(in->sender, in->sender_len, &in->sender_domain_len);
+	if (!explain_stage(o, rules, FLT_STAGE_MAIL, in, st, a->from))
+		return;
+	for (uint32_t i = 0; i < a->rcpt_count; i++) {
+		in->rcpt = a->rcpts[i];
+		addr_strip(&in->rcpt, &in->rcpt_len);
+		in->rcpt_domain = domain_of(in->rcpt, in->rcpt_len, &in->rcpt_domain_len);
+		in->rcpt_count++;
+		if (!explain_stage(o, rules, FLT_STAGE_RCPT, in, st, a->rcpts[i]))
+			in->rcpt_count--; /* only accepted recipients count */
+	}
+}
+
 void control_explain(struct out *o, const struct rmx_config *cfg, const struct flt_rules *rules,
 		     const char *line)
 {
-	char buf[CONTROL_LINE_MAX], ipbuf[INET6_ADDRSTRLEN];
+	char buf[CONTROL_LINE_MAX], ip[INET6_ADDRSTRLEN];
 	struct explain_args a = {0};
 	struct sockaddr_storage ss = {0};
-	struct flt_input in = {0};
 	struct flt_state st = {0};
+	struct flt_input in;
 	const char *why;
-	uint32_t li = 0;
+	uint32_t li;
 
 	snprintf(buf, sizeof(buf), "%s", line);
 	why = args_parse(buf, &a);
+	if (!why)
+		why = session_of(cfg, &a, &ss, ip, sizeof(ip), &li);
 	if (why) {
 		out_printf(o, "ERR filter explain: %s\n", why);
-		return;
-	}
-	if (a.listener) {
-		for (li = 0; li < cfg->listener_count; li++)
-			if (strcmp(cfg->listeners[li].name, a.listener) == 0)
-				break;
-		if (li == cfg->listener_count) {
-			out_printf(o, "ERR filter explain: no listener named %.64s\n", a.listener);
-			return;
-		}
-	}
-	snprintf(ipbuf, sizeof(ipbuf), "%s", a.ip ? a.ip : "127.0.0.1");
-	if (inet_pton(AF_INET, ipbuf, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-		ss.ss_family = AF_INET;
-	} else if (inet_pton(AF_INET6, ipbuf, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-		ss.ss_family = AF_INET6;
-	} else {
-		out_printf(o, "ERR filter explain: --ip: not an IP address\n");
-		return;
-	}
-	if (a.tls && strcmp(a.tls, "1.2") != 0 && strcmp(a.tls, "1.3") != 0) {
-		out_printf(o, "ERR filter explain: --tls: expected 1.2 or 1.3\n");
 		return;
 	}
 	in = (struct flt_input){.cfg = cfg,
 				.rules = rules,
 				.listener = (uint8_t)li,
 				.client = (const struct sockaddr *)&ss,
-				.client_ip = ipbuf,
+				.client_ip = ip,
 				.helo = "",
 				.auth_user = "",
 				.tls = a.tls != NULL,
 				.tls_version = a.tls ? a.tls : "",
+				.qid = "",
 				.quiet = true};
-	out_printf(o, "OK\nlistener %s, client %s\n", cfg->listeners[li].name, ipbuf);
-	if (!explain_stage(o, rules, FLT_STAGE_CONNECT, &in, &st, ""))
-		return;
-	if (a.helo) {
-		in.helo = a.helo;
-		if (!explain_stage(o, rules, FLT_STAGE_HELO, &in, &st, a.helo))
-			return;
-	}
-	if (a.auth_user) {
-		in.auth_user = a.auth_user;
-		in.authenticated = true;
-		if (!explain_stage(o, rules, FLT_STAGE_AUTH, &in, &st, a.auth_user)) {
-			in.authenticated = false; /* refused: the session goes on without it */
-			in.auth_user = "";
-		}
-	}
-	if (!a.from)
-		return;
-	in.sender = a.from;
-	addr_strip(&in.sender, &in.sender_len);
-	in.sender_domain = domain_of(in.sender, in.sender_len, &in.sender_domain_len);
-	if (!explain_stage(o, rules, FLT_STAGE_MAIL, &in, &st, a.from))
-		return;
-	for (uint32_t i = 0; i < a.rcpt_count; i++) {
-		in.rcpt = a.rcpts[i];
-		addr_strip(&in.rcpt, &in.rcpt_len);
-		in.rcpt_domain = domain_of(in.rcpt, in.rcpt_len, &in.rcpt_domain_len);
-		in.rcpt_count++;
-		if (!explain_stage(o, rules, FLT_STAGE_RCPT, &in, &st, a.rcpts[i]))
-			in.rcpt_count--; /* only accepted recipients count */
-	}
+	out_printf(o, "OK\nlistener %s, client %s\n", cfg->listeners[li].name, ip);
+	if (explain_stage(o, rules, FLT_STAGE_CONNECT, &in, &st, ""))
+		explain_rest(o, rules, &in, &st, &a);
 }

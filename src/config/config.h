@@ -139,7 +139,7 @@ struct config_hop {
 /* One entry of routes[].  "mx", "maildir:" and "mbox:" hops are always
  * alone (hop_count 1); a list of several hops is smtp/lmtp failover. */
 struct config_route {
-	char name[CONFIG_NAME_MAX]; /* "" when unnamed; filters' route action names it */
+	char name[CONFIG_NAME_MAX];    /* "" when unnamed; filters' route action names it */
 	struct config_domain *domains; /* as relay.domains, sorted; "*" is not in it */
 	uint32_t domain_count;
 	bool catch_all; /* "*" was among the domains */
