@@ -228,7 +228,7 @@ def test_per_listener_chain(srv):
     (["--ip", "10.0.0.0/8"], "--ip"),
     # 46 characters whose first 45 are an address: refused, not cut short.
     (["--ip", "0000:0000:0000:0000:0000:0000:192.168.100.2009"], "--ip"),
-    (["--listener", "nosuch"], "nosuch"),
+    (["--listener", "nosuch"], "listener"),
     (["--tls", "1.1"], "--tls"),
     (["--tls", "yes"], "--tls"),
     (["--message", "/etc/hostname"], "--message"),
