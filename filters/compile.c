@@ -461,6 +461,8 @@ struct flt_rules *flt_compile(const struct rmx_config *cfg, char *err, size_t er
 			if (op->code == FLT_OP_TEST &&
 			    (op->how == FLT_M_HEADER || op->how == FLT_M_BODY))
 				c.r->data_reads_msg[i] = true;
+			if (op->code == FLT_OP_TEST && op->how == FLT_M_BODY)
+				c.r->data_reads_body[i] = true;
 			if (op->code == FLT_OP_ACT && op->u.act->nadds)
 				c.r->data_adds[i] = true;
 		}

@@ -292,6 +292,11 @@ bool flt_data_reads_message(const struct flt_rules *r, uint8_t listener)
 	return r && r->data_reads_msg[listener];
 }
 
+bool flt_data_reads_body(const struct flt_rules *r, uint8_t listener)
+{
+	return r && r->data_reads_body[listener];
+}
+
 bool flt_data_adds_headers(const struct flt_rules *r, uint8_t listener)
 {
 	return r && r->data_adds[listener];

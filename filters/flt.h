@@ -139,6 +139,8 @@ size_t flt_rewrite_sender(const struct flt_table *t, const char *sender, size_t 
  * Does it add header fields (then room is kept for them)? */
 #define FLT_CAPTURE_MAX 65536
 bool flt_data_reads_message(const struct flt_rules *r, uint8_t listener);
+/* ... its body too (else the copy stops after the header section)? */
+bool flt_data_reads_body(const struct flt_rules *r, uint8_t listener);
 bool flt_data_adds_headers(const struct flt_rules *r, uint8_t listener);
 /* ---- the message (match_msg.c) ------------------------------------------------- */
 

@@ -164,9 +164,10 @@ struct flt_rules {
 	uint32_t tag_count;
 	const char *hostname; /* %{hostname}: the config's, which outlives the rules */
 	const char *listener_names[CONFIG_LISTENERS_MAX];
-	bool data_reads_msg[CONFIG_LISTENERS_MAX]; /* a header or body test at data */
-	bool data_adds[CONFIG_LISTENERS_MAX];	   /* an add_header at data */
-	struct flt_table **tables;		   /* every table of "tables" */
+	bool data_reads_msg[CONFIG_LISTENERS_MAX];  /* a header or body test at data */
+	bool data_reads_body[CONFIG_LISTENERS_MAX]; /* a body test at data */
+	bool data_adds[CONFIG_LISTENERS_MAX];	    /* an add_header at data */
+	struct flt_table **tables;		    /* every table of "tables" */
 	uint32_t table_count;
 	struct flt_owned *owned; /* everything compiled, freed by flt_rules_free */
 };

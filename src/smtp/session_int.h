@@ -83,6 +83,9 @@ struct smtp_tx {
 	 * the client sent them without the stuffing, when its filters read
 	 * headers or the body or a submission needs Message-ID/Date. */
 	bool cap_on, cap_mid_line, cap_full;
+	bool cap_headers;    /* the header section is enough: stop after it */
+	bool cap_done;	     /* stopped where it was enough (not cut short) */
+	bool cap_empty_line; /* the line being copied is empty so far */
 	uint32_t cap_len;
 	struct spool_str prepend; /* header fields added (in the arena) */
 	uint32_t arena_len;
