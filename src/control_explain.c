@@ -5,17 +5,23 @@
  * logged and nothing waits: a tarpit is reported, not slept.
  *
  *   filter explain [--listener NAME] [--ip ADDR] [--helo NAME] [--tls VERSION]
- *                  [--auth-user USER] [--from ADDR] [--rcpt ADDR]...
+ *                  [--auth-user USER] [--from ADDR] [--rcpt ADDR]... [--message FILE]
  *
  * A stage whose input is not given is not run (no --helo: no helo stage;
- * no --from: no mail or rcpt stage).  Like a real session, a refusal at
+ * no --from: no mail or rcpt stage; no --message: no data stage).  The
+ * message is read from a file on the server's side, the first 64 KiB as
+ * the data stage sees them.  Like a real session, a refusal at
  * connect, helo, auth or mail ends the explanation there; each recipient is
  * explained on its own.
  */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "control.h"
 #include "control_int.h"
@@ -24,7 +30,7 @@
 #define EXPLAIN_RCPTS_MAX 100
 
 struct explain_args {
-	const char *listener, *ip, *helo, *tls, *auth_user, *from;
+	const char *listener, *ip, *helo, *tls, *auth_user, *from, *message;
 	const char *rcpts[EXPLAIN_RCPTS_MAX];
 	uint32_t rcpt_count;
 };
@@ -56,7 +62,7 @@ static const char *args_parse(char *s, struct explain_args *a)
 		else if (strcmp(opt, "--from") == 0)
 			slot = &a->from;
 		else if (strcmp(opt, "--message") == 0)
-			return "--message: explaining the data stage is not built yet";
+			slot = &a->message;
 		else if (strcmp(opt, "--rcpt") == 0) {
 			if (a->rcpt_count == EXPLAIN_RCPTS_MAX)
 				return "too many --rcpt";
@@ -85,6 +91,48 @@ static const char *domain_of(const char *a, size_t n, size_t *dn)
 
 	*dn = at ? n - (size_t)(at + 1 - a) : 0;
 	return at ? at + 1 : "";
+}
+
+/* The message file (on the server's side of the socket: the operator's
+ * own) as a client would send it: the first FLT_CAPTURE_MAX octets, LF
+ * line ends made CRLF; *size the whole, so counted.  NULL with why. */
+static char *message_read(const char *path, size_t *len, uint64_t *size, const char **why)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	char *buf = NULL, raw[4096];
+	struct stat st;
+	bool cr = false;
+	ssize_t r;
+
+	*len = 0;
+	*size = 0;
+	*why = "--message: cannot read the file";
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    !(buf = malloc(FLT_CAPTURE_MAX)))
+		goto out;
+	while ((r = read(fd, raw, sizeof(raw))) > 0) {
+		for (ssize_t i = 0; i < r; i++) {
+			if (raw[i] == '\n' && !cr) { /* LF alone: the wire has CRLF */
+				if (*len < FLT_CAPTURE_MAX)
+					buf[(*len)++] = '\r';
+				(*size)++;
+			}
+			if (*len < FLT_CAPTURE_MAX)
+				buf[(*len)++] = raw[i];
+			(*size)++;
+			cr = raw[i] == '\r';
+		}
+	}
+	if (r == 0)
+		*why = NULL;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (*why) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
 }
 
 /* One stage, with its waits; true when it let the session go on. */
@@ -145,9 +193,45 @@ static const char *session_of(const struct rmx_config *cfg, const struct explain
 	return NULL;
 }
 
+/* The message of --message, read before anything is answered. */
+struct explain_msg {
+	char *p;
+	size_t len;
+	uint64_t size;
+};
+
+/* The data stage on the message in a file, and the header fields it would
+ * add. */
+static void explain_data(struct out *o, const struct flt_rules *rules, struct flt_input *in,
+			 struct flt_state *st, const struct explain_msg *m)
+{
+	char line[1024];
+
+	if (!in->rcpt_count) {
+		out_printf(o, "data: not reached (no recipient accepted)\n");
+		return;
+	}
+	in->msg = m->p;
+	in->msg_len = m->len;
+	in->size = m->size;
+	in->rcpt = NULL;
+	in->rcpt_len = in->rcpt_domain_len = 0;
+	in->qid = "EXPLAIN";
+	if (in->msg_len == FLT_CAPTURE_MAX && flt_data_reads_message(rules, in->listener) &&
+	    flt_msg_body_start(m->p, in->msg_len) == in->msg_len)
+		out_printf(o, "data: reject (header section): 552 5.3.4 Error: header section "
+			      "too large to be checked\n");
+	else if (explain_stage(o, rules, FLT_STAGE_DATA, in, st, ""))
+		for (uint8_t i = 0; i < st->nadds; i++)
+			if (flt_header_format(st->adds[i], in, line, sizeof(line)))
+				out_printf(o, "  adds: %.*s\n", (int)strcspn(line, "\r"), line);
+	in->msg = NULL;
+}
+
 /* The stages after connect; each one runs when its input is given. */
 static void explain_rest(struct out *o, const struct flt_rules *rules, struct flt_input *in,
-			 struct flt_state *st, const struct explain_args *a)
+			 struct flt_state *st, const struct explain_args *a,
+			 const struct explain_msg *m)
 {
 	if (a->helo) {
 		in->helo = a->helo;
@@ -177,6 +261,8 @@ static void explain_rest(struct out *o, const struct flt_rules *rules, struct fl
 		if (!explain_stage(o, rules, FLT_STAGE_RCPT, in, st, a->rcpts[i]))
 			in->rcpt_count--; /* only accepted recipients count */
 	}
+	if (m->p)
+		explain_data(o, rules, in, st, m);
 }
 
 void control_explain(struct out *o, const struct rmx_config *cfg, const struct flt_rules *rules,
@@ -186,6 +272,7 @@ void control_explain(struct out *o, const struct rmx_config *cfg, const struct f
 	struct explain_args a = {0};
 	struct sockaddr_storage ss = {0};
 	struct flt_state st = {0};
+	struct explain_msg msg = {0};
 	struct flt_input in;
 	const char *why;
 	uint32_t li;
@@ -194,6 +281,8 @@ void control_explain(struct out *o, const struct rmx_config *cfg, const struct f
 	why = args_parse(buf, &a);
 	if (!why)
 		why = session_of(cfg, &a, &ss, ip, sizeof(ip), &li);
+	if (!why && a.message)
+		msg.p = message_read(a.message, &msg.len, &msg.size, &why);
 	if (why) {
 		out_printf(o, "ERR filter explain: %s\n", why);
 		return;
@@ -211,5 +300,6 @@ void control_explain(struct out *o, const struct rmx_config *cfg, const struct f
 				.quiet = true};
 	out_printf(o, "OK\nlistener %s, client %s\n", cfg->listeners[li].name, ip);
 	if (explain_stage(o, rules, FLT_STAGE_CONNECT, &in, &st, ""))
-		explain_rest(o, rules, &in, &st, &a);
+		explain_rest(o, rules, &in, &st, &a, &msg);
+	free(msg.p);
 }

@@ -13,6 +13,7 @@
  *   ringmxctl [-s SOCKET] filter explain [--listener NAME] [--ip ADDR] ...
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,7 +134,15 @@ int main(int argc, char **argv)
 	if (i >= argc)
 		return usage();
 	for (; i < argc; i++) {
-		int w = snprintf(line + n, sizeof(line) - n, "%s%s", n ? " " : "", argv[i]);
+		/* filter explain --message FILE: the server opens it, from its
+		 * own working directory: send the path whole. */
+		char abs[PATH_MAX];
+		const char *arg = argv[i];
+
+		if (i > 1 && strcmp(argv[i - 1], "--message") == 0 && arg[0] != '/' &&
+		    realpath(arg, abs))
+			arg = abs;
+		int w = snprintf(line + n, sizeof(line) - n, "%s%s", n ? " " : "", arg);
 
 		if (w < 0 || (size_t)w >= sizeof(line) - n - 1) {
 			fprintf(stderr, "ringmxctl: the command is too long (at most %zu bytes)\n",

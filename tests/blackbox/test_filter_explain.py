@@ -231,15 +231,61 @@ def test_per_listener_chain(srv):
     (["--listener", "nosuch"], "listener"),
     (["--tls", "1.1"], "--tls"),
     (["--tls", "yes"], "--tls"),
-    (["--message", "/etc/hostname"], "--message"),
+    (["--message", "/nonexistent/message.eml"], "--message"),
+    (["--message", "/etc"], "--message"),
     (["--helo", "two words"], None),
 ], ids=["unknown_option", "missing_value", "missing_rcpt_value", "bad_ip", "ip_name",
         "ip_network", "ip_cut_to_an_address", "unknown_listener", "tls_1_1", "tls_word",
-        "message", "value_with_space"])
+        "message_missing", "message_directory", "value_with_space"])
 def test_bad_arguments(srv, args, what):
     why = explain_err(srv, *args)
     if what:
         assert what in why, why
+
+
+# --------------------------------------------------------------------------
+# the data stage, on a message file
+
+
+def test_message_explains_the_data_stage(ringmx, tmp_path):
+    """--message FILE runs the data stage on the file (LF lines taken as
+    CRLF): the deciding rule and its message actions, or the header fields
+    it adds; no accepted recipient, no data stage."""
+    srv = ringmx({"filters": {"data": [
+        {"if": {"header": {"name": "Subject", "regex": "(?i)invoice"}},
+         "then": {"quarantine": "suspect"}},
+        {"if": {"body": {"regex": "BUY NOW\\r\\n"}}, "then": {"tempfail": "451 4.7.1 later"}},
+        {"add_header": {"name": "X-Gateway", "value": "seen %{listener}"}}]}})
+    bad = tmp_path / "bad.eml"
+    bad.write_bytes(b"Subject: your INVOICE\n\nhello\n")
+    spam = tmp_path / "spam.eml"
+    spam.write_bytes(b"Subject: hi\n\nBUY NOW\n")
+    good = tmp_path / "good.eml"
+    good.write_bytes(b"Subject: hi\r\n\r\nhello\r\n")
+    base = ["--helo", "client.example", "--from", "a@client.example",
+            "--rcpt", "r@accepted.example"]
+    out = explain(srv, *base, "--message", str(bad))
+    assert out[-1] == "data: accept (filters.data[0]), quarantine suspect", out
+    out = explain(srv, *base, "--message", str(spam))
+    assert out[-1] == "data: tempfail (filters.data[1]): 451 4.7.1 later", out
+    out = explain(srv, *base, "--message", str(good))
+    assert out[-2:] == ["data: accept (default)", "  adds: X-Gateway: seen mx"], out
+    out = explain(srv, "--helo", "client.example", "--from", "a@client.example",
+                  "--rcpt", "x@elsewhere.example", "--message", str(good))
+    assert out[-1] == "data: not reached (no recipient accepted)", out
+    assert filter_lines(srv) == []
+
+
+def test_message_with_a_header_section_past_64k(ringmx, tmp_path):
+    srv = ringmx({"filters": {"data": [
+        {"if": {"header": {"name": "Subject", "regex": "x"}}, "then": "reject"}]}})
+    big = tmp_path / "big.eml"
+    big.write_bytes(b"".join(b"X-Pad-%d: %s\n" % (i, b"p" * 60) for i in range(1200)) +
+                    b"Subject: x\n\nbody\n")
+    out = explain(srv, "--helo", "c.example", "--from", "a@c.example",
+                  "--rcpt", "r@accepted.example", "--message", str(big))
+    assert out[-1] == ("data: reject (header section): 552 5.3.4 Error: header section "
+                       "too large to be checked"), out
 
 
 # --------------------------------------------------------------------------
