@@ -40,13 +40,8 @@ const struct matcher *cc_matcher_find(const char *name)
 
 /* ---- tables ------------------------------------------------------------- */
 
-static bool json_plain_string(struct json_object *v)
-{
-	return json_object_is_type(v, json_type_string) &&
-	       (size_t)json_object_get_string_len(v) == strlen(json_object_get_string(v));
-}
-
-/* "inline": a list of entries, or an object of entry -> value (a map, as
+/* Strings here hold no NUL: flt_compile refused one first (no_nul).
+ * "inline": a list of entries, or an object of entry -> value (a map, as
  * sender.matches_login reads).  The strings stay in the JSON. */
 static int inline_parse(struct cc *c, const char *path, struct json_object *v, const char ***keys,
 			const char ***vals, size_t *n)
@@ -67,7 +62,7 @@ static int inline_parse(struct cc *c, const char *path, struct json_object *v, c
 			struct json_object *x = json_object_array_get_idx(v, i);
 
 			cc_path_index(e, path, i);
-			if (!json_plain_string(x))
+			if (!json_object_is_type(x, json_type_string))
 				return cc_fail(c, e, "expected a string");
 			(*keys)[i] = json_object_get_string(x);
 		}
@@ -76,7 +71,7 @@ static int inline_parse(struct cc *c, const char *path, struct json_object *v, c
 	json_object_object_foreach(v, key, x)
 	{
 		cc_path_key(e, path, key);
-		if (!json_plain_string(x))
+		if (!json_object_is_type(x, json_type_string))
 			return cc_fail(c, e, "expected a string");
 		(*keys)[i] = key;
 		(*vals)[i++] = json_object_get_string(x);
@@ -101,7 +96,8 @@ static int table_load(struct cc *c, const char *name, struct json_object *def)
 		if (strcmp(key, "kv") == 0) {
 			rc = cc_fail(c, sub, "kv tables are not built yet");
 		} else if (strcmp(key, "file") == 0) {
-			if (!json_plain_string(v) || json_object_get_string_len(v) == 0)
+			if (!json_object_is_type(v, json_type_string) ||
+			    json_object_get_string_len(v) == 0)
 				rc = cc_fail(c, sub, "expected a file name");
 			file = json_object_get_string(v);
 		} else if (strcmp(key, "inline") == 0) {
@@ -373,8 +369,7 @@ static int regex_of(struct cc *c, const char *path, struct json_object *v,
 	char why[200];
 	struct flt_rx *rx;
 
-	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0 ||
-	    (size_t)json_object_get_string_len(v) != strlen(json_object_get_string(v)))
+	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
 		return cc_fail(c, path, "expected a regular expression");
 	rx = flt_rx_new(json_object_get_string(v), why, sizeof(why));
 	if (!rx)
